@@ -1,0 +1,35 @@
+"""tb_bnstats: a Keras callback and a TensorBoard plugin for BatchNormalization statistics."""
+
+import pathlib
+
+from setuptools import find_packages, setup
+
+HERE = pathlib.Path(__file__).parent
+
+setup(
+    name="tb_bnstats",
+    version="0.1.0",
+    description="See how BatchNormalization batch moments and moving averages behave, in TensorBoard",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["tb_bnstats", "tb_bnstats.*"]),
+    package_data={"tb_bnstats.plugin": ["static/*"]},
+    python_requires=">=3.10",
+    install_requires=[
+        # 2.20 and older fail to import with setuptools 82+ (no pkg_resources).
+        "tensorboard>=2.21,<3",
+        "tensorflow>=2.21,<3; platform_machine!='x86_64'",
+        "tensorflow-cpu>=2.21,<3; platform_machine=='x86_64'",
+        "keras>=3.10,<4",
+        "werkzeug>=2.2",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "playwright>=1.45", "hypothesis>=6.100", "scikit-learn>=1.4"],
+    },
+    entry_points={
+        "tensorboard_plugins": ["bn_stats = tb_bnstats.plugin.loader:BNStatsLoader"],
+        "console_scripts": ["tb-bnstats = tb_bnstats.cli:main"],
+    },
+    classifiers=["Framework :: TensorFlow" if False else "Programming Language :: Python :: 3"],
+)

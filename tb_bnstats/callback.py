@@ -1,0 +1,255 @@
+"""``BNStatsCallback``: the Keras callback that ties capture, quantities and
+the summary writer together. It never stops training: a monitoring failure is
+a warning."""
+
+import atexit
+import fnmatch
+import logging
+import os
+import warnings
+import weakref
+
+import keras
+import numpy as np
+
+from tb_bnstats import summary
+from tb_bnstats.capture.keras_capture import KerasCapture
+
+logger = logging.getLogger("tb_bnstats")
+
+_OPEN_WRITERS = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_writers():
+    for writer in list(_OPEN_WRITERS):
+        try:
+            writer.close()
+        except Exception:  # noqa: BLE001 - exiting anyway
+            pass
+
+
+def _positive_int(name, value, allow_zero=False):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (0 if allow_zero else 1):
+        raise ValueError(f"{name} must be an integer >= {0 if allow_zero else 1}, got {value!r}")
+    return int(value)
+
+
+class _MeanMetricDeltas:
+    """Per-step values of Keras' running-mean metrics.
+
+    Keras reports ``loss`` and mean-type metrics as running means since the
+    epoch began. From their ``total``/``count`` variables the value over just
+    the steps since the last call is ``(total - total') / (count - count')``.
+    Metrics without those variables are reported as Keras gives them. Keras
+    builds compiled metrics at the first step, so they are looked up lazily.
+    """
+
+    def __init__(self, model):
+        self._model = model
+        self._metrics = None
+        self.reset()
+
+    def reset(self):
+        self._last = {}
+
+    def _find_mean_metrics(self):
+        found, stack = {}, list(self._model.metrics)
+        while stack:
+            metric = stack.pop()
+            if hasattr(metric, "total") and hasattr(metric, "count"):
+                found[metric.name] = metric
+            stack.extend(getattr(metric, "metrics", None) or [])
+        return found
+
+    def __call__(self, logs):
+        if self._metrics is None:
+            self._metrics = self._find_mean_metrics()
+        out = {}
+        for name, value in (logs or {}).items():
+            metric = self._metrics.get(name)
+            if metric is None:
+                out[name] = value
+                continue
+            total, count = float(metric.total.numpy()), float(metric.count.numpy())
+            last_total, last_count = self._last.get(name, (0.0, 0.0))
+            self._last[name] = (total, count)
+            out[name] = (total - last_total) / (count - last_count) if count > last_count else value
+        return out
+
+
+class BNStatsCallback(keras.callbacks.Callback):
+    """Logs every BatchNormalization layer's batch moments against its moving
+    averages, every training step, for TensorBoard's BN Convergence tab.
+
+    Example::
+
+        model.fit(x, y, epochs=5, callbacks=[tb_bnstats.BNStatsCallback("logs/run1")])
+        # then: tensorboard --logdir logs   and open the "BN Convergence" tab
+
+    Args:
+        log_dir: directory of this run's event files (TensorBoard's run).
+        log_every_n_steps: log every N optimizer steps (1 = every step). The
+            moments logged are those of the step logged; the train loss is the
+            mean over the N steps since the last log.
+        snapshot_every_n_steps: write the full per-channel snapshot every N
+            steps (0 = only at the end of each ``fit``).
+        layers: optional list of layer names or glob patterns (``"block1/*"``)
+            to monitor; default all BN layers.
+        log_metrics: also log training loss/metrics per step and validation
+            metrics per epoch on the same step axis.
+        flush_secs: written records reach the disk at least this often.
+        verbose: 1 prints what was found and which layers are frozen; 0 is quiet.
+
+    With ``steps_per_execution = k > 1`` Keras returns to Python once every k
+    steps: the last step of each execution is logged.
+    """
+
+    def __init__(self, log_dir, log_every_n_steps=1, snapshot_every_n_steps=100, layers=None,
+                 log_metrics=True, flush_secs=summary.DEFAULT_FLUSH_SECS, verbose=1):
+        super().__init__()
+        if not isinstance(log_dir, (str, os.PathLike)) or not os.fspath(log_dir):
+            raise ValueError(f"log_dir must be a non-empty path, got {log_dir!r}")
+        self.log_dir = os.fspath(log_dir)
+        self.log_every_n_steps = _positive_int("log_every_n_steps", log_every_n_steps)
+        self.snapshot_every_n_steps = _positive_int("snapshot_every_n_steps", snapshot_every_n_steps, allow_zero=True)
+        if layers is not None:
+            if isinstance(layers, str) or not all(isinstance(p, str) and p for p in layers):
+                raise ValueError(f"layers must be a list of layer names or glob patterns, got {layers!r}")
+            layers = list(layers)
+        self.layer_patterns = layers
+        self.log_metrics = bool(log_metrics)
+        if isinstance(flush_secs, bool) or not isinstance(flush_secs, (int, float)) or not flush_secs > 0:
+            raise ValueError(f"flush_secs must be a number > 0, got {flush_secs!r}")
+        self.flush_secs = float(flush_secs)
+        if verbose not in (0, 1, True, False):
+            raise ValueError(f"verbose must be 0 or 1, got {verbose!r}")
+        self.verbose = int(verbose)
+        self._capture = None
+        self._writer = None
+        self._metric_deltas = None
+        self._infos = None
+        self._last_logged_step = None
+        self._last_snapshot_step = None
+        self._failures = set()
+
+    # -- helpers -------------------------------------------------------------
+
+    def _say(self, message):
+        if self.verbose:
+            print(f"tb_bnstats: {message}")
+
+    def _guard(self, where, fn, *args):
+        """Runs ``fn``; a failure warns once per place and never reaches Keras."""
+        try:
+            return fn(*args)
+        except Exception as exc:  # noqa: BLE001 - monitoring must not stop training
+            if where not in self._failures:
+                self._failures.add(where)
+                warnings.warn(f"tb_bnstats: {where} failed, training continues without it: "
+                              f"{type(exc).__name__}: {exc}", RuntimeWarning, stacklevel=2)
+            return None
+
+    def _selected(self, name):
+        return self.layer_patterns is None or any(fnmatch.fnmatchcase(name, p) for p in self.layer_patterns)
+
+    # -- Keras hooks -----------------------------------------------------------
+
+    def set_model(self, model):
+        super().set_model(model)
+        # Runs before Keras traces the train function: instrument now.
+        self._capture = KerasCapture(model)
+        names = [n for n in self._capture.names if self._selected(n)]
+        if not self._capture.names:
+            warnings.warn(f"tb_bnstats: found no BatchNormalization layer in model {model.name!r}; "
+                          "only metrics will be logged", RuntimeWarning, stacklevel=2)
+        elif not names:
+            warnings.warn(f"tb_bnstats: no BatchNormalization layer matches layers={self.layer_patterns!r}; "
+                          f"found: {self._capture.names}", RuntimeWarning, stacklevel=2)
+        else:
+            self._say(f"monitoring {len(names)} BatchNormalization layer(s) of {model.name!r} -> {self.log_dir}")
+        self._infos = None
+
+    def on_train_begin(self, logs=None):
+        self._guard("opening the log directory", self._open_writer)
+        if self.log_metrics:
+            self._metric_deltas = _MeanMetricDeltas(self.model)
+        self._last_logged_step = self._last_snapshot_step = None
+
+    def _open_writer(self):
+        self._writer = summary.Writer(self.log_dir, flush_secs=self.flush_secs)
+        _OPEN_WRITERS.add(self._writer)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._metric_deltas is not None:
+            self._metric_deltas.reset()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._writer is None:
+            return
+        step = int(self.model.optimizer.iterations.numpy())
+        if self._last_logged_step is not None and step // self.log_every_n_steps == self._last_logged_step // self.log_every_n_steps:
+            return
+        self._guard("logging batch statistics", self._log_step, logs, False)
+
+    def _layer_infos(self):
+        if self._infos is None:
+            infos = [i for i in self._capture.layer_infos() if self._selected(i.name)]
+            self._infos = {info.name: info for info in infos}
+            frozen = [i.name for i in infos if not i.trainable]
+            if frozen:
+                self._say(f"frozen (trainable=False), moving averages not updated: {frozen}")
+            missing = [n for n in self._capture.not_run() if self._selected(n)]
+            if missing:
+                self._say(f"not called by the train step, not logged: {missing}")
+        return self._infos
+
+    def _log_step(self, logs, final):
+        reading = self._capture.read()
+        step = reading.step
+        new_step = step != self._last_logged_step
+        every, last_snap = self.snapshot_every_n_steps, self._last_snapshot_step
+        snapshot = step != last_snap and (final or (every > 0 and (last_snap is None or step // every != last_snap // every)))
+        if not (new_step or snapshot):
+            return
+        for name, info in self._layer_infos().items():
+            moments = reading.layers[name]
+            self._writer.layer(info, step, moments.batch_mean, moments.batch_var, moments.moving_mean,
+                               moments.moving_var, moments.updates, snapshot=snapshot, series=new_step,
+                               init_mean=moments.init_mean, init_var=moments.init_var)
+        if self.log_metrics and logs and new_step:
+            values = self._metric_deltas(logs) if self._metric_deltas is not None else logs
+            self._writer.metrics("train", _as_floats(values), step)
+        self._last_logged_step = step
+        if snapshot:
+            self._last_snapshot_step = step
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._writer is None or not self.log_metrics or not logs:
+            return
+        val = {k[len("val_"):]: v for k, v in logs.items() if k.startswith("val_")}
+        if val:
+            self._guard("logging validation metrics", self._log_validation, val)
+
+    def _log_validation(self, values):
+        self._writer.metrics("val", _as_floats(values), int(self.model.optimizer.iterations.numpy()))
+
+    def on_train_end(self, logs=None):
+        if self._writer is None:
+            return
+        if self._last_logged_step is not None:
+            # The last state, with a per-channel snapshot.
+            self._guard("logging the final statistics", self._log_step, None, True)
+        self._guard("closing the event file", self._writer.close)
+        _OPEN_WRITERS.discard(self._writer)
+        self._writer = None
+
+
+def _as_floats(values):
+    out = {}
+    for name, value in values.items():
+        try:
+            out[name] = float(value)
+        except (TypeError, ValueError):
+            continue
+    return out

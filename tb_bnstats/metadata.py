@@ -1,0 +1,181 @@
+"""The log format: plugin name, tag names and versioned summary metadata.
+
+Everything that tb_bnstats writes into event files is described here, and
+nothing here imports TensorFlow or Keras (TensorBoard imports the plugin, which
+reads this module, at start-up).
+
+Tags (one TensorBoard time series each, all under plugin name ``bn_stats``):
+
+* ``bn/<layer>/<quantity>``  SCALAR data class, one point per logged step;
+  quantities are listed in :data:`LAYER_SERIES`.
+* ``bn/<layer>/channels``    TENSOR data class, a float32 tensor of shape
+  ``[len(SNAPSHOT_ROWS), channels]`` every ``snapshot_every`` steps.
+* ``metric/<split>/<name>``  SCALAR data class, ``split`` is ``train`` (per
+  step) or ``val`` (per epoch, at the step where the epoch ended).
+
+Every summary carries, in ``plugin_data.content``, a JSON object with
+``version`` (:data:`FORMAT_VERSION`), ``kind`` (``layer_series``,
+``layer_channels`` or ``metric``) and, for layer tags, ``layer`` (a
+:class:`LayerInfo` as a dict) and ``quantity``.
+"""
+
+import dataclasses
+import json
+from typing import Optional
+
+from tensorboard.compat.proto import summary_pb2
+
+PLUGIN_NAME = "bn_stats"
+FORMAT_VERSION = 1
+
+KIND_LAYER_SERIES = "layer_series"
+KIND_LAYER_CHANNELS = "layer_channels"
+KIND_METRIC = "metric"
+
+# Channel-averaged moments (the "where is it" lines).
+MOMENT_SERIES = (
+    "batch_mean",
+    "moving_mean",
+    "debiased_mean",
+    "batch_var",
+    "moving_var",
+    "debiased_var",
+)
+# Per-channel gaps between batch and moving moments, aggregated over channels.
+GAP_MEASURES = ("mean_gap", "abs_log_var_ratio", "sym_kl")
+GAP_AGGREGATES = ("mean", "p50", "p90", "max")
+GAP_SERIES = tuple(f"{m}/{a}" for m in GAP_MEASURES for a in GAP_AGGREGATES)
+# Signed channel mean of log((var_B+eps)/(var_R+eps)): > 0 means the batches
+# are wider than the moving average (dropout before BN does that).
+STATE_SERIES = ("log_var_ratio/mean", "convergence", "updates")
+LAYER_SERIES = MOMENT_SERIES + GAP_SERIES + STATE_SERIES
+
+# Rows of the per-channel snapshot tensor, in order.
+SNAPSHOT_ROWS = (
+    "batch_mean",
+    "batch_var",
+    "moving_mean",
+    "moving_var",
+    "debiased_mean",
+    "debiased_var",
+    "mean_gap",
+    "log_var_ratio",
+)
+CHANNELS_QUANTITY = "channels"
+
+LAYER_PREFIX = "bn/"
+METRIC_PREFIX = "metric/"
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerInfo:
+    """What is known about one batch-normalization layer, independent of the
+    framework it comes from.
+
+    ``init_mean`` / ``init_var`` are the moving statistics' initial values
+    (channel average when the initializer is not constant); the debiased
+    estimate removes ``momentum**t`` of them. ``ema_of`` says what the moving
+    average runs over: ``"variance"`` (Keras, PyTorch) or ``"stddev"`` (Keras
+    with ``renorm=True``, where ``moving_var = ema(std)**2 - eps``).
+    ``moving_var_unbiased`` is True when the moving variance accumulates
+    Bessel-corrected batch variances (tf_keras' fused kernel, PyTorch).
+    """
+
+    name: str
+    channels: int
+    momentum: float
+    epsilon: float
+    init_mean: float = 0.0
+    init_var: float = 1.0
+    ema_of: str = "variance"
+    moving_var_unbiased: bool = False
+    depth: int = 0
+    layer_class: str = "BatchNormalization"
+    framework: str = "keras"
+    trainable: bool = True
+    synchronized: bool = False
+    renorm: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"layer name must be a non-empty string, got {self.name!r}")
+        if not 0.0 <= float(self.momentum) < 1.0:
+            raise ValueError(f"{self.name}: momentum must be in [0, 1), got {self.momentum!r}")
+        if not float(self.epsilon) >= 0.0:
+            raise ValueError(f"{self.name}: epsilon must be >= 0, got {self.epsilon!r}")
+        if int(self.channels) < 1:
+            raise ValueError(f"{self.name}: channels must be >= 1, got {self.channels!r}")
+        if self.ema_of not in ("variance", "stddev"):
+            raise ValueError(f"{self.name}: ema_of must be 'variance' or 'stddev', got {self.ema_of!r}")
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        """Builds a LayerInfo from a dict, ignoring keys a newer writer added."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def layer_tag(layer_name, quantity):
+    return f"{LAYER_PREFIX}{layer_name}/{quantity}"
+
+
+def metric_tag(split, name):
+    return f"{METRIC_PREFIX}{split}/{name}"
+
+
+def _metadata(content, data_class):
+    return summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(
+            plugin_name=PLUGIN_NAME,
+            content=json.dumps(content, sort_keys=True).encode("utf-8"),
+        ),
+        data_class=data_class,
+    )
+
+
+def layer_series_metadata(info: LayerInfo, quantity: str):
+    return _metadata(
+        {"version": FORMAT_VERSION, "kind": KIND_LAYER_SERIES, "layer": info.to_dict(), "quantity": quantity},
+        summary_pb2.DATA_CLASS_SCALAR,
+    )
+
+
+def layer_channels_metadata(info: LayerInfo):
+    return _metadata(
+        {
+            "version": FORMAT_VERSION,
+            "kind": KIND_LAYER_CHANNELS,
+            "layer": info.to_dict(),
+            "quantity": CHANNELS_QUANTITY,
+            "rows": list(SNAPSHOT_ROWS),
+        },
+        summary_pb2.DATA_CLASS_TENSOR,
+    )
+
+
+def metric_metadata(split, name):
+    return _metadata(
+        {"version": FORMAT_VERSION, "kind": KIND_METRIC, "split": split, "name": name},
+        summary_pb2.DATA_CLASS_SCALAR,
+    )
+
+
+def parse_content(content: bytes) -> Optional[dict]:
+    """Decodes a summary's plugin content; None when it is not ours or is
+    unreadable (a corrupted or foreign record must not break a reader)."""
+    try:
+        parsed = json.loads(content.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, AttributeError):
+        return None
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("version"), int):
+        return None
+    if parsed["version"] > FORMAT_VERSION or parsed.get("kind") not in (
+        KIND_LAYER_SERIES,
+        KIND_LAYER_CHANNELS,
+        KIND_METRIC,
+    ):
+        return None
+    return parsed

@@ -1,0 +1,168 @@
+"""Writes the log format of :mod:`tb_bnstats.metadata` into TensorBoard event
+files, without TensorFlow ops: one ``Event`` per layer per logged step,
+written by TensorBoard's own asynchronous :class:`EventFileWriter`.
+
+The Keras callback uses it, and so can a custom training loop or a hand-written
+batch norm::
+
+    from tb_bnstats import summary
+
+    writer = summary.Writer("logs/run1")
+    for step, (x, y) in enumerate(data, start=1):
+        mean, var = tf.nn.moments(h, axes=[0])          # what your BN normalizes with
+        ...                                            # update moving_mean / moving_var
+        writer.layer_moments(
+            "block1/bn", step,
+            batch_mean=mean, batch_var=var,
+            moving_mean=moving_mean, moving_var=moving_var,
+            updates=step, momentum=0.99, epsilon=1e-3,
+        )
+        writer.metrics("train", {"loss": loss}, step)
+    writer.close()
+"""
+
+import logging
+import threading
+import time
+
+import numpy as np
+from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+from tb_bnstats import metadata, quantities
+
+logger = logging.getLogger("tb_bnstats")
+
+DEFAULT_FLUSH_SECS = 5.0
+
+
+def _scalar_proto(value):
+    return tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_FLOAT,
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(),
+        float_val=[value],
+    )
+
+
+def _tensor_proto(array):
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    return tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_FLOAT,
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=n) for n in array.shape]
+        ),
+        tensor_content=array.tobytes(),
+    )
+
+
+class Writer:
+    """An event-file writer for BN statistics.
+
+    Args:
+        logdir: the run's directory (created if missing).
+        flush_secs: pending records reach the disk at least this often.
+        max_queue: records held in memory before a write blocks.
+    """
+
+    def __init__(self, logdir, flush_secs=DEFAULT_FLUSH_SECS, max_queue=1000):
+        self._writer = EventFileWriter(str(logdir), max_queue_size=max_queue, flush_secs=flush_secs)
+        self._tags_with_metadata = set()
+        self._layers = {}
+        self._lock = threading.Lock()
+
+    @property
+    def path(self):
+        """The event file being written."""
+        return self._writer._file_name
+
+    def _value(self, tag, make_metadata, **payload):
+        value = summary_pb2.Summary.Value(tag=tag, **payload)
+        if tag not in self._tags_with_metadata:
+            # TensorBoard keeps the metadata of a tag's first record.
+            value.metadata.CopyFrom(make_metadata())
+            self._tags_with_metadata.add(tag)
+        return value
+
+    def _emit(self, step, values):
+        event = event_pb2.Event(step=int(step), wall_time=time.time(), summary=summary_pb2.Summary(value=values))
+        self._writer.add_event(event)
+
+    def layer(self, info: metadata.LayerInfo, step, batch_mean, batch_var, moving_mean, moving_var, updates,
+              samples_per_channel=None, snapshot=False, init_mean=None, init_var=None, series=True):
+        """Logs one layer at one step: the aggregates of
+        :data:`metadata.LAYER_SERIES` (unless ``series=False``) and, with
+        ``snapshot=True``, the per-channel rows. Returns the
+        :class:`quantities.LayerQuantities`."""
+        q = quantities.compute(info, batch_mean, batch_var, moving_mean, moving_var, updates,
+                               samples_per_channel, init_mean, init_var)
+        with self._lock:
+            previous = self._layers.setdefault(info.name, info)
+            if previous != info:
+                # A changed layer description goes into the tags' metadata again.
+                self._layers[info.name] = info
+                self._tags_with_metadata = {t for t in self._tags_with_metadata
+                                            if not t.startswith(metadata.layer_tag(info.name, ""))}
+            values = [
+                self._value(metadata.layer_tag(info.name, name),
+                            lambda name=name: metadata.layer_series_metadata(info, name),
+                            tensor=_scalar_proto(v))
+                for name, v in (q.series().items() if series else ())
+            ]
+            if snapshot:
+                values.append(self._value(metadata.layer_tag(info.name, metadata.CHANNELS_QUANTITY),
+                                          lambda: metadata.layer_channels_metadata(info),
+                                          tensor=_tensor_proto(q.snapshot())))
+            if values:
+                self._emit(step, values)
+        return q
+
+    def layer_moments(self, name, step, *, batch_mean, batch_var, moving_mean, moving_var, updates,
+                      momentum, epsilon, init_mean=0.0, init_var=1.0, moving_var_unbiased=False,
+                      samples_per_channel=None, snapshot=False, depth=None, **layer_fields):
+        """:meth:`layer` for a custom loop: describe the layer by keywords.
+
+        ``updates`` is how many times the moving averages were updated, this
+        step's update included. Pass ``moving_var_unbiased=True`` and
+        ``samples_per_channel`` when your moving variance averages
+        Bessel-corrected batch variances (PyTorch-style).
+        """
+        channels = int(np.asarray(batch_mean).size)
+        if depth is None:
+            depth = self._layers[name].depth if name in self._layers else len(self._layers)
+        info = metadata.LayerInfo(
+            name=name, channels=channels, momentum=float(momentum), epsilon=float(epsilon),
+            init_mean=float(np.mean(init_mean)), init_var=float(np.mean(init_var)),
+            moving_var_unbiased=bool(moving_var_unbiased), depth=int(depth),
+            **{"framework": "custom", **layer_fields},
+        )
+        return self.layer(info, step, batch_mean, batch_var, moving_mean, moving_var, updates,
+                          samples_per_channel=samples_per_channel, snapshot=snapshot,
+                          init_mean=np.broadcast_to(np.asarray(init_mean, np.float64), (channels,)),
+                          init_var=np.broadcast_to(np.asarray(init_var, np.float64), (channels,)))
+
+    def metrics(self, split, values, step):
+        """Logs scalar metrics (``loss``, ``accuracy``...) for ``split`` in
+        ``("train", "val")`` at ``step``."""
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        with self._lock:
+            out = [
+                self._value(metadata.metric_tag(split, name),
+                            lambda name=name: metadata.metric_metadata(split, name),
+                            tensor=_scalar_proto(float(v)))
+                for name, v in values.items()
+            ]
+            if out:
+                self._emit(step, out)
+
+    def flush(self):
+        self._writer.flush()
+
+    def close(self):
+        self._writer.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
