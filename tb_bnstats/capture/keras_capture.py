@@ -59,26 +59,37 @@ def find_batchnorm_layers(model):
 
 
 class _LayerProbe:
-    """Untracked variables holding one layer's last captured moments."""
+    """Untracked variables holding one layer's last captured moments, made
+    the first time the layer runs (a subclassed model builds its layers only
+    then; under a trace, ``init_scope`` makes them outside the graph)."""
 
     def __init__(self, layer):
+        self.layer = layer
+        self.hooks = weakref.WeakSet()
+        self.channels = None
+
+    def ensure_variables(self):
+        if self.channels is not None:
+            return
         import tensorflow as tf
 
-        channels = int(layer.moving_mean.shape[0])
-        self.channels = channels
+        layer = self.layer
         with tf.init_scope():
+            channels = int(layer.moving_mean.shape[0])
             self.batch_mean = tf.Variable(tf.zeros([channels]), trainable=False, name="tb_bnstats_batch_mean")
             self.batch_var = tf.Variable(tf.zeros([channels]), trainable=False, name="tb_bnstats_batch_var")
             self.updates = tf.Variable(0, dtype=tf.int64, trainable=False, name="tb_bnstats_updates")
             self.updating = tf.Variable(0, dtype=tf.int64, trainable=False, name="tb_bnstats_updating")
-        # The values the moving averages start from, as found: the
-        # initializers' output on a fresh layer, pre-trained values otherwise.
-        self.init_mean = np.array(layer.moving_mean.numpy(), np.float64)
-        self.init_var = np.array(layer.moving_variance.numpy(), np.float64)
+            # The values the moving averages start from, as found: the
+            # initializers' output on a fresh layer, pre-trained values otherwise.
+            self.init_mean = np.array(layer.moving_mean.numpy(), np.float64)
+            self.init_var = np.array(layer.moving_variance.numpy(), np.float64)
+        self.channels = channels
 
     def record(self, mean, variance, updating):
         import tensorflow as tf
 
+        self.ensure_variables()
         self.batch_mean.assign(tf.reshape(tf.cast(mean, tf.float32), [self.channels]))
         self.batch_var.assign(tf.reshape(tf.cast(variance, tf.float32), [self.channels]))
         self.updating.assign(1 if updating else 0)
@@ -117,7 +128,7 @@ def _instrument_layer(layer, hook):
         probe.hooks.add(hook)
         return probe
     probe = _LayerProbe(layer)
-    probe.hooks = weakref.WeakSet([hook])
+    probe.hooks.add(hook)
     original_moments = layer._moments
     original_call = layer.call
 
@@ -129,6 +140,7 @@ def _instrument_layer(layer, hook):
     @functools.wraps(original_call)
     def call(inputs, training=None, mask=None):
         if _in_train_step():
+            probe.ensure_variables()
             for h in probe.hooks:
                 h.saw(layer)
             if not (training and layer.trainable):
@@ -178,9 +190,6 @@ class KerasCapture:
                 f"{keras.backend.backend()!r}")
         self.model = model
         self._named = find_batchnorm_layers(model)
-        unbuilt = [name for name, layer in self._named if not layer.built]
-        if unbuilt:
-            raise ValueError(f"BatchNormalization layers not built yet: {unbuilt}; build or call the model first")
         hook = _HOOKS.get(model)
         if hook is None:
             hook = _HOOKS[model] = _TrainStepHook(model)
@@ -197,32 +206,37 @@ class KerasCapture:
     def names(self):
         """Names of every BN layer found, in tracking order."""
         return [name for name, _ in self._named]
+    def _ran(self):
+        """``[(name, layer)]`` of the BN layers the traced train step ran."""
+        ran = {id(layer) for layer in self._hook.execution_order}
+        return [(name, layer) for name, layer in self._named if id(layer) in ran]
 
     def layer_infos(self):
         """LayerInfo of every layer that ran in the traced train step, in
         execution order (depth 0 = closest to the input)."""
         order = {id(layer): i for i, layer in enumerate(self._hook.execution_order)}
-        infos = [_layer_info(name, layer, order[id(layer)]) for name, layer in self._named if id(layer) in order]
+        infos = [_layer_info(name, layer, order[id(layer)]) for name, layer in self._ran()]
         return sorted(infos, key=lambda info: info.depth)
 
     def not_run(self):
         """Names of BN layers found in the model that the train step never ran."""
-        ran = {id(layer) for layer in self._hook.execution_order}
-        return [name for name, layer in self._named if id(layer) not in ran]
+        ran = {name for name, _ in self._ran()}
+        return [name for name, _ in self._named if name not in ran]
 
-    def _build_read_fn(self):
+    def _build_read_fn(self, named):
         import tensorflow as tf
 
-        layers = [layer for _, layer in self._named]
-        probes = [self._probes[name] for name, _ in self._named]
+        layers = [layer for _, layer in named]
+        probes = [self._probes[name] for name, _ in named]
         iterations = self.model.optimizer.iterations
 
         @tf.function(autograph=False)
         def read():
             floats = tf.concat(
-                [tf.reshape(tf.cast(tf.convert_to_tensor(v), tf.float32), [-1])
-                 for layer, p in zip(layers, probes)
-                 for v in (p.batch_mean, p.batch_var, layer.moving_mean, layer.moving_variance)], axis=0)
+                [tf.zeros([0])] + [tf.reshape(tf.cast(tf.convert_to_tensor(v), tf.float32), [-1])
+                                   for layer, p in zip(layers, probes)
+                                   for v in (p.batch_mean, p.batch_var, layer.moving_mean, layer.moving_variance)],
+                axis=0)
             ints = tf.stack([p.updates for p in probes] + [p.updating for p in probes]
                             + [tf.cast(tf.convert_to_tensor(iterations), tf.int64)])
             return floats, ints
@@ -230,12 +244,14 @@ class KerasCapture:
         return read
 
     def read(self) -> Reading:
-        if self._read_fn is None:
-            self._read_fn = self._build_read_fn()
-        floats, ints = (t.numpy() for t in self._read_fn())
-        n = len(self._named)
+        """The moments of the last training step of every layer that ran."""
+        named = self._ran()
+        if self._read_fn is None or self._read_fn[0] != [name for name, _ in named]:
+            self._read_fn = ([name for name, _ in named], self._build_read_fn(named))
+        floats, ints = (t.numpy() for t in self._read_fn[1]())
+        n = len(named)
         out, offset = {}, 0
-        for i, (name, _) in enumerate(self._named):
+        for i, (name, _) in enumerate(named):
             probe = self._probes[name]
             c = probe.channels
             chunk = floats[offset:offset + 4 * c].astype(np.float64).reshape(4, c)

@@ -1,0 +1,45 @@
+# The two commands of the README:
+#   make demo   -- install, train the demo runs, start TensorBoard with the BN Convergence tab
+#   make test   -- install everything the tests need, then run them all
+# Everything goes into a virtual environment in .venv (override with VENV=...).
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: install install-test system-deps frontend-check test test-python test-frontend bench demo bundle
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+install: $(PY)
+	$(PIP) install --quiet -e .
+
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+install-test: $(PY) system-deps
+	$(PIP) install --quiet -e ".[test]"
+	cd frontend && npm ci --no-audit --no-fund --loglevel=error
+
+# Rebuilds the committed bundle and fails if it differs from what is committed.
+frontend-check: install-test
+	cd frontend && npm run --silent build
+	git diff --exit-code --stat -- tb_bnstats/plugin/static || { echo "tb_bnstats/plugin/static is stale: run 'make bundle' and commit it"; exit 1; }
+
+test-frontend: install-test
+	cd frontend && npm test --silent
+
+test-python: install-test
+	$(PY) -m pytest -q tests
+
+test: frontend-check test-frontend test-python
+
+bundle:
+	cd frontend && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build
+
+bench: install
+	$(PY) bench/overhead.py

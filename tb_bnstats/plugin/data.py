@@ -1,0 +1,211 @@
+"""Pure helpers of the plugin's routes: downsampling that keeps spikes, the
+heat-map binning, the "TensorBoard sampled this series" signal, overview
+badges and CSV encoding. numpy only; no TensorBoard, no TensorFlow.
+"""
+
+import csv
+import io
+import math
+
+import numpy as np
+
+from tb_bnstats import quantities
+
+# Points per tag that TensorBoard keeps unless told otherwise: the data server
+# keeps 1000 per SCALAR tag and 100 per TENSOR tag; the Python loader
+# (--load_fast=false) keeps 10 per tag for a third-party plugin.
+KNOWN_SAMPLING_CAPS = (10, 100, 1000)
+LIFT_SAMPLING_HINT = "--samples_per_plugin=bn_stats=all"
+
+
+# -- downsampling ------------------------------------------------------------
+
+def minmax_downsample(steps, values, points):
+    """At most about ``points`` points of a series, keeping its spikes.
+
+    The step range is cut into ``points // 2`` buckets of equal width; in each
+    bucket the lowest and the highest point are kept (in step order), so a
+    one-step spike survives any reduction. The first and last points are always
+    kept. NaN values are ignored when picking extremes; a bucket holding only
+    NaN keeps one NaN point (a gap in the drawn line).
+
+    Returns ``(steps, values)`` sorted by step.
+    """
+    steps = np.asarray(steps, np.int64)
+    values = np.asarray(values, np.float64)
+    order = np.argsort(steps, kind="stable")
+    steps, values = steps[order], values[order]
+    n = steps.size
+    if n <= max(int(points), 2):
+        return steps, values
+    buckets = max(int(points) // 2, 1)
+    lo, hi = int(steps[0]), int(steps[-1])
+    width = (hi - lo + 1) / buckets
+    bucket = np.minimum(((steps - lo) / width).astype(np.int64), buckets - 1)
+    finite = ~np.isnan(values)
+    for_min = np.where(finite, values, np.inf)
+    for_max = np.where(finite, values, -np.inf)
+    # Sorting by (bucket, value): the first of each bucket holds its minimum.
+    by_min = np.lexsort((for_min, bucket))
+    by_max = np.lexsort((-for_max, bucket))
+    starts = np.flatnonzero(np.r_[True, bucket[by_min][1:] != bucket[by_min][:-1]])
+    keep = np.concatenate([by_min[starts], by_max[starts], [0, n - 1]])
+    keep = np.unique(keep)
+    return steps[keep], values[keep]
+
+
+def bin_max(steps, values, edges):
+    """Max of ``values`` in each step bin ``[edges[i], edges[i+1])`` (the last
+    bin includes its right edge); NaN where a bin holds no finite value."""
+    steps = np.asarray(steps, np.int64)
+    values = np.asarray(values, np.float64)
+    bins = len(edges) - 1
+    out = np.full(bins, -np.inf)
+    if steps.size and bins > 0:
+        idx = np.clip(np.searchsorted(edges, steps, side="right") - 1, 0, bins - 1)
+        ok = np.isfinite(values) & (steps >= edges[0]) & (steps <= edges[-1])
+        np.maximum.at(out, idx[ok], values[ok])
+    out[np.isneginf(out)] = np.nan
+    return out
+
+
+def step_edges(first, last, bins):
+    """``bins + 1`` integer-valued edges covering ``[first, last]``; fewer bins
+    when there are fewer steps than bins."""
+    first, last = int(first), int(last)
+    bins = max(1, min(int(bins), last - first + 1))
+    return np.linspace(first, last + 1, bins + 1)
+
+
+# -- sampling signal ---------------------------------------------------------
+
+def sampling_info(steps, cap_hint=None):
+    """Says whether TensorBoard kept only a sample of a series.
+
+    The writer logs on a regular stride (every N steps, the last step of each
+    ``steps_per_execution`` block), so the gaps between logged steps are
+    nearly constant. TensorBoard's reservoir sampling keeps random points:
+    gaps become irregular (coefficient of variation near 1) and fewer points
+    remain than the stride implies. The series is reported as sampled when
+    fewer points are stored than ``(last - first) / stride + 1`` (stride = the
+    most common gap) *and* either the gaps are irregular or the number of
+    points equals a known TensorBoard cap. ``cap_hint`` is this plugin's
+    ``--samples_per_plugin`` value (0 = keep all: never sampled).
+    """
+    steps = np.unique(np.asarray(steps, np.int64))
+    n = int(steps.size)
+    info = {"points": n, "first_step": int(steps[0]) if n else None,
+            "last_step": int(steps[-1]) if n else None, "stride": None,
+            "expected_points": n, "sampled": False}
+    if n < 3 or cap_hint == 0:
+        return info
+    gaps = np.diff(steps)
+    values, counts = np.unique(gaps, return_counts=True)
+    stride = int(values[np.argmax(counts)])  # ties go to the smallest gap
+    expected = int((steps[-1] - steps[0]) // stride + 1)
+    cv = float(np.std(gaps) / np.mean(gaps))
+    caps = set(KNOWN_SAMPLING_CAPS) | ({int(cap_hint)} if cap_hint else set())
+    info.update(stride=stride, expected_points=expected,
+                sampled=bool(n < expected and (cv > 0.5 or n in caps)))
+    return info
+
+
+def merge_sampling(infos):
+    """One summary over several series: sampled if any is."""
+    infos = [i for i in infos if i]
+    sampled = [i for i in infos if i["sampled"]]
+    out = {"sampled": bool(sampled), "series": len(infos), "sampled_series": len(sampled)}
+    if sampled:
+        kept = min(i["points"] for i in sampled)
+        expected = max(i["expected_points"] for i in sampled)
+        out.update(points=kept, expected_points=expected, hint=LIFT_SAMPLING_HINT, message=(
+            f"TensorBoard kept only a sample of these series ({kept} of about {expected} logged points "
+            f"in the most reduced one): it keeps 1000 points per scalar tag and 100 per tensor tag with "
+            f"its default data server, 10 with --load_fast=false. Spikes between kept points are invisible. "
+            f"Restart TensorBoard with {LIFT_SAMPLING_HINT} to see every point."))
+    return out
+
+
+# -- layer-level numbers -------------------------------------------------------
+
+def derived(info):
+    """Numbers the tab shows next to a layer, from :mod:`tb_bnstats.quantities`
+    (the frontend never re-derives them)."""
+    m = float(info.momentum)
+    window = quantities.effective_window(m)
+    return {
+        "effective_window": window if math.isfinite(window) else None,
+        "steps_to_95": quantities.steps_to_converge(m, 0.95),
+        "steps_to_99": quantities.steps_to_converge(m, 0.99),
+    }
+
+
+# Overview badges: plain thresholds so the overview can flag a layer at a
+# glance. They are hints, not the diagnosis.
+MEAN_GAP_P90_WARN = 0.5  # |mu_B - mu_R| / sigma_B, 90th percentile over channels
+LOG_VAR_RATIO_WARN = 0.25  # |mean log((var_B+eps)/(var_R+eps))|, exp(0.25) = 1.28x
+CONVERGENCE_WARN = 0.95
+
+
+def badges(info, latest):
+    """Warning badges of one layer from its latest values."""
+    out = []
+    conv, updates = latest.get("convergence"), latest.get("updates")
+    if not info.trainable or (updates is not None and updates == 0):
+        out.append({"id": "frozen", "label": "no updates",
+                    "detail": "moving averages never updated (layer frozen or called with training=False)"
+                    if updates == 0 else "layer is frozen (trainable=False): moving averages are not updated"})
+    elif conv is not None and conv < CONVERGENCE_WARN:
+        need = quantities.steps_to_converge(float(info.momentum), CONVERGENCE_WARN)
+        out.append({"id": "not_converged", "label": f"{conv * 100:.0f}% converged",
+                    "detail": f"moving averages still hold {100 - conv * 100:.1f}% of their initial values after "
+                              f"{int(updates or 0)} updates; momentum {info.momentum:g} needs {need} for 95%"})
+    gap = latest.get("mean_gap/p90")
+    if gap is not None and gap > MEAN_GAP_P90_WARN:
+        out.append({"id": "mean_gap", "label": "mean gap",
+                    "detail": f"1 channel in 10 has its batch mean {gap:.2f} or more train-time std away from the "
+                              f"moving mean (flagged above {MEAN_GAP_P90_WARN})"})
+    lvr = latest.get("log_var_ratio/mean")
+    if lvr is not None and abs(lvr) > LOG_VAR_RATIO_WARN:
+        out.append({"id": "var_gap", "label": "variance " + ("wider" if lvr > 0 else "narrower"),
+                    "detail": f"batch variance is {math.exp(lvr):.2f}x the moving variance on average"
+                              + (" (dropout before BN does this)" if lvr > 0 else "")})
+    return out
+
+
+# -- output encoding -------------------------------------------------------------
+
+def finite_list(values):
+    """A JSON-safe list: NaN and infinities become None."""
+    arr = np.asarray(values, np.float64)
+    return [float(v) if math.isfinite(v) else None for v in arr.tolist()]
+
+
+def csv_text(header, rows):
+    """CSV with text cells guarded against spreadsheet formula injection."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([_cell(h) for h in header])
+    for row in rows:
+        w.writerow([_cell(c) for c in row])
+    return buf.getvalue()
+
+
+def _cell(c):
+    if c is None:
+        return ""
+    if isinstance(c, float):
+        return repr(c) if math.isfinite(c) else ""
+    if isinstance(c, str) and c[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + c
+    return c
+
+
+def wide_rows(series):
+    """``{name: (steps, values)}`` -> header and rows aligned on the union of steps."""
+    names = list(series)
+    all_steps = sorted({int(s) for steps, _ in series.values() for s in steps})
+    lookup = {name: dict(zip((int(s) for s in steps), (float(v) for v in values)))
+              for name, (steps, values) in series.items()}
+    rows = [[step] + [lookup[n].get(step) for n in names] for step in all_steps]
+    return ["step"] + names, rows

@@ -1,0 +1,320 @@
+"""The Keras callback against independent computations on the same batches."""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tb_bnstats
+from tb_bnstats import metadata
+from keras_models import BNInputRecorder, bn_layers, conv_net, conv_net_bn_inputs, data
+
+BATCH = 16
+
+
+def _fit(model, x, y, log_dir, epochs=1, **cb_kwargs):
+    cb_kwargs.setdefault("snapshot_every_n_steps", 1)
+    cb = tb_bnstats.BNStatsCallback(log_dir, verbose=0, **cb_kwargs)
+    recorder = BNInputRecorder(x, BATCH)
+    model.fit(x, y, batch_size=BATCH, epochs=epochs, shuffle=False, verbose=0, callbacks=[cb, recorder])
+    return recorder
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_logged_moments_equal_numpy_moments_of_the_real_input(tmp_path, jit_compile):
+    x, y = data()
+    model = conv_net(jit_compile=jit_compile)
+    recorder = _fit(model, x, y, tmp_path / "run", epochs=2)
+    run = tb_bnstats.load(tmp_path)["run"]
+    names = ["bn1", "nested/bn2", "block/inner_bn"]
+    assert sorted(run.layers) == sorted(names)
+    assert [run.layers[n].info.depth for n in names] == [0, 1, 2]  # execution order
+    steps = run.layers["bn1"].snapshot_steps
+    assert list(steps) == list(range(1, 9))
+    for layer_index, (name, layer) in enumerate(zip(names, bn_layers(model))):
+        logged = run.layers[name]
+        for i, step in enumerate(steps):
+            bn_input = recorder.inputs[i][layer_index]
+            axes = tuple(range(bn_input.ndim - 1))
+            scale = np.abs(bn_input).max()  # means near 0 are compared relative to the data's scale
+            np.testing.assert_allclose(logged.snapshots["batch_mean"][i], bn_input.mean(axis=axes), rtol=1e-5, atol=1e-5 * scale)
+            np.testing.assert_allclose(logged.snapshots["batch_var"][i], bn_input.var(axis=axes), rtol=1e-5, atol=1e-5 * scale**2)
+            moving_mean, moving_var = recorder.moving[i][layer_index]
+            np.testing.assert_allclose(logged.snapshots["moving_mean"][i], moving_mean, rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(logged.snapshots["moving_var"][i], moving_var, rtol=1e-6, atol=1e-7)
+        # Convergence and debiasing against their closed forms.
+        m = layer.momentum
+        t = logged.series["updates"]
+        np.testing.assert_array_equal(t, np.arange(1, 9))
+        np.testing.assert_allclose(logged.series["convergence"], 1 - m**t, rtol=1e-6)
+        w = (m ** t)[:, None]
+        np.testing.assert_allclose(logged.snapshots["debiased_mean"], (logged.snapshots["moving_mean"] - w * 0.0) / (1 - w),
+                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(logged.snapshots["debiased_var"], (logged.snapshots["moving_var"] - w * 1.0) / (1 - w),
+                                   rtol=1e-5, atol=1e-6)
+        # Channel aggregates are aggregates of the per-channel rows.
+        gap = np.abs(logged.snapshots["batch_mean"] - logged.snapshots["moving_mean"]) / np.sqrt(
+            logged.snapshots["batch_var"] + layer.epsilon)
+        np.testing.assert_allclose(logged.series["mean_gap/max"], gap.max(axis=1), rtol=1e-5)
+        np.testing.assert_allclose(logged.series["batch_mean"], logged.snapshots["batch_mean"].mean(axis=1), rtol=1e-5, atol=1e-6)
+
+
+def test_metrics_are_logged_per_step_on_the_same_axis(tmp_path):
+    x, y = data()
+    model = conv_net()
+    losses = []
+
+    class Losses(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            losses.append(logs["loss"])
+
+    model.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, validation_data=(x[:32], y[:32]),
+              callbacks=[tb_bnstats.BNStatsCallback(tmp_path / "run", verbose=0), Losses()])
+    run = tb_bnstats.load(tmp_path)["run"]
+    steps, per_step = run.metrics["train/loss"]
+    assert list(steps) == list(range(1, 9))
+    # Keras reports a running mean per epoch; the logged per-step losses average back to it.
+    running = np.array(losses)
+    for epoch in range(2):
+        chunk = per_step[epoch * 4:(epoch + 1) * 4]
+        np.testing.assert_allclose(np.cumsum(chunk) / np.arange(1, 5), running[epoch * 4:(epoch + 1) * 4], rtol=1e-5)
+    val_steps, val_loss = run.metrics["val/loss"]
+    assert list(val_steps) == [4, 8]
+    assert "train/accuracy" in run.metrics and "val/accuracy" in run.metrics
+
+
+def test_two_fits_continue_the_step_axis_and_counters(tmp_path):
+    x, y = data()
+    model = conv_net()
+    _fit(model, x, y, tmp_path / "run")
+    recorder = _fit(model, x, y, tmp_path / "run")  # a new callback, the cached train function
+    run = tb_bnstats.load(tmp_path)["run"]
+    bn1 = run.layers["bn1"]
+    np.testing.assert_array_equal(bn1.steps, np.arange(1, 9))
+    np.testing.assert_array_equal(bn1.series["updates"], np.arange(1, 9))
+    # The second fit logs real moments, not the zeros of stale variables.
+    bn_input = recorder.inputs[-1][0]
+    np.testing.assert_allclose(bn1.snapshots["batch_mean"][-1], bn_input.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6)
+
+
+def test_log_every_n_steps_and_snapshot_interval(tmp_path):
+    x, y = data(n=128)
+    model = conv_net()
+    cb = tb_bnstats.BNStatsCallback(tmp_path / "run", log_every_n_steps=3, snapshot_every_n_steps=4, verbose=0)
+    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[cb])
+    bn1 = tb_bnstats.load(tmp_path)["run"].layers["bn1"]
+    assert list(bn1.steps) == [1, 3, 6, 8]  # the first step, every 3 steps, the end of fit
+    assert list(bn1.snapshot_steps) == [1, 6, 8]  # intervals crossed, plus the end of fit
+    np.testing.assert_array_equal(bn1.series["updates"], bn1.steps)
+
+
+def test_callback_does_not_change_training(tmp_path):
+    def losses(with_callback):
+        tf.config.experimental.enable_op_determinism()
+        x, y = data()
+        model = conv_net(seed=3)
+        seen = []
+
+        class Losses(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                seen.append(float(logs["loss"]))
+
+        cbs = [Losses()] + ([tb_bnstats.BNStatsCallback(tmp_path / "run", verbose=0)] if with_callback else [])
+        keras.utils.set_random_seed(7)
+        weights_before = [w.path for w in model.weights]
+        model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0, callbacks=cbs)
+        assert [w.path for w in model.weights] == weights_before
+        return seen, model
+
+    without, plain_model = losses(False)
+    with_cb, model = losses(True)
+    assert with_cb == without  # bit-identical losses step by step
+    assert [(w.name, w.shape) for w in model.weights] == [(w.name, w.shape) for w in plain_model.weights]
+    for a, b in zip(model.weights, plain_model.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # save / load_model / load_weights are unchanged by the instrumentation.
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.models.load_model(tmp_path / "m.keras")
+    assert [w.shape for w in reloaded.weights] == [w.shape for w in model.weights]
+    model.save_weights(tmp_path / "m.weights.h5")
+    plain_model.load_weights(tmp_path / "m.weights.h5")
+    x, _ = data()
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+class _InferenceModeBN(keras.layers.Layer):
+    """Calls its BN with training=False whatever the phase (the classic bug).
+    Keras 3.15's functional graph does not keep training=False given when
+    building it: inside a layer's call it does hold."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.bn = keras.layers.BatchNormalization(name="bn")
+
+    def call(self, x):
+        return self.bn(x, training=False)
+
+
+def test_frozen_and_inference_mode_layers_are_reported_not_updated(tmp_path):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((4,))
+    frozen = keras.layers.BatchNormalization(name="frozen")
+    frozen.trainable = False
+    h = frozen(keras.layers.Dense(6)(inp))
+    h = _InferenceModeBN(name="inference")(h)
+    h = keras.layers.BatchNormalization(name="normal")(h)
+    model = keras.Model(inp, keras.layers.Dense(1)(h))
+    model.compile(keras.optimizers.SGD(0.0), "mse")  # fixed weights: the BN input is known afterwards
+    x = np.random.default_rng(0).normal(3.0, 2.0, (64, 4)).astype("float32")
+    model.fit(x, x[:, :1], batch_size=16, verbose=0, shuffle=False,
+              callbacks=[tb_bnstats.BNStatsCallback(tmp_path / "run", snapshot_every_n_steps=1, verbose=0)])
+    layers = tb_bnstats.load(tmp_path)["run"].layers
+    assert layers["frozen"].info.trainable is False
+    np.testing.assert_array_equal(layers["frozen"].series["updates"], 0)
+    np.testing.assert_array_equal(layers["inference/bn"].series["updates"], 0)
+    np.testing.assert_array_equal(layers["normal"].series["updates"], np.arange(1, 5))
+    assert np.all(layers["inference/bn"].series["convergence"] == 0)
+    # What those layers saw is still logged: far from their initial moving values.
+    assert np.all(layers["frozen"].series["mean_gap/max"] > 0.5)
+    # Inputs to the "frozen" BN are Dense(x) moments, not zeros.
+    dense = model.layers[1]
+    h = dense(x[-16:]).numpy()
+    np.testing.assert_allclose(layers["frozen"].snapshots["batch_mean"][-1], h.mean(0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["renorm", "synchronized", "mixed_float16", "steps_per_execution"])
+def test_variants_capture_exact_moments(tmp_path, variant):
+    x, y = data()
+    bn_kwargs = {"renorm": {"renorm": True}, "synchronized": {"synchronized": True}}.get(variant, {})
+    if variant == "mixed_float16":
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = conv_net(**bn_kwargs)
+        if variant == "steps_per_execution":
+            # lr 0 keeps the weights fixed, so each batch's BN input is known after the fact.
+            model.compile(keras.optimizers.SGD(0.0), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                          steps_per_execution=2)
+        recorder = _fit(model, x, y, tmp_path / "run")
+        if variant == "steps_per_execution":
+            recorder.inputs = [[np.asarray(h, np.float64) for h in conv_net_bn_inputs(model, x[i * BATCH:(i + 1) * BATCH])]
+                               for i in range(4)]
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    run = tb_bnstats.load(tmp_path)["run"]
+    bn1 = run.layers["bn1"]
+    if variant == "steps_per_execution":
+        assert list(bn1.steps) == [2, 4]  # the last step of each execution
+        np.testing.assert_array_equal(bn1.series["updates"], [2, 4])
+    else:
+        assert list(bn1.steps) == [1, 2, 3, 4]
+    # The last logged step's moments equal the real input's moments.
+    bn_input = recorder.inputs[3][0]
+    tol = 2e-3 if variant == "mixed_float16" else 1e-5  # the recorder's sub-model runs in float16 too
+    np.testing.assert_allclose(bn1.snapshots["batch_mean"][-1], bn_input.mean(axis=(0, 1, 2)), rtol=tol, atol=tol)
+    np.testing.assert_allclose(bn1.snapshots["batch_var"][-1], bn_input.var(axis=(0, 1, 2)), rtol=tol, atol=tol)
+    np.testing.assert_allclose(bn1.snapshots["moving_var"][-1], recorder.moving[-1][0][1], rtol=1e-6)
+    if variant == "renorm":
+        assert bn1.info.renorm and bn1.info.ema_of == "stddev"
+
+
+def test_masked_inputs_use_the_masked_moments(tmp_path):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((5, 3))
+    h = keras.layers.Masking(mask_value=0.0)(inp)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    model = keras.Model(inp, keras.layers.GlobalAveragePooling1D()(h))
+    model.compile("sgd", "mse")
+    rng = np.random.default_rng(0)
+    x = rng.normal(2.0, 1.0, (16, 5, 3)).astype("float32")
+    x[:, 3:, :] = 0.0  # masked timesteps
+    model.fit(x, np.zeros((16, 3)), batch_size=16, verbose=0,
+              callbacks=[tb_bnstats.BNStatsCallback(tmp_path / "run", verbose=0)])
+    bn = tb_bnstats.load(tmp_path)["run"].layers["bn"]
+    kept = x[:, :3, :].reshape(-1, 3).astype(np.float64)
+    np.testing.assert_allclose(bn.snapshots["batch_mean"][-1], kept.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(bn.snapshots["batch_var"][-1], kept.var(0), rtol=1e-4)
+
+
+def test_subclassed_model_and_layer_filter(tmp_path):
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.d1 = keras.layers.Dense(4)
+            self.bn_a = keras.layers.BatchNormalization(name="bn_a")
+            self.bn_b = keras.layers.BatchNormalization(name="bn_b")
+            self.out = keras.layers.Dense(1)
+
+        def call(self, x, training=None):
+            return self.out(self.bn_b(self.bn_a(self.d1(x), training=training), training=training))
+
+    keras.utils.set_random_seed(0)
+    model = Net()
+    model.compile("sgd", "mse")
+    x = np.random.default_rng(1).normal(size=(32, 3)).astype("float32")
+    model.fit(x, x[:, :1], batch_size=8, verbose=0,
+              callbacks=[tb_bnstats.BNStatsCallback(tmp_path / "run", layers=["*bn_b"], verbose=0)])
+    layers = tb_bnstats.load(tmp_path)["run"].layers
+    assert list(layers) == ["bn_b"]
+    assert list(layers["bn_b"].steps) == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(log_dir=""), "log_dir"),
+    (dict(log_dir=3), "log_dir"),
+    (dict(log_dir="x", log_every_n_steps=0), "log_every_n_steps"),
+    (dict(log_dir="x", log_every_n_steps=1.5), "log_every_n_steps"),
+    (dict(log_dir="x", snapshot_every_n_steps=-1), "snapshot_every_n_steps"),
+    (dict(log_dir="x", layers="bn1"), "layers"),
+    (dict(log_dir="x", flush_secs=0), "flush_secs"),
+    (dict(log_dir="x", verbose=2), "verbose"),
+])
+def test_invalid_arguments_fail_at_construction(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tb_bnstats.BNStatsCallback(**kwargs)
+
+
+def test_model_without_bn_says_so(tmp_path):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    with pytest.warns(RuntimeWarning, match="no BatchNormalization"):
+        model.fit(np.zeros((4, 2)), np.zeros((4, 1)), verbose=0,
+                  callbacks=[tb_bnstats.BNStatsCallback(tmp_path / "run", verbose=0)])
+
+
+def test_unwritable_log_dir_warns_and_training_continues(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    x, y = data(n=32)
+    model = conv_net()
+    with pytest.warns(RuntimeWarning, match="training continues"):
+        history = model.fit(x, y, batch_size=BATCH, verbose=0,
+                            callbacks=[tb_bnstats.BNStatsCallback(blocker / "run", verbose=0)])
+    assert len(history.history["loss"]) == 1
+
+
+def test_failure_while_logging_warns_once_and_training_continues(tmp_path, monkeypatch):
+    x, y = data()
+    model = conv_net()
+    cb = tb_bnstats.BNStatsCallback(tmp_path / "run", verbose=0)
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0, callbacks=[cb, _BreakWriter(cb, broken)])
+    ours = [w for w in caught if "tb_bnstats" in str(w.message)]
+    assert len(ours) == 1  # one warning for the place that fails, not one per step
+    assert "disk full" in str(ours[0].message)
+    assert model.optimizer.iterations.numpy() == 8
+
+
+class _BreakWriter(keras.callbacks.Callback):
+    def __init__(self, target, broken):
+        super().__init__()
+        self.target, self.broken = target, broken
+
+    def on_train_begin(self, logs=None):
+        self.target._writer.layer = self.broken
