@@ -4,7 +4,6 @@ a warning."""
 
 import atexit
 import fnmatch
-import logging
 import os
 import warnings
 import weakref
@@ -15,13 +14,13 @@ import numpy as np
 from tb_bnstats import summary
 from tb_bnstats.capture.keras_capture import KerasCapture
 
-logger = logging.getLogger("tb_bnstats")
-
 _OPEN_WRITERS = weakref.WeakSet()
 
 
 @atexit.register
 def _close_open_writers():
+    """A run that raises out of ``fit`` never reaches ``on_train_end``: flush
+    its records when the interpreter exits."""
     for writer in list(_OPEN_WRITERS):
         try:
             writer.close()
@@ -33,49 +32,6 @@ def _positive_int(name, value, allow_zero=False):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (0 if allow_zero else 1):
         raise ValueError(f"{name} must be an integer >= {0 if allow_zero else 1}, got {value!r}")
     return int(value)
-
-
-class _MeanMetricDeltas:
-    """Per-step values of Keras' running-mean metrics.
-
-    Keras reports ``loss`` and mean-type metrics as running means since the
-    epoch began. From their ``total``/``count`` variables the value over just
-    the steps since the last call is ``(total - total') / (count - count')``.
-    Metrics without those variables are reported as Keras gives them. Keras
-    builds compiled metrics at the first step, so they are looked up lazily.
-    """
-
-    def __init__(self, model):
-        self._model = model
-        self._metrics = None
-        self.reset()
-
-    def reset(self):
-        self._last = {}
-
-    def _find_mean_metrics(self):
-        found, stack = {}, list(self._model.metrics)
-        while stack:
-            metric = stack.pop()
-            if hasattr(metric, "total") and hasattr(metric, "count"):
-                found[metric.name] = metric
-            stack.extend(getattr(metric, "metrics", None) or [])
-        return found
-
-    def __call__(self, logs):
-        if self._metrics is None:
-            self._metrics = self._find_mean_metrics()
-        out = {}
-        for name, value in (logs or {}).items():
-            metric = self._metrics.get(name)
-            if metric is None:
-                out[name] = value
-                continue
-            total, count = float(metric.total.numpy()), float(metric.count.numpy())
-            last_total, last_count = self._last.get(name, (0.0, 0.0))
-            self._last[name] = (total, count)
-            out[name] = (total - last_total) / (count - last_count) if count > last_count else value
-        return out
 
 
 class BNStatsCallback(keras.callbacks.Callback):
@@ -90,8 +46,8 @@ class BNStatsCallback(keras.callbacks.Callback):
     Args:
         log_dir: directory of this run's event files (TensorBoard's run).
         log_every_n_steps: log every N optimizer steps (1 = every step). The
-            moments logged are those of the step logged; the train loss is the
-            mean over the N steps since the last log.
+            moments logged are those of the step logged; the train loss and
+            mean-type metrics are the mean over the steps since the last log.
         snapshot_every_n_steps: write the full per-channel snapshot every N
             steps (0 = only at the end of each ``fit``).
         layers: optional list of layer names or glob patterns (``"block1/*"``)
@@ -101,7 +57,9 @@ class BNStatsCallback(keras.callbacks.Callback):
         flush_secs: written records reach the disk at least this often.
         verbose: 1 prints what was found and which layers are frozen; 0 is quiet.
 
-    With ``steps_per_execution = k > 1`` Keras returns to Python once every k
+    The step is the optimizer's iteration count after the step, so it goes on
+    across ``fit`` calls and after restoring a checkpoint. With
+    ``steps_per_execution = k > 1`` Keras returns to Python once every k
     steps: the last step of each execution is logged.
     """
 
@@ -127,10 +85,7 @@ class BNStatsCallback(keras.callbacks.Callback):
         self.verbose = int(verbose)
         self._capture = None
         self._writer = None
-        self._metric_deltas = None
         self._infos = None
-        self._last_logged_step = None
-        self._last_snapshot_step = None
         self._failures = set()
 
     # -- helpers -------------------------------------------------------------
@@ -147,7 +102,7 @@ class BNStatsCallback(keras.callbacks.Callback):
             if where not in self._failures:
                 self._failures.add(where)
                 warnings.warn(f"tb_bnstats: {where} failed, training continues without it: "
-                              f"{type(exc).__name__}: {exc}", RuntimeWarning, stacklevel=2)
+                              f"{type(exc).__name__}: {exc}", RuntimeWarning, stacklevel=3)
             return None
 
     def _selected(self, name):
@@ -157,8 +112,11 @@ class BNStatsCallback(keras.callbacks.Callback):
 
     def set_model(self, model):
         super().set_model(model)
-        # Runs before Keras traces the train function: instrument now.
-        self._capture = KerasCapture(model)
+        # Keras calls this before it makes the train function: instrument now.
+        self._capture = self._guard("instrumenting the model", KerasCapture, model)
+        self._infos = None
+        if self._capture is None:
+            return
         names = [n for n in self._capture.names if self._selected(n)]
         if not self._capture.names:
             warnings.warn(f"tb_bnstats: found no BatchNormalization layer in model {model.name!r}; "
@@ -168,27 +126,30 @@ class BNStatsCallback(keras.callbacks.Callback):
                           f"found: {self._capture.names}", RuntimeWarning, stacklevel=2)
         else:
             self._say(f"monitoring {len(names)} BatchNormalization layer(s) of {model.name!r} -> {self.log_dir}")
-        self._infos = None
 
     def on_train_begin(self, logs=None):
-        self._guard("opening the log directory", self._open_writer)
-        if self.log_metrics:
-            self._metric_deltas = _MeanMetricDeltas(self.model)
         self._last_logged_step = self._last_snapshot_step = None
+        self._last_totals = {}
+        if self._capture is not None:
+            self._guard("opening the log directory", self._open_writer)
+            self._step = self._guard("reading the step", lambda: int(self.model.optimizer.iterations.numpy()))
 
     def _open_writer(self):
         self._writer = summary.Writer(self.log_dir, flush_secs=self.flush_secs)
         _OPEN_WRITERS.add(self._writer)
 
     def on_epoch_begin(self, epoch, logs=None):
-        if self._metric_deltas is not None:
-            self._metric_deltas.reset()
+        self._last_totals = {}  # Keras resets its metrics at each epoch
+        self._epoch_start_step = self._step
 
     def on_train_batch_end(self, batch, logs=None):
-        if self._writer is None:
+        if self._writer is None or self._step is None:
             return
-        step = int(self.model.optimizer.iterations.numpy())
-        if self._last_logged_step is not None and step // self.log_every_n_steps == self._last_logged_step // self.log_every_n_steps:
+        # Keras passes the index of the last step run in this epoch: a step
+        # count without a device round trip, to skip steps not logged.
+        self._step = self._epoch_start_step + batch + 1
+        every = self.log_every_n_steps
+        if self._last_logged_step is not None and self._step // every == self._last_logged_step // every:
             return
         self._guard("logging batch statistics", self._log_step, logs, False)
 
@@ -206,6 +167,8 @@ class BNStatsCallback(keras.callbacks.Callback):
 
     def _log_step(self, logs, final):
         reading = self._capture.read()
+        if reading is None:
+            return
         step = reading.step
         new_step = step != self._last_logged_step
         every, last_snap = self.snapshot_every_n_steps, self._last_snapshot_step
@@ -213,16 +176,35 @@ class BNStatsCallback(keras.callbacks.Callback):
         if not (new_step or snapshot):
             return
         for name, info in self._layer_infos().items():
-            moments = reading.layers[name]
-            self._writer.layer(info, step, moments.batch_mean, moments.batch_var, moments.moving_mean,
-                               moments.moving_var, moments.updates, snapshot=snapshot, series=new_step,
-                               init_mean=moments.init_mean, init_var=moments.init_var)
+            moments = reading.layers.get(name)
+            if moments is not None:
+                self._writer.layer(info, step, moments.batch_mean, moments.batch_var, moments.moving_mean,
+                                   moments.moving_var, moments.updates, snapshot=snapshot, series=new_step,
+                                   init_mean=moments.init_mean, init_var=moments.init_var)
         if self.log_metrics and logs and new_step:
-            values = self._metric_deltas(logs) if self._metric_deltas is not None else logs
-            self._writer.metrics("train", _as_floats(values), step)
+            self._writer.metrics("train", self._per_step_metrics(logs, reading.metric_totals), step)
         self._last_logged_step = step
         if snapshot:
             self._last_snapshot_step = step
+
+    def _per_step_metrics(self, logs, totals):
+        """Keras reports loss and mean-type metrics as running means since the
+        epoch began; from their ``(total, count)`` the value over just the
+        steps since the last log is ``(total - total') / (count - count')``.
+        Other metrics are logged as Keras gives them."""
+        out = {}
+        for name, value in logs.items():
+            if name in totals:
+                total, count = totals[name]
+                last_total, last_count = self._last_totals.get(name, (0.0, 0.0))
+                self._last_totals[name] = (total, count)
+                if count > last_count:
+                    value = (total - last_total) / (count - last_count)
+            try:
+                out[name] = float(value)
+            except (TypeError, ValueError):
+                continue
+        return out
 
     def on_epoch_end(self, epoch, logs=None):
         if self._writer is None or not self.log_metrics or not logs:
@@ -232,7 +214,8 @@ class BNStatsCallback(keras.callbacks.Callback):
             self._guard("logging validation metrics", self._log_validation, val)
 
     def _log_validation(self, values):
-        self._writer.metrics("val", _as_floats(values), int(self.model.optimizer.iterations.numpy()))
+        step = int(self.model.optimizer.iterations.numpy())
+        self._writer.metrics("val", {k: float(v) for k, v in values.items()}, step)
 
     def on_train_end(self, logs=None):
         if self._writer is None:
@@ -243,13 +226,3 @@ class BNStatsCallback(keras.callbacks.Callback):
         self._guard("closing the event file", self._writer.close)
         _OPEN_WRITERS.discard(self._writer)
         self._writer = None
-
-
-def _as_floats(values):
-    out = {}
-    for name, value in values.items():
-        try:
-            out[name] = float(value)
-        except (TypeError, ValueError):
-            continue
-    return out

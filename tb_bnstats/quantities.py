@@ -104,6 +104,25 @@ def steps_to_converge(momentum, fraction=0.95):
     return int(np.ceil(np.log1p(-fraction) / np.log(momentum)))
 
 
+def _percentiles(rows, percents):
+    """Percentiles along the last axis with linear interpolation (numpy's
+    default method), from one sort: ``np.percentile`` is ~30x slower on the
+    few-hundred-channel rows logged every step. NaN sorts last and propagates."""
+    ordered = np.sort(rows, axis=-1)
+    n = ordered.shape[-1]
+    out = []
+    for p in percents:
+        pos = (n - 1) * p / 100.0
+        lo = int(np.floor(pos))
+        hi = min(lo + 1, n - 1)
+        frac = pos - lo
+        value = ordered[..., lo] * (1.0 - frac) + ordered[..., hi] * frac
+        if np.isnan(ordered[..., -1]).any():
+            value = np.where(np.isnan(ordered[..., -1]), np.nan, value)
+        out.append(value)
+    return out
+
+
 @dataclasses.dataclass
 class LayerQuantities:
     """Per-channel quantities of one layer at one step."""
@@ -123,18 +142,13 @@ class LayerQuantities:
     def series(self):
         """Channel aggregates, keyed by :data:`metadata.LAYER_SERIES` names."""
         out = {name: float(np.mean(getattr(self, name))) for name in metadata.MOMENT_SERIES}
-        per_channel = {
-            "mean_gap": self.mean_gap,
-            "abs_log_var_ratio": np.abs(self.log_var_ratio),
-            "sym_kl": self.sym_kl,
-        }
-        for measure in metadata.GAP_MEASURES:
-            values = per_channel[measure]
-            p50, p90 = np.percentile(values, [50, 90])
-            out[f"{measure}/mean"] = float(np.mean(values))
-            out[f"{measure}/p50"] = float(p50)
-            out[f"{measure}/p90"] = float(p90)
-            out[f"{measure}/max"] = float(np.max(values))
+        gaps = np.stack([self.mean_gap, np.abs(self.log_var_ratio), self.sym_kl])  # GAP_MEASURES order
+        means, p50, p90, maxes = gaps.mean(axis=1), *_percentiles(gaps, (50, 90)), gaps.max(axis=1)
+        for i, measure in enumerate(metadata.GAP_MEASURES):
+            out[f"{measure}/mean"] = float(means[i])
+            out[f"{measure}/p50"] = float(p50[i])
+            out[f"{measure}/p90"] = float(p90[i])
+            out[f"{measure}/max"] = float(maxes[i])
         out["log_var_ratio/mean"] = float(np.mean(self.log_var_ratio))
         out["convergence"] = float(self.convergence)
         out["updates"] = float(self.updates)

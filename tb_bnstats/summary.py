@@ -68,6 +68,7 @@ class Writer:
         self._writer = EventFileWriter(str(logdir), max_queue_size=max_queue, flush_secs=flush_secs)
         self._tags_with_metadata = set()
         self._layers = {}
+        self._series_templates = {}
         self._lock = threading.Lock()
 
     @property
@@ -87,6 +88,25 @@ class Writer:
         event = event_pb2.Event(step=int(step), wall_time=time.time(), summary=summary_pb2.Summary(value=values))
         self._writer.add_event(event)
 
+    def _emit_series(self, info, step, series):
+        """One event with the layer's scalar series. After the first (which
+        carries the metadata) it refills a cached event in place: building
+        ~20 protos per layer per step is the writer's main cost otherwise."""
+        template = self._series_templates.get(info.name)
+        if template is None or [v.tag for v in template.summary.value] != [metadata.layer_tag(info.name, q) for q in series]:
+            self._emit(step, [self._value(metadata.layer_tag(info.name, name),
+                                          lambda name=name: metadata.layer_series_metadata(info, name),
+                                          tensor=_scalar_proto(v)) for name, v in series.items()])
+            template = event_pb2.Event(summary=summary_pb2.Summary(value=[
+                summary_pb2.Summary.Value(tag=metadata.layer_tag(info.name, name), tensor=_scalar_proto(0.0))
+                for name in series]))
+            self._series_templates[info.name] = template
+            return
+        template.step, template.wall_time = int(step), time.time()
+        for value, v in zip(template.summary.value, series.values()):
+            value.tensor.float_val[0] = v
+        self._writer.add_event(template)
+
     def layer(self, info: metadata.LayerInfo, step, batch_mean, batch_var, moving_mean, moving_var, updates,
               samples_per_channel=None, snapshot=False, init_mean=None, init_var=None, series=True):
         """Logs one layer at one step: the aggregates of
@@ -100,20 +120,15 @@ class Writer:
             if previous != info:
                 # A changed layer description goes into the tags' metadata again.
                 self._layers[info.name] = info
-                self._tags_with_metadata = {t for t in self._tags_with_metadata
-                                            if not t.startswith(metadata.layer_tag(info.name, ""))}
-            values = [
-                self._value(metadata.layer_tag(info.name, name),
-                            lambda name=name: metadata.layer_series_metadata(info, name),
-                            tensor=_scalar_proto(v))
-                for name, v in (q.series().items() if series else ())
-            ]
+                prefix = metadata.layer_tag(info.name, "")
+                self._tags_with_metadata = {t for t in self._tags_with_metadata if not t.startswith(prefix)}
+                self._series_templates.pop(info.name, None)
+            if series:
+                self._emit_series(info, step, q.series())
             if snapshot:
-                values.append(self._value(metadata.layer_tag(info.name, metadata.CHANNELS_QUANTITY),
-                                          lambda: metadata.layer_channels_metadata(info),
-                                          tensor=_tensor_proto(q.snapshot())))
-            if values:
-                self._emit(step, values)
+                self._emit(step, [self._value(metadata.layer_tag(info.name, metadata.CHANNELS_QUANTITY),
+                                              lambda: metadata.layer_channels_metadata(info),
+                                              tensor=_tensor_proto(q.snapshot()))])
         return q
 
     def layer_moments(self, name, step, *, batch_mean, batch_var, moving_mean, moving_var, updates,

@@ -149,7 +149,13 @@ def make_client(logdir, sampling_hints=None, keep_all=True):
 
     from tb_bnstats.plugin import loader
 
-    multiplexer = pem.EventMultiplexer(tensor_size_guidance={"bn_stats": 0, "scalars": 0} if keep_all else None)
+    if keep_all:
+        multiplexer = pem.EventMultiplexer(tensor_size_guidance={"bn_stats": 0, "scalars": 0})
+    else:  # what `tensorboard --load_fast=false` builds
+        from tensorboard.backend.event_processing import data_ingester
+
+        multiplexer = pem.EventMultiplexer(size_guidance=data_ingester.DEFAULT_SIZE_GUIDANCE,
+                                           tensor_size_guidance=dict(data_ingester.DEFAULT_TENSOR_SIZE_GUIDANCE))
     multiplexer.AddRunsFromDirectory(logdir)
     multiplexer.Reload()
     provider = mdp.MultiplexerDataProvider(multiplexer, logdir)

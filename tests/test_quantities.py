@@ -86,3 +86,17 @@ def test_layer_info_validates(bad):
     args.update(bad)
     with pytest.raises(ValueError):
         metadata.LayerInfo(**args)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 64, 333])
+def test_percentiles_match_numpy(n):
+    rows = np.random.default_rng(n).normal(size=(3, n))
+    p50, p90 = quantities._percentiles(rows, (50, 90))
+    np.testing.assert_allclose(p50, np.percentile(rows, 50, axis=1), rtol=1e-12)
+    np.testing.assert_allclose(p90, np.percentile(rows, 90, axis=1), rtol=1e-12)
+
+
+def test_nan_moments_propagate_into_aggregates():
+    info = metadata.LayerInfo(name="bn", channels=3, momentum=0.9, epsilon=1e-3)
+    s = quantities.compute(info, [0.0, np.nan, 1.0], [1, 1, 1], [0, 0, 0], [1, 1, 1], 5).series()
+    assert np.isnan(s["mean_gap/max"]) and np.isnan(s["mean_gap/p90"]) and np.isnan(s["batch_mean"])

@@ -7,7 +7,7 @@ reader, plugin) depends only on this, never on Keras.
 """
 
 import dataclasses
-from typing import Dict
+from typing import Dict, Tuple
 
 import numpy as np
 
@@ -34,5 +34,9 @@ class LayerMoments:
 
 @dataclasses.dataclass
 class Reading:
+    """``step``: the optimizer's iteration count after the step read.
+    ``metric_totals``: running-mean metrics as ``{name: (total, count)}``."""
+
     step: int
     layers: Dict[str, LayerMoments]
+    metric_totals: Dict[str, Tuple[float, float]] = dataclasses.field(default_factory=dict)

@@ -97,26 +97,92 @@ class _LayerProbe:
             self.updates.assign_add(1)
 
 
+def mean_metrics(model):
+    """``[(name, metric)]`` of the model's running-mean metrics (those with
+    ``total`` and ``count`` variables: the loss tracker, accuracy...)."""
+    found, stack = [], list(model.metrics)
+    while stack:
+        metric = stack.pop(0)
+        if hasattr(metric, "total") and hasattr(metric, "count"):
+            found.append((metric.name, metric))
+        stack.extend(getattr(metric, "metrics", None) or [])
+    return found
+
+
 class _TrainStepHook:
-    """Marks the model's train step and records the order BN layers run in."""
+    """Wraps ``model.train_step``: marks "inside a training step", records the
+    order BN layers run in, and at the end of each step publishes everything
+    the callback reads -- the optimizer's iteration count, each layer's
+    captured and moving moments and update count, the running-mean metrics'
+    totals -- into one float64 buffer variable, so the host reads one
+    variable per logged step."""
 
     def __init__(self, model):
         self.execution_order = []  # BN layers, first call first, as traced
+        self.layout = None  # (names of layers, channels, metric names) of `buffer`
+        self.buffer = None
+        self._buffers = {}
+        self._warned = False
         original = model.train_step
+        model_ref = weakref.ref(model)
 
         @functools.wraps(original)
         def train_step(*args, **kwargs):
             _state.train_step_depth = getattr(_state, "train_step_depth", 0) + 1
             try:
-                return original(*args, **kwargs)
+                logs = original(*args, **kwargs)
             finally:
                 _state.train_step_depth -= 1
+            if not _in_train_step():
+                self._publish_or_warn(model_ref())
+            return logs
 
         model.train_step = train_step
 
     def saw(self, layer):
         if not any(layer is seen for seen in self.execution_order):
             self.execution_order.append(layer)
+
+    def _publish_or_warn(self, model):
+        try:
+            self._publish(model)
+        except Exception as exc:  # noqa: BLE001 - never break the user's train step
+            if not self._warned:
+                self._warned = True
+                logger.warning("tb_bnstats: cannot publish BN statistics from this train step: %s", exc)
+
+    def _publish(self, model):
+        import tensorflow as tf
+
+        layers = [layer for layer in self.execution_order if _PROBES[layer].channels is not None]
+        probes = [_PROBES[layer] for layer in layers]
+        metrics = mean_metrics(model)
+        parts = [model.optimizer.iterations]
+        for layer, p in zip(layers, probes):
+            parts += [p.updates, p.updating, p.batch_mean, p.batch_var, layer.moving_mean, layer.moving_variance]
+        for _, metric in metrics:
+            parts += [metric.total, metric.count]
+        values = tf.concat([tf.reshape(tf.cast(tf.convert_to_tensor(v), tf.float64), [-1]) for v in parts], axis=0)
+        layout = (tuple(layers), tuple(p.channels for p in probes), tuple(name for name, _ in metrics))
+        size = 1 + sum(2 + 4 * p.channels for p in probes) + 2 * len(metrics)
+        if size not in self._buffers:
+            with tf.init_scope():
+                self._buffers[size] = tf.Variable(tf.zeros([size], tf.float64), trainable=False,
+                                                  name="tb_bnstats_buffer")
+        self._buffers[size].assign(values)
+        self.buffer, self.layout = self._buffers[size], layout
+
+
+def _never_raise(fn, *args):
+    """Capture code runs inside the user's train step: a failure there is
+    logged once and the step goes on without it."""
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001
+        if not getattr(_state, "warned", False):
+            _state.warned = True
+            logger.warning("tb_bnstats: capture failed inside the train step, statistics will be missing: %s", exc)
+        return None
 
 
 def _instrument_layer(layer, hook):
@@ -134,19 +200,27 @@ def _instrument_layer(layer, hook):
 
     def _moments(inputs, mask):
         mean, variance = original_moments(inputs, mask)
-        probe.record(mean, variance, updating=True)
+        _never_raise(probe.record, mean, variance, True)
         return mean, variance
+
+    def _note_ran():
+        probe.ensure_variables()
+        for h in probe.hooks:
+            h.saw(layer)
+
+    def _record_inference_mode(inputs, mask):
+        _note_ran()
+        x = ops.cast(inputs, backend.result_type(inputs.dtype, "float32"))
+        mean, variance = original_moments(x, mask)
+        probe.record(mean, variance, updating=False)
 
     @functools.wraps(original_call)
     def call(inputs, training=None, mask=None):
         if _in_train_step():
-            probe.ensure_variables()
-            for h in probe.hooks:
-                h.saw(layer)
-            if not (training and layer.trainable):
-                x = ops.cast(inputs, backend.result_type(inputs.dtype, "float32"))
-                mean, variance = original_moments(x, mask)
-                probe.record(mean, variance, updating=False)
+            if training and layer.trainable:
+                _never_raise(_note_ran)
+            else:
+                _never_raise(_record_inference_mode, inputs, mask)
         return original_call(inputs, training=training, mask=mask)
 
     layer._moments = _moments
@@ -200,7 +274,6 @@ class KerasCapture:
         self._probes = {name: _instrument_layer(layer, hook) for name, layer in self._named}
         if new_layers:
             model.train_function = None
-        self._read_fn = None
 
     @property
     def names(self):
@@ -223,42 +296,24 @@ class KerasCapture:
         ran = {name for name, _ in self._ran()}
         return [name for name, _ in self._named if name not in ran]
 
-    def _build_read_fn(self, named):
-        import tensorflow as tf
-
-        layers = [layer for _, layer in named]
-        probes = [self._probes[name] for name, _ in named]
-        iterations = self.model.optimizer.iterations
-
-        @tf.function(autograph=False)
-        def read():
-            floats = tf.concat(
-                [tf.zeros([0])] + [tf.reshape(tf.cast(tf.convert_to_tensor(v), tf.float32), [-1])
-                                   for layer, p in zip(layers, probes)
-                                   for v in (p.batch_mean, p.batch_var, layer.moving_mean, layer.moving_variance)],
-                axis=0)
-            ints = tf.stack([p.updates for p in probes] + [p.updating for p in probes]
-                            + [tf.cast(tf.convert_to_tensor(iterations), tf.int64)])
-            return floats, ints
-
-        return read
-
     def read(self) -> Reading:
-        """The moments of the last training step of every layer that ran."""
-        named = self._ran()
-        if self._read_fn is None or self._read_fn[0] != [name for name, _ in named]:
-            self._read_fn = ([name for name, _ in named], self._build_read_fn(named))
-        floats, ints = (t.numpy() for t in self._read_fn[1]())
-        n = len(named)
-        out, offset = {}, 0
-        for i, (name, _) in enumerate(named):
-            probe = self._probes[name]
-            c = probe.channels
-            chunk = floats[offset:offset + 4 * c].astype(np.float64).reshape(4, c)
-            offset += 4 * c
-            out[name] = LayerMoments(
-                batch_mean=chunk[0], batch_var=chunk[1], moving_mean=chunk[2], moving_var=chunk[3],
-                updates=int(ints[i]), updating=bool(ints[n + i]),
-                init_mean=probe.init_mean, init_var=probe.init_var,
-            )
-        return Reading(step=int(ints[-1]), layers=out)
+        """The state published by the last training step: moments of every
+        layer that ran, and ``metric_totals`` ``{name: (total, count)}``."""
+        hook = self._hook
+        if hook.buffer is None:
+            return None
+        values = hook.buffer.numpy()
+        layers, channels, metric_names = hook.layout
+        names = {id(layer): name for name, layer in self._named}
+        out, offset = {}, 1
+        for layer, c in zip(layers, channels):
+            updates, updating = int(values[offset]), bool(values[offset + 1])
+            chunk = values[offset + 2:offset + 2 + 4 * c].reshape(4, c)
+            offset += 2 + 4 * c
+            if id(layer) in names:
+                probe = self._probes[names[id(layer)]]
+                out[names[id(layer)]] = LayerMoments(
+                    batch_mean=chunk[0], batch_var=chunk[1], moving_mean=chunk[2], moving_var=chunk[3],
+                    updates=updates, updating=updating, init_mean=probe.init_mean, init_var=probe.init_var)
+        totals = {name: (values[offset + 2 * i], values[offset + 2 * i + 1]) for i, name in enumerate(metric_names)}
+        return Reading(step=int(values[0]), layers=out, metric_totals=totals)

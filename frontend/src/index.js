@@ -1,0 +1,188 @@
+// The BN Convergence tab: TensorBoard imports this module in the plugin's
+// iframe and calls render().
+import uplotCss from "uplot/dist/uPlot.min.css";
+import css from "./style.css";
+import { api, routeUrl } from "./api.js";
+import { h } from "./dom.js";
+import { runColor } from "./colors.js";
+import { listenForReload } from "./reload.js";
+import { renderOverview } from "./views/overview.js";
+import { renderLayer } from "./views/layer.js";
+import { renderCompare } from "./views/compare.js";
+
+const VIEWS = { overview: renderOverview, layer: renderLayer, compare: renderCompare };
+const POLL_MS = 0; // TensorBoard's reload button drives refreshes (experimental.DataReloaded)
+
+class App {
+  constructor(root) {
+    this.root = root;
+    this.state = { view: "overview", run: null, layer: null, compareRuns: [], smoothing: 0, logScale: false, filter: "", compareQuantity: "mean_gap/max", measure: "mean_gap/max", channelStep: null };
+    this.runs = [];
+    this.meta = null;
+    this.cleanup = null;
+    this.token = 0;
+    this.samplings = new Map();
+    this.routeUrl = routeUrl;
+    this.api = api;
+    this.build();
+  }
+
+  build() {
+    this.tabs = h("div", { class: "bn-tabs", role: "tablist" },
+      ...[["overview", "Overview"], ["layer", "Layer detail"], ["compare", "Compare runs"]].map(([id, label]) =>
+        h("button", { role: "tab", dataset: { view: id }, onclick: () => this.go(id) }, label)));
+    this.smoothOut = h("output", null, "0");
+    const smooth = h("input", { type: "range", min: "0", max: "0.99", step: "0.01", value: "0", title: "Smoothing (exponential moving average, debiased like TensorBoard's scalars)",
+      oninput: (e) => { this.smoothOut.textContent = e.target.value; },
+      onchange: (e) => { this.state.smoothing = Number(e.target.value); this.show(); } });
+    const log = h("input", { type: "checkbox", onchange: (e) => { this.state.logScale = e.target.checked; this.show(); } });
+    this.filterInput = h("input", { type: "search", placeholder: "layer filter", oninput: (e) => { this.state.filter = e.target.value; this.onFilter && this.onFilter(); } });
+    this.status = h("span", { class: "bn-note" });
+    this.banner = h("div", { class: "bn-banner", hidden: true, dataset: { role: "sampling" } });
+    this.error = h("div", { class: "bn-error", hidden: true });
+    this.runBar = h("div", { class: "bn-runs" });
+    this.view = h("main", { class: "bn-view" });
+    this.root.append(
+      h("div", { class: "bn-bar" }, this.tabs,
+        h("label", null, "Smoothing", smooth, this.smoothOut),
+        h("label", null, log, "log scale (variance)"),
+        h("label", null, "Layers", this.filterInput),
+        this.status),
+      this.runBar, this.banner, this.error, this.view);
+  }
+
+  runIndex(name) {
+    return this.runs.findIndex((r) => r.run === name);
+  }
+
+  color(name) {
+    return runColor(Math.max(this.runIndex(name), 0));
+  }
+
+  runInfo(name) {
+    return this.runs.find((r) => r.run === name) || null;
+  }
+
+  async load() {
+    this.setError(null);
+    try {
+      this.meta = await api.runs();
+    } catch (e) {
+      this.setError(`Could not list runs: ${e.message}`);
+      return;
+    }
+    this.runs = this.meta.runs;
+    const names = this.runs.map((r) => r.run);
+    if (!names.includes(this.state.run)) this.state.run = names[0] || null;
+    this.state.compareRuns = this.state.compareRuns.filter((r) => names.includes(r));
+    if (!this.state.compareRuns.length) this.state.compareRuns = names.slice(0, 4);
+    const info = this.runInfo(this.state.run);
+    if (info && !info.layers.some((l) => l.name === this.state.layer)) this.state.layer = info.layers[0]?.name || null;
+    await this.show();
+  }
+
+  go(view, patch) {
+    Object.assign(this.state, patch || {}, { view });
+    this.show();
+  }
+
+  renderRunBar() {
+    const multi = this.state.view === "compare";
+    const chosen = multi ? new Set(this.state.compareRuns) : new Set([this.state.run]);
+    this.runBar.replaceChildren(h("span", { class: "bn-hint" }, multi ? "Runs to compare:" : "Run:"),
+      ...this.runs.map((r) => h("button", {
+        class: "bn-chip", "aria-pressed": chosen.has(r.run) ? "true" : "false", dataset: { run: r.run }, title: r.run,
+        onclick: () => {
+          if (multi) {
+            const set = new Set(this.state.compareRuns);
+            if (set.has(r.run)) set.delete(r.run);
+            else set.add(r.run);
+            this.state.compareRuns = this.runs.map((x) => x.run).filter((x) => set.has(x));
+          } else {
+            this.state.run = r.run;
+            const info = this.runInfo(r.run);
+            if (!info.layers.some((l) => l.name === this.state.layer)) this.state.layer = info.layers[0]?.name || null;
+            this.state.channelStep = null;
+          }
+          this.show();
+        },
+      }, h("span", { class: "bn-swatch", style: { background: this.color(r.run) } }), r.run)));
+  }
+
+  /** Shows or clears the "TensorBoard sampled these series" banner. */
+  noteSampling(key, sampling) {
+    if (sampling && sampling.sampled) this.samplings.set(key, sampling);
+    else this.samplings.delete(key);
+    const s = [...this.samplings.values()][0];
+    if (!s) {
+      this.banner.hidden = true;
+      return;
+    }
+    this.banner.hidden = false;
+    const [before, ...after] = s.message.split(s.hint);
+    this.banner.replaceChildren(h("b", null, "Sampled data. "), before, h("code", null, s.hint), after.join(s.hint));
+  }
+
+  setError(msg) {
+    this.error.hidden = !msg;
+    this.error.textContent = msg || "";
+  }
+
+  alive(token) {
+    return token === this.token;
+  }
+
+  async show() {
+    const token = ++this.token;
+    if (this.cleanup) {
+      try { this.cleanup(); } catch (e) { /* a chart already gone */ }
+      this.cleanup = null;
+    }
+    this.onFilter = null;
+    this.samplings.clear();
+    this.noteSampling(null, null);
+    this.setError(null);
+    for (const b of this.tabs.children) b.setAttribute("aria-selected", String(b.dataset.view === this.state.view));
+    this.renderRunBar();
+    this.view.replaceChildren();
+    document.body.dataset.view = this.state.view;
+    if (!this.runs.length) {
+      this.view.append(h("div", { class: "bn-empty" },
+        "No BatchNormalization statistics found. Log a run with tb_bnstats.BNStatsCallback(log_dir) and reload."));
+      return;
+    }
+    const started = performance.now();
+    try {
+      this.cleanup = await VIEWS[this.state.view](this.view, this, token);
+      if (this.alive(token)) {
+        this.status.textContent = `drawn in ${Math.round(performance.now() - started)} ms`;
+        document.body.dataset.ready = String(token);
+      }
+    } catch (e) {
+      if (this.alive(token)) this.setError(e.message || String(e));
+    }
+  }
+}
+
+let app = null;
+
+function injectStyles() {
+  for (const text of [uplotCss, css]) {
+    const style = document.createElement("style");
+    style.textContent = text;
+    document.head.appendChild(style);
+  }
+}
+
+export async function render() {
+  injectStyles();
+  const root = h("div", { class: "bn-app" });
+  document.body.appendChild(root);
+  app = new App(root);
+  window.__bnApp = app; // for tests and the bench
+  listenForReload(() => app.load());
+  if (POLL_MS > 0) setInterval(() => app.load(), POLL_MS);
+  const mq = window.matchMedia ? window.matchMedia("(prefers-color-scheme: dark)") : null;
+  if (mq && mq.addEventListener) mq.addEventListener("change", () => app.show());
+  await app.load();
+}

@@ -1,0 +1,71 @@
+// Per-channel view at one snapshot step: batch vs moving moments per channel,
+// with a slider over the steps that have a snapshot.
+import uPlot from "uplot";
+import { h, card, downloads } from "../dom.js";
+import { SyncGroup, lineChart } from "../charts.js";
+import { fmtStep } from "../format.js";
+
+const noLine = () => null;
+
+export async function renderChannels(root, app, token, run, layer) {
+  let snap = await app.api.snapshot(run, layer, app.state.channelStep === null ? undefined : app.state.channelStep);
+  if (!app.alive(token)) return () => {};
+  app.noteSampling("snapshot", snap.sampling);
+  let charts = [];
+  const slider = h("input", { type: "range", min: "0", max: String(snap.steps.length - 1), step: "1",
+    value: String(snap.steps.indexOf(snap.step)), dataset: { role: "step-slider" }, "aria-label": "snapshot step" });
+  const stepOut = h("output", { dataset: { role: "channel-step" } }, `step ${snap.step}`);
+  const dl = h("span");
+  const body = h("div", { class: "bn-grid2" });
+  root.append(card("Per channel", `batch vs moving moments of every channel at one step (${snap.steps.length} snapshots)`, dl,
+    h("div", { class: "bn-row" }, h("span", { class: "bn-note" }, `step ${fmtStep(snap.steps[0])}`), slider,
+      h("span", { class: "bn-note" }, `step ${fmtStep(snap.steps[snap.steps.length - 1])}`), stepOut),
+    body));
+
+  const draw = () => {
+    for (const c of charts) c.destroy();
+    charts = [];
+    body.replaceChildren();
+    dl.replaceChildren(downloads(app.routeUrl, "snapshot", { run, layer, step: snap.step }));
+    stepOut.textContent = `step ${snap.step}`;
+    const xs = [...Array(snap.channels).keys()];
+    const r = snap.rows;
+    const group = new SyncGroup();
+    const pts = snap.channels > 64 ? undefined : true;
+    const specs = [
+      ["ch-mean", "Mean per channel", [["batch_mean", "batch mean", "#0072b2"], ["moving_mean", "moving mean", "#d55e00"], ["debiased_mean", "debiased mean", "#009e73"]], false],
+      ["ch-var", "Variance per channel", [["batch_var", "batch var", "#0072b2"], ["moving_var", "moving var", "#d55e00"], ["debiased_var", "debiased var", "#009e73"]], app.state.logScale],
+      ["ch-gap", "Gap per channel", [["mean_gap", "mean gap |μB−μR|/√(σ²B+ε)", "#e69f00"], ["log_var_ratio", "log var ratio", "#56b4e9"]], false],
+    ];
+    for (const [id, title, rows, logY] of specs) {
+      const el = h("div", { class: "bn-chart", dataset: { role: `chart-${id}` } });
+      body.append(card(title, `step ${snap.step}${logY ? " · log scale" : ""}`, null, el));
+      const bars = id === "ch-gap";
+      charts.push(lineChart(el, {
+        name: id, group, xIsStep: false, xLabel: "channel", height: 220, logY,
+        data: [xs, ...rows.map(([q]) => r[q])],
+        series: rows.map(([q, label, color], k) => ({
+          label, color, points: bars ? false : pts || true,
+          paths: bars ? uPlot.paths.bars({ size: [0.8 / rows.length, 40], align: k === 0 ? -1 : 1 }) : (pts ? noLine : undefined),
+          fill: bars ? color + "99" : undefined,
+        })),
+      }));
+    }
+  };
+  draw();
+
+  let pending = 0;
+  slider.addEventListener("input", async () => {
+    const step = snap.steps[Number(slider.value)];
+    stepOut.textContent = `step ${step}`;
+    const mine = ++pending;
+    const next = await app.api.snapshot(run, layer, step);
+    if (mine !== pending || !app.alive(token)) return;
+    snap = next;
+    app.state.channelStep = snap.step;
+    draw();
+  });
+  return () => {
+    for (const c of charts) c.destroy();
+  };
+}

@@ -1,0 +1,61 @@
+// Compare runs: the same layer's quantity from several runs overlaid.
+import { h, card, downloads } from "../dom.js";
+import { SyncGroup, lineChart } from "../charts.js";
+import { alignSeries } from "../downsample.js";
+import { smooth } from "../smoothing.js";
+import { fmtNum, fmtStep } from "../format.js";
+
+const POINTS = 1200;
+const DEFAULT_QUANTITIES = ["mean_gap/max", "moving_mean", "moving_var", "convergence"];
+
+export async function renderCompare(root, app, token) {
+  const runs = app.state.compareRuns;
+  if (!runs.length) {
+    root.append(h("div", { class: "bn-empty" }, "Pick runs to compare above."));
+    return () => {};
+  }
+  // Layers present in any chosen run, in depth order of the first run having them.
+  const layers = [];
+  for (const r of runs) for (const l of app.runInfo(r).layers) if (!layers.includes(l.name)) layers.push(l.name);
+  let layer = app.state.layer;
+  if (!layers.includes(layer)) layer = app.state.layer = layers[0];
+  const filtered = layers.filter((n) => n === layer || !app.state.filter || n.toLowerCase().includes(app.state.filter.toLowerCase()));
+  const qs = app.meta.layer_quantities || DEFAULT_QUANTITIES;
+  const extra = app.state.compareQuantity;
+  const shownQs = [...new Set([extra, ...DEFAULT_QUANTITIES])];
+  root.append(h("div", { class: "bn-row" },
+    h("label", null, "Layer ", h("select", { dataset: { role: "compare-layer" }, onchange: (e) => app.go("compare", { layer: e.target.value }) },
+      ...filtered.map((n) => h("option", { value: n, selected: n === layer }, n)))),
+    h("label", null, "First chart ", h("select", { onchange: (e) => app.go("compare", { compareQuantity: e.target.value }) },
+      ...qs.map((q) => h("option", { value: q, selected: q === extra }, q))))));
+  const results = await Promise.all(shownQs.map((q) => app.api.compare(runs, layer, q, POINTS)));
+  if (!app.alive(token)) return () => {};
+  const group = new SyncGroup();
+  for (const res of results) for (const r of res.runs) if (r.steps.length) group.extend(r.steps[0], r.steps[r.steps.length - 1]);
+  const grid = h("div", { class: "bn-grid2" });
+  root.append(grid);
+  const charts = [];
+  results.forEach((res, qi) => {
+    app.noteSampling(`compare-${qi}`, res.sampling);
+    const q = shownQs[qi];
+    const el = h("div", { class: "bn-chart", dataset: { role: `compare-${q}` } });
+    const missing = res.missing.length ? ` · not in ${res.missing.join(", ")}` : "";
+    const facts = res.runs.map((r) => `${r.run}: m=${r.info.momentum}, 95% after ${fmtStep(r.info.steps_to_95)}`).join(" · ");
+    grid.append(card(q, `${layer}${missing}`, downloads(app.routeUrl, "compare", { run: runs, layer, quantity: q, points: POINTS }),
+      h("div", { class: "bn-note" }, facts), el));
+    if (!res.runs.length) return;
+    const data = alignSeries(res.runs.map((r) => ({ x: r.steps, y: r.values })));
+    const raw = data.slice(1);
+    const logY = app.state.logScale && /var/.test(q) && !/ratio/.test(q);
+    const smoothQ = q !== "convergence" && q !== "updates";
+    charts.push(lineChart(el, {
+      name: `compare-${q}`, group, logY, height: 230,
+      series: res.runs.map((r, k) => ({ label: r.run, color: app.color(r.run), spanGaps: true, raw: raw[k] })),
+      data: [data[0], ...raw.map((ys) => (smoothQ ? smooth(ys, app.state.smoothing) : ys))],
+      hlines: q === "convergence" ? [{ y: 0.95, label: "95%" }] : [],
+    }));
+  });
+  return () => {
+    for (const c of charts) c.destroy();
+  };
+}

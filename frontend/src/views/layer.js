@@ -1,0 +1,139 @@
+// Layer detail: batch vs moving vs debiased moments, the gaps, the
+// convergence curve with momentum, effective window and steps to 95%, and the
+// per-channel view.
+import { h, card, downloads } from "../dom.js";
+import { SyncGroup, lineChart } from "../charts.js";
+import { fmtNum, fmtPct, fmtStep } from "../format.js";
+import { alignSeries } from "../downsample.js";
+import { smooth } from "../smoothing.js";
+import { renderChannels } from "./channels.js";
+
+const POINTS = 1200;
+const C = { batch: "#0072b2", moving: "#d55e00", debiased: "#009e73", band: "#999999", p90: "#cc79a7", max: "#e69f00", kl: "#56b4e9" };
+
+export const CHARTS = [
+  {
+    id: "mean", title: "Mean (channel average)", sub: "batch mean vs moving mean vs debiased moving mean",
+    series: [["batch_mean", "batch mean", C.batch], ["moving_mean", "moving mean", C.moving], ["debiased_mean", "debiased mean", C.debiased, [6, 3]]],
+    band: "moving_mean",
+  },
+  {
+    id: "var", title: "Variance (channel average)", sub: "batch variance vs moving variance vs debiased", log: true,
+    series: [["batch_var", "batch var", C.batch], ["moving_var", "moving var", C.moving], ["debiased_var", "debiased var", C.debiased, [6, 3]]],
+    band: "moving_var",
+  },
+  {
+    id: "gap", title: "Mean gap", sub: "|μB−μR| / √(σ²B+ε) per channel, in train-time standard deviations",
+    series: [["mean_gap/mean", "mean over channels", C.batch], ["mean_gap/p90", "p90", C.p90], ["mean_gap/max", "max", C.max]],
+  },
+  {
+    id: "vgap", title: "Variance gap", sub: "|log((σ²B+ε)/(σ²R+ε))| per channel; 0.69 = 2× (dropout 0.5 before BN)",
+    series: [["abs_log_var_ratio/mean", "mean over channels", C.batch], ["abs_log_var_ratio/p90", "p90", C.p90],
+      ["abs_log_var_ratio/max", "max", C.max], ["log_var_ratio/mean", "signed mean (>0: batches wider)", C.moving, [6, 3]]],
+  },
+  {
+    id: "kl", title: "Symmetric KL", sub: "of N(μB, σ²B+ε) and N(μR, σ²R+ε): both gaps in one number",
+    series: [["sym_kl/mean", "mean over channels", C.batch], ["sym_kl/p90", "p90", C.p90], ["sym_kl/max", "max", C.max]],
+  },
+];
+
+export async function renderLayer(root, app, token) {
+  const run = app.state.run;
+  const info = app.runInfo(run);
+  let layerName = app.state.layer;
+  if (!info.layers.some((l) => l.name === layerName)) layerName = app.state.layer = info.layers[0]?.name;
+  const layer = info.layers.find((l) => l.name === layerName);
+  const quantities = [...new Set(CHARTS.flatMap((c) => c.series.map((s) => s[0])).concat(["convergence", "updates"]))];
+  const [ser, bands] = await Promise.all([
+    app.api.series(run, layerName, quantities, POINTS),
+    layer.has_snapshots ? app.api.bands(run, layerName).catch(() => null) : Promise.resolve(null),
+  ]);
+  if (!app.alive(token)) return () => {};
+  app.noteSampling("series", ser.sampling);
+  const group = new SyncGroup();
+  for (const q of Object.values(ser.series)) if (q.steps.length) group.extend(q.steps[0], q.steps[q.steps.length - 1]);
+  const charts = [];
+
+  // -- header: layer picker and its numbers ---------------------------------------
+  const pick = h("select", { dataset: { role: "layer-select" }, onchange: (e) => app.go("layer", { layer: e.target.value, channelStep: null }) },
+    ...info.layers.filter((l) => l.name === layerName || !app.state.filter || l.name.toLowerCase().includes(app.state.filter.toLowerCase()))
+      .map((l) => h("option", { value: l.name, selected: l.name === layerName }, `${l.depth}. ${l.name}`)));
+  const conv = ser.series.convergence;
+  const convNow = conv && conv.values.length ? conv.values[conv.values.length - 1] : null;
+  const upd = ser.series.updates;
+  const updNow = upd && upd.values.length ? upd.values[upd.values.length - 1] : null;
+  const i = ser.info;
+  const facts = [
+    ["momentum", String(i.momentum)], ["epsilon", String(i.epsilon)], ["channels", String(i.channels)],
+    ["effective window 1/(1−m)", i.effective_window === null ? "∞" : `${fmtNum(i.effective_window, 4)} steps`],
+    ["95% converged after", `${fmtStep(i.steps_to_95)} updates`], ["updates so far", updNow === null ? "–" : fmtStep(updNow)],
+    ["convergence now", fmtPct(convNow)], ["init mean / var", `${fmtNum(i.init_mean)} / ${fmtNum(i.init_var)}`],
+    ["EMA of", i.ema_of], ["moving var", i.moving_var_unbiased ? "unbiased (n/(n−1))" : "biased"],
+    ["trainable", String(i.trainable)], ["class", `${i.layer_class} (${i.framework})`],
+  ];
+  root.append(h("div", { class: "bn-row" },
+    h("button", { class: "bn-back", onclick: () => app.go("overview") }, "← overview"),
+    h("label", null, "Layer ", pick)),
+    h("div", { class: "bn-facts", dataset: { role: "facts" } }, ...facts.map(([k, v]) => h("div", null, `${k}: `, h("b", null, v)))));
+
+  // -- moment and gap charts ------------------------------------------------------
+  const w = app.state.smoothing;
+  const grid = h("div", { class: "bn-grid2" });
+  root.append(grid);
+  for (const spec of CHARTS) {
+    const present = spec.series.filter(([q]) => ser.series[q] && ser.series[q].steps.length);
+    if (!present.length) continue;
+    const parts = present.map(([q]) => ({ x: ser.series[q].steps, y: ser.series[q].values }));
+    const bandRows = spec.band && bands && bands.rows[spec.band] ? bands.rows[spec.band] : null;
+    if (bandRows) {
+      parts.push({ x: bands.steps, y: bandRows.p10 }, { x: bands.steps, y: bandRows.p90 });
+    }
+    const data = alignSeries(parts);
+    const raw = data.slice(1);
+    const series = present.map(([q, label, color, dash], k) => ({ label, color, dash, raw: raw[k], spanGaps: true }));
+    if (bandRows) {
+      series.push({ label: "channels p10 (snapshots)", color: C.band, dash: [2, 2], width: 1, spanGaps: true, points: true, raw: raw[present.length] },
+        { label: "channels p90 (snapshots)", color: C.band, dash: [2, 2], width: 1, spanGaps: true, points: true, raw: raw[present.length + 1] });
+    }
+    const shown = raw.map((ys, k) => (k < present.length ? smooth(ys, w) : ys));
+    const el = h("div", { class: "bn-chart", dataset: { role: `chart-${spec.id}` } });
+    const logY = spec.log && app.state.logScale;
+    grid.append(card(spec.title, spec.sub + (logY ? " · log scale" : ""),
+      downloads(app.routeUrl, "series", { run, layer: layerName, quantities: present.map((p) => p[0]).join(","), points: POINTS }), el));
+    charts.push(lineChart(el, { name: spec.id, series, data: [data[0], ...shown], group, logY, height: 230 }));
+  }
+
+  // -- convergence ----------------------------------------------------------------------
+  if (conv && conv.steps.length) {
+    const el = h("div", { class: "bn-chart", dataset: { role: "chart-convergence" } });
+    let cross = null;
+    for (let k = 0; k < conv.values.length; k++) if (conv.values[k] !== null && conv.values[k] >= 0.95) { cross = conv.steps[k]; break; }
+    const note = `momentum ${i.momentum} · effective window ${i.effective_window === null ? "∞" : fmtNum(i.effective_window, 4)} steps · ` +
+      `95% after ${fmtStep(i.steps_to_95)} updates (99% after ${fmtStep(i.steps_to_99)}) · now ${fmtPct(convNow)}` +
+      (cross === null ? " · not yet 95%" : ` · reached 95% at step ${cross}`);
+    grid.append(card("Convergence of the moving averages", "1 − momentum^updates: the weight no longer on the initial values",
+      downloads(app.routeUrl, "series", { run, layer: layerName, quantities: "convergence,updates", points: POINTS }),
+      h("div", { class: "bn-note", dataset: { role: "convergence-note" } }, note), el));
+    charts.push(lineChart(el, {
+      name: "convergence", group, height: 230, yRange: [0, 1.05],
+      series: [{ label: "convergence", color: C.debiased, width: 2 }],
+      data: [conv.steps, conv.values],
+      hlines: [{ y: 0.95, label: "95%" }],
+      vlines: cross === null ? [] : [{ x: cross, label: `95% at step ${cross}` }],
+    }));
+  }
+
+  // -- per-channel view -----------------------------------------------------------------
+  const chWrap = h("div", { dataset: { role: "channels" } });
+  root.append(chWrap);
+  let chCleanup = null;
+  if (layer.has_snapshots) {
+    chCleanup = await renderChannels(chWrap, app, token, run, layerName);
+  } else {
+    chWrap.append(card("Per channel", "no per-channel snapshots logged for this layer (snapshot_every_n_steps)", null));
+  }
+  return () => {
+    for (const c of charts) c.destroy();
+    if (chCleanup) chCleanup();
+  };
+}

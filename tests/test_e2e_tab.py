@@ -1,0 +1,178 @@
+"""End to end: a real ``tensorboard --logdir`` (default flags) and Debian's
+chromium through Playwright open the BN Convergence tab, check that layers and
+charts with data are there, walk through the layer, per-channel and compare
+views, and save screenshots into docs/screenshots/."""
+
+import contextlib
+import json
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "docs" / "screenshots"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium not installed")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url):
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read().decode("utf-8"))
+
+
+@contextlib.contextmanager
+def tensorboard(logdir, *flags):
+    port = free_port()
+    exe = pathlib.Path(sys.executable).with_name("tensorboard")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    log = open(os.path.join(logdir, f"..tensorboard-{port}.log"), "w")
+    proc = subprocess.Popen([str(exe), "--logdir", logdir, "--port", str(port), "--host", "127.0.0.1", *flags],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            assert proc.poll() is None, "tensorboard exited early"
+            try:
+                runs = get_json(base + "/data/plugin/bn_stats/runs")["runs"]
+                if len(runs) >= 3:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            assert time.time() < deadline, "tensorboard did not serve the runs in 90 s"
+            time.sleep(0.3)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def server(keras_logdir):
+    logdir, _ = keras_logdir
+    with tensorboard(logdir) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def open_tab(browser, base, color_scheme="light"):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, color_scheme=color_scheme)
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    started = time.time()
+    page.goto(base + "/#bn_stats")
+    frame = page.wait_for_selector("iframe", timeout=30000).content_frame()
+    frame.wait_for_selector("[data-role=heatmap] canvas", timeout=30000)
+    return page, frame, errors, time.time() - started
+
+
+def points(frame, selector):
+    return int(frame.locator(selector).first.get_attribute("data-points"))
+
+
+def test_tab_overview_layer_channels_compare(server, browser):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page, frame, errors, first_chart_s = open_tab(browser, server)
+    print(f"time to first chart: {first_chart_s:.2f} s")
+
+    # Overview of the first run (keras), then synth.
+    assert frame.locator("button.bn-chip").count() == 3
+    frame.click("button.bn-chip[data-run=synth]")
+    frame.wait_for_selector("tr[data-layer=conv2_bn]")
+    rows = frame.locator("[data-role=layers] tbody tr")
+    assert [rows.nth(i).get_attribute("data-layer") for i in range(rows.count())] == ["conv1_bn", "conv2_bn", "dense_bn"]
+    frame.wait_for_selector("[data-role=heatmap] canvas")
+    assert points(frame, "[data-role=heatmap]") > 0
+    assert points(frame, "[data-role=loss]") > 0
+    assert points(frame, "canvas[data-layer=conv2_bn]") > 0
+    assert frame.locator("tr[data-layer=conv2_bn] [data-badge=not_converged]").count() == 1
+    page.screenshot(path=str(SHOTS / "overview.png"))
+
+    # Layer detail.
+    frame.click("tr[data-layer=conv2_bn]")
+    frame.wait_for_selector("[data-role=chart-convergence] canvas")
+    for role in ("chart-mean", "chart-var", "chart-gap", "chart-vgap", "chart-convergence"):
+        assert points(frame, f"[data-role={role}]") > 0, role
+    note = frame.locator("[data-role=convergence-note]").text_content()
+    assert "95% after 299 updates" in note and "momentum 0.99" in note
+    assert frame.locator("[data-role=facts]").text_content().count("100 steps") == 1
+    page.screenshot(path=str(SHOTS / "layer.png"))
+
+    # Per-channel view: 6 channels x 3 series; move the slider to the first snapshot.
+    frame.wait_for_selector("[data-role=chart-ch-mean] canvas")
+    assert points(frame, "[data-role=chart-ch-mean]") == 18
+    assert frame.locator("[data-role=channel-step]").text_content() == "step 120"
+    frame.locator("[data-role=step-slider]").fill("0")
+    frame.wait_for_function("document.querySelector('[data-role=channel-step]').textContent === 'step 40'")
+    frame.wait_for_selector("[data-role=chart-ch-gap] canvas")
+    frame.locator("[data-role=channels]").scroll_into_view_if_needed()
+    frame.locator("[data-role=channels]").screenshot(path=str(SHOTS / "channels.png"))
+
+    # The CSV download link answers with CSV.
+    href = frame.locator("[data-role=channels] .bn-dl a").first.get_attribute("href")
+    assert href.startswith("snapshot?") and "format=csv" in href
+    csv_text = page.request.get(server + "/data/plugin/bn_stats/" + href).text()
+    assert csv_text.startswith("channel,batch_mean")
+
+    # Compare runs.
+    frame.click("button[data-view=compare]")
+    frame.wait_for_selector("[data-role='compare-mean_gap/max'] canvas")
+    assert points(frame, "[data-role='compare-mean_gap/max']") > 0
+    legend = frame.locator("[data-role='compare-mean_gap/max'] .u-legend").text_content()
+    assert "synth" in legend and "synth_b" in legend
+    page.screenshot(path=str(SHOTS / "compare.png"))
+    assert errors == []
+
+
+def test_tab_dark_theme_and_reload(server, browser):
+    page, frame, errors, _ = open_tab(browser, server, color_scheme="dark")
+    bg = frame.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert bg == "rgb(32, 33, 36)"
+    page.screenshot(path=str(SHOTS / "overview-dark.png"))
+    # TensorBoard's reload button reaches the tab (experimental.DataReloaded).
+    before = frame.evaluate("document.body.dataset.ready")
+    page.locator("button.reload-button").first.click()
+    frame.wait_for_function(f"document.body.dataset.ready !== '{before}'", timeout=15000)
+    assert errors == []
+
+
+def test_sampled_data_banner(keras_logdir, browser):
+    """With --load_fast=false TensorBoard keeps 10 points per tag: the tab says so."""
+    logdir, _ = keras_logdir
+    with tensorboard(logdir, "--load_fast=false") as base:
+        page, frame, errors, _ = open_tab(browser, base)
+        frame.click("button.bn-chip[data-run=synth]")
+        frame.wait_for_selector("tr[data-layer=conv2_bn]")
+        banner = frame.locator("[data-role=sampling]")
+        banner.wait_for(state="visible")
+        assert "--samples_per_plugin=bn_stats=all" in banner.text_content()
+        assert errors == []

@@ -1,0 +1,390 @@
+"""The plugin's routes through TensorBoard's own stack (EventMultiplexer ->
+MultiplexerDataProvider -> TBContext -> TensorBoardWSGI -> werkzeug client),
+checked against numpy recomputations from the raw moments the fixtures wrote."""
+
+import csv
+import io
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import SNAPSHOT_EVERY, SPIKE_STEP, make_client
+from tb_bnstats.plugin import data
+
+P = "/data/plugin/bn_stats"
+RTOL = 2e-6  # series are stored as float32
+
+
+def get(client, url, status=200):
+    r = client.get(P + url)
+    assert r.status_code == status, (url, r.status_code, r.get_data(as_text=True)[:500])
+    return r
+
+
+def getj(client, url, status=200):
+    r = get(client, url, status)
+    assert r.mimetype == "application/json"
+    return json.loads(r.get_data(as_text=True))
+
+
+def raw_mean_gap(layer):
+    """|mu_B - mu_R| / sqrt(var_B + eps) per step and channel, from the raw moments."""
+    bm, bv, mm = (np.array(getattr(layer, k)) for k in ("batch_mean", "batch_var", "moving_mean"))
+    return np.abs(bm - mm) / np.sqrt(bv + layer.epsilon)
+
+
+# -- loading ------------------------------------------------------------------------
+
+def test_loader_imports_no_tensorflow():
+    code = ("import sys; import tb_bnstats.plugin.loader as l; l.BNStatsLoader; "
+            "import tb_bnstats.plugin.plugin; "
+            "bad = [m for m in ('tensorflow', 'keras', 'tf_keras') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_entry_point_registered():
+    from importlib.metadata import entry_points
+
+    eps = {ep.name: ep.value for ep in entry_points(group="tensorboard_plugins")}
+    assert eps.get("bn_stats") == "tb_bnstats.plugin.loader:BNStatsLoader"
+
+
+def test_plugin_listing_and_bundle(client):
+    listing = client.get("/data/plugins_listing").get_json()["bn_stats"]
+    assert listing["enabled"] is True
+    assert listing["tab_name"] == "BN Convergence"
+    assert listing["loading_mechanism"] == {"type": "IFRAME", "module_path": "/data/plugin/bn_stats/index.js"}
+    r = get(client, "/index.js")
+    assert r.mimetype == "text/javascript"
+    assert b"export" in r.get_data() and b"render" in r.get_data()
+
+
+def test_inactive_without_data(tmp_path):
+    c, plugin = make_client(str(tmp_path))
+    assert plugin.is_active() is False
+    assert c.get("/data/plugins_listing").get_json()["bn_stats"]["enabled"] is False
+    assert getj(c, "/runs")["runs"] == []
+
+
+# -- runs and overview ----------------------------------------------------------------
+
+def test_runs_lists_layers_in_depth_order(client, keras_logdir):
+    _, runs = keras_logdir
+    body = getj(client, "/runs")
+    by_run = {r["run"]: r for r in body["runs"]}
+    assert sorted(by_run) == ["keras", "synth", "synth_b"]  # not the Keras scalar runs
+    synth = by_run["synth"]
+    assert [l["name"] for l in synth["layers"]] == ["conv1_bn", "conv2_bn", "dense_bn"]
+    assert synth["max_step"] == 120 and synth["metrics"] == ["train/loss", "val/loss"]
+    for layer in synth["layers"]:
+        src = runs["synth"].layers[layer["name"]]
+        assert layer["momentum"] == pytest.approx(src.momentum) and layer["channels"] == src.channels
+        assert layer["effective_window"] == pytest.approx(1 / (1 - src.momentum))
+        assert layer["steps_to_95"] == math.ceil(math.log(0.05) / math.log(src.momentum))
+        assert layer["has_snapshots"] and "mean_gap/max" in layer["quantities"]
+    keras_layers = [l["name"] for l in by_run["keras"]["layers"]]
+    assert [n.rsplit("/", 1)[-1] for n in keras_layers] == ["bn_a", "bn_b"]
+
+
+def test_overview_latest_values(client, keras_logdir):
+    _, runs = keras_logdir
+    body = getj(client, "/overview?run=synth")
+    assert [l["name"] for l in body["layers"]] == ["conv1_bn", "conv2_bn", "dense_bn"]
+    for layer in body["layers"]:
+        src = runs["synth"].layers[layer["name"]]
+        gap = raw_mean_gap(src)[-1]
+        latest = layer["latest"]
+        assert layer["latest_step"] == 120
+        assert latest["convergence"] == pytest.approx(1 - src.momentum ** 120, rel=RTOL)
+        assert latest["updates"] == 120
+        assert latest["mean_gap/max"] == pytest.approx(gap.max(), rel=RTOL)
+        assert latest["mean_gap/p90"] == pytest.approx(np.percentile(gap, 90), rel=RTOL)
+        ids = {b["id"] for b in layer["badges"]}
+        assert ("not_converged" in ids) == (1 - src.momentum ** 120 < 0.95)
+
+
+def test_overview_flags_frozen_layer(tmp_path):
+    from tb_bnstats import summary
+
+    with summary.Writer(str(tmp_path / "frozen")) as w:
+        for step in (1, 2, 3):
+            w.layer_moments("bn", step, batch_mean=np.ones(2), batch_var=np.ones(2), moving_mean=np.zeros(2),
+                            moving_var=np.ones(2), updates=0, momentum=0.99, epsilon=1e-3)
+    c, _ = make_client(str(tmp_path))
+    layer = getj(c, "/overview?run=frozen")["layers"][0]
+    assert [b["id"] for b in layer["badges"]][0] == "frozen"
+    assert layer["latest"]["convergence"] == 0
+
+
+# -- series -------------------------------------------------------------------------------
+
+def test_series_all_points_match_numpy(client, keras_logdir):
+    _, runs = keras_logdir
+    src = runs["synth"].layers["conv2_bn"]
+    body = getj(client, "/series?run=synth&layer=conv2_bn&quantities=mean_gap/max,moving_mean,convergence&points=5000")
+    gap = raw_mean_gap(src).max(axis=1)
+    s = body["series"]["mean_gap/max"]
+    assert s["steps"] == src.steps and s["stored_points"] == len(src.steps)
+    np.testing.assert_allclose(s["values"], gap, rtol=RTOL)
+    np.testing.assert_allclose(body["series"]["moving_mean"]["values"], np.mean(src.moving_mean, axis=1), rtol=RTOL)
+    np.testing.assert_allclose(body["series"]["convergence"]["values"],
+                               1 - src.momentum ** np.array(src.steps, float), rtol=RTOL, atol=1e-7)
+    assert body["info"]["steps_to_95"] == 299 and body["sampling"]["sampled"] is False
+
+
+def test_series_downsampling_keeps_the_spike(client, keras_logdir):
+    _, runs = keras_logdir
+    src = runs["synth"].layers["conv2_bn"]
+    gap = raw_mean_gap(src).max(axis=1)
+    body = getj(client, "/series?run=synth&layer=conv2_bn&quantities=mean_gap/max&points=10")
+    s = body["series"]["mean_gap/max"]
+    assert len(s["steps"]) <= 12 and s["steps"] == sorted(s["steps"])
+    assert s["steps"][0] == 1 and s["steps"][-1] == 120
+    assert SPIKE_STEP in s["steps"]
+    assert max(s["values"]) == pytest.approx(gap.max(), rel=RTOL)
+    assert min(s["values"]) == pytest.approx(gap.min(), rel=RTOL)
+
+
+def test_series_default_quantities_and_csv(client, keras_logdir):
+    _, runs = keras_logdir
+    body = getj(client, "/series?run=synth_b&layer=dense_bn")
+    assert set(body["series"]) >= {"batch_mean", "moving_mean", "debiased_mean", "mean_gap/max", "convergence"}
+    r = get(client, "/series?run=synth_b&layer=dense_bn&quantities=batch_var,debiased_var&format=csv")
+    assert r.mimetype == "text/csv"
+    assert "attachment" in r.headers["Content-Disposition"] and ".csv" in r.headers["Content-Disposition"]
+    rows = list(csv.reader(io.StringIO(r.get_data(as_text=True))))
+    assert rows[0] == ["step", "batch_var", "debiased_var"] and len(rows) == 81
+    src = runs["synth_b"].layers["dense_bn"]
+    np.testing.assert_allclose([float(r[1]) for r in rows[1:]], np.mean(src.batch_var, axis=1), rtol=RTOL)
+
+
+# -- heat map -----------------------------------------------------------------------------
+
+def test_heatmap_is_max_per_bin(client, keras_logdir):
+    _, runs = keras_logdir
+    body = getj(client, "/heatmap?run=synth&bins=7")
+    assert body["layers"] == ["conv1_bn", "conv2_bn", "dense_bn"]
+    edges = np.array(body["step_edges"])
+    assert len(edges) == 8 and edges[0] == 1 and edges[-1] == 121
+    steps = np.arange(1, 121)
+    for name, row in zip(body["layers"], body["values"]):
+        gap = raw_mean_gap(runs["synth"].layers[name]).max(axis=1)
+        for j in range(7):
+            inside = (steps >= edges[j]) & (steps < edges[j + 1])
+            assert row[j] == pytest.approx(gap[inside].max(), rel=RTOL)
+    assert body["max"] == pytest.approx(max(max(r) for r in body["values"]))
+    rows = list(csv.reader(io.StringIO(get(client, "/heatmap?run=synth&bins=7&format=csv").get_data(as_text=True))))
+    assert rows[0] == ["layer", "step_from", "step_to", "mean_gap/max"] and len(rows) == 1 + 3 * 7
+
+
+def test_heatmap_other_measure(client):
+    body = getj(client, "/heatmap?run=synth&measure=abs_log_var_ratio/p90&bins=500")
+    assert len(body["step_edges"]) == 121  # no more bins than steps
+    assert all(v is not None and v >= 0 for row in body["values"] for v in row)
+
+
+# -- snapshots --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("requested,expected", [(None, 120), (0, 40), (50, 40), (60, 40), (61, 80), (10**9, 120)])
+def test_snapshot_nearest_step(client, keras_logdir, requested, expected):
+    _, runs = keras_logdir
+    src = runs["synth"].layers["conv1_bn"]
+    url = "/snapshot?run=synth&layer=conv1_bn" + ("" if requested is None else f"&step={requested}")
+    body = getj(client, url)
+    assert body["steps"] == src.snapshot_steps == [SNAPSHOT_EVERY, 2 * SNAPSHOT_EVERY, 3 * SNAPSHOT_EVERY]
+    assert body["step"] == expected and body["channels"] == src.channels
+    i = src.steps.index(expected)
+    np.testing.assert_allclose(body["rows"]["batch_mean"], src.batch_mean[i], rtol=RTOL)
+    np.testing.assert_allclose(body["rows"]["moving_var"], src.moving_var[i], rtol=RTOL)
+    np.testing.assert_allclose(body["rows"]["mean_gap"], raw_mean_gap(src)[i], rtol=1e-5)
+    m, t = src.momentum, expected
+    np.testing.assert_allclose(body["rows"]["debiased_mean"], src.moving_mean[i] / (1 - m ** t), rtol=1e-5)
+
+
+def test_snapshot_csv_and_bands(client, keras_logdir):
+    _, runs = keras_logdir
+    src = runs["synth"].layers["conv2_bn"]
+    rows = list(csv.reader(io.StringIO(
+        get(client, "/snapshot?run=synth&layer=conv2_bn&step=80&format=csv").get_data(as_text=True))))
+    assert rows[0][:3] == ["channel", "batch_mean", "batch_var"] and len(rows) == 1 + src.channels
+    bands = getj(client, "/bands?run=synth&layer=conv2_bn")
+    assert bands["steps"] == [40, 80, 120]
+    bm = np.array([src.batch_mean[src.steps.index(s)] for s in bands["steps"]])
+    np.testing.assert_allclose(bands["rows"]["batch_mean"]["max"], bm.max(axis=1), rtol=RTOL)
+    np.testing.assert_allclose(bands["rows"]["batch_mean"]["p10"], np.percentile(bm, 10, axis=1), rtol=1e-5)
+
+
+def test_keras_run_snapshot(client):
+    layers = getj(client, "/runs")["runs"]
+    keras_run = next(r for r in layers if r["run"] == "keras")
+    name = keras_run["layers"][0]["name"]
+    from urllib.parse import quote
+
+    body = getj(client, f"/snapshot?run=keras&layer={quote(name)}&step=3")
+    assert body["channels"] == 8 and body["step"] in body["steps"]
+    assert all(v is not None for v in body["rows"]["moving_var"])
+
+
+# -- loss -------------------------------------------------------------------------------------
+
+def test_loss_own_metrics(client, keras_logdir):
+    _, runs = keras_logdir
+    body = getj(client, "/loss?run=synth&points=5000")
+    by_key = {s["key"]: s for s in body["series"]}
+    assert set(by_key) == {"train/loss", "val/loss"}
+    np.testing.assert_allclose(by_key["train/loss"]["values"], runs["synth"].loss, rtol=RTOL)
+    assert by_key["val/loss"]["steps"] == runs["synth"].val_steps
+
+
+def test_loss_includes_keras_scalars_on_step_axis(client):
+    body = getj(client, "/loss?run=keras")
+    by_key = {s["key"]: s for s in body["series"]}
+    assert "train/loss" in by_key and "val/loss" in by_key
+    batch = by_key["keras:keras/train:batch_loss"]
+    assert batch["steps"] == by_key["train/loss"]["steps"]  # Keras' batch counter == optimizer step here
+    epoch = by_key["keras:keras/validation:epoch_loss"]
+    assert epoch["aligned"] == "epoch_end"
+    assert epoch["steps"] == by_key["val/loss"]["steps"]  # epoch k -> step where it ended
+    np.testing.assert_allclose(epoch["values"], by_key["val/loss"]["values"], rtol=1e-5)
+    text = get(client, "/loss?run=keras&format=csv").get_data(as_text=True)
+    assert text.splitlines()[0].startswith("step,train/loss,val/loss,keras:")
+
+
+# -- compare ------------------------------------------------------------------------------------
+
+def test_compare_runs(client, keras_logdir):
+    _, runs = keras_logdir
+    body = getj(client, "/compare?run=synth&run=synth_b&run=keras&layer=conv1_bn&quantity=moving_var&points=5000")
+    assert [r["run"] for r in body["runs"]] == ["synth", "synth_b"] and body["missing"] == ["keras"]
+    for r in body["runs"]:
+        src = runs[r["run"]].layers["conv1_bn"]
+        np.testing.assert_allclose(r["values"], np.mean(src.moving_var, axis=1), rtol=RTOL)
+    rows = list(csv.reader(io.StringIO(get(
+        client, "/compare?run=synth&run=synth_b&layer=conv1_bn&quantity=moving_var&format=csv").get_data(as_text=True))))
+    assert rows[0] == ["step", "synth", "synth_b"] and len(rows) == 121 and rows[-1][2] == ""
+
+
+# -- bad input: 400 with a reason, never a 500 ---------------------------------------------------
+
+BAD = [
+    ("/overview", "missing parameter 'run'"),
+    ("/overview?run=nope", "unknown run"),
+    ("/overview?run=synth&run=synth_b", "given 2 times"),
+    ("/overview?run=synth&bogus=1", "unknown parameter"),
+    ("/overview?run=synth&format=csv", "unknown parameter"),
+    ("/runs?x=1", "unknown parameter"),
+    ("/series?run=synth", "missing parameter 'layer'"),
+    ("/series?run=synth&layer=nope", "unknown layer"),
+    ("/series?run=synth&layer=conv1_bn&quantities=nope", "unknown quantity"),
+    ("/series?run=synth&layer=conv1_bn&quantities=,", "quantities is empty"),
+    ("/series?run=synth&layer=conv1_bn&points=abc", "points must be an integer"),
+    ("/series?run=synth&layer=conv1_bn&points=-5", "points must be an integer"),
+    ("/series?run=synth&layer=conv1_bn&points=1.5", "points must be an integer"),
+    ("/series?run=synth&layer=conv1_bn&points=1", "points must be an integer"),
+    ("/series?run=synth&layer=conv1_bn&points=999999999", "points must be an integer"),
+    ("/series?run=synth&layer=conv1_bn&points=", "points must be an integer"),
+    ("/series?run=synth&layer=conv1_bn&format=xml", "format must be"),
+    ("/heatmap?run=synth&measure=nope", "unknown measure"),
+    ("/heatmap?run=synth&bins=0", "bins must be an integer"),
+    ("/heatmap?run=synth&bins=1e3", "bins must be an integer"),
+    ("/snapshot?run=synth&layer=conv1_bn&step=-1", "step must be an integer"),
+    ("/snapshot?run=synth&layer=conv1_bn&step=ten", "step must be an integer"),
+    ("/snapshot?run=synth&layer=conv1_bn&step=99999999999999999999", "step must be an integer"),
+    ("/snapshot?run=synth&layer=nope", "unknown layer"),
+    ("/snapshot?layer=conv1_bn", "missing parameter 'run'"),
+    ("/bands?run=synth&layer=", "unknown layer"),
+    ("/loss?run=synth/train", "unknown run"),
+    ("/loss?run=synth&points=0", "points must be an integer"),
+    ("/compare?layer=conv1_bn", "missing parameter 'run'"),
+    ("/compare?run=synth&run=nope&layer=conv1_bn", "unknown run"),
+    ("/compare?run=synth", "missing parameter 'layer'"),
+    ("/compare?run=synth&layer=nope", "unknown layer"),
+    ("/compare?run=synth&layer=conv1_bn&quantity=bad", "unknown quantity"),
+    ("/compare?" + "&".join(["run=synth"] * 13) + "&layer=conv1_bn", "at most 12 runs"),
+]
+
+
+@pytest.mark.parametrize("url,reason", BAD)
+def test_bad_parameters_answer_400_with_reason(client, url, reason):
+    body = getj(client, url, status=400)
+    assert reason in body["error"], body
+
+
+def test_snapshot_missing_for_layer_without_snapshots(tmp_path):
+    from tb_bnstats import summary
+
+    with summary.Writer(str(tmp_path / "r")) as w:
+        w.layer_moments("bn", 1, batch_mean=np.ones(2), batch_var=np.ones(2), moving_mean=np.zeros(2),
+                        moving_var=np.ones(2), updates=1, momentum=0.9, epsilon=1e-3)
+    c, _ = make_client(str(tmp_path))
+    assert "no per-channel snapshots" in getj(c, "/snapshot?run=r&layer=bn", status=400)["error"]
+    assert getj(c, "/series?run=r&layer=bn&quantities=mean_gap/max")["series"]["mean_gap/max"]["steps"] == [1]
+
+
+def test_nan_values_are_null_in_json(tmp_path):
+    from tb_bnstats import summary
+
+    with summary.Writer(str(tmp_path / "r")) as w:
+        for step in (1, 2, 3):
+            w.layer_moments("bn", step, batch_mean=np.array([np.nan, 1.0]), batch_var=np.ones(2),
+                            moving_mean=np.zeros(2), moving_var=np.ones(2), updates=step, momentum=0.9,
+                            epsilon=1e-3, snapshot=True)
+    c, _ = make_client(str(tmp_path))
+    for url in ("/series?run=r&layer=bn", "/snapshot?run=r&layer=bn", "/heatmap?run=r", "/overview?run=r",
+                "/bands?run=r&layer=bn"):
+        text = get(c, url).get_data(as_text=True)
+        assert "NaN" not in text and "Infinity" not in text, url
+        json.loads(text)
+
+
+# -- sampling signal -------------------------------------------------------------------------------
+
+def test_sampled_series_are_reported(keras_logdir):
+    logdir, _ = keras_logdir
+    c, _ = make_client(logdir, keep_all=False)  # TensorBoard's default: 10 points per tag
+    body = getj(c, "/series?run=synth&layer=conv1_bn&quantities=mean_gap/max")
+    assert body["series"]["mean_gap/max"]["stored_points"] == 10
+    assert body["sampling"]["sampled"] is True
+    assert "--samples_per_plugin=bn_stats=all" in body["sampling"]["message"]
+    assert getj(c, "/heatmap?run=synth")["sampling"]["sampled"] is True
+
+
+def test_sampling_info_regular_logging_is_not_sampled():
+    assert not data.sampling_info(np.arange(1, 1001))["sampled"]
+    # every 10 steps, plus the final step of fit
+    assert not data.sampling_info(np.r_[np.arange(10, 100, 10), 95])["sampled"]
+    # steps_per_execution=3 with log_every_n_steps=10: irregular but complete
+    logged, last = [], None
+    for step in range(3, 3000, 3):
+        if last is None or step // 10 != last // 10:
+            logged.append(step)
+            last = step
+    assert not data.sampling_info(logged)["sampled"]
+    assert not data.sampling_info(np.arange(1, 20001), cap_hint=0)["sampled"]
+
+
+@pytest.mark.parametrize("kept", [10, 100, 1000])
+def test_sampling_info_reservoir_sample_is_sampled(kept):
+    rng = np.random.default_rng(kept)
+    steps = np.sort(np.r_[rng.choice(np.arange(1, 20000), kept - 1, replace=False), 20000])
+    info = data.sampling_info(steps)
+    assert info["sampled"] and info["points"] == kept and info["expected_points"] > kept
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=300), st.integers(2, 50))
+def test_minmax_downsample_keeps_extremes(values, points):
+    steps = np.arange(len(values)) * 3 + 5
+    s, v = data.minmax_downsample(steps, values, points)
+    assert len(s) <= max(points, 2) + 2
+    assert np.all(np.diff(s) > 0) and set(s.tolist()) <= set(steps.tolist())
+    assert v.max() == max(values) and v.min() == min(values)
+    assert s[0] == steps[0] and s[-1] == steps[-1]
