@@ -43,3 +43,11 @@ bundle:
 
 bench: install
 	$(PY) bench/overhead.py
+
+DEMO_LOGS ?= demo/logs
+PORT ?= 6006
+demo: $(PY)
+	$(PIP) install --quiet -e ".[demo]"
+	$(PY) demo/train.py --logdir $(DEMO_LOGS)
+	@echo "BN Convergence tab: http://localhost:$(PORT)/#bn_stats"
+	$(VENV)/bin/tensorboard --logdir $(DEMO_LOGS) --port $(PORT)

@@ -26,10 +26,10 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "playwright>=1.45", "hypothesis>=6.100", "scikit-learn>=1.4"],
+        "demo": ["scikit-learn>=1.4"],
     },
     entry_points={
         "tensorboard_plugins": ["bn_stats = tb_bnstats.plugin.loader:BNStatsLoader"],
-        "console_scripts": ["tb-bnstats = tb_bnstats.cli:main"],
     },
-    classifiers=["Framework :: TensorFlow" if False else "Programming Language :: Python :: 3"],
+    classifiers=["Programming Language :: Python :: 3", "Framework :: TensorFlow"],
 )

@@ -269,7 +269,7 @@ export function heatmapChart(el, hm, o = {}) {
     legend: { show: false },
     cursor: { sync: group ? { key: group.key } : undefined, drag: { x: true, y: false, setScale: true }, points: { show: false } },
     scales: {
-      x: { time: false, range: (u, a, b) => (group && group.full ? [...group.full] : [edges[0], edges[edges.length - 1]]) },
+      x: { time: false, range: (u, a, b) => (group && group.full ? [...group.full] : [edges[0] - 0.5, edges[edges.length - 1] - 0.5]) },
       y: { range: [-0.5, n - 0.5] },
     },
     axes: [
@@ -286,7 +286,7 @@ export function heatmapChart(el, hm, o = {}) {
     series: [{}, { show: false }],
     plugins: [
       tooltipPlugin((u, idx, left, top) => {
-        const x = u.posToVal(left, "x");
+        const x = u.posToVal(left, "x") + 0.5;
         const y = u.posToVal(top, "y");
         const row = rowOf(y);
         if (row < 0 || row >= n || x < edges[0] || x > edges[edges.length - 1]) return null;
@@ -316,8 +316,8 @@ export function heatmapChart(el, hm, o = {}) {
             for (let j = 0; j < row.length; j++) {
               const c = heatColor(heatScale(row[j], max, true));
               if (!c) continue;
-              const x0 = u.valToPos(edges[j], "x", true);
-              const x1 = u.valToPos(edges[j + 1], "x", true);
+              const x0 = u.valToPos(edges[j] - 0.5, "x", true);
+              const x1 = u.valToPos(edges[j + 1] - 0.5, "x", true);
               if (x1 < left || x0 > left + width) continue;
               ctx.fillStyle = c;
               ctx.fillRect(x0, Math.min(y0, y1), Math.max(x1 - x0, 1) + 0.5, Math.abs(y1 - y0) - 1);

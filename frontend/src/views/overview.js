@@ -25,7 +25,8 @@ export async function renderOverview(root, app, token) {
   app.noteSampling("heatmap", hm.sampling);
   app.noteSampling("loss", loss.sampling);
   const group = new SyncGroup();
-  group.extend(hm.step_edges[0], hm.step_edges[hm.step_edges.length - 1]);
+  // Bins hold integer steps [e_j, e_j+1): cells are drawn centred on their steps.
+  group.extend(hm.step_edges[0] - 0.5, hm.step_edges[hm.step_edges.length - 1] - 0.5);
 
   // -- layers table ----------------------------------------------------------
   const rowOf = new Map(hm.layers.map((n, i) => [n, hm.values[i]]));

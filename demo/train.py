@@ -1,0 +1,94 @@
+"""Demo runs on scikit-learn's bundled digits (nothing is downloaded): the
+same small conv net trained a few ways, one TensorBoard run each.
+
+    python demo/train.py --logdir demo/logs      # skips runs already written
+
+Runs:
+  healthy_m0.9        momentum 0.9: the moving averages catch up in ~30 steps
+  momentum_0.99       momentum 0.99 on a short run: 95% needs 299 updates
+  inference_mode_bn   one BN always called with training=False: never updated
+"""
+
+import argparse
+import os
+import pathlib
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.datasets import load_digits  # noqa: E402
+
+import tb_bnstats  # noqa: E402
+
+
+class InferenceModeBN(keras.layers.Layer):
+    """The classic bug: a BN called with training=False during training."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.bn = keras.layers.BatchNormalization(name="bn")
+
+    def call(self, x):
+        return self.bn(x, training=False)
+
+
+def make_model(momentum=0.99, inference_mode_block=False):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1))
+    x = inp
+    for i, width in enumerate((16, 32, 32)):
+        x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
+        if inference_mode_block and i == 1:
+            x = InferenceModeBN(name=f"block{i}")(x)
+        else:
+            x = keras.layers.BatchNormalization(momentum=momentum, name=f"block{i}_bn")(x)
+        x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(32, use_bias=False)(x)
+    x = keras.layers.BatchNormalization(momentum=momentum, name="dense_bn")(x)
+    x = keras.layers.ReLU()(x)
+    model = keras.Model(inp, keras.layers.Dense(10)(x))
+    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    return model
+
+
+RUNS = {
+    "healthy_m0.9": dict(momentum=0.9),
+    "momentum_0.99": dict(momentum=0.99),
+    "inference_mode_bn": dict(momentum=0.9, inference_mode_block=True),
+}
+
+
+def digits():
+    data = load_digits()
+    x = (data.images / 16.0).astype("float32")[..., None] * 4.0 + 1.0  # far from the init mean 0 / var 1
+    y = data.target
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(x))
+    x, y = x[order], y[order]
+    return (x[:1400], y[:1400]), (x[1400:], y[1400:])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--logdir", default="demo/logs")
+    parser.add_argument("--epochs", type=int, default=3)
+    args = parser.parse_args()
+    (x, y), (x_val, y_val) = digits()
+    for name, kwargs in RUNS.items():
+        run_dir = pathlib.Path(args.logdir) / name
+        if run_dir.exists() and any(run_dir.glob("events.out.tfevents.*")):
+            print(f"{name}: already written, skipping")
+            continue
+        print(f"{name}: training")
+        model = make_model(**kwargs)
+        model.fit(x, y, batch_size=32, epochs=args.epochs, validation_data=(x_val, y_val), verbose=1,
+                  callbacks=[tb_bnstats.BNStatsCallback(run_dir, snapshot_every_n_steps=20)])
+        train_acc = model.evaluate(x_val, y_val, verbose=0)[1]
+        print(f"{name}: validation accuracy in inference mode {train_acc:.3f}")
+
+
+if __name__ == "__main__":
+    main()

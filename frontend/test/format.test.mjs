@@ -1,0 +1,50 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { fmtNum, fmtPct, fmtStep, shortName, query, fmtExact } from "../src/format.js";
+
+test("fmtNum: significant digits, exponent for tiny and huge, dashes for missing", () => {
+  assert.equal(fmtNum(0.634012), "0.634");
+  assert.equal(fmtNum(1.2345678, 7), "1.234568");
+  assert.equal(fmtNum(0), "0");
+  assert.equal(fmtNum(-2.5), "-2.5");
+  assert.equal(fmtNum(1e-5), "1e-5");
+  assert.equal(fmtNum(2.5e-4), "2.5e-4");
+  assert.equal(fmtNum(123456), "1.235e+5");
+  assert.equal(fmtNum(null), "–");
+  assert.equal(fmtNum(NaN), "–");
+  assert.equal(fmtNum(Infinity), "∞");
+  assert.equal(fmtNum(-Infinity), "-∞");
+});
+
+test("fmtExact keeps every digit", () => {
+  assert.equal(fmtExact(0.1 + 0.2), "0.30000000000000004");
+  assert.equal(fmtExact(null), "–");
+});
+
+test("fmtPct", () => {
+  assert.equal(fmtPct(0.634), "63.4%");
+  assert.equal(fmtPct(1), "100.0%");
+  assert.equal(fmtPct(0.99999), "99.9%"); // never rounds up to a false 100%
+  assert.equal(fmtPct(null), "–");
+});
+
+test("fmtStep", () => {
+  assert.equal(fmtStep(12), "12");
+  assert.equal(fmtStep(9999), "9999");
+  assert.equal(fmtStep(20000), "20k");
+  assert.equal(fmtStep(15500), "15.5k");
+  assert.equal(fmtStep(2500000), "2.5M");
+  assert.equal(fmtStep(undefined), "–");
+});
+
+test("shortName keeps the end of long names", () => {
+  assert.equal(shortName("bn", 5), "bn");
+  assert.equal(shortName("model/block1/conv2/bn", 10), "…/conv2/bn");
+  assert.equal(shortName("model/block1/conv2/bn", 10).length, 10);
+});
+
+test("query encodes, repeats arrays and skips null", () => {
+  assert.equal(query({ run: "a b&c", layer: "x/y", step: undefined, n: null }), "?run=a+b%26c&layer=x%2Fy");
+  assert.equal(query({ run: ["r1", "r2"], layer: "l" }), "?run=r1&run=r2&layer=l");
+  assert.equal(query({}), "");
+});
