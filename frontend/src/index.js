@@ -155,6 +155,7 @@ class App {
     try {
       this.cleanup = await VIEWS[this.state.view](this.view, this, token);
       if (this.alive(token)) {
+        if (!performance.getEntriesByName("bn-first-chart").length) performance.mark("bn-first-chart");
         this.status.textContent = `drawn in ${Math.round(performance.now() - started)} ms`;
         document.body.dataset.ready = String(token);
       }
