@@ -12,7 +12,9 @@ How: each BN layer gets two instance-level wrappers, installed once per layer
   it stores the moments of the input the layer saw and flags "not updating".
 
 ``model.train_step`` is wrapped to mark "inside a training step" while Keras
-traces it, so evaluation and prediction graphs are left untouched. The
+traces it, so evaluation and prediction graphs are left untouched, and to
+publish, at the end of each step, everything the callback reads into one
+buffer variable (one device-to-host read per logged step). The
 wrappers add no weights: ``model.weights``, ``save`` and ``load_weights`` are
 unchanged. TensorFlow backend only (the seam for JAX/torch is this module).
 """
@@ -64,7 +66,7 @@ class _LayerProbe:
     then; under a trace, ``init_scope`` makes them outside the graph)."""
 
     def __init__(self, layer):
-        self.layer = layer
+        self._layer = weakref.ref(layer)  # _PROBES' values must not keep their keys alive
         self.hooks = weakref.WeakSet()
         self.channels = None
 
@@ -73,7 +75,7 @@ class _LayerProbe:
             return
         import tensorflow as tf
 
-        layer = self.layer
+        layer = self._layer()
         with tf.init_scope():
             channels = int(layer.moving_mean.shape[0])
             self.batch_mean = tf.Variable(tf.zeros([channels]), trainable=False, name="tb_bnstats_batch_mean")
@@ -279,6 +281,7 @@ class KerasCapture:
     def names(self):
         """Names of every BN layer found, in tracking order."""
         return [name for name, _ in self._named]
+
     def _ran(self):
         """``[(name, layer)]`` of the BN layers the traced train step ran."""
         ran = {id(layer) for layer in self._hook.execution_order}

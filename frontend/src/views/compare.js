@@ -19,13 +19,17 @@ export async function renderCompare(root, app, token) {
   for (const r of runs) for (const l of app.runInfo(r).layers) if (!layers.includes(l.name)) layers.push(l.name);
   let layer = app.state.layer;
   if (!layers.includes(layer)) layer = app.state.layer = layers[0];
-  const filtered = layers.filter((n) => n === layer || !app.state.filter || n.toLowerCase().includes(app.state.filter.toLowerCase()));
+  const pick = h("select", { dataset: { role: "compare-layer" }, onchange: (e) => app.go("compare", { layer: e.target.value }) });
+  const fillPick = () => pick.replaceChildren(
+    ...layers.filter((n) => n === layer || !app.state.filter || n.toLowerCase().includes(app.state.filter.toLowerCase()))
+      .map((n) => h("option", { value: n, selected: n === layer }, n)));
+  fillPick();
+  app.onFilter = fillPick;
   const qs = app.meta.layer_quantities || DEFAULT_QUANTITIES;
   const extra = app.state.compareQuantity;
   const shownQs = [...new Set([extra, ...DEFAULT_QUANTITIES])];
   root.append(h("div", { class: "bn-row" },
-    h("label", null, "Layer ", h("select", { dataset: { role: "compare-layer" }, onchange: (e) => app.go("compare", { layer: e.target.value }) },
-      ...filtered.map((n) => h("option", { value: n, selected: n === layer }, n)))),
+    h("label", null, "Layer ", pick),
     h("label", null, "First chart ", h("select", { onchange: (e) => app.go("compare", { compareQuantity: e.target.value }) },
       ...qs.map((q) => h("option", { value: q, selected: q === extra }, q))))));
   const results = await Promise.all(shownQs.map((q) => app.api.compare(runs, layer, q, POINTS)));

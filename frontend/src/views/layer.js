@@ -55,9 +55,12 @@ export async function renderLayer(root, app, token) {
   const charts = [];
 
   // -- header: layer picker and its numbers ---------------------------------------
-  const pick = h("select", { dataset: { role: "layer-select" }, onchange: (e) => app.go("layer", { layer: e.target.value, channelStep: null }) },
+  const pick = h("select", { dataset: { role: "layer-select" }, onchange: (e) => app.go("layer", { layer: e.target.value, channelStep: null }) });
+  const fillPick = () => pick.replaceChildren(
     ...info.layers.filter((l) => l.name === layerName || !app.state.filter || l.name.toLowerCase().includes(app.state.filter.toLowerCase()))
       .map((l) => h("option", { value: l.name, selected: l.name === layerName }, `${l.depth}. ${l.name}`)));
+  fillPick();
+  app.onFilter = fillPick;
   const conv = ser.series.convergence;
   const convNow = conv && conv.values.length ? conv.values[conv.values.length - 1] : null;
   const upd = ser.series.updates;
