@@ -1,6 +1,7 @@
 """tb_bnstats: BatchNormalization statistics for TensorBoard.
 
-``BNStatsCallback`` (Keras) and ``load`` are imported lazily so that
+``BNStatsCallback``, ``population_stats`` and ``recalibrate`` (Keras),
+``load`` and ``diagnose`` are imported lazily so that
 TensorBoard can import the plugin without TensorFlow or Keras.
 """
 
@@ -9,10 +10,14 @@ __version__ = "0.1.0"
 _LAZY = {
     "BNStatsCallback": ("tb_bnstats.callback", "BNStatsCallback"),
     "load": ("tb_bnstats.reader", "load"),
+    "diagnose": ("tb_bnstats.diagnosis", "diagnose"),
+    "Finding": ("tb_bnstats.diagnosis", "Finding"),
+    "population_stats": ("tb_bnstats.population", "population_stats"),
+    "recalibrate": ("tb_bnstats.population", "recalibrate"),
 }
 
 
-_SUBMODULES = ("summary", "metadata", "quantities", "reader")
+_SUBMODULES = ("summary", "metadata", "quantities", "reader", "diagnosis", "population")
 
 
 def __getattr__(name):
@@ -26,4 +31,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'tb_bnstats' has no attribute {name!r}")
 
 
-__all__ = ["BNStatsCallback", "load", "summary", "metadata", "quantities"]
+__all__ = ["BNStatsCallback", "load", "diagnose", "Finding", "population_stats", "recalibrate", "summary",
+           "metadata", "quantities"]

@@ -15,6 +15,9 @@ from tb_bnstats import summary
 from tb_bnstats.capture.keras_capture import KerasCapture
 
 _OPEN_WRITERS = weakref.WeakSet()
+# The callback diagnoses each fit at its end from the last this many logged
+# steps, kept in memory by the writer (~200 bytes per layer per step).
+DIAGNOSIS_HISTORY = 2000
 
 
 @atexit.register
@@ -87,6 +90,7 @@ class BNStatsCallback(keras.callbacks.Callback):
         self._writer = None
         self._infos = None
         self._failures = set()
+        self.findings = None  # the diagnosis of the last fit (tb_bnstats.diagnosis.Finding list)
 
     # -- helpers -------------------------------------------------------------
 
@@ -135,7 +139,7 @@ class BNStatsCallback(keras.callbacks.Callback):
             self._step = self._guard("reading the step", lambda: int(self.model.optimizer.iterations.numpy()))
 
     def _open_writer(self):
-        self._writer = summary.Writer(self.log_dir, flush_secs=self.flush_secs)
+        self._writer = summary.Writer(self.log_dir, flush_secs=self.flush_secs, keep_history=DIAGNOSIS_HISTORY)
         _OPEN_WRITERS.add(self._writer)
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -217,12 +221,30 @@ class BNStatsCallback(keras.callbacks.Callback):
         step = int(self.model.optimizer.iterations.numpy())
         self._writer.metrics("val", {k: float(v) for k, v in values.items()}, step)
 
+    def _diagnose(self):
+        """Findings of this fit (the last :data:`DIAGNOSIS_HISTORY` logged
+        steps, from memory), written as ``diagnosis/findings`` and, with
+        ``verbose=1``, printed in short."""
+        from tb_bnstats import diagnosis
+
+        run = os.path.basename(os.path.normpath(self.log_dir)) or self.log_dir
+        findings = diagnosis.diagnose_run(run, self._writer.run_data())
+        self._writer.findings(self._last_logged_step, [f.to_dict() for f in findings])
+        if findings:
+            self._say(f"{len(findings)} finding(s) for {run} (tb-bnstats diagnose {self.log_dir}):")
+            for line in diagnosis.summary_lines(findings):
+                self._say(f"  {line}")
+        else:
+            self._say(f"{run}: no BatchNormalization problem found")
+        return findings
+
     def on_train_end(self, logs=None):
         if self._writer is None:
             return
         if self._last_logged_step is not None:
             # The last state, with a per-channel snapshot.
             self._guard("logging the final statistics", self._log_step, None, True)
+            self.findings = self._guard("diagnosing the run", self._diagnose)
         self._guard("closing the event file", self._writer.close)
         _OPEN_WRITERS.discard(self._writer)
         self._writer = None

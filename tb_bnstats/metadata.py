@@ -12,10 +12,15 @@ Tags (one TensorBoard time series each, all under plugin name ``bn_stats``):
   ``[len(SNAPSHOT_ROWS), channels]`` every ``snapshot_every`` steps.
 * ``metric/<split>/<name>``  SCALAR data class, ``split`` is ``train`` (per
   step) or ``val`` (per epoch, at the step where the epoch ended).
+* ``diagnosis/findings``     TENSOR data class, a scalar DT_STRING tensor
+  holding a JSON list of findings (:class:`tb_bnstats.diagnosis.Finding` as
+  dicts: code, severity, scenario, run, layers, evidence, message), written
+  by the callback at the end of each ``fit`` at its last step; an empty list
+  means "diagnosed, nothing found". The last record is the current one.
 
 Every summary carries, in ``plugin_data.content``, a JSON object with
 ``version`` (:data:`FORMAT_VERSION`), ``kind`` (``layer_series``,
-``layer_channels`` or ``metric``) and, for layer tags, ``layer`` (a
+``layer_channels``, ``metric`` or ``diagnosis``) and, for layer tags, ``layer`` (a
 :class:`LayerInfo` as a dict) and ``quantity``.
 """
 
@@ -31,6 +36,8 @@ FORMAT_VERSION = 1
 KIND_LAYER_SERIES = "layer_series"
 KIND_LAYER_CHANNELS = "layer_channels"
 KIND_METRIC = "metric"
+KIND_DIAGNOSIS = "diagnosis"
+DIAGNOSIS_TAG = "diagnosis/findings"
 
 # Channel-averaged moments (the "where is it" lines).
 MOMENT_SERIES = (
@@ -163,6 +170,11 @@ def metric_metadata(split, name):
     )
 
 
+def diagnosis_metadata():
+    return _metadata({"version": FORMAT_VERSION, "kind": KIND_DIAGNOSIS, "encoding": "json"},
+                     summary_pb2.DATA_CLASS_TENSOR)
+
+
 def parse_content(content: bytes) -> Optional[dict]:
     """Decodes a summary's plugin content; None when it is not ours or is
     unreadable (a corrupted or foreign record must not break a reader)."""
@@ -176,6 +188,7 @@ def parse_content(content: bytes) -> Optional[dict]:
         KIND_LAYER_SERIES,
         KIND_LAYER_CHANNELS,
         KIND_METRIC,
+        KIND_DIAGNOSIS,
     ):
         return None
     return parsed

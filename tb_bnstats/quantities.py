@@ -188,3 +188,62 @@ def compute(info: metadata.LayerInfo, batch_mean, batch_var, moving_mean, moving
         convergence=convergence(info.momentum, updates),
         updates=updates,
     )
+
+
+def pool_moments(counts, means, variances):
+    """Population moments from per-batch moments (PreciseBN, law of total
+    variance): with ``N = sum(n_b)``, ``mean = sum(n_b mu_b) / N`` and
+    ``var = sum(n_b (mu_b**2 + var_b)) / N - mean**2``, the biased variance of
+    all the values pooled.
+
+    ``counts`` [k], ``means`` / ``variances`` [k, C] (biased batch variances).
+    Computed by Chan et al.'s pairwise update (mean and sum of squared
+    deviations merged batch by batch), which is the same quantity without the
+    cancellation of ``E[x**2] - E[x]**2`` for means large against the spread.
+    Returns ``(mean [C], var [C], N)``.
+    """
+    counts = np.asarray(counts, np.float64).reshape(-1)
+    means = np.asarray(means, np.float64)
+    variances = np.asarray(variances, np.float64)
+    if means.ndim == 1:
+        means, variances = means[:, None], variances[:, None]
+    if counts.size == 0 or means.shape[0] != counts.size or variances.shape != means.shape:
+        raise ValueError(f"need k counts and [k, C] means and variances, got {counts.shape}, {means.shape}, "
+                         f"{variances.shape}")
+    total, mean, m2 = 0.0, np.zeros(means.shape[1]), np.zeros(means.shape[1])
+    for n_b, mu_b, var_b in zip(counts, means, variances):
+        if n_b <= 0:
+            continue
+        new_total = total + n_b
+        delta = mu_b - mean
+        mean = mean + delta * (n_b / new_total)
+        m2 = m2 + var_b * n_b + delta * delta * (total * n_b / new_total)
+        total = new_total
+    if total <= 0:
+        raise ValueError("no samples to pool")
+    return mean, m2 / total, total
+
+
+def lag1_autocorrelation(series):
+    """Lag-1 autocorrelation ``sum(d_t d_{t+1}) / sum(d_t**2)`` of the
+    deviations ``d`` from the series' mean (NaN dropped): ~0 for independent
+    steps, near 1 for a slow drift or long runs of similar values. NaN when
+    fewer than 4 values or no variation."""
+    v = np.asarray(series, np.float64)
+    v = v[np.isfinite(v)]
+    if v.size < 4:
+        return float("nan")
+    d = v - v.mean()
+    denom = float(np.dot(d, d))
+    if denom <= 0.0:
+        return float("nan")
+    return float(np.dot(d[1:], d[:-1]) / denom)
+
+
+def suggested_momentum(updates, choices=(0.99, 0.98, 0.95, 0.9, 0.8, 0.5)):
+    """The largest usual momentum whose average is 95% converged within half
+    of ``updates`` (the other half averages with a converged window)."""
+    for m in choices:
+        if steps_to_converge(m) <= updates / 2.0:
+            return m
+    return choices[-1]

@@ -14,6 +14,7 @@ for every logdir TensorBoard can read. The plugin and :func:`load` share it.
 
 import collections
 import dataclasses
+import json
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -35,6 +36,9 @@ class LayerData:
 class RunData:
     layers: Dict[str, LayerData]
     metrics: Dict[str, Tuple[np.ndarray, np.ndarray]]
+    # The findings the callback stored at the end of its last fit (a list of
+    # dicts), None when none were stored. ``tb_bnstats.diagnose`` recomputes.
+    stored_findings: Optional[list] = None
 
 
 @dataclasses.dataclass
@@ -46,6 +50,7 @@ class TagIndex:
     channel_tags: Dict[str, str]  # layer -> tag
     metric_tags: Dict[str, str]  # "train/loss" -> tag
     max_step: Dict[str, int]  # tag -> max step
+    diagnosis_tag: Optional[str] = None
 
 
 def index_runs(data_provider, ctx, experiment_id="") -> Dict[str, TagIndex]:
@@ -63,6 +68,9 @@ def index_runs(data_provider, ctx, experiment_id="") -> Dict[str, TagIndex]:
                     continue
                 index = out[run]
                 index.max_step[tag] = ts.max_step
+                if content["kind"] == metadata.KIND_DIAGNOSIS:
+                    index.diagnosis_tag = tag
+                    continue
                 if content["kind"] == metadata.KIND_METRIC:
                     index.metric_tags[f"{content['split']}/{content['name']}"] = tag
                     continue
@@ -137,7 +145,26 @@ def read_run(data_provider, ctx, run, index: TagIndex, downsample, experiment_id
                 snaps = {row: tensor[:, i, :] for i, row in enumerate(metadata.SNAPSHOT_ROWS)}
         layers[name] = LayerData(info, steps, series, snap_steps, snaps)
     metrics = {key: raw[tag] for key, tag in index.metric_tags.items() if tag in raw}
-    return RunData(layers=layers, metrics=metrics)
+    return RunData(layers=layers, metrics=metrics,
+                   stored_findings=read_stored_findings(data_provider, ctx, run, index, experiment_id))
+
+
+def read_stored_findings(data_provider, ctx, run, index: TagIndex, experiment_id=""):
+    """The last findings list the callback wrote for ``run``, or None."""
+    if index.diagnosis_tag is None:
+        return None
+    try:
+        data = data_provider.read_tensors(
+            ctx, experiment_id=experiment_id, plugin_name=metadata.PLUGIN_NAME, downsample=1,
+            run_tag_filter=provider.RunTagFilter(runs=[run], tags=[index.diagnosis_tag]),
+        ).get(run, {}).get(index.diagnosis_tag, [])
+        if not data:
+            return None
+        value = np.asarray(data[-1].numpy).reshape(-1)[0]
+        parsed = json.loads(value.decode("utf-8") if isinstance(value, bytes) else str(value))
+        return parsed if isinstance(parsed, list) else None
+    except (ValueError, UnicodeDecodeError, IndexError):
+        return None
 
 
 def multiplexer_provider(logdir):

@@ -21,6 +21,8 @@ batch norm::
     writer.close()
 """
 
+import collections
+import json
 import logging
 import threading
 import time
@@ -64,8 +66,14 @@ class Writer:
         max_queue: records held in memory before a write blocks.
     """
 
-    def __init__(self, logdir, flush_secs=DEFAULT_FLUSH_SECS, max_queue=1000):
+    def __init__(self, logdir, flush_secs=DEFAULT_FLUSH_SECS, max_queue=1000, keep_history=0):
         self._writer = EventFileWriter(str(logdir), max_queue_size=max_queue, flush_secs=flush_secs)
+        # keep_history=N > 0: also keep in memory the last N logged steps of
+        # every layer series and metric (~200 bytes per layer per step), for
+        # run_data(): the callback diagnoses from it at train end.
+        self._keep = int(keep_history)
+        self.history = {} if self._keep else None
+        self.metric_history = {} if self._keep else None
         self._tags_with_metadata = set()
         self._layers = {}
         self._series_templates = {}
@@ -124,7 +132,14 @@ class Writer:
                 self._tags_with_metadata = {t for t in self._tags_with_metadata if not t.startswith(prefix)}
                 self._series_templates.pop(info.name, None)
             if series:
-                self._emit_series(info, step, q.series())
+                values = q.series()
+                self._emit_series(info, step, values)
+                if self.history is not None:
+                    entry = self.history.setdefault(info.name, [info, tuple(values), collections.deque(maxlen=self._keep)])
+                    if entry[1] != tuple(values):
+                        entry[1], entry[2] = tuple(values), collections.deque(maxlen=self._keep)
+                    entry[0] = info
+                    entry[2].append((int(step), np.fromiter(values.values(), np.float64, len(values))))
             if snapshot:
                 self._emit(step, [self._value(metadata.layer_tag(info.name, metadata.CHANNELS_QUANTITY),
                                               lambda: metadata.layer_channels_metadata(info),
@@ -169,6 +184,36 @@ class Writer:
             ]
             if out:
                 self._emit(step, out)
+            if self.metric_history is not None:
+                for name, v in values.items():
+                    points = self.metric_history.setdefault(f"{split}/{name}", collections.deque(maxlen=self._keep))
+                    points.append((int(step), float(v)))
+
+    def findings(self, step, findings):
+        """Logs a diagnosis: ``findings`` is a list of JSON-able dicts (see
+        :data:`metadata.DIAGNOSIS_TAG`)."""
+        text = json.dumps(list(findings), sort_keys=True).encode("utf-8")
+        proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=tensor_shape_pb2.TensorShapeProto(),
+                                       string_val=[text])
+        with self._lock:
+            self._emit(step, [self._value(metadata.DIAGNOSIS_TAG, metadata.diagnosis_metadata, tensor=proto)])
+
+    def run_data(self):
+        """What this writer wrote, as a :class:`tb_bnstats.reader.RunData`
+        (series only, no snapshots); needs ``keep_history=True``."""
+        from tb_bnstats import reader
+
+        if self.history is None:
+            raise ValueError("Writer(keep_history=True) keeps what it writes; this one did not")
+        layers = {}
+        for name, (info, keys, rows) in self.history.items():
+            steps = np.array([step for step, _ in rows], np.int64)
+            table = np.stack([row for _, row in rows]) if rows else np.zeros((0, len(keys)))
+            series = {k: table[:, i] for i, k in enumerate(keys)}
+            layers[name] = reader.LayerData(info, steps, series, np.zeros(0, np.int64), {})
+        metrics = {k: (np.array([s for s, _ in pts], np.int64), np.array([v for _, v in pts], np.float64))
+                   for k, pts in self.metric_history.items()}
+        return reader.RunData(layers=layers, metrics=metrics)
 
     def flush(self):
         self._writer.flush()

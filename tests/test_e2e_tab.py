@@ -85,7 +85,7 @@ def browser():
 
 
 def open_tab(browser, base, color_scheme="light"):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000}, color_scheme=color_scheme)
+    page = browser.new_page(viewport={"width": 1400, "height": 1400}, color_scheme=color_scheme)
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     started = time.time()
@@ -112,10 +112,26 @@ def test_tab_overview_layer_channels_compare(server, browser):
     assert [rows.nth(i).get_attribute("data-layer") for i in range(rows.count())] == ["conv1_bn", "conv2_bn", "dense_bn"]
     frame.wait_for_selector("[data-role=heatmap] canvas")
     assert points(frame, "[data-role=heatmap]") > 0
+    frame.wait_for_selector("[data-role=loss] canvas")
     assert points(frame, "[data-role=loss]") > 0
     assert points(frame, "canvas[data-layer=conv2_bn]") > 0
     assert frame.locator("tr[data-layer=conv2_bn] [data-badge=not_converged]").count() == 1
     page.screenshot(path=str(SHOTS / "overview.png"))
+
+    # Zooming the heat map (drag over steps) zooms the loss chart under it.
+    box = frame.locator("[data-role=heatmap] .u-over").bounding_box()
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] * 0.25, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.5, y, steps=5)
+    page.mouse.up()
+    frame.wait_for_function("document.querySelector('[data-role=loss]').__uplot.scales.x.max < 100")
+    hm_x = frame.evaluate("(() => { const s = document.querySelector('[data-role=heatmap]').__uplot.scales.x; return [s.min, s.max]; })()")
+    loss_x = frame.evaluate("(() => { const s = document.querySelector('[data-role=loss]').__uplot.scales.x; return [s.min, s.max]; })()")
+    assert hm_x == pytest.approx(loss_x) and 20 < loss_x[0] < loss_x[1] < 70
+    frame.locator("[data-role=loss] .u-over").dblclick()  # double-click resets both
+    frame.wait_for_function("document.querySelector('[data-role=heatmap]').__uplot.scales.x.max > 120")
+    assert frame.evaluate("document.body.dataset.view") == "overview"  # a drag is not a click on a row
 
     # Layer detail.
     frame.click("tr[data-layer=conv2_bn]")
@@ -174,5 +190,30 @@ def test_sampled_data_banner(keras_logdir, browser):
         frame.wait_for_selector("tr[data-layer=conv2_bn]")
         banner = frame.locator("[data-role=sampling]")
         banner.wait_for(state="visible")
-        assert "--samples_per_plugin=bn_stats=all" in banner.text_content()
+        assert "--samples_per_plugin=bn_stats=0" in banner.text_content()
+        assert errors == []
+
+
+def test_names_are_inserted_as_text(tmp_path, browser):
+    """Run and layer names are data: markup in them must show as text."""
+    import numpy as np
+
+    from tb_bnstats import summary
+
+    run, layer = "<b>run</b>", "<img src=x onerror=document.body.dataset.pwned=1>"
+    with summary.Writer(str(tmp_path / run)) as w:
+        for step in range(1, 6):
+            w.layer_moments(layer, step, batch_mean=np.ones(3), batch_var=np.ones(3), moving_mean=np.zeros(3),
+                            moving_var=np.ones(3), updates=step, momentum=0.9, epsilon=1e-3, snapshot=step == 5)
+    for name in ("a", "b"):  # the server fixture waits for 3 runs
+        with summary.Writer(str(tmp_path / name)) as w:
+            w.layer_moments("bn", 1, batch_mean=np.ones(2), batch_var=np.ones(2), moving_mean=np.zeros(2),
+                            moving_var=np.ones(2), updates=1, momentum=0.9, epsilon=1e-3)
+    with tensorboard(str(tmp_path)) as base:
+        page, frame, errors, _ = open_tab(browser, base)
+        frame.click("button.bn-chip >> text=<b>run</b>")
+        frame.wait_for_selector("[data-role=layers] td.name")
+        assert frame.locator("[data-role=layers] td.name").first.text_content() == layer
+        assert frame.locator("[data-role=layers] td.name img").count() == 0
+        assert frame.evaluate("document.body.dataset.pwned") is None
         assert errors == []

@@ -30,6 +30,17 @@ export class SyncGroup {
   remove(u) {
     this.charts.delete(u);
   }
+  /** Puts a chart on the group's full step range (at creation and on double-click). */
+  fit(u) {
+    if (!this.full) return;
+    const was = this.syncing;
+    this.syncing = true;
+    u.setScale("x", { min: this.full[0], max: this.full[1] });
+    this.syncing = was;
+  }
+  reset() {
+    for (const u of this.charts) this.fit(u);
+  }
   propagate(src) {
     if (this.syncing) return;
     this.syncing = true;
@@ -149,12 +160,11 @@ export function lineChart(el, o) {
       sync: group ? { key: group.key, setSeries: false } : undefined,
       drag: { x: true, y: false, setScale: true },
       points: { size: 6 },
+      bind: resetBinding(group, xIsStep),
     },
     scales: {
-      x: {
-        time: false,
-        range: (u, min, max) => (group && group.full && xIsStep ? [...group.full] : [min, max === min ? min + 1 : max]),
-      },
+      // Explicit ranges (zoom) come through here too: never override them.
+      x: { time: false, range: (u, min, max) => (min === max ? [min - 1, max + 1] : [min, max]) },
       y: o.logY ? { distr: 3 } : { range: o.yRange || undefined },
     },
     axes: [
@@ -196,7 +206,11 @@ export function lineChart(el, o) {
   el.dataset.chart = o.name || "";
   el.dataset.points = String(countPoints(o.data));
   const u = new uPlot(opts, data, el);
-  if (group) group.add(u);
+  el.__uplot = u; // for tests
+  if (group) {
+    group.add(u);
+    if (xIsStep) group.fit(u);
+  }
   const stop = observeWidth(el, u);
   const destroy = u.destroy.bind(u);
   u.destroy = () => {
@@ -267,9 +281,10 @@ export function heatmapChart(el, hm, o = {}) {
     width: autoWidth(el),
     height: o.height || Math.min(Math.max(22 * n + 40, 120), 520),
     legend: { show: false },
-    cursor: { sync: group ? { key: group.key } : undefined, drag: { x: true, y: false, setScale: true }, points: { show: false } },
+    cursor: { sync: group ? { key: group.key } : undefined, drag: { x: true, y: false, setScale: true }, points: { show: false },
+      bind: resetBinding(group, true) },
     scales: {
-      x: { time: false, range: (u, a, b) => (group && group.full ? [...group.full] : [edges[0] - 0.5, edges[edges.length - 1] - 0.5]) },
+      x: { time: false, range: (u, a, b) => (a === b ? [a - 1, b + 1] : [a, b]) },
       y: { range: [-0.5, n - 0.5] },
     },
     axes: [
@@ -333,9 +348,14 @@ export function heatmapChart(el, hm, o = {}) {
   el.dataset.chart = o.name || "heatmap";
   el.dataset.points = String(hm.values.reduce((a, row) => a + row.filter((v) => v !== null).length, 0));
   const u = new uPlot(opts, [[edges[0], edges[edges.length - 1]], [null, null]], el);
+  el.__uplot = u; // for tests
+  if (group) group.fit(u);
+  else u.setScale("x", { min: edges[0] - 0.5, max: edges[edges.length - 1] - 0.5 });
   if (o.onClickRow) {
-    u.over.addEventListener("click", () => {
-      if (u.select && u.select.width > 2) return;
+    let downX = null;
+    u.over.addEventListener("mousedown", (e) => (downX = e.clientX));
+    u.over.addEventListener("click", (e) => {
+      if (downX !== null && Math.abs(e.clientX - downX) > 3) return; // a zoom drag, not a click
       const row = rowOf(u.posToVal(u.cursor.top, "y"));
       if (row >= 0 && row < n) o.onClickRow(hm.layers[row]);
     });
@@ -351,10 +371,22 @@ export function heatmapChart(el, hm, o = {}) {
   return u;
 }
 
+/** Double-click resets every chart of the group to its full step range. */
+function resetBinding(group, xIsStep) {
+  if (!group || !xIsStep) return undefined;
+  return {
+    dblclick: () => () => {
+      group.reset();
+      return null;
+    },
+  };
+}
+
 /** A small canvas sparkline of one row (no axes). */
 export function sparkline(canvas, values, color, max) {
   const dpr = window.devicePixelRatio || 1;
-  const w = canvas.clientWidth || 120, h = canvas.clientHeight || 24;
+  // Fixed CSS size (see style.css): reading clientWidth of 100 fresh canvases forces 100 layouts.
+  const w = Number(canvas.dataset.w) || 140, h = Number(canvas.dataset.h) || 24;
   canvas.width = Math.round(w * dpr);
   canvas.height = Math.round(h * dpr);
   const ctx = canvas.getContext("2d");

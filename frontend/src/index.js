@@ -20,6 +20,7 @@ class App {
     this.runs = [];
     this.meta = null;
     this.cleanup = null;
+    this.disposers = [];
     this.token = 0;
     this.samplings = new Map();
     this.routeUrl = routeUrl;
@@ -128,16 +129,27 @@ class App {
     this.error.textContent = msg || "";
   }
 
+  /** Runs fn when the current view goes away (charts drawn before the view returned). */
+  onCleanup(fn) {
+    this.disposers.push(fn);
+  }
+
+  /** Marks (once per page) when the first chart with data was drawn. */
+  markFirstChart() {
+    if (!performance.getEntriesByName("bn-first-chart").length) performance.mark("bn-first-chart");
+  }
+
   alive(token) {
     return token === this.token;
   }
 
   async show() {
     const token = ++this.token;
-    if (this.cleanup) {
-      try { this.cleanup(); } catch (e) { /* a chart already gone */ }
-      this.cleanup = null;
+    for (const fn of [this.cleanup, ...this.disposers]) {
+      try { if (fn) fn(); } catch (e) { /* a chart already gone */ }
     }
+    this.cleanup = null;
+    this.disposers = [];
     this.onFilter = null;
     this.samplings.clear();
     this.noteSampling(null, null);
@@ -155,7 +167,7 @@ class App {
     try {
       this.cleanup = await VIEWS[this.state.view](this.view, this, token);
       if (this.alive(token)) {
-        if (!performance.getEntriesByName("bn-first-chart").length) performance.mark("bn-first-chart");
+        this.markFirstChart();
         this.status.textContent = `drawn in ${Math.round(performance.now() - started)} ms`;
         document.body.dataset.ready = String(token);
       }

@@ -15,7 +15,9 @@ from tb_bnstats import quantities
 # keeps 1000 per SCALAR tag and 100 per TENSOR tag; the Python loader
 # (--load_fast=false) keeps 10 per tag for a third-party plugin.
 KNOWN_SAMPLING_CAPS = (10, 100, 1000)
-LIFT_SAMPLING_HINT = "--samples_per_plugin=bn_stats=all"
+# TensorBoard 2.21 parses --samples_per_plugin values as integers: "bn_stats=all"
+# is rejected at start-up ("invalid _parse_samples_per_plugin value"); 0 keeps all.
+LIFT_SAMPLING_HINT = "--samples_per_plugin=bn_stats=0"
 
 
 # -- downsampling ------------------------------------------------------------
@@ -122,7 +124,7 @@ def merge_sampling(infos):
             f"TensorBoard kept only a sample of these series ({kept} of about {expected} logged points "
             f"in the most reduced one): it keeps 1000 points per scalar tag and 100 per tensor tag with "
             f"its default data server, 10 with --load_fast=false. Spikes between kept points are invisible. "
-            f"Restart TensorBoard with {LIFT_SAMPLING_HINT} to see every point."))
+            f"Restart TensorBoard with {LIFT_SAMPLING_HINT} (0 = keep all) to see every point."))
     return out
 
 

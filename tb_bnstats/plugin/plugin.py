@@ -25,12 +25,16 @@ route      parameters                                            answer
 ``format`` is ``json`` (default) or ``csv`` (a download).
 """
 
+import collections
 import functools
+import json
 import logging
 import math
 import os
 import posixpath
 import re
+import threading
+import time
 
 import numpy as np
 from tensorboard import errors
@@ -51,15 +55,57 @@ READ_ALL = 10**9  # "every point the provider holds"
 MAX_POINTS = 20000
 MAX_BINS = 2000
 MAX_COMPARE_RUNS = 12
+# A run's tag index (list_scalars + list_tensors, a JSON parse per tag) is
+# reused this long: a page load asks for it 3-4 times at once, and with 100
+# layers (2,100 tags) listing costs about 100 ms. New data shows up at most
+# this much later than TensorBoard reloads it.
+INDEX_TTL_S = 2.0
+# Series read from the provider are kept (per tag, while the tag's max_step is
+# unchanged) up to this many points in all: the heat map, the overview and a
+# layer's charts read the same tags again on every view change and reload.
+SERIES_CACHE_POINTS = 4_000_000
 _INT_RE = re.compile(r"^[0-9]{1,15}$")
 
-# Latest values the overview shows per layer.
-OVERVIEW_QUANTITIES = ("convergence", "updates", "mean_gap/mean", "mean_gap/p90", "mean_gap/max",
-                       "abs_log_var_ratio/max", "log_var_ratio/mean", "sym_kl/max",
-                       "batch_mean", "moving_mean", "batch_var", "moving_var")
+# Latest values the overview shows per layer (and its badges use).
+OVERVIEW_QUANTITIES = ("convergence", "updates", "mean_gap/p90", "mean_gap/max",
+                       "abs_log_var_ratio/max", "log_var_ratio/mean")
 HEATMAP_MEASURES = metadata.GAP_SERIES
 DEFAULT_SERIES = metadata.LAYER_SERIES
 KERAS_PLUGIN = "scalars"
+
+
+class _SeriesCache:
+    """LRU of ``(experiment, run, tag, downsample) -> (max_step, steps, values)``,
+    bounded by the number of points held. An entry is used only while the
+    tag's ``max_step`` in the current index is the one it was read at."""
+
+    def __init__(self, budget_points):
+        self._budget = budget_points
+        self._held = 0
+        self._entries = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key, max_step):
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is None or hit[0] != max_step:
+                return None
+            self._entries.move_to_end(key)
+            return hit[1], hit[2]
+
+    def put(self, key, max_step, steps, values):
+        n = int(len(steps))
+        if n > self._budget:
+            return
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._held -= len(old[1])
+            self._entries[key] = (max_step, steps, values)
+            self._held += n
+            while self._held > self._budget and self._entries:
+                _, (_, s, _) = self._entries.popitem(last=False)
+                self._held -= len(s)
 
 
 class BadRequest(Exception):
@@ -70,7 +116,8 @@ def _route(allowed, csv_ok=False):
     """Wraps a handler ``fn(self, request, args) -> (payload, csv)``.
 
     ``allowed`` lists the parameter names the route accepts; ``csv`` is None
-    or ``(filename, header, rows)`` for ``format=csv``.
+    or a function returning ``(filename, header, rows)`` for ``format=csv``
+    (called only then).
     """
     allowed = set(allowed) | ({"format"} if csv_ok else set())
 
@@ -88,11 +135,17 @@ def _route(allowed, csv_ok=False):
                     raise BadRequest(f"format must be 'json' or 'csv', got {fmt!r}")
                 payload, csv = fn(self, request, args)
                 if fmt == "csv":
-                    filename, header, rows = csv
+                    filename, header, rows = csv()
                     return http_util.Respond(
                         request, data.csv_text(header, rows), "text/csv",
                         headers=[("Content-Disposition", f'attachment; filename="{filename}"')])
-                return http_util.Respond(request, payload, "application/json")
+                # Payloads hold no NaN/inf (data.finite_list): plain json.dumps is
+                # valid JSON and much faster than Respond's recursive Cleanse.
+                try:
+                    body = json.dumps(payload, separators=(",", ":"), allow_nan=False)
+                except ValueError:  # a non-finite number from metadata: let TensorBoard cleanse it
+                    body = payload
+                return http_util.Respond(request, body, "application/json")
             except BadRequest as exc:
                 return http_util.Respond(request, {"error": str(exc)}, "application/json", code=400)
             except errors.PublicError as exc:
@@ -137,6 +190,9 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         self._provider = context.data_provider
         hints = getattr(context, "sampling_hints", None) or {}
         self._cap_hint = hints.get(metadata.PLUGIN_NAME)
+        self._index_cache = {}
+        self._index_lock = threading.Lock()
+        self._series_cache = _SeriesCache(SERIES_CACHE_POINTS)
 
     # -- TensorBoard interface -------------------------------------------------
 
@@ -179,7 +235,15 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         if self._provider is None:
             raise BadRequest("TensorBoard has no data provider")
         ctx, eid = self._ctx(request)
-        return reader.index_runs(self._provider, ctx, eid), ctx, eid
+        now = time.monotonic()
+        with self._index_lock:
+            hit = self._index_cache.get(eid)
+        if hit is not None and now - hit[0] < INDEX_TTL_S:
+            return hit[1], ctx, eid
+        indexes = reader.index_runs(self._provider, ctx, eid)
+        with self._index_lock:
+            self._index_cache[eid] = (now, indexes)
+        return indexes, ctx, eid
 
     def _run_arg(self, args, indexes):
         run = _one(args, "run")
@@ -196,6 +260,24 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         if layer not in index.layer_infos:
             raise BadRequest(f"unknown layer {layer!r} in run {run!r}")
         return layer
+
+    def _read(self, ctx, eid, run, index, tags, downsample):
+        """:func:`reader.read_series` through the per-tag cache."""
+        out, missing = {}, []
+        for tag in dict.fromkeys(tags):
+            hit = self._series_cache.get((eid, run, tag, downsample), index.max_step.get(tag))
+            if hit is None:
+                missing.append(tag)
+            else:
+                out[tag] = hit
+        if missing:
+            fresh = reader.read_series(self._provider, ctx, run, missing, downsample, eid)
+            for tag, (steps, values) in fresh.items():
+                steps.setflags(write=False)
+                values.setflags(write=False)
+                self._series_cache.put((eid, run, tag, downsample), index.max_step.get(tag), steps, values)
+                out[tag] = (steps, values)
+        return out
 
     def _sampling(self, steps):
         return data.sampling_info(steps, self._cap_hint)
@@ -258,7 +340,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
                 if q in by_q:
                     tags[by_q[q]] = (layer, q)
         # downsample=1 keeps each tag's latest point (the provider contract).
-        raw = reader.read_series(self._provider, ctx, run, list(tags), 1, eid)
+        raw = self._read(ctx, eid, run, index, list(tags), 1)
         latest = {layer: {} for layer in index.layer_infos}
         latest_step = {layer: None for layer in index.layer_infos}
         for tag, (steps, values) in raw.items():
@@ -290,7 +372,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         bins = _int_arg(args, "bins", 200, 1, MAX_BINS)
         infos = self._ordered_layers(index)
         tag_of = {info.name: index.layer_tags.get(info.name, {}).get(measure) for info in infos}
-        raw = reader.read_series(self._provider, ctx, run, [t for t in tag_of.values() if t], READ_ALL, eid)
+        raw = self._read(ctx, eid, run, index, [t for t in tag_of.values() if t], READ_ALL)
         series = {name: raw.get(tag, (np.zeros(0, np.int64), np.zeros(0))) for name, tag in tag_of.items() if tag}
         nonempty = [s for s, _ in series.values() if len(s)]
         if nonempty:
@@ -314,10 +396,10 @@ class BNStatsPlugin(base_plugin.TBPlugin):
             "min": float(finite.min()) if finite.size else None,
             "sampling": sampling,
         }
-        rows = [[n, float(edges[j]), float(edges[j + 1]), float(matrix[i][j])]
-                for i, n in enumerate(names) for j in range(len(edges) - 1)]
-        return payload, (f"heatmap_{_safe_name(run)}_{_safe_name(measure)}.csv",
-                         ["layer", "step_from", "step_to", measure], rows)
+        rows = lambda: [[n, float(edges[j]), float(edges[j + 1]), float(matrix[i][j])]  # noqa: E731
+                        for i, n in enumerate(names) for j in range(len(edges) - 1)]
+        return payload, lambda: (f"heatmap_{_safe_name(run)}_{_safe_name(measure)}.csv",
+                                 ["layer", "step_from", "step_to", measure], rows())
 
     @_route(("run", "layer", "quantities", "points"), csv_ok=True)
     def _serve_series(self, request, args):
@@ -335,7 +417,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         points = _int_arg(args, "points", 1000, 2, MAX_POINTS)
         tags = index.layer_tags.get(layer, {})
         tag_of = {q: tags[q] for q in dict.fromkeys(wanted) if q in tags}
-        raw = reader.read_series(self._provider, ctx, run, list(tag_of.values()), READ_ALL, eid)
+        raw = self._read(ctx, eid, run, index, list(tag_of.values()), READ_ALL)
         out, samplings, full = {}, [], {}
         for q, tag in tag_of.items():
             steps, values = raw.get(tag, (np.zeros(0, np.int64), np.zeros(0)))
@@ -349,8 +431,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
             "series": out, "missing": [q for q in wanted if q not in tag_of],
             "sampling": data.merge_sampling(samplings),
         }
-        header, rows = data.wide_rows(full)
-        return payload, (f"{_safe_name(run)}_{_safe_name(layer)}.csv", header, rows)
+        return payload, lambda: (f"{_safe_name(run)}_{_safe_name(layer)}.csv", *data.wide_rows(full))
 
     def _snapshots(self, request, args, ctx, eid, indexes):
         run = self._run_arg(args, indexes)
@@ -381,9 +462,10 @@ class BNStatsPlugin(base_plugin.TBPlugin):
             "info": self._layer_json(index.layer_infos[layer], index),
             "sampling": data.merge_sampling([self._sampling(steps)]),
         }
-        csv_rows = [[c] + [float(snap[k, c]) for k in range(snap.shape[0])] for c in range(snap.shape[1])]
-        return payload, (f"{_safe_name(run)}_{_safe_name(layer)}_step{int(steps[i])}.csv",
-                         ["channel"] + list(metadata.SNAPSHOT_ROWS), csv_rows)
+        csv_rows = lambda: [[c] + [float(snap[k, c]) for k in range(snap.shape[0])]  # noqa: E731
+                            for c in range(snap.shape[1])]
+        return payload, lambda: (f"{_safe_name(run)}_{_safe_name(layer)}_step{int(steps[i])}.csv",
+                                 ["channel"] + list(metadata.SNAPSHOT_ROWS), csv_rows())
 
     @_route(("run", "layer"), csv_ok=True)
     def _serve_bands(self, request, args):
@@ -404,7 +486,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
                      for i, s in enumerate(steps)]
         payload = {"run": run, "layer": layer, "steps": steps.tolist(), "rows": out,
                    "sampling": data.merge_sampling([self._sampling(steps)])}
-        return payload, (f"{_safe_name(run)}_{_safe_name(layer)}_bands.csv",
+        return payload, lambda: (f"{_safe_name(run)}_{_safe_name(layer)}_bands.csv",
                          ["row", "step", "min", "p10", "p90", "max"], rows)
 
     @_route(("run", "points"), csv_ok=True)
@@ -418,7 +500,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         run = self._run_arg(args, indexes)
         points = _int_arg(args, "points", 1000, 2, MAX_POINTS)
         index = indexes[run]
-        raw = reader.read_series(self._provider, ctx, run, list(index.metric_tags.values()), READ_ALL, eid)
+        raw = self._read(ctx, eid, run, index, list(index.metric_tags.values()), READ_ALL)
         series = []
         val_steps = None
         for key in sorted(index.metric_tags):
@@ -435,9 +517,8 @@ class BNStatsPlugin(base_plugin.TBPlugin):
             st, v = data.minmax_downsample(s["steps"], s["values"], points)
             full[s["key"]] = (st, v)
             out.append({**s, "steps": st.tolist(), "values": data.finite_list(v)})
-        header, rows = data.wide_rows(full)
         payload = {"run": run, "series": out, "sampling": data.merge_sampling(samplings)}
-        return payload, (f"{_safe_name(run)}_metrics.csv", header, rows)
+        return payload, lambda: (f"{_safe_name(run)}_metrics.csv", *data.wide_rows(full))
 
     def _keras_series(self, ctx, eid, run, val_steps, max_step):
         try:
@@ -502,17 +583,16 @@ class BNStatsPlugin(base_plugin.TBPlugin):
             if layer not in index.layer_infos or tag is None:
                 missing.append(r)
                 continue
-            steps, values = reader.read_series(self._provider, ctx, r, [tag], READ_ALL, eid).get(
+            steps, values = self._read(ctx, eid, r, index, [tag], READ_ALL).get(
                 tag, (np.zeros(0, np.int64), np.zeros(0)))
             samplings.append(self._sampling(steps))
             s, v = data.minmax_downsample(steps, values, points)
             full[r] = (s, v)
             out.append({"run": r, "info": self._layer_json(index.layer_infos[layer], index),
                         "steps": s.tolist(), "values": data.finite_list(v)})
-        header, rows = data.wide_rows(full)
         payload = {"layer": layer, "quantity": quantity, "runs": out, "missing": missing,
                    "sampling": data.merge_sampling(samplings)}
-        return payload, (f"compare_{_safe_name(layer)}_{_safe_name(quantity)}.csv", header, rows)
+        return payload, lambda: (f"compare_{_safe_name(layer)}_{_safe_name(quantity)}.csv", *data.wide_rows(full))
 
 
 def _epoch_to_step(epochs, val_steps, max_step):

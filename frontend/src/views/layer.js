@@ -53,6 +53,12 @@ export async function renderLayer(root, app, token) {
   const group = new SyncGroup();
   for (const q of Object.values(ser.series)) if (q.steps.length) group.extend(q.steps[0], q.steps[q.steps.length - 1]);
   const charts = [];
+  let chCleanup = null;
+  app.onCleanup(() => {
+    for (const c of charts) c.destroy();
+    charts.length = 0;
+    if (chCleanup) chCleanup();
+  });
 
   // -- header: layer picker and its numbers ---------------------------------------
   const pick = h("select", { dataset: { role: "layer-select" }, onchange: (e) => app.go("layer", { layer: e.target.value, channelStep: null }) });
@@ -83,6 +89,26 @@ export async function renderLayer(root, app, token) {
   const w = app.state.smoothing;
   const grid = h("div", { class: "bn-grid2" });
   root.append(grid);
+  // -- convergence (first: has the average converged?) ----------------------------------------------------------------------
+  if (conv && conv.steps.length) {
+    const el = h("div", { class: "bn-chart", dataset: { role: "chart-convergence" } });
+    let cross = null;
+    for (let k = 0; k < conv.values.length; k++) if (conv.values[k] !== null && conv.values[k] >= 0.95) { cross = conv.steps[k]; break; }
+    const note = `momentum ${i.momentum} · effective window ${i.effective_window === null ? "∞" : fmtNum(i.effective_window, 4)} steps · ` +
+      `95% after ${fmtStep(i.steps_to_95)} updates (99% after ${fmtStep(i.steps_to_99)}) · now ${fmtPct(convNow)}` +
+      (cross === null ? " · not yet 95%" : ` · reached 95% at step ${cross}`);
+    grid.append(card("Convergence of the moving averages", "1 − momentum^updates: the weight no longer on the initial values",
+      downloads(app.routeUrl, "series", { run, layer: layerName, quantities: "convergence,updates", points: POINTS }),
+      h("div", { class: "bn-note", dataset: { role: "convergence-note" } }, note), el));
+    charts.push(lineChart(el, {
+      name: "convergence", group, height: 230, yRange: [0, 1.05],
+      series: [{ label: "convergence", color: C.debiased, width: 2 }],
+      data: [conv.steps, conv.values],
+      hlines: [{ y: 0.95, label: "95%" }],
+      vlines: cross === null ? [] : [{ x: cross, label: `95% at step ${cross}` }],
+    }));
+  }
+
   for (const spec of CHARTS) {
     const present = spec.series.filter(([q]) => ser.series[q] && ser.series[q].steps.length);
     if (!present.length) continue;
@@ -106,37 +132,13 @@ export async function renderLayer(root, app, token) {
     charts.push(lineChart(el, { name: spec.id, series, data: [data[0], ...shown], group, logY, height: 230 }));
   }
 
-  // -- convergence ----------------------------------------------------------------------
-  if (conv && conv.steps.length) {
-    const el = h("div", { class: "bn-chart", dataset: { role: "chart-convergence" } });
-    let cross = null;
-    for (let k = 0; k < conv.values.length; k++) if (conv.values[k] !== null && conv.values[k] >= 0.95) { cross = conv.steps[k]; break; }
-    const note = `momentum ${i.momentum} · effective window ${i.effective_window === null ? "∞" : fmtNum(i.effective_window, 4)} steps · ` +
-      `95% after ${fmtStep(i.steps_to_95)} updates (99% after ${fmtStep(i.steps_to_99)}) · now ${fmtPct(convNow)}` +
-      (cross === null ? " · not yet 95%" : ` · reached 95% at step ${cross}`);
-    grid.append(card("Convergence of the moving averages", "1 − momentum^updates: the weight no longer on the initial values",
-      downloads(app.routeUrl, "series", { run, layer: layerName, quantities: "convergence,updates", points: POINTS }),
-      h("div", { class: "bn-note", dataset: { role: "convergence-note" } }, note), el));
-    charts.push(lineChart(el, {
-      name: "convergence", group, height: 230, yRange: [0, 1.05],
-      series: [{ label: "convergence", color: C.debiased, width: 2 }],
-      data: [conv.steps, conv.values],
-      hlines: [{ y: 0.95, label: "95%" }],
-      vlines: cross === null ? [] : [{ x: cross, label: `95% at step ${cross}` }],
-    }));
-  }
-
   // -- per-channel view -----------------------------------------------------------------
   const chWrap = h("div", { dataset: { role: "channels" } });
   root.append(chWrap);
-  let chCleanup = null;
   if (layer.has_snapshots) {
     chCleanup = await renderChannels(chWrap, app, token, run, layerName);
   } else {
     chWrap.append(card("Per channel", "no per-channel snapshots logged for this layer (snapshot_every_n_steps)", null));
   }
-  return () => {
-    for (const c of charts) c.destroy();
-    if (chCleanup) chCleanup();
-  };
+  return null;
 }

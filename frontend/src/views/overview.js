@@ -16,28 +16,26 @@ function matches(name, filter) {
 export async function renderOverview(root, app, token) {
   const run = app.state.run;
   const bins = Math.max(60, Math.min(400, Math.floor((root.clientWidth || 900) / 3)));
-  const [ov, hm, loss] = await Promise.all([
-    app.api.overview(run),
-    app.api.heatmap(run, app.state.measure, bins),
-    app.api.loss(run, 1500),
-  ]);
+  // All three requests start now; each part is drawn as soon as its data arrive.
+  const pOv = app.api.overview(run);
+  const pHm = app.api.heatmap(run, app.state.measure, bins);
+  const pLoss = app.api.loss(run, 1500);
+  pHm.catch(() => {});
+  pLoss.catch(() => {});
+  const ov = await pOv;
   if (!app.alive(token)) return () => {};
-  app.noteSampling("heatmap", hm.sampling);
-  app.noteSampling("loss", loss.sampling);
   const group = new SyncGroup();
-  // Bins hold integer steps [e_j, e_j+1): cells are drawn centred on their steps.
-  group.extend(hm.step_edges[0] - 0.5, hm.step_edges[hm.step_edges.length - 1] - 0.5);
+  const charts = [];
+  const color = app.color(run);
 
   // -- layers table ----------------------------------------------------------
-  const rowOf = new Map(hm.layers.map((n, i) => [n, hm.values[i]]));
-  const color = app.color(run);
   const body = h("tbody");
-  const sparks = [];
+  const sparks = new Map();
   for (const layer of ov.layers) {
     const latest = layer.latest || {};
     const conv = latest.convergence;
-    const canvas = h("canvas", { dataset: { layer: layer.name } });
-    sparks.push([canvas, maxPool(rowOf.get(layer.name) || [], 70)]);
+    const canvas = h("canvas", { dataset: { layer: layer.name, w: "140", h: "24" } });
+    sparks.set(layer.name, canvas);
     const badges = layer.badges.length
       ? layer.badges.map((b) => h("span", { class: `bn-badge ${b.id === "frozen" ? "frozen" : ""}`, title: b.detail, dataset: { badge: b.id } }, b.label))
       : [h("span", { class: "bn-badge ok" }, "ok")];
@@ -57,39 +55,61 @@ export async function renderOverview(root, app, token) {
       h("th", null, "layer (depth order)"), h("th", null, "ch"), h("th", null, "momentum"),
       h("th", { title: "normalized mean gap, max over channels, latest step" }, "mean gap"),
       h("th", { title: "|log((var_B+eps)/(var_R+eps))|, max over channels, latest step" }, "var gap"),
-      h("th", null, "convergence"), h("th", null, `${hm.measure} over steps`), h("th", null, "warnings"))),
+      h("th", null, "convergence"), h("th", null, `${app.state.measure} over steps`), h("th", null, "warnings"))),
     body);
+  root.append(card("Layers", `${ov.layers.length} BatchNormalization layers · run ${run} · last step ${fmtStep(ov.max_step)}`, null, table));
 
-  root.append(card("Layers", `${ov.layers.length} BatchNormalization layers · run ${run} · last step ${fmtStep(ov.max_step)}`,
-    null, table));
-  for (const [c, values] of sparks) sparkline(c, values, color, hm.max);
-
-  // -- heat map + loss ---------------------------------------------------------
+  // -- heat map + loss (filled in as their data arrive) ------------------------------
   const measureSel = h("select", { onchange: (e) => app.go("overview", { measure: e.target.value }) },
     ...(app.meta.gap_measures || []).map((m) => h("option", { value: m, selected: m === app.state.measure }, m)));
-  const hmEl = h("div", { class: "bn-chart", dataset: { role: "heatmap" } });
+  const hmEl = h("div", { class: "bn-chart", dataset: { role: "heatmap" } }, h("div", { class: "bn-note" }, "loading…"));
   const lossEl = h("div", { class: "bn-chart", dataset: { role: "loss" } });
   const lossNote = h("div", { class: "bn-note" });
+  const scaleNote = h("span", { class: "bn-note" });
   root.append(card("Gap heat map", "layers × steps, max per step bin; drag to zoom, double-click to reset, click a row to open the layer",
     downloads(app.routeUrl, "heatmap", { run, measure: app.state.measure, bins }),
-    h("div", { class: "bn-row" }, h("label", null, "measure ", measureSel),
-      h("span", { class: "bn-note" }, "0", h("span", { class: "bn-legend-scale" }), fmtNum(hm.max), " (log-compressed colour)")),
+    h("div", { class: "bn-row" }, h("label", null, "measure ", measureSel), scaleNote),
     hmEl,
     h("h3", null, "Loss on the same step axis", downloads(app.routeUrl, "loss", { run, points: 1500 })),
     lossNote, lossEl));
 
-  const charts = [];
+  let hm = null;
+  let hmChart = null;
+  app.onCleanup(() => {
+    for (const c of charts) c.destroy();
+    charts.length = 0;
+    if (hmChart) hmChart.destroy();
+    hmChart = null;
+  });
   const drawHeatmap = () => {
+    if (!hm) return;
     const keep = hm.layers.map((n, i) => i).filter((i) => matches(hm.layers[i], app.state.filter));
     const sub = { ...hm, layers: keep.map((i) => hm.layers[i]), values: keep.map((i) => hm.values[i]) };
-    if (charts[0]) charts[0].destroy();
+    if (hmChart) hmChart.destroy();
     hmEl.replaceChildren();
-    charts[0] = heatmapChart(hmEl, sub, { group, onClickRow: (layer) => app.go("layer", { layer, channelStep: null }) });
+    hmChart = heatmapChart(hmEl, sub, { group, onClickRow: (layer) => app.go("layer", { layer, channelStep: null }) });
   };
-  drawHeatmap();
-
-  const lossSeries = loss.series.filter((s) => /loss/.test(s.name) && s.steps.length);
-  if (lossSeries.length) {
+  const heatDone = pHm.then((data) => {
+    if (!app.alive(token)) return;
+    hm = data;
+    app.noteSampling("heatmap", hm.sampling);
+    // Bins hold integer steps [e_j, e_j+1): cells are drawn centred on their steps.
+    group.extend(hm.step_edges[0] - 0.5, hm.step_edges[hm.step_edges.length - 1] - 0.5);
+    scaleNote.replaceChildren("0", h("span", { class: "bn-legend-scale" }), fmtNum(hm.max), " (log-compressed colour)");
+    drawHeatmap();
+    group.reset();
+    app.markFirstChart();
+    const rowOf = new Map(hm.layers.map((n, i) => [n, hm.values[i]]));
+    for (const [name, canvas] of sparks) sparkline(canvas, maxPool(rowOf.get(name) || [], 70), color, hm.max);
+  });
+  const lossDone = pLoss.then((loss) => {
+    if (!app.alive(token)) return;
+    app.noteSampling("loss", loss.sampling);
+    const lossSeries = loss.series.filter((s) => /loss/.test(s.name) && s.steps.length);
+    if (!lossSeries.length) {
+      lossNote.textContent = "No loss logged for this run (BNStatsCallback(log_metrics=True) or Keras' TensorBoard callback next to it).";
+      return;
+    }
     const w = app.state.smoothing;
     const data = alignSeries(lossSeries.map((s) => ({ x: s.steps, y: s.values })));
     const raw = data.slice(1);
@@ -102,19 +122,19 @@ export async function renderOverview(root, app, token) {
       raw: raw[i],
     }));
     const smoothed = raw.map((ys, i) => (lossSeries[i].split === "val" ? ys : smooth(ys, w)));
+    group.extend(data[0][0] - 0.5, data[0][data[0].length - 1] + 0.5);
     charts.push(lineChart(lossEl, { name: "loss", series, data: [data[0], ...smoothed], group, height: 200, ySize: Y_AXIS_SIZE }));
+    group.reset();
+    app.markFirstChart();
     const notes = lossSeries.filter((s) => s.aligned === "estimated").map((s) => s.name);
     lossNote.textContent = notes.length ? `Epoch-level ${notes.join(", ")} placed at estimated epoch-end steps.` : "";
-  } else {
-    lossNote.textContent = "No loss logged for this run (BNStatsCallback(log_metrics=True) or Keras' TensorBoard callback next to it).";
-  }
+  });
 
   app.onFilter = () => {
     for (const tr of body.children) tr.hidden = !matches(tr.dataset.layer, app.state.filter);
     drawHeatmap();
   };
-  app.onFilter();
-  return () => {
-    for (const c of charts) c && c.destroy();
-  };
+  if (app.state.filter) app.onFilter();
+  await Promise.all([heatDone, lossDone]);
+  return null;
 }

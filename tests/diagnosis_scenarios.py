@@ -1,0 +1,216 @@
+"""The scenario suite of the diagnosis tests (DESIGN.md §4): small real Keras
+runs on scikit-learn's bundled digits (nothing downloaded), one per failure
+scenario, and healthy runs. ``python tests/diagnosis_scenarios.py LOGDIR``
+writes them all and prints the confusion table of the README."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+@keras.saving.register_keras_serializable(package="tb_bnstats_diag_tests")
+class InferenceModeBN(keras.layers.Layer):
+    """The classic bug: a BN always called with training=False."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.bn = keras.layers.BatchNormalization(name="bn")
+
+    def call(self, x):
+        return self.bn(x, training=False)
+
+
+def digits(n=None, sort=False, flat=True):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images / 16.0).astype("float32") * 4.0 + 1.0  # far from the init mean 0 / var 1
+    y = d.target
+    order = np.argsort(y, kind="stable") if sort else np.random.default_rng(0).permutation(len(x))
+    x, y = x[order], y[order]
+    if n is not None:
+        x, y = x[:n], y[:n]
+    return (x.reshape(len(x), 64) if flat else x[..., None]), y
+
+
+def dense_model(momentum=0.9, seed=0, dropout_before="", inference_mode="", frozen="", lr=3e-3):
+    """Dense(32) -> BN "bn1" -> ReLU -> Dense(32) -> BN "bn2" -> ReLU -> Dense(10)."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((64,))
+    x = inp
+    for name in ("bn1", "bn2"):
+        x = keras.layers.Dense(32, use_bias=False)(x)
+        if dropout_before == name:
+            x = keras.layers.Dropout(0.5)(x)
+        if inference_mode == name:
+            x = InferenceModeBN(name=name)(x)
+        else:
+            bn = keras.layers.BatchNormalization(momentum=momentum, name=name)
+            if frozen == name:
+                bn.trainable = False
+            x = bn(x)
+        x = keras.layers.ReLU()(x)
+    model = keras.Model(inp, keras.layers.Dense(10)(x))
+    model.compile(keras.optimizers.Adam(lr), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    return model
+
+
+def conv_model(momentum=0.9, seed=0):
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((8, 8, 1))
+    x = inp
+    for i, width in enumerate((8, 16)):
+        x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
+        x = keras.layers.BatchNormalization(momentum=momentum, name=f"conv{i}_bn")(x)
+        x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(16, use_bias=False)(x)
+    x = keras.layers.BatchNormalization(momentum=momentum, name="dense_bn")(x)
+    model = keras.Model(inp, keras.layers.Dense(10)(keras.layers.ReLU()(x)))
+    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    return model
+
+
+def masked_model(momentum=0.9, seed=0):
+    """Masking -> Dense per timestep -> BN "bn" (masked moments) -> pooled head."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((8, 8))
+    x = keras.layers.Masking(mask_value=0.0)(inp)
+    x = keras.layers.Dense(16, use_bias=False)(x)
+    x = keras.layers.BatchNormalization(momentum=momentum, name="bn")(x)
+    x = keras.layers.GlobalAveragePooling1D()(keras.layers.ReLU()(x))
+    model = keras.Model(inp, keras.layers.Dense(10)(x))
+    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    return model
+
+
+class NaNBatches(keras.utils.PyDataset):
+    """Digits batches; from batch ``bad_from`` on, one value is NaN."""
+
+    def __init__(self, x, y, batch_size, bad_from):
+        super().__init__()
+        self.x, self.y, self.batch_size, self.bad_from = x, y, batch_size, bad_from
+
+    def __len__(self):
+        return len(self.x) // self.batch_size
+
+    def __getitem__(self, i):
+        x = self.x[i * self.batch_size:(i + 1) * self.batch_size].copy()
+        if i >= self.bad_from:
+            x[0, 0] = np.nan
+        return x, self.y[i * self.batch_size:(i + 1) * self.batch_size]
+
+
+# name -> (what it is, the findings expected as {(code, layer), ...})
+SCENARIOS = {
+    "healthy_dense_s0": "momentum 0.9, shuffled, batch 32, dense, seed 0",
+    "healthy_dense_s1": "the same, seed 1",
+    "healthy_conv_s0": "momentum 0.9, shuffled, batch 32, conv, seed 0",
+    "healthy_conv_s1": "the same, seed 1",
+    "healthy_dense_s2": "momentum 0.9, shuffled, batch 32, dense, seed 2",
+    "healthy_masked": "momentum 0.9, masked sequence input (3 of 8 timesteps masked)",
+    "s1_momentum_0.99": "momentum 0.99, 84 steps",
+    "s2_inference_mode": "bn2 always called with training=False",
+    "s2_frozen": "bn2 trainable=False from the start",
+    "s4_momentum_0.1": "momentum 0.1 (PyTorch's 0.9 ported as is)",
+    "s5_dropout_before_bn": "Dropout(0.5) right before bn2",
+    "s6_batch_4": "batch size 4",
+    "s7_sorted": "data sorted by label, shuffle=False",
+    "nan_inputs": "a NaN in the inputs from step 20 on",
+}
+
+
+# name -> the findings diagnose() must produce: {(code, severity): [layers]}
+EXPECTED = {
+    "healthy_dense_s0": {},
+    "healthy_dense_s1": {},
+    "healthy_dense_s2": {},
+    "healthy_conv_s0": {},
+    "healthy_conv_s1": {},
+    "healthy_masked": {},
+    "s1_momentum_0.99": {("BN001", "error"): ["bn1", "bn2"]},
+    "s2_inference_mode": {("BN002", "error"): ["bn2/bn"]},
+    "s2_frozen": {("BN002", "error"): ["bn2"]},
+    "s4_momentum_0.1": {("BN003", "warning"): ["bn1", "bn2"]},
+    "s5_dropout_before_bn": {},  # not visible in training logs: see diagnose_model
+    "s6_batch_4": {("BN005", "warning"): ["bn1", "bn2"]},
+    "s7_sorted": {("BN006", "warning"): ["bn1"]},
+    "nan_inputs": {("BN007", "error"): ["bn1", "bn2"]},
+}
+
+
+def run_scenario(name, logdir, callbacks=None, verbose=0):
+    """Trains scenario ``name``, logging into ``logdir/name``; returns
+    ``(model, callback)``."""
+    from tb_bnstats import BNStatsCallback
+
+    run_dir = os.path.join(logdir, name)
+    cb = BNStatsCallback(run_dir, snapshot_every_n_steps=0, verbose=verbose)
+    cbs = [cb] + list(callbacks or [])
+    fit = dict(batch_size=32, epochs=3, shuffle=True, verbose=0, callbacks=cbs)
+    x, y = digits(n=896)
+    if name.startswith("healthy_dense"):
+        model = dense_model(seed=int(name[-1]))
+    elif name == "healthy_masked":
+        model = masked_model()
+        x = x.reshape(-1, 8, 8)
+        x[:, 5:, :] = 0.0  # masked timesteps
+    elif name.startswith("healthy_conv"):
+        model = conv_model(seed=int(name[-1]))
+        x = x.reshape(-1, 8, 8, 1)
+    elif name == "s1_momentum_0.99":
+        model = dense_model(momentum=0.99)
+    elif name == "s2_inference_mode":
+        model = dense_model(inference_mode="bn2")
+    elif name == "s2_frozen":
+        model = dense_model(frozen="bn2")
+    elif name == "s4_momentum_0.1":
+        model = dense_model(momentum=0.1)
+    elif name == "s5_dropout_before_bn":
+        model = dense_model(dropout_before="bn2")
+    elif name == "s6_batch_4":
+        model = dense_model()
+        x, y = x[:256], y[:256]
+        fit.update(batch_size=4, epochs=2)
+    elif name == "s7_sorted":
+        model = dense_model()
+        x, y = digits(n=None, sort=True)
+        fit.update(shuffle=False, epochs=2)
+    elif name == "nan_inputs":
+        model = dense_model()
+        model.fit(NaNBatches(x, y, 32, bad_from=20), epochs=1, shuffle=False, verbose=0, callbacks=cbs)
+        return model, cb
+    else:
+        raise KeyError(name)
+    model.fit(x, y, **fit)
+    return model, cb
+
+
+def confusion_table(logdir):
+    """Markdown: scenario run -> findings diagnose() produced (codes, layers)."""
+    import tb_bnstats
+
+    findings = tb_bnstats.diagnose(logdir)
+    rows = ["| run | what | findings |", "|---|---|---|"]
+    for name, what in SCENARIOS.items():
+        mine = [f"{f.code} {f.severity} ({', '.join(f.layers)})" for f in findings if f.run == name]
+        rows.append(f"| `{name}` | {what} | {'; '.join(mine) or 'none'} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    import sys
+    import time
+
+    logdir = sys.argv[1]
+    for name in (sys.argv[2:] or SCENARIOS):
+        t = time.time()
+        run_scenario(name, logdir)
+        print(f"{name}: {time.time() - t:.1f}s", flush=True)
+    print(confusion_table(logdir))
