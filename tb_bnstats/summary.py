@@ -1,6 +1,6 @@
 """Writes the log format of :mod:`tb_bnstats.metadata` into TensorBoard event
 files, without TensorFlow ops: one ``Event`` per layer per logged step,
-written by TensorBoard's own asynchronous :class:`EventFileWriter`.
+appended to an event file of :mod:`tb_bnstats.eventfile`.
 
 The Keras callback uses it, and so can a custom training loop or a hand-written
 batch norm::
@@ -29,9 +29,7 @@ import time
 
 import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
-
-from tb_bnstats import metadata, quantities
+from tb_bnstats import eventfile, metadata, quantities
 
 logger = logging.getLogger("tb_bnstats")
 
@@ -67,7 +65,7 @@ class Writer:
     """
 
     def __init__(self, logdir, flush_secs=DEFAULT_FLUSH_SECS, max_queue=1000, keep_history=0):
-        self._writer = EventFileWriter(str(logdir), max_queue_size=max_queue, flush_secs=flush_secs)
+        self._writer = eventfile.open_event_file(logdir, flush_secs, max_queue)
         # keep_history=N > 0: also keep in memory the last N logged steps of
         # every layer series and metric (~200 bytes per layer per step), for
         # run_data(): the callback diagnoses from it at train end.
@@ -82,7 +80,7 @@ class Writer:
     @property
     def path(self):
         """The event file being written."""
-        return self._writer._file_name
+        return self._writer.path
 
     def _value(self, tag, make_metadata, **payload):
         value = summary_pb2.Summary.Value(tag=tag, **payload)

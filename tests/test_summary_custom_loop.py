@@ -71,3 +71,30 @@ def test_load_unknown_run_names_the_runs(tmp_path):
                              updates=1, momentum=0.9, epsilon=1e-3)
     with pytest.raises(KeyError, match="'a'"):
         tb_bnstats.load(tmp_path, run="b")
+
+
+def test_both_event_file_backends_write_what_tensorboard_reads(tmp_path, monkeypatch):
+    """With TensorFlow imported the writer uses its C++ TFRecordWriter; without,
+    TensorBoard's pure-Python writer. Both must read back the same."""
+    from tb_bnstats import eventfile
+
+    def write(run):
+        with summary.Writer(tmp_path / run) as writer:
+            for step in range(1, 4):
+                writer.layer_moments("bn", step, batch_mean=[step, 0.0], batch_var=[1.0, 2.0],
+                                     moving_mean=[0.5, 0.0], moving_var=[1.0, 1.0], updates=step,
+                                     momentum=0.9, epsilon=1e-3, snapshot=True)
+            return writer
+
+    fast = write("fast")
+    assert isinstance(fast._writer, eventfile.TFRecordEventFile)
+    import sys
+    monkeypatch.delitem(sys.modules, "tensorflow")
+    slow = write("slow")
+    assert not isinstance(slow._writer, eventfile.TFRecordEventFile)
+    runs = tb_bnstats.load(tmp_path)
+    a, b = runs["fast"].layers["bn"], runs["slow"].layers["bn"]
+    np.testing.assert_array_equal(a.steps, b.steps)
+    for q in a.series:
+        np.testing.assert_array_equal(a.series[q], b.series[q])
+    np.testing.assert_array_equal(a.snapshots["batch_mean"], b.snapshots["batch_mean"])
