@@ -52,7 +52,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from tb_bnstats import quantities
+from tb_bnstats import metadata, quantities
 
 SEVERITIES = ("error", "warning", "info")
 
@@ -142,8 +142,7 @@ class Finding:
 
     @classmethod
     def from_dict(cls, d):
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return metadata.from_known_fields(cls, d)
 
     def __str__(self):
         return f"{self.severity.upper():7s} {self.code} [{self.scenario}] {self.run}: {self.message}"

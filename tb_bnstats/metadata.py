@@ -120,9 +120,14 @@ class LayerInfo:
 
     @classmethod
     def from_dict(cls, d):
-        """Builds a LayerInfo from a dict, ignoring keys a newer writer added."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return from_known_fields(cls, d)
+
+
+def from_known_fields(cls, d):
+    """Builds dataclass ``cls`` from a dict read from a log, ignoring keys a
+    newer writer added."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def layer_tag(layer_name, quantity):

@@ -211,14 +211,7 @@ export function lineChart(el, o) {
     group.add(u);
     if (xIsStep) group.fit(u);
   }
-  const stop = observeWidth(el, u);
-  const destroy = u.destroy.bind(u);
-  u.destroy = () => {
-    stop();
-    if (group) group.remove(u);
-    destroy();
-  };
-  return u;
+  return followWidthUntilDestroyed(el, u, group);
 }
 
 function annotationPlugin(o, colors) {
@@ -361,6 +354,11 @@ export function heatmapChart(el, hm, o = {}) {
     });
   }
   if (group) group.add(u);
+  return followWidthUntilDestroyed(el, u, group);
+}
+
+/** Resizes ``u`` with ``el``; its destroy() also stops that and leaves the zoom group. */
+function followWidthUntilDestroyed(el, u, group) {
   const stop = observeWidth(el, u);
   const destroy = u.destroy.bind(u);
   u.destroy = () => {
