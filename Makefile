@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install install-test system-deps frontend-check test test-python test-frontend bench demo bundle
+.PHONY: install install-test system-deps frontend-check test test-python test-frontend bench demo demo-logs bundle
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -46,8 +46,10 @@ bench: install
 
 DEMO_LOGS ?= demo/logs
 PORT ?= 6006
-demo: $(PY)
+demo-logs: $(PY)
 	$(PIP) install --quiet -e ".[demo]"
 	$(PY) demo/train.py --logdir $(DEMO_LOGS)
+
+demo: demo-logs
 	@echo "BN Convergence tab: http://localhost:$(PORT)/#bn_stats"
 	$(VENV)/bin/tensorboard --logdir $(DEMO_LOGS) --port $(PORT)

@@ -4,9 +4,12 @@ same small conv net trained a few ways, one TensorBoard run each.
     python demo/train.py --logdir demo/logs      # skips runs already written
 
 Runs:
-  healthy_m0.9        momentum 0.9: the moving averages catch up in ~30 steps
-  momentum_0.99       momentum 0.99 on a short run: 95% needs 299 updates
-  inference_mode_bn   one BN always called with training=False: never updated
+  healthy_m0.9          momentum 0.9: the moving averages catch up in ~30 steps
+  momentum_0.99         momentum 0.99 on a short run: 95% needs 299 updates
+  inference_mode_bn     one BN always called with training=False: never updated
+  dropout_before_bn     Dropout(0.5) right before the dense BN: variance shift at inference
+  tiny_batch_4          batch size 4: noisy batch moments
+  unshuffled_sorted     data sorted by label and shuffle=False: batch means drift
 """
 
 import argparse
@@ -33,7 +36,7 @@ class InferenceModeBN(keras.layers.Layer):
         return self.bn(x, training=False)
 
 
-def make_model(momentum=0.99, inference_mode_block=False):
+def make_model(momentum=0.99, inference_mode_block=False, dropout_before_bn=False):
     keras.utils.set_random_seed(0)
     inp = keras.Input((8, 8, 1))
     x = inp
@@ -46,6 +49,8 @@ def make_model(momentum=0.99, inference_mode_block=False):
         x = keras.layers.ReLU()(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     x = keras.layers.Dense(32, use_bias=False)(x)
+    if dropout_before_bn:
+        x = keras.layers.Dropout(0.5)(x)
     x = keras.layers.BatchNormalization(momentum=momentum, name="dense_bn")(x)
     x = keras.layers.ReLU()(x)
     model = keras.Model(inp, keras.layers.Dense(10)(x))
@@ -54,10 +59,14 @@ def make_model(momentum=0.99, inference_mode_block=False):
     return model
 
 
+# name -> (model arguments, fit arguments)
 RUNS = {
-    "healthy_m0.9": dict(momentum=0.9),
-    "momentum_0.99": dict(momentum=0.99),
-    "inference_mode_bn": dict(momentum=0.9, inference_mode_block=True),
+    "healthy_m0.9": (dict(momentum=0.9), {}),
+    "momentum_0.99": (dict(momentum=0.99), {}),
+    "inference_mode_bn": (dict(momentum=0.9, inference_mode_block=True), {}),
+    "dropout_before_bn": (dict(momentum=0.9, dropout_before_bn=True), {}),
+    "tiny_batch_4": (dict(momentum=0.9), dict(batch_size=4, epochs=1)),
+    "unshuffled_sorted": (dict(momentum=0.9), dict(sort_by_label=True, shuffle=False)),
 }
 
 
@@ -77,15 +86,22 @@ def main():
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
     (x, y), (x_val, y_val) = digits()
-    for name, kwargs in RUNS.items():
+    for name, (model_kwargs, fit_kwargs) in RUNS.items():
         run_dir = pathlib.Path(args.logdir) / name
         if run_dir.exists() and any(run_dir.glob("events.out.tfevents.*")):
             print(f"{name}: already written, skipping")
             continue
         print(f"{name}: training")
-        model = make_model(**kwargs)
-        model.fit(x, y, batch_size=32, epochs=args.epochs, validation_data=(x_val, y_val), verbose=1,
-                  callbacks=[tb_bnstats.BNStatsCallback(run_dir, snapshot_every_n_steps=20)])
+        model = make_model(**model_kwargs)
+        fit_kwargs = dict(fit_kwargs)
+        xs, ys = x, y
+        if fit_kwargs.pop("sort_by_label", False):
+            order = np.argsort(y, kind="stable")
+            xs, ys = x[order], y[order]
+        fit_kwargs.setdefault("batch_size", 32)
+        fit_kwargs.setdefault("epochs", args.epochs)
+        model.fit(xs, ys, validation_data=(x_val, y_val), verbose=1,
+                  callbacks=[tb_bnstats.BNStatsCallback(run_dir, snapshot_every_n_steps=20)], **fit_kwargs)
         train_acc = model.evaluate(x_val, y_val, verbose=0)[1]
         print(f"{name}: validation accuracy in inference mode {train_acc:.3f}")
 
