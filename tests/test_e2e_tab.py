@@ -116,6 +116,16 @@ def test_tab_overview_layer_channels_compare(server, browser):
     assert points(frame, "[data-role=loss]") > 0
     assert points(frame, "canvas[data-layer=conv2_bn]") > 0
     assert frame.locator("tr[data-layer=conv2_bn] [data-badge=not_converged]").count() == 1
+    # The diagnosis: a banner above the layers table and the list (BN001 on conv2_bn and dense_bn).
+    banner = frame.locator("[data-role=findings-banner]")
+    banner.wait_for(state="visible")
+    assert banner.text_content().startswith("1 error") and banner.get_attribute("data-level") == "error"
+    finding = frame.locator("[data-role=findings-list] li[data-code=BN001]")
+    assert finding.count() == 1 and finding.get_attribute("data-layer") == "conv2_bn"
+    assert "95% needs 299" in finding.text_content()
+    assert frame.locator("[data-role=findings-list] li[data-code=BN001] .bn-layer-link").all_text_contents() == ["conv2_bn", "dense_bn"]
+    assert (frame.locator("[data-role=findings]").bounding_box()["y"]
+            < frame.locator("[data-role=layers]").bounding_box()["y"])
     page.screenshot(path=str(SHOTS / "overview.png"))
 
     # Zooming the heat map (drag over steps) zooms the loss chart under it.
@@ -133,9 +143,12 @@ def test_tab_overview_layer_channels_compare(server, browser):
     frame.wait_for_function("document.querySelector('[data-role=heatmap]').__uplot.scales.x.max > 120")
     assert frame.evaluate("document.body.dataset.view") == "overview"  # a drag is not a click on a row
 
-    # Layer detail.
-    frame.click("tr[data-layer=conv2_bn]")
+    # Layer detail, opened from the finding: its first layer, with the finding at the top.
+    frame.click("[data-role=findings-list] li[data-code=BN001] .bn-finding-msg")
     frame.wait_for_selector("[data-role=chart-convergence] canvas")
+    assert frame.evaluate("document.body.dataset.view") == "layer"
+    assert frame.locator("[data-role=layer-select]").input_value() == "conv2_bn"
+    assert frame.locator("[data-role=layer-findings] li[data-code=BN001]").count() == 1
     for role in ("chart-mean", "chart-var", "chart-gap", "chart-vgap", "chart-convergence"):
         assert points(frame, f"[data-role={role}]") > 0, role
     note = frame.locator("[data-role=convergence-note]").text_content()
@@ -173,11 +186,19 @@ def test_tab_dark_theme_and_reload(server, browser):
     page, frame, errors, _ = open_tab(browser, server, color_scheme="dark")
     bg = frame.evaluate("getComputedStyle(document.body).backgroundColor")
     assert bg == "rgb(32, 33, 36)"
+    frame.click("button.bn-chip[data-run=synth]")
+    frame.locator("[data-role=findings-banner][data-level=error]").wait_for(state="visible")
+    assert frame.evaluate("getComputedStyle(document.querySelector('[data-role=findings-banner]')).backgroundColor") == "rgb(60, 28, 30)"
+    frame.wait_for_selector("[data-role=heatmap] canvas")
     page.screenshot(path=str(SHOTS / "overview-dark.png"))
     # TensorBoard's reload button reaches the tab (experimental.DataReloaded).
     before = frame.evaluate("document.body.dataset.ready")
     page.locator("button.reload-button").first.click()
     frame.wait_for_function(f"document.body.dataset.ready !== '{before}'", timeout=15000)
+    # A layer named in a finding opens that layer (not the finding's first one).
+    frame.click("[data-role=findings-list] li[data-code=BN001] .bn-layer-link[data-layer=dense_bn]")
+    frame.wait_for_selector("[data-role=layer-findings] li[data-code=BN001]")
+    assert frame.locator("[data-role=layer-select]").input_value() == "dense_bn"
     assert errors == []
 
 

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -388,3 +389,83 @@ def test_minmax_downsample_keeps_extremes(values, points):
     assert np.all(np.diff(s) > 0) and set(s.tolist()) <= set(steps.tolist())
     assert v.max() == max(values) and v.min() == min(values)
     assert s[0] == steps[0] and s[-1] == steps[-1]
+
+
+# -- findings ----------------------------------------------------------------------------
+
+def _write_findings_logdir(logdir, stored=None):
+    """``slow``: one layer at momentum 0.99 whose batches sit 2 std from its
+    moving mean for 60 steps (BN001 fires); ``healthy``: momentum 0.9, batches
+    at the moving mean (no finding)."""
+    from tb_bnstats import summary
+
+    rng = np.random.default_rng(3)
+    for run, m, true_mean in (("slow", 0.99, 2.0), ("healthy", 0.9, 1.0)):
+        with summary.Writer(os.path.join(logdir, run)) as w:
+            mm, mv = np.zeros(4), np.ones(4)
+            for step in range(1, 61):
+                bm = true_mean + rng.normal(0, 0.05, 4)
+                bv = np.ones(4) * rng.uniform(0.95, 1.05, 4)
+                mm = mm * m + bm * (1 - m)
+                mv = mv * m + bv * (1 - m)
+                w.layer_moments("bn_1", step, batch_mean=bm, batch_var=bv, moving_mean=mm, moving_var=mv,
+                                updates=step, momentum=m, epsilon=1e-3, depth=0)
+            if stored is not None and run == "slow":
+                w.findings(60, stored)
+
+
+def test_findings_computed_match_diagnose(tmp_path):
+    from tb_bnstats import diagnosis
+
+    logdir = str(tmp_path)
+    _write_findings_logdir(logdir)
+    c, _ = make_client(logdir)
+    expected = {run: [f.to_dict() for f in diagnosis.diagnose(logdir, run=run)] for run in ("slow", "healthy")}
+    assert [f["code"] for f in expected["slow"]] == ["BN001"] and expected["healthy"] == []
+
+    body = getj(c, "/findings?run=slow")
+    assert body["source"] == "computed" and body["stored"] is False
+    assert [{k: v for k, v in f.items() if k != "source"} for f in body["findings"]] == expected["slow"]
+    assert body["findings"][0]["source"] == "computed"
+    assert body["findings"][0]["layers"] == ["bn_1"]
+    assert body["counts"] == {"error": 1, "warning": 0, "info": 0}
+
+    body = getj(c, "/findings?run=healthy")
+    assert body["findings"] == [] and body["counts"] == {"error": 0, "warning": 0, "info": 0}
+
+
+def test_findings_stored_by_the_callback_come_first(tmp_path):
+    stored = [{"code": "BN003", "severity": "warning", "scenario": "S4", "run": "slow", "layers": ["bn_1"],
+               "evidence": {"bn_1": {"momentum": 0.1}}, "message": "<b>stored</b> message"},
+              {"code": "BN001", "severity": "error", "scenario": "S1", "run": "slow", "layers": ["bn_1"],
+               "evidence": {}, "message": "stored BN001"},
+              "not a finding"]
+    _write_findings_logdir(str(tmp_path), stored=stored)
+    c, _ = make_client(str(tmp_path))
+    body = getj(c, "/findings?run=slow")
+    assert body["stored"] is True and body["stored_step"] == 60 and body["source"] == "stored"
+    assert [(f["code"], f["source"], f["message"]) for f in body["findings"]] == [
+        ("BN001", "stored", "stored BN001"), ("BN003", "stored", "<b>stored</b> message")]
+    assert body["computed"] == 1  # the computed BN001 is not repeated
+
+
+@pytest.mark.parametrize("url,reason", [
+    ("/findings", "missing parameter 'run'"),
+    ("/findings?run=nope", "unknown run"),
+    ("/findings?run=synth&layer=conv1_bn", "unknown parameter"),
+    ("/findings?run=synth&run=synth_b", "given 2 times"),
+    ("/findings?run=synth&format=csv", "unknown parameter"),
+])
+def test_findings_bad_parameters(client, url, reason):
+    assert reason in getj(client, url, status=400)["error"]
+
+
+def test_findings_of_the_fixture_runs(client, keras_logdir):
+    from tb_bnstats import diagnosis
+
+    logdir, _ = keras_logdir
+    body = getj(client, "/findings?run=synth")
+    codes = [(f["code"], f["layers"]) for f in body["findings"] if f["source"] == "computed"]
+    assert ("BN001", ["conv2_bn", "dense_bn"]) in codes
+    expected = [f.to_dict() for f in diagnosis.diagnose(logdir, run="synth")]
+    assert [{k: v for k, v in f.items() if k != "source"} for f in body["findings"]] == expected

@@ -31,5 +31,6 @@ export const api = {
   snapshot: (run, layer, step) => getJson("snapshot", { run, layer, step }),
   bands: (run, layer) => getJson("bands", { run, layer }),
   loss: (run, points) => getJson("loss", { run, points }),
+  findings: (run) => getJson("findings", { run }),
   compare: (runs, layer, quantity, points) => getJson("compare", { run: runs, layer, quantity, points }),
 };

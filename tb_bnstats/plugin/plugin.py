@@ -20,6 +20,7 @@ route      parameters                                            answer
 /bands     run, layer, format                                     channel spread per snapshot
 /loss      run, points=1000, format                               loss/metrics on the step axis
 /compare   run (repeated), layer, quantity, points=1000, format   one quantity from many runs
+/findings  run                                                   the run's diagnosis findings
 ========== ===================================================== ==========================
 
 ``format`` is ``json`` (default) or ``csv`` (a download).
@@ -45,7 +46,7 @@ from tensorboard.plugins import base_plugin
 from tensorboard import plugin_util
 from werkzeug import wrappers
 
-from tb_bnstats import metadata, reader
+from tb_bnstats import diagnosis, metadata, reader
 from tb_bnstats.plugin import data
 
 logger = logging.getLogger("tb_bnstats")
@@ -224,6 +225,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
             "/bands": self._serve_bands,
             "/loss": self._serve_loss,
             "/compare": self._serve_compare,
+            "/findings": self._serve_findings,
         }
 
     # -- helpers -------------------------------------------------------------------
@@ -593,6 +595,70 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         payload = {"layer": layer, "quantity": quantity, "runs": out, "missing": missing,
                    "sampling": data.merge_sampling(samplings)}
         return payload, lambda: (f"compare_{_safe_name(layer)}_{_safe_name(quantity)}.csv", *data.wide_rows(full))
+
+    def _run_data(self, ctx, eid, run, index):
+        """The run's layer series (every stored point, through the series
+        cache) as a :class:`reader.RunData` for :mod:`tb_bnstats.diagnosis`."""
+        tag_to_layer = {tag: (layer, q) for layer, tags in index.layer_tags.items() for q, tag in tags.items()}
+        raw = self._read(ctx, eid, run, index, list(tag_to_layer), READ_ALL)
+        by_layer = collections.defaultdict(dict)
+        for tag, (layer, q) in tag_to_layer.items():
+            if tag in raw:
+                by_layer[layer][q] = raw[tag]
+        layers = {}
+        for name, info in index.layer_infos.items():
+            steps, series = data.aligned(by_layer.get(name, {}))
+            layers[name] = reader.LayerData(info, steps, series, np.zeros(0, np.int64), {})
+        return reader.RunData(layers=layers, metrics={}), raw
+
+    @_route(("run",))
+    def _serve_findings(self, request, args):
+        """The run's findings: those the callback stored in the logs
+        (``diagnosis/findings``, its last ``fit``) first, then those
+        :func:`tb_bnstats.diagnosis.diagnose_run` finds now over every stored
+        point whose ``(code, severity)`` the stored ones lack. Each finding
+        says where it came from (``source``: ``stored`` or ``computed``)."""
+        indexes, ctx, eid = self._index(request)
+        run = self._run_arg(args, indexes)
+        index = indexes[run]
+        stored = _stored_findings(reader.read_stored_findings(self._provider, ctx, run, index, eid))
+        run_data, raw = self._run_data(ctx, eid, run, index)
+        computed = [f.to_dict() for f in diagnosis.diagnose_run(run, run_data)]
+        findings = [{**f, "source": "stored"} for f in stored or []]
+        have = {(f["code"], f["severity"]) for f in findings}
+        findings += [{**f, "source": "computed"} for f in computed if (f["code"], f["severity"]) not in have]
+        order = {sev: i for i, sev in enumerate(diagnosis.SEVERITIES)}
+        findings.sort(key=lambda f: (order.get(f["severity"], len(order)), f["code"]))
+        sources = sorted({f["source"] for f in findings}, key=("stored", "computed").index)
+        counts = {sev: sum(f["severity"] == sev for f in findings) for sev in diagnosis.SEVERITIES}
+        stored_step = index.max_step.get(index.diagnosis_tag) if stored is not None else None
+        return {
+            "run": run, "findings": findings, "counts": counts,
+            "source": "+".join(sources) or ("stored" if stored is not None else "computed"),
+            "stored": stored is not None, "stored_step": stored_step, "computed": len(computed),
+            "titles": {code: v[2] for code, v in diagnosis.CODES.items()},
+            "sampling": data.merge_sampling([self._sampling(s) for s, _ in raw.values()]),
+        }, None
+
+
+def _stored_findings(parsed):
+    """The well-formed findings of what the callback stored (None: none stored)."""
+    if parsed is None:
+        return None
+    out = []
+    for d in parsed:
+        if not isinstance(d, dict):
+            continue
+        try:
+            f = diagnosis.Finding.from_dict(d)
+        except (TypeError, ValueError, KeyError):
+            continue
+        if (f.severity not in diagnosis.SEVERITIES or not isinstance(f.code, str)
+                or not isinstance(f.layers, list) or not all(isinstance(n, str) for n in f.layers)):
+            continue
+        f.message = str(f.message)
+        out.append(f.to_dict())
+    return out
 
 
 def _epoch_to_step(epochs, val_steps, max_step):

@@ -7,6 +7,8 @@ import { fmtNum, fmtPct, fmtStep } from "../format.js";
 import { alignSeries } from "../downsample.js";
 import { smooth } from "../smoothing.js";
 import { renderChannels } from "./channels.js";
+import { findingsList } from "./findings.js";
+import { findingsOfLayer } from "../findings.js";
 
 const POINTS = 1200;
 const C = { batch: "#0072b2", moving: "#d55e00", debiased: "#009e73", band: "#999999", p90: "#cc79a7", max: "#e69f00", kl: "#56b4e9" };
@@ -44,9 +46,10 @@ export async function renderLayer(root, app, token) {
   if (!info.layers.some((l) => l.name === layerName)) layerName = app.state.layer = info.layers[0]?.name;
   const layer = info.layers.find((l) => l.name === layerName);
   const quantities = [...new Set(CHARTS.flatMap((c) => c.series.map((s) => s[0])).concat(["convergence", "updates"]))];
-  const [ser, bands] = await Promise.all([
+  const [ser, bands, found] = await Promise.all([
     app.api.series(run, layerName, quantities, POINTS),
     layer.has_snapshots ? app.api.bands(run, layerName).catch(() => null) : Promise.resolve(null),
+    app.api.findings(run).catch(() => null),
   ]);
   if (!app.alive(token)) return () => {};
   app.noteSampling("series", ser.sampling);
@@ -80,10 +83,16 @@ export async function renderLayer(root, app, token) {
     ["EMA of", i.ema_of], ["moving var", i.moving_var_unbiased ? "unbiased (n/(n−1))" : "biased"],
     ["trainable", String(i.trainable)], ["class", `${i.layer_class} (${i.framework})`],
   ];
+  // -- this layer's findings (first: what is wrong with it) ------------------------
+  const mine = found ? findingsOfLayer(found.findings, layerName) : [];
+  const findWrap = h("div", { dataset: { role: "layer-findings" } });
+  if (mine.length) findWrap.append(findingsList(mine, app, found.titles));
+  else if (found) findWrap.append(h("div", { class: "bn-findings-banner sev-ok", dataset: { level: "ok" } }, h("b", null, "No findings"), h("span", { class: "bn-note" }, ` for ${layerName} in run ${run}`)));
   root.append(h("div", { class: "bn-row" },
     h("button", { class: "bn-back", onclick: () => app.go("overview") }, "← overview"),
     h("label", null, "Layer ", pick)),
     h("div", { class: "bn-facts", dataset: { role: "facts" } }, ...facts.map(([k, v]) => h("div", null, `${k}: `, h("b", null, v)))));
+  root.append(findWrap);
 
   // -- moment and gap charts ------------------------------------------------------
   const w = app.state.smoothing;

@@ -6,6 +6,7 @@ import { SyncGroup, Y_AXIS_SIZE, heatmapChart, lineChart, sparkline } from "../c
 import { fmtNum, fmtPct, fmtStep } from "../format.js";
 import { maxPool, alignSeries } from "../downsample.js";
 import { smooth } from "../smoothing.js";
+import { findingsCard } from "./findings.js";
 
 const LOSS_COLORS = ["#d55e00", "#0072b2", "#009e73", "#cc79a7", "#e69f00", "#56b4e9"];
 
@@ -20,10 +21,20 @@ export async function renderOverview(root, app, token) {
   const pOv = app.api.overview(run);
   const pHm = app.api.heatmap(run, app.state.measure, bins);
   const pLoss = app.api.loss(run, 1500);
+  const pFind = app.api.findings(run);
   pHm.catch(() => {});
   pLoss.catch(() => {});
+  pFind.catch(() => {});
   const ov = await pOv;
   if (!app.alive(token)) return () => {};
+  // -- findings (banner + list, above the layers table) ------------------------
+  const findEl = h("div", { class: "bn-findings-wrap" }, h("div", { class: "bn-note" }, "diagnosing…"));
+  root.append(findEl);
+  const findDone = pFind.then((body) => {
+    if (app.alive(token)) findEl.replaceChildren(findingsCard(body, app));
+  }, (e) => {
+    if (app.alive(token)) findEl.replaceChildren(h("div", { class: "bn-note" }, `Diagnosis unavailable: ${e.message || e}`));
+  });
   const group = new SyncGroup();
   const charts = [];
   const color = app.color(run);
@@ -135,6 +146,6 @@ export async function renderOverview(root, app, token) {
     drawHeatmap();
   };
   if (app.state.filter) app.onFilter();
-  await Promise.all([heatDone, lossDone]);
+  await Promise.all([heatDone, lossDone, findDone]);
   return null;
 }

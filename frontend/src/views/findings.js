@@ -1,0 +1,47 @@
+// The diagnosis findings of a run: a banner ("2 errors, 1 warning" or
+// "No findings") and a list. Clicking a finding, or a layer named in it,
+// opens that layer's detail. Everything from the logs is inserted as text.
+import { h } from "../dom.js";
+import { findingsSummary, worstSeverity } from "../findings.js";
+
+const SOURCE_NOTE = {
+  stored: "stored by the callback at the end of its last fit",
+  computed: "computed now from the logged quantities",
+  "stored+computed": "stored by the callback, plus those computed now from the logged quantities",
+};
+
+/** Renders a findings list (no banner): one item per finding. */
+export function findingsList(findings, app, titles) {
+  return h("ul", { class: "bn-findings", dataset: { role: "findings-list" } },
+    ...findings.map((f) => {
+      const layers = Array.isArray(f.layers) ? f.layers : [];
+      const open = (layer) => (e) => {
+        if (e) e.stopPropagation();
+        if (layer) app.go("layer", { layer, channelStep: null });
+      };
+      return h("li", {
+        class: `bn-finding sev-${f.severity}`, dataset: { code: String(f.code), layer: layers[0] || "" },
+        title: layers.length ? `Open ${layers[0]}` : null, onclick: open(layers[0]),
+      },
+      h("div", { class: "bn-finding-head" },
+        h("span", { class: `bn-sev sev-${f.severity}` }, String(f.severity)),
+        h("b", null, String(f.code)),
+        h("span", { class: "bn-scenario" }, String(f.scenario || "")),
+        titles && titles[f.code] ? h("span", { class: "bn-finding-title" }, titles[f.code]) : null,
+        h("span", { class: "bn-finding-layers" },
+          ...layers.map((name) => h("button", { class: "bn-layer-link", dataset: { layer: name }, title: `Open ${name}`, onclick: open(name) }, name)))),
+      h("div", { class: "bn-finding-msg" }, String(f.message || "")));
+    }));
+}
+
+/** The banner plus the list, for the overview. */
+export function findingsCard(body, app) {
+  const level = worstSeverity(body.counts);
+  const banner = h("div", { class: `bn-findings-banner sev-${level}`, dataset: { role: "findings-banner", level } },
+    h("b", null, findingsSummary(body.counts)),
+    h("span", { class: "bn-note" }, ` · diagnosis of run ${body.run}, ${SOURCE_NOTE[body.source] || body.source}` +
+      (body.stored_step !== null && body.stored_step !== undefined && body.stored ? ` (step ${body.stored_step})` : "")));
+  const wrap = h("div", { dataset: { role: "findings" } }, banner);
+  if (body.findings.length) wrap.append(findingsList(body.findings, app, body.titles));
+  return wrap;
+}
