@@ -116,9 +116,12 @@ def read_snapshots(data_provider, ctx, run, tag, downsample, experiment_id=""):
     return steps, (np.stack(arrays) if arrays else np.zeros((0, len(metadata.SNAPSHOT_ROWS), 0)))
 
 
-def _aligned(series_by_quantity):
-    """Aligns quantity series on the union of their steps (NaN where absent)."""
-    steps = np.unique(np.concatenate([s for s, _ in series_by_quantity.values()])) if series_by_quantity else np.zeros(0, np.int64)
+def aligned(series_by_quantity):
+    """``{quantity: (steps, values)}`` -> ``(steps, {quantity: values})`` on
+    the union of the steps, NaN where a quantity has no point."""
+    if not series_by_quantity:
+        return np.zeros(0, np.int64), {}
+    steps = np.unique(np.concatenate([np.asarray(s, np.int64) for s, _ in series_by_quantity.values()]))
     out = {}
     for quantity, (s, v) in series_by_quantity.items():
         full = np.full(steps.shape, np.nan)
@@ -137,7 +140,7 @@ def read_run(data_provider, ctx, run, index: TagIndex, downsample, experiment_id
             by_layer[layer][quantity] = raw[tag]
     layers = {}
     for name, info in index.layer_infos.items():
-        steps, series = _aligned(by_layer.get(name, {}))
+        steps, series = aligned(by_layer.get(name, {}))
         snap_steps, snaps = np.zeros(0, np.int64), {}
         if name in index.channel_tags:
             snap_steps, tensor = read_snapshots(data_provider, ctx, run, index.channel_tags[name], downsample, experiment_id)

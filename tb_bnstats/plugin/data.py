@@ -79,20 +79,6 @@ def step_edges(first, last, bins):
     return np.linspace(first, last + 1, bins + 1)
 
 
-def aligned(series_by_quantity):
-    """``{quantity: (steps, values)}`` -> ``(steps, {quantity: values})`` on
-    the union of the steps, NaN where a quantity has no point."""
-    if not series_by_quantity:
-        return np.zeros(0, np.int64), {}
-    steps = np.unique(np.concatenate([np.asarray(s, np.int64) for s, _ in series_by_quantity.values()]))
-    out = {}
-    for quantity, (s, v) in series_by_quantity.items():
-        full = np.full(steps.shape, np.nan)
-        full[np.searchsorted(steps, s)] = v
-        out[quantity] = full
-    return steps, out
-
-
 # -- sampling signal ---------------------------------------------------------
 
 def sampling_info(steps, cap_hint=None):

@@ -607,7 +607,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
                 by_layer[layer][q] = raw[tag]
         layers = {}
         for name, info in index.layer_infos.items():
-            steps, series = data.aligned(by_layer.get(name, {}))
+            steps, series = reader.aligned(by_layer.get(name, {}))
             layers[name] = reader.LayerData(info, steps, series, np.zeros(0, np.int64), {})
         return reader.RunData(layers=layers, metrics={}), raw
 
