@@ -69,6 +69,16 @@ RUNS = {
     "unshuffled_sorted": (dict(momentum=0.9), dict(sort_by_label=True, shuffle=False)),
 }
 
+# name -> the finding codes the tab must show for it (tests/test_demo.py checks this in a browser).
+EXPECTED = {
+    "healthy_m0.9": set(),
+    "momentum_0.99": {"BN001"},
+    "inference_mode_bn": {"BN002"},
+    "dropout_before_bn": {"BN004"},
+    "tiny_batch_4": {"BN005"},
+    "unshuffled_sorted": {"BN006"},
+}
+
 
 def digits():
     data = load_digits()
@@ -80,30 +90,45 @@ def digits():
     return (x[:1400], y[:1400]), (x[1400:], y[1400:])
 
 
+def train(name, run_dir, data, epochs):
+    """Trains one demo run into ``run_dir``; returns one line of the summary."""
+    (x, y), (x_val, y_val) = data
+    model_kwargs, fit_kwargs = RUNS[name]
+    model = make_model(**model_kwargs)
+    fit_kwargs = dict(fit_kwargs)
+    if fit_kwargs.pop("sort_by_label", False):
+        order = np.argsort(y, kind="stable")
+        x, y = x[order], y[order]
+    fit_kwargs.setdefault("batch_size", 32)
+    fit_kwargs.setdefault("epochs", epochs)
+    callback = tb_bnstats.BNStatsCallback(run_dir, snapshot_every_n_steps=20, probe_data=(x_val, y_val),
+                                          probe_every_n_steps=10)
+    model.fit(x, y, validation_data=(x_val, y_val), verbose=1, callbacks=[callback], **fit_kwargs)
+    codes = ", ".join(sorted({f.code for f in callback.findings or []})) or "none"
+    # Both modes on the validation data, without changing the model.
+    gap = tb_bnstats.population.gap_report(model, [(x_val, y_val)])
+    return (f"{name:20s} findings: {codes:12s} validation accuracy: training mode "
+            f"{gap.accuracy_train_mode:.0%}, inference mode {gap.accuracy_inference_mode:.0%}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--logdir", default="demo/logs")
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS), metavar="RUN",
+                        help=f"runs to train (default all: {' '.join(RUNS)})")
     args = parser.parse_args()
-    (x, y), (x_val, y_val) = digits()
-    for name, (model_kwargs, fit_kwargs) in RUNS.items():
+    data = digits()
+    summary = []
+    for name in args.runs:
         run_dir = pathlib.Path(args.logdir) / name
         if run_dir.exists() and any(run_dir.glob("events.out.tfevents.*")):
-            print(f"{name}: already written, skipping")
+            print(f"{name}: already written, skipping (delete {run_dir} to train it again)")
             continue
         print(f"{name}: training")
-        model = make_model(**model_kwargs)
-        fit_kwargs = dict(fit_kwargs)
-        xs, ys = x, y
-        if fit_kwargs.pop("sort_by_label", False):
-            order = np.argsort(y, kind="stable")
-            xs, ys = x[order], y[order]
-        fit_kwargs.setdefault("batch_size", 32)
-        fit_kwargs.setdefault("epochs", args.epochs)
-        model.fit(xs, ys, validation_data=(x_val, y_val), verbose=1,
-                  callbacks=[tb_bnstats.BNStatsCallback(run_dir, snapshot_every_n_steps=20)], **fit_kwargs)
-        train_acc = model.evaluate(x_val, y_val, verbose=0)[1]
-        print(f"{name}: validation accuracy in inference mode {train_acc:.3f}")
+        summary.append(train(name, run_dir, data, args.epochs))
+    if summary:
+        print("\n".join(["", "Demo runs (tb-bnstats diagnose " + args.logdir + " lists the findings):", *summary]))
 
 
 if __name__ == "__main__":

@@ -12,11 +12,13 @@ import keras
 import numpy as np
 
 from tb_bnstats import summary
-from tb_bnstats.capture.keras_capture import KerasCapture
+from tb_bnstats.capture import probe as gap_probe
+from tb_bnstats.capture.keras_capture import KerasCapture, find_batchnorm_layers
 
 _OPEN_WRITERS = weakref.WeakSet()
 # The callback diagnoses each fit at its end from the last this many logged
-# steps, kept in memory by the writer (~200 bytes per layer per step).
+# steps, kept in memory by the writer (~350 bytes per layer per step: 14 MB
+# for 20 layers, 140 MB for 200; measured by bench/scale.py).
 DIAGNOSIS_HISTORY = 2000
 
 
@@ -59,15 +61,42 @@ class BNStatsCallback(keras.callbacks.Callback):
             metrics per epoch on the same step axis.
         flush_secs: written records reach the disk at least this often.
         verbose: 1 prints what was found and which layers are frozen; 0 is quiet.
+        probe_data: a fixed probe batch for the train/inference gap probe
+            (:mod:`tb_bnstats.capture.probe`): arrays ``(x, y)`` (or ``x``)
+            of which the first 256 rows are used, or a ``tf.data.Dataset``
+            / ``PyDataset`` / iterable of batches of which the first batch
+            (cut to 256 rows) is taken once at train begin. Use held-out
+            (validation) data. The batch runs through the model in training
+            and in inference mode without changing any state; logged are
+            loss and compiled metrics of both modes (metric splits
+            ``probe_train`` / ``probe_inference``) and per BN layer
+            :data:`tb_bnstats.metadata.PROBE_SERIES`. None (default): no
+            probe. Keras 3 does not hand ``fit``'s validation data to
+            callbacks, so the probe is off unless this is given. Sample
+            weights are ignored. A probe step is always a logged step (the
+            layer series are logged there too). A probe that fails (e.g.
+            data of the wrong shape) warns once and is turned off.
+        probe_every_n_steps: run the probe at the first step, every N
+            optimizer steps and at each epoch end; None or 0 (default): at
+            each epoch end only.
+            Each probe is two forward passes of the probe batch.
 
     The step is the optimizer's iteration count after the step, so it goes on
-    across ``fit`` calls and after restoring a checkpoint. With
+    across ``fit`` calls and after restoring a checkpoint (``model.save`` /
+    ``load_model``, or ``load_weights`` into a built optimizer). Each layer's
+    update count ``t`` (convergence ``1 - m**t``, debiased estimate) goes on
+    too: in the same process it simply continues; in a model restored with
+    its moving statistics, it starts from the optimizer's step (an estimate:
+    one update per training step) with the initializers' values as the
+    starting point. A trainable layer found at its initial values after
+    training steps is recorded and diagnosed (BN008). With
     ``steps_per_execution = k > 1`` Keras returns to Python once every k
     steps: the last step of each execution is logged.
     """
 
     def __init__(self, log_dir, log_every_n_steps=1, snapshot_every_n_steps=100, layers=None,
-                 log_metrics=True, flush_secs=summary.DEFAULT_FLUSH_SECS, verbose=1):
+                 log_metrics=True, flush_secs=summary.DEFAULT_FLUSH_SECS, verbose=1, probe_data=None,
+                 probe_every_n_steps=None):
         super().__init__()
         if not isinstance(log_dir, (str, os.PathLike)) or not os.fspath(log_dir):
             raise ValueError(f"log_dir must be a non-empty path, got {log_dir!r}")
@@ -86,6 +115,14 @@ class BNStatsCallback(keras.callbacks.Callback):
         if verbose not in (0, 1, True, False):
             raise ValueError(f"verbose must be 0 or 1, got {verbose!r}")
         self.verbose = int(verbose)
+        if probe_data is not None:
+            gap_probe.validate_probe_data(probe_data)
+        self.probe_data = probe_data
+        self.probe_every_n_steps = (0 if probe_every_n_steps is None else
+                                    _positive_int("probe_every_n_steps", probe_every_n_steps, allow_zero=True))
+        if self.probe_every_n_steps and probe_data is None:
+            raise ValueError("probe_every_n_steps needs probe_data (the batch to probe)")
+        self._probe = None
         self._capture = None
         self._writer = None
         self._infos = None
@@ -119,6 +156,8 @@ class BNStatsCallback(keras.callbacks.Callback):
         # Keras calls this before it makes the train function: instrument now.
         self._capture = self._guard("instrumenting the model", KerasCapture, model)
         self._infos = None
+        if self._probe is not None and self._probe.model is not model:
+            self._probe = None  # made again for this model at train begin; kept (traced) across fits
         if self._capture is None:
             return
         names = [n for n in self._capture.names if self._selected(n)]
@@ -137,6 +176,35 @@ class BNStatsCallback(keras.callbacks.Callback):
         if self._capture is not None:
             self._guard("opening the log directory", self._open_writer)
             self._step = self._guard("reading the step", lambda: int(self.model.optimizer.iterations.numpy()))
+            if self._writer is not None and self._step is not None:
+                self._guard("checking for a restored run", self._log_train_begin)
+        self._last_probe_step = None
+        if self.probe_data is not None and self._probe is None and self._writer is not None:
+            self._probe = self._guard("preparing the train/inference probe", self._make_probe)
+
+    def _make_probe(self):
+        x, y = gap_probe.take_probe_batch(self.probe_data)
+        named = [(n, layer) for n, layer in find_batchnorm_layers(self.model) if self._selected(n)]
+        return gap_probe.GapProbe(self.model, x, y, named)
+
+    def _log_train_begin(self):
+        """At each ``fit``'s start: in a run restored from a checkpoint
+        (optimizer step > 0, layers this process has not counted yet), the
+        update counts of layers whose moving statistics were restored
+        continue from the step (:meth:`KerasCapture.resume`); trainable
+        layers whose moving statistics are still at their initial values
+        were not restored (S3, BN008). Both lists go into the log
+        (``run/train_begin``) at this step."""
+        states = self._capture.resume(self._step)
+        listed = lambda state: [n for n in self._capture.names if states.get(n) == state and self._selected(n)]  # noqa: E731
+        record = {"resumed": listed("resumed"), "moving_at_initializer": listed("at_initializer")}
+        self._writer.train_begin(self._step, record)
+        if record["resumed"]:
+            self._say(f"resumed at step {self._step}: update counts of {len(record['resumed'])} layer(s) "
+                      f"continue from {self._step}")
+        if record["moving_at_initializer"]:
+            self._say(f"step {self._step}, but the moving statistics of {record['moving_at_initializer']} are at "
+                      "their initial values: not restored with the weights? (BN008)")
 
     def _open_writer(self):
         self._writer = summary.Writer(self.log_dir, flush_secs=self.flush_secs, keep_history=DIAGNOSIS_HISTORY)
@@ -152,10 +220,33 @@ class BNStatsCallback(keras.callbacks.Callback):
         # Keras passes the index of the last step run in this epoch: a step
         # count without a device round trip, to skip steps not logged.
         self._step = self._epoch_start_step + batch + 1
-        every = self.log_every_n_steps
-        if self._last_logged_step is not None and self._step // every == self._last_logged_step // every:
+        every, probe_every = self.log_every_n_steps, self.probe_every_n_steps
+        probe_due = (self._probe is not None and probe_every > 0
+                     and (self._last_probe_step is None or self._step // probe_every != self._last_probe_step // probe_every))
+        if not probe_due and self._last_logged_step is not None and self._step // every == self._last_logged_step // every:
             return
         self._guard("logging batch statistics", self._log_step, logs, False)
+        if probe_due:
+            self._run_probe()
+
+    def _run_probe(self):
+        """The probe at the last logged step (logged first, so the probe's
+        points fall on steps of the layer series); a failure turns it off."""
+        if self._last_logged_step is None or self._last_logged_step == self._last_probe_step:
+            return
+        if self._guard("running the train/inference probe", self._log_probe, self._last_logged_step) is None:
+            self._probe = None
+
+    def _log_probe(self, step):
+        result = self._probe.run()
+        if self.log_metrics:
+            self._writer.metrics("probe_train", result.metrics_train, step)
+            self._writer.metrics("probe_inference", result.metrics_inference, step)
+        for name, info in self._layer_infos().items():
+            if name in result.layers:
+                self._writer.probe(info, step, gap_probe.layer_series(info, result.layers[name]))
+        self._last_probe_step = step
+        return True
 
     def _layer_infos(self):
         if self._infos is None:
@@ -211,6 +302,10 @@ class BNStatsCallback(keras.callbacks.Callback):
         return out
 
     def on_epoch_end(self, epoch, logs=None):
+        if self._writer is not None and self._probe is not None:
+            # The epoch's last step may not be on the logging stride: log it.
+            self._guard("logging batch statistics", self._log_step, None, False)
+            self._run_probe()
         if self._writer is None or not self.log_metrics or not logs:
             return
         val = {k[len("val_"):]: v for k, v in logs.items() if k.startswith("val_")}
@@ -229,7 +324,13 @@ class BNStatsCallback(keras.callbacks.Callback):
 
         run = os.path.basename(os.path.normpath(self.log_dir)) or self.log_dir
         findings = diagnosis.diagnose_run(run, self._writer.run_data())
-        self._writer.findings(self._last_logged_step, [f.to_dict() for f in findings])
+        if self._probe is not None:
+            live = self._guard("checking the model on the probe batch", self._diagnose_model, run)
+            have = {f.code for f in findings}
+            findings += [f for f in live or [] if f.code not in have]
+        # A write that fails (a full disk) loses the stored copy, not the diagnosis.
+        self._guard("writing the findings", self._writer.findings, self._last_logged_step,
+                    [f.to_dict() for f in findings])
         if findings:
             self._say(f"{len(findings)} finding(s) for {run} (tb-bnstats diagnose {self.log_dir}):")
             for line in diagnosis.summary_lines(findings):
@@ -237,6 +338,15 @@ class BNStatsCallback(keras.callbacks.Callback):
         else:
             self._say(f"{run}: no BatchNormalization problem found")
         return findings
+
+    def _diagnose_model(self, run):
+        """S5 needs the model, not the logs: the probe batch's BN inputs with
+        the other layers in training and in inference mode
+        (:func:`tb_bnstats.population.diagnose_model`)."""
+        from tb_bnstats import population
+
+        data = (self._probe.x, self._probe.y)
+        return population.diagnose_model(self.model, data, num_samples=10**9, batch_size=32, run=run)
 
     def on_train_end(self, logs=None):
         if self._writer is None:

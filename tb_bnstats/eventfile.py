@@ -69,11 +69,15 @@ class TFRecordEventFile:
                 self._records.flush()
 
     def _flush_every(self, seconds):
+        warned = False
         while not self._stop.wait(seconds):
             try:
                 self.flush()
             except Exception as exc:  # noqa: BLE001 - a background thread has no caller to raise to
-                logger.warning("tb_bnstats: flushing %s failed: %s", self.path, exc)
+                if not warned:  # once: a full disk stays full, one line a second helps no one
+                    warned = True
+                    logger.warning("tb_bnstats: flushing %s failed (records are lost until it works "
+                                   "again; said once): %s", self.path, exc)
 
     def close(self):
         self._stop.set()
@@ -81,3 +85,43 @@ class TFRecordEventFile:
             if not self._closed:
                 self._closed = True
                 self._records.close()
+
+
+# -- checking what is on disk --------------------------------------------------
+
+# A TFRecord is: uint64 length (little endian), uint32 masked CRC32C of those 8
+# bytes, ``length`` bytes of data, uint32 masked CRC32C of the data.
+_HEADER = 12
+_FOOTER = 4
+
+
+def check_records(path, offset=0, deadline=None):
+    """Walks the record framing of the event file ``path`` from byte
+    ``offset`` (the start of a record), checking each length against its
+    checksum. The data checksums are not checked (pure-Python CRC32C reads
+    about 2 MB/s; TensorBoard's data server reads a payload anyway).
+
+    Returns ``(offset, size, problem)``: where the last complete record read
+    ends, the file's size, and None, ``"incomplete"`` (the file ends inside a
+    record: cut off, or still being written) or ``"bad_length"`` (a corrupted
+    record at ``offset``: TensorBoard stops reading the file there). Stops
+    early, with no problem, once ``time.monotonic()`` passes ``deadline``.
+    """
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        while offset < size:
+            if deadline is not None and time.monotonic() > deadline:
+                return offset, size, None
+            f.seek(offset)
+            header = f.read(_HEADER)
+            if len(header) < _HEADER:
+                return offset, size, "incomplete"
+            if int.from_bytes(header[8:], "little") != masked_crc32c(header[:8]):
+                return offset, size, "bad_length"
+            end = offset + _HEADER + int.from_bytes(header[:8], "little") + _FOOTER
+            if end > size:
+                return offset, size, "incomplete"
+            offset = end
+    return offset, size, None

@@ -11,16 +11,27 @@ Tags (one TensorBoard time series each, all under plugin name ``bn_stats``):
 * ``bn/<layer>/channels``    TENSOR data class, a float32 tensor of shape
   ``[len(SNAPSHOT_ROWS), channels]`` every ``snapshot_every`` steps.
 * ``metric/<split>/<name>``  SCALAR data class, ``split`` is ``train`` (per
-  step) or ``val`` (per epoch, at the step where the epoch ended).
+  step), ``val`` (per epoch, at the step where the epoch ended), or
+  ``probe_train`` / ``probe_inference``: the fixed probe batch run in
+  training and in inference mode (:mod:`tb_bnstats.capture.probe`).
+* ``bn/<layer>/probe_*``     SCALAR data class, :data:`PROBE_SERIES`, logged
+  only at the probe steps (a subset of the logged steps).
 * ``diagnosis/findings``     TENSOR data class, a scalar DT_STRING tensor
   holding a JSON list of findings (:class:`tb_bnstats.diagnosis.Finding` as
   dicts: code, severity, scenario, run, layers, evidence, message), written
   by the callback at the end of each ``fit`` at its last step; an empty list
   means "diagnosed, nothing found". The last record is the current one.
+* ``run/train_begin``        TENSOR data class, a scalar DT_STRING tensor
+  holding a JSON object written by the callback at the start of each ``fit``,
+  at the optimizer's step then: ``{"step": int, "resumed": [layers],
+  "moving_at_initializer": [layers]}`` -- the layers whose update count
+  continues a restored run, and the trainable layers whose moving
+  statistics were still at their initializers' values although the
+  optimizer had already taken ``step`` steps (lost on restore, S3).
 
 Every summary carries, in ``plugin_data.content``, a JSON object with
 ``version`` (:data:`FORMAT_VERSION`), ``kind`` (``layer_series``,
-``layer_channels``, ``metric`` or ``diagnosis``) and, for layer tags, ``layer`` (a
+``layer_channels``, ``metric``, ``diagnosis`` or ``train_begin``) and, for layer tags, ``layer`` (a
 :class:`LayerInfo` as a dict) and ``quantity``.
 """
 
@@ -38,6 +49,8 @@ KIND_LAYER_CHANNELS = "layer_channels"
 KIND_METRIC = "metric"
 KIND_DIAGNOSIS = "diagnosis"
 DIAGNOSIS_TAG = "diagnosis/findings"
+KIND_TRAIN_BEGIN = "train_begin"
+TRAIN_BEGIN_TAG = "run/train_begin"
 
 # Channel-averaged moments (the "where is it" lines).
 MOMENT_SERIES = (
@@ -56,6 +69,14 @@ GAP_SERIES = tuple(f"{m}/{a}" for m in GAP_MEASURES for a in GAP_AGGREGATES)
 # are wider than the moving average (dropout before BN does that).
 STATE_SERIES = ("log_var_ratio/mean", "convergence", "updates")
 LAYER_SERIES = MOMENT_SERIES + GAP_SERIES + STATE_SERIES
+# The train/inference gap probe (tb_bnstats.capture.probe), per layer, on the
+# fixed probe batch: ||y_train - y_inf|| / ||y_train|| of the layer's output
+# in training vs inference mode, and the probe batch's own moments (training-
+# mode pass) against the moving ones, median and max over channels.
+PROBE_SERIES = ("probe_output_drift", "probe_mean_gap/p50", "probe_mean_gap/max",
+                "probe_abs_log_var_ratio/p50")
+# Splits of metric/<split>/<name>.
+METRIC_SPLITS = ("train", "val", "probe_train", "probe_inference")
 
 # Rows of the per-channel snapshot tensor, in order.
 SNAPSHOT_ROWS = (
@@ -175,6 +196,11 @@ def metric_metadata(split, name):
     )
 
 
+def train_begin_metadata():
+    return _metadata({"version": FORMAT_VERSION, "kind": KIND_TRAIN_BEGIN, "encoding": "json"},
+                     summary_pb2.DATA_CLASS_TENSOR)
+
+
 def diagnosis_metadata():
     return _metadata({"version": FORMAT_VERSION, "kind": KIND_DIAGNOSIS, "encoding": "json"},
                      summary_pb2.DATA_CLASS_TENSOR)
@@ -194,6 +220,7 @@ def parse_content(content: bytes) -> Optional[dict]:
         KIND_LAYER_CHANNELS,
         KIND_METRIC,
         KIND_DIAGNOSIS,
+        KIND_TRAIN_BEGIN,
     ):
         return None
     return parsed

@@ -137,12 +137,16 @@ class _MomentTap:
     """Temporarily wraps the ``call`` of each BN layer: measures the moments
     of its input with the layer's own ``_moments`` (the class method, past any
     instance wrapper such as tb_bnstats' capture, whose counters must not
-    move) and calls the layer with ``training=True``. Restores the layers'
-    attributes exactly on exit."""
+    move) and calls the layer with ``training=True`` (``force_training=False``:
+    with the mode the caller passes). While ``outputs`` is a dict it also
+    receives each layer's output. Restores the layers' attributes exactly on
+    exit."""
 
-    def __init__(self, named_layers):
+    def __init__(self, named_layers, force_training=True):
         self.named = named_layers
+        self.force_training = bool(force_training)
         self.sink = None
+        self.outputs = None
         self._saved = []
 
     def __enter__(self):
@@ -165,7 +169,10 @@ class _MomentTap:
                     else:  # Keras' mask covers every axis but the channels
                         count = ops.sum(ops.cast(mask, "float32"))
                     self.sink[_name] = (ops.reshape(mean, [channels]), ops.reshape(var, [channels]), count)
-                return _call(inputs, training=True, mask=mask)
+                out = _call(inputs, training=True if self.force_training else training, mask=mask)
+                if self.outputs is not None:
+                    self.outputs[_name] = out
+                return out
 
             layer.call = call
             # The training branch calls self._moments: bypass instance wrappers.

@@ -240,6 +240,40 @@ def lag1_autocorrelation(series):
     return float(np.dot(d[1:], d[:-1]) / denom)
 
 
+def probe_series(epsilon, probe_mean, probe_var, moving_mean, moving_var, output_drift):
+    """The per-layer series of the train/inference probe
+    (:data:`metadata.PROBE_SERIES`): the probe batch's moments against the
+    moving ones with :func:`mean_gap` and :func:`log_var_ratio` (median and
+    max over channels), and ``output_drift`` as given
+    (``||y_train - y_inf|| / ||y_train||`` of the layer's output)."""
+    gap = mean_gap(probe_mean, probe_var, np.asarray(moving_mean, np.float64), epsilon)
+    lvr = np.abs(log_var_ratio(probe_var, moving_var, epsilon))
+    return {
+        "probe_output_drift": float(output_drift),
+        "probe_mean_gap/p50": float(np.median(gap)),
+        "probe_mean_gap/max": float(np.max(gap)),
+        "probe_abs_log_var_ratio/p50": float(np.median(lvr)),
+    }
+
+
+def detrended_autocorrelation(series, window=9):
+    """:func:`lag1_autocorrelation` of ``series`` minus its centered moving
+    average over ``window`` points (ends padded with the end values).
+
+    The moving average takes out slow trends -- learning, the average
+    converging -- and leaves runs of similar values shorter than the window.
+    Independent values give ``-(w + 1) / (w (w - 1))`` (-0.14 for w = 9: the
+    residual of a moving average is anticorrelated); runs of k > 1 alike
+    values push it towards ``1 - 1/k``. NaN as :func:`lag1_autocorrelation`.
+    """
+    v = np.asarray(series, np.float64)
+    v = v[np.isfinite(v)]
+    if v.size < window:
+        return float("nan")
+    padded = np.pad(v, (window // 2, window - 1 - window // 2), mode="edge")
+    return lag1_autocorrelation(v - np.convolve(padded, np.ones(window) / window, mode="valid"))
+
+
 def suggested_momentum(updates, choices=(0.99, 0.98, 0.95, 0.9, 0.8, 0.5)):
     """The largest usual momentum whose average is 95% converged within half
     of ``updates`` (the other half averages with a converged window)."""

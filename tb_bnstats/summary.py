@@ -44,6 +44,12 @@ def _scalar_proto(value):
     )
 
 
+def _json_proto(obj):
+    """A scalar DT_STRING tensor holding ``obj`` as JSON."""
+    return tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=tensor_shape_pb2.TensorShapeProto(),
+                                  string_val=[json.dumps(obj, sort_keys=True).encode("utf-8")])
+
+
 def _tensor_proto(array):
     array = np.ascontiguousarray(array, dtype=np.float32)
     return tensor_pb2.TensorProto(
@@ -67,11 +73,13 @@ class Writer:
     def __init__(self, logdir, flush_secs=DEFAULT_FLUSH_SECS, max_queue=1000, keep_history=0):
         self._writer = eventfile.open_event_file(logdir, flush_secs, max_queue)
         # keep_history=N > 0: also keep in memory the last N logged steps of
-        # every layer series and metric (~200 bytes per layer per step), for
+        # every layer series and metric (~350 bytes per layer per step), for
         # run_data(): the callback diagnoses from it at train end.
         self._keep = int(keep_history)
         self.history = {} if self._keep else None
         self.metric_history = {} if self._keep else None
+        self.probe_history = {} if self._keep else None
+        self.train_begins = [] if self._keep else None
         self._tags_with_metadata = set()
         self._layers = {}
         self._series_templates = {}
@@ -168,11 +176,28 @@ class Writer:
                           init_mean=np.broadcast_to(np.asarray(init_mean, np.float64), (channels,)),
                           init_var=np.broadcast_to(np.asarray(init_var, np.float64), (channels,)))
 
+    def probe(self, info: metadata.LayerInfo, step, values):
+        """Logs one layer's train/inference probe series
+        (:data:`metadata.PROBE_SERIES`, e.g. from
+        :func:`quantities.probe_series`) at ``step``. Log them at a step where
+        :meth:`layer` logs the layer's series too: readers align a layer's
+        series on the union of their steps."""
+        unknown = set(values) - set(metadata.PROBE_SERIES)
+        if unknown:
+            raise ValueError(f"unknown probe series {sorted(unknown)}; known: {list(metadata.PROBE_SERIES)}")
+        with self._lock:
+            self._emit(step, [self._value(metadata.layer_tag(info.name, q),
+                                          lambda q=q: metadata.layer_series_metadata(info, q),
+                                          tensor=_scalar_proto(float(v))) for q, v in values.items()])
+            if self.probe_history is not None:
+                points = self.probe_history.setdefault(info.name, collections.deque(maxlen=self._keep))
+                points.append((int(step), {q: float(v) for q, v in values.items()}))
+
     def metrics(self, split, values, step):
         """Logs scalar metrics (``loss``, ``accuracy``...) for ``split`` in
-        ``("train", "val")`` at ``step``."""
-        if split not in ("train", "val"):
-            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        :data:`metadata.METRIC_SPLITS` at ``step``."""
+        if split not in metadata.METRIC_SPLITS:
+            raise ValueError(f"split must be one of {list(metadata.METRIC_SPLITS)}, got {split!r}")
         with self._lock:
             out = [
                 self._value(metadata.metric_tag(split, name),
@@ -190,11 +215,19 @@ class Writer:
     def findings(self, step, findings):
         """Logs a diagnosis: ``findings`` is a list of JSON-able dicts (see
         :data:`metadata.DIAGNOSIS_TAG`)."""
-        text = json.dumps(list(findings), sort_keys=True).encode("utf-8")
-        proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=tensor_shape_pb2.TensorShapeProto(),
-                                       string_val=[text])
         with self._lock:
-            self._emit(step, [self._value(metadata.DIAGNOSIS_TAG, metadata.diagnosis_metadata, tensor=proto)])
+            self._emit(step, [self._value(metadata.DIAGNOSIS_TAG, metadata.diagnosis_metadata,
+                                          tensor=_json_proto(list(findings)))])
+
+    def train_begin(self, step, record):
+        """Logs what the callback found at the start of a ``fit`` (see
+        :data:`metadata.TRAIN_BEGIN_TAG`): a JSON-able dict with ``step``."""
+        record = {**record, "step": int(step)}
+        with self._lock:
+            self._emit(step, [self._value(metadata.TRAIN_BEGIN_TAG, metadata.train_begin_metadata,
+                                          tensor=_json_proto(record))])
+            if self.train_begins is not None:
+                self.train_begins.append(record)
 
     def run_data(self):
         """What this writer wrote, as a :class:`tb_bnstats.reader.RunData`
@@ -208,10 +241,16 @@ class Writer:
             steps = np.array([step for step, _ in rows], np.int64)
             table = np.stack([row for _, row in rows]) if rows else np.zeros((0, len(keys)))
             series = {k: table[:, i] for i, k in enumerate(keys)}
+            # Probe points at steps of the layer's series (NaN elsewhere).
+            row_of = {int(s): i for i, s in enumerate(steps)}
+            for step, values in self.probe_history.get(name, ()):
+                for q, v in values.items():
+                    if step in row_of:
+                        series.setdefault(q, np.full(len(steps), np.nan))[row_of[step]] = v
             layers[name] = reader.LayerData(info, steps, series, np.zeros(0, np.int64), {})
         metrics = {k: (np.array([s for s, _ in pts], np.int64), np.array([v for _, v in pts], np.float64))
                    for k, pts in self.metric_history.items()}
-        return reader.RunData(layers=layers, metrics=metrics)
+        return reader.RunData(layers=layers, metrics=metrics, train_begins=list(self.train_begins))
 
     def flush(self):
         self._writer.flush()

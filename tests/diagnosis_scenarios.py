@@ -118,11 +118,13 @@ SCENARIOS = {
     "s1_momentum_0.99": "momentum 0.99, 84 steps",
     "s2_inference_mode": "bn2 always called with training=False",
     "s2_frozen": "bn2 trainable=False from the start",
+    "s3_lost_on_restore": "28 steps, then a fresh model gets only the trainable weights and the step count",
     "s4_momentum_0.1": "momentum 0.1 (PyTorch's 0.9 ported as is)",
     "s5_dropout_before_bn": "Dropout(0.5) right before bn2",
     "s6_batch_4": "batch size 4",
     "s7_sorted": "data sorted by label, shuffle=False",
     "nan_inputs": "a NaN in the inputs from step 20 on",
+    "s8_shifted_eval": "probe batch of held-out digits as x*1.5+0.5 (eval pipeline scaled differently)",
 }
 
 
@@ -137,12 +139,28 @@ EXPECTED = {
     "s1_momentum_0.99": {("BN001", "error"): ["bn1", "bn2"]},
     "s2_inference_mode": {("BN002", "error"): ["bn2/bn"]},
     "s2_frozen": {("BN002", "error"): ["bn2"]},
+    "s3_lost_on_restore": {("BN008", "error"): ["bn1", "bn2"]},
     "s4_momentum_0.1": {("BN003", "warning"): ["bn1", "bn2"]},
     "s5_dropout_before_bn": {},  # not visible in training logs: see diagnose_model
     "s6_batch_4": {("BN005", "warning"): ["bn1", "bn2"]},
     "s7_sorted": {("BN006", "warning"): ["bn1"]},
     "nan_inputs": {("BN007", "error"): ["bn1", "bn2"]},
+    # bn2 sees bn1's training-mode output, which normalizes the affine shift away.
+    "s8_shifted_eval": {("BN009", "warning"): ["bn1"]},
 }
+
+
+def restore_trainable_only(trained):
+    """S3: a fresh copy of ``trained`` (same architecture) given only its
+    trainable weights and its optimizer's step count -- what restoring
+    ``model.trainable_variables`` from a checkpoint does. The BN layers'
+    moving statistics stay at their initial values."""
+    model = dense_model(seed=1)
+    model.optimizer.build(model.trainable_variables)
+    for new, old in zip(model.trainable_variables, trained.trainable_variables):
+        new.assign(old)
+    model.optimizer.iterations.assign(trained.optimizer.iterations)
+    return model
 
 
 def run_scenario(name, logdir, callbacks=None, verbose=0):
@@ -168,6 +186,12 @@ def run_scenario(name, logdir, callbacks=None, verbose=0):
         model = dense_model(momentum=0.99)
     elif name == "s2_inference_mode":
         model = dense_model(inference_mode="bn2")
+    elif name == "s3_lost_on_restore":
+        trained = dense_model()
+        trained.fit(x, y, batch_size=32, epochs=1, shuffle=True, verbose=0,
+                    callbacks=[BNStatsCallback(run_dir, snapshot_every_n_steps=0, verbose=verbose)])
+        model = restore_trainable_only(trained)
+        fit.update(epochs=1)
     elif name == "s2_frozen":
         model = dense_model(frozen="bn2")
     elif name == "s4_momentum_0.1":
@@ -182,6 +206,12 @@ def run_scenario(name, logdir, callbacks=None, verbose=0):
         model = dense_model()
         x, y = digits(n=None, sort=True)
         fit.update(shuffle=False, epochs=2)
+    elif name == "s8_shifted_eval":
+        model = dense_model()
+        xa, ya = digits()
+        xv, yv = xa[896:1152], ya[896:1152]  # held out from the 896 trained on
+        cbs[0] = cb = BNStatsCallback(run_dir, snapshot_every_n_steps=0, verbose=verbose,
+                                      probe_data=(xv * 1.5 + 0.5, yv))
     elif name == "nan_inputs":
         model = dense_model()
         model.fit(NaNBatches(x, y, 32, bad_from=20), epochs=1, shuffle=False, verbose=0, callbacks=cbs)
@@ -192,15 +222,36 @@ def run_scenario(name, logdir, callbacks=None, verbose=0):
     return model, cb
 
 
-def confusion_table(logdir):
-    """Markdown: scenario run -> findings diagnose() produced (codes, layers)."""
+def scenario_of(name):
+    """``"S3"`` for ``s3_lost_on_restore``, ``"healthy"``, or ``"-"``."""
+    if name.startswith("healthy"):
+        return "healthy"
+    return name.split("_")[0].upper() if name[:1] == "s" and name[1:2].isdigit() else "-"
+
+
+def live_findings(name, model):
+    """Findings that need the trained model, not the logs: S5 (dropout
+    before BN) through :func:`tb_bnstats.population.diagnose_model`."""
+    from tb_bnstats import population
+
+    if name != "s5_dropout_before_bn":
+        return []
+    x, y = digits(n=896)
+    return population.diagnose_model(model, (x, y), num_samples=512, run=name)
+
+
+def confusion_table(logdir, live=None):
+    """Markdown: scenario run -> findings diagnose() produced from the logs
+    (codes, layers), plus ``live`` ``{run: findings}`` from the models."""
     import tb_bnstats
 
     findings = tb_bnstats.diagnose(logdir)
-    rows = ["| run | what | findings |", "|---|---|---|"]
+    rows = ["| scenario | run | what | findings |", "|---|---|---|---|"]
     for name, what in SCENARIOS.items():
         mine = [f"{f.code} {f.severity} ({', '.join(f.layers)})" for f in findings if f.run == name]
-        rows.append(f"| `{name}` | {what} | {'; '.join(mine) or 'none'} |")
+        mine += [f"{f.code} {f.severity} ({', '.join(f.layers)}; live model: diagnose_model)"
+                 for f in (live or {}).get(name, [])]
+        rows.append(f"| {scenario_of(name)} | `{name}` | {what} | {'; '.join(mine) or 'none'} |")
     return "\n".join(rows)
 
 
@@ -209,8 +260,10 @@ if __name__ == "__main__":
     import time
 
     logdir = sys.argv[1]
+    live = {}
     for name in (sys.argv[2:] or SCENARIOS):
         t = time.time()
-        run_scenario(name, logdir)
+        model, _ = run_scenario(name, logdir)
+        live[name] = live_findings(name, model)
         print(f"{name}: {time.time() - t:.1f}s", flush=True)
-    print(confusion_table(logdir))
+    print(confusion_table(logdir, live))

@@ -25,6 +25,20 @@ class BlockWithBN(keras.layers.Layer):
         return {**super().get_config(), "units": self.units}
 
 
+@keras.saving.register_keras_serializable(package="tb_bnstats_tests")
+class InferenceModeBN(keras.layers.Layer):
+    """The classic bug: a BN always called with training=False. Keras 3.15's
+    functional graph does not keep training=False given when building it;
+    inside a layer's call it holds."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.bn = keras.layers.BatchNormalization(name="bn")
+
+    def call(self, x):
+        return self.bn(x, training=False)
+
+
 def conv_net(jit_compile="auto", momentum=0.99, seed=0, **bn_kwargs):
     """Conv -> BN -> nested Sequential(conv, BN) -> custom block (Dense, BN) -> head."""
     keras.utils.set_random_seed(seed)

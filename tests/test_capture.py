@@ -9,7 +9,7 @@ import tensorflow as tf
 
 import tb_bnstats
 from tb_bnstats import metadata
-from keras_models import BNInputRecorder, bn_layers, conv_net, conv_net_bn_inputs, data
+from keras_models import BNInputRecorder, InferenceModeBN, bn_layers, conv_net, conv_net_bn_inputs, data
 
 BATCH = 16
 
@@ -144,26 +144,13 @@ def test_callback_does_not_change_training(tmp_path):
     np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
 
 
-class _InferenceModeBN(keras.layers.Layer):
-    """Calls its BN with training=False whatever the phase (the classic bug).
-    Keras 3.15's functional graph does not keep training=False given when
-    building it: inside a layer's call it does hold."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.bn = keras.layers.BatchNormalization(name="bn")
-
-    def call(self, x):
-        return self.bn(x, training=False)
-
-
 def test_frozen_and_inference_mode_layers_are_reported_not_updated(tmp_path):
     keras.utils.set_random_seed(0)
     inp = keras.Input((4,))
     frozen = keras.layers.BatchNormalization(name="frozen")
     frozen.trainable = False
     h = frozen(keras.layers.Dense(6)(inp))
-    h = _InferenceModeBN(name="inference")(h)
+    h = InferenceModeBN(name="inference")(h)
     h = keras.layers.BatchNormalization(name="normal")(h)
     model = keras.Model(inp, keras.layers.Dense(1)(h))
     model.compile(keras.optimizers.SGD(0.0), "mse")  # fixed weights: the BN input is known afterwards

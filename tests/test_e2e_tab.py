@@ -238,3 +238,55 @@ def test_names_are_inserted_as_text(tmp_path, browser):
         assert frame.locator("[data-role=layers] td.name img").count() == 0
         assert frame.evaluate("document.body.dataset.pwned") is None
         assert errors == []
+
+
+def test_probe_gap_charts_show_the_logged_numbers(tmp_path, browser):
+    """A run with the train/inference probe (scenario S8): the overview shows
+    both modes' accuracy and loss on the probe batch, the output drift per
+    layer and BN009; the layer view the probe chart. Numbers shown = numpy on
+    the logged data."""
+    import re
+
+    import numpy as np
+
+    import diagnosis_scenarios as scenarios
+    import tb_bnstats
+    from tb_bnstats import summary
+
+    logdir = str(tmp_path)
+    scenarios.run_scenario("s8_shifted_eval", logdir)
+    for name in ("a", "b"):  # the server fixture waits for 3 runs
+        with summary.Writer(str(tmp_path / name)) as w:
+            w.layer_moments("bn", 1, batch_mean=np.ones(2), batch_var=np.ones(2), moving_mean=np.zeros(2),
+                            moving_var=np.ones(2), updates=1, momentum=0.9, epsilon=1e-3)
+    run = tb_bnstats.load(logdir)["s8_shifted_eval"]
+    with tensorboard(logdir) as base:
+        page, frame, errors, _ = open_tab(browser, base)
+        frame.click("button.bn-chip[data-run=s8_shifted_eval]")
+        frame.wait_for_selector("[data-role=probe-accuracy] canvas")
+        for metric in ("accuracy", "loss"):
+            steps, train = run.metrics[f"probe_train/{metric}"]
+            _, inference = run.metrics[f"probe_inference/{metric}"]
+            assert points(frame, f"[data-role=probe-{metric}]") == 2 * len(steps)
+            note = frame.locator(f"[data-role=probe-note-{metric}]").text_content()
+            shown = [float(v) for v in re.findall(r"-?\d+\.?\d*(?:e-?\d+)?", note)]
+            assert shown[0] == steps[-1]
+            assert shown[1:] == pytest.approx([train[-1], inference[-1], train[-1] - inference[-1]], rel=1e-3)
+        # The probe losses are in the loss chart too.
+        legend = frame.locator("[data-role=loss] .u-legend").text_content()
+        assert "probe_train/loss" in legend and "probe_inference/loss" in legend
+        # Output drift per layer (depth order): the last probe's value.
+        for layer in ("bn1", "bn2"):
+            cell = frame.locator(f"tr[data-layer={layer}] [data-role=probe-drift]").text_content()
+            drift = run.layers[layer].series["probe_output_drift"]
+            assert float(cell) == pytest.approx(drift[np.isfinite(drift)][-1], rel=1e-3)
+        frame.locator("[data-role=findings-list] li[data-code=BN009]").wait_for(state="visible")
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        frame.locator("[data-role=probe-gap]").scroll_into_view_if_needed()
+        page.screenshot(path=str(SHOTS / "probe-gap.png"))
+        # Layer view: the probe chart, 4 series at the probe steps.
+        frame.click("tr[data-layer=bn1]")
+        frame.wait_for_selector("[data-role=chart-probe] canvas")
+        n_probe = int(np.isfinite(run.layers["bn1"].series["probe_output_drift"]).sum())
+        assert points(frame, "[data-role=chart-probe]") == 4 * n_probe
+        assert errors == []

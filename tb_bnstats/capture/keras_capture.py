@@ -17,6 +17,12 @@ publish, at the end of each step, everything the callback reads into one
 buffer variable (one device-to-host read per logged step). The
 wrappers add no weights: ``model.weights``, ``save`` and ``load_weights`` are
 unchanged. TensorFlow backend only (the seam for JAX/torch is this module).
+
+Resuming: the update counts live in this process, not in the checkpoint. At
+each ``fit``'s start :meth:`KerasCapture.resume` compares every trainable
+layer's moving statistics with its initializers' values: different after
+optimizer steps > 0 means restored, and the count goes on from the step;
+equal means they were lost on restore (S3).
 """
 
 import functools
@@ -61,7 +67,8 @@ def find_batchnorm_layers(model):
 
 
 class _LayerProbe:
-    """Untracked variables holding one layer's last captured moments, made
+    """Untracked variables holding one layer's last captured moments and its
+    update count, made at train begin for a built layer (:meth:`resume`) or
     the first time the layer runs (a subclassed model builds its layers only
     then; under a trace, ``init_scope`` makes them outside the graph)."""
 
@@ -81,6 +88,8 @@ class _LayerProbe:
             self.batch_mean = tf.Variable(tf.zeros([channels]), trainable=False, name="tb_bnstats_batch_mean")
             self.batch_var = tf.Variable(tf.zeros([channels]), trainable=False, name="tb_bnstats_batch_var")
             self.updates = tf.Variable(0, dtype=tf.int64, trainable=False, name="tb_bnstats_updates")
+            # Set by resume(): the update count this process starts from.
+            self.resume_base = tf.Variable(0, dtype=tf.int64, trainable=False, name="tb_bnstats_resume_base")
             self.updating = tf.Variable(0, dtype=tf.int64, trainable=False, name="tb_bnstats_updating")
             # The values the moving averages start from, as found: the
             # initializers' output on a fresh layer, pre-trained values otherwise.
@@ -96,7 +105,48 @@ class _LayerProbe:
         self.batch_var.assign(tf.reshape(tf.cast(variance, tf.float32), [self.channels]))
         self.updating.assign(1 if updating else 0)
         if updating:
-            self.updates.assign_add(1)
+            self.updates.assign(tf.maximum(self.updates, self.resume_base) + 1)
+
+    def resume(self, iterations):
+        """Continues the update count of a layer restored from a checkpoint.
+
+        A layer whose trainable moving statistics differ from its
+        initializers' values, in a run whose optimizer has done
+        ``iterations`` > 0 steps, and for which this process has counted no
+        update yet, was restored after training: its count goes on from
+        ``iterations`` (an estimate: Keras updates a trainable layer once per
+        training step) at its first update here, and the debiased estimate
+        starts from the initializers' values, so ``1 - m**t`` continues where
+        it was. Returns ``"resumed"``, ``"at_initializer"`` (statistics
+        equal to the initial values after ``iterations`` steps: not restored)
+        or None (nothing to say: a fresh run, a frozen layer, or a count
+        already going on in this process)."""
+        layer = self._layer()
+        if iterations <= 0 or not layer.trainable:
+            return None
+        self.ensure_variables()
+        init_mean, init_var = initializer_values(layer)
+        if (np.array_equal(layer.moving_mean.numpy(), init_mean)
+                and np.array_equal(layer.moving_variance.numpy(), init_var)):
+            return "at_initializer"
+        if int(self.updates.numpy()) > 0:
+            return None
+        if int(self.resume_base.numpy()) == 0:  # not already resumed (by another callback on the model)
+            self.resume_base.assign(int(iterations))
+            self.init_mean, self.init_var = np.asarray(init_mean, np.float64), np.asarray(init_var, np.float64)
+        return "resumed"
+
+
+def initializer_values(layer):
+    """``(moving_mean, moving_variance)`` a fresh copy of ``layer`` starts
+    from: its initializers evaluated on the variables' shape (zeros and ones
+    by default)."""
+    from keras import ops
+
+    shape = tuple(layer.moving_mean.shape)
+    dtype = layer.moving_mean.dtype
+    return (ops.convert_to_numpy(layer.moving_mean_initializer(shape, dtype=dtype)),
+            ops.convert_to_numpy(layer.moving_variance_initializer(shape, dtype=dtype)))
 
 
 def mean_metrics(model):
@@ -293,6 +343,18 @@ class KerasCapture:
         order = {id(layer): i for i, layer in enumerate(self._hook.execution_order)}
         infos = [_layer_info(name, layer, order[id(layer)]) for name, layer in self._ran()]
         return sorted(infos, key=lambda info: info.depth)
+
+    def resume(self, iterations):
+        """At train begin: :meth:`_LayerProbe.resume` on every built BN layer;
+        returns ``{name: "resumed" | "at_initializer"}`` of the layers
+        concerned (an unbuilt layer is counted from 0 when it runs)."""
+        states = {}
+        for name, layer in self._named:
+            if getattr(layer, "moving_mean", None) is not None:
+                state = self._probes[name].resume(iterations)
+                if state is not None:
+                    states[name] = state
+        return states
 
     def not_run(self):
         """Names of BN layers found in the model that the train step never ran."""

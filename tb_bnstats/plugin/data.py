@@ -211,3 +211,18 @@ def wide_rows(series):
               for name, (steps, values) in series.items()}
     rows = [[step] + [lookup[n].get(step) for n in names] for step in all_steps]
     return ["step"] + names, rows
+
+
+def channel_spread(values):
+    """``(p10, p90, min, max)`` over channels of each row of ``values``
+    ``[snapshots, channels]``, ignoring NaN; NaN for a row of NaN only
+    (without numpy's "All-NaN slice" warning in the server log)."""
+    values = np.asarray(values, np.float64)
+    out = np.full((4, values.shape[0]), np.nan)
+    some = ~np.isnan(values).all(axis=1) if values.size else np.zeros(values.shape[0], bool)
+    if some.any():
+        v = values[some]
+        with np.errstate(all="ignore"):
+            out[:2, some] = np.nanpercentile(v, [10, 90], axis=1)
+            out[2, some], out[3, some] = np.nanmin(v, axis=1), np.nanmax(v, axis=1)
+    return out[0], out[1], out[2], out[3]

@@ -12,7 +12,7 @@ Routes (GET, relative to ``data/plugin/bn_stats/``):
 route      parameters                                            answer
 ========== ===================================================== ==========================
 /index.js                                                        the tab's ES module
-/runs                                                            runs, layers (depth order)
+/runs                                                            runs, layers (depth order), file_problems
 /overview  run                                                   latest values, badges
 /heatmap   run, measure=mean_gap/max, bins=200, format            layers x step bins, max
 /series    run, layer, quantities=a,b, points=1000, format        min/max-downsampled series
@@ -65,13 +65,18 @@ INDEX_TTL_S = 2.0
 # unchanged) up to this many points in all: the heat map, the overview and a
 # layer's charts read the same tags again on every view change and reload.
 SERIES_CACHE_POINTS = 4_000_000
+# Each /runs checks the event files' framing (reader.EventFileCheck) for at
+# most this long, going on from there at the next call.
+FILE_CHECK_BUDGET_S = 0.2
 _INT_RE = re.compile(r"^[0-9]{1,15}$")
 
 # Latest values the overview shows per layer (and its badges use).
 OVERVIEW_QUANTITIES = ("convergence", "updates", "mean_gap/p90", "mean_gap/max",
-                       "abs_log_var_ratio/max", "log_var_ratio/mean")
+                       "abs_log_var_ratio/max", "log_var_ratio/mean", "probe_output_drift")
 HEATMAP_MEASURES = metadata.GAP_SERIES
 DEFAULT_SERIES = metadata.LAYER_SERIES
+# What /series and /compare serve: the per-step series and the probe's.
+SERVED_SERIES = metadata.LAYER_SERIES + metadata.PROBE_SERIES
 KERAS_PLUGIN = "scalars"
 
 
@@ -127,7 +132,10 @@ def _route(allowed, csv_ok=False):
         @functools.wraps(fn)
         def handler(self, request):
             try:
-                args = request.args
+                try:
+                    args = request.args
+                except UnicodeDecodeError:  # raw (not %-encoded) bytes that are not UTF-8
+                    raise BadRequest("the query string is not valid UTF-8") from None
                 for name in args:
                     if name not in allowed:
                         raise BadRequest(f"unknown parameter {name!r}; this route takes {sorted(allowed)}")
@@ -194,6 +202,10 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         self._index_cache = {}
         self._index_lock = threading.Lock()
         self._series_cache = _SeriesCache(SERIES_CACHE_POINTS)
+        logdir = getattr(context, "logdir", None)
+        self._file_check = reader.EventFileCheck(logdir) if logdir and "://" not in logdir else None
+        self._file_check_lock = threading.Lock()
+        self._reported = set()
 
     # -- TensorBoard interface -------------------------------------------------
 
@@ -284,13 +296,26 @@ class BNStatsPlugin(base_plugin.TBPlugin):
     def _sampling(self, steps):
         return data.sampling_info(steps, self._cap_hint)
 
+    def _file_problems(self):
+        """What the local event files hold that TensorBoard cannot read (a
+        corrupted record, a file cut off), each logged once as a warning."""
+        if self._file_check is None or not os.path.isdir(self._file_check.logdir):
+            return []
+        with self._file_check_lock:
+            found = self._file_check.problems(budget_s=FILE_CHECK_BUDGET_S)
+            for p in found:
+                if (p.run, p.file, p.kind, p.offset) not in self._reported:
+                    self._reported.add((p.run, p.file, p.kind, p.offset))
+                    logger.warning("bn_stats: %s", p.message)
+        return [p.to_dict() for p in found]
+
     @staticmethod
     def _layer_json(info, index):
         d = info.to_dict()
         d.update(data.derived(info))
         d["has_snapshots"] = info.name in index.channel_tags
         tags = index.layer_tags.get(info.name, {})
-        d["quantities"] = [q for q in metadata.LAYER_SERIES if q in tags]
+        d["quantities"] = [q for q in SERVED_SERIES if q in tags]
         d["max_step"] = max((index.max_step.get(t, 0) for t in tags.values()), default=None)
         return d
 
@@ -327,8 +352,10 @@ class BNStatsPlugin(base_plugin.TBPlugin):
             "runs": runs,
             "gap_measures": list(metadata.GAP_SERIES),
             "layer_quantities": list(metadata.LAYER_SERIES),
+            "probe_quantities": list(metadata.PROBE_SERIES),
             "snapshot_rows": list(metadata.SNAPSHOT_ROWS),
             "sampling_hint": self._cap_hint,
+            "file_problems": self._file_problems(),
         }, None
 
     @_route(("run",))
@@ -414,8 +441,8 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         if not wanted:
             raise BadRequest("quantities is empty")
         for q in wanted:
-            if q not in metadata.LAYER_SERIES:
-                raise BadRequest(f"unknown quantity {q!r}; one of {list(metadata.LAYER_SERIES)}")
+            if q not in SERVED_SERIES:
+                raise BadRequest(f"unknown quantity {q!r}; one of {list(SERVED_SERIES)}")
         points = _int_arg(args, "points", 1000, 2, MAX_POINTS)
         tags = index.layer_tags.get(layer, {})
         tag_of = {q: tags[q] for q in dict.fromkeys(wanted) if q in tags}
@@ -479,9 +506,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         out, rows = {}, []
         for k, row in enumerate(metadata.SNAPSHOT_ROWS):
             values = tensor[:, k, :]
-            with np.errstate(all="ignore"):
-                p10, p90 = np.nanpercentile(values, [10, 90], axis=1)
-                lo, hi = np.nanmin(values, axis=1), np.nanmax(values, axis=1)
+            p10, p90, lo, hi = data.channel_spread(values)
             out[row] = {"p10": data.finite_list(p10), "p90": data.finite_list(p90),
                         "min": data.finite_list(lo), "max": data.finite_list(hi)}
             rows += [[row, int(s), float(lo[i]), float(p10[i]), float(p90[i]), float(hi[i])]
@@ -575,8 +600,8 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         if not any(layer in indexes[r].layer_infos for r in runs):
             raise BadRequest(f"unknown layer {layer!r}: none of the runs has it")
         quantity = _one(args, "quantity", "mean_gap/max")
-        if quantity not in metadata.LAYER_SERIES:
-            raise BadRequest(f"unknown quantity {quantity!r}; one of {list(metadata.LAYER_SERIES)}")
+        if quantity not in SERVED_SERIES:
+            raise BadRequest(f"unknown quantity {quantity!r}; one of {list(SERVED_SERIES)}")
         points = _int_arg(args, "points", 1000, 2, MAX_POINTS)
         out, missing, samplings, full = [], [], [], {}
         for r in runs:
@@ -609,7 +634,8 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         for name, info in index.layer_infos.items():
             steps, series = reader.aligned(by_layer.get(name, {}))
             layers[name] = reader.LayerData(info, steps, series, np.zeros(0, np.int64), {})
-        return reader.RunData(layers=layers, metrics={}), raw
+        return reader.RunData(layers=layers, metrics={},
+                              train_begins=reader.read_train_begins(self._provider, ctx, run, index, eid)), raw
 
     @_route(("run",))
     def _serve_findings(self, request, args):

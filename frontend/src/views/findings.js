@@ -41,7 +41,7 @@ export function findingsCard(body, app) {
     h("b", null, findingsSummary(body.counts)),
     h("span", { class: "bn-note" }, ` · diagnosis of run ${body.run}, ${SOURCE_NOTE[body.source] || body.source}` +
       (body.stored_step !== null && body.stored_step !== undefined && body.stored ? ` (step ${body.stored_step})` : "")));
-  const wrap = h("div", { dataset: { role: "findings" } }, banner);
+  const wrap = h("div", { dataset: { role: "findings", run: String(body.run) } }, banner);
   if (body.findings.length) wrap.append(findingsList(body.findings, app, body.titles));
   return wrap;
 }

@@ -37,6 +37,13 @@ export const CHARTS = [
     id: "kl", title: "Symmetric KL", sub: "of N(μB, σ²B+ε) and N(μR, σ²R+ε): both gaps in one number",
     series: [["sym_kl/mean", "mean over channels", C.batch], ["sym_kl/p90", "p90", C.p90], ["sym_kl/max", "max", C.max]],
   },
+  {
+    // Only when the run has a probe (BNStatsCallback(probe_data=...)); points at the probe steps.
+    id: "probe", title: "Train/inference gap on the probe batch", points: true,
+    sub: "output drift ‖y_train − y_inf‖ / ‖y_train‖ of this layer; the probe batch's moments vs the moving ones (|μP−μR| / √(σ²P+ε), |log var ratio|)",
+    series: [["probe_output_drift", "output drift", C.debiased], ["probe_mean_gap/p50", "mean gap, median channel", C.batch],
+      ["probe_mean_gap/max", "mean gap, max", C.max], ["probe_abs_log_var_ratio/p50", "|log var ratio|, median channel", C.p90, [6, 3]]],
+  },
 ];
 
 export async function renderLayer(root, app, token) {
@@ -128,12 +135,12 @@ export async function renderLayer(root, app, token) {
     }
     const data = alignSeries(parts);
     const raw = data.slice(1);
-    const series = present.map(([q, label, color, dash], k) => ({ label, color, dash, raw: raw[k], spanGaps: true }));
+    const series = present.map(([q, label, color, dash], k) => ({ label, color, dash, raw: raw[k], spanGaps: true, points: spec.points }));
     if (bandRows) {
       series.push({ label: "channels p10 (snapshots)", color: C.band, dash: [2, 2], width: 1, spanGaps: true, points: true, raw: raw[present.length] },
         { label: "channels p90 (snapshots)", color: C.band, dash: [2, 2], width: 1, spanGaps: true, points: true, raw: raw[present.length + 1] });
     }
-    const shown = raw.map((ys, k) => (k < present.length ? smooth(ys, w) : ys));
+    const shown = raw.map((ys, k) => (k < present.length && !spec.points ? smooth(ys, w) : ys));
     const el = h("div", { class: "bn-chart", dataset: { role: `chart-${spec.id}` } });
     const logY = spec.log && app.state.logScale;
     grid.append(card(spec.title, spec.sub + (logY ? " · log scale" : ""),

@@ -7,6 +7,7 @@ import { fmtNum, fmtPct, fmtStep } from "../format.js";
 import { maxPool, alignSeries } from "../downsample.js";
 import { smooth } from "../smoothing.js";
 import { findingsCard } from "./findings.js";
+import { probePairs, latestGap } from "../probe.js";
 
 const LOSS_COLORS = ["#d55e00", "#0072b2", "#009e73", "#cc79a7", "#e69f00", "#56b4e9"];
 
@@ -42,6 +43,8 @@ export async function renderOverview(root, app, token) {
   // -- layers table ----------------------------------------------------------
   const body = h("tbody");
   const sparks = new Map();
+  // The probe's output drift column, when the run has a probe (BNStatsCallback(probe_data=...)).
+  const hasProbe = ov.layers.some((l) => l.latest && l.latest.probe_output_drift !== undefined);
   for (const layer of ov.layers) {
     const latest = layer.latest || {};
     const conv = latest.convergence;
@@ -58,6 +61,7 @@ export async function renderOverview(root, app, token) {
       h("td", { class: "num", title: `|log var ratio| max over channels` }, fmtNum(latest["abs_log_var_ratio/max"])),
       h("td", { class: "num", title: `1 - momentum^updates after ${latest.updates} updates; 95% after ${layer.steps_to_95}` },
         fmtPct(conv), h("span", { class: "bn-bar-conv" }, h("span", { style: { width: `${Math.max(0, Math.min(1, conv || 0)) * 100}%` } }))),
+      hasProbe ? h("td", { class: "num", dataset: { role: "probe-drift" }, title: `||y_train − y_inf|| / ||y_train|| of this layer's output on the probe batch, latest probe` }, fmtNum(latest.probe_output_drift)) : null,
       h("td", null, canvas),
       h("td", null, badges)));
   }
@@ -66,7 +70,9 @@ export async function renderOverview(root, app, token) {
       h("th", null, "layer (depth order)"), h("th", null, "ch"), h("th", null, "momentum"),
       h("th", { title: "normalized mean gap, max over channels, latest step" }, "mean gap"),
       h("th", { title: "|log((var_B+eps)/(var_R+eps))|, max over channels, latest step" }, "var gap"),
-      h("th", null, "convergence"), h("th", null, `${app.state.measure} over steps`), h("th", null, "warnings"))),
+      h("th", null, "convergence"),
+      hasProbe ? h("th", { title: "train/inference output drift on the probe batch (latest probe): where in depth the gap starts" }, "probe drift") : null,
+      h("th", null, `${app.state.measure} over steps`), h("th", null, "warnings"))),
     body);
   root.append(card("Layers", `${ov.layers.length} BatchNormalization layers · run ${run} · last step ${fmtStep(ov.max_step)}`, null, table));
 
@@ -83,6 +89,8 @@ export async function renderOverview(root, app, token) {
     hmEl,
     h("h3", null, "Loss on the same step axis", downloads(app.routeUrl, "loss", { run, points: 1500 })),
     lossNote, lossEl));
+  const probeEl = h("div", { dataset: { role: "probe-gap" } });
+  root.append(probeEl);
 
   let hm = null;
   let hmChart = null;
@@ -128,18 +136,41 @@ export async function renderOverview(root, app, token) {
       label: s.source === "bn_stats" ? `${s.key}` : `${s.name} (${s.source.replace("keras run ", "Keras ")})`,
       color: LOSS_COLORS[i % LOSS_COLORS.length],
       spanGaps: true,
-      points: s.steps.length <= 60 || s.split === "val",
+      points: s.steps.length <= 60 || s.split !== "train",
       dash: s.source === "bn_stats" ? undefined : [5, 3],
       raw: raw[i],
     }));
-    const smoothed = raw.map((ys, i) => (lossSeries[i].split === "val" ? ys : smooth(ys, w)));
+    const smoothed = raw.map((ys, i) => (lossSeries[i].split !== "train" ? ys : smooth(ys, w)));
     group.extend(data[0][0] - 0.5, data[0][data[0].length - 1] + 0.5);
     charts.push(lineChart(lossEl, { name: "loss", series, data: [data[0], ...smoothed], group, height: 200, ySize: Y_AXIS_SIZE }));
     group.reset();
     app.markFirstChart();
     const notes = lossSeries.filter((s) => s.aligned === "estimated").map((s) => s.name);
     lossNote.textContent = notes.length ? `Epoch-level ${notes.join(", ")} placed at estimated epoch-end steps.` : "";
+    drawProbe(probePairs(loss.series));
   });
+  // -- train/inference gap on the probe batch: each metric in both modes -------------
+  const drawProbe = (pairs) => {
+    if (!pairs.length) return;
+    const cards = pairs.map((pair) => {
+      const data = alignSeries([pair.train, pair.inference].map((s) => ({ x: s.steps, y: s.values })));
+      const g = latestGap(pair);
+      const el = h("div", { class: "bn-chart", dataset: { role: `probe-${pair.name}` } });
+      const note = g === null ? "" : `step ${fmtStep(g.step)}: training mode ${fmtNum(g.train, 4)}, inference mode ${fmtNum(g.inference, 4)} (difference ${fmtNum(g.gap, 3)})`;
+      const body = h("div", null, h("h3", null, pair.name), h("div", { class: "bn-note", dataset: { role: `probe-note-${pair.name}` } }, note), el);
+      return { body, draw: () => charts.push(lineChart(el, {
+        name: `probe-${pair.name}`, group, height: 180, ySize: Y_AXIS_SIZE,
+        series: [{ label: `${pair.name}, training mode`, color: LOSS_COLORS[1], spanGaps: true, points: true, raw: data[1] },
+          { label: `${pair.name}, inference mode`, color: LOSS_COLORS[0], spanGaps: true, points: true, raw: data[2] }],
+        data,
+      })) };
+    });
+    probeEl.replaceChildren(card("Train/inference gap on the probe batch",
+      "the same fixed batch through the model with training=True (batch statistics) and training=False (moving statistics); nothing is updated",
+      null, ...cards.map((c) => c.body)));
+    for (const c of cards) c.draw();
+    group.reset();
+  };
 
   app.onFilter = () => {
     for (const tr of body.children) tr.hidden = !matches(tr.dataset.layer, app.state.filter);

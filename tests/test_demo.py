@@ -1,0 +1,66 @@
+"""The newcomer's path, end to end: ``demo/train.py`` trains the demo runs in
+a subprocess, a real ``tensorboard --logdir`` serves them, and Debian's
+chromium opens the BN Convergence tab: every demo run is listed with exactly
+the findings ``demo/train.py`` promises (``EXPECTED``). The overview of each
+run is saved as ``docs/screenshots/demo-<run>.png`` for the README's
+walkthrough, so those pictures are remade from the demo's data by every
+test run."""
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+import tb_bnstats
+from test_e2e_tab import SHOTS, browser, open_tab, tensorboard  # noqa: F401 - browser is a fixture
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "demo"))
+import train as demo  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def demo_logdir(tmp_path_factory):
+    logdir = tmp_path_factory.mktemp("demo_logs")
+    done = subprocess.run([sys.executable, str(ROOT / "demo" / "train.py"), "--logdir", str(logdir)],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # The printed summary names every run with its findings.
+    for run, codes in demo.EXPECTED.items():
+        line = next(ln for ln in done.stdout.splitlines() if ln.startswith(run + " "))
+        assert f"findings: {', '.join(sorted(codes)) or 'none'} " in line, line
+    # A second call skips what is there.
+    again = subprocess.run([sys.executable, str(ROOT / "demo" / "train.py"), "--logdir", str(logdir)],
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("already written, skipping") == len(demo.RUNS)
+    return str(logdir)
+
+
+def test_demo_runs_have_their_findings_in_the_logs(demo_logdir):
+    # From the logged quantities, plus what the callback measured on the model at the end of fit (stored).
+    found = {}
+    for f in tb_bnstats.diagnose(demo_logdir):
+        found.setdefault(f.run, set()).add(f.code)
+    assert {run: found.get(run, set()) for run in demo.EXPECTED} == demo.EXPECTED
+
+
+def test_tab_lists_each_demo_run_with_its_findings(demo_logdir, browser):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with tensorboard(demo_logdir) as base:
+        page, frame, errors, _ = open_tab(browser, base)
+        chips = frame.locator("button.bn-chip")
+        assert sorted(chips.nth(i).get_attribute("data-run") for i in range(chips.count())) == sorted(demo.RUNS)
+        for run, codes in demo.EXPECTED.items():
+            frame.click(f"button.bn-chip[data-run='{run}']")
+            banner = frame.locator("[data-role=findings-banner]")
+            banner.wait_for(state="visible")
+            frame.wait_for_function(
+                "run => document.querySelector('[data-role=findings]')?.dataset.run === run", arg=run)
+            shown = set(frame.locator("[data-role=findings-list] li").evaluate_all("els => els.map(e => e.dataset.code)"))
+            assert shown == codes, run
+            if not codes:
+                assert banner.get_attribute("data-level") == "ok"
+            frame.wait_for_selector("[data-role=heatmap] canvas")
+            page.screenshot(path=str(SHOTS / f"demo-{run}.png"))
+        assert errors == []
