@@ -10,17 +10,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-
-@keras.saving.register_keras_serializable(package="tb_bnstats_diag_tests")
-class InferenceModeBN(keras.layers.Layer):
-    """The classic bug: a BN always called with training=False."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.bn = keras.layers.BatchNormalization(name="bn")
-
-    def call(self, x):
-        return self.bn(x, training=False)
+from keras_models import InferenceModeBN  # noqa: E402
 
 
 def digits(n=None, sort=False, flat=True):
