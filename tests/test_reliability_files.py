@@ -17,7 +17,7 @@ import pytest
 import tb_bnstats
 from tb_bnstats import eventfile, reader, summary
 from conftest import make_client
-from test_e2e_tab import tensorboard
+from test_e2e_tab import CHROMIUM, CHROMIUM_ARGS, SHOTS, open_tab, tensorboard
 
 STEPS = 30
 CUT = 15  # the damage is in the record of this step
@@ -189,6 +189,31 @@ def test_real_tensorboard_serves_damaged_logs_and_reads_a_completed_record(tmp_p
             for url in ROUTES:
                 status, _ = http_get(api + url.format(run=run))
                 assert status == 200
+        # The tab says which files it cannot read completely and shows the rest.
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page, frame, errors, _ = open_tab(browser, base)
+            banner = frame.locator("[data-role=file-problems]")
+            banner.wait_for(state="visible")
+            assert banner.text_content().startswith("4 event files could not be read completely.")
+            items = banner.locator("li")
+            listed = {items.nth(i).get_attribute("data-run"): items.nth(i).text_content() for i in range(items.count())}
+            assert sorted(listed) == ["bad_length_crc", "cut", "empty", "garbage"]
+            assert banner.text_content().endswith(items.last.text_content())  # the list, nothing after it
+            assert listed["cut"].startswith("cut/") and "ends inside a record" in listed["cut"]
+            assert f"corrupted record at byte {at}" in listed["garbage"]
+            frame.click("button.bn-chip[data-run=good]")
+            frame.wait_for_selector("tr[data-layer=bn]")
+            assert f"last step {STEPS}" in frame.locator(".bn-card h3").first.text_content()
+            frame.click("button.bn-chip[data-run=cut]")
+            frame.wait_for_function("document.querySelector('.bn-card h3') && "
+                                    f"document.querySelector('.bn-card h3').textContent.includes('last step {CUT - 1}')")
+            assert frame.locator("[data-role=file-problems] li").first.get_attribute("data-run") == "cut"
+            page.screenshot(path=str(SHOTS / "damaged-files.png"))
+            assert errors == []
+            browser.close()
         # The writer of "live" finishes its record: TensorBoard retries the cut record.
         with open(live, "ab") as f:
             f.write(data[at + 20:])

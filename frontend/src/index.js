@@ -5,6 +5,7 @@ import css from "./style.css";
 import { api, routeUrl } from "./api.js";
 import { h } from "./dom.js";
 import { runColor } from "./colors.js";
+import { orderProblems, problemsHeadline } from "./fileproblems.js";
 import { listenForReload } from "./reload.js";
 import { renderOverview } from "./views/overview.js";
 import { renderLayer } from "./views/layer.js";
@@ -12,6 +13,7 @@ import { renderCompare } from "./views/compare.js";
 
 const VIEWS = { overview: renderOverview, layer: renderLayer, compare: renderCompare };
 const POLL_MS = 0; // TensorBoard's reload button drives refreshes (experimental.DataReloaded)
+const MAX_FILE_PROBLEMS_LISTED = 8;
 
 class App {
   constructor(root) {
@@ -40,6 +42,7 @@ class App {
     this.filterInput = h("input", { type: "search", placeholder: "layer filter", oninput: (e) => { this.state.filter = e.target.value; this.onFilter && this.onFilter(); } });
     this.status = h("span", { class: "bn-note" });
     this.banner = h("div", { class: "bn-banner", hidden: true, dataset: { role: "sampling" } });
+    this.fileBanner = h("div", { class: "bn-banner", hidden: true, dataset: { role: "file-problems" } });
     this.error = h("div", { class: "bn-error", hidden: true });
     this.runBar = h("div", { class: "bn-runs" });
     this.view = h("main", { class: "bn-view" });
@@ -49,7 +52,7 @@ class App {
         h("label", null, log, "log scale (variance)"),
         h("label", null, "Layers", this.filterInput),
         this.status),
-      this.runBar, this.banner, this.error, this.view);
+      this.runBar, this.fileBanner, this.banner, this.error, this.view);
   }
 
   runIndex(name) {
@@ -124,6 +127,24 @@ class App {
     this.banner.replaceChildren(h("b", null, "Sampled data. "), before, h("code", null, s.hint), after.join(s.hint));
   }
 
+  /** Shows or clears the "damaged event files" banner (/runs' file_problems):
+   * the tab shows what comes before the damage and says what it cannot read. */
+  noteFileProblems() {
+    const problems = orderProblems(this.meta && this.meta.file_problems, this.state.run);
+    this.fileBanner.hidden = !problems.length;
+    if (!problems.length) {
+      this.fileBanner.replaceChildren();
+      return;
+    }
+    const listed = problems.slice(0, MAX_FILE_PROBLEMS_LISTED);
+    const more = problems.length - listed.length;
+    this.fileBanner.replaceChildren(
+      h("b", null, `${problemsHeadline(problems.length)}. `),
+      "What they hold before the damage is shown; the rest is not.",
+      h("ul", null, ...listed.map((p) => h("li", { dataset: { run: String(p.run), kind: String(p.kind) } }, String(p.message)))),
+      ...(more > 0 ? [h("div", { class: "bn-note" }, `and ${more} more (all of them are in TensorBoard's log)`)] : []));
+  }
+
   setError(msg) {
     this.error.hidden = !msg;
     this.error.textContent = msg || "";
@@ -153,6 +174,7 @@ class App {
     this.onFilter = null;
     this.samplings.clear();
     this.noteSampling(null, null);
+    this.noteFileProblems();
     this.setError(null);
     for (const b of this.tabs.children) b.setAttribute("aria-selected", String(b.dataset.view === this.state.view));
     this.renderRunBar();
