@@ -96,14 +96,18 @@ def train(name, run_dir, data, epochs):
     model_kwargs, fit_kwargs = RUNS[name]
     model = make_model(**model_kwargs)
     fit_kwargs = dict(fit_kwargs)
+    x_fit, y_fit = x, y
     if fit_kwargs.pop("sort_by_label", False):
         order = np.argsort(y, kind="stable")
-        x, y = x[order], y[order]
+        x_fit, y_fit = x[order], y[order]
     fit_kwargs.setdefault("batch_size", 32)
     fit_kwargs.setdefault("epochs", epochs)
+    # The probe: held-out digits in both modes; population statistics of the
+    # (shuffled) training digits at each epoch end, a third line in the layer view.
     callback = tb_bnstats.BNStatsCallback(run_dir, snapshot_every_n_steps=20, probe_data=(x_val, y_val),
-                                          probe_every_n_steps=10)
-    model.fit(x, y, validation_data=(x_val, y_val), verbose=1, callbacks=[callback], **fit_kwargs)
+                                          probe_every_n_steps=10, population_data=(x, y), population_samples=1024,
+                                          population_batch_size=fit_kwargs["batch_size"])
+    model.fit(x_fit, y_fit, validation_data=(x_val, y_val), verbose=1, callbacks=[callback], **fit_kwargs)
     codes = ", ".join(sorted({f.code for f in callback.findings or []})) or "none"
     # Both modes on the validation data, without changing the model.
     gap = tb_bnstats.population.gap_report(model, [(x_val, y_val)])

@@ -11,7 +11,7 @@ import weakref
 import keras
 import numpy as np
 
-from tb_bnstats import summary
+from tb_bnstats import population, quantities, summary
 from tb_bnstats.capture import probe as gap_probe
 from tb_bnstats.capture.keras_capture import KerasCapture, find_batchnorm_layers
 
@@ -80,6 +80,22 @@ class BNStatsCallback(keras.callbacks.Callback):
             optimizer steps and at each epoch end; None or 0 (default): at
             each epoch end only.
             Each probe is two forward passes of the probe batch.
+        population_data: data to measure each BN input's population mean
+            and variance on ("PreciseBN",
+            :func:`tb_bnstats.population.population_stats`; training data,
+            as arrays or a re-iterable dataset): logged per layer as
+            :data:`tb_bnstats.metadata.POPULATION_SERIES`, a third line next
+            to the moving and debiased averages and how far the moving
+            averages are from it. Nothing in the model changes. None
+            (default): not measured.
+        population_every_n_steps: measure at the first step, every N steps
+            and at each epoch end; None or 0 (default): at each epoch end.
+        population_samples: examples per measurement (whole batches);
+            DESIGN.md §3: 10**3-10**4 is near-optimal. Costs about
+            ``population_samples / batch`` forward passes.
+        population_batch_size: batch size to cut arrays into; use the
+            training batch size (upstream BN layers normalize each batch with
+            its own moments, as in training).
 
     The step is the optimizer's iteration count after the step, so it goes on
     across ``fit`` calls and after restoring a checkpoint (``model.save`` /
@@ -96,7 +112,8 @@ class BNStatsCallback(keras.callbacks.Callback):
 
     def __init__(self, log_dir, log_every_n_steps=1, snapshot_every_n_steps=100, layers=None,
                  log_metrics=True, flush_secs=summary.DEFAULT_FLUSH_SECS, verbose=1, probe_data=None,
-                 probe_every_n_steps=None):
+                 probe_every_n_steps=None, population_data=None, population_every_n_steps=None,
+                 population_samples=2048, population_batch_size=32):
         super().__init__()
         if not isinstance(log_dir, (str, os.PathLike)) or not os.fspath(log_dir):
             raise ValueError(f"log_dir must be a non-empty path, got {log_dir!r}")
@@ -116,12 +133,22 @@ class BNStatsCallback(keras.callbacks.Callback):
             raise ValueError(f"verbose must be 0 or 1, got {verbose!r}")
         self.verbose = int(verbose)
         if probe_data is not None:
-            gap_probe.validate_probe_data(probe_data)
+            population.validate_data(probe_data, "probe_data")
         self.probe_data = probe_data
         self.probe_every_n_steps = (0 if probe_every_n_steps is None else
                                     _positive_int("probe_every_n_steps", probe_every_n_steps, allow_zero=True))
         if self.probe_every_n_steps and probe_data is None:
             raise ValueError("probe_every_n_steps needs probe_data (the batch to probe)")
+        if population_data is not None:
+            population.validate_data(population_data, "population_data")
+        self.population_data = population_data
+        self.population_every_n_steps = (0 if population_every_n_steps is None else _positive_int(
+            "population_every_n_steps", population_every_n_steps, allow_zero=True))
+        if self.population_every_n_steps and population_data is None:
+            raise ValueError("population_every_n_steps needs population_data (the data to measure on)")
+        self.population_samples = _positive_int("population_samples", population_samples)
+        self.population_batch_size = _positive_int("population_batch_size", population_batch_size)
+        self._population_on = False
         self._probe = None
         self._capture = None
         self._writer = None
@@ -178,7 +205,8 @@ class BNStatsCallback(keras.callbacks.Callback):
             self._step = self._guard("reading the step", lambda: int(self.model.optimizer.iterations.numpy()))
             if self._writer is not None and self._step is not None:
                 self._guard("checking for a restored run", self._log_train_begin)
-        self._last_probe_step = None
+        self._last_probe_step = self._last_population_step = None
+        self._population_on = self.population_data is not None and self._writer is not None
         if self.probe_data is not None and self._probe is None and self._writer is not None:
             self._probe = self._guard("preparing the train/inference probe", self._make_probe)
 
@@ -220,14 +248,22 @@ class BNStatsCallback(keras.callbacks.Callback):
         # Keras passes the index of the last step run in this epoch: a step
         # count without a device round trip, to skip steps not logged.
         self._step = self._epoch_start_step + batch + 1
-        every, probe_every = self.log_every_n_steps, self.probe_every_n_steps
-        probe_due = (self._probe is not None and probe_every > 0
-                     and (self._last_probe_step is None or self._step // probe_every != self._last_probe_step // probe_every))
-        if not probe_due and self._last_logged_step is not None and self._step // every == self._last_logged_step // every:
+        probe_due = self._probe is not None and self._due(self.probe_every_n_steps, self._last_probe_step)
+        population_due = self._population_on and self._due(self.population_every_n_steps, self._last_population_step)
+        every = self.log_every_n_steps
+        if (not (probe_due or population_due) and self._last_logged_step is not None
+                and self._step // every == self._last_logged_step // every):
             return
         self._guard("logging batch statistics", self._log_step, logs, False)
         if probe_due:
             self._run_probe()
+        if population_due:
+            self._run_population()
+
+    def _due(self, every, last_step):
+        """Whether a measurement taken every ``every`` steps (0: never
+        within an epoch), last at ``last_step``, is due at this step."""
+        return every > 0 and (last_step is None or self._step // every != last_step // every)
 
     def _run_probe(self):
         """The probe at the last logged step (logged first, so the probe's
@@ -248,6 +284,25 @@ class BNStatsCallback(keras.callbacks.Callback):
         self._last_probe_step = step
         return True
 
+    def _run_population(self):
+        """Population statistics at the last logged step; a failure (data
+        exhausted, wrong shape) turns them off."""
+        if self._last_logged_step is None or self._last_logged_step == self._last_population_step:
+            return
+        if self._guard("measuring population statistics", self._log_population, self._last_logged_step) is None:
+            self._population_on = False
+
+    def _log_population(self, step):
+        stats = population.population_stats(self.model, self.population_data, num_samples=self.population_samples,
+                                            batch_size=self.population_batch_size)
+        for name, info in self._layer_infos().items():
+            pop, moments = stats.get(name), self._last_reading.layers.get(name)
+            if pop is not None and moments is not None:
+                self._writer.population(info, step, quantities.population_series(
+                    info.epsilon, pop.mean, pop.var, moments.moving_mean, moments.moving_var))
+        self._last_population_step = step
+        return True
+
     def _layer_infos(self):
         if self._infos is None:
             infos = [i for i in self._capture.layer_infos() if self._selected(i.name)]
@@ -265,6 +320,7 @@ class BNStatsCallback(keras.callbacks.Callback):
         if reading is None:
             return
         step = reading.step
+        self._last_reading = reading
         new_step = step != self._last_logged_step
         every, last_snap = self.snapshot_every_n_steps, self._last_snapshot_step
         snapshot = step != last_snap and (final or (every > 0 and (last_snap is None or step // every != last_snap // every)))
@@ -302,10 +358,13 @@ class BNStatsCallback(keras.callbacks.Callback):
         return out
 
     def on_epoch_end(self, epoch, logs=None):
-        if self._writer is not None and self._probe is not None:
+        if self._writer is not None and (self._probe is not None or self._population_on):
             # The epoch's last step may not be on the logging stride: log it.
             self._guard("logging batch statistics", self._log_step, None, False)
-            self._run_probe()
+            if self._probe is not None:
+                self._run_probe()
+            if self._population_on:
+                self._run_population()
         if self._writer is None or not self.log_metrics or not logs:
             return
         val = {k[len("val_"):]: v for k, v in logs.items() if k.startswith("val_")}

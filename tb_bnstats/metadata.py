@@ -16,6 +16,9 @@ Tags (one TensorBoard time series each, all under plugin name ``bn_stats``):
   training and in inference mode (:mod:`tb_bnstats.capture.probe`).
 * ``bn/<layer>/probe_*``     SCALAR data class, :data:`PROBE_SERIES`, logged
   only at the probe steps (a subset of the logged steps).
+* ``bn/<layer>/population_*`` SCALAR data class, :data:`POPULATION_SERIES`,
+  logged only at the steps the callback measured population statistics
+  (``BNStatsCallback(population_data=...)``, a subset of the logged steps).
 * ``diagnosis/findings``     TENSOR data class, a scalar DT_STRING tensor
   holding a JSON list of findings (:class:`tb_bnstats.diagnosis.Finding` as
   dicts: code, severity, scenario, run, layers, evidence, message), written
@@ -75,6 +78,13 @@ LAYER_SERIES = MOMENT_SERIES + GAP_SERIES + STATE_SERIES
 # mode pass) against the moving ones, median and max over channels.
 PROBE_SERIES = ("probe_output_drift", "probe_mean_gap/p50", "probe_mean_gap/max",
                 "probe_abs_log_var_ratio/p50")
+# Population statistics ("PreciseBN", tb_bnstats.population.population_stats)
+# of each BN input, per layer: channel averages of the population mean and
+# variance (a third line next to the moving and debiased averages), and the
+# moving statistics against them with the formulas of mean_gap / log_var_ratio
+# (population in the batch's place): how wrong inference's statistics are now.
+POPULATION_SERIES = ("population_mean", "population_var", "population_mean_gap/p50", "population_mean_gap/max",
+                     "population_abs_log_var_ratio/p50", "population_abs_log_var_ratio/max")
 # Splits of metric/<split>/<name>.
 METRIC_SPLITS = ("train", "val", "probe_train", "probe_inference")
 

@@ -256,6 +256,26 @@ def probe_series(epsilon, probe_mean, probe_var, moving_mean, moving_var, output
     }
 
 
+def population_series(epsilon, population_mean, population_var, moving_mean, moving_var):
+    """The per-layer series of :data:`metadata.POPULATION_SERIES`: channel
+    averages of the population moments, and the moving moments against them,
+    ``|mu_R - mu_P| / sqrt(var_P + eps)`` (:func:`mean_gap`) and
+    ``|log((var_P + eps) / (var_R + eps))|`` (:func:`log_var_ratio`), median
+    and max over channels."""
+    population_mean = np.asarray(population_mean, np.float64)
+    population_var = np.asarray(population_var, np.float64)
+    gap = mean_gap(population_mean, population_var, np.asarray(moving_mean, np.float64), epsilon)
+    lvr = np.abs(log_var_ratio(population_var, np.asarray(moving_var, np.float64), epsilon))
+    return {
+        "population_mean": float(np.mean(population_mean)),
+        "population_var": float(np.mean(population_var)),
+        "population_mean_gap/p50": float(np.median(gap)),
+        "population_mean_gap/max": float(np.max(gap)),
+        "population_abs_log_var_ratio/p50": float(np.median(lvr)),
+        "population_abs_log_var_ratio/max": float(np.max(lvr)),
+    }
+
+
 def detrended_autocorrelation(series, window=9):
     """:func:`lag1_autocorrelation` of ``series`` minus its centered moving
     average over ``window`` points (ends padded with the end values).

@@ -78,7 +78,7 @@ class Writer:
         self._keep = int(keep_history)
         self.history = {} if self._keep else None
         self.metric_history = {} if self._keep else None
-        self.probe_history = {} if self._keep else None
+        self.sparse_history = {} if self._keep else None  # probe and population points
         self.train_begins = [] if self._keep else None
         self._tags_with_metadata = set()
         self._layers = {}
@@ -182,15 +182,25 @@ class Writer:
         :func:`quantities.probe_series`) at ``step``. Log them at a step where
         :meth:`layer` logs the layer's series too: readers align a layer's
         series on the union of their steps."""
-        unknown = set(values) - set(metadata.PROBE_SERIES)
+        self._sparse_series(info, step, values, metadata.PROBE_SERIES, "probe")
+
+    def population(self, info: metadata.LayerInfo, step, values):
+        """Logs one layer's population-statistics series
+        (:data:`metadata.POPULATION_SERIES`, from
+        :func:`quantities.population_series`) at ``step``, a step where
+        :meth:`layer` logs the layer's series too."""
+        self._sparse_series(info, step, values, metadata.POPULATION_SERIES, "population")
+
+    def _sparse_series(self, info, step, values, known, what):
+        unknown = set(values) - set(known)
         if unknown:
-            raise ValueError(f"unknown probe series {sorted(unknown)}; known: {list(metadata.PROBE_SERIES)}")
+            raise ValueError(f"unknown {what} series {sorted(unknown)}; known: {list(known)}")
         with self._lock:
             self._emit(step, [self._value(metadata.layer_tag(info.name, q),
                                           lambda q=q: metadata.layer_series_metadata(info, q),
                                           tensor=_scalar_proto(float(v))) for q, v in values.items()])
-            if self.probe_history is not None:
-                points = self.probe_history.setdefault(info.name, collections.deque(maxlen=self._keep))
+            if self.sparse_history is not None:
+                points = self.sparse_history.setdefault(info.name, collections.deque(maxlen=self._keep))
                 points.append((int(step), {q: float(v) for q, v in values.items()}))
 
     def metrics(self, split, values, step):
@@ -241,9 +251,9 @@ class Writer:
             steps = np.array([step for step, _ in rows], np.int64)
             table = np.stack([row for _, row in rows]) if rows else np.zeros((0, len(keys)))
             series = {k: table[:, i] for i, k in enumerate(keys)}
-            # Probe points at steps of the layer's series (NaN elsewhere).
+            # Probe and population points at steps of the layer's series (NaN elsewhere).
             row_of = {int(s): i for i, s in enumerate(steps)}
-            for step, values in self.probe_history.get(name, ()):
+            for step, values in self.sparse_history.get(name, ()):
                 for q, v in values.items():
                     if step in row_of:
                         series.setdefault(q, np.full(len(steps), np.nan))[row_of[step]] = v

@@ -62,5 +62,7 @@ def test_tab_lists_each_demo_run_with_its_findings(demo_logdir, browser):
             if not codes:
                 assert banner.get_attribute("data-level") == "ok"
             frame.wait_for_selector("[data-role=heatmap] canvas")
+            # Population statistics measured at each epoch end: a "vs population" cell per layer.
+            assert frame.locator("[data-role=layers] tbody tr [data-role=population-gap]").count() == 4, run
             page.screenshot(path=str(SHOTS / f"demo-{run}.png"))
         assert errors == []

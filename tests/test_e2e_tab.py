@@ -290,3 +290,55 @@ def test_probe_gap_charts_show_the_logged_numbers(tmp_path, browser):
         n_probe = int(np.isfinite(run.layers["bn1"].series["probe_output_drift"]).sum())
         assert points(frame, "[data-role=chart-probe]") == 4 * n_probe
         assert errors == []
+
+
+def test_population_statistics_show_the_logged_numbers(tmp_path, browser):
+    """A run with population statistics (BNStatsCallback(population_data=),
+    momentum 0.99): the overview's "vs population" column and the layer
+    view's population points and chart show what was logged."""
+    import numpy as np
+
+    import diagnosis_scenarios as scenarios
+    import tb_bnstats
+    from tb_bnstats import summary
+    from tb_bnstats.callback import BNStatsCallback
+
+    logdir = str(tmp_path)
+    x, y = scenarios.digits(n=512)
+    model = scenarios.dense_model(momentum=0.99)
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[BNStatsCallback(
+        tmp_path / "population_m0.99", verbose=0, population_data=(x, y), population_samples=512,
+        population_every_n_steps=4)])
+    for name in ("a", "b"):  # the server fixture waits for 3 runs
+        with summary.Writer(str(tmp_path / name)) as w:
+            w.layer_moments("bn", 1, batch_mean=np.ones(2), batch_var=np.ones(2), moving_mean=np.zeros(2),
+                            moving_var=np.ones(2), updates=1, momentum=0.9, epsilon=1e-3)
+    run = tb_bnstats.load(logdir)["population_m0.99"]
+    with tensorboard(logdir) as base:
+        page, frame, errors, _ = open_tab(browser, base)
+        frame.click("button.bn-chip[data-run=population_m0\\.99]")
+        frame.wait_for_selector("tr[data-layer=bn2] [data-role=population-gap]")
+        for layer in ("bn1", "bn2"):
+            cell = frame.locator(f"tr[data-layer={layer}] [data-role=population-gap]").text_content()
+            gap = run.layers[layer].series["population_mean_gap/max"]
+            assert float(cell) == pytest.approx(gap[np.isfinite(gap)][-1], rel=1e-3)
+        frame.click("tr[data-layer=bn1]")
+        frame.wait_for_selector("[data-role=chart-population] canvas")
+        series = run.layers["bn1"].series
+        measured = int(np.isfinite(series["population_mean"]).sum())
+        assert measured == 9  # steps 1, 4, 8, ..., 32 (the epoch ends, 16 and 32, are on the stride)
+        assert points(frame, "[data-role=chart-population]") == 4 * measured
+        bands = 2 * len(run.layers["bn1"].snapshot_steps)  # channels' p10 and p90 at the snapshot steps
+        assert points(frame, "[data-role=chart-mean]") == 3 * len(run.layers["bn1"].steps) + measured + bands
+        assert "population mean (PreciseBN)" in frame.locator("[data-role=chart-mean] .u-legend").text_content()
+        # The chart's data: the population points where they were measured, nothing elsewhere.
+        shown = frame.evaluate("(() => { const u = document.querySelector('[data-role=chart-mean]').__uplot;"
+                               " const k = u.series.findIndex((s) => s.label === 'population mean (PreciseBN)');"
+                               " return [u.data[0], u.data[k]]; })()")
+        got = {int(s): v for s, v in zip(*shown) if v is not None}
+        want = {int(s): v for s, v in zip(run.layers["bn1"].steps, series["population_mean"]) if np.isfinite(v)}
+        assert sorted(got) == sorted(want) and all(got[s] == pytest.approx(want[s], rel=1e-5) for s in want)
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        frame.locator("[data-role=chart-mean]").scroll_into_view_if_needed()
+        page.screenshot(path=str(SHOTS / "population.png"))
+        assert errors == []

@@ -62,26 +62,6 @@ class ProbeResult:
     layers: Dict[str, ProbeLayer]
 
 
-def validate_probe_data(data):
-    """Raises ValueError unless ``data`` can give a probe batch: ``x``,
-    ``(x, y)`` or ``(x, y, sample_weight)`` arrays with the same number of
-    rows (>= 1), or an iterable of batches (``tf.data.Dataset``,
-    ``PyDataset``, a list of batches)."""
-    array_like = lambda a: hasattr(a, "shape") and hasattr(a, "dtype")  # noqa: E731
-    if isinstance(data, (str, bytes)) or np.isscalar(data):
-        raise ValueError(f"probe_data must be arrays (x, y) or a dataset of batches, got {type(data).__name__}")
-    if array_like(data) or (isinstance(data, tuple) and data and array_like(data[0])):
-        parts = data if isinstance(data, tuple) else (data,)
-        if len(parts) > 3 or not all(array_like(p) and len(p.shape) >= 1 for p in parts):
-            raise ValueError("probe_data as arrays must be x, (x, y) or (x, y, sample_weight), each with a batch axis")
-        rows = {int(p.shape[0]) for p in parts}
-        if len(rows) != 1 or 0 in rows:
-            raise ValueError(f"probe_data arrays must have the same number of rows (>= 1), got {sorted(rows)}")
-        return
-    if isinstance(data, dict) or not hasattr(data, "__iter__"):
-        raise ValueError(f"probe_data must be arrays (x, y) or an iterable of (x, y) batches, got {type(data).__name__}")
-
-
 def take_probe_batch(data, max_samples=MAX_PROBE_SAMPLES):
     """``(x, y_or_None)``: the first ``max_samples`` rows of arrays, or the
     first batch of a dataset cut to ``max_samples`` rows."""

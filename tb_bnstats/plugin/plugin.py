@@ -72,11 +72,13 @@ _INT_RE = re.compile(r"^[0-9]{1,15}$")
 
 # Latest values the overview shows per layer (and its badges use).
 OVERVIEW_QUANTITIES = ("convergence", "updates", "mean_gap/p90", "mean_gap/max",
-                       "abs_log_var_ratio/max", "log_var_ratio/mean", "probe_output_drift")
+                       "abs_log_var_ratio/max", "log_var_ratio/mean", "probe_output_drift",
+                       "population_mean_gap/max")
 HEATMAP_MEASURES = metadata.GAP_SERIES
 DEFAULT_SERIES = metadata.LAYER_SERIES
-# What /series and /compare serve: the per-step series and the probe's.
-SERVED_SERIES = metadata.LAYER_SERIES + metadata.PROBE_SERIES
+# What /series and /compare serve: the per-step series, the probe's and the
+# population statistics' (the last two only at the steps they were measured).
+SERVED_SERIES = metadata.LAYER_SERIES + metadata.PROBE_SERIES + metadata.POPULATION_SERIES
 KERAS_PLUGIN = "scalars"
 
 
@@ -353,6 +355,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
             "gap_measures": list(metadata.GAP_SERIES),
             "layer_quantities": list(metadata.LAYER_SERIES),
             "probe_quantities": list(metadata.PROBE_SERIES),
+            "population_quantities": list(metadata.POPULATION_SERIES),
             "snapshot_rows": list(metadata.SNAPSHOT_ROWS),
             "sampling_hint": self._cap_hint,
             "file_problems": self._file_problems(),

@@ -11,17 +11,21 @@ import { findingsList } from "./findings.js";
 import { findingsOfLayer } from "../findings.js";
 
 const POINTS = 1200;
-const C = { batch: "#0072b2", moving: "#d55e00", debiased: "#009e73", band: "#999999", p90: "#cc79a7", max: "#e69f00", kl: "#56b4e9" };
+const C = { batch: "#0072b2", moving: "#d55e00", debiased: "#009e73", band: "#999999", p90: "#cc79a7", max: "#e69f00", kl: "#56b4e9", population: "#6a3d9a" };
+// A series drawn as points only: measured at some steps (probe, population statistics).
+const AT_POINTS = { points: true };
 
 export const CHARTS = [
   {
-    id: "mean", title: "Mean (channel average)", sub: "batch mean vs moving mean vs debiased moving mean",
-    series: [["batch_mean", "batch mean", C.batch], ["moving_mean", "moving mean", C.moving], ["debiased_mean", "debiased mean", C.debiased, [6, 3]]],
+    id: "mean", title: "Mean (channel average)", sub: "batch mean vs moving mean vs debiased moving mean (vs population mean, where measured)",
+    series: [["batch_mean", "batch mean", C.batch], ["moving_mean", "moving mean", C.moving], ["debiased_mean", "debiased mean", C.debiased, [6, 3]],
+      ["population_mean", "population mean (PreciseBN)", C.population, null, AT_POINTS]],
     band: "moving_mean",
   },
   {
-    id: "var", title: "Variance (channel average)", sub: "batch variance vs moving variance vs debiased", log: true,
-    series: [["batch_var", "batch var", C.batch], ["moving_var", "moving var", C.moving], ["debiased_var", "debiased var", C.debiased, [6, 3]]],
+    id: "var", title: "Variance (channel average)", sub: "batch variance vs moving variance vs debiased (vs population variance, where measured)", log: true,
+    series: [["batch_var", "batch var", C.batch], ["moving_var", "moving var", C.moving], ["debiased_var", "debiased var", C.debiased, [6, 3]],
+      ["population_var", "population var (PreciseBN)", C.population, null, AT_POINTS]],
     band: "moving_var",
   },
   {
@@ -43,6 +47,14 @@ export const CHARTS = [
     sub: "output drift ‖y_train − y_inf‖ / ‖y_train‖ of this layer; the probe batch's moments vs the moving ones (|μP−μR| / √(σ²P+ε), |log var ratio|)",
     series: [["probe_output_drift", "output drift", C.debiased], ["probe_mean_gap/p50", "mean gap, median channel", C.batch],
       ["probe_mean_gap/max", "mean gap, max", C.max], ["probe_abs_log_var_ratio/p50", "|log var ratio|, median channel", C.p90, [6, 3]]],
+  },
+  {
+    // Only with BNStatsCallback(population_data=...); points at the steps measured.
+    id: "population", title: "Moving averages vs population statistics", points: true,
+    sub: "how far what inference uses is from the population moments (PreciseBN): |μR−μP| / √(σ²P+ε) and |log((σ²P+ε)/(σ²R+ε))|; recalibrate sets both to 0",
+    series: [["population_mean_gap/p50", "mean gap, median channel", C.batch], ["population_mean_gap/max", "mean gap, max", C.max],
+      ["population_abs_log_var_ratio/p50", "|log var ratio|, median channel", C.p90, [6, 3]],
+      ["population_abs_log_var_ratio/max", "|log var ratio|, max", C.moving, [6, 3]]],
   },
 ];
 
@@ -135,12 +147,13 @@ export async function renderLayer(root, app, token) {
     }
     const data = alignSeries(parts);
     const raw = data.slice(1);
-    const series = present.map(([q, label, color, dash], k) => ({ label, color, dash, raw: raw[k], spanGaps: true, points: spec.points }));
+    const atPoints = present.map(([, , , , opts]) => Boolean(spec.points || (opts && opts.points)));
+    const series = present.map(([q, label, color, dash], k) => ({ label, color, dash: dash || undefined, raw: raw[k], spanGaps: true, points: atPoints[k] }));
     if (bandRows) {
       series.push({ label: "channels p10 (snapshots)", color: C.band, dash: [2, 2], width: 1, spanGaps: true, points: true, raw: raw[present.length] },
         { label: "channels p90 (snapshots)", color: C.band, dash: [2, 2], width: 1, spanGaps: true, points: true, raw: raw[present.length + 1] });
     }
-    const shown = raw.map((ys, k) => (k < present.length && !spec.points ? smooth(ys, w) : ys));
+    const shown = raw.map((ys, k) => (k < present.length && !atPoints[k] ? smooth(ys, w) : ys));
     const el = h("div", { class: "bn-chart", dataset: { role: `chart-${spec.id}` } });
     const logY = spec.log && app.state.logScale;
     grid.append(card(spec.title, spec.sub + (logY ? " · log scale" : ""),

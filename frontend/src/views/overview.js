@@ -45,6 +45,8 @@ export async function renderOverview(root, app, token) {
   const sparks = new Map();
   // The probe's output drift column, when the run has a probe (BNStatsCallback(probe_data=...)).
   const hasProbe = ov.layers.some((l) => l.latest && l.latest.probe_output_drift !== undefined);
+  // The moving averages against measured population statistics (BNStatsCallback(population_data=...)).
+  const hasPopulation = ov.layers.some((l) => l.latest && l.latest["population_mean_gap/max"] !== undefined);
   for (const layer of ov.layers) {
     const latest = layer.latest || {};
     const conv = latest.convergence;
@@ -62,6 +64,7 @@ export async function renderOverview(root, app, token) {
       h("td", { class: "num", title: `1 - momentum^updates after ${latest.updates} updates; 95% after ${layer.steps_to_95}` },
         fmtPct(conv), h("span", { class: "bn-bar-conv" }, h("span", { style: { width: `${Math.max(0, Math.min(1, conv || 0)) * 100}%` } }))),
       hasProbe ? h("td", { class: "num", dataset: { role: "probe-drift" }, title: `||y_train − y_inf|| / ||y_train|| of this layer's output on the probe batch, latest probe` }, fmtNum(latest.probe_output_drift)) : null,
+      hasPopulation ? h("td", { class: "num", dataset: { role: "population-gap" }, title: "max over channels of |mu_R - mu_P| / sqrt(var_P + eps): the moving mean against the population mean (PreciseBN), latest measurement" }, fmtNum(latest["population_mean_gap/max"])) : null,
       h("td", null, canvas),
       h("td", null, badges)));
   }
@@ -72,6 +75,7 @@ export async function renderOverview(root, app, token) {
       h("th", { title: "|log((var_B+eps)/(var_R+eps))|, max over channels, latest step" }, "var gap"),
       h("th", null, "convergence"),
       hasProbe ? h("th", { title: "train/inference output drift on the probe batch (latest probe): where in depth the gap starts" }, "probe drift") : null,
+      hasPopulation ? h("th", { title: "moving mean vs population mean, in population std, max over channels (latest measurement)" }, "vs population") : null,
       h("th", null, `${app.state.measure} over steps`), h("th", null, "warnings"))),
     body);
   root.append(card("Layers", `${ov.layers.length} BatchNormalization layers · run ${run} · last step ${fmtStep(ov.max_step)}`, null, table));
