@@ -149,6 +149,7 @@ class BNStatsCallback(keras.callbacks.Callback):
         self.population_samples = _positive_int("population_samples", population_samples)
         self.population_batch_size = _positive_int("population_batch_size", population_batch_size)
         self._population_on = False
+        self._last_reading = None  # the capture's reading at the last logged step
         self._probe = None
         self._capture = None
         self._writer = None

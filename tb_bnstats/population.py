@@ -41,8 +41,6 @@ variable it touched is restored bit for bit.
 """
 
 import dataclasses
-import itertools
-import math
 from typing import Dict, List, Optional
 
 import numpy as np

@@ -8,7 +8,6 @@ import pytest
 import tensorflow as tf
 
 import tb_bnstats
-from tb_bnstats import metadata
 from keras_models import BNInputRecorder, InferenceModeBN, bn_layers, conv_net, conv_net_bn_inputs, data
 
 BATCH = 16

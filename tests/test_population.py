@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import tb_bnstats
-from tb_bnstats import population, quantities
+from tb_bnstats import quantities
 from keras_models import bn_layers, conv_net, conv_net_bn_inputs, data
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "demo"))

@@ -12,7 +12,6 @@ import urllib.request
 import warnings
 
 import numpy as np
-import pytest
 
 import tb_bnstats
 from tb_bnstats import eventfile, reader, summary

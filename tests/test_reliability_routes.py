@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 
 from conftest import make_client, write_synthetic
 from tb_bnstats import metadata, summary
-from tb_bnstats.plugin import plugin as plugin_mod
 from test_e2e_tab import tensorboard
 
 P = "/data/plugin/bn_stats"
