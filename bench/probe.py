@@ -1,4 +1,5 @@
-"""Cost of the train/inference gap probe (``BNStatsCallback(probe_data=...)``).
+"""Cost of the train/inference gap probe (``BNStatsCallback(probe_data=...)``)
+and of one population-statistics measurement (``population_data=...``).
 
 The conv net of ``bench/overhead.py`` (8 BN layers, batch 32) is trained with
 the callback; then, in the same process:
@@ -7,7 +8,9 @@ the callback; then, in the same process:
   metrics and per-layer series, through one cached ``tf.function``) is timed
   against one training step of the same fit (median of many);
 * whole epochs with ``probe_every_n_steps=10`` against the same epochs
-  without a probe, alternately ROUNDS times (median epoch-time ratio).
+  without a probe, alternately ROUNDS times (median epoch-time ratio);
+* one ``population_stats`` call of 1024 samples at batch 32 (what the
+  callback runs per measurement, tracing included) against one training step.
 
 Prints ratios, not absolute times. Not a pass/fail test.
 
@@ -27,7 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from overhead import StepTimer, conv_net  # noqa: E402
-from tb_bnstats import BNStatsCallback  # noqa: E402
+from tb_bnstats import BNStatsCallback, population  # noqa: E402
 from tb_bnstats.capture import keras_capture, probe  # noqa: E402
 
 
@@ -69,6 +72,13 @@ def main():
     print(f"epoch time with probe_every_n_steps=10 / without probe: {ratio:.3f} "
           f"({args.steps} steps per epoch, {args.rounds} rounds)")
     print(f"probe traced {gp._fn.experimental_get_tracing_count()} time(s) for {len(runs) + 1} runs")
+    measurements = []
+    for _ in range(5):
+        t = time.perf_counter()
+        population.population_stats(probed, x, num_samples=1024, batch_size=32)
+        measurements.append(time.perf_counter() - t)
+    print(f"one population measurement (1024 samples, batch 32) / one train step (batch 32): "
+          f"{statistics.median(measurements) / step:.1f}")
 
 
 if __name__ == "__main__":
