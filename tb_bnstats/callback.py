@@ -39,6 +39,13 @@ def _positive_int(name, value, allow_zero=False):
     return int(value)
 
 
+def _stride_due(step, every, last_step):
+    """Whether something done every ``every`` steps (0: never), last at
+    ``last_step`` (None: not yet), is due at ``step``: ``step`` is in a new
+    stride of ``every`` steps."""
+    return every > 0 and (last_step is None or step // every != last_step // every)
+
+
 class BNStatsCallback(keras.callbacks.Callback):
     """Logs every BatchNormalization layer's batch moments against its moving
     averages, every training step, for TensorBoard's BN Convergence tab.
@@ -249,22 +256,17 @@ class BNStatsCallback(keras.callbacks.Callback):
         # Keras passes the index of the last step run in this epoch: a step
         # count without a device round trip, to skip steps not logged.
         self._step = self._epoch_start_step + batch + 1
-        probe_due = self._probe is not None and self._due(self.probe_every_n_steps, self._last_probe_step)
-        population_due = self._population_on and self._due(self.population_every_n_steps, self._last_population_step)
-        every = self.log_every_n_steps
-        if (not (probe_due or population_due) and self._last_logged_step is not None
-                and self._step // every == self._last_logged_step // every):
+        probe_due = self._probe is not None and _stride_due(self._step, self.probe_every_n_steps, self._last_probe_step)
+        population_due = self._population_on and _stride_due(self._step, self.population_every_n_steps,
+                                                             self._last_population_step)
+        if not (probe_due or population_due
+                or _stride_due(self._step, self.log_every_n_steps, self._last_logged_step)):
             return
         self._guard("logging batch statistics", self._log_step, logs, False)
         if probe_due:
             self._run_probe()
         if population_due:
             self._run_population()
-
-    def _due(self, every, last_step):
-        """Whether a measurement taken every ``every`` steps (0: never
-        within an epoch), last at ``last_step``, is due at this step."""
-        return every > 0 and (last_step is None or self._step // every != last_step // every)
 
     def _run_probe(self):
         """The probe at the last logged step (logged first, so the probe's
@@ -323,8 +325,8 @@ class BNStatsCallback(keras.callbacks.Callback):
         step = reading.step
         self._last_reading = reading
         new_step = step != self._last_logged_step
-        every, last_snap = self.snapshot_every_n_steps, self._last_snapshot_step
-        snapshot = step != last_snap and (final or (every > 0 and (last_snap is None or step // every != last_snap // every)))
+        last_snap = self._last_snapshot_step
+        snapshot = step != last_snap and (final or _stride_due(step, self.snapshot_every_n_steps, last_snap))
         if not (new_step or snapshot):
             return
         for name, info in self._layer_infos().items():
