@@ -2,11 +2,11 @@
 // iframe and calls render().
 import uplotCss from "uplot/dist/uPlot.min.css";
 import css from "./style.css";
-import { api, routeUrl } from "./api.js";
-import { h } from "./dom.js";
-import { runColor } from "./colors.js";
-import { orderProblems, problemsHeadline } from "./fileproblems.js";
-import { listenForReload } from "./reload.js";
+import { api, routeUrl } from "./model/api.js";
+import { h } from "./ui/dom.js";
+import { runColor } from "./charts/colors.js";
+import { orderProblems, problemsHeadline } from "./model/fileproblems.js";
+import { listenForReload } from "./ui/reload.js";
 import { renderOverview } from "./views/overview.js";
 import { renderLayer } from "./views/layer.js";
 import { renderCompare } from "./views/compare.js";

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { heatColor, heatScale, runColor, RUN_COLORS } from "../src/colors.js";
+import { heatColor, heatScale, runColor, RUN_COLORS } from "../src/charts/colors.js";
 
 test("heat colours span viridis and clamp", () => {
   assert.equal(heatColor(0), "rgb(68,1,84)");

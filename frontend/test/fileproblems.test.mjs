@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { orderProblems, problemsHeadline } from "../src/fileproblems.js";
+import { orderProblems, problemsHeadline } from "../src/model/fileproblems.js";
 
 test("orderProblems: the shown run's problems first, others after, junk dropped", () => {
   const ps = [{ run: "a", file: "1" }, { run: "b", file: "2" }, null, "x", { run: "b", file: "3" }];

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { findingsSummary, worstSeverity, findingsOfLayer } from "../src/findings.js";
+import { findingsSummary, worstSeverity, findingsOfLayer } from "../src/model/findings.js";
 
 test("findingsSummary: counts per severity, plural, calm text when none", () => {
   assert.equal(findingsSummary({ error: 2, warning: 1, info: 0 }), "2 errors, 1 warning");

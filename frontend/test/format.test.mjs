@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { fmtNum, fmtPct, fmtStep, shortName, query, fmtExact } from "../src/format.js";
+import { fmtNum, fmtPct, fmtStep, shortName, query, fmtExact } from "../src/model/format.js";
 
 test("fmtNum: significant digits, exponent for tiny and huge, dashes for missing", () => {
   assert.equal(fmtNum(0.634012), "0.634");

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { probePairs, latestGap } from "../src/probe.js";
+import { probePairs, latestGap } from "../src/model/probe.js";
 
 const s = (split, name, steps, values, source = "bn_stats") => ({ split, name, steps, values, source, key: `${split}/${name}` });
 

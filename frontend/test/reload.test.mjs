@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { listenForReload, DATA_RELOADED } from "../src/reload.js";
+import { listenForReload, DATA_RELOADED } from "../src/ui/reload.js";
 
 test("bootstraps a port with the host and answers DataReloaded after reloading", async () => {
   let hostPort = null;

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { smooth } from "../src/smoothing.js";
+import { smooth } from "../src/model/smoothing.js";
 
 test("weight 0 is the identity", () => {
   assert.deepEqual(smooth([1, 2, 3], 0), [1, 2, 3]);

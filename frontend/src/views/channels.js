@@ -1,9 +1,9 @@
 // Per-channel view at one snapshot step: batch vs moving moments per channel,
 // with a slider over the steps that have a snapshot.
 import uPlot from "uplot";
-import { h, card, downloads } from "../dom.js";
-import { SyncGroup, lineChart } from "../charts.js";
-import { fmtStep } from "../format.js";
+import { h, card, downloads } from "../ui/dom.js";
+import { SyncGroup, lineChart } from "../charts/uplot.js";
+import { fmtStep } from "../model/format.js";
 
 const noLine = () => null;
 

@@ -1,9 +1,9 @@
 // Compare runs: the same layer's quantity from several runs overlaid.
-import { h, card, downloads } from "../dom.js";
-import { SyncGroup, lineChart } from "../charts.js";
-import { alignSeries } from "../downsample.js";
-import { smooth } from "../smoothing.js";
-import { fmtNum, fmtStep } from "../format.js";
+import { h, card, downloads } from "../ui/dom.js";
+import { SyncGroup, lineChart } from "../charts/uplot.js";
+import { alignSeries } from "../model/series.js";
+import { smooth } from "../model/smoothing.js";
+import { fmtNum, fmtStep } from "../model/format.js";
 
 const POINTS = 1200;
 const DEFAULT_QUANTITIES = ["mean_gap/max", "moving_mean", "moving_var", "convergence"];

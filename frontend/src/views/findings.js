@@ -1,8 +1,8 @@
 // The diagnosis findings of a run: a banner ("2 errors, 1 warning" or
 // "No findings") and a list. Clicking a finding, or a layer named in it,
 // opens that layer's detail. Everything from the logs is inserted as text.
-import { h } from "../dom.js";
-import { findingsSummary, worstSeverity } from "../findings.js";
+import { h } from "../ui/dom.js";
+import { findingsSummary, worstSeverity } from "../model/findings.js";
 
 const SOURCE_NOTE = {
   stored: "stored by the callback at the end of its last fit",

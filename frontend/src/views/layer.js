@@ -1,14 +1,14 @@
 // Layer detail: batch vs moving vs debiased moments, the gaps, the
 // convergence curve with momentum, effective window and steps to 95%, and the
 // per-channel view.
-import { h, card, downloads } from "../dom.js";
-import { SyncGroup, lineChart } from "../charts.js";
-import { fmtNum, fmtPct, fmtStep } from "../format.js";
-import { alignSeries } from "../downsample.js";
-import { smooth } from "../smoothing.js";
+import { h, card, downloads } from "../ui/dom.js";
+import { SyncGroup, lineChart } from "../charts/uplot.js";
+import { fmtNum, fmtPct, fmtStep } from "../model/format.js";
+import { alignSeries } from "../model/series.js";
+import { smooth } from "../model/smoothing.js";
 import { renderChannels } from "./channels.js";
 import { findingsList } from "./findings.js";
-import { findingsOfLayer } from "../findings.js";
+import { findingsOfLayer } from "../model/findings.js";
 
 const POINTS = 1200;
 const C = { batch: "#0072b2", moving: "#d55e00", debiased: "#009e73", band: "#999999", p90: "#cc79a7", max: "#e69f00", kl: "#56b4e9", population: "#6a3d9a" };

@@ -1,13 +1,13 @@
 // Overview: layers in depth order with their current gap, convergence,
 // a sparkline and warning badges; the layers x steps heat map of a gap measure
 // with the loss on the same step axis under it.
-import { h, card, downloads } from "../dom.js";
-import { SyncGroup, Y_AXIS_SIZE, heatmapChart, lineChart, sparkline } from "../charts.js";
-import { fmtNum, fmtPct, fmtStep } from "../format.js";
-import { maxPool, alignSeries } from "../downsample.js";
-import { smooth } from "../smoothing.js";
+import { h, card, downloads } from "../ui/dom.js";
+import { SyncGroup, Y_AXIS_SIZE, heatmapChart, lineChart, sparkline } from "../charts/uplot.js";
+import { fmtNum, fmtPct, fmtStep } from "../model/format.js";
+import { maxPool, alignSeries } from "../model/series.js";
+import { smooth } from "../model/smoothing.js";
 import { findingsCard } from "./findings.js";
-import { probePairs, latestGap } from "../probe.js";
+import { probePairs, latestGap } from "../model/probe.js";
 
 const LOSS_COLORS = ["#d55e00", "#0072b2", "#009e73", "#cc79a7", "#e69f00", "#56b4e9"];
 

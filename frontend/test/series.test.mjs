@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { minMaxDownsample, maxPool, alignSeries } from "../src/downsample.js";
+import { minMaxDownsample, maxPool, alignSeries } from "../src/model/series.js";
 
 function lcg(seed) {
   let s = seed >>> 0;

@@ -1,7 +1,7 @@
 // uPlot wrappers: line charts and the layers x steps heat map, with a shared
 // cursor and zoom per group, tooltips with exact values, log scale.
 import uPlot from "uplot";
-import { fmtNum, fmtStep, shortName } from "./format.js";
+import { fmtNum, fmtStep, shortName } from "../model/format.js";
 import { heatColor, heatScale } from "./colors.js";
 
 export function themeColors() {
