@@ -12,7 +12,6 @@ import { renderLayer } from "./views/layer.js";
 import { renderCompare } from "./views/compare.js";
 
 const VIEWS = { overview: renderOverview, layer: renderLayer, compare: renderCompare };
-const POLL_MS = 0; // TensorBoard's reload button drives refreshes (experimental.DataReloaded)
 const MAX_FILE_PROBLEMS_LISTED = 8;
 
 class App {
@@ -215,8 +214,7 @@ export async function render() {
   document.body.appendChild(root);
   app = new App(root);
   window.__bnApp = app; // for tests and the bench
-  listenForReload(() => app.load());
-  if (POLL_MS > 0) setInterval(() => app.load(), POLL_MS);
+  listenForReload(() => app.load()); // TensorBoard's reload button (no polling)
   const mq = window.matchMedia ? window.matchMedia("(prefers-color-scheme: dark)") : null;
   if (mq && mq.addEventListener) mq.addEventListener("change", () => app.show());
   await app.load();

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { fmtNum, fmtPct, fmtStep, shortName, query, fmtExact } from "../src/model/format.js";
+import { fmtNum, fmtPct, fmtStep, shortName, query } from "../src/model/format.js";
 
 test("fmtNum: significant digits, exponent for tiny and huge, dashes for missing", () => {
   assert.equal(fmtNum(0.634012), "0.634");
@@ -14,11 +14,6 @@ test("fmtNum: significant digits, exponent for tiny and huge, dashes for missing
   assert.equal(fmtNum(NaN), "–");
   assert.equal(fmtNum(Infinity), "∞");
   assert.equal(fmtNum(-Infinity), "-∞");
-});
-
-test("fmtExact keeps every digit", () => {
-  assert.equal(fmtExact(0.1 + 0.2), "0.30000000000000004");
-  assert.equal(fmtExact(null), "–");
 });
 
 test("fmtPct", () => {

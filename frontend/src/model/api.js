@@ -3,7 +3,7 @@
 // also under --path_prefix.
 import { query } from "./format.js";
 
-export class ApiError extends Error {}
+class ApiError extends Error {}
 
 /** The url of a route (for fetch and for download links). */
 export function routeUrl(route, params) {
@@ -11,7 +11,7 @@ export function routeUrl(route, params) {
 }
 
 /** GET a JSON route; throws ApiError with the server's reason on a non-2xx. */
-export async function getJson(route, params) {
+async function getJson(route, params) {
   const res = await fetch(routeUrl(route, params), { credentials: "same-origin" });
   let body = null;
   try {

@@ -1,6 +1,6 @@
 // Diagnosis findings (pure helpers; the DOM part is views/findings.js).
 
-export const SEVERITIES = ["error", "warning", "info"];
+const SEVERITIES = ["error", "warning", "info"];
 
 /** "2 errors, 1 warning" from {error: 2, warning: 1, info: 0}; "No findings" when all are 0. */
 export function findingsSummary(counts) {

@@ -10,12 +10,6 @@ export function fmtNum(v, digits = 4) {
   return String(Number(v.toPrecision(digits)));
 }
 
-/** The exact stored value (full float precision, as in CSV). */
-export function fmtExact(v) {
-  if (v === null || v === undefined || Number.isNaN(v)) return "–";
-  return String(v);
-}
-
 /** A fraction in [0, 1] as a percentage: 0.634 -> "63.4%". */
 export function fmtPct(v, digits = 1) {
   if (v === null || v === undefined || !Number.isFinite(v)) return "–";

@@ -1,40 +1,6 @@
-// Client-side reductions (pure): the backend already sends min/max-bucketed
-// series; these fit a series or a heat-map row to a number of pixels.
-
-/**
- * Min and max per bucket of equal x width, first and last kept: spikes survive.
- * @returns {{x: number[], y: Array<number|null>}} in x order.
- */
-export function minMaxDownsample(xs, ys, points) {
-  const n = xs.length;
-  if (n <= Math.max(points, 2)) return { x: xs.slice(), y: ys.slice() };
-  const buckets = Math.max(Math.floor(points / 2), 1);
-  const lo = xs[0];
-  const width = (xs[n - 1] - lo + 1) / buckets;
-  const keep = new Set([0, n - 1]);
-  let b = -1, iMin = -1, iMax = -1;
-  const flush = () => {
-    if (iMin >= 0) keep.add(iMin);
-    if (iMax >= 0) keep.add(iMax);
-  };
-  let firstOfBucket = -1;
-  for (let i = 0; i < n; i++) {
-    const bi = Math.min(Math.floor((xs[i] - lo) / width), buckets - 1);
-    if (bi !== b) {
-      flush();
-      if (iMin < 0 && firstOfBucket >= 0) keep.add(firstOfBucket);
-      b = bi; iMin = -1; iMax = -1; firstOfBucket = i;
-    }
-    const v = ys[i];
-    if (v === null || v === undefined || !Number.isFinite(v)) continue;
-    if (iMin < 0 || v < ys[iMin]) iMin = i;
-    if (iMax < 0 || v > ys[iMax]) iMax = i;
-  }
-  flush();
-  if (iMin < 0 && firstOfBucket >= 0) keep.add(firstOfBucket);
-  const idx = [...keep].sort((a, c) => a - c);
-  return { x: idx.map((i) => xs[i]), y: idx.map((i) => ys[i]) };
-}
+// Series shaping (pure): the server sends series already min/max-downsampled;
+// these put several on one x axis (uPlot's data layout) and fit a heat-map
+// row into a sparkline's width.
 
 /** Max of consecutive groups so that `values` fits `width` cells (nulls ignored). */
 export function maxPool(values, width) {

@@ -15,7 +15,7 @@ const C = { batch: "#0072b2", moving: "#d55e00", debiased: "#009e73", band: "#99
 // A series drawn as points only: measured at some steps (probe, population statistics).
 const AT_POINTS = { points: true };
 
-export const CHARTS = [
+const CHARTS = [
   {
     id: "mean", title: "Mean (channel average)", sub: "batch mean vs moving mean vs debiased moving mean (vs population mean, where measured)",
     series: [["batch_mean", "batch mean", C.batch], ["moving_mean", "moving mean", C.moving], ["debiased_mean", "debiased mean", C.debiased, [6, 3]],
