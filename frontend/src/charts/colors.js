@@ -35,3 +35,10 @@ export function heatScale(v, max, log = true) {
   const x = Math.max(v, 0);
   return log ? Math.log1p(x) / Math.log1p(max) : x / max;
 }
+
+/** The theme's colours: the CSS variables of style.css (light or dark), with fallbacks. */
+export function themeColors() {
+  const cs = getComputedStyle(document.documentElement);
+  const v = (name, fallback) => (cs.getPropertyValue(name) || "").trim() || fallback;
+  return { fg: v("--fg", "#222"), muted: v("--muted", "#777"), grid: v("--grid", "#ddd"), bg: v("--bg", "#fff") };
+}

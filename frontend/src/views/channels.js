@@ -2,7 +2,8 @@
 // with a slider over the steps that have a snapshot.
 import uPlot from "uplot";
 import { h, card, downloads } from "../ui/dom.js";
-import { SyncGroup, lineChart } from "../charts/uplot.js";
+import { SyncGroup } from "../charts/uplot.js";
+import { lineChart } from "../charts/line.js";
 import { fmtStep } from "../model/format.js";
 
 const noLine = () => null;

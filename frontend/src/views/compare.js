@@ -1,6 +1,7 @@
 // Compare runs: the same layer's quantity from several runs overlaid.
 import { h, card, downloads } from "../ui/dom.js";
-import { SyncGroup, lineChart } from "../charts/uplot.js";
+import { SyncGroup } from "../charts/uplot.js";
+import { lineChart } from "../charts/line.js";
 import { alignSeries } from "../model/series.js";
 import { smooth } from "../model/smoothing.js";
 import { fmtNum, fmtStep } from "../model/format.js";

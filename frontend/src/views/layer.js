@@ -2,7 +2,8 @@
 // convergence curve with momentum, effective window and steps to 95%, and the
 // per-channel view.
 import { h, card, downloads } from "../ui/dom.js";
-import { SyncGroup, lineChart } from "../charts/uplot.js";
+import { SyncGroup } from "../charts/uplot.js";
+import { lineChart } from "../charts/line.js";
 import { fmtNum, fmtPct, fmtStep } from "../model/format.js";
 import { alignSeries } from "../model/series.js";
 import { smooth } from "../model/smoothing.js";

@@ -2,7 +2,10 @@
 // a sparkline and warning badges; the layers x steps heat map of a gap measure
 // with the loss on the same step axis under it.
 import { h, card, downloads } from "../ui/dom.js";
-import { SyncGroup, Y_AXIS_SIZE, heatmapChart, lineChart, sparkline } from "../charts/uplot.js";
+import { SyncGroup, Y_AXIS_SIZE } from "../charts/uplot.js";
+import { lineChart } from "../charts/line.js";
+import { heatmapChart } from "../charts/heatmap.js";
+import { sparkline } from "../charts/sparkline.js";
 import { fmtNum, fmtPct, fmtStep } from "../model/format.js";
 import { maxPool, alignSeries } from "../model/series.js";
 import { smooth } from "../model/smoothing.js";

@@ -1,0 +1,114 @@
+// The layers x steps heat map (uPlot canvas): one row per layer, viridis
+// cells, on the same step axis, zoom and cursor as the charts of its group.
+import uPlot from "uplot";
+import { fmtNum, fmtStep, shortName } from "../model/format.js";
+import { heatColor, heatScale, themeColors } from "./colors.js";
+import { INT_INCRS, Y_AXIS_SIZE, autoWidth, followWidthUntilDestroyed, resetBinding, tooltipPlugin } from "./uplot.js";
+
+/**
+ * The layers x steps heat map of a gap measure (one row per layer, depth
+ * order top to bottom), drawn in a uPlot chart so that its step axis lines up
+ * with, zooms with and shares the cursor of the charts of its group.
+ */
+export function heatmapChart(el, hm, o = {}) {
+  const colors = themeColors();
+  const n = hm.layers.length;
+  const edges = hm.step_edges;
+  const max = hm.max || 0;
+  const rowOf = (y) => n - 1 - Math.round(y);
+  const group = o.group;
+  const binOf = (x) => {
+    let lo = 0, hi = edges.length - 2;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (edges[mid] <= x) lo = mid;
+      else hi = mid - 1;
+    }
+    return lo;
+  };
+  const opts = {
+    width: autoWidth(el),
+    height: o.height || Math.min(Math.max(22 * n + 40, 120), 520),
+    legend: { show: false },
+    cursor: { sync: group ? { key: group.key } : undefined, drag: { x: true, y: false, setScale: true }, points: { show: false },
+      bind: resetBinding(group, true) },
+    scales: {
+      x: { time: false, range: (u, a, b) => (a === b ? [a - 1, b + 1] : [a, b]) },
+      y: { range: [-0.5, n - 0.5] },
+    },
+    axes: [
+      { stroke: colors.muted, grid: { show: false }, ticks: { stroke: colors.grid }, incrs: INT_INCRS, values: (u, s) => s.map(fmtStep) },
+      {
+        stroke: colors.muted,
+        size: Y_AXIS_SIZE,
+        grid: { show: false },
+        ticks: { show: false },
+        splits: () => (n <= 24 ? [...Array(n).keys()] : [...Array(n).keys()].filter((i) => i % Math.ceil(n / 24) === 0)),
+        values: (u, splits) => splits.map((y) => shortName(hm.layers[rowOf(y)] || "", 22)),
+      },
+    ],
+    series: [{}, { show: false }],
+    plugins: [
+      tooltipPlugin((u, idx, left, top) => {
+        const x = u.posToVal(left, "x") + 0.5;
+        const y = u.posToVal(top, "y");
+        const row = rowOf(y);
+        if (row < 0 || row >= n || x < edges[0] || x > edges[edges.length - 1]) return null;
+        const j = binOf(x);
+        const v = hm.values[row][j];
+        return [
+          { label: hm.layers[row] },
+          { label: `steps ${Math.ceil(edges[j])}–${Math.ceil(edges[j + 1]) - 1}` },
+          { label: `${hm.measure} (max)`, value: v === null ? "no data" : fmtNum(v, 7) },
+        ];
+      }),
+    ],
+    hooks: {
+      draw: [
+        (u) => {
+          const { ctx } = u;
+          const { left, top, width, height } = u.bbox;
+          ctx.save();
+          ctx.beginPath();
+          ctx.rect(left, top, width, height);
+          ctx.clip();
+          for (let r = 0; r < n; r++) {
+            const yc = n - 1 - r;
+            const y0 = u.valToPos(yc + 0.5, "y", true);
+            const y1 = u.valToPos(yc - 0.5, "y", true);
+            const row = hm.values[r];
+            for (let j = 0; j < row.length; j++) {
+              const c = heatColor(heatScale(row[j], max, true));
+              if (!c) continue;
+              const x0 = u.valToPos(edges[j] - 0.5, "x", true);
+              const x1 = u.valToPos(edges[j + 1] - 0.5, "x", true);
+              if (x1 < left || x0 > left + width) continue;
+              ctx.fillStyle = c;
+              ctx.fillRect(x0, Math.min(y0, y1), Math.max(x1 - x0, 1) + 0.5, Math.abs(y1 - y0) - 1);
+            }
+          }
+          ctx.restore();
+        },
+      ],
+      setScale: [(u, key) => key === "x" && group && group.propagate(u)],
+      setCursor: [(u) => o.onHover && o.onHover(u)],
+    },
+  };
+  el.dataset.chart = o.name || "heatmap";
+  el.dataset.points = String(hm.values.reduce((a, row) => a + row.filter((v) => v !== null).length, 0));
+  const u = new uPlot(opts, [[edges[0], edges[edges.length - 1]], [null, null]], el);
+  el.__uplot = u; // for tests
+  if (group) group.fit(u);
+  else u.setScale("x", { min: edges[0] - 0.5, max: edges[edges.length - 1] - 0.5 });
+  if (o.onClickRow) {
+    let downX = null;
+    u.over.addEventListener("mousedown", (e) => (downX = e.clientX));
+    u.over.addEventListener("click", (e) => {
+      if (downX !== null && Math.abs(e.clientX - downX) > 3) return; // a zoom drag, not a click
+      const row = rowOf(u.posToVal(u.cursor.top, "y"));
+      if (row >= 0 && row < n) o.onClickRow(hm.layers[row]);
+    });
+  }
+  if (group) group.add(u);
+  return followWidthUntilDestroyed(el, u, group);
+}

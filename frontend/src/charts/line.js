@@ -1,0 +1,126 @@
+// Line charts (uPlot): series over steps or channels, log scale, tooltips
+// with exact values, dashed threshold/marker lines (hlines, vlines).
+import uPlot from "uplot";
+import { fmtNum, fmtStep } from "../model/format.js";
+import { themeColors } from "./colors.js";
+import { INT_INCRS, autoWidth, followWidthUntilDestroyed, resetBinding, tooltipPlugin } from "./uplot.js";
+
+/**
+ * A line chart.
+ * @param {HTMLElement} el container (gets data-chart and data-points).
+ * @param {object} o {name, series: [{label, color, dash, width, alpha, points}], data: [xs, ys...],
+ *   logY, group (SyncGroup), height, hlines: [{y, label}], vlines: [{x, label}], yLabel, xIsStep}
+ */
+export function lineChart(el, o) {
+  const colors = themeColors();
+  const data = o.logY ? [o.data[0], ...o.data.slice(1).map((ys) => ys.map((v) => (v > 0 ? v : null)))] : o.data;
+  const xIsStep = o.xIsStep !== false;
+  const group = o.group;
+  const axis = (extra) => ({
+    stroke: colors.muted,
+    grid: { stroke: colors.grid, width: 1 },
+    ticks: { stroke: colors.grid, width: 1 },
+    ...extra,
+  });
+  const opts = {
+    width: autoWidth(el),
+    height: o.height || 220,
+    legend: { show: true, live: false },
+    cursor: {
+      sync: group ? { key: group.key, setSeries: false } : undefined,
+      drag: { x: true, y: false, setScale: true },
+      points: { size: 6 },
+      bind: resetBinding(group, xIsStep),
+    },
+    scales: {
+      // Explicit ranges (zoom) come through here too: never override them.
+      x: { time: false, range: (u, min, max) => (min === max ? [min - 1, max + 1] : [min, max]) },
+      y: o.logY ? { distr: 3 } : { range: o.yRange || undefined },
+    },
+    axes: [
+      axis({ incrs: INT_INCRS, values: (u, splits) => splits.map((v) => (xIsStep ? fmtStep(v) : String(v))), label: o.xLabel, labelSize: o.xLabel ? 18 : 0 }),
+      axis({ size: o.ySize || 64, values: (u, splits) => splits.map((v) => fmtNum(v, 3)), label: o.yLabel, labelSize: o.yLabel ? 18 : 0 }),
+    ],
+    series: [
+      { label: xIsStep ? "step" : o.xLabel || "x" },
+      ...o.series.map((s) => ({
+        label: s.label,
+        stroke: s.color,
+        width: s.width || 1.5,
+        dash: s.dash,
+        alpha: s.alpha,
+        spanGaps: !!s.spanGaps,
+        points: s.points ? { show: true, size: 5, fill: s.color } : { show: false },
+        paths: s.paths,
+        fill: s.fill,
+        show: s.show !== false,
+      })),
+    ],
+    plugins: [
+      tooltipPlugin((u, idx) => {
+        if (idx === null || idx === undefined) return null;
+        const lines = [{ label: `${xIsStep ? "step" : o.xLabel || "x"} ${u.data[0][idx]}` }];
+        o.series.forEach((s, i) => {
+          if (s.tooltip === false || !u.series[i + 1].show) return;
+          const raw = (s.raw || o.data[i + 1])[idx];
+          lines.push({ color: s.color, label: s.label, value: raw === null || raw === undefined ? "–" : fmtNum(raw, 7) });
+        });
+        return lines;
+      }),
+      annotationPlugin(o, colors),
+    ],
+    hooks: {
+      setScale: [(u, key) => key === "x" && group && group.propagate(u)],
+    },
+  };
+  el.dataset.chart = o.name || "";
+  el.dataset.points = String(countPoints(o.data));
+  const u = new uPlot(opts, data, el);
+  el.__uplot = u; // for tests
+  if (group) {
+    group.add(u);
+    if (xIsStep) group.fit(u);
+  }
+  return followWidthUntilDestroyed(el, u, group);
+}
+
+function annotationPlugin(o, colors) {
+  return {
+    hooks: {
+      draw: (u) => {
+        const { ctx } = u;
+        const { left, top, width, height } = u.bbox;
+        ctx.save();
+        ctx.font = `${Math.round(11 * devicePixelRatio)}px sans-serif`;
+        ctx.fillStyle = colors.muted;
+        ctx.strokeStyle = colors.muted;
+        ctx.setLineDash([4 * devicePixelRatio, 4 * devicePixelRatio]);
+        for (const h of o.hlines || []) {
+          const y = u.valToPos(h.y, "y", true);
+          if (!(y >= top && y <= top + height)) continue;
+          ctx.beginPath();
+          ctx.moveTo(left, y);
+          ctx.lineTo(left + width, y);
+          ctx.stroke();
+          if (h.label) ctx.fillText(h.label, left + width - ctx.measureText(h.label).width - 4, y - 4);
+        }
+        for (const v of o.vlines || []) {
+          const x = u.valToPos(v.x, "x", true);
+          if (!(x >= left && x <= left + width)) continue;
+          ctx.beginPath();
+          ctx.moveTo(x, top);
+          ctx.lineTo(x, top + height);
+          ctx.stroke();
+          if (v.label) ctx.fillText(v.label, Math.min(x + 4, left + width - 120 * devicePixelRatio), top + 14 * devicePixelRatio);
+        }
+        ctx.restore();
+      },
+    },
+  };
+}
+
+function countPoints(data) {
+  let n = 0;
+  for (let s = 1; s < data.length; s++) for (const v of data[s]) if (v !== null && v !== undefined) n++;
+  return n;
+}
