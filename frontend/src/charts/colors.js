@@ -1,13 +1,46 @@
-// Colours (pure): run palette and the heat map's colour scale.
+// Every colour the charts use: named colours for quantities (COLORS), the run
+// and loss palettes, the heat map's scale and the theme's CSS colours.
+// Pure except themeColors() (reads the page's CSS variables).
 
-// Colour-blind-friendly palette (Okabe–Ito, then Tol's bright).
+// Colour-blind-friendly hues (Okabe–Ito, then Tol's bright); each written once here.
+const HUE = {
+  blue: "#0072b2", orange: "#e69f00", green: "#009e73", pink: "#cc79a7", sky: "#56b4e9", vermillion: "#d55e00",
+  yellow: "#f0e442", tolBlue: "#4477aa", tolRed: "#ee6677", tolGreen: "#228833", tolYellow: "#ccbb44", tolPurple: "#aa3377",
+  purple: "#6a3d9a", grey: "#999999",
+};
+
+/** One colour per quantity, the same in every view. */
+export const COLORS = {
+  batch: HUE.blue, // batch moments; the mean over channels; training mode on the probe batch
+  moving: HUE.vermillion, // moving averages (what inference uses); inference mode on the probe batch
+  debiased: HUE.green, // debiased moving averages, convergence, probe output drift
+  population: HUE.purple, // population moments (PreciseBN)
+  p90: HUE.pink, // p90 over channels
+  max: HUE.orange, // max over channels
+  band: HUE.grey, // channels' p10 and p90 at the snapshots
+  mean_gap: HUE.orange,
+  log_var_ratio: HUE.sky,
+};
+
+/** One colour per run (chips, compare charts, sparklines), in run order. */
 export const RUN_COLORS = [
-  "#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00",
-  "#f0e442", "#4477aa", "#ee6677", "#228833", "#ccbb44", "#aa3377",
+  HUE.blue, HUE.orange, HUE.green, HUE.pink, HUE.sky, HUE.vermillion,
+  HUE.yellow, HUE.tolBlue, HUE.tolRed, HUE.tolGreen, HUE.tolYellow, HUE.tolPurple,
 ];
 
 export function runColor(i) {
-  return RUN_COLORS[((i % RUN_COLORS.length) + RUN_COLORS.length) % RUN_COLORS.length];
+  return cycle(RUN_COLORS, i);
+}
+
+/** The loss chart's series, in order. */
+export const LOSS_COLORS = [HUE.vermillion, HUE.blue, HUE.green, HUE.pink, HUE.orange, HUE.sky];
+
+export function lossColor(i) {
+  return cycle(LOSS_COLORS, i);
+}
+
+function cycle(palette, i) {
+  return palette[((i % palette.length) + palette.length) % palette.length];
 }
 
 // Viridis, 9 stops.

@@ -4,6 +4,7 @@ import uPlot from "uplot";
 import { h, card, downloads } from "../ui/dom.js";
 import { SyncGroup } from "../charts/uplot.js";
 import { lineChart } from "../charts/line.js";
+import { COLORS } from "../charts/colors.js";
 import { fmtStep } from "../model/format.js";
 
 const noLine = () => null;
@@ -34,9 +35,9 @@ export async function renderChannels(root, app, token, run, layer) {
     const group = new SyncGroup();
     const pts = snap.channels > 64 ? undefined : true;
     const specs = [
-      ["ch-mean", "Mean per channel", [["batch_mean", "batch mean", "#0072b2"], ["moving_mean", "moving mean", "#d55e00"], ["debiased_mean", "debiased mean", "#009e73"]], false],
-      ["ch-var", "Variance per channel", [["batch_var", "batch var", "#0072b2"], ["moving_var", "moving var", "#d55e00"], ["debiased_var", "debiased var", "#009e73"]], app.state.logScale],
-      ["ch-gap", "Gap per channel", [["mean_gap", "mean gap |μB−μR|/√(σ²B+ε)", "#e69f00"], ["log_var_ratio", "log var ratio", "#56b4e9"]], false],
+      ["ch-mean", "Mean per channel", [["batch_mean", "batch mean", COLORS.batch], ["moving_mean", "moving mean", COLORS.moving], ["debiased_mean", "debiased mean", COLORS.debiased]], false],
+      ["ch-var", "Variance per channel", [["batch_var", "batch var", COLORS.batch], ["moving_var", "moving var", COLORS.moving], ["debiased_var", "debiased var", COLORS.debiased]], app.state.logScale],
+      ["ch-gap", "Gap per channel", [["mean_gap", "mean gap |μB−μR|/√(σ²B+ε)", COLORS.mean_gap], ["log_var_ratio", "log var ratio", COLORS.log_var_ratio]], false],
     ];
     for (const [id, title, rows, logY] of specs) {
       const el = h("div", { class: "bn-chart", dataset: { role: `chart-${id}` } });

@@ -4,6 +4,7 @@
 import { h, card, downloads } from "../ui/dom.js";
 import { SyncGroup } from "../charts/uplot.js";
 import { lineChart } from "../charts/line.js";
+import { COLORS } from "../charts/colors.js";
 import { fmtNum, fmtPct, fmtStep } from "../model/format.js";
 import { alignSeries } from "../model/series.js";
 import { smooth } from "../model/smoothing.js";
@@ -12,50 +13,49 @@ import { findingsList } from "./findings.js";
 import { findingsOfLayer } from "../model/findings.js";
 
 const POINTS = 1200;
-const C = { batch: "#0072b2", moving: "#d55e00", debiased: "#009e73", band: "#999999", p90: "#cc79a7", max: "#e69f00", kl: "#56b4e9", population: "#6a3d9a" };
 // A series drawn as points only: measured at some steps (probe, population statistics).
 const AT_POINTS = { points: true };
 
 const CHARTS = [
   {
     id: "mean", title: "Mean (channel average)", sub: "batch mean vs moving mean vs debiased moving mean (vs population mean, where measured)",
-    series: [["batch_mean", "batch mean", C.batch], ["moving_mean", "moving mean", C.moving], ["debiased_mean", "debiased mean", C.debiased, [6, 3]],
-      ["population_mean", "population mean (PreciseBN)", C.population, null, AT_POINTS]],
+    series: [["batch_mean", "batch mean", COLORS.batch], ["moving_mean", "moving mean", COLORS.moving], ["debiased_mean", "debiased mean", COLORS.debiased, [6, 3]],
+      ["population_mean", "population mean (PreciseBN)", COLORS.population, null, AT_POINTS]],
     band: "moving_mean",
   },
   {
     id: "var", title: "Variance (channel average)", sub: "batch variance vs moving variance vs debiased (vs population variance, where measured)", log: true,
-    series: [["batch_var", "batch var", C.batch], ["moving_var", "moving var", C.moving], ["debiased_var", "debiased var", C.debiased, [6, 3]],
-      ["population_var", "population var (PreciseBN)", C.population, null, AT_POINTS]],
+    series: [["batch_var", "batch var", COLORS.batch], ["moving_var", "moving var", COLORS.moving], ["debiased_var", "debiased var", COLORS.debiased, [6, 3]],
+      ["population_var", "population var (PreciseBN)", COLORS.population, null, AT_POINTS]],
     band: "moving_var",
   },
   {
     id: "gap", title: "Mean gap", sub: "|μB−μR| / √(σ²B+ε) per channel, in train-time standard deviations",
-    series: [["mean_gap/mean", "mean over channels", C.batch], ["mean_gap/p90", "p90", C.p90], ["mean_gap/max", "max", C.max]],
+    series: [["mean_gap/mean", "mean over channels", COLORS.batch], ["mean_gap/p90", "p90", COLORS.p90], ["mean_gap/max", "max", COLORS.max]],
   },
   {
     id: "vgap", title: "Variance gap", sub: "|log((σ²B+ε)/(σ²R+ε))| per channel; 0.69 = 2× (dropout 0.5 before BN)",
-    series: [["abs_log_var_ratio/mean", "mean over channels", C.batch], ["abs_log_var_ratio/p90", "p90", C.p90],
-      ["abs_log_var_ratio/max", "max", C.max], ["log_var_ratio/mean", "signed mean (>0: batches wider)", C.moving, [6, 3]]],
+    series: [["abs_log_var_ratio/mean", "mean over channels", COLORS.batch], ["abs_log_var_ratio/p90", "p90", COLORS.p90],
+      ["abs_log_var_ratio/max", "max", COLORS.max], ["log_var_ratio/mean", "signed mean (>0: batches wider)", COLORS.moving, [6, 3]]],
   },
   {
     id: "kl", title: "Symmetric KL", sub: "of N(μB, σ²B+ε) and N(μR, σ²R+ε): both gaps in one number",
-    series: [["sym_kl/mean", "mean over channels", C.batch], ["sym_kl/p90", "p90", C.p90], ["sym_kl/max", "max", C.max]],
+    series: [["sym_kl/mean", "mean over channels", COLORS.batch], ["sym_kl/p90", "p90", COLORS.p90], ["sym_kl/max", "max", COLORS.max]],
   },
   {
     // Only when the run has a probe (BNStatsCallback(probe_data=...)); points at the probe steps.
     id: "probe", title: "Train/inference gap on the probe batch", points: true,
     sub: "output drift ‖y_train − y_inf‖ / ‖y_train‖ of this layer; the probe batch's moments vs the moving ones (|μP−μR| / √(σ²P+ε), |log var ratio|)",
-    series: [["probe_output_drift", "output drift", C.debiased], ["probe_mean_gap/p50", "mean gap, median channel", C.batch],
-      ["probe_mean_gap/max", "mean gap, max", C.max], ["probe_abs_log_var_ratio/p50", "|log var ratio|, median channel", C.p90, [6, 3]]],
+    series: [["probe_output_drift", "output drift", COLORS.debiased], ["probe_mean_gap/p50", "mean gap, median channel", COLORS.batch],
+      ["probe_mean_gap/max", "mean gap, max", COLORS.max], ["probe_abs_log_var_ratio/p50", "|log var ratio|, median channel", COLORS.p90, [6, 3]]],
   },
   {
     // Only with BNStatsCallback(population_data=...); points at the steps measured.
     id: "population", title: "Moving averages vs population statistics", points: true,
     sub: "how far what inference uses is from the population moments (PreciseBN): |μR−μP| / √(σ²P+ε) and |log((σ²P+ε)/(σ²R+ε))|; recalibrate sets both to 0",
-    series: [["population_mean_gap/p50", "mean gap, median channel", C.batch], ["population_mean_gap/max", "mean gap, max", C.max],
-      ["population_abs_log_var_ratio/p50", "|log var ratio|, median channel", C.p90, [6, 3]],
-      ["population_abs_log_var_ratio/max", "|log var ratio|, max", C.moving, [6, 3]]],
+    series: [["population_mean_gap/p50", "mean gap, median channel", COLORS.batch], ["population_mean_gap/max", "mean gap, max", COLORS.max],
+      ["population_abs_log_var_ratio/p50", "|log var ratio|, median channel", COLORS.p90, [6, 3]],
+      ["population_abs_log_var_ratio/max", "|log var ratio|, max", COLORS.moving, [6, 3]]],
   },
 ];
 
@@ -131,7 +131,7 @@ export async function renderLayer(root, app, token) {
       h("div", { class: "bn-note", dataset: { role: "convergence-note" } }, note), el));
     charts.push(lineChart(el, {
       name: "convergence", group, height: 230, yRange: [0, 1.05],
-      series: [{ label: "convergence", color: C.debiased, width: 2 }],
+      series: [{ label: "convergence", color: COLORS.debiased, width: 2 }],
       data: [conv.steps, conv.values],
       hlines: [{ y: 0.95, label: "95%" }],
       vlines: cross === null ? [] : [{ x: cross, label: `95% at step ${cross}` }],
@@ -151,8 +151,8 @@ export async function renderLayer(root, app, token) {
     const atPoints = present.map(([, , , , opts]) => Boolean(spec.points || (opts && opts.points)));
     const series = present.map(([q, label, color, dash], k) => ({ label, color, dash: dash || undefined, raw: raw[k], spanGaps: true, points: atPoints[k] }));
     if (bandRows) {
-      series.push({ label: "channels p10 (snapshots)", color: C.band, dash: [2, 2], width: 1, spanGaps: true, points: true, raw: raw[present.length] },
-        { label: "channels p90 (snapshots)", color: C.band, dash: [2, 2], width: 1, spanGaps: true, points: true, raw: raw[present.length + 1] });
+      series.push({ label: "channels p10 (snapshots)", color: COLORS.band, dash: [2, 2], width: 1, spanGaps: true, points: true, raw: raw[present.length] },
+        { label: "channels p90 (snapshots)", color: COLORS.band, dash: [2, 2], width: 1, spanGaps: true, points: true, raw: raw[present.length + 1] });
     }
     const shown = raw.map((ys, k) => (k < present.length && !atPoints[k] ? smooth(ys, w) : ys));
     const el = h("div", { class: "bn-chart", dataset: { role: `chart-${spec.id}` } });

@@ -6,13 +6,12 @@ import { SyncGroup, Y_AXIS_SIZE } from "../charts/uplot.js";
 import { lineChart } from "../charts/line.js";
 import { heatmapChart } from "../charts/heatmap.js";
 import { sparkline } from "../charts/sparkline.js";
+import { COLORS, lossColor } from "../charts/colors.js";
 import { fmtNum, fmtPct, fmtStep } from "../model/format.js";
 import { maxPool, alignSeries } from "../model/series.js";
 import { smooth } from "../model/smoothing.js";
 import { findingsCard } from "./findings.js";
 import { probePairs, latestGap } from "../model/probe.js";
-
-const LOSS_COLORS = ["#d55e00", "#0072b2", "#009e73", "#cc79a7", "#e69f00", "#56b4e9"];
 
 function matches(name, filter) {
   return !filter || name.toLowerCase().includes(filter.trim().toLowerCase());
@@ -141,7 +140,7 @@ export async function renderOverview(root, app, token) {
     const raw = data.slice(1);
     const series = lossSeries.map((s, i) => ({
       label: s.source === "bn_stats" ? `${s.key}` : `${s.name} (${s.source.replace("keras run ", "Keras ")})`,
-      color: LOSS_COLORS[i % LOSS_COLORS.length],
+      color: lossColor(i),
       spanGaps: true,
       points: s.steps.length <= 60 || s.split !== "train",
       dash: s.source === "bn_stats" ? undefined : [5, 3],
@@ -167,8 +166,8 @@ export async function renderOverview(root, app, token) {
       const body = h("div", null, h("h3", null, pair.name), h("div", { class: "bn-note", dataset: { role: `probe-note-${pair.name}` } }, note), el);
       return { body, draw: () => charts.push(lineChart(el, {
         name: `probe-${pair.name}`, group, height: 180, ySize: Y_AXIS_SIZE,
-        series: [{ label: `${pair.name}, training mode`, color: LOSS_COLORS[1], spanGaps: true, points: true, raw: data[1] },
-          { label: `${pair.name}, inference mode`, color: LOSS_COLORS[0], spanGaps: true, points: true, raw: data[2] }],
+        series: [{ label: `${pair.name}, training mode`, color: COLORS.batch, spanGaps: true, points: true, raw: data[1] },
+          { label: `${pair.name}, inference mode`, color: COLORS.moving, spanGaps: true, points: true, raw: data[2] }],
         data,
       })) };
     });
