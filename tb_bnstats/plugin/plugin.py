@@ -359,6 +359,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
             "snapshot_rows": list(metadata.SNAPSHOT_ROWS),
             "sampling_hint": self._cap_hint,
             "file_problems": self._file_problems(),
+            "thresholds": {"converged": diagnosis.THRESHOLDS["converged"]},
         }, None
 
     @_route(("run",))

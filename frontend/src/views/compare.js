@@ -4,6 +4,7 @@ import { SyncGroup } from "../charts/uplot.js";
 import { lineChart } from "../charts/line.js";
 import { alignSeries } from "../model/series.js";
 import { smooth } from "../model/smoothing.js";
+import { convergedThreshold, thresholdLines } from "../model/thresholds.js";
 import { fmtNum, fmtStep } from "../model/format.js";
 
 const POINTS = 1200;
@@ -57,7 +58,7 @@ export async function renderCompare(root, app, token) {
       name: `compare-${q}`, group, logY, height: 230,
       series: res.runs.map((r, k) => ({ label: r.run, color: app.color(r.run), spanGaps: true, raw: raw[k] })),
       data: [data[0], ...raw.map((ys) => (smoothQ ? smooth(ys, app.state.smoothing) : ys))],
-      hlines: q === "convergence" ? [{ y: 0.95, label: "95%" }] : [],
+      hlines: q === "convergence" ? thresholdLines(convergedThreshold(app.meta)) : [],
     }));
   });
   return () => {

@@ -8,6 +8,7 @@ import { COLORS } from "../charts/colors.js";
 import { fmtNum, fmtPct, fmtStep } from "../model/format.js";
 import { alignSeries } from "../model/series.js";
 import { smooth } from "../model/smoothing.js";
+import { convergedThreshold, firstReached, pctLabel, thresholdLines } from "../model/thresholds.js";
 import { renderChannels } from "./channels.js";
 import { findingsList } from "./findings.js";
 import { findingsOfLayer } from "../model/findings.js";
@@ -121,11 +122,11 @@ export async function renderLayer(root, app, token) {
   // -- convergence (first: has the average converged?) ----------------------------------------------------------------------
   if (conv && conv.steps.length) {
     const el = h("div", { class: "bn-chart", dataset: { role: "chart-convergence" } });
-    let cross = null;
-    for (let k = 0; k < conv.values.length; k++) if (conv.values[k] !== null && conv.values[k] >= 0.95) { cross = conv.steps[k]; break; }
+    const t = convergedThreshold(app.meta); // the server's threshold (/runs), e.g. 0.95; null: no line
+    const cross = firstReached(conv.steps, conv.values, t);
     const note = `momentum ${i.momentum} · effective window ${i.effective_window === null ? "∞" : fmtNum(i.effective_window, 4)} steps · ` +
       `95% after ${fmtStep(i.steps_to_95)} updates (99% after ${fmtStep(i.steps_to_99)}) · now ${fmtPct(convNow)}` +
-      (cross === null ? " · not yet 95%" : ` · reached 95% at step ${cross}`);
+      (t === null ? "" : cross === null ? ` · not yet ${pctLabel(t)}` : ` · reached ${pctLabel(t)} at step ${cross}`);
     grid.append(card("Convergence of the moving averages", "1 − momentum^updates: the weight no longer on the initial values",
       downloads(app.routeUrl, "series", { run, layer: layerName, quantities: "convergence,updates", points: POINTS }),
       h("div", { class: "bn-note", dataset: { role: "convergence-note" } }, note), el));
@@ -133,8 +134,8 @@ export async function renderLayer(root, app, token) {
       name: "convergence", group, height: 230, yRange: [0, 1.05],
       series: [{ label: "convergence", color: COLORS.debiased, width: 2 }],
       data: [conv.steps, conv.values],
-      hlines: [{ y: 0.95, label: "95%" }],
-      vlines: cross === null ? [] : [{ x: cross, label: `95% at step ${cross}` }],
+      hlines: thresholdLines(t),
+      vlines: cross === null ? [] : [{ x: cross, label: `${pctLabel(t)} at step ${cross}` }],
     }));
   }
 
