@@ -1,5 +1,11 @@
 // The BN Convergence tab: TensorBoard imports this module in the plugin's
-// iframe and calls render().
+// iframe and calls render(). This file owns the App: the UI state (view, run,
+// layer, smoothing...), the bar, the run chips and the banners, and it hands
+// the main area to one view at a time.
+//   model/   talking to the server (api.js) and pure data shaping, no DOM
+//   charts/  uPlot charts, sparklines and every colour (colors.js)
+//   ui/      DOM building (dom.js) and TensorBoard's reload button (reload.js)
+//   views/   overview, layer detail (+ per channel, findings), compare runs
 import uplotCss from "uplot/dist/uPlot.min.css";
 import css from "./style.css";
 import { api, routeUrl } from "./model/api.js";

@@ -1,6 +1,6 @@
-// Talks to the plugin's routes with RELATIVE urls: the iframe has
-// <base href="plugin/bn_stats/">, so "runs" is data/plugin/bn_stats/runs,
-// also under --path_prefix.
+// The only module that talks to the server: one function per plugin route.
+// Urls are RELATIVE: the iframe has <base href="plugin/bn_stats/">, so "runs"
+// is data/plugin/bn_stats/runs, also under --path_prefix.
 import { query } from "./format.js";
 
 class ApiError extends Error {}
