@@ -30,8 +30,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from overhead import StepTimer, conv_net  # noqa: E402
-from tb_bnstats import BNStatsCallback, population  # noqa: E402
-from tb_bnstats.capture import keras_capture, probe  # noqa: E402
+from tb_bnstats import BNStatsCallback  # noqa: E402
+from tb_bnstats.measure import population  # noqa: E402
+from tb_bnstats.capture.keras import tensorflow as keras_capture
+from tb_bnstats.measure import gap as probe  # noqa: E402
 
 
 def main():

@@ -14,7 +14,7 @@ What it does:
    20,000 is 42M scalar points) plus per-channel snapshots every
    ``--snapshot-every`` steps and a train loss, into a cache directory
    (``--cache``, default ``~/.cache/tb_bnstats_bench``), once. It uses
-   :class:`tb_bnstats.summary.Writer` (same tags, metadata and event files)
+   :class:`tb_bnstats.Writer` (same tags, metadata and event files)
    but computes the series for all steps of a layer at once with the functions of
    :mod:`tb_bnstats.quantities` instead of calling ``Writer.layer`` per step,
    which would take about an hour at this size (about 2 ms per layer-step).
@@ -45,7 +45,9 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tb_bnstats import metadata, quantities, summary  # noqa: E402
+from tb_bnstats import quantities  # noqa: E402
+from tb_bnstats.format import metadata  # noqa: E402
+from tb_bnstats.write import summary  # noqa: E402
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]

@@ -10,7 +10,7 @@ Prints figures; it is not a pass/fail test (tests/test_memory_bounds.py is).
 
 What it does:
 
-1. ``writer``: the throughput of :class:`tb_bnstats.summary.Writer`: records/s
+1. ``writer``: the throughput of :class:`tb_bnstats.Writer`: records/s
    and MB/s of ``Writer.layer`` (the callback's path: quantities + protobuf +
    record) and of its per-step event refill alone, and what one per-layer
    record is made of (tag strings vs values).
@@ -57,7 +57,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 import tensorflow  # noqa: E402,F401  - event files through TensorFlow's C++ record writer (eventfile.py)
 
 import routes  # noqa: E402  - the route timings, the browser timing and layer_series are shared
-from tb_bnstats import metadata, summary  # noqa: E402
+from tb_bnstats.format import metadata  # noqa: E402
+from tb_bnstats.write import summary  # noqa: E402
 from tensorboard.compat.proto import summary_pb2  # noqa: E402
 
 RUN = "big"  # routes.start_tensorboard / time_routes read a run of this name
@@ -313,18 +314,18 @@ def serve(logdir, flags, layers, steps, browser):
 def bench_callback(tmp, steps, layers=20):
     sys.path.insert(0, str(ROOT / "tests"))
     from test_memory_bounds import fit_with_checkpoints
-    from tb_bnstats import callback
+    from tb_bnstats import recorder
 
     every = max(steps // 10, 1)
     print(f"\n== callback memory: a {layers}-BN MLP, log_every_n_steps=1, {steps} steps, "
-          f"DIAGNOSIS_HISTORY={callback.DIAGNOSIS_HISTORY}; Python heap allocated since step 10 and still held")
+          f"DIAGNOSIS_HISTORY={recorder.DIAGNOSIS_HISTORY}; Python heap allocated since step 10 and still held")
     started = time.time()
     points, _ = fit_with_checkpoints(tmp / "callback", steps, 10, range(every, steps + 1, every), layers)
     print(f"  ({time.time() - started:.0f} s under tracemalloc)")
     print(f"  {'step':>6s} {'heap MB':>8s} {'tb_bnstats MB':>14s} {'RSS MB':>8s}")
     for step, heap, own, rss in points:
         print(f"  {step:6d} {heap / 1e6:8.2f} {own / 1e6:14.3f} {rss / 1e6:8.1f}")
-    full = [p for p in points if p[0] >= callback.DIAGNOSIS_HISTORY + 10 + 256]
+    full = [p for p in points if p[0] >= recorder.DIAGNOSIS_HISTORY + 10 + 256]
     if len(full) >= 2:
         (s0, h0, o0, r0), (s1, h1, o1, r1) = full[0], full[-1]
         n = (s1 - s0) * layers

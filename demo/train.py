@@ -110,7 +110,7 @@ def train(name, run_dir, data, epochs):
     model.fit(x_fit, y_fit, validation_data=(x_val, y_val), verbose=1, callbacks=[callback], **fit_kwargs)
     codes = ", ".join(sorted({f.code for f in callback.findings or []})) or "none"
     # Both modes on the validation data, without changing the model.
-    gap = tb_bnstats.population.gap_report(model, [(x_val, y_val)])
+    gap = tb_bnstats.gap_report(model, [(x_val, y_val)])
     return (f"{name:20s} findings: {codes:12s} validation accuracy: training mode "
             f"{gap.accuracy_train_mode:.0%}, inference mode {gap.accuracy_inference_mode:.0%}")
 

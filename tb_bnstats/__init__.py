@@ -1,23 +1,35 @@
 """tb_bnstats: BatchNormalization statistics for TensorBoard.
 
-``BNStatsCallback``, ``population_stats`` and ``recalibrate`` (Keras),
-``load`` and ``diagnose`` are imported lazily so that
-TensorBoard can import the plugin without TensorFlow or Keras.
+The public API, imported lazily so that TensorBoard can import the plugin
+without TensorFlow or Keras:
+
+* ``BNStatsCallback`` -- the Keras callback (:mod:`tb_bnstats.callback`);
+* ``Writer`` -- log moments from any training loop (:mod:`tb_bnstats.write.summary`);
+* ``load`` -- read logs back as numpy (:mod:`tb_bnstats.read.reader`);
+* ``diagnose``, ``Finding`` -- what is wrong (:mod:`tb_bnstats.diagnosis`);
+* ``diagnose_model`` -- the checks that need the model (:mod:`tb_bnstats.diagnosis.live`);
+* ``population_stats``, ``recalibrate`` -- PreciseBN (:mod:`tb_bnstats.measure.population`);
+* ``gap_report`` -- the train/inference gap of a model (:mod:`tb_bnstats.measure.gap`).
+
+The package layout follows the data: ``capture`` -> ``quantities`` ->
+``write`` -> event files -> ``read`` -> ``diagnosis`` / ``plugin`` -> the
+frontend; ``recorder`` runs the loop, ``measure`` measures a live model,
+``format`` describes the log format (docs/ARCHITECTURE.md).
 """
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "BNStatsCallback": ("tb_bnstats.callback", "BNStatsCallback"),
-    "load": ("tb_bnstats.reader", "load"),
+    "Writer": ("tb_bnstats.write.summary", "Writer"),
+    "load": ("tb_bnstats.read.reader", "load"),
     "diagnose": ("tb_bnstats.diagnosis", "diagnose"),
-    "Finding": ("tb_bnstats.diagnosis", "Finding"),
-    "population_stats": ("tb_bnstats.population", "population_stats"),
-    "recalibrate": ("tb_bnstats.population", "recalibrate"),
+    "Finding": ("tb_bnstats.diagnosis.finding", "Finding"),
+    "diagnose_model": ("tb_bnstats.diagnosis.live", "diagnose_model"),
+    "population_stats": ("tb_bnstats.measure.population", "population_stats"),
+    "recalibrate": ("tb_bnstats.measure.population", "recalibrate"),
+    "gap_report": ("tb_bnstats.measure.gap", "gap_report"),
 }
-
-
-_SUBMODULES = ("summary", "metadata", "quantities", "reader", "diagnosis", "population")
 
 
 def __getattr__(name):
@@ -26,10 +38,7 @@ def __getattr__(name):
     if name in _LAZY:
         module, attr = _LAZY[name]
         return getattr(importlib.import_module(module), attr)
-    if name in _SUBMODULES:
-        return importlib.import_module(f"tb_bnstats.{name}")
     raise AttributeError(f"module 'tb_bnstats' has no attribute {name!r}")
 
 
-__all__ = ["BNStatsCallback", "load", "diagnose", "Finding", "population_stats", "recalibrate", "summary",
-           "metadata", "quantities"]
+__all__ = sorted(_LAZY)

@@ -13,7 +13,8 @@ import sys
 
 
 def _diagnose(args):
-    from tb_bnstats import diagnosis, reader
+    from tb_bnstats import diagnosis
+    from tb_bnstats.read import reader
 
     if not os.path.isdir(args.logdir):
         print(f"tb-bnstats: no such directory: {args.logdir}", file=sys.stderr)

@@ -1,4 +1,6 @@
-"""The math of DESIGN.md §3, in one place, on numpy arrays (float64).
+"""The math, in one place, on numpy arrays (float64). The README's "The math"
+section states each formula with its source; this module is where each one is
+computed, once.
 
 Notation, per channel c: ``mu_B``, ``var_B`` are the batch moments the layer
 normalized with; ``mu_R``, ``var_R`` the moving averages after this step's
@@ -12,16 +14,25 @@ layer's epsilon.
 * convergence          ``1 - m**t``: the weight no longer on the initial value
 * debiased average     ``(ema_t - m**t * init) / (1 - m**t)`` (Adam's bias
   correction with a non-zero initial value, Kingma & Ba 2015, §3)
+* population moments   law of total variance over batches (PreciseBN)
+* output drift         ``||y_train - y_inf|| / ||y_train||`` of one output
 
-Nothing here reads the diagnosis or the log format: the summary writer and the
-reader both call these functions, so a number is derived exactly once.
+``m`` is the weight the average keeps on its old value (Keras' convention;
+PyTorch's ``momentum`` is ``1 - m``); ``m = None`` is a cumulative average
+(PyTorch's ``momentum=None``): after one update nothing of the initial value
+is left.
+
+Nothing here imports another part of tb_bnstats: a layer description is any
+object with the fields of :class:`tb_bnstats.format.metadata.LayerInfo`
+(``name``, ``channels``, ``momentum``, ``epsilon``, ``init_mean``,
+``init_var``, ``ema_of``, ``moving_var_unbiased``). The writer, the
+diagnosis, the measurements and the plugin all call these functions, so a
+number is derived exactly once.
 """
 
 import dataclasses
 
 import numpy as np
-
-from tb_bnstats import metadata
 
 
 def comparable_batch_var(batch_var, samples_per_channel, moving_var_unbiased):
@@ -61,7 +72,11 @@ def symmetric_kl(batch_mean, batch_var, moving_mean, moving_var, epsilon):
 
 
 def initial_weight(momentum, updates):
-    """``m**t``: the weight the moving average still puts on its initial value."""
+    """``m**t``: the weight the moving average still puts on its initial value
+    (a cumulative average, ``momentum=None``: 1 before the first update, 0
+    after)."""
+    if momentum is None:
+        return 1.0 if updates <= 0 else 0.0
     return float(np.power(np.float64(momentum), np.float64(updates)))
 
 
@@ -80,7 +95,7 @@ def debias(ema, initial, momentum, updates):
     return (ema - w * np.asarray(initial, np.float64)) / (1.0 - w)
 
 
-def debiased_variance(moving_var, init_var, info: metadata.LayerInfo, updates):
+def debiased_variance(moving_var, init_var, info, updates):
     """Debiased moving variance. With ``ema_of == "stddev"`` (Keras renorm) the
     average runs over ``sqrt(var + eps)``, started at ``sqrt(init_var)``:
     debias that, then square back."""
@@ -92,19 +107,22 @@ def debiased_variance(moving_var, init_var, info: metadata.LayerInfo, updates):
 
 
 def effective_window(momentum):
-    """``1 / (1 - m)`` steps: the EMA's memory."""
-    return float("inf") if momentum >= 1.0 else 1.0 / (1.0 - momentum)
+    """``1 / (1 - m)`` steps: the EMA's memory (a cumulative average,
+    ``momentum=None``, remembers everything: inf)."""
+    return float("inf") if momentum is None or momentum >= 1.0 else 1.0 / (1.0 - momentum)
 
 
-def steps_to_converge(momentum, fraction=0.95):
+def steps_to_converge(momentum, fraction):
     """Updates needed for ``1 - m**t >= fraction``: ``ceil(log(1-fraction) / log(m))``
-    (0.9: 29, 0.99: 299, 0.999: 2995; DESIGN.md rounds these down)."""
-    if momentum <= 0.0:
+    (at 0.95: 0.9 needs 29, 0.99 299, 0.999 2995; the effective window
+    ``1/(1-m)`` rounds these down). 1 for ``m = 0`` and for a cumulative
+    average (``momentum=None``)."""
+    if momentum is None or momentum <= 0.0:
         return 1
     return int(np.ceil(np.log1p(-fraction) / np.log(momentum)))
 
 
-def _percentiles(rows, percents):
+def percentiles(rows, percents):
     """Percentiles along the last axis with linear interpolation (numpy's
     default method), from one sort: ``np.percentile`` is ~30x slower on the
     few-hundred-channel rows logged every step. NaN sorts last and propagates."""
@@ -123,6 +141,14 @@ def _percentiles(rows, percents):
     return out
 
 
+def channel_aggregates(rows):
+    """``(mean, p50, p90, max)`` over the last axis (channels) of ``rows``:
+    how the per-channel gaps are summarized per layer and step."""
+    rows = np.asarray(rows, np.float64)
+    p50, p90 = percentiles(rows, (50, 90))
+    return rows.mean(axis=-1), p50, p90, rows.max(axis=-1)
+
+
 @dataclasses.dataclass
 class LayerQuantities:
     """Per-channel quantities of one layer at one step."""
@@ -139,32 +165,27 @@ class LayerQuantities:
     convergence: float
     updates: int
 
-    def series(self):
-        """Channel aggregates, keyed by :data:`metadata.LAYER_SERIES` names."""
-        out = {name: float(np.mean(getattr(self, name))) for name in metadata.MOMENT_SERIES}
-        gaps = np.stack([self.mean_gap, np.abs(self.log_var_ratio), self.sym_kl])  # GAP_MEASURES order
-        means, p50, p90, maxes = gaps.mean(axis=1), *_percentiles(gaps, (50, 90)), gaps.max(axis=1)
-        for i, measure in enumerate(metadata.GAP_MEASURES):
-            out[f"{measure}/mean"] = float(means[i])
-            out[f"{measure}/p50"] = float(p50[i])
-            out[f"{measure}/p90"] = float(p90[i])
-            out[f"{measure}/max"] = float(maxes[i])
-        out["log_var_ratio/mean"] = float(np.mean(self.log_var_ratio))
-        out["convergence"] = float(self.convergence)
-        out["updates"] = float(self.updates)
-        return out
 
-    def snapshot(self):
-        """The per-channel rows of :data:`metadata.SNAPSHOT_ROWS`, shape [rows, C]."""
-        return np.stack([np.asarray(getattr(self, row), np.float64) for row in metadata.SNAPSHOT_ROWS])
-
-
-def compute(info: metadata.LayerInfo, batch_mean, batch_var, moving_mean, moving_var, updates,
+def compute(info, batch_mean, batch_var, moving_mean, moving_var, updates,
             samples_per_channel=None, init_mean=None, init_var=None):
     """All quantities of one layer at one step, from its raw moments.
 
-    ``init_mean`` / ``init_var`` are the per-channel values the moving averages
-    started from; by default ``info.init_mean`` / ``info.init_var``.
+    Args:
+        info: the layer (a :class:`tb_bnstats.format.metadata.LayerInfo`).
+        batch_mean, batch_var: the moments the layer normalized with
+            (biased variance), per channel.
+        moving_mean, moving_var: the moving averages after this step.
+        updates: ``t``, updates the averages received, this one included.
+        samples_per_channel: values per channel in the batch, ``n``; needed
+            when ``info.moving_var_unbiased`` (:func:`comparable_batch_var`).
+        init_mean, init_var: per-channel values the averages started from;
+            by default ``info.init_mean`` / ``info.init_var``.
+
+    Returns:
+        :class:`LayerQuantities`.
+
+    Raises:
+        ValueError: an array without one value per channel.
     """
     flat = lambda a: np.asarray(a, np.float64).reshape(-1)  # noqa: E731
     batch_mean, batch_var = flat(batch_mean), flat(batch_var)
@@ -240,9 +261,34 @@ def lag1_autocorrelation(series):
     return float(np.dot(d[1:], d[:-1]) / denom)
 
 
+def output_drift(diff_squared, train_squared):
+    """``||y_train - y_inf|| / ||y_train||`` (Frobenius norms over the whole
+    batch, or over several batches pooled): how much an output changes
+    between training and inference mode; 0 when the moving statistics equal
+    the batch moments everywhere upstream.
+
+    Args:
+        diff_squared: ``sum((y_train - y_inf)**2)``.
+        train_squared: ``sum(y_train**2)`` (sums, so batches pool by adding).
+    """
+    return float(np.sqrt(diff_squared) / max(float(np.sqrt(train_squared)), 1e-12))
+
+
+def argmax_accuracy(labels, predictions):
+    """Fraction of rows whose argmax prediction is the label (integer labels,
+    or one-hot labels of the predictions' shape); None when the predictions
+    are not class scores (one column)."""
+    y = np.asarray(labels)
+    pred = np.asarray(predictions)
+    if pred.ndim < 2 or pred.shape[-1] < 2:
+        return None
+    target = np.argmax(y, -1) if y.shape == pred.shape else y.reshape(pred.shape[:-1])
+    return float(np.mean(np.argmax(pred, -1) == target))
+
+
 def probe_series(epsilon, probe_mean, probe_var, moving_mean, moving_var, output_drift):
     """The per-layer series of the train/inference probe
-    (:data:`metadata.PROBE_SERIES`): the probe batch's moments against the
+    (``PROBE_SERIES`` of the log format): the probe batch's moments against the
     moving ones with :func:`mean_gap` and :func:`log_var_ratio` (median and
     max over channels), and ``output_drift`` as given
     (``||y_train - y_inf|| / ||y_train||`` of the layer's output)."""
@@ -257,7 +303,7 @@ def probe_series(epsilon, probe_mean, probe_var, moving_mean, moving_var, output
 
 
 def population_series(epsilon, population_mean, population_var, moving_mean, moving_var):
-    """The per-layer series of :data:`metadata.POPULATION_SERIES`: channel
+    """The per-layer series of ``POPULATION_SERIES`` (log format): channel
     averages of the population moments, and the moving moments against them,
     ``|mu_R - mu_P| / sqrt(var_P + eps)`` (:func:`mean_gap`) and
     ``|log((var_P + eps) / (var_R + eps))|`` (:func:`log_var_ratio`), median
@@ -294,10 +340,11 @@ def detrended_autocorrelation(series, window=9):
     return lag1_autocorrelation(v - np.convolve(padded, np.ones(window) / window, mode="valid"))
 
 
-def suggested_momentum(updates, choices=(0.99, 0.98, 0.95, 0.9, 0.8, 0.5)):
-    """The largest usual momentum whose average is 95% converged within half
-    of ``updates`` (the other half averages with a converged window)."""
+def suggested_momentum(updates, fraction, choices=(0.99, 0.98, 0.95, 0.9, 0.8, 0.5)):
+    """The largest usual momentum whose average is ``fraction`` converged
+    within half of ``updates`` (the other half averages with a converged
+    window)."""
     for m in choices:
-        if steps_to_converge(m) <= updates / 2.0:
+        if steps_to_converge(m, fraction) <= updates / 2.0:
             return m
     return choices[-1]

@@ -1,6 +1,6 @@
 """Shared fixtures of the plugin tests: a log directory with
 
-* ``synth`` and ``synth_b``: written with :class:`tb_bnstats.summary.Writer`
+* ``synth`` and ``synth_b``: written with :class:`tb_bnstats.Writer`
   from raw moments kept in :data:`SyntheticRun` (so tests recompute every
   number with numpy, independently of the plugin);
 * ``keras`` (optional, ``keras_logdir``): the real ``BNStatsCallback`` on a
@@ -16,7 +16,7 @@ import os
 import numpy as np
 import pytest
 
-from tb_bnstats import summary
+from tb_bnstats.write import summary
 
 SYNTH_STEPS = 120
 SNAPSHOT_EVERY = 40
@@ -97,7 +97,7 @@ def write_keras_run(logdir, run="keras", epochs=2, steps_per_epoch=4):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
 
-    from tb_bnstats.callback import BNStatsCallback
+    from tb_bnstats import BNStatsCallback
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([

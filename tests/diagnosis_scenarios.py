@@ -221,13 +221,13 @@ def scenario_of(name):
 
 def live_findings(name, model):
     """Findings that need the trained model, not the logs: S5 (dropout
-    before BN) through :func:`tb_bnstats.population.diagnose_model`."""
-    from tb_bnstats import population
+    before BN) through :func:`tb_bnstats.diagnose_model`."""
+    import tb_bnstats
 
     if name != "s5_dropout_before_bn":
         return []
     x, y = digits(n=896)
-    return population.diagnose_model(model, (x, y), num_samples=512, run=name)
+    return tb_bnstats.diagnose_model(model, (x, y), num_samples=512, run=name)
 
 
 def confusion_table(logdir, live=None):

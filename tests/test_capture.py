@@ -303,4 +303,4 @@ class _BreakWriter(keras.callbacks.Callback):
         self.target, self.broken = target, broken
 
     def on_train_begin(self, logs=None):
-        self.target._writer.layer = self.broken
+        self.target._recorder.writer.layer = self.broken

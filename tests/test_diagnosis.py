@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import tb_bnstats
-from tb_bnstats import diagnosis, summary
+from tb_bnstats import diagnosis
+from tb_bnstats.write import summary
 import diagnosis_scenarios as scenarios
 
 
@@ -34,7 +35,7 @@ def test_each_scenario_produces_exactly_its_finding(suite, run):
     assert _produced(findings, run) == scenarios.EXPECTED[run]
     for f in findings:
         assert f.code in diagnosis.CODES and f.severity in diagnosis.SEVERITIES
-        assert f.scenario == diagnosis.CODES[f.code][0]
+        assert f.scenario == diagnosis.CODES[f.code].scenario
         assert set(f.evidence) == set(f.layers) and f.message.startswith(f.layers[0] + ":")
     # The callback diagnosed the same from memory at the end of fit, and stored it in the logs.
     from_callback = {(f.code, f.severity): f.layers for f in callbacks[run].findings}
@@ -58,15 +59,14 @@ def test_messages_carry_the_numbers_and_the_fix(suite):
 
 
 def test_s5_dropout_before_bn_is_found_on_the_live_model(suite):
-    from tb_bnstats import population
 
     x, y = scenarios.digits(n=896)
-    found = population.diagnose_model(suite[1]["s5_dropout_before_bn"], (x, y), num_samples=512)
+    found = tb_bnstats.diagnose_model(suite[1]["s5_dropout_before_bn"], (x, y), num_samples=512)
     assert [(f.code, f.severity, f.layers) for f in found] == [("BN004", "warning", ["bn2"])]
     assert found[0].evidence["bn2"]["train_vs_inference_log_var_ratio"] > 0.5  # dropout 0.5: up to log 2
     for healthy in ("healthy_dense_s0", "healthy_conv_s0"):
         xs = x.reshape(-1, 8, 8, 1) if "conv" in healthy else x
-        assert population.diagnose_model(suite[1][healthy], xs, num_samples=256) == []
+        assert tb_bnstats.diagnose_model(suite[1][healthy], xs, num_samples=256) == []
 
 
 def test_variance_shift_rule_on_logged_series(tmp_path):

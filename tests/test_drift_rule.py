@@ -6,7 +6,8 @@ test_demo.py; here the quantity against numpy and the rule on written logs."""
 import numpy as np
 
 import tb_bnstats
-from tb_bnstats import diagnosis, quantities, summary
+from tb_bnstats import diagnosis, quantities
+from tb_bnstats.write import summary
 
 
 def _by_hand(v, w):

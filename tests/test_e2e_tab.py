@@ -221,7 +221,7 @@ def test_names_are_inserted_as_text(tmp_path, browser):
     """Run and layer names are data: markup in them must show as text."""
     import numpy as np
 
-    from tb_bnstats import summary
+    from tb_bnstats.write import summary
 
     run, layer = "<b>run</b>", "<img src=x onerror=document.body.dataset.pwned=1>"
     with summary.Writer(str(tmp_path / run)) as w:
@@ -293,7 +293,7 @@ def test_population_statistics_show_the_logged_numbers(tmp_path, browser):
 
     import diagnosis_scenarios as scenarios
     import tb_bnstats
-    from tb_bnstats.callback import BNStatsCallback
+    from tb_bnstats import BNStatsCallback
 
     logdir = str(tmp_path)
     x, y = scenarios.digits(n=512)

@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import make_client
-from tb_bnstats import reader, summary
+from tb_bnstats.read import reader
+from tb_bnstats.write import summary
 from test_e2e_tab import CHROMIUM, open_tab, tensorboard
 
 P = "/data/plugin/bn_stats"

@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tb_bnstats import callback as callback_module  # noqa: E402
+from tb_bnstats import BNStatsCallback, recorder  # noqa: E402
 
 
 def _rss_bytes():
@@ -88,7 +88,7 @@ def fit_with_checkpoints(log_dir, steps, start, checkpoints, layers=20, batch=8)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(steps * batch, 8)).astype("float32")
     y = rng.integers(0, 2, steps * batch)
-    bn = callback_module.BNStatsCallback(str(log_dir), log_every_n_steps=1, snapshot_every_n_steps=100, verbose=0)
+    bn = BNStatsCallback(str(log_dir), log_every_n_steps=1, snapshot_every_n_steps=100, verbose=0)
     probe = MemoryCheckpoints(start, checkpoints)
     try:
         model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=[bn, probe])
@@ -104,7 +104,7 @@ def test_callback_heap_is_flat_once_the_history_is_full(tmp_path, monkeypatch):
     # steps apart, a multiple of 64 (a deque grows in blocks of 64 entries).
     history, layers = 16, 20
     start, full, mid, late = 10, 30, 280, 472
-    monkeypatch.setattr(callback_module, "DIAGNOSIS_HISTORY", history)
+    monkeypatch.setattr(recorder, "DIAGNOSIS_HISTORY", history)
     points, bn = fit_with_checkpoints(tmp_path / "run", late, start, (full, mid, late), layers)
     assert [p[0] for p in points] == [full, mid, late]
     own = {step: o for step, _, o, _ in points}

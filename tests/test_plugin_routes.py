@@ -113,7 +113,7 @@ def test_overview_latest_values(client, keras_logdir):
 
 
 def test_overview_flags_frozen_layer(tmp_path):
-    from tb_bnstats import summary
+    from tb_bnstats.write import summary
 
     with summary.Writer(str(tmp_path / "frozen")) as w:
         for step in (1, 2, 3):
@@ -320,7 +320,7 @@ def test_bad_parameters_answer_400_with_reason(client, url, reason):
 
 
 def test_snapshot_missing_for_layer_without_snapshots(tmp_path):
-    from tb_bnstats import summary
+    from tb_bnstats.write import summary
 
     with summary.Writer(str(tmp_path / "r")) as w:
         w.layer_moments("bn", 1, batch_mean=np.ones(2), batch_var=np.ones(2), moving_mean=np.zeros(2),
@@ -331,7 +331,7 @@ def test_snapshot_missing_for_layer_without_snapshots(tmp_path):
 
 
 def test_nan_values_are_null_in_json(tmp_path):
-    from tb_bnstats import summary
+    from tb_bnstats.write import summary
 
     with summary.Writer(str(tmp_path / "r")) as w:
         for step in (1, 2, 3):
@@ -397,7 +397,7 @@ def _write_findings_logdir(logdir, stored=None):
     """``slow``: one layer at momentum 0.99 whose batches sit 2 std from its
     moving mean for 60 steps (BN001 fires); ``healthy``: momentum 0.9, batches
     at the moving mean (no finding)."""
-    from tb_bnstats import summary
+    from tb_bnstats.write import summary
 
     rng = np.random.default_rng(3)
     for run, m, true_mean in (("slow", 0.99, 2.0), ("healthy", 0.9, 1.0)):

@@ -50,13 +50,13 @@ def test_population_stats_equal_numpy_over_the_same_batches_and_change_nothing(t
     # Trained with the callback: its capture wrappers and counters must not move either.
     model.fit(x, y, batch_size=16, epochs=1, verbose=0,
               callbacks=[tb_bnstats.BNStatsCallback(tmp_path / "run", verbose=0)])
-    from tb_bnstats.capture.keras_capture import _PROBES
+    from tb_bnstats.capture.keras.tensorflow import _SLOTS
 
-    counters = [int(_PROBES[layer].updates.numpy()) for layer in bn_layers(model)]
+    counters = [int(_SLOTS[layer].updates.numpy()) for layer in bn_layers(model)]
     before = _variables(model)
     stats = tb_bnstats.population_stats(model, (x, y), batch_size=16)
     _assert_bit_identical(model, before)
-    assert [int(_PROBES[layer].updates.numpy()) for layer in bn_layers(model)] == counters
+    assert [int(_SLOTS[layer].updates.numpy()) for layer in bn_layers(model)] == counters
     assert sorted(stats) == sorted(NAMES)
     inputs = [conv_net_bn_inputs(model, x[i:i + 16]) for i in range(0, 56, 16)]
     for k, name in enumerate(NAMES):

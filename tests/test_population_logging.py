@@ -11,8 +11,8 @@ import pytest
 import tensorflow as tf
 
 import tb_bnstats
-from tb_bnstats import metadata
-from tb_bnstats.callback import BNStatsCallback
+from tb_bnstats.format import metadata
+from tb_bnstats import BNStatsCallback
 import diagnosis_scenarios as scenarios
 
 BATCH = 32

@@ -10,9 +10,12 @@ import pytest
 import tensorflow as tf
 
 import tb_bnstats
-from tb_bnstats import metadata, quantities, summary
-from tb_bnstats.capture import keras_capture, probe
-from tb_bnstats.callback import BNStatsCallback
+from tb_bnstats import quantities
+from tb_bnstats.format import metadata
+from tb_bnstats.write import summary
+from tb_bnstats.capture.keras import tensorflow as keras_capture
+from tb_bnstats.measure import gap as probe
+from tb_bnstats import BNStatsCallback
 import diagnosis_scenarios as scenarios
 
 
@@ -27,7 +30,7 @@ def _state(model):
     values += [v.numpy().copy() for v in model.optimizer.variables]
     values += [v.numpy().copy() for v in model.metrics_variables]
     for layer in model._flatten_layers(include_self=False, recursive=True):
-        p = keras_capture._PROBES.get(layer)
+        p = keras_capture._SLOTS.get(layer)
         if p is not None and p.channels is not None:
             values += [p.batch_mean.numpy().copy(), p.batch_var.numpy().copy(), p.updates.numpy().copy()]
     return values

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from tb_bnstats import metadata, quantities
+from tb_bnstats import quantities
+from tb_bnstats.format import metadata
+from tb_bnstats.write import summary
 
 
 def test_debias_recovers_true_variance_design_example():
@@ -21,9 +23,9 @@ def test_convergence_and_windows():
     assert quantities.convergence(0.99, 0) == 0.0
     assert quantities.effective_window(0.99) == pytest.approx(100.0)
     for m in (0.9, 0.99, 0.999):
-        n = quantities.steps_to_converge(m)
+        n = quantities.steps_to_converge(m, 0.95)
         assert 1 - m**n >= 0.95 > 1 - m ** (n - 1)
-    assert [quantities.steps_to_converge(m) for m in (0.9, 0.99, 0.999)] == [29, 299, 2995]
+    assert [quantities.steps_to_converge(m, 0.95) for m in (0.9, 0.99, 0.999)] == [29, 299, 2995]
 
 
 def _kl(m1, v1, m2, v2):
@@ -47,7 +49,7 @@ def test_identical_moments_have_zero_gap():
     x = np.array([0.5, -1.0, 2.0])
     v = np.array([1.0, 2.0, 0.5])
     q = quantities.compute(info, x, v, x, v, updates=10)
-    s = q.series()
+    s = summary.layer_series(q)
     assert s["mean_gap/max"] == 0 and s["sym_kl/max"] == 0 and s["abs_log_var_ratio/max"] == 0
 
 
@@ -91,12 +93,12 @@ def test_layer_info_validates(bad):
 @pytest.mark.parametrize("n", [1, 2, 5, 64, 333])
 def test_percentiles_match_numpy(n):
     rows = np.random.default_rng(n).normal(size=(3, n))
-    p50, p90 = quantities._percentiles(rows, (50, 90))
+    p50, p90 = quantities.percentiles(rows, (50, 90))
     np.testing.assert_allclose(p50, np.percentile(rows, 50, axis=1), rtol=1e-12)
     np.testing.assert_allclose(p90, np.percentile(rows, 90, axis=1), rtol=1e-12)
 
 
 def test_nan_moments_propagate_into_aggregates():
     info = metadata.LayerInfo(name="bn", channels=3, momentum=0.9, epsilon=1e-3)
-    s = quantities.compute(info, [0.0, np.nan, 1.0], [1, 1, 1], [0, 0, 0], [1, 1, 1], 5).series()
+    s = summary.layer_series(quantities.compute(info, [0.0, np.nan, 1.0], [1, 1, 1], [0, 0, 0], [1, 1, 1], 5))
     assert np.isnan(s["mean_gap/max"]) and np.isnan(s["mean_gap/p90"]) and np.isnan(s["batch_mean"])

@@ -14,7 +14,8 @@ import warnings
 import numpy as np
 
 import tb_bnstats
-from tb_bnstats import eventfile, reader, summary
+from tb_bnstats.read import integrity
+from tb_bnstats.write import summary
 from conftest import make_client
 from test_e2e_tab import CHROMIUM, CHROMIUM_ARGS, SHOTS, open_tab, tensorboard
 
@@ -60,7 +61,7 @@ def damaged_logdir(logdir):
     for run, content in damage.items():
         with open(write_run(logdir, run), "wb") as f:
             f.write(content)
-    old = time.time() - 2 * reader.STALE_S  # not being written any more
+    old = time.time() - 2 * integrity.STALE_S  # not being written any more
     for path in glob.glob(os.path.join(logdir, "*", "*tfevents*")):
         os.utime(path, (old, old))
     return at, data
@@ -68,7 +69,7 @@ def damaged_logdir(logdir):
 
 def test_check_records_finds_each_kind_of_damage(tmp_path):
     at, data = damaged_logdir(str(tmp_path))
-    got = {os.path.basename(os.path.dirname(p)): eventfile.check_records(p)
+    got = {os.path.basename(os.path.dirname(p)): integrity.check_records(p)
            for p in glob.glob(str(tmp_path / "*" / "*tfevents*"))}
     assert got["good"] == (len(data), len(data), None)
     assert got["cut"] == (at, at + 20, "incomplete")
@@ -78,7 +79,7 @@ def test_check_records_finds_each_kind_of_damage(tmp_path):
     assert got["empty"] == (0, 0, None)
     # A deadline in the past stops at once, with no problem claimed.
     path = glob.glob(str(tmp_path / "garbage" / "*tfevents*"))[0]
-    assert eventfile.check_records(path, 0, deadline=time.monotonic() - 1) == (0, len(data) + 100, None)
+    assert integrity.check_records(path, 0, deadline=time.monotonic() - 1) == (0, len(data) + 100, None)
 
 
 def test_load_returns_what_is_readable_and_warns_about_the_rest(tmp_path):
@@ -120,7 +121,7 @@ def test_a_file_being_written_is_not_a_problem(tmp_path):
     offsets = record_offsets(data)
     with open(path, "wb") as f:
         f.write(data[:offsets[CUT] + 20])
-    check = reader.EventFileCheck(tmp_path)
+    check = integrity.EventFileCheck(tmp_path)
     assert check.problems() == []
     with open(path, "ab") as f:
         f.write(data[offsets[CUT] + 20:])

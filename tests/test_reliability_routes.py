@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import make_client, write_synthetic
-from tb_bnstats import metadata, summary
+from tb_bnstats.format import metadata
+from tb_bnstats.write import summary
 from test_e2e_tab import tensorboard
 
 P = "/data/plugin/bn_stats"

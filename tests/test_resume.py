@@ -171,7 +171,7 @@ def test_bn008_from_a_hand_written_record_names_the_unsafe_steps(tmp_path):
     """summary.Writer.train_begin (custom loops): a layer at its initial
     values at step 100 that has converged again since is still BN008, with
     the steps whose statistics did not match; one never updated is not."""
-    from tb_bnstats import summary
+    from tb_bnstats.write import summary
 
     rng = np.random.default_rng(0)
     with summary.Writer(tmp_path / "custom") as w:

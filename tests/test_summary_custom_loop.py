@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tb_bnstats  # noqa: E402
-from tb_bnstats import summary  # noqa: E402
+from tb_bnstats.write import summary  # noqa: E402
 
 
 def test_custom_loop_hand_written_bn(tmp_path):
@@ -76,7 +76,7 @@ def test_load_unknown_run_names_the_runs(tmp_path):
 def test_both_event_file_backends_write_what_tensorboard_reads(tmp_path, monkeypatch):
     """With TensorFlow imported the writer uses its C++ TFRecordWriter; without,
     TensorBoard's pure-Python writer. Both must read back the same."""
-    from tb_bnstats import eventfile
+    from tb_bnstats.write import eventfile
 
     def write(run):
         with summary.Writer(tmp_path / run) as writer:

@@ -22,7 +22,7 @@ import pytest
 import tb_bnstats
 from conftest import make_client
 from keras_models import conv_net, data
-from tb_bnstats import summary
+from tb_bnstats.write import summary
 from test_e2e_tab import tensorboard
 
 TESTS = str(pathlib.Path(__file__).resolve().parent)
@@ -108,7 +108,7 @@ from keras_models import conv_net, data
 
 class Report(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
-        w = self.model_cb._writer
+        w = self.model_cb._recorder.writer
         print("WRITER", w.path if w is not None else None,
               os.path.islink(w.path) if w is not None else None, flush=True)
 {on_begin}

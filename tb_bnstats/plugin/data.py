@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from tb_bnstats import quantities
+from tb_bnstats.diagnosis.codes import THRESHOLDS
 
 # Points per tag that TensorBoard keeps unless told otherwise: the data server
 # keeps 1000 per SCALAR tag and 100 per TENSOR tag; the Python loader
@@ -133,11 +134,11 @@ def merge_sampling(infos):
 def derived(info):
     """Numbers the tab shows next to a layer, from :mod:`tb_bnstats.quantities`
     (the frontend never re-derives them)."""
-    m = float(info.momentum)
+    m = info.momentum
     window = quantities.effective_window(m)
     return {
         "effective_window": window if math.isfinite(window) else None,
-        "steps_to_95": quantities.steps_to_converge(m, 0.95),
+        "steps_to_95": quantities.steps_to_converge(m, THRESHOLDS["converged"]),
         "steps_to_99": quantities.steps_to_converge(m, 0.99),
     }
 
@@ -146,7 +147,6 @@ def derived(info):
 # glance. They are hints, not the diagnosis.
 MEAN_GAP_P90_WARN = 0.5  # |mu_B - mu_R| / sigma_B, 90th percentile over channels
 LOG_VAR_RATIO_WARN = 0.25  # |mean log((var_B+eps)/(var_R+eps))|, exp(0.25) = 1.28x
-CONVERGENCE_WARN = 0.95
 
 
 def badges(info, latest):
@@ -157,8 +157,8 @@ def badges(info, latest):
         out.append({"id": "frozen", "label": "no updates",
                     "detail": "moving averages never updated (layer frozen or called with training=False)"
                     if updates == 0 else "layer is frozen (trainable=False): moving averages are not updated"})
-    elif conv is not None and conv < CONVERGENCE_WARN:
-        need = quantities.steps_to_converge(float(info.momentum), CONVERGENCE_WARN)
+    elif conv is not None and conv < THRESHOLDS["converged"]:
+        need = quantities.steps_to_converge(info.momentum, THRESHOLDS["converged"])
         out.append({"id": "not_converged", "label": f"{conv * 100:.0f}% converged",
                     "detail": f"moving averages still hold {100 - conv * 100:.1f}% of their initial values after "
                               f"{int(updates or 0)} updates; momentum {info.momentum:g} needs {need} for 95%"})

@@ -1,13 +1,13 @@
-"""Writes the log format of :mod:`tb_bnstats.metadata` into TensorBoard event
-files, without TensorFlow ops: one ``Event`` per layer per logged step,
-appended to an event file of :mod:`tb_bnstats.eventfile`.
+"""Writes the log format of :mod:`tb_bnstats.format.metadata` into TensorBoard
+event files, without TensorFlow ops: one ``Event`` per layer per logged step,
+appended to an event file of :mod:`tb_bnstats.write.eventfile`.
 
 The Keras callback uses it, and so can a custom training loop or a hand-written
 batch norm::
 
-    from tb_bnstats import summary
+    from tb_bnstats import Writer
 
-    writer = summary.Writer("logs/run1")
+    writer = Writer("logs/run1")
     for step, (x, y) in enumerate(data, start=1):
         mean, var = tf.nn.moments(h, axes=[0])          # what your BN normalizes with
         ...                                            # update moving_mean / moving_var
@@ -29,7 +29,10 @@ import time
 
 import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
-from tb_bnstats import eventfile, metadata, quantities
+
+from tb_bnstats import quantities
+from tb_bnstats.format import metadata, records
+from tb_bnstats.write import eventfile
 
 logger = logging.getLogger("tb_bnstats")
 
@@ -61,6 +64,27 @@ def _tensor_proto(array):
     )
 
 
+def layer_series(q: quantities.LayerQuantities) -> dict:
+    """The per-step values of :data:`metadata.LAYER_SERIES` of one layer: the
+    channel means of the moments, the channel aggregates
+    (:func:`quantities.channel_aggregates`) of each gap measure, and the
+    layer's state."""
+    out = {name: float(np.mean(getattr(q, name))) for name in metadata.MOMENT_SERIES}
+    gaps = np.stack([q.mean_gap, np.abs(q.log_var_ratio), q.sym_kl])  # GAP_MEASURES order
+    for measure, aggregates in zip(metadata.GAP_MEASURES, zip(*quantities.channel_aggregates(gaps))):
+        for aggregate, value in zip(metadata.GAP_AGGREGATES, aggregates):
+            out[f"{measure}/{aggregate}"] = float(value)
+    out["log_var_ratio/mean"] = float(np.mean(q.log_var_ratio))
+    out["convergence"] = float(q.convergence)
+    out["updates"] = float(q.updates)
+    return out
+
+
+def snapshot_rows(q: quantities.LayerQuantities) -> np.ndarray:
+    """The per-channel rows of :data:`metadata.SNAPSHOT_ROWS`, shape [rows, C]."""
+    return np.stack([np.asarray(getattr(q, row), np.float64) for row in metadata.SNAPSHOT_ROWS])
+
+
 class Writer:
     """An event-file writer for BN statistics.
 
@@ -68,13 +92,13 @@ class Writer:
         logdir: the run's directory (created if missing).
         flush_secs: pending records reach the disk at least this often.
         max_queue: records held in memory before a write blocks.
+        keep_history: also keep in memory the last this many logged steps of
+            every layer series and metric (~350 bytes per layer per step),
+            for :meth:`run_data`; 0 keeps nothing.
     """
 
     def __init__(self, logdir, flush_secs=DEFAULT_FLUSH_SECS, max_queue=1000, keep_history=0):
         self._writer = eventfile.open_event_file(logdir, flush_secs, max_queue)
-        # keep_history=N > 0: also keep in memory the last N logged steps of
-        # every layer series and metric (~350 bytes per layer per step), for
-        # run_data(): the callback diagnoses from it at train end.
         self._keep = int(keep_history)
         self.history = {} if self._keep else None
         self.metric_history = {} if self._keep else None
@@ -125,8 +149,23 @@ class Writer:
               samples_per_channel=None, snapshot=False, init_mean=None, init_var=None, series=True):
         """Logs one layer at one step: the aggregates of
         :data:`metadata.LAYER_SERIES` (unless ``series=False``) and, with
-        ``snapshot=True``, the per-channel rows. Returns the
-        :class:`quantities.LayerQuantities`."""
+        ``snapshot=True``, the per-channel rows.
+
+        Args:
+            info: the layer.
+            step: the step axis value (the optimizer's step after the update).
+            batch_mean, batch_var, moving_mean, moving_var, updates,
+                samples_per_channel, init_mean, init_var: as in
+                :func:`quantities.compute`.
+            snapshot: also write the per-channel snapshot.
+            series: write the per-step series (False: the snapshot only).
+
+        Returns:
+            The :class:`quantities.LayerQuantities`.
+
+        Raises:
+            ValueError: moments without one value per channel.
+        """
         q = quantities.compute(info, batch_mean, batch_var, moving_mean, moving_var, updates,
                                samples_per_channel, init_mean, init_var)
         with self._lock:
@@ -138,7 +177,7 @@ class Writer:
                 self._tags_with_metadata = {t for t in self._tags_with_metadata if not t.startswith(prefix)}
                 self._series_templates.pop(info.name, None)
             if series:
-                values = q.series()
+                values = layer_series(q)
                 self._emit_series(info, step, values)
                 if self.history is not None:
                     entry = self.history.setdefault(info.name, [info, tuple(values), collections.deque(maxlen=self._keep)])
@@ -149,7 +188,7 @@ class Writer:
             if snapshot:
                 self._emit(step, [self._value(metadata.layer_tag(info.name, metadata.CHANNELS_QUANTITY),
                                               lambda: metadata.layer_channels_metadata(info),
-                                              tensor=_tensor_proto(q.snapshot()))])
+                                              tensor=_tensor_proto(snapshot_rows(q)))])
         return q
 
     def layer_moments(self, name, step, *, batch_mean, batch_var, moving_mean, moving_var, updates,
@@ -239,28 +278,30 @@ class Writer:
             if self.train_begins is not None:
                 self.train_begins.append(record)
 
-    def run_data(self):
-        """What this writer wrote, as a :class:`tb_bnstats.reader.RunData`
-        (series only, no snapshots); needs ``keep_history=True``."""
-        from tb_bnstats import reader
+    def run_data(self) -> records.RunData:
+        """What this writer wrote, as a :class:`tb_bnstats.format.records.RunData`
+        (series only, no snapshots), as a reader would read it back.
 
+        Raises:
+            ValueError: the writer was made with ``keep_history=0``.
+        """
         if self.history is None:
-            raise ValueError("Writer(keep_history=True) keeps what it writes; this one did not")
-        layers = {}
+            raise ValueError("Writer(keep_history=N) keeps what it writes; this one did not")
+        infos, by_layer = {}, {}
         for name, (info, keys, rows) in self.history.items():
+            infos[name] = info
             steps = np.array([step for step, _ in rows], np.int64)
             table = np.stack([row for _, row in rows]) if rows else np.zeros((0, len(keys)))
-            series = {k: table[:, i] for i, k in enumerate(keys)}
-            # Probe and population points at steps of the layer's series (NaN elsewhere).
-            row_of = {int(s): i for i, s in enumerate(steps)}
-            for step, values in self.sparse_history.get(name, ()):
+            series = by_layer[name] = {k: (steps, table[:, i]) for i, k in enumerate(keys)}
+            sparse = {}
+            for step, values in self.sparse_history.get(name, ()):  # probe and population points
                 for q, v in values.items():
-                    if step in row_of:
-                        series.setdefault(q, np.full(len(steps), np.nan))[row_of[step]] = v
-            layers[name] = reader.LayerData(info, steps, series, np.zeros(0, np.int64), {})
+                    sparse.setdefault(q, []).append((step, v))
+            for q, points in sparse.items():
+                series[q] = (np.array([s for s, _ in points], np.int64), np.array([v for _, v in points]))
         metrics = {k: (np.array([s for s, _ in pts], np.int64), np.array([v for _, v in pts], np.float64))
                    for k, pts in self.metric_history.items()}
-        return reader.RunData(layers=layers, metrics=metrics, train_begins=list(self.train_begins))
+        return records.run_data(infos, by_layer, metrics=metrics, train_begins=self.train_begins)
 
     def flush(self):
         self._writer.flush()

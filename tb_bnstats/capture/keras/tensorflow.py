@@ -1,4 +1,5 @@
-"""Captures Keras 3 BatchNormalization moments inside the train step.
+"""Captures Keras 3 BatchNormalization moments inside the train step, with the
+TensorFlow backend.
 
 How: each BN layer gets two instance-level wrappers, installed once per layer
 (idempotent across ``fit`` calls and callbacks):
@@ -16,7 +17,8 @@ traces it, so evaluation and prediction graphs are left untouched, and to
 publish, at the end of each step, everything the callback reads into one
 buffer variable (one device-to-host read per logged step). The
 wrappers add no weights: ``model.weights``, ``save`` and ``load_weights`` are
-unchanged. TensorFlow backend only (the seam for JAX/torch is this module).
+unchanged. Another backend gets a module of its own beside this one, behind
+the :class:`tb_bnstats.capture.Capture` protocol.
 
 Resuming: the update counts live in this process, not in the checkpoint. At
 each ``fit``'s start :meth:`KerasCapture.resume` compares every trainable
@@ -32,13 +34,13 @@ import weakref
 
 import numpy as np
 
-from tb_bnstats import metadata
 from tb_bnstats.capture import LayerMoments, Reading
+from tb_bnstats.capture.keras.layers import find_batchnorm_layers, initializer_values, layer_info, mean_metrics
 
 logger = logging.getLogger("tb_bnstats")
 
 _state = threading.local()
-_PROBES = weakref.WeakKeyDictionary()  # BN layer -> _LayerProbe
+_SLOTS = weakref.WeakKeyDictionary()  # BN layer -> _LayerSlot
 _HOOKS = weakref.WeakKeyDictionary()  # model -> _TrainStepHook
 
 
@@ -46,34 +48,14 @@ def _in_train_step():
     return getattr(_state, "train_step_depth", 0) > 0
 
 
-def find_batchnorm_layers(model):
-    """Every ``keras.layers.BatchNormalization`` (subclasses included) at any
-    depth -- nested Functional/Sequential models, custom layers, subclassed
-    models -- as ``[(unique_name, layer)]`` in tracking order. Names are
-    Keras' layer paths, made unique with a ``#k`` suffix if needed."""
-    import keras
-
-    found, seen, used = [], set(), set()
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.BatchNormalization) and id(layer) not in seen:
-            seen.add(id(layer))
-            name = getattr(layer, "path", None) or layer.name
-            base, k = name, 2
-            while name in used:
-                name, k = f"{base}#{k}", k + 1
-            used.add(name)
-            found.append((name, layer))
-    return found
-
-
-class _LayerProbe:
+class _LayerSlot:
     """Untracked variables holding one layer's last captured moments and its
     update count, made at train begin for a built layer (:meth:`resume`) or
     the first time the layer runs (a subclassed model builds its layers only
     then; under a trace, ``init_scope`` makes them outside the graph)."""
 
     def __init__(self, layer):
-        self._layer = weakref.ref(layer)  # _PROBES' values must not keep their keys alive
+        self._layer = weakref.ref(layer)  # _SLOTS' values must not keep their keys alive
         self.hooks = weakref.WeakSet()
         self.channels = None
 
@@ -137,30 +119,6 @@ class _LayerProbe:
         return "resumed"
 
 
-def initializer_values(layer):
-    """``(moving_mean, moving_variance)`` a fresh copy of ``layer`` starts
-    from: its initializers evaluated on the variables' shape (zeros and ones
-    by default)."""
-    from keras import ops
-
-    shape = tuple(layer.moving_mean.shape)
-    dtype = layer.moving_mean.dtype
-    return (ops.convert_to_numpy(layer.moving_mean_initializer(shape, dtype=dtype)),
-            ops.convert_to_numpy(layer.moving_variance_initializer(shape, dtype=dtype)))
-
-
-def mean_metrics(model):
-    """``[(name, metric)]`` of the model's running-mean metrics (those with
-    ``total`` and ``count`` variables: the loss tracker, accuracy...)."""
-    found, stack = [], list(model.metrics)
-    while stack:
-        metric = stack.pop(0)
-        if hasattr(metric, "total") and hasattr(metric, "count"):
-            found.append((metric.name, metric))
-        stack.extend(getattr(metric, "metrics", None) or [])
-    return found
-
-
 class _TrainStepHook:
     """Wraps ``model.train_step``: marks "inside a training step", records the
     order BN layers run in, and at the end of each step publishes everything
@@ -206,17 +164,17 @@ class _TrainStepHook:
     def _publish(self, model):
         import tensorflow as tf
 
-        layers = [layer for layer in self.execution_order if _PROBES[layer].channels is not None]
-        probes = [_PROBES[layer] for layer in layers]
+        layers = [layer for layer in self.execution_order if _SLOTS[layer].channels is not None]
+        slots = [_SLOTS[layer] for layer in layers]
         metrics = mean_metrics(model)
         parts = [model.optimizer.iterations]
-        for layer, p in zip(layers, probes):
+        for layer, p in zip(layers, slots):
             parts += [p.updates, p.updating, p.batch_mean, p.batch_var, layer.moving_mean, layer.moving_variance]
         for _, metric in metrics:
             parts += [metric.total, metric.count]
         values = tf.concat([tf.reshape(tf.cast(tf.convert_to_tensor(v), tf.float64), [-1]) for v in parts], axis=0)
-        layout = (tuple(layers), tuple(p.channels for p in probes), tuple(name for name, _ in metrics))
-        size = 1 + sum(2 + 4 * p.channels for p in probes) + 2 * len(metrics)
+        layout = (tuple(layers), tuple(p.channels for p in slots), tuple(name for name, _ in metrics))
+        size = 1 + sum(2 + 4 * p.channels for p in slots) + 2 * len(metrics)
         if size not in self._buffers:
             with tf.init_scope():
                 self._buffers[size] = tf.Variable(tf.zeros([size], tf.float64), trainable=False,
@@ -238,33 +196,33 @@ def _never_raise(fn, *args):
 
 
 def _instrument_layer(layer, hook):
-    """Installs the two wrappers on ``layer`` once; returns its probe."""
+    """Installs the two wrappers on ``layer`` once; returns its slot."""
     from keras import backend, ops
 
-    probe = _PROBES.get(layer)
-    if probe is not None:
-        probe.hooks.add(hook)
-        return probe
-    probe = _LayerProbe(layer)
-    probe.hooks.add(hook)
+    slot = _SLOTS.get(layer)
+    if slot is not None:
+        slot.hooks.add(hook)
+        return slot
+    slot = _LayerSlot(layer)
+    slot.hooks.add(hook)
     original_moments = layer._moments
     original_call = layer.call
 
     def _moments(inputs, mask):
         mean, variance = original_moments(inputs, mask)
-        _never_raise(probe.record, mean, variance, True)
+        _never_raise(slot.record, mean, variance, True)
         return mean, variance
 
     def _note_ran():
-        probe.ensure_variables()
-        for h in probe.hooks:
+        slot.ensure_variables()
+        for h in slot.hooks:
             h.saw(layer)
 
     def _record_inference_mode(inputs, mask):
         _note_ran()
         x = ops.cast(inputs, backend.result_type(inputs.dtype, "float32"))
         mean, variance = original_moments(x, mask)
-        probe.record(mean, variance, updating=False)
+        slot.record(mean, variance, updating=False)
 
     @functools.wraps(original_call)
     def call(inputs, training=None, mask=None):
@@ -277,43 +235,19 @@ def _instrument_layer(layer, hook):
 
     layer._moments = _moments
     layer.call = call
-    _PROBES[layer] = probe
-    return probe
+    _SLOTS[layer] = slot
+    return slot
 
 
-def _layer_info(name, layer, depth):
-    return metadata.LayerInfo(
-        name=name,
-        channels=int(layer.moving_mean.shape[0]),
-        momentum=float(layer.momentum),
-        epsilon=float(layer.epsilon),
-        init_mean=float(np.mean(_PROBES[layer].init_mean)),
-        init_var=float(np.mean(_PROBES[layer].init_var)),
-        ema_of="stddev" if getattr(layer, "renorm", False) else "variance",
-        moving_var_unbiased=False,  # Keras 3 averages the biased batch variance
-        depth=depth,
-        layer_class=type(layer).__name__,
-        framework="keras",
-        trainable=bool(layer.trainable),
-        synchronized=bool(getattr(layer, "synchronized", False)),
-        renorm=bool(getattr(layer, "renorm", False)),
-    )
-
-
-class KerasCapture:
-    """Instruments ``model`` (idempotent) and reads its BN moments.
+class TensorFlowCapture:
+    """Instruments ``model`` (idempotent) and reads its BN moments: a
+    :class:`tb_bnstats.capture.Capture`.
 
     ``read()`` returns the moments of the last training step, with ``step`` =
     the optimizer's iteration count after that step.
     """
 
     def __init__(self, model):
-        import keras
-
-        if keras.backend.backend() != "tensorflow":
-            raise NotImplementedError(
-                f"tb_bnstats captures BN moments with the TensorFlow backend; KERAS_BACKEND is "
-                f"{keras.backend.backend()!r}")
         self.model = model
         self._named = find_batchnorm_layers(model)
         hook = _HOOKS.get(model)
@@ -322,8 +256,8 @@ class KerasCapture:
             # A train function traced before this hook existed would bypass it.
             model.train_function = None
         self._hook = hook
-        new_layers = [layer for _, layer in self._named if layer not in _PROBES]
-        self._probes = {name: _instrument_layer(layer, hook) for name, layer in self._named}
+        new_layers = [layer for _, layer in self._named if layer not in _SLOTS]
+        self._slots = {name: _instrument_layer(layer, hook) for name, layer in self._named}
         if new_layers:
             model.train_function = None
 
@@ -341,17 +275,18 @@ class KerasCapture:
         """LayerInfo of every layer that ran in the traced train step, in
         execution order (depth 0 = closest to the input)."""
         order = {id(layer): i for i, layer in enumerate(self._hook.execution_order)}
-        infos = [_layer_info(name, layer, order[id(layer)]) for name, layer in self._ran()]
+        infos = [layer_info(name, layer, order[id(layer)], self._slots[name].init_mean, self._slots[name].init_var)
+                 for name, layer in self._ran()]
         return sorted(infos, key=lambda info: info.depth)
 
     def resume(self, iterations):
-        """At train begin: :meth:`_LayerProbe.resume` on every built BN layer;
+        """At train begin: :meth:`_LayerSlot.resume` on every built BN layer;
         returns ``{name: "resumed" | "at_initializer"}`` of the layers
         concerned (an unbuilt layer is counted from 0 when it runs)."""
         states = {}
         for name, layer in self._named:
             if getattr(layer, "moving_mean", None) is not None:
-                state = self._probes[name].resume(iterations)
+                state = self._slots[name].resume(iterations)
                 if state is not None:
                     states[name] = state
         return states
@@ -376,9 +311,9 @@ class KerasCapture:
             chunk = values[offset + 2:offset + 2 + 4 * c].reshape(4, c)
             offset += 2 + 4 * c
             if id(layer) in names:
-                probe = self._probes[names[id(layer)]]
+                slot = self._slots[names[id(layer)]]
                 out[names[id(layer)]] = LayerMoments(
                     batch_mean=chunk[0], batch_var=chunk[1], moving_mean=chunk[2], moving_var=chunk[3],
-                    updates=updates, updating=updating, init_mean=probe.init_mean, init_var=probe.init_var)
+                    updates=updates, updating=updating, init_mean=slot.init_mean, init_var=slot.init_var)
         totals = {name: (values[offset + 2 * i], values[offset + 2 * i + 1]) for i, name in enumerate(metric_names)}
         return Reading(step=int(values[0]), layers=out, metric_totals=totals)

@@ -13,14 +13,14 @@ Tags (one TensorBoard time series each, all under plugin name ``bn_stats``):
 * ``metric/<split>/<name>``  SCALAR data class, ``split`` is ``train`` (per
   step), ``val`` (per epoch, at the step where the epoch ended), or
   ``probe_train`` / ``probe_inference``: the fixed probe batch run in
-  training and in inference mode (:mod:`tb_bnstats.capture.probe`).
+  training and in inference mode (:mod:`tb_bnstats.measure.gap`).
 * ``bn/<layer>/probe_*``     SCALAR data class, :data:`PROBE_SERIES`, logged
   only at the probe steps (a subset of the logged steps).
 * ``bn/<layer>/population_*`` SCALAR data class, :data:`POPULATION_SERIES`,
   logged only at the steps the callback measured population statistics
   (``BNStatsCallback(population_data=...)``, a subset of the logged steps).
 * ``diagnosis/findings``     TENSOR data class, a scalar DT_STRING tensor
-  holding a JSON list of findings (:class:`tb_bnstats.diagnosis.Finding` as
+  holding a JSON list of findings (:class:`tb_bnstats.diagnosis.finding.Finding` as
   dicts: code, severity, scenario, run, layers, evidence, message), written
   by the callback at the end of each ``fit`` at its last step; an empty list
   means "diagnosed, nothing found". The last record is the current one.
@@ -36,6 +36,13 @@ Every summary carries, in ``plugin_data.content``, a JSON object with
 ``version`` (:data:`FORMAT_VERSION`), ``kind`` (``layer_series``,
 ``layer_channels``, ``metric``, ``diagnosis`` or ``train_begin``) and, for layer tags, ``layer`` (a
 :class:`LayerInfo` as a dict) and ``quantity``.
+
+Versions: a reader of version :data:`FORMAT_VERSION` reads records of a newer
+version as far as it can (the fields it knows; a newer writer only adds) and
+says so (:func:`parse_content` keeps the version, the reader warns and the tab
+shows a banner), like TensorBoard's own ``_MetadataVersionChecker``.
+
+This package imports nothing else of tb_bnstats.
 """
 
 import dataclasses
@@ -72,13 +79,13 @@ GAP_SERIES = tuple(f"{m}/{a}" for m in GAP_MEASURES for a in GAP_AGGREGATES)
 # are wider than the moving average (dropout before BN does that).
 STATE_SERIES = ("log_var_ratio/mean", "convergence", "updates")
 LAYER_SERIES = MOMENT_SERIES + GAP_SERIES + STATE_SERIES
-# The train/inference gap probe (tb_bnstats.capture.probe), per layer, on the
+# The train/inference gap probe (tb_bnstats.measure.gap), per layer, on the
 # fixed probe batch: ||y_train - y_inf|| / ||y_train|| of the layer's output
 # in training vs inference mode, and the probe batch's own moments (training-
 # mode pass) against the moving ones, median and max over channels.
 PROBE_SERIES = ("probe_output_drift", "probe_mean_gap/p50", "probe_mean_gap/max",
                 "probe_abs_log_var_ratio/p50")
-# Population statistics ("PreciseBN", tb_bnstats.population.population_stats)
+# Population statistics ("PreciseBN", tb_bnstats.measure.population.population_stats)
 # of each BN input, per layer: channel averages of the population mean and
 # variance (a third line next to the moving and debiased averages), and the
 # moving statistics against them with the formulas of mean_gap / log_var_ratio
@@ -117,11 +124,21 @@ class LayerInfo:
     with ``renorm=True``, where ``moving_var = ema(std)**2 - eps``).
     ``moving_var_unbiased`` is True when the moving variance accumulates
     Bessel-corrected batch variances (tf_keras' fused kernel, PyTorch).
+
+    ``momentum`` is in Keras' convention, the weight the average keeps on its
+    old value: ``moving = m * moving + (1 - m) * batch`` (PyTorch's
+    ``momentum=0.1`` is 0.9 here); None means a cumulative average of every
+    batch so far (PyTorch's ``momentum=None``), for which one update already
+    leaves no weight on the initial value.
+
+    Raises:
+        ValueError: a field out of its range (momentum outside [0, 1),
+            negative epsilon, no channel, an unknown ``ema_of``).
     """
 
     name: str
     channels: int
-    momentum: float
+    momentum: Optional[float]
     epsilon: float
     init_mean: float = 0.0
     init_var: float = 1.0
@@ -137,7 +154,7 @@ class LayerInfo:
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"layer name must be a non-empty string, got {self.name!r}")
-        if not 0.0 <= float(self.momentum) < 1.0:
+        if self.momentum is not None and not 0.0 <= float(self.momentum) < 1.0:
             raise ValueError(f"{self.name}: momentum must be in [0, 1), got {self.momentum!r}")
         if not float(self.epsilon) >= 0.0:
             raise ValueError(f"{self.name}: epsilon must be >= 0, got {self.epsilon!r}")
@@ -162,10 +179,12 @@ def from_known_fields(cls, d):
 
 
 def layer_tag(layer_name, quantity):
+    """``bn/<layer>/<quantity>``: the tag of one layer's series or snapshot."""
     return f"{LAYER_PREFIX}{layer_name}/{quantity}"
 
 
 def metric_tag(split, name):
+    """``metric/<split>/<name>``: the tag of one metric."""
     return f"{METRIC_PREFIX}{split}/{name}"
 
 
@@ -216,21 +235,43 @@ def diagnosis_metadata():
                      summary_pb2.DATA_CLASS_TENSOR)
 
 
+KINDS = (KIND_LAYER_SERIES, KIND_LAYER_CHANNELS, KIND_METRIC, KIND_DIAGNOSIS, KIND_TRAIN_BEGIN)
+
+
 def parse_content(content: bytes) -> Optional[dict]:
-    """Decodes a summary's plugin content; None when it is not ours or is
-    unreadable (a corrupted or foreign record must not break a reader)."""
+    """Decodes a summary's plugin content.
+
+    Args:
+        content: ``SummaryMetadata.plugin_data.content`` of one tag.
+
+    Returns:
+        The JSON object, or None when it is not ours or is unreadable (a
+        corrupted or foreign record must not break a reader). A record of a
+        newer version than :data:`FORMAT_VERSION` is returned as well, with
+        its ``version``: a newer writer only adds fields and kinds, so the
+        known ones are read; :func:`is_newer` tells the caller to say so.
+        An unknown kind (of any version) is None.
+    """
     try:
         parsed = json.loads(content.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, AttributeError):
         return None
-    if not isinstance(parsed, dict) or not isinstance(parsed.get("version"), int):
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("version"), int) or isinstance(
+            parsed.get("version"), bool):
         return None
-    if parsed["version"] > FORMAT_VERSION or parsed.get("kind") not in (
-        KIND_LAYER_SERIES,
-        KIND_LAYER_CHANNELS,
-        KIND_METRIC,
-        KIND_DIAGNOSIS,
-        KIND_TRAIN_BEGIN,
-    ):
+    if parsed.get("kind") not in KINDS:
         return None
     return parsed
+
+
+def is_newer(parsed: dict) -> bool:
+    """Whether a record from :func:`parse_content` was written by a newer
+    format version than this reader knows."""
+    return parsed["version"] > FORMAT_VERSION
+
+
+def newer_version_message(versions) -> str:
+    """What readers say about records of newer format versions."""
+    return (f"written by a newer tb_bnstats (log format version {max(versions)}; this one reads version "
+            f"{FORMAT_VERSION}): shown as far as this version understands it; upgrade tb_bnstats "
+            f"(pip install -U tb_bnstats) to see everything")

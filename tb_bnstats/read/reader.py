@@ -1,7 +1,7 @@
 """Reads the log format back through TensorBoard's data provider, so it works
 for every logdir TensorBoard can read. The plugin and :func:`load` share it.
 
-:func:`load` returns, per run, a :class:`RunData`::
+:func:`load` returns, per run, a :class:`tb_bnstats.format.records.RunData`::
 
     runs = tb_bnstats.load("logs")
     layer = runs["run1"].layers["conv1_bn"]
@@ -19,44 +19,21 @@ import json
 import logging
 import os
 import re
-import time
 import warnings
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional
 
 import numpy as np
 from tensorboard.data import provider
 
-from tb_bnstats import eventfile, metadata
-
-# An event file that ends inside a record is being written, unless it has not
-# changed for this long: then it was cut off (a killed run, a full disk).
-STALE_S = 30.0
-
-
-@dataclasses.dataclass
-class LayerData:
-    info: metadata.LayerInfo
-    steps: np.ndarray
-    series: Dict[str, np.ndarray]
-    snapshot_steps: np.ndarray
-    snapshots: Dict[str, np.ndarray]
-
-
-@dataclasses.dataclass
-class RunData:
-    layers: Dict[str, LayerData]
-    metrics: Dict[str, Tuple[np.ndarray, np.ndarray]]
-    # The findings the callback stored at the end of its last fit (a list of
-    # dicts), None when none were stored. ``tb_bnstats.diagnose`` recomputes.
-    stored_findings: Optional[list] = None
-    # The callback's record of each fit's start (metadata.TRAIN_BEGIN_TAG),
-    # dicts with "step", "resumed", "moving_at_initializer", in step order.
-    train_begins: list = dataclasses.field(default_factory=list)
+from tb_bnstats.format import metadata, records
+from tb_bnstats.read import integrity
 
 
 @dataclasses.dataclass
 class TagIndex:
-    """What one run holds: layer tags by layer and quantity, and metric tags."""
+    """What one run holds: layer tags by layer and quantity, and metric tags.
+    ``newer_versions``: format versions newer than this reader's that its
+    records carry (read as far as possible, :func:`metadata.parse_content`)."""
 
     layer_infos: Dict[str, metadata.LayerInfo]
     layer_tags: Dict[str, Dict[str, str]]  # layer -> quantity -> tag
@@ -65,10 +42,21 @@ class TagIndex:
     max_step: Dict[str, int]  # tag -> max step
     diagnosis_tag: Optional[str] = None
     train_begin_tag: Optional[str] = None
+    newer_versions: set = dataclasses.field(default_factory=set)
 
 
 def index_runs(data_provider, ctx, experiment_id="") -> Dict[str, TagIndex]:
-    """Lists every run holding bn_stats data and what it holds."""
+    """Lists every run holding bn_stats data and what it holds.
+
+    Args:
+        data_provider: a TensorBoard data provider.
+        ctx: a ``tensorboard.context.RequestContext``.
+        experiment_id: the experiment ("" for a plain logdir).
+
+    Returns:
+        ``{run: TagIndex}``; tags whose metadata is not ours or unreadable are
+        left out.
+    """
     out = collections.defaultdict(lambda: TagIndex({}, collections.defaultdict(dict), {}, {}, {}))
     listings = (
         data_provider.list_scalars(ctx, experiment_id=experiment_id, plugin_name=metadata.PLUGIN_NAME),
@@ -82,6 +70,8 @@ def index_runs(data_provider, ctx, experiment_id="") -> Dict[str, TagIndex]:
                     continue
                 index = out[run]
                 index.max_step[tag] = ts.max_step
+                if metadata.is_newer(content):
+                    index.newer_versions.add(content["version"])
                 if content["kind"] == metadata.KIND_DIAGNOSIS:
                     index.diagnosis_tag = tag
                     continue
@@ -140,41 +130,38 @@ def read_snapshots(data_provider, ctx, run, tag, downsample, experiment_id=""):
     return steps, (np.stack(arrays) if arrays else np.zeros((0, len(metadata.SNAPSHOT_ROWS), 0)))
 
 
-def aligned(series_by_quantity):
-    """``{quantity: (steps, values)}`` -> ``(steps, {quantity: values})`` on
-    the union of the steps, NaN where a quantity has no point."""
-    if not series_by_quantity:
-        return np.zeros(0, np.int64), {}
-    steps = np.unique(np.concatenate([np.asarray(s, np.int64) for s, _ in series_by_quantity.values()]))
-    out = {}
-    for quantity, (s, v) in series_by_quantity.items():
-        full = np.full(steps.shape, np.nan)
-        full[np.searchsorted(steps, s)] = v
-        out[quantity] = full
-    return steps, out
+def series_by_layer(index: TagIndex, raw):
+    """``{layer: {quantity: (steps, values)}}`` from ``raw`` ``{tag: (steps,
+    values)}`` (what :func:`read_series` read of the index's layer tags)."""
+    out = collections.defaultdict(dict)
+    for layer, tags in index.layer_tags.items():
+        for quantity, tag in tags.items():
+            if tag in raw:
+                out[layer][quantity] = raw[tag]
+    return out
 
 
-def read_run(data_provider, ctx, run, index: TagIndex, downsample, experiment_id="") -> RunData:
-    tag_to_layer = {tag: (layer, q) for layer, tags in index.layer_tags.items() for q, tag in tags.items()}
-    raw = read_series(data_provider, ctx, run, list(tag_to_layer) + list(index.metric_tags.values()),
+def layer_series_tags(index: TagIndex):
+    """Every layer series tag of the index."""
+    return [tag for tags in index.layer_tags.values() for tag in tags.values()]
+
+
+def read_run(data_provider, ctx, run, index: TagIndex, downsample, experiment_id="",
+             snapshots=True) -> records.RunData:
+    """One run's records (:func:`tb_bnstats.format.records.run_data`):
+    ``downsample`` points per tag at most, the snapshots unless
+    ``snapshots=False``."""
+    raw = read_series(data_provider, ctx, run, layer_series_tags(index) + list(index.metric_tags.values()),
                       downsample, experiment_id)
-    by_layer = collections.defaultdict(dict)
-    for tag, (layer, quantity) in tag_to_layer.items():
-        if tag in raw:
-            by_layer[layer][quantity] = raw[tag]
-    layers = {}
-    for name, info in index.layer_infos.items():
-        steps, series = aligned(by_layer.get(name, {}))
-        snap_steps, snaps = np.zeros(0, np.int64), {}
-        if name in index.channel_tags:
-            snap_steps, tensor = read_snapshots(data_provider, ctx, run, index.channel_tags[name], downsample, experiment_id)
-            if tensor.ndim == 3 and tensor.shape[1] == len(metadata.SNAPSHOT_ROWS):
-                snaps = {row: tensor[:, i, :] for i, row in enumerate(metadata.SNAPSHOT_ROWS)}
-        layers[name] = LayerData(info, steps, series, snap_steps, snaps)
-    metrics = {key: raw[tag] for key, tag in index.metric_tags.items() if tag in raw}
-    return RunData(layers=layers, metrics=metrics,
-                   stored_findings=read_stored_findings(data_provider, ctx, run, index, experiment_id),
-                   train_begins=read_train_begins(data_provider, ctx, run, index, experiment_id))
+    snaps = {name: read_snapshots(data_provider, ctx, run, tag, downsample, experiment_id)
+             for name, tag in index.channel_tags.items()} if snapshots else None
+    return records.run_data(
+        index.layer_infos, series_by_layer(index, raw),
+        metrics={key: raw[tag] for key, tag in index.metric_tags.items() if tag in raw},
+        snapshots_by_layer=snaps,
+        stored_findings=read_stored_findings(data_provider, ctx, run, index, experiment_id),
+        train_begins=read_train_begins(data_provider, ctx, run, index, experiment_id),
+        newer_format_versions=index.newer_versions)
 
 
 def read_stored_findings(data_provider, ctx, run, index: TagIndex, experiment_id=""):
@@ -254,11 +241,25 @@ def multiplexer_provider(logdir, data_loss=None):
     return mdp.MultiplexerDataProvider(multiplexer, str(logdir))
 
 
-def load(logdir, run: Optional[str] = None) -> Dict[str, RunData]:
+def load(logdir, run: Optional[str] = None) -> Dict[str, records.RunData]:
     """Every run under ``logdir`` with bn_stats data (or just ``run``), all
     points, as numpy arrays. See the module docstring for the layout.
+
+    Args:
+        logdir: a TensorBoard log directory.
+        run: only this run (as TensorBoard names it).
+
+    Returns:
+        ``{run: RunData}``.
+
+    Raises:
+        KeyError: ``run`` is given and has no bn_stats data.
+
     Parts of event files that cannot be read (a corrupted record, a file cut
-    off) are left out with a ``RuntimeWarning`` each (:class:`EventFileCheck`)."""
+    off) are left out with a ``RuntimeWarning`` each
+    (:class:`tb_bnstats.read.integrity.EventFileCheck`); so are records of a
+    newer format version than this one reads, read as far as possible.
+    """
     from tensorboard import context
 
     data_loss = []
@@ -269,93 +270,10 @@ def load(logdir, run: Optional[str] = None) -> Dict[str, RunData]:
         if run not in indexes:
             raise KeyError(f"no bn_stats data for run {run!r} under {logdir}; runs: {sorted(indexes)}")
         indexes = {run: indexes[run]}
-    warn_file_problems(logdir, run, data_loss)
+    integrity.warn_file_problems(logdir, run, data_loss)
+    for name, index in indexes.items():
+        if index.newer_versions:
+            warnings.warn(f"tb_bnstats: run {name!r} was {metadata.newer_version_message(index.newer_versions)}",
+                          RuntimeWarning, stacklevel=2)
     downsample = 2**62
     return {name: read_run(data_provider, ctx, name, index, downsample) for name, index in indexes.items()}
-
-
-@dataclasses.dataclass
-class FileProblem:
-    """Part of an event file that TensorBoard cannot read (or not yet)."""
-
-    run: str  # TensorBoard's run name of the file's directory ("." for the logdir)
-    file: str  # the file name
-    kind: str  # "bad_length", "incomplete", "empty", "unreadable" (check_records), "bad_data" (load)
-    offset: int  # bytes before this one were read
-    size: int
-    message: str
-
-    def to_dict(self):
-        return dataclasses.asdict(self)
-
-
-class EventFileCheck:
-    """Checks the record framing of every event file under a local ``logdir``
-    (:func:`eventfile.check_records`), incrementally: each file is read on
-    from where the last call stopped, so a live run costs only its new bytes."""
-
-    def __init__(self, logdir):
-        self.logdir = os.fspath(logdir)
-        self._state = {}  # path -> (offset, size, problem)
-
-    def problems(self, budget_s=None) -> List[FileProblem]:
-        """The files' problems now; with ``budget_s`` the scan stops after
-        that long and goes on at the next call (unscanned bytes: no problem yet)."""
-        deadline = None if budget_s is None else time.monotonic() + budget_s
-        out = []
-        for dirpath, _, files in os.walk(self.logdir):
-            for name in sorted(f for f in files if "tfevents" in f):
-                path = os.path.join(dirpath, name)
-                try:
-                    stat = os.stat(path)
-                    offset, size, problem = self._state.get(path, (0, 0, None))
-                    if stat.st_size < size:  # replaced or rewritten: from the start
-                        offset, problem = 0, None
-                    if problem != "bad_length" and offset < stat.st_size and (
-                            deadline is None or time.monotonic() < deadline):
-                        offset, size, problem = eventfile.check_records(path, offset, deadline)
-                    size = max(size, stat.st_size)
-                    self._state[path] = (offset, size, problem)
-                except OSError as exc:
-                    out.append(self._problem(dirpath, name, "unreadable", 0, 0, f"cannot be read: {exc}"))
-                    continue
-                stale = time.time() - stat.st_mtime > STALE_S
-                if problem == "bad_length":
-                    out.append(self._problem(dirpath, name, problem, offset, size,
-                                             f"corrupted record at byte {offset} (bad length checksum): TensorBoard "
-                                             f"stops reading this file there, its last {size - offset} bytes are not shown"))
-                elif problem == "incomplete" and stale:
-                    out.append(self._problem(dirpath, name, problem, offset, size,
-                                             f"ends inside a record (cut off: a killed run, a full disk?): its last "
-                                             f"{size - offset} bytes are not shown"))
-                elif size == 0 and stale:
-                    out.append(self._problem(dirpath, name, "empty", 0, 0, "is empty (0 bytes): nothing to show"))
-        return out
-
-    def _problem(self, dirpath, name, kind, offset, size, message):
-        run = os.path.relpath(dirpath, self.logdir).replace(os.sep, "/")
-        return FileProblem(run, name, kind, offset, size, f"{run}/{name} {message}")
-
-
-def warn_file_problems(logdir, run=None, data_loss=()):
-    """Warns (``RuntimeWarning``) about each unreadable part of the event
-    files under a local ``logdir`` (of ``run`` only, when given): framing
-    problems (:class:`EventFileCheck`) and the ``(path, offset)`` of
-    ``data_loss``, corrupted records the reader stopped at (a bad data
-    checksum, which the framing check does not see)."""
-    if "://" in os.fspath(logdir):
-        return []
-    check = EventFileCheck(logdir)
-    found = check.problems()
-    framed = {os.path.normpath(os.path.join(check.logdir, p.run, p.file)) for p in found}
-    for path, offset in data_loss:
-        if path not in framed:
-            framed.add(path)
-            size = os.path.getsize(path) if os.path.exists(path) else offset
-            found.append(check._problem(os.path.dirname(path), os.path.basename(path), "bad_data", offset, size,
-                                        f"corrupted record at byte {offset} (bad data checksum): the reader stops "
-                                        f"reading this file there, its last {size - offset} bytes are not shown"))
-    found = [p for p in found if run is None or p.run == run]
-    for p in found:
-        warnings.warn(f"tb_bnstats: {p.message}", RuntimeWarning, stacklevel=3)
-    return found

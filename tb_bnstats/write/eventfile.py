@@ -26,9 +26,17 @@ _uid = itertools.count()
 
 
 def open_event_file(logdir, flush_secs, max_queue=1000):
-    """A new event file in ``logdir`` with ``add_event``, ``flush``,
-    ``close`` and ``path``; records reach the disk at least every
-    ``flush_secs``."""
+    """A new event file in ``logdir`` (created if missing).
+
+    Args:
+        logdir: the run's directory.
+        flush_secs: records reach the disk at least this often.
+        max_queue: records TensorBoard's writer holds before a write blocks.
+
+    Returns:
+        An object with ``add_event(event)``, ``flush()``, ``close()`` and
+        ``path``.
+    """
     if "tensorflow" in sys.modules:
         return TFRecordEventFile(logdir, flush_secs)
     writer = EventFileWriter(str(logdir), max_queue_size=max_queue, flush_secs=flush_secs)
@@ -85,43 +93,3 @@ class TFRecordEventFile:
             if not self._closed:
                 self._closed = True
                 self._records.close()
-
-
-# -- checking what is on disk --------------------------------------------------
-
-# A TFRecord is: uint64 length (little endian), uint32 masked CRC32C of those 8
-# bytes, ``length`` bytes of data, uint32 masked CRC32C of the data.
-_HEADER = 12
-_FOOTER = 4
-
-
-def check_records(path, offset=0, deadline=None):
-    """Walks the record framing of the event file ``path`` from byte
-    ``offset`` (the start of a record), checking each length against its
-    checksum. The data checksums are not checked (pure-Python CRC32C reads
-    about 2 MB/s; TensorBoard's data server reads a payload anyway).
-
-    Returns ``(offset, size, problem)``: where the last complete record read
-    ends, the file's size, and None, ``"incomplete"`` (the file ends inside a
-    record: cut off, or still being written) or ``"bad_length"`` (a corrupted
-    record at ``offset``: TensorBoard stops reading the file there). Stops
-    early, with no problem, once ``time.monotonic()`` passes ``deadline``.
-    """
-    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
-
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        while offset < size:
-            if deadline is not None and time.monotonic() > deadline:
-                return offset, size, None
-            f.seek(offset)
-            header = f.read(_HEADER)
-            if len(header) < _HEADER:
-                return offset, size, "incomplete"
-            if int.from_bytes(header[8:], "little") != masked_crc32c(header[:8]):
-                return offset, size, "bad_length"
-            end = offset + _HEADER + int.from_bytes(header[:8], "little") + _FOOTER
-            if end > size:
-                return offset, size, "incomplete"
-            offset = end
-    return offset, size, None

@@ -1,0 +1,80 @@
+"""What every Keras 3 backend shares: finding the BatchNormalization layers
+of a model, their initial moving values, their description
+(:class:`tb_bnstats.format.metadata.LayerInfo`) and the model's running-mean
+metrics. Backend-free (``keras`` and ``keras.ops`` only)."""
+
+import numpy as np
+
+from tb_bnstats.format import metadata
+
+
+def find_batchnorm_layers(model):
+    """Every ``keras.layers.BatchNormalization`` (subclasses included) at any
+    depth -- nested Functional/Sequential models, custom layers, subclassed
+    models -- as ``[(unique_name, layer)]`` in tracking order. Names are
+    Keras' layer paths, made unique with a ``#k`` suffix if needed."""
+    import keras
+
+    found, seen, used = [], set(), set()
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization) and id(layer) not in seen:
+            seen.add(id(layer))
+            name = getattr(layer, "path", None) or layer.name
+            base, k = name, 2
+            while name in used:
+                name, k = f"{base}#{k}", k + 1
+            used.add(name)
+            found.append((name, layer))
+    return found
+
+
+def initializer_values(layer):
+    """``(moving_mean, moving_variance)`` a fresh copy of ``layer`` starts
+    from: its initializers evaluated on the variables' shape (zeros and ones
+    by default)."""
+    from keras import ops
+
+    shape = tuple(layer.moving_mean.shape)
+    dtype = layer.moving_mean.dtype
+    return (ops.convert_to_numpy(layer.moving_mean_initializer(shape, dtype=dtype)),
+            ops.convert_to_numpy(layer.moving_variance_initializer(shape, dtype=dtype)))
+
+
+def mean_metrics(model):
+    """``[(name, metric)]`` of the model's running-mean metrics (those with
+    ``total`` and ``count`` variables: the loss tracker, accuracy...)."""
+    found, stack = [], list(model.metrics)
+    while stack:
+        metric = stack.pop(0)
+        if hasattr(metric, "total") and hasattr(metric, "count"):
+            found.append((metric.name, metric))
+        stack.extend(getattr(metric, "metrics", None) or [])
+    return found
+
+
+def layer_info(name, layer, depth, init_mean, init_var):
+    """The :class:`LayerInfo` of a Keras BatchNormalization layer.
+
+    Args:
+        name: its unique name (:func:`find_batchnorm_layers`).
+        layer: the built layer.
+        depth: its position in execution order (0 = closest to the input).
+        init_mean, init_var: per-channel values its moving averages started
+            from (channel averages go into the description).
+    """
+    return metadata.LayerInfo(
+        name=name,
+        channels=int(layer.moving_mean.shape[0]),
+        momentum=float(layer.momentum),
+        epsilon=float(layer.epsilon),
+        init_mean=float(np.mean(init_mean)),
+        init_var=float(np.mean(init_var)),
+        ema_of="stddev" if getattr(layer, "renorm", False) else "variance",
+        moving_var_unbiased=False,  # Keras 3 averages the biased batch variance
+        depth=depth,
+        layer_class=type(layer).__name__,
+        framework="keras",
+        trainable=bool(layer.trainable),
+        synchronized=bool(getattr(layer, "synchronized", False)),
+        renorm=bool(getattr(layer, "renorm", False)),
+    )

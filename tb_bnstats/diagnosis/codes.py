@@ -1,0 +1,138 @@
+"""The diagnosis' vocabulary: failure scenarios, finding codes with their
+fixes, severities and every threshold of the rules, with its reasoning.
+
+Scenarios (what goes wrong; the README's "Diagnostics" section tells each
+story): see :data:`SCENARIOS`. Codes are stable: a code's meaning never
+changes, new checks get new codes.
+"""
+
+import dataclasses
+
+SEVERITIES = ("error", "warning", "info")
+
+# Every threshold of the rules, in one place, with its reasoning.
+THRESHOLDS = {
+    # 1 - m**t >= 0.95: less than 5% of the weight left on the initial (0, 1).
+    "converged": 0.95,
+    # Median over the last max(10, 10%) logged steps: one noisy step is not a finding.
+    "tail_points": 10,
+    "tail_fraction": 0.1,
+    # "Far apart": the batch mean a quarter of a train-time std from the moving
+    # mean on the median channel, or the variances 28% apart (|log| > 0.25).
+    # Healthy runs (momentum 0.9, batch 32, converged) stay below 0.19 / 0.17
+    # on the scenario suite; S1/S2 runs are at 0.19-0.58 / 0.32-0.36.
+    "gap_mean": 0.25,
+    "gap_log_var": 0.25,
+    # S2: so many logged steps without one update is not a warm-up.
+    "not_updated_min_points": 5,
+    # S4: window 1/(1-m) < 2 batches: inference uses essentially the last batch.
+    "low_momentum": 0.5,
+    # Rules on the converged part need this many converged steps.
+    "converged_min_points": 20,
+    # S5: log((var_B+eps)/(var_R+eps)) > 0.3 is a ratio > 1.35; dropout 0.5
+    # gives up to log 2 = 0.69. Persistent: at >= 80% of the converged steps
+    # above half of it.
+    "variance_shift": 0.3,
+    "variance_shift_fraction": 0.8,
+    # S6: per-channel sampling noise. With n values per channel the median
+    # |mu_B - mu| / sigma_B is ~0.67/sqrt(n) and the median |log var_B/var|
+    # ~0.67*sqrt(2/(n-1)): 0.25 / 0.35 are n below ~8. Measured: batch 32
+    # dense <= 0.18 / 0.16, batch 4 dense 0.44 / 0.48-0.54. A systematic
+    # shift (EMA lag of a variance that is still falling) is not noise: the
+    # signed channel mean then carries most of it (|signed| >= 0.8 |abs|).
+    "noise_mean": 0.25,
+    "noise_log_var": 0.35,
+    "systematic_fraction": 0.8,
+    # S7: neighbouring batches alike (sorted data: runs of one class) give a
+    # lag-1 autocorrelation of batch_mean - moving_mean well above 0, also
+    # once a slow trend is taken out (detrended over block_window steps:
+    # learning moves the batch means too, smoothly); independent (shuffled)
+    # batches give -0.14. Measured on layers with median mean_gap/p50 >
+    # 0.15: sorted digits 0.50-0.53, healthy -0.33..0.11 (raw, not
+    # detrended: up to 0.87 in early training), batch-4 noise -0.22. Known
+    # limit: Adam at lr 1e-2 on the small conv net makes its dense BN's batch
+    # means wander 0.3 std in short runs (0.60): flagged.
+    "drift_autocorrelation": 0.4,
+    # S7, the subtler form: with momentum 0.9 the average follows class-sorted
+    # batches closely, so the gaps stay small (median mean_gap/p50 0.04-0.12
+    # on the demo's unshuffled conv run) but come in runs: after each change
+    # of class the mean and the variance gap both stay up for a few steps.
+    # Detrended by a centered 9-step moving average (longer than the 4-6
+    # batches of one class in sorted digits, shorter than learning trends),
+    # the smaller of the two lag-1 autocorrelations is ~-0.14 for independent
+    # batches. Measured, median over a run's layers: 27 healthy runs (dense
+    # and conv, seeds 0-5, lr 3e-4..3e-2, batch 16-64, 1-4 epochs, early
+    # training included) -0.37..-0.02, tiny batches -0.20/-0.13, the demo's
+    # unshuffled run +0.33 (its layers 0.30-0.45). The signal is pooled over
+    # layers (one layer alone reached 0.26 in a healthy run): sorted data
+    # shift every layer's batches at once.
+    "block_window": 9,
+    "block_autocorrelation": 0.2,
+    # S5 on a live model (population.diagnose_model): training-mode vs
+    # inference-mode population variance, log ratio > 0.3 (1.35x).
+    "population_variance_shift": 0.3,
+    # S8 (BN009): the probe batch (held-out data, training-mode pass) against
+    # the converged moving statistics, median over the converged probe points.
+    # Same distribution: like a big training batch, at most 0.10 / 0.15
+    # (healthy dense, probe of 256 held-out digits); eval data x*1.5+0.5:
+    # 0.47-0.76 / 0.86-0.96 on the first layer (later layers in training mode
+    # normalize the shift away: 0.02 / 0.07).
+    "probe_shift_mean": 0.3,
+    "probe_shift_log_var": 0.4,
+}
+
+# The failure scenarios the diagnosis tells apart (a healthy run raises nothing).
+SCENARIOS = {
+    "S1": "momentum too high for the number of steps: the moving averages have not converged",
+    "S2": "moving statistics never updated (layer called with training=False, or frozen, while training)",
+    "S3": "moving statistics lost on save/restore (non-trainable variables not checkpointed)",
+    "S4": "decay near 0: the moving statistics are just the last batch",
+    "S5": "dropout (or noise) before BN: training batches are wider than what inference sees (variance shift)",
+    "S6": "tiny batches: batch moments too noisy",
+    "S7": "unshuffled or sorted data: consecutive batches alike, the averages describe the last ones",
+    "S8": "train and eval data from different distributions",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Code:
+    """One finding code: ``scenario`` (a key of :data:`SCENARIOS`, "-" for
+    none), default ``severity``, a one-line ``title`` and the ``fix``."""
+
+    code: str
+    scenario: str
+    severity: str
+    title: str
+    fix: str
+
+
+CODES = {
+    "BN001": Code("BN001", "S1", "error", "momentum too high for the number of steps",
+                   "lower the momentum (0.9 for runs of a few hundred steps), train longer, or call "
+                   "tb_bnstats.recalibrate(model, data) after training"),
+    "BN002": Code("BN002", "S2", "error", "moving statistics never updated",
+                   "call the layer with training=None (let Keras pass the phase) or keep it trainable; if "
+                   "frozen on purpose, call tb_bnstats.recalibrate(model, data, include_frozen=True)"),
+    "BN003": Code("BN003", "S4", "warning", "momentum near 0: the moving statistics are the last batch",
+                   "use momentum 0.9-0.99 (Keras' momentum is 1 - PyTorch's: PyTorch's 0.1 is Keras' 0.9)"),
+    "BN004": Code("BN004", "S5", "warning", "variance shift: batches wider than what inference normalizes with",
+                   "move Dropout after the BN layers (or before the last layer only), or "
+                   "tb_bnstats.recalibrate(model, data) (other layers in inference mode)"),
+    "BN005": Code("BN005", "S6", "warning", "noisy batch moments (tiny batches)",
+                   "use batches of 16+ samples per replica (or GroupNorm / BatchRenorm / synchronized BN), "
+                   "then tb_bnstats.recalibrate(model, data)"),
+    "BN006": Code("BN006", "S7", "warning", "batch moments drift within an epoch (unshuffled or sorted data)",
+                   "shuffle the training data (fit(shuffle=True), Dataset.shuffle with a buffer larger than "
+                   "a class), then tb_bnstats.recalibrate(model, data)"),
+    "BN008": Code("BN008", "S3", "error", "moving statistics lost on save/restore",
+                   "save and restore the non-trainable variables too: model.save / save_weights include them "
+                   "(load_weights restores them), with tf.train.Checkpoint track the model, not "
+                   "model.trainable_variables; or call tb_bnstats.recalibrate(model, data) after restoring"),
+    "BN009": Code("BN009", "S8", "warning", "eval data differ from the training data (probe batch far from the moving statistics)",
+                   "check the eval pipeline's preprocessing and normalization against the training pipeline's "
+                   "(same scaling, same mean/std, same resizing); if the shift is real, recalibrate on data like "
+                   "the eval data: tb_bnstats.recalibrate(model, eval_like_data)"),
+    "BN007": Code("BN007", "-", "error", "NaN or Inf in the batch or moving moments",
+                   "find the first bad step (inputs, learning rate, float16 overflow); the moving statistics "
+                   "are NaN from then on: recalibrate or restore a checkpoint"),
+}

@@ -1,0 +1,43 @@
+"""A finding: one diagnosed problem of one run, as the CLI prints it, the
+callback stores it and the tab shows it."""
+
+import dataclasses
+from typing import Dict, List
+
+from tb_bnstats.format.metadata import from_known_fields
+
+
+@dataclasses.dataclass
+class Finding:
+    """One diagnosed problem of one run.
+
+    ``code`` is a key of :data:`tb_bnstats.diagnosis.codes.CODES`,
+    ``severity`` one of ``SEVERITIES``, ``scenario`` the code's scenario;
+    ``layers`` the layers concerned in depth order; ``evidence`` maps each
+    layer to its numbers (``{"bn_3": {"convergence": 0.63, ...}}``);
+    ``message`` says it in plain words, with the fix.
+    """
+
+    code: str
+    severity: str
+    scenario: str
+    run: str
+    layers: List[str]
+    evidence: Dict[str, Dict[str, float]]
+    message: str
+
+    def to_dict(self):
+        """The finding as a JSON-able dict (the stored form)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        """A finding from its stored form; keys a newer writer added are ignored.
+
+        Raises:
+            TypeError: ``d`` lacks a field.
+        """
+        return from_known_fields(cls, d)
+
+    def __str__(self):
+        return f"{self.severity.upper():7s} {self.code} [{self.scenario}] {self.run}: {self.message}"

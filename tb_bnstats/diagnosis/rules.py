@@ -1,0 +1,385 @@
+"""The diagnosis rules: one function per code, over one layer's logged series
+(:class:`tb_bnstats.format.records.LayerData`, the quantities of
+:mod:`tb_bnstats.quantities` as logged; nothing is re-derived from raw
+moments).
+
+A layer is first placed by its state; the first rule that claims the layer
+decides what else is checked (a layer full of NaN says nothing else
+reliable, one never updated has no convergence, and so on):
+
+=====  ========  ========  ====================================================
+code   scenario  severity  rule (per layer)
+=====  ========  ========  ====================================================
+BN007  --        error     NaN or Inf in a logged batch or moving moment
+BN008  S3        error     at a fit's start the optimizer had taken steps (a
+                           restored run) but the layer's moving statistics were
+                           at their initializers' values (recorded by the
+                           callback, ``run/train_begin``), and it updated since
+BN002  S2        error     ``updates`` = 0 at every logged step (>= 5 steps)
+                           while the batch moments are far from the moving ones
+                           (median ``mean_gap/p50`` > 0.25 or median
+                           ``abs_log_var_ratio/p50`` > 0.25 over the last
+                           steps); ``info`` when they happen to be close
+BN003  S4        warning   momentum < 0.5: the average remembers < 2 batches
+BN001  S1        error     final convergence ``1 - m**t`` < 0.95 and the batch
+                           moments far from the moving ones (same gap test)
+BN004  S5        warning   converged and signed ``log_var_ratio/mean`` > 0.3 on
+                           median and at >= 80% of the converged steps (batches
+                           wider than the average); from a live model, see
+                           :func:`tb_bnstats.diagnosis.live.diagnose_model`
+BN006  S7        warning   converged, and either median ``mean_gap/p50`` > 0.25
+                           with the batch-mean deviation ``batch_mean -
+                           moving_mean`` autocorrelated (detrended lag 1 >=
+                           0.4), or batches in runs of alike ones: the smaller
+                           of the detrended lag-1 autocorrelations of
+                           ``mean_gap/p50`` and ``abs_log_var_ratio/p50`` >= 0.2
+                           on the layer and in the median over the run's layers
+BN005  S6        warning   converged, not BN006, and either median
+                           ``mean_gap/p50`` > 0.25, or median
+                           ``abs_log_var_ratio/p50`` > 0.35 that is not one
+                           systematic shift (``|median log_var_ratio/mean|`` <
+                           0.8 of it)
+BN009  S8        warning   with a probe batch (``BNStatsCallback(probe_data=)``):
+                           converged, the training gaps small (not "far"), and
+                           the probe batch's moments far from the moving ones
+                           (median ``probe_mean_gap/p50`` > 0.3 or median
+                           ``probe_abs_log_var_ratio/p50`` > 0.4)
+=====  ========  ========  ====================================================
+
+S3 (BN008) needs the callback's record of each fit's start
+(``run/train_begin``); logs written by hand have it only if they call
+``Writer.train_begin``. S8 needs a probe batch of eval data: without one, no
+BN moments of eval data are logged. S5 (dropout before BN) does not show in
+training logs of Keras models: the moving variance averages the
+dropout-widened batch variances, so training sees no gap; the shift appears
+only at inference, and :func:`tb_bnstats.diagnosis.live.diagnose_model`
+measures it on the model itself.
+
+Every rule returns ``[(code, severity, evidence, message)]``; a state rule
+returns None when the layer is not in its state.
+"""
+
+import dataclasses
+import math
+from typing import Optional
+
+import numpy as np
+
+from tb_bnstats import quantities
+from tb_bnstats.diagnosis.codes import CODES, THRESHOLDS
+
+
+def median(values):
+    """Median of the finite values (NaN when none)."""
+    values = np.asarray(values, np.float64)
+    values = values[np.isfinite(values)]
+    return float(np.median(values)) if values.size else float("nan")
+
+
+def _tail(values):
+    """The last max(10, 10%) points: one noisy step is not a finding."""
+    n = len(values)
+    k = max(THRESHOLDS["tail_points"], int(math.ceil(THRESHOLDS["tail_fraction"] * n)))
+    return values[-k:]
+
+
+def _far(gap_mean, gap_log_var):
+    """Batch and moving moments "far apart" (:data:`THRESHOLDS` ``gap_*``)."""
+    return gap_mean > THRESHOLDS["gap_mean"] or gap_log_var > THRESHOLDS["gap_log_var"]
+
+
+def _fix(code):
+    return CODES[code].fix
+
+
+@dataclasses.dataclass
+class LayerView:
+    """What the rules read of one layer: its name, data, and the numbers most
+    rules share (medians over the last steps, the base evidence)."""
+
+    name: str
+    layer: object  # records.LayerData
+    momentum: Optional[float]
+    updates: int
+    gap_mean: float
+    gap_log_var: float
+
+    @property
+    def far(self):
+        return _far(self.gap_mean, self.gap_log_var)
+
+    @property
+    def base(self):
+        s = self.layer.series
+        return {"momentum": self.momentum, "updates": self.updates, "convergence": float(s["convergence"][-1]),
+                "mean_gap_p50": self.gap_mean, "abs_log_var_ratio_p50": self.gap_log_var}
+
+    @classmethod
+    def of(cls, name, layer):
+        """None for a layer without logged steps (nothing to diagnose)."""
+        s = layer.series
+        if len(layer.steps) == 0 or "updates" not in s:
+            return None
+        m = layer.info.momentum
+        return cls(name, layer, None if m is None else float(m), int(s["updates"][-1]),
+                   median(_tail(s["mean_gap/p50"])), median(_tail(s["abs_log_var_ratio/p50"])))
+
+
+# -- rules that decide a layer's state ----------------------------------------------
+
+
+def non_finite_moments(view, **_):
+    """BN007: NaN or Inf in a logged moment; every other number of the layer
+    is unreliable then."""
+    layer, s = view.layer, view.layer.series
+    bad_steps = np.zeros(len(layer.steps), bool)
+    for key in ("batch_mean", "batch_var", "moving_mean", "moving_var"):
+        if key in s:
+            bad_steps |= ~np.isfinite(s[key])
+    if not bad_steps.any():
+        return None
+    first = int(layer.steps[np.argmax(bad_steps)])
+    ev = {"first_bad_step": first, "bad_steps": int(bad_steps.sum()), "logged_steps": len(layer.steps)}
+    return [("BN007", "error", ev,
+             f"{view.name}: batch or moving moments are NaN/Inf from step {first} on "
+             f"({int(bad_steps.sum())} of {len(layer.steps)} logged steps). {_fix('BN007')}.")]
+
+
+def restored_at_initializer(view, lost_at=None, **_):
+    """BN008 (S3): the run resumed at step ``lost_at`` with this layer's
+    moving statistics at their initial values, and the layer updated since (a
+    layer never updated is BN002's). The other numbers then describe an
+    average restarted from scratch."""
+    if lost_at is None:
+        return None
+    s, info = view.layer.series, view.layer.info
+    after = view.layer.steps > lost_at
+    updates = s["updates"][after]
+    if updates.size == 0 or updates[-1] <= 0 or (updates.size > 1 and updates[-1] <= updates[0]):
+        return None
+    t = int(updates[-1])
+    conv = float(s["convergence"][after][-1])
+    ev = {"restored_at_step": int(lost_at), "updates_since_restore": t, "convergence": conv,
+          "init_mean": float(info.init_mean), "init_var": float(info.init_var), "momentum": view.momentum}
+    need = quantities.steps_to_converge(view.momentum, THRESHOLDS["converged"])
+    if conv >= THRESHOLDS["converged"]:
+        since = (f"They have been rebuilt from {t} batches since ({conv:.1%} converged), but evaluations and "
+                 f"checkpoints between steps {lost_at} and {lost_at + need} used statistics that did not match "
+                 f"the weights.")
+    else:
+        since = (f"Since then they average only {t} batches ({conv:.1%} converged; 95% needs {need}): inference "
+                 f"normalizes with statistics that do not match the weights.")
+    return [("BN008", "error", ev,
+             f"{view.name}: the run resumed at step {lost_at} (the optimizer had taken {lost_at} steps) with this "
+             f"layer's moving statistics at their initial values (mean {info.init_mean:g}, variance "
+             f"{info.init_var:g}): they were not restored with the weights. {since} Fix: {_fix('BN008')}.")]
+
+
+def never_updated(view, **_):
+    """BN002 (S2): no update at any logged step. Error when the batches are
+    far from the stale statistics, info when they still match."""
+    s, info = view.layer.series, view.layer.info
+    if not np.all(s["updates"] == 0):
+        return None
+    steps = len(view.layer.steps)
+    if steps < THRESHOLDS["not_updated_min_points"]:
+        return []
+    why = "trainable=False" if not info.trainable else "called with training=False during training"
+    if view.far:
+        return [("BN002", "error", view.base,
+                 f"{view.name}: moving statistics were never updated in {steps} logged steps ({why}) while the "
+                 f"batches it sees are {view.gap_mean:.2f} std from its moving mean and their variance is "
+                 f"{math.exp(view.gap_log_var):.2f}x off: inference normalizes with stale values. "
+                 f"Fix: {_fix('BN002')}.")]
+    return [("BN002", "info", view.base,
+             f"{view.name}: moving statistics are not updated ({why}), but they still match the batches it sees "
+             f"(gap {view.gap_mean:.2f} std). Fine if frozen on purpose.")]
+
+
+def momentum_near_zero(view, **_):
+    """BN003 (S4): momentum below ``low_momentum``: the "moving" statistics
+    are essentially the last batch."""
+    if view.momentum is None or view.momentum >= THRESHOLDS["low_momentum"]:
+        return None
+    window = quantities.effective_window(view.momentum)
+    return [("BN003", "warning", {**view.base, "effective_window": window},
+             f"{view.name}: momentum {view.momentum:g} averages over {window:.2f} batches: the moving statistics "
+             f"are essentially the last batch (gap {view.gap_mean:.3f} std in training looks perfect, inference "
+             f"depends on which batch came last). Fix: {_fix('BN003')}.")]
+
+
+def not_converged(view, **_):
+    """BN001 (S1): convergence below ``converged`` with the batches far from
+    the moving statistics; a layer still warming up is checked for nothing
+    else."""
+    conv = float(view.layer.series["convergence"][-1])
+    if conv >= THRESHOLDS["converged"]:
+        return None
+    if not view.far:
+        return []
+    m, t, fraction = view.momentum, view.updates, THRESHOLDS["converged"]
+    need = quantities.steps_to_converge(m, fraction)
+    return [("BN001", "error", {**view.base, "updates_for_95": need},
+             f"{view.name}: moving statistics are {conv:.0%} converged after {t} updates at momentum {m:g}; "
+             f"95% needs {need}. Batch means are {view.gap_mean:.2f} std from the moving mean, variances "
+             f"{math.exp(view.gap_log_var):.2f}x apart. Use momentum {quantities.suggested_momentum(t, fraction):g} "
+             f"for runs this short, or call tb_bnstats.recalibrate(model, data).")]
+
+
+STATE_RULES = (non_finite_moments, restored_at_initializer, never_updated, momentum_near_zero, not_converged)
+
+
+# -- rules on the converged part -------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Converged:
+    """The converged steps of a layer and the numbers the converged rules share."""
+
+    mask: np.ndarray
+    signed_log_var: np.ndarray  # log_var_ratio/mean at the converged steps
+    evidence: dict
+
+    @classmethod
+    def of(cls, view):
+        """None with fewer than ``converged_min_points`` converged steps."""
+        s = view.layer.series
+        mask = s["convergence"] >= THRESHOLDS["converged"]
+        if mask.sum() < THRESHOLDS["converged_min_points"]:
+            return None
+        slv = s["log_var_ratio/mean"][mask]
+        drift_ac = quantities.detrended_autocorrelation((s["batch_mean"] - s["moving_mean"])[mask],
+                                                        THRESHOLDS["block_window"])
+        ev = {**view.base, "mean_gap_p50": median(s["mean_gap/p50"][mask]),
+              "abs_log_var_ratio_p50": median(s["abs_log_var_ratio/p50"][mask]), "log_var_ratio_mean": median(slv),
+              "drift_autocorrelation": drift_ac, "block_autocorrelation": block_score(view.layer),
+              "converged_steps": int(mask.sum())}
+        return cls(mask, slv, ev)
+
+
+def variance_shift(view, conv, **_):
+    """BN004 (S5) from the logs: batches persistently wider than the
+    converged moving variance."""
+    ev, shift = conv.evidence, THRESHOLDS["variance_shift"]
+    signed = ev["log_var_ratio_mean"]
+    if not (signed > shift and np.mean(conv.signed_log_var > shift / 2) >= THRESHOLDS["variance_shift_fraction"]):
+        return []
+    return [("BN004", "warning", ev,
+             f"{view.name}: batches are persistently wider than the moving variance (median log ratio "
+             f"{signed:+.2f}, {math.exp(signed):.2f}x) although the average has converged. Fix: {_fix('BN004')}.")]
+
+
+def drifting_batches(view, conv, run_in_blocks=False, **_):
+    """BN006 (S7): batch means that wander in runs of alike batches, or gaps
+    that come in blocks as in most layers of the run (sorted data)."""
+    ev = conv.evidence
+    g, drift_ac = ev["mean_gap_p50"], ev["drift_autocorrelation"]
+    autocorrelated = np.isfinite(drift_ac) and drift_ac >= THRESHOLDS["drift_autocorrelation"]
+    wandering = g > THRESHOLDS["noise_mean"] and autocorrelated
+    in_blocks = run_in_blocks and ev["block_autocorrelation"] >= THRESHOLDS["block_autocorrelation"]
+    if not (wandering or in_blocks):
+        return []
+    why = (f"batch means wander {g:.2f} std from the moving mean in runs of similar batches (detrended "
+           f"step-to-step autocorrelation {drift_ac:.2f}; shuffled batches give -0.14)" if wandering else
+           f"with the slow trend taken out, its batch mean and variance stay off the moving ones for several "
+           f"steps in a row, as in most layers of the run (detrended autocorrelation "
+           f"{ev['block_autocorrelation']:.2f}; independent batches give -0.14)")
+    return [("BN006", "warning", ev,
+             f"{view.name}: {why}: consecutive batches are alike (unshuffled or sorted data), so the moving "
+             f"statistics describe the last batches, not the data. Fix: {_fix('BN006')}.")]
+
+
+def noisy_batches(view, conv, **_):
+    """BN005 (S6): batch moments far from the converged average step after
+    step, not as one systematic shift (too few samples per channel)."""
+    ev = conv.evidence
+    g, alv, signed = ev["mean_gap_p50"], ev["abs_log_var_ratio_p50"], ev["log_var_ratio_mean"]
+    if not (g > THRESHOLDS["noise_mean"]
+            or (alv > THRESHOLDS["noise_log_var"] and abs(signed) < THRESHOLDS["systematic_fraction"] * alv)):
+        return []
+    return [("BN005", "warning", ev,
+             f"{view.name}: batch moments are noisy: on the median channel the batch mean is {g:.2f} std from "
+             f"the moving mean and the variance {math.exp(alv):.2f}x off, step after step (too few samples per "
+             f"channel). Fix: {_fix('BN005')}.")]
+
+
+def probe_shift(name, layer):
+    """BN009 (S8) from the probe series: the probe batch's moments far from
+    converged moving statistics that fit the training batches."""
+    s = layer.series
+    if "probe_mean_gap/p50" not in s or "convergence" not in s or len(layer.steps) == 0:
+        return []
+    converged = s["convergence"] >= THRESHOLDS["converged"]
+    probed = converged & np.isfinite(s["probe_mean_gap/p50"])
+    if not probed.any():
+        return []
+    probe_gap = median(_tail(s["probe_mean_gap/p50"][probed]))
+    probe_lv = median(_tail(s.get("probe_abs_log_var_ratio/p50", np.full(len(layer.steps), np.nan))[probed]))
+    train_gap = median(_tail(s["mean_gap/p50"][converged]))
+    train_lv = median(_tail(s["abs_log_var_ratio/p50"][converged]))
+    shifted = probe_gap > THRESHOLDS["probe_shift_mean"] or probe_lv > THRESHOLDS["probe_shift_log_var"]
+    if not shifted or _far(train_gap, train_lv):
+        return []
+    ev = {"probe_mean_gap_p50": probe_gap, "probe_abs_log_var_ratio_p50": probe_lv, "mean_gap_p50": train_gap,
+          "abs_log_var_ratio_p50": train_lv, "probe_points": int(probed.sum()),
+          "convergence": float(s["convergence"][-1])}
+    return [("BN009", "warning", ev,
+             f"{name}: the probe batch's means are {probe_gap:.2f} std from the converged moving means and its "
+             f"variances {math.exp(probe_lv):.2f}x off, while training batches are {train_gap:.2f} std / "
+             f"{math.exp(train_lv):.2f}x from them: the probe (eval) data come from a different distribution "
+             f"than the training data. Fix: {_fix('BN009')}.")]
+
+
+def block_score(layer):
+    """The smaller of the detrended lag-1 autocorrelations
+    (:func:`quantities.detrended_autocorrelation`) of ``mean_gap/p50`` and
+    ``abs_log_var_ratio/p50`` over the converged steps: sorted data keep both
+    up for several steps after each change of class. NaN with fewer than
+    ``converged_min_points`` converged steps."""
+    s = layer.series
+    if len(layer.steps) == 0 or "convergence" not in s or "abs_log_var_ratio/p50" not in s:
+        return float("nan")
+    converged = s["convergence"] >= THRESHOLDS["converged"]
+    if converged.sum() < THRESHOLDS["converged_min_points"]:
+        return float("nan")
+    w = THRESHOLDS["block_window"]
+    return float(np.minimum(quantities.detrended_autocorrelation(s["mean_gap/p50"][converged], w),
+                            quantities.detrended_autocorrelation(s["abs_log_var_ratio/p50"][converged], w)))
+
+
+def lost_on_restore(run_data):
+    """``{layer: step}``: the last fit start (callback record
+    ``run/train_begin``) at which a trainable layer's moving statistics were
+    at their initial values although the optimizer had already taken
+    ``step`` > 0 steps."""
+    lost = {}
+    for record in getattr(run_data, "train_begins", None) or []:
+        if record.get("step", 0) > 0:
+            for name in record.get("moving_at_initializer") or []:
+                lost[name] = int(record["step"])
+    return lost
+
+
+def layer_findings(name, layer, lost_at=None, run_in_blocks=False):
+    """``[(code, severity, evidence, message)]`` for one layer.
+
+    Args:
+        name: the layer's name.
+        layer: its :class:`tb_bnstats.format.records.LayerData`.
+        lost_at: the step of a restore that found its moving statistics at
+            their initial values (:func:`lost_on_restore`).
+        run_in_blocks: most layers of the run see batches in runs of alike
+            ones (median :func:`block_score` over the run's layers).
+    """
+    view = LayerView.of(name, layer)
+    if view is None:
+        return []
+    for rule in STATE_RULES:
+        hits = rule(view, lost_at=lost_at)
+        if hits is not None:
+            return hits
+    conv = Converged.of(view)
+    if conv is None:
+        return []
+    drift = drifting_batches(view, conv, run_in_blocks=run_in_blocks)
+    return variance_shift(view, conv) + (drift or noisy_batches(view, conv))

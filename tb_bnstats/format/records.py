@@ -1,0 +1,99 @@
+"""A run's records in memory: what the reader returns, what the writer keeps
+for the end-of-fit diagnosis, what the plugin diagnoses.
+
+:func:`run_data` is the one place a :class:`RunData` is assembled from
+per-quantity ``(steps, values)`` pairs; :func:`aligned` puts a layer's series
+on one step axis.
+"""
+
+import dataclasses
+from typing import Dict, Mapping, Optional, Tuple
+
+import numpy as np
+
+from tb_bnstats.format import metadata
+
+Series = Tuple[np.ndarray, np.ndarray]  # (steps int64 [n], values float64 [n])
+
+
+@dataclasses.dataclass
+class LayerData:
+    """One layer's records.
+
+    ``series[q]`` is aligned with ``steps`` (NaN where ``q`` was not logged,
+    e.g. probe series between probe steps); ``snapshots[row]`` is
+    ``[len(snapshot_steps), channels]`` for each :data:`metadata.SNAPSHOT_ROWS`.
+    """
+
+    info: metadata.LayerInfo
+    steps: np.ndarray
+    series: Dict[str, np.ndarray]
+    snapshot_steps: np.ndarray
+    snapshots: Dict[str, np.ndarray]
+
+
+@dataclasses.dataclass
+class RunData:
+    """One run's records.
+
+    ``metrics["train/loss"]`` is ``(steps, values)``. ``stored_findings``: the
+    findings the callback stored at the end of its last fit (a list of dicts),
+    None when none were stored. ``train_begins``: the callback's record of each
+    fit's start (:data:`metadata.TRAIN_BEGIN_TAG`), dicts with ``step``,
+    ``resumed``, ``moving_at_initializer``, in step order.
+    ``newer_format_versions``: versions newer than this reader's seen in the
+    run's records (read as far as possible).
+    """
+
+    layers: Dict[str, LayerData]
+    metrics: Dict[str, Series]
+    stored_findings: Optional[list] = None
+    train_begins: list = dataclasses.field(default_factory=list)
+    newer_format_versions: tuple = ()
+
+
+def aligned(series_by_quantity: Mapping[str, Series]):
+    """``{quantity: (steps, values)}`` -> ``(steps, {quantity: values})`` on
+    the union of the steps, NaN where a quantity has no point."""
+    if not series_by_quantity:
+        return np.zeros(0, np.int64), {}
+    steps = np.unique(np.concatenate([np.asarray(s, np.int64) for s, _ in series_by_quantity.values()]))
+    out = {}
+    for quantity, (s, v) in series_by_quantity.items():
+        full = np.full(steps.shape, np.nan)
+        full[np.searchsorted(steps, np.asarray(s, np.int64))] = v
+        out[quantity] = full
+    return steps, out
+
+
+def run_data(layer_infos: Mapping[str, metadata.LayerInfo], series_by_layer: Mapping[str, Mapping[str, Series]],
+             metrics: Mapping[str, Series] = None, snapshots_by_layer=None, stored_findings=None,
+             train_begins=(), newer_format_versions=()) -> RunData:
+    """Assembles a :class:`RunData`.
+
+    Args:
+        layer_infos: ``{layer: LayerInfo}``; every layer gets a
+            :class:`LayerData`, empty when it has no series.
+        series_by_layer: ``{layer: {quantity: (steps, values)}}``, aligned
+            here with :func:`aligned`.
+        metrics: ``{"split/name": (steps, values)}``.
+        snapshots_by_layer: ``{layer: (steps [k], tensor [k, rows, channels])}``
+            with rows in :data:`metadata.SNAPSHOT_ROWS` order (the tensors of
+            another shape are left out, their steps kept).
+        stored_findings, train_begins, newer_format_versions: as in
+            :class:`RunData`.
+
+    Returns:
+        The :class:`RunData`.
+    """
+    layers = {}
+    for name, info in layer_infos.items():
+        steps, series = aligned(series_by_layer.get(name, {}))
+        snap_steps, snaps = np.zeros(0, np.int64), {}
+        if snapshots_by_layer and name in snapshots_by_layer:
+            snap_steps, tensor = snapshots_by_layer[name]
+            if tensor.ndim == 3 and tensor.shape[1] == len(metadata.SNAPSHOT_ROWS):
+                snaps = {row: tensor[:, i, :] for i, row in enumerate(metadata.SNAPSHOT_ROWS)}
+        layers[name] = LayerData(info, steps, series, snap_steps, snaps)
+    return RunData(layers=layers, metrics=dict(metrics or {}), stored_findings=stored_findings,
+                   train_begins=list(train_begins), newer_format_versions=tuple(sorted(set(newer_format_versions))))

@@ -1,0 +1,289 @@
+"""The train/inference gap: batches through the model in training mode and in
+inference mode, without changing anything. The one pass behind the
+callback's probe (``BNStatsCallback(probe_data=...)``) and behind
+:func:`gap_report` (what :func:`tb_bnstats.recalibrate` reports before and
+after).
+
+What it measures on the same batch (scenarios S1 and S8):
+
+* the compiled loss and metrics in both modes -- the gap users see as "good
+  training accuracy, bad validation accuracy" measured on one batch, so data
+  differences are out of it;
+* the drift of the model's output and of each BN layer's output between the
+  modes, :func:`tb_bnstats.quantities.output_drift` (``||y_train - y_inf|| /
+  ||y_train||``): it is ~0 above the first layer whose moving statistics do
+  not fit, so the depth where the gap starts is visible;
+* per BN layer, the batch's own moments (those the layer normalizes with in
+  the training-mode pass, where upstream layers normalize with batch moments
+  too) against the moving ones, with
+  :func:`tb_bnstats.quantities.probe_series`. On a batch of the training
+  distribution they are as close as the training batches' are; far apart
+  with converged moving statistics means the probe data differ (S8).
+
+How, without changing state: both passes run through Keras'
+``model.stateless_call`` with the current variables, and the loss and metrics
+through ``stateless_compute_loss`` and the compiled metrics' stateless API on
+fresh (zero) metric state; every new value they return -- moving averages,
+dropout's seed generator state, metric totals -- is thrown away. No
+optimizer step, no moving-average update, the training run's RNG stream is
+untouched. The BN layers are tapped with
+:class:`tb_bnstats.measure.keras_passes.MomentTap` (which bypasses the
+capture's ``_moments`` wrapper, so the logged update counts do not move) and
+the two passes are one compiled graph, traced once per batch shape.
+Works for functional and subclassed models alike (outputs are taken inside
+the calls).
+"""
+
+import dataclasses
+from typing import Dict, Optional
+
+import numpy as np
+
+from tb_bnstats import quantities
+from tb_bnstats.measure import data as batches
+from tb_bnstats.measure import keras_passes
+
+# At most this many samples of the probe data are used (one batch).
+MAX_PROBE_SAMPLES = 256
+
+
+@dataclasses.dataclass
+class ProbeLayer:
+    """One BN layer on the probe batch (float64 per channel)."""
+
+    probe_mean: np.ndarray
+    probe_var: np.ndarray
+    moving_mean: np.ndarray
+    moving_var: np.ndarray
+    output_drift: float
+
+
+@dataclasses.dataclass
+class ProbeResult:
+    """One batch in both modes.
+
+    ``metrics_train`` / ``metrics_inference``: ``{"loss": ..., "accuracy":
+    ...}`` (empty without labels); ``layers``: per BN layer name;
+    ``outputs_train`` / ``outputs_inference``: the model's (first) output in
+    each mode; ``output_norms``: ``(||y_train - y_inf||^2, ||y_train||^2)`` of
+    it, to pool over batches."""
+
+    metrics_train: Dict[str, float]
+    metrics_inference: Dict[str, float]
+    layers: Dict[str, ProbeLayer]
+    outputs_train: np.ndarray
+    outputs_inference: np.ndarray
+    output_norms: tuple
+
+
+def take_probe_batch(data, max_samples=MAX_PROBE_SAMPLES):
+    """The probe batch of ``data``.
+
+    Args:
+        data: arrays or a dataset (:func:`tb_bnstats.measure.data.iter_batches`).
+        max_samples: rows kept at most.
+
+    Returns:
+        ``(x, y_or_None)``: the first ``max_samples`` rows of arrays, or the
+        first batch of a dataset cut to ``max_samples`` rows.
+
+    Raises:
+        ValueError: the first batch is empty.
+    """
+    x, y = next(iter(batches.iter_batches(data, batch_size=max_samples)))
+    rows = batches.num_rows(x)
+    if rows > max_samples:
+        x = batches.slice_rows(x, slice(0, max_samples))
+        y = None if y is None else np.asarray(y)[:max_samples]
+    if rows == 0:
+        raise ValueError("probe_data gave an empty batch")
+    return x, y
+
+
+def _first_output(y_pred):
+    while isinstance(y_pred, (list, tuple, dict)):
+        y_pred = next(iter(y_pred.values())) if isinstance(y_pred, dict) else y_pred[0]
+    return y_pred
+
+
+class GapProbe:
+    """Runs batches through ``model`` in both modes.
+
+    Args:
+        model: a built Keras model.
+        named_layers: ``[(name, bn_layer)]`` to measure
+            (:func:`tb_bnstats.capture.keras.layers.find_batchnorm_layers`).
+        x, y: an optional fixed batch for :meth:`run` without arguments
+            (the callback's probe batch).
+    """
+
+    def __init__(self, model, x=None, y=None, named_layers=()):
+        self.model = model
+        self.x = None if x is None else keras_passes.to_tensors(x)
+        self.y = None if y is None else keras_passes.to_tensors(y)
+        self.tap = keras_passes.MomentTap(list(named_layers), force_training=False)
+        self._fn = keras_passes.compile_pass(self._both_modes)
+
+    def _both_modes(self, x, y):
+        """Traced once per batch shape: both passes, loss and metrics,
+        per-layer moments and output norms, all from stateless calls."""
+        from keras import ops
+
+        model, tap = self.model, self.tap
+        trainable = [v.value for v in model.trainable_variables]
+        non_trainable = [v.value for v in model.non_trainable_variables]
+        outputs = {}
+        for mode in (True, False):
+            tap.sink, tap.outputs = ({} if mode else None), {}
+            y_pred, _ = model.stateless_call(trainable, non_trainable, x, training=mode)
+            outputs[mode] = (y_pred, dict(tap.outputs), dict(tap.sink or {}))
+            tap.sink = tap.outputs = None
+        metrics = {mode: ({} if y is None else self._loss_and_metrics(trainable, non_trainable, x, y, y_pred, mode))
+                   for mode, (y_pred, _, _) in outputs.items()}
+
+        def norms(a, b):
+            a, b = ops.cast(a, "float32"), ops.cast(b, "float32")
+            return ops.sum(ops.square(a - b)), ops.sum(ops.square(a))
+
+        by_name = dict(tap.named)
+        per_layer = {}
+        for name, out_t in outputs[True][1].items():
+            if name not in outputs[False][1] or name not in outputs[True][2]:
+                continue
+            mean, var, _ = outputs[True][2][name]
+            layer = by_name[name]
+            per_layer[name] = (mean, var, ops.convert_to_tensor(layer.moving_mean),
+                               ops.convert_to_tensor(layer.moving_variance), norms(out_t, outputs[False][1][name]))
+        y_t, y_i = _first_output(outputs[True][0]), _first_output(outputs[False][0])
+        return metrics[True], metrics[False], per_layer, (y_t, y_i, norms(y_t, y_i))
+
+    def _loss_and_metrics(self, trainable, non_trainable, x, y, y_pred, training):
+        from keras import ops
+
+        model = self.model
+        out = {}
+        if getattr(model, "_compile_loss", None) is not None:
+            loss, _ = model.stateless_compute_loss(trainable, non_trainable,
+                                                   [v.value for v in model.metrics_variables],
+                                                   x, y, y_pred, training=training)
+            out["loss"] = loss
+        compiled = getattr(model, "_compile_metrics", None)
+        if compiled is not None and compiled.built:
+            state = compiled.stateless_update_state([ops.zeros_like(v.value) for v in compiled.variables], y, y_pred)
+            for k, v in compiled.stateless_result(state).items():
+                out[k] = v
+        return out
+
+    def run(self, x=None, y=None) -> ProbeResult:
+        """Both modes on ``(x, y)``, or on the fixed batch given at construction.
+
+        Returns:
+            :class:`ProbeResult`.
+        """
+        if x is None:
+            x, y = self.x, self.y
+        else:
+            x, y = keras_passes.to_tensors(x), (None if y is None else keras_passes.to_tensors(y))
+        with self.tap, keras_passes.quiet_retracing():
+            train, inference, per_layer, (y_t, y_i, out_norms) = self._fn(x, y)
+        scalar = lambda d: {k: float(np.asarray(v)) for k, v in d.items() if np.asarray(v).size == 1}  # noqa: E731
+        f64 = lambda t: np.asarray(t, np.float64).reshape(-1)  # noqa: E731
+        layers = {name: ProbeLayer(f64(mean), f64(var), f64(mm), f64(mv), quantities.output_drift(*map(float, n)))
+                  for name, (mean, var, mm, mv, n) in per_layer.items()}
+        return ProbeResult(scalar(train), scalar(inference), layers, np.asarray(y_t), np.asarray(y_i),
+                           tuple(float(v) for v in out_norms))
+
+
+def layer_series(info, layer: ProbeLayer) -> dict:
+    """The ``PROBE_SERIES`` values (log format) of one layer."""
+    return quantities.probe_series(info.epsilon, layer.probe_mean, layer.probe_var, layer.moving_mean,
+                                   layer.moving_var, layer.output_drift)
+
+
+# -- the gap over several batches ------------------------------------------------------
+
+
+@dataclasses.dataclass
+class GapReport:
+    """Batches through the model with ``training=True`` and ``training=False``.
+
+    ``loss_*`` / ``accuracy_*`` are None when unknown (no labels, no compiled
+    loss, outputs that are not class scores): accuracy is the compiled
+    ``accuracy`` metric when the model has one, else
+    :func:`tb_bnstats.quantities.argmax_accuracy`. ``agreement`` is the
+    fraction of argmax predictions the two modes share (class scores only),
+    ``output_drift`` :func:`tb_bnstats.quantities.output_drift` of the model's
+    output pooled over all batches."""
+
+    samples: int
+    loss_train_mode: Optional[float]
+    loss_inference_mode: Optional[float]
+    accuracy_train_mode: Optional[float]
+    accuracy_inference_mode: Optional[float]
+    agreement: Optional[float]
+    output_drift: float
+
+    @property
+    def accuracy_gap(self):
+        """Training-mode minus inference-mode accuracy (None when unknown)."""
+        if self.accuracy_train_mode is None or self.accuracy_inference_mode is None:
+            return None
+        return self.accuracy_train_mode - self.accuracy_inference_mode
+
+
+def _accuracy(metrics, y, outputs):
+    if "accuracy" in metrics:
+        return metrics["accuracy"]
+    return None if y is None else quantities.argmax_accuracy(y, outputs)
+
+
+def gap_report(model, batch_list, probe: Optional[GapProbe] = None) -> GapReport:
+    """The train/inference gap on ``batch_list``, without changing the model.
+
+    Args:
+        model: a built Keras model.
+        batch_list: ``[(x, y_or_None)]`` batches.
+        probe: a :class:`GapProbe` of ``model`` to reuse (its traces).
+
+    Returns:
+        :class:`GapReport`, means weighted by rows.
+
+    Raises:
+        ValueError: no batch, or the backend is not supported.
+    """
+    keras_passes.check_backend()
+    probe = probe or GapProbe(model)
+    n, diff_sq, ref_sq, agree = 0, 0.0, 0.0, 0.0
+    sums = {"loss_t": 0.0, "loss_i": 0.0, "acc_t": 0.0, "acc_i": 0.0}
+    have = {"loss": True, "acc": True, "agree": True}
+    for x, y in batch_list:
+        result = probe.run(x, y)
+        rows = batches.num_rows(x)
+        n += rows
+        diff_sq, ref_sq = diff_sq + result.output_norms[0], ref_sq + result.output_norms[1]
+        pt, pi = result.outputs_train, result.outputs_inference
+        if pt.ndim >= 2 and pt.shape[-1] > 1:
+            agree += float(np.sum(np.argmax(pt, -1) == np.argmax(pi, -1)))
+        else:
+            have["agree"] = False
+        if "loss" in result.metrics_train:
+            sums["loss_t"] += result.metrics_train["loss"] * rows
+            sums["loss_i"] += result.metrics_inference["loss"] * rows
+        else:
+            have["loss"] = False
+        acc_t, acc_i = _accuracy(result.metrics_train, y, pt), _accuracy(result.metrics_inference, y, pi)
+        if acc_t is None or acc_i is None:
+            have["acc"] = False
+        else:
+            sums["acc_t"] += acc_t * rows
+            sums["acc_i"] += acc_i * rows
+    if n == 0:
+        raise ValueError("no batch to measure the train/inference gap on")
+    mean = lambda key, ok: sums[key] / n if ok else None  # noqa: E731
+    return GapReport(
+        samples=n,
+        loss_train_mode=mean("loss_t", have["loss"]), loss_inference_mode=mean("loss_i", have["loss"]),
+        accuracy_train_mode=mean("acc_t", have["acc"]), accuracy_inference_mode=mean("acc_i", have["acc"]),
+        agreement=agree / n if have["agree"] else None,
+        output_drift=quantities.output_drift(diff_sq, ref_sq),
+    )

@@ -1,0 +1,268 @@
+"""Population statistics of BatchNormalization layers ("PreciseBN") and
+recalibration of the moving averages from them.
+
+The moving averages a BN layer uses at inference are exponential averages of
+batch moments taken while the weights were changing, and they start from
+(0, 1). PreciseBN (Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021; the
+idea of fvcore's ``precise_bn``) replaces them, after training, with plain
+averages over many batches taken with the final, fixed weights.
+
+Per channel, each batch ``b`` gives ``n_b`` samples with mean ``mu_b`` and
+(biased) variance ``var_b``. The population moments over all the samples seen
+are, by the law of total variance, weighting each batch by its sample count::
+
+    mean = sum(n_b mu_b) / N
+    var  = sum(n_b (mu_b**2 + var_b)) / N - mean**2    (N = sum n_b)
+
+:func:`tb_bnstats.quantities.pool_moments` computes exactly this, in the
+numerically stable pairwise form (Chan et al. 1979): the same number without
+the cancellation of ``E[x**2] - E[x]**2`` when the mean is large against the
+spread. ``n_b`` is the number of values per channel in the batch (batch size
+times spatial positions; the unmasked count with a mask).
+
+How the moments are taken, without changing the model: the model runs through
+Keras' ``stateless_call`` (every variable assignment -- moving averages, RNG
+seed state -- goes into a scope that is thrown away), with each BN layer
+temporarily wrapped to run in training mode and to hand out the exact
+``(mean, variance)`` Keras' own ``_moments`` computes from the layer's input.
+Upstream BN layers normalize with batch moments, as in training and in
+PreciseBN. Other layers (Dropout, GaussianNoise...) run in inference mode by
+default (``training=False``), so the statistics are those inference will see
+-- which also removes dropout's "variance shift" (Li et al., CVPR 2019); pass
+``training=True`` for fvcore's behaviour (everything in training mode).
+Frozen layers (``trainable=False``) keep normalizing with their moving
+averages; their input moments are still measured.
+
+``recalibrate`` writes the result into ``moving_mean`` / ``moving_variance``
+(and ``moving_stddev = sqrt(var + eps)`` for ``renorm=True`` layers, whose
+moving variance Keras derives from it) as one transaction: if anything raises
+before it returns -- a data generator, a ``KeyboardInterrupt`` -- every
+variable it touched is restored bit for bit.
+"""
+
+import dataclasses
+from typing import Dict, List
+
+import numpy as np
+
+from tb_bnstats import quantities
+from tb_bnstats.measure import data as batches
+from tb_bnstats.measure import gap
+from tb_bnstats.measure.keras_passes import MomentTap, StatelessRunner, bn_layers
+
+# PreciseBN (Wu & Johnson 2021) finds 10^3-10^4 samples near-optimal.
+DEFAULT_NUM_SAMPLES = 4096
+
+
+@dataclasses.dataclass
+class LayerPopulation:
+    """Population moments of one BN layer's input (float64 per channel)."""
+
+    name: str
+    mean: np.ndarray
+    var: np.ndarray
+    count: float  # values per channel pooled (samples x positions)
+    batches: int
+    samples: int  # examples (batch rows) seen
+    trainable: bool
+
+
+def _population_and_kept_batches(model, data, num_samples, batch_size, training, shuffle, seed, keep_samples,
+                          include_frozen=True):
+    named = bn_layers(model)
+    if not include_frozen:
+        named = [(n, l) for n, l in named if l.trainable]
+    acc = {}
+    kept = []  # the first keep_samples examples' batches, for the gap report
+    seen_rows = 0
+    with MomentTap(named) as tap:
+        runner = StatelessRunner(model, training=training, tap=tap)
+        for x, y in batches.iter_batches(data, batch_size=batch_size, shuffle=shuffle, seed=seed):
+            if seen_rows >= num_samples:
+                break
+            rows = batches.num_rows(x)
+            _, moments = runner(x)
+            for name, (mean, var, count) in moments.items():
+                acc.setdefault(name, []).append((float(count), np.asarray(mean, np.float64), np.asarray(var, np.float64)))
+            if sum(batches.num_rows(kx) for kx, _ in kept) < keep_samples:
+                kept.append((x, y))
+            seen_rows += rows
+    if seen_rows == 0:
+        raise ValueError("no data: the data gave no batch")
+    trainable = {n: bool(l.trainable) for n, l in named}
+    out = {}
+    for name, _ in named:
+        if name not in acc:
+            continue  # the forward pass never ran this layer
+        counts = np.array([c for c, _, _ in acc[name]])
+        mean, var, count = quantities.pool_moments(counts, np.stack([m for _, m, _ in acc[name]]),
+                                                   np.stack([v for _, _, v in acc[name]]))
+        out[name] = LayerPopulation(name, mean, var, count, len(counts), seen_rows, trainable[name])
+    return out, kept
+
+
+def population_stats(model, data, num_samples=DEFAULT_NUM_SAMPLES, batch_size=32, training=False,
+                     shuffle=False, seed=0) -> Dict[str, LayerPopulation]:
+    """Population mean and variance of every BN layer's input ("PreciseBN").
+
+    The model is not changed: no variable is assigned (the forward passes
+    run through ``stateless_call``).
+
+    Args:
+        model: a built Keras 3 model (TensorFlow backend).
+        data: arrays, ``(x, y)``, a batched ``tf.data.Dataset``, a
+            ``PyDataset`` or any iterable of batches (see :func:`tb_bnstats.measure.data.iter_batches`).
+            Use batches of the training batch size: upstream BN layers
+            normalize each batch with its own moments, as in training.
+        num_samples: stop once this many examples were seen (whole batches).
+        batch_size: batch size used to cut arrays.
+        training: mode of the non-BN layers (Dropout...). False (default):
+            statistics of what inference sees. True: fvcore's choice.
+        shuffle, seed: permute array rows before batching.
+
+    Returns:
+        ``{name: LayerPopulation}`` keyed by the names tb_bnstats logs
+        (:func:`tb_bnstats.capture.keras.layers.find_batchnorm_layers`).
+
+    Raises:
+        ValueError: the model is not built, the data gave no batch, or the
+            backend is not supported.
+    """
+    stats, _ = _population_and_kept_batches(model, data, num_samples, batch_size, training, shuffle, seed, keep_samples=0)
+    return stats
+
+
+# -- recalibration -------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RecalibrationReport:
+    """What :func:`recalibrate` did: the train/inference gap ``before`` and
+    ``after``, the population statistics written per layer, the layers
+    ``skipped`` (frozen or never run) and the examples measured."""
+
+    before: gap.GapReport
+    after: gap.GapReport
+    layers: Dict[str, LayerPopulation]
+    skipped: List[str]  # frozen or never run
+    samples: int
+
+    def __str__(self):
+        def line(label, g):
+            acc = ("" if g.accuracy_gap is None else
+                   f"accuracy train-mode {g.accuracy_train_mode:.3f} / inference-mode {g.accuracy_inference_mode:.3f}; ")
+            loss = ("" if g.loss_train_mode is None else
+                    f"loss {g.loss_train_mode:.4f} / {g.loss_inference_mode:.4f}; ")
+            return f"  {label}: {acc}{loss}output drift {g.output_drift:.3f}"
+
+        return "\n".join([f"recalibrated {len(self.layers)} BN layer(s) from {self.samples} samples"
+                          + (f" (skipped: {', '.join(self.skipped)})" if self.skipped else ""),
+                          line("before", self.before), line("after", self.after)])
+
+
+def _assignments(layer, pop):
+    """``[(variable, new float array)]`` to write for one layer."""
+    dtype = np.dtype(layer.moving_mean.dtype)
+    out = [(layer.moving_mean, pop.mean.astype(dtype))]
+    if getattr(layer, "renorm", False):
+        std = np.sqrt(pop.var + layer.epsilon)
+        out.append((layer.moving_stddev, std.astype(np.dtype(layer.moving_stddev.dtype))))
+        # What Keras derives from the stddev: relu(std**2 - eps).
+        out.append((layer.moving_variance, np.maximum(std * std - layer.epsilon, 0.0).astype(dtype)))
+    else:
+        out.append((layer.moving_variance, pop.var.astype(dtype)))
+    return out
+
+
+def recalibrate(model, data, num_samples=DEFAULT_NUM_SAMPLES, batch_size=32, training=False, shuffle=False,
+                seed=0, gap_data=None, gap_samples=512, include_frozen=False) -> RecalibrationReport:
+    """Replaces the moving averages of every BN layer with population
+    statistics (:func:`population_stats`) and reports the train/inference gap
+    before and after (:func:`tb_bnstats.measure.gap.gap_report`), on
+    ``gap_data`` (``(x, y)`` arrays, or by default the first ``gap_samples``
+    examples of ``data``).
+
+    Frozen layers (``trainable=False``) are left alone unless
+    ``include_frozen=True``. All or nothing: if anything raises before this
+    returns (the data, a ``KeyboardInterrupt``), every variable is restored
+    bit for bit.
+
+    Args:
+        model, data, num_samples, batch_size, training, shuffle, seed: as in
+            :func:`population_stats`.
+        gap_data: batches to report the gap on (arrays or a dataset); by
+            default the first ``gap_samples`` examples of ``data``.
+        gap_samples: see ``gap_data``.
+        include_frozen: also recalibrate layers with ``trainable=False``.
+
+    Returns:
+        :class:`RecalibrationReport`.
+
+    Raises:
+        ValueError: as :func:`population_stats`.
+
+    Example::
+
+        report = tb_bnstats.recalibrate(model, (x_train, y_train), num_samples=4096)
+        print(report)   # accuracy train-mode 0.94 / inference-mode 0.12 -> 0.94 / 0.94
+    """
+    named = dict(bn_layers(model))
+    saved = []
+    try:
+        stats, gap_batches = _population_and_kept_batches(model, data, num_samples, batch_size, training, shuffle,
+                                                          seed, gap_samples, include_frozen=include_frozen)
+        if gap_data is not None:
+            gap_batches = list(batches.iter_batches(gap_data, batch_size=batch_size))
+        both_modes = gap.GapProbe(model)
+        before = gap.gap_report(model, gap_batches, both_modes)
+        writes = [w for name, pop in stats.items() for w in _assignments(named[name], pop)]
+        saved = [(var, np.array(var.numpy(), copy=True)) for var, _ in writes]
+        for var, value in writes:
+            var.assign(value)
+        after = gap.gap_report(model, gap_batches, both_modes)
+    except BaseException:
+        for var, value in reversed(saved):
+            var.assign(value)
+        raise
+    skipped = [name for name in named if name not in stats]
+    return RecalibrationReport(before, after, stats, skipped, next(iter(stats.values())).samples if stats else 0)
+
+
+# -- the variance shift of dropout before BN ----------------------------------------
+
+
+def variance_shift(model, data, num_samples=2048, batch_size=32):
+    """How much wider each trainable BN layer's input is in training than at
+    inference (S5, dropout or noise upstream; Li et al., CVPR 2019).
+
+    The population variance of every trainable BN layer's input is measured
+    twice -- the other layers in training mode (dropout on, as when the moving
+    averages were collected) and in inference mode. Nothing in the model
+    changes.
+
+    Args:
+        model, data, num_samples, batch_size: as in :func:`population_stats`.
+
+    Returns:
+        ``{name: {"train_vs_inference_log_var_ratio": ..., "moving_vs_inference_log_var_ratio": ...,
+        "samples": ...}}``: channel means of :func:`tb_bnstats.quantities.log_var_ratio`
+        of the training-mode and of the moving variance against the
+        inference-mode population variance.
+    """
+    named = dict(bn_layers(model))
+    inference = population_stats(model, data, num_samples, batch_size, training=False)
+    train = population_stats(model, data, num_samples, batch_size, training=True)
+    out = {}
+    for name, layer in named.items():
+        if name not in inference or name not in train or not layer.trainable:
+            continue
+        eps = float(layer.epsilon)
+        moving = np.asarray(layer.moving_variance.numpy(), np.float64)
+        out[name] = {
+            "train_vs_inference_log_var_ratio":
+                float(np.mean(quantities.log_var_ratio(train[name].var, inference[name].var, eps))),
+            "moving_vs_inference_log_var_ratio":
+                float(np.mean(quantities.log_var_ratio(moving, inference[name].var, eps))),
+            "samples": inference[name].samples,
+        }
+    return out

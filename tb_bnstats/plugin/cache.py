@@ -1,0 +1,72 @@
+"""What the plugin keeps between requests: each experiment's tag index (a
+short while) and the series read from the data provider (while their tags'
+``max_step`` is unchanged), both bounded."""
+
+import collections
+import threading
+import time
+
+# A run's tag index (list_scalars + list_tensors, a JSON parse per tag) is
+# reused this long: a page load asks for it 3-4 times at once, and with 100
+# layers (2,100 tags) listing costs about 100 ms. New data shows up at most
+# this much later than TensorBoard reloads it.
+INDEX_TTL_S = 2.0
+# Series read from the provider are kept (per tag, while the tag's max_step is
+# unchanged) up to this many points in all: the heat map, the overview and a
+# layer's charts read the same tags again on every view change and reload.
+SERIES_CACHE_POINTS = 4_000_000
+
+
+class IndexCache:
+    """``experiment -> {run: TagIndex}`` for :data:`INDEX_TTL_S` seconds."""
+
+    def __init__(self, ttl_s=INDEX_TTL_S):
+        self._ttl = ttl_s
+        self._entries = {}
+        self._lock = threading.Lock()
+
+    def get(self, experiment_id, make):
+        """The cached index, or ``make()``'s (then cached)."""
+        now = time.monotonic()
+        with self._lock:
+            hit = self._entries.get(experiment_id)
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        indexes = make()
+        with self._lock:
+            self._entries[experiment_id] = (now, indexes)
+        return indexes
+
+
+class SeriesCache:
+    """LRU of ``(experiment, run, tag, downsample) -> (max_step, steps, values)``,
+    bounded by the number of points held. An entry is used only while the
+    tag's ``max_step`` in the current index is the one it was read at."""
+
+    def __init__(self, budget_points=SERIES_CACHE_POINTS):
+        self._budget = budget_points
+        self._held = 0
+        self._entries = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key, max_step):
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is None or hit[0] != max_step:
+                return None
+            self._entries.move_to_end(key)
+            return hit[1], hit[2]
+
+    def put(self, key, max_step, steps, values):
+        n = int(len(steps))
+        if n > self._budget:
+            return
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._held -= len(old[1])
+            self._entries[key] = (max_step, steps, values)
+            self._held += n
+            while self._held > self._budget and self._entries:
+                _, (_, s, _) = self._entries.popitem(last=False)
+                self._held -= len(s)

@@ -1,0 +1,102 @@
+"""HTTP plumbing of the plugin's routes: the handler decorator (parameter
+names checked, JSON or CSV answers, 400 with a reason for a bad request) and
+the query-parameter parsers."""
+
+import functools
+import json
+import re
+
+from tensorboard import errors
+from tensorboard.backend import http_util
+from werkzeug import wrappers
+
+from tb_bnstats.plugin import data
+
+_INT_RE = re.compile(r"^[0-9]{1,15}$")
+
+
+class BadRequest(Exception):
+    """A request the routes refuse with 400 and this message."""
+
+
+def route(allowed, csv_ok=False):
+    """Wraps a handler ``fn(self, request, args) -> (payload, csv)``.
+
+    ``allowed`` lists the parameter names the route accepts; ``csv`` is None
+    or a function returning ``(filename, header, rows)`` for ``format=csv``
+    (called only then).
+    """
+    allowed = set(allowed) | ({"format"} if csv_ok else set())
+
+    def wrap(fn):
+        @wrappers.Request.application
+        @functools.wraps(fn)
+        def handler(self, request):
+            try:
+                try:
+                    args = request.args
+                except UnicodeDecodeError:  # raw (not %-encoded) bytes that are not UTF-8
+                    raise BadRequest("the query string is not valid UTF-8") from None
+                for name in args:
+                    if name not in allowed:
+                        raise BadRequest(f"unknown parameter {name!r}; this route takes {sorted(allowed)}")
+                fmt = one(args, "format", "json") if csv_ok else "json"
+                if fmt not in ("json", "csv"):
+                    raise BadRequest(f"format must be 'json' or 'csv', got {fmt!r}")
+                payload, csv = fn(self, request, args)
+                if fmt == "csv":
+                    filename, header, rows = csv()
+                    return http_util.Respond(
+                        request, data.csv_text(header, rows), "text/csv",
+                        headers=[("Content-Disposition", f'attachment; filename="{filename}"')])
+                # Payloads hold no NaN/inf (data.finite_list): plain json.dumps is
+                # valid JSON and much faster than Respond's recursive Cleanse.
+                try:
+                    body = json.dumps(payload, separators=(",", ":"), allow_nan=False)
+                except ValueError:  # a non-finite number from metadata: let TensorBoard cleanse it
+                    body = payload
+                return http_util.Respond(request, body, "application/json")
+            except BadRequest as exc:
+                return http_util.Respond(request, {"error": str(exc)}, "application/json", code=400)
+            except errors.PublicError as exc:
+                return http_util.Respond(request, {"error": str(exc)}, "application/json", code=exc.http_code)
+
+        return handler
+
+    return wrap
+
+
+def one(args, name, default=None, multi_ok=False):
+    """The one value of parameter ``name`` (``default`` when absent).
+
+    Raises:
+        BadRequest: given more than once (unless ``multi_ok``).
+    """
+    values = args.getlist(name)
+    if not values:
+        return default
+    if len(values) > 1 and not multi_ok:
+        raise BadRequest(f"parameter {name!r} given {len(values)} times")
+    return values[0]
+
+
+def int_arg(args, name, default, lo, hi):
+    """Parameter ``name`` as an integer in ``[lo, hi]``.
+
+    Raises:
+        BadRequest: not such an integer.
+    """
+    raw = one(args, name)
+    if raw is None:
+        return default
+    if not _INT_RE.match(raw):
+        raise BadRequest(f"{name} must be an integer in [{lo}, {hi}], got {raw!r}")
+    value = int(raw)
+    if not lo <= value <= hi:
+        raise BadRequest(f"{name} must be an integer in [{lo}, {hi}], got {value}")
+    return value
+
+
+def safe_name(name):
+    """``name`` as a file-name part (download names)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "data"

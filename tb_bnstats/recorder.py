@@ -1,0 +1,392 @@
+"""The framework-neutral recording loop: what to log at which step, logging
+it, the probe and population measurements when they are due, and the
+diagnosis at the end of a training run.
+
+A framework adapter (the Keras callback, :class:`tb_bnstats.BNStatsCallback`)
+feeds a :class:`Recorder` with a :class:`tb_bnstats.capture.Capture` and the
+training events (begin, epoch begin/end, step end, end); the measurements
+that need the model come in as callables. Nothing here knows the framework.
+It never stops training: a monitoring failure is a warning, once per place.
+"""
+
+import atexit
+import fnmatch
+import os
+import warnings
+import weakref
+
+import numpy as np
+
+from tb_bnstats import quantities
+from tb_bnstats.measure import data as batches
+from tb_bnstats.write import summary
+
+_OPEN_WRITERS = weakref.WeakSet()
+# The recorder diagnoses each training run at its end from the last this many
+# logged steps, kept in memory by the writer (~350 bytes per layer per step:
+# 14 MB for 20 layers, 140 MB for 200; measured by bench/scale.py).
+DIAGNOSIS_HISTORY = 2000
+
+
+@atexit.register
+def _close_open_writers():
+    """A run that raises out of training never reaches its end: flush its
+    records when the interpreter exits."""
+    for writer in list(_OPEN_WRITERS):
+        try:
+            writer.close()
+        except Exception:  # noqa: BLE001 - exiting anyway
+            pass
+
+
+def positive_int(name, value, allow_zero=False):
+    """``value`` as an int.
+
+    Raises:
+        ValueError: not an integer >= 1 (>= 0 with ``allow_zero``).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (0 if allow_zero else 1):
+        raise ValueError(f"{name} must be an integer >= {0 if allow_zero else 1}, got {value!r}")
+    return int(value)
+
+
+def stride_due(step, every, last_step):
+    """Whether something done every ``every`` steps (0: never), last at
+    ``last_step`` (None: not yet), is due at ``step``: ``step`` is in a new
+    stride of ``every`` steps."""
+    return every > 0 and (last_step is None or step // every != last_step // every)
+
+
+class Schedule:
+    """The recording options, checked at construction (see
+    :class:`tb_bnstats.BNStatsCallback` for each one's meaning).
+
+    Raises:
+        ValueError: an option out of its range, or a stride given without
+            the data it needs.
+    """
+
+    def __init__(self, log_dir, log_every_n_steps=1, snapshot_every_n_steps=100, layers=None, log_metrics=True,
+                 flush_secs=summary.DEFAULT_FLUSH_SECS, verbose=1, probe_data=None, probe_every_n_steps=None,
+                 population_data=None, population_every_n_steps=None, population_samples=2048,
+                 population_batch_size=32):
+        if not isinstance(log_dir, (str, os.PathLike)) or not os.fspath(log_dir):
+            raise ValueError(f"log_dir must be a non-empty path, got {log_dir!r}")
+        self.log_dir = os.fspath(log_dir)
+        self.log_every_n_steps = positive_int("log_every_n_steps", log_every_n_steps)
+        self.snapshot_every_n_steps = positive_int("snapshot_every_n_steps", snapshot_every_n_steps, allow_zero=True)
+        if layers is not None:
+            if isinstance(layers, str) or not all(isinstance(p, str) and p for p in layers):
+                raise ValueError(f"layers must be a list of layer names or glob patterns, got {layers!r}")
+            layers = list(layers)
+        self.layer_patterns = layers
+        self.log_metrics = bool(log_metrics)
+        if isinstance(flush_secs, bool) or not isinstance(flush_secs, (int, float)) or not flush_secs > 0:
+            raise ValueError(f"flush_secs must be a number > 0, got {flush_secs!r}")
+        self.flush_secs = float(flush_secs)
+        if verbose not in (0, 1, True, False):
+            raise ValueError(f"verbose must be 0 or 1, got {verbose!r}")
+        self.verbose = int(verbose)
+        if probe_data is not None:
+            batches.validate_data(probe_data, "probe_data")
+        self.probe_data = probe_data
+        self.probe_every_n_steps = (0 if probe_every_n_steps is None else
+                                    positive_int("probe_every_n_steps", probe_every_n_steps, allow_zero=True))
+        if self.probe_every_n_steps and probe_data is None:
+            raise ValueError("probe_every_n_steps needs probe_data (the batch to probe)")
+        if population_data is not None:
+            batches.validate_data(population_data, "population_data")
+        self.population_data = population_data
+        self.population_every_n_steps = (0 if population_every_n_steps is None else positive_int(
+            "population_every_n_steps", population_every_n_steps, allow_zero=True))
+        if self.population_every_n_steps and population_data is None:
+            raise ValueError("population_every_n_steps needs population_data (the data to measure on)")
+        self.population_samples = positive_int("population_samples", population_samples)
+        self.population_batch_size = positive_int("population_batch_size", population_batch_size)
+
+    def selected(self, name):
+        """Whether layer ``name`` matches ``layers`` (all when None)."""
+        return self.layer_patterns is None or any(fnmatch.fnmatchcase(name, p) for p in self.layer_patterns)
+
+
+class Recorder:
+    """Logs what a capture holds, on the schedule.
+
+    The adapter calls, in order: :meth:`attach` (a capture for the model),
+    :meth:`begin` (with the optimizer's step) and :meth:`measure_with`, then per epoch
+    :meth:`epoch_begin`, :meth:`step_end` after each training step and
+    :meth:`epoch_end`, and finally :meth:`end`. Measurements are callables
+    given to :meth:`measure_with`: ``probe()`` returns a
+    :class:`tb_bnstats.measure.gap.ProbeResult`, ``population()`` a
+    ``{layer: LayerPopulation}``, ``live_findings(run)`` a list of findings.
+    """
+
+    def __init__(self, schedule: Schedule):
+        """Args:
+            schedule: the :class:`Schedule`."""
+        self.schedule = schedule
+        self.capture = None
+        self.writer = None
+        self.step = None
+        self.findings = None  # the diagnosis of the last run (Finding list)
+        self._infos = None
+        self._failures = set()
+        self._last_reading = None  # the capture's reading at the last logged step
+        self._probe = self._population = self._live_findings = None
+
+    # -- helpers -----------------------------------------------------------------
+
+    def say(self, message):
+        """Prints ``message`` with ``verbose=1``."""
+        if self.schedule.verbose:
+            print(f"tb_bnstats: {message}")
+
+    def guard(self, where, fn, *args):
+        """Runs ``fn``; a failure warns once per place and never reaches the
+        training loop (returns None then)."""
+        try:
+            return fn(*args)
+        except Exception as exc:  # noqa: BLE001 - monitoring must not stop training
+            if where not in self._failures:
+                self._failures.add(where)
+                warnings.warn(f"tb_bnstats: {where} failed, training continues without it: "
+                              f"{type(exc).__name__}: {exc}", RuntimeWarning, stacklevel=3)
+            return None
+
+    @property
+    def layer_infos(self):
+        """``{name: LayerInfo}`` of the selected layers the training step ran."""
+        if self._infos is None:
+            infos = [i for i in self.capture.layer_infos() if self.schedule.selected(i.name)]
+            self._infos = {info.name: info for info in infos}
+            frozen = [i.name for i in infos if not i.trainable]
+            if frozen:
+                self.say(f"frozen (trainable=False), moving averages not updated: {frozen}")
+            missing = [n for n in self.capture.not_run() if self.schedule.selected(n)]
+            if missing:
+                self.say(f"not called by the train step, not logged: {missing}")
+        return self._infos
+
+    # -- events ------------------------------------------------------------------
+
+    def attach(self, capture, model_name):
+        """Uses ``capture`` (None: instrumenting failed) from now on."""
+        self.capture, self._infos = capture, None
+        if capture is None:
+            return
+        patterns = self.schedule.layer_patterns
+        names = [n for n in capture.names if self.schedule.selected(n)]
+        if not capture.names:
+            warnings.warn(f"tb_bnstats: found no BatchNormalization layer in model {model_name!r}; "
+                          "only metrics will be logged", RuntimeWarning, stacklevel=3)
+        elif not names:
+            warnings.warn(f"tb_bnstats: no BatchNormalization layer matches layers={patterns!r}; "
+                          f"found: {capture.names}", RuntimeWarning, stacklevel=3)
+        else:
+            self.say(f"monitoring {len(names)} BatchNormalization layer(s) of {model_name!r} -> "
+                     f"{self.schedule.log_dir}")
+
+    def begin(self, read_step):
+        """A training run starts; ``read_step()`` returns the optimizer's step now."""
+        self._last_logged_step = self._last_snapshot_step = None
+        self._last_probe_step = self._last_population_step = None
+        self._last_totals = {}
+        self.step = None
+        if self.capture is not None:
+            self.guard("opening the log directory", self._open_writer)
+            self.step = self.guard("reading the step", read_step)
+            if self.writer is not None and self.step is not None:
+                self.guard("checking for a restored run", self._log_train_begin)
+        self._probe = self._population = self._live_findings = None
+
+    def measure_with(self, probe=None, population=None, live_findings=None):
+        """The measurements of this run (see the class), given after
+        :meth:`begin`; ignored when no log could be opened."""
+        if self.writer is not None:
+            self._probe, self._population, self._live_findings = probe, population, live_findings
+
+    def _open_writer(self):
+        self.writer = summary.Writer(self.schedule.log_dir, flush_secs=self.schedule.flush_secs,
+                                     keep_history=DIAGNOSIS_HISTORY)
+        _OPEN_WRITERS.add(self.writer)
+
+    def _log_train_begin(self):
+        """At each run's start: in a run restored from a checkpoint (step >
+        0, layers this process has not counted yet), the update counts of
+        layers whose moving statistics were restored continue from the step;
+        trainable layers whose moving statistics are still at their initial
+        values were not restored (S3, BN008). Both lists go into the log
+        (``run/train_begin``) at this step."""
+        states = self.capture.resume(self.step)
+        listed = lambda state: [n for n in self.capture.names  # noqa: E731
+                                if states.get(n) == state and self.schedule.selected(n)]
+        record = {"resumed": listed("resumed"), "moving_at_initializer": listed("at_initializer")}
+        self.writer.train_begin(self.step, record)
+        if record["resumed"]:
+            self.say(f"resumed at step {self.step}: update counts of {len(record['resumed'])} layer(s) "
+                     f"continue from {self.step}")
+        if record["moving_at_initializer"]:
+            self.say(f"step {self.step}, but the moving statistics of {record['moving_at_initializer']} are at "
+                     "their initial values: not restored with the weights? (BN008)")
+
+    def epoch_begin(self):
+        """An epoch starts: the framework's running-mean metrics restart."""
+        self._last_totals = {}
+        self._epoch_start_step = self.step
+
+    def step_end(self, steps_in_epoch, logs):
+        """After a training step; ``steps_in_epoch`` steps of this epoch are
+        done (a step count without a device round trip, to skip steps not
+        logged); ``logs`` the framework's running metrics."""
+        if self.writer is None or self.step is None:
+            return
+        schedule = self.schedule
+        self.step = self._epoch_start_step + steps_in_epoch
+        probe_due = self._probe is not None and stride_due(self.step, schedule.probe_every_n_steps,
+                                                           self._last_probe_step)
+        population_due = self._population is not None and stride_due(
+            self.step, schedule.population_every_n_steps, self._last_population_step)
+        if not (probe_due or population_due
+                or stride_due(self.step, schedule.log_every_n_steps, self._last_logged_step)):
+            return
+        self.guard("logging batch statistics", self._log_step, logs, False)
+        if probe_due:
+            self._run_probe()
+        if population_due:
+            self._run_population()
+
+    def epoch_end(self, val_logs, read_step):
+        """An epoch ends; ``val_logs`` are its validation metrics (names
+        without ``val_``), logged at ``read_step()``."""
+        if self.writer is not None and (self._probe is not None or self._population is not None):
+            # The epoch's last step may not be on the logging stride: log it.
+            self.guard("logging batch statistics", self._log_step, None, False)
+            if self._probe is not None:
+                self._run_probe()
+            if self._population is not None:
+                self._run_population()
+        if self.writer is None or not self.schedule.log_metrics or not val_logs:
+            return
+        self.guard("logging validation metrics",
+                   lambda: self.writer.metrics("val", {k: float(v) for k, v in val_logs.items()}, read_step()))
+
+    def end(self):
+        """The training run ends: the last state with a snapshot, the
+        diagnosis, and the event file closed."""
+        if self.writer is None:
+            return
+        if self._last_logged_step is not None:
+            self.guard("logging the final statistics", self._log_step, None, True)
+            self.findings = self.guard("diagnosing the run", self._diagnose)
+        self.guard("closing the event file", self.writer.close)
+        _OPEN_WRITERS.discard(self.writer)
+        self.writer = None
+
+    # -- logging -----------------------------------------------------------------
+
+    def _log_step(self, logs, final):
+        reading = self.capture.read()
+        if reading is None:
+            return
+        step = reading.step
+        self._last_reading = reading
+        new_step = step != self._last_logged_step
+        last_snap = self._last_snapshot_step
+        snapshot = step != last_snap and (final or stride_due(step, self.schedule.snapshot_every_n_steps, last_snap))
+        if not (new_step or snapshot):
+            return
+        for name, info in self.layer_infos.items():
+            moments = reading.layers.get(name)
+            if moments is not None:
+                self.writer.layer(info, step, moments.batch_mean, moments.batch_var, moments.moving_mean,
+                                  moments.moving_var, moments.updates, samples_per_channel=moments.samples_per_channel,
+                                  snapshot=snapshot, series=new_step, init_mean=moments.init_mean,
+                                  init_var=moments.init_var)
+        if self.schedule.log_metrics and logs and new_step:
+            self.writer.metrics("train", self._per_step_metrics(logs, reading.metric_totals), step)
+        self._last_logged_step = step
+        if snapshot:
+            self._last_snapshot_step = step
+
+    def _per_step_metrics(self, logs, totals):
+        """Running means since the epoch began become the value over just the
+        steps since the last log: from their ``(total, count)``,
+        ``(total - total') / (count - count')``. Other metrics are logged as
+        given."""
+        out = {}
+        for name, value in logs.items():
+            if name in totals:
+                total, count = totals[name]
+                last_total, last_count = self._last_totals.get(name, (0.0, 0.0))
+                self._last_totals[name] = (total, count)
+                if count > last_count:
+                    value = (total - last_total) / (count - last_count)
+            try:
+                out[name] = float(value)
+            except (TypeError, ValueError):
+                continue
+        return out
+
+    def _run_probe(self):
+        """The probe at the last logged step (logged first, so the probe's
+        points fall on steps of the layer series); a failure turns it off."""
+        if self._last_logged_step is None or self._last_logged_step == self._last_probe_step:
+            return
+        if self.guard("running the train/inference probe", self._log_probe, self._last_logged_step) is None:
+            self._probe = self._live_findings = None  # the live checks use the same batch
+
+    def _log_probe(self, step):
+        from tb_bnstats.measure import gap
+
+        result = self._probe()
+        if self.schedule.log_metrics:
+            self.writer.metrics("probe_train", result.metrics_train, step)
+            self.writer.metrics("probe_inference", result.metrics_inference, step)
+        for name, info in self.layer_infos.items():
+            if name in result.layers:
+                self.writer.probe(info, step, gap.layer_series(info, result.layers[name]))
+        self._last_probe_step = step
+        return True
+
+    def _run_population(self):
+        """Population statistics at the last logged step; a failure (data
+        exhausted, wrong shape) turns them off."""
+        if self._last_logged_step is None or self._last_logged_step == self._last_population_step:
+            return
+        if self.guard("measuring population statistics", self._log_population, self._last_logged_step) is None:
+            self._population = None
+
+    def _log_population(self, step):
+        stats = self._population()
+        for name, info in self.layer_infos.items():
+            pop, moments = stats.get(name), self._last_reading.layers.get(name)
+            if pop is not None and moments is not None:
+                self.writer.population(info, step, quantities.population_series(
+                    info.epsilon, pop.mean, pop.var, moments.moving_mean, moments.moving_var))
+        self._last_population_step = step
+        return True
+
+    # -- diagnosis ---------------------------------------------------------------
+
+    def _diagnose(self):
+        """Findings of this run (the last :data:`DIAGNOSIS_HISTORY` logged
+        steps, from memory, and the live-model checks), written as
+        ``diagnosis/findings`` and, with ``verbose=1``, printed in short."""
+        from tb_bnstats import diagnosis
+
+        log_dir = self.schedule.log_dir
+        run = os.path.basename(os.path.normpath(log_dir)) or log_dir
+        computed = diagnosis.diagnose_run(run, self.writer.run_data())
+        live = self.guard("checking the model on the probe batch", self._live_findings, run) \
+            if self._live_findings is not None else None
+        findings = [f for f, _ in diagnosis.merging.merge(computed, live)]  # logs first, then the model
+        # A write that fails (a full disk) loses the stored copy, not the diagnosis.
+        self.guard("writing the findings", self.writer.findings, self._last_logged_step,
+                   [f.to_dict() for f in findings])
+        if findings:
+            self.say(f"{len(findings)} finding(s) for {run} (tb-bnstats diagnose {log_dir}):")
+            for line in diagnosis.summary_lines(findings):
+                self.say(f"  {line}")
+        else:
+            self.say(f"{run}: no BatchNormalization problem found")
+        return findings
