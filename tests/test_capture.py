@@ -1,5 +1,6 @@
 """The Keras callback against independent computations on the same batches."""
 
+import os
 import warnings
 
 import keras
@@ -304,3 +305,16 @@ class _BreakWriter(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.target._recorder.writer.layer = self.broken
+
+
+def test_an_unsupported_backend_fails_at_construction_not_in_fit(monkeypatch, tmp_path):
+    """A backend without a capture (JAX and torch until they get theirs) is
+    refused when the callback is made, with the reason, before fit starts:
+    here the backend's name as Keras reports it is swapped (installing JAX
+    is the next capture's business)."""
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    with pytest.raises(ValueError, match="KERAS_BACKEND='jax'"):
+        tb_bnstats.BNStatsCallback(str(tmp_path))
+    with pytest.raises(ValueError, match="KERAS_BACKEND='jax'"):
+        tb_bnstats.population_stats(conv_net(), data(8)[0])
+    assert not os.listdir(tmp_path)  # nothing written

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import tb_bnstats
 from conftest import SNAPSHOT_EVERY, SPIKE_STEP, make_client
 from tb_bnstats.plugin import data
 
@@ -469,3 +470,56 @@ def test_findings_of_the_fixture_runs(client, keras_logdir):
     assert ("BN001", ["conv2_bn", "dense_bn"]) in codes
     expected = [f.to_dict() for f in diagnosis.diagnose(logdir, run="synth")]
     assert [{k: v for k, v in f.items() if k != "source"} for f in body["findings"]] == expected
+
+
+def test_cli_tab_and_diagnose_agree_on_a_run_with_stored_and_computed_findings(tmp_path, capsys):
+    """One merge for all three: a run whose stored findings (BN003, and a
+    BN001 written differently) overlap with what its series give now
+    (BN001), and a run with only computed findings."""
+    from tb_bnstats import cli, diagnosis
+
+    stored = [{"code": "BN003", "severity": "warning", "scenario": "S4", "run": "slow", "layers": ["bn_1"],
+               "evidence": {"bn_1": {"momentum": 0.1}}, "message": "stored BN003"},
+              {"code": "BN001", "severity": "error", "scenario": "S1", "run": "slow", "layers": ["bn_1"],
+               "evidence": {}, "message": "stored BN001"}]
+    logdir = str(tmp_path)
+    _write_findings_logdir(logdir, stored=stored)
+    c, _ = make_client(logdir)
+    for run in ("slow", "healthy"):
+        from_api = diagnosis.diagnose(logdir, run=run)
+        assert cli.main(["diagnose", logdir, "--run", run, "--json", "--fail-on", "never"]) == 0
+        from_cli = json.loads(capsys.readouterr().out)
+        from_tab = [{k: v for k, v in f.items() if k != "source"} for f in getj(c, f"/findings?run={run}")["findings"]]
+        assert from_cli == from_tab == [f.to_dict() for f in from_api]
+    # The stored BN001 wins over the computed one, in all three.
+    slow = [f.to_dict() for f in diagnosis.diagnose(logdir, run="slow")]
+    assert [(f["code"], f["message"]) for f in slow] == [("BN001", "stored BN001"), ("BN003", "stored BN003")]
+    computed = diagnosis.diagnose_run("slow", tb_bnstats.load(logdir)["slow"])
+    assert [f.code for f in computed] == ["BN001"] and computed[0].message != "stored BN001"
+
+
+def test_a_newer_format_version_is_read_and_reported(tmp_path, monkeypatch):
+    """Records of a newer log format: read as far as this version knows
+    them, with a warning from load() and a banner note from /runs."""
+    from tb_bnstats.format import metadata
+    from tb_bnstats.write import summary
+
+    logdir = str(tmp_path)
+    monkeypatch.setattr(metadata, "FORMAT_VERSION", metadata.FORMAT_VERSION + 1)
+    with summary.Writer(os.path.join(logdir, "future")) as w:
+        for step in (1, 2, 3):
+            w.layer_moments("bn", step, batch_mean=[0.1, 0.2], batch_var=[1.0, 1.1], moving_mean=[0.0, 0.1],
+                            moving_var=[1.0, 1.0], updates=step, momentum=0.9, epsilon=1e-3)
+    monkeypatch.undo()
+    newer = metadata.FORMAT_VERSION + 1
+    with pytest.warns(RuntimeWarning, match=f"newer tb_bnstats \\(log format version {newer}"):
+        runs = tb_bnstats.load(logdir)
+    assert runs["future"].layers["bn"].steps.tolist() == [1, 2, 3]
+    assert runs["future"].newer_format_versions == (newer,)
+    c, _ = make_client(logdir)
+    body = getj(c, "/runs")
+    assert body["newer_format"]["versions"] == [newer] and body["newer_format"]["runs"] == ["future"]
+    assert "upgrade tb_bnstats" in body["newer_format"]["message"]
+    assert body["runs"][0]["newer_format_versions"] == [newer]
+    series = getj(c, "/series?run=future&layer=bn&quantities=batch_mean")["series"]["batch_mean"]
+    assert series["steps"] == [1, 2, 3]

@@ -48,6 +48,7 @@ class App {
     this.status = h("span", { class: "bn-note" });
     this.banner = h("div", { class: "bn-banner", hidden: true, dataset: { role: "sampling" } });
     this.fileBanner = h("div", { class: "bn-banner", hidden: true, dataset: { role: "file-problems" } });
+    this.formatBanner = h("div", { class: "bn-banner", hidden: true, dataset: { role: "newer-format" } });
     this.error = h("div", { class: "bn-error", hidden: true });
     this.runBar = h("div", { class: "bn-runs" });
     this.view = h("main", { class: "bn-view" });
@@ -57,7 +58,7 @@ class App {
         h("label", null, log, "log scale (variance)"),
         h("label", null, "Layers", this.filterInput),
         this.status),
-      this.runBar, this.fileBanner, this.banner, this.error, this.view);
+      this.runBar, this.formatBanner, this.fileBanner, this.banner, this.error, this.view);
   }
 
   runIndex(name) {
@@ -150,6 +151,15 @@ class App {
       ...(more > 0 ? [h("div", { class: "bn-note" }, `and ${more} more (all of them are in TensorBoard's log)`)] : []));
   }
 
+  /** Shows or clears the "newer log format" banner (/runs' newer_format):
+   * such runs are shown as far as this version of the plugin reads them. */
+  noteNewerFormat() {
+    const newer = this.meta && this.meta.newer_format;
+    this.formatBanner.hidden = !newer;
+    this.formatBanner.replaceChildren(...(newer ? [h("b", null, "Newer log format. "), String(newer.message),
+      " Runs: ", (newer.runs || []).join(", ")] : []));
+  }
+
   setError(msg) {
     this.error.hidden = !msg;
     this.error.textContent = msg || "";
@@ -180,6 +190,7 @@ class App {
     this.samplings.clear();
     this.noteSampling(null, null);
     this.noteFileProblems();
+    this.noteNewerFormat();
     this.setError(null);
     for (const b of this.tabs.children) b.setAttribute("aria-selected", String(b.dataset.view === this.state.view));
     this.renderRunBar();

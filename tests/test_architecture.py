@@ -1,0 +1,154 @@
+"""The package's shape, checked: imports run one way (capture -> quantities ->
+write -> event files -> read -> diagnosis / plugin), without cycles, and the
+plugin that TensorBoard loads pulls in no framework. Read with ``ast`` from
+the sources: nothing is imported to check it."""
+
+import ast
+import pathlib
+
+import pytest
+
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "tb_bnstats"
+
+# component -> the components it may import (itself always allowed).
+ALLOWED = {
+    "format": set(),
+    "quantities": set(),
+    "write": {"format", "quantities"},
+    "read": {"format"},
+    "capture": {"format", "quantities"},
+    "measure": {"format", "quantities", "capture"},
+    "diagnosis": {"format", "quantities", "read", "measure"},
+    "recorder": {"format", "quantities", "write", "measure", "diagnosis", "capture"},
+    "callback": {"recorder", "capture", "measure", "write", "diagnosis", "format"},
+    "plugin": {"format", "quantities", "read", "diagnosis"},
+    "cli": {"read", "diagnosis"},
+    "__init__": set(),
+}
+# Imports that only some modules of a component may make.
+ONLY_FROM = {
+    ("diagnosis", "measure"): {"tb_bnstats.diagnosis.live"},  # the live-model checks
+    ("diagnosis", "read"): {"tb_bnstats.diagnosis"},  # diagnose(logdir), inside the function
+}
+FRAMEWORKS = ("tensorflow", "keras", "torch", "jax")
+
+
+def _modules():
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE.parent).with_suffix("")
+        parts = list(rel.parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _imports(path, module_level_only=False):
+    """``[(imported module, line)]`` of a source file: ``import a.b`` gives
+    ``a.b``; ``from a import b`` gives ``a.b`` when that is a module of the
+    package, else ``a``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    nodes = tree.body if module_level_only else ast.walk(tree)
+    out = []
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            out += [(alias.name, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                out.append((full if full in MODULES else node.module, node.lineno))
+    return out
+
+
+def _component(module):
+    parts = module.split(".")
+    if len(parts) == 1:
+        return "__init__"
+    return parts[1]
+
+
+def test_every_module_belongs_to_a_known_component():
+    assert {_component(m) for m in MODULES} <= set(ALLOWED), "a new top-level part needs a rule here"
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_imports_follow_the_flow(module):
+    mine = _component(module)
+    for imported, line in _imports(MODULES[module]):
+        if not imported.startswith("tb_bnstats."):
+            continue
+        theirs = _component(imported)
+        if theirs == mine:
+            continue
+        assert theirs in ALLOWED[mine], f"{module}:{line} imports {imported}: {mine} must not import {theirs}"
+        only = ONLY_FROM.get((mine, theirs))
+        assert only is None or module in only, f"{module}:{line} imports {imported}: only {only} may"
+
+
+def test_no_import_cycle():
+    graph = {m: {i for i, _ in _imports(p, module_level_only=True) if i in MODULES and i != m}
+             for m, p in MODULES.items()}
+    # A module imports its package's __init__ first; that is not a cycle of ours.
+    for m in graph:
+        graph[m] = {i for i in graph[m] if not m.startswith(i + ".")}
+    state = {}
+
+    def visit(m, path):
+        state[m] = "open"
+        for n in sorted(graph[m]):
+            if state.get(n) == "open":
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(n):] + [n]))
+            if n not in state:
+                visit(n, path + [n])
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+
+
+def _closure(start):
+    """Every module reached from ``start`` through module-level imports
+    (third-party names included, as given)."""
+    seen, todo = set(), [start]
+    while todo:
+        m = todo.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        if m in MODULES:
+            todo += [i for i, _ in _imports(MODULES[m], module_level_only=True)]
+            parent = m.rsplit(".", 1)[0]
+            if parent != m and parent in MODULES:  # importing a.b runs a/__init__ first
+                todo.append(parent)
+    return seen
+
+
+@pytest.mark.parametrize("entry", ["tb_bnstats.plugin.loader", "tb_bnstats.plugin.plugin", "tb_bnstats.cli",
+                                   "tb_bnstats.diagnosis", "tb_bnstats.read.reader", "tb_bnstats.format.records",
+                                   "tb_bnstats.quantities"])
+def test_readers_of_logs_import_no_framework(entry):
+    reached = _closure(entry)
+    frameworks = sorted(m for m in reached if m.split(".")[0] in FRAMEWORKS)
+    assert frameworks == [], f"{entry} imports {frameworks} at module level"
+    ours = {_component(m) for m in reached if m.startswith("tb_bnstats.")}
+    if entry.startswith("tb_bnstats.plugin"):
+        assert not ours & {"capture", "measure", "write", "recorder", "callback"}, ours
+
+
+def test_format_and_quantities_import_nothing_of_the_package():
+    for module, path in MODULES.items():
+        if _component(module) in ("format", "quantities"):
+            others = [i for i, _ in _imports(path) if i.startswith("tb_bnstats.")
+                      and _component(i) != _component(module)]
+            assert others == [], f"{module} imports {others}"
+
+
+def test_no_file_outside_the_repository_is_cited():
+    root = PACKAGE.parent
+    for path in [*PACKAGE.rglob("*.py"), root / "README.md", *root.glob("docs/*.md")]:
+        assert "DESIGN.md" not in path.read_text(encoding="utf-8"), f"{path} cites DESIGN.md"
