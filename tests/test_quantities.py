@@ -102,3 +102,28 @@ def test_nan_moments_propagate_into_aggregates():
     info = metadata.LayerInfo(name="bn", channels=3, momentum=0.9, epsilon=1e-3)
     s = summary.layer_series(quantities.compute(info, [0.0, np.nan, 1.0], [1, 1, 1], [0, 0, 0], [1, 1, 1], 5))
     assert np.isnan(s["mean_gap/max"]) and np.isnan(s["mean_gap/p90"]) and np.isnan(s["batch_mean"])
+
+
+def test_a_cumulative_average_momentum_none_is_described_and_logged(tmp_path):
+    """PyTorch's ``momentum=None`` (a cumulative average): nothing of the
+    initial value is left after one update, and such a layer is written,
+    read back and diagnosed like any other."""
+    import tb_bnstats
+
+    assert quantities.convergence(None, 0) == 0.0 and quantities.convergence(None, 3) == 1.0
+    assert quantities.steps_to_converge(None, 0.95) == 1
+    assert quantities.debias(np.array([2.0]), np.array([1.0]), None, 5).tolist() == [2.0]
+    info = metadata.LayerInfo(name="bn", channels=2, momentum=None, epsilon=1e-5)
+    with pytest.raises(ValueError, match="momentum"):
+        metadata.LayerInfo(name="bn", channels=2, momentum=1.0, epsilon=1e-5)
+    rng = np.random.default_rng(0)
+    with summary.Writer(str(tmp_path / "run")) as w:
+        total = np.zeros(2)
+        for step in range(1, 31):
+            bm = rng.normal(0.5, 0.1, 2)
+            total += bm
+            w.layer(info, step, bm, np.ones(2), total / step, np.ones(2), step)
+    layer = tb_bnstats.load(str(tmp_path))["run"].layers["bn"]
+    assert layer.info.momentum is None
+    assert layer.series["convergence"].tolist() == [1.0] * 30
+    assert tb_bnstats.diagnose(str(tmp_path)) == []
