@@ -41,6 +41,7 @@ def _diagnose(args):
 
 
 def main(argv=None):
+    """Runs ``tb-bnstats`` with ``argv`` (default: the process's); returns the exit code."""
     parser = argparse.ArgumentParser(prog="tb-bnstats", description="BatchNormalization statistics tools")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("diagnose", help="print what is wrong with the BN statistics of logged runs")

@@ -164,10 +164,16 @@ class LayerInfo:
             raise ValueError(f"{self.name}: ema_of must be 'variance' or 'stddev', got {self.ema_of!r}")
 
     def to_dict(self):
+        """The description as stored in a summary's metadata."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d):
+        """A description read from a log; fields a newer writer added are ignored.
+
+        Raises:
+            ValueError, TypeError: a field missing or out of range.
+        """
         return from_known_fields(cls, d)
 
 
@@ -199,6 +205,7 @@ def _metadata(content, data_class):
 
 
 def layer_series_metadata(info: LayerInfo, quantity: str):
+    """SCALAR metadata of ``bn/<layer>/<quantity>``."""
     return _metadata(
         {"version": FORMAT_VERSION, "kind": KIND_LAYER_SERIES, "layer": info.to_dict(), "quantity": quantity},
         summary_pb2.DATA_CLASS_SCALAR,
@@ -206,6 +213,7 @@ def layer_series_metadata(info: LayerInfo, quantity: str):
 
 
 def layer_channels_metadata(info: LayerInfo):
+    """TENSOR metadata of ``bn/<layer>/channels`` (rows: :data:`SNAPSHOT_ROWS`)."""
     return _metadata(
         {
             "version": FORMAT_VERSION,
@@ -219,6 +227,7 @@ def layer_channels_metadata(info: LayerInfo):
 
 
 def metric_metadata(split, name):
+    """SCALAR metadata of ``metric/<split>/<name>``."""
     return _metadata(
         {"version": FORMAT_VERSION, "kind": KIND_METRIC, "split": split, "name": name},
         summary_pb2.DATA_CLASS_SCALAR,
@@ -226,11 +235,13 @@ def metric_metadata(split, name):
 
 
 def train_begin_metadata():
+    """TENSOR (JSON) metadata of :data:`TRAIN_BEGIN_TAG`."""
     return _metadata({"version": FORMAT_VERSION, "kind": KIND_TRAIN_BEGIN, "encoding": "json"},
                      summary_pb2.DATA_CLASS_TENSOR)
 
 
 def diagnosis_metadata():
+    """TENSOR (JSON) metadata of :data:`DIAGNOSIS_TAG`."""
     return _metadata({"version": FORMAT_VERSION, "kind": KIND_DIAGNOSIS, "encoding": "json"},
                      summary_pb2.DATA_CLASS_TENSOR)
 

@@ -50,6 +50,7 @@ class SeriesCache:
         self._lock = threading.Lock()
 
     def get(self, key, max_step):
+        """``(steps, values)`` cached for ``key`` at ``max_step``, or None."""
         with self._lock:
             hit = self._entries.get(key)
             if hit is None or hit[0] != max_step:
@@ -58,6 +59,7 @@ class SeriesCache:
             return hit[1], hit[2]
 
     def put(self, key, max_step, steps, values):
+        """Keeps a series (not one larger than the whole budget), evicting the least recently used."""
         n = int(len(steps))
         if n > self._budget:
             return

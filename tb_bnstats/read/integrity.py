@@ -66,6 +66,7 @@ class FileProblem:
     message: str
 
     def to_dict(self):
+        """The problem as JSON (the ``/runs`` route's ``file_problems``)."""
         return dataclasses.asdict(self)
 
 

@@ -65,6 +65,11 @@ class TFRecordEventFile:
                          name="tb_bnstats-flush").start()
 
     def add_event(self, event):
+        """Appends one ``Event``.
+
+        Raises:
+            IOError: the file is closed.
+        """
         data = event.SerializeToString()
         with self._lock:
             if self._closed:
@@ -72,6 +77,7 @@ class TFRecordEventFile:
             self._records.write(data)
 
     def flush(self):
+        """Writes buffered records to disk."""
         with self._lock:
             if not self._closed:
                 self._records.flush()
@@ -88,6 +94,7 @@ class TFRecordEventFile:
                                    "again; said once): %s", self.path, exc)
 
     def close(self):
+        """Stops the flush thread and closes the file."""
         self._stop.set()
         with self._lock:
             if not self._closed:

@@ -304,9 +304,11 @@ class Writer:
         return records.run_data(infos, by_layer, metrics=metrics, train_begins=self.train_begins)
 
     def flush(self):
+        """Writes pending records to disk."""
         self._writer.flush()
 
     def close(self):
+        """Flushes and closes the event file."""
         self._writer.close()
 
     def __enter__(self):
