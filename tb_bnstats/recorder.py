@@ -336,15 +336,16 @@ class Recorder:
             self._probe = self._live_findings = None  # the live checks use the same batch
 
     def _log_probe(self, step):
-        from tb_bnstats.measure import gap
-
         result = self._probe()
         if self.schedule.log_metrics:
             self.writer.metrics("probe_train", result.metrics_train, step)
             self.writer.metrics("probe_inference", result.metrics_inference, step)
         for name, info in self.layer_infos.items():
-            if name in result.layers:
-                self.writer.probe(info, step, gap.layer_series(info, result.layers[name]))
+            layer = result.layers.get(name)
+            if layer is not None:
+                self.writer.probe(info, step, quantities.probe_series(
+                    info.epsilon, layer.probe_mean, layer.probe_var, layer.moving_mean, layer.moving_var,
+                    layer.output_drift))
         self._last_probe_step = step
         return True
 

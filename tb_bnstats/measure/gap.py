@@ -100,12 +100,6 @@ def take_probe_batch(data, max_samples=MAX_PROBE_SAMPLES):
     return x, y
 
 
-def _first_output(y_pred):
-    while isinstance(y_pred, (list, tuple, dict)):
-        y_pred = next(iter(y_pred.values())) if isinstance(y_pred, dict) else y_pred[0]
-    return y_pred
-
-
 class GapProbe:
     """Runs batches through ``model`` in both modes.
 
@@ -154,7 +148,7 @@ class GapProbe:
             layer = by_name[name]
             per_layer[name] = (mean, var, ops.convert_to_tensor(layer.moving_mean),
                                ops.convert_to_tensor(layer.moving_variance), norms(out_t, outputs[False][1][name]))
-        y_t, y_i = _first_output(outputs[True][0]), _first_output(outputs[False][0])
+        y_t, y_i = batches.first_leaf(outputs[True][0]), batches.first_leaf(outputs[False][0])
         return metrics[True], metrics[False], per_layer, (y_t, y_i, norms(y_t, y_i))
 
     def _loss_and_metrics(self, trainable, non_trainable, x, y, y_pred, training):
@@ -192,12 +186,6 @@ class GapProbe:
                   for name, (mean, var, mm, mv, n) in per_layer.items()}
         return ProbeResult(scalar(train), scalar(inference), layers, np.asarray(y_t), np.asarray(y_i),
                            tuple(float(v) for v in out_norms))
-
-
-def layer_series(info, layer: ProbeLayer) -> dict:
-    """The ``PROBE_SERIES`` values (log format) of one layer."""
-    return quantities.probe_series(info.epsilon, layer.probe_mean, layer.probe_var, layer.moving_mean,
-                                   layer.moving_var, layer.output_drift)
 
 
 # -- the gap over several batches ------------------------------------------------------

@@ -93,7 +93,7 @@ class StatelessRunner:
                     tap.sink = None
             return out, new_state, moments
 
-        self._forward = tf.function(forward, reduce_retracing=True)
+        self._forward = compile_pass(forward, reduce_retracing=True)
 
     def __call__(self, x):
         x = to_tensors(x)
@@ -132,12 +132,12 @@ def bn_layers(model):
     return find_batchnorm_layers(model)
 
 
-def compile_pass(fn):
+def compile_pass(fn, reduce_retracing=False):
     """``fn`` as one compiled graph (``tf.function``), traced once per input
-    signature."""
+    signature (with ``reduce_retracing``: generalized shapes after a retrace)."""
     import tensorflow as tf
 
-    return tf.function(fn)
+    return tf.function(fn, reduce_retracing=reduce_retracing)
 
 
 def to_tensors(x):

@@ -8,8 +8,9 @@ import numpy as np
 from tensorboard import errors
 from tensorboard.data import provider
 
+from tb_bnstats.read.reader import READ_ALL
+
 KERAS_PLUGIN = "scalars"
-READ_ALL = 10**9  # "every point the provider holds"
 
 
 def keras_series(data_provider, ctx, eid, run, val_steps, max_step):

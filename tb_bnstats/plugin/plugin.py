@@ -48,11 +48,11 @@ from tb_bnstats.format import metadata, records
 from tb_bnstats.plugin import cache, data, keras_scalars
 from tb_bnstats.plugin.http import BadRequest, int_arg, one, route, safe_name
 from tb_bnstats.read import integrity, reader
+from tb_bnstats.read.reader import READ_ALL
 
 logger = logging.getLogger("tb_bnstats")
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
-READ_ALL = 10**9  # "every point the provider holds"
 MAX_POINTS = 20000
 MAX_BINS = 2000
 MAX_COMPARE_RUNS = 12

@@ -28,6 +28,9 @@ from tensorboard.data import provider
 from tb_bnstats.format import metadata, records
 from tb_bnstats.read import integrity
 
+# A downsample that keeps every point the provider holds.
+READ_ALL = 2**62
+
 
 @dataclasses.dataclass
 class TagIndex:
@@ -173,7 +176,7 @@ def read_stored_findings(data_provider, ctx, run, index: TagIndex, experiment_id
 def read_train_begins(data_provider, ctx, run, index: TagIndex, experiment_id=""):
     """Every record of :data:`metadata.TRAIN_BEGIN_TAG` for ``run`` (dicts,
     in step order); unreadable ones are left out."""
-    records = _json_records(data_provider, ctx, run, index.train_begin_tag, 2**62, experiment_id)
+    records = _json_records(data_provider, ctx, run, index.train_begin_tag, READ_ALL, experiment_id)
     return [r for r in records if isinstance(r, dict) and isinstance(r.get("step"), int)]
 
 
@@ -275,5 +278,4 @@ def load(logdir, run: Optional[str] = None) -> Dict[str, records.RunData]:
         if index.newer_versions:
             warnings.warn(f"tb_bnstats: run {name!r} was {metadata.newer_version_message(index.newer_versions)}",
                           RuntimeWarning, stacklevel=2)
-    downsample = 2**62
-    return {name: read_run(data_provider, ctx, name, index, downsample) for name, index in indexes.items()}
+    return {name: read_run(data_provider, ctx, name, index, READ_ALL) for name, index in indexes.items()}
