@@ -28,8 +28,9 @@ from tensorboard.data import provider
 from tb_bnstats.format import metadata, records
 from tb_bnstats.read import integrity
 
-# A downsample that keeps every point the provider holds.
-READ_ALL = 2**62
+# A downsample that keeps every point the provider holds. Not much larger: with 2**62 the plugin's
+# routes answered 500 under TensorBoard's data server (measured; the in-process reader accepts it).
+READ_ALL = 10**9
 
 
 @dataclasses.dataclass
