@@ -22,6 +22,8 @@ setup(
         "tensorflow-cpu>=2.21,<3; platform_machine=='x86_64'",
         "keras>=3.10,<4",
         "werkzeug>=2.2",
+        # CRC32C in C for the event files' record framing (TensorBoard's is pure Python).
+        "google-crc32c>=1.5,<2",
         "numpy>=1.26",
     ],
     extras_require={

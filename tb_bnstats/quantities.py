@@ -74,10 +74,14 @@ def symmetric_kl(batch_mean, batch_var, moving_mean, moving_var, epsilon):
 def initial_weight(momentum, updates):
     """``m**t``: the weight the moving average still puts on its initial value
     (a cumulative average, ``momentum=None``: 1 before the first update, 0
-    after)."""
+    after). ``updates`` may be an array (one ``t`` per step): so is the
+    result."""
+    t = np.asarray(updates, np.float64)
     if momentum is None:
-        return 1.0 if updates <= 0 else 0.0
-    return float(np.power(np.float64(momentum), np.float64(updates)))
+        w = np.where(t <= 0, 1.0, 0.0)
+    else:
+        w = np.power(np.float64(momentum), t)
+    return float(w) if w.ndim == 0 else w
 
 
 def convergence(momentum, updates):
@@ -87,12 +91,14 @@ def convergence(momentum, updates):
 
 def debias(ema, initial, momentum, updates):
     """``(ema_t - m**t * init) / (1 - m**t)``; returns ``ema`` unchanged at t = 0
-    (nothing has been averaged yet, the ratio is 0/0)."""
+    (nothing has been averaged yet, the ratio is 0/0). ``ema`` is [..., C]
+    with ``updates`` of shape [...] (one ``t`` per row)."""
     ema = np.asarray(ema, np.float64)
-    if updates <= 0:
-        return ema
-    w = initial_weight(momentum, updates)
-    return (ema - w * np.asarray(initial, np.float64)) / (1.0 - w)
+    t = np.asarray(updates, np.float64)[..., None] if ema.ndim else np.asarray(updates, np.float64)
+    w = np.asarray(initial_weight(momentum, t))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = (ema - w * np.asarray(initial, np.float64)) / (1.0 - w)
+    return np.where(t <= 0, ema, out)
 
 
 def debiased_variance(moving_var, init_var, info, updates):
@@ -151,7 +157,8 @@ def channel_aggregates(rows):
 
 @dataclasses.dataclass
 class LayerQuantities:
-    """Per-channel quantities of one layer at one step."""
+    """Per-channel quantities of one layer at one step ([C] arrays, a float
+    ``convergence`` and an int ``updates``) or at S steps ([S, C] and [S])."""
 
     batch_mean: np.ndarray
     batch_var: np.ndarray  # in the moving variance's convention
@@ -162,38 +169,45 @@ class LayerQuantities:
     mean_gap: np.ndarray
     log_var_ratio: np.ndarray
     sym_kl: np.ndarray
-    convergence: float
-    updates: int
+    convergence: "float | np.ndarray"
+    updates: "int | np.ndarray"
 
 
 def compute(info, batch_mean, batch_var, moving_mean, moving_var, updates,
             samples_per_channel=None, init_mean=None, init_var=None):
-    """All quantities of one layer at one step, from its raw moments.
+    """All quantities of one layer at one step, or at many steps at once,
+    from its raw moments.
 
     Args:
         info: the layer (a :class:`tb_bnstats.format.metadata.LayerInfo`).
         batch_mean, batch_var: the moments the layer normalized with
-            (biased variance), per channel.
-        moving_mean, moving_var: the moving averages after this step.
-        updates: ``t``, updates the averages received, this one included.
+            (biased variance), per channel: shape [C], or [S, C] for S steps.
+        moving_mean, moving_var: the moving averages after the step(s).
+        updates: ``t``, updates the averages received, this one included
+            (an int, or [S]).
         samples_per_channel: values per channel in the batch, ``n``; needed
             when ``info.moving_var_unbiased`` (:func:`comparable_batch_var`).
         init_mean, init_var: per-channel values the averages started from;
             by default ``info.init_mean`` / ``info.init_var``.
 
     Returns:
-        :class:`LayerQuantities`.
+        :class:`LayerQuantities` (per-step fields of shape [S] for a block).
 
     Raises:
-        ValueError: an array without one value per channel.
+        ValueError: an array without one value per channel, or arrays of
+            different numbers of steps.
     """
-    flat = lambda a: np.asarray(a, np.float64).reshape(-1)  # noqa: E731
-    batch_mean, batch_var = flat(batch_mean), flat(batch_var)
-    moving_mean, moving_var = flat(moving_mean), flat(moving_var)
+    batch_mean, batch_var, moving_mean, moving_var = (
+        np.asarray(a, np.float64) for a in (batch_mean, batch_var, moving_mean, moving_var))
     for label, arr in (("batch_mean", batch_mean), ("batch_var", batch_var), ("moving_mean", moving_mean), ("moving_var", moving_var)):
-        if arr.shape != (info.channels,):
-            raise ValueError(f"{info.name}: {label} has {arr.size} values, the layer has {info.channels} channels")
-    updates = int(updates)
+        if arr.ndim == 0 or arr.shape[-1] != info.channels or arr.shape != batch_mean.shape:
+            raise ValueError(f"{info.name}: {label} has shape {arr.shape}, the layer has {info.channels} channels"
+                             + (f" (and batch_mean {batch_mean.shape})" if arr.shape != batch_mean.shape else ""))
+    updates = np.asarray(updates, np.int64)
+    if updates.shape != batch_mean.shape[:-1]:
+        raise ValueError(f"{info.name}: updates has shape {updates.shape}, expected {batch_mean.shape[:-1]}")
+    if updates.ndim == 0:
+        updates = int(updates)
     batch_var = comparable_batch_var(batch_var, samples_per_channel, info.moving_var_unbiased)
     eps = float(info.epsilon)
     return LayerQuantities(

@@ -12,21 +12,19 @@ import time
 import warnings
 from typing import List
 
+from tb_bnstats.format import tfrecord
+
 # An event file that ends inside a record is being written, unless it has not
 # changed for this long: then it was cut off (a killed run, a full disk).
 STALE_S = 30.0
-
-# A TFRecord is: uint64 length (little endian), uint32 masked CRC32C of those 8
-# bytes, ``length`` bytes of data, uint32 masked CRC32C of the data.
-_HEADER = 12
-_FOOTER = 4
 
 
 def check_records(path, offset=0, deadline=None):
     """Walks the record framing of the event file ``path`` from byte
     ``offset`` (the start of a record), checking each length against its
-    checksum. The data checksums are not checked (pure-Python CRC32C reads
-    about 2 MB/s; TensorBoard's data server reads a payload anyway).
+    checksum (:mod:`tb_bnstats.format.tfrecord`). The data checksums are not
+    checked: TensorBoard's data server reads each payload anyway, and a bad
+    one is reported by the reader (``warn_file_problems``' ``data_loss``).
 
     Returns ``(offset, size, problem)``: where the last complete record read
     ends, the file's size, and None, ``"incomplete"`` (the file ends inside a
@@ -34,20 +32,19 @@ def check_records(path, offset=0, deadline=None):
     record at ``offset``: TensorBoard stops reading the file there). Stops
     early, with no problem, once ``time.monotonic()`` passes ``deadline``.
     """
-    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
-
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         while offset < size:
             if deadline is not None and time.monotonic() > deadline:
                 return offset, size, None
             f.seek(offset)
-            header = f.read(_HEADER)
-            if len(header) < _HEADER:
+            header = f.read(tfrecord.HEADER_BYTES)
+            if len(header) < tfrecord.HEADER_BYTES:
                 return offset, size, "incomplete"
-            if int.from_bytes(header[8:], "little") != masked_crc32c(header[:8]):
+            length = tfrecord.data_length(header)
+            if length is None:
                 return offset, size, "bad_length"
-            end = offset + _HEADER + int.from_bytes(header[:8], "little") + _FOOTER
+            end = offset + tfrecord.HEADER_BYTES + length + tfrecord.FOOTER_BYTES
             if end > size:
                 return offset, size, "incomplete"
             offset = end

@@ -1,61 +1,59 @@
 """Event files: where the summary writer's records go.
 
-An event file is a TFRecord file of serialized ``Event`` protos. TensorBoard's
-own :class:`EventFileWriter` frames each record with a CRC32C computed in pure
-Python, about 0.3 ms per 1 kB record: with one record per layer per step that
-is most of the callback's cost. When TensorFlow is already imported (the Keras
-callback, a TensorFlow custom loop), records go through TensorFlow's C++
-``tf.io.TFRecordWriter`` instead: the same bytes, written ~100x faster.
-Otherwise (no TensorFlow in the process) TensorBoard's writer is used.
+An event file is a TFRecord file of serialized ``Event`` protos
+(:mod:`tb_bnstats.format.tfrecord` frames them). :class:`EventFile` appends
+each batch of records with one unbuffered write, so what was written is in
+the operating system's hands at once (a killed process loses none of it),
+and a failing write (a full disk) fails where it is made. A remote file
+(``gs://...``) is buffered by its file system and flushed every
+``flush_secs`` by a daemon thread. It needs neither
+TensorFlow nor TensorBoard's writer (whose pure-Python CRC32C cost ~0.3 ms
+per 1 kB record): the same bytes, with the checksum in C.
 """
 
 import itertools
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 
 from tensorboard.compat.proto import event_pb2
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+from tb_bnstats.format import tfrecord
 
 logger = logging.getLogger("tb_bnstats")
 
 _uid = itertools.count()
 
 
-def open_event_file(logdir, flush_secs, max_queue=1000):
-    """A new event file in ``logdir`` (created if missing).
+def _open_for_append(path):
+    """A binary file to append to: the local file system, or a
+    ``scheme://`` path through TensorBoard's file-system layer (which uses
+    TensorFlow's when TensorFlow is installed)."""
+    if "://" in path:
+        from tensorboard.compat import tf
+
+        tf.io.gfile.makedirs(os.path.dirname(path))
+        return tf.io.gfile.GFile(path, "wb")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return open(path, "ab", buffering=0)
+
+
+class EventFile:
+    """A new event file in ``logdir`` (created if missing), named as
+    TensorBoard names them (``events.out.tfevents.<time>.<host>.<pid>.<n>``).
 
     Args:
         logdir: the run's directory.
         flush_secs: records reach the disk at least this often.
-        max_queue: records TensorBoard's writer holds before a write blocks.
-
-    Returns:
-        An object with ``add_event(event)``, ``flush()``, ``close()`` and
-        ``path``.
     """
-    if "tensorflow" in sys.modules:
-        return TFRecordEventFile(logdir, flush_secs)
-    writer = EventFileWriter(str(logdir), max_queue_size=max_queue, flush_secs=flush_secs)
-    writer.path = writer._file_name
-    return writer
-
-
-class TFRecordEventFile:
-    """Writes events with ``tf.io.TFRecordWriter``; a daemon thread flushes
-    every ``flush_secs`` so that a quiet run still reaches the disk."""
 
     def __init__(self, logdir, flush_secs):
-        import tensorflow as tf
-
-        logdir = str(logdir)
-        tf.io.gfile.makedirs(logdir)
+        logdir = os.fspath(logdir)
         self.path = os.path.join(logdir, "events.out.tfevents.%010d.%s.%s.%s" % (
             time.time(), socket.gethostname(), os.getpid(), next(_uid)))
-        self._records = tf.io.TFRecordWriter(self.path)
+        self._file = _open_for_append(self.path)
         self._lock = threading.Lock()
         self._closed = False
         self.add_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
@@ -70,17 +68,28 @@ class TFRecordEventFile:
         Raises:
             IOError: the file is closed.
         """
-        data = event.SerializeToString()
+        self.add_serialized([event.SerializeToString()])
+
+    def add_serialized(self, events):
+        """Appends serialized ``Event`` s (bytes), in order.
+
+        Raises:
+            IOError: the file is closed.
+        """
+        data = b"".join(tfrecord.frame(e) for e in events)
         with self._lock:
             if self._closed:
                 raise IOError(f"event file {self.path} is closed")
-            self._records.write(data)
+            view = memoryview(data)
+            while view:  # an unbuffered write may take part of the bytes (then the next one raises)
+                written = self._file.write(view)
+                view = view[len(view) if written is None else written:]
 
     def flush(self):
         """Writes buffered records to disk."""
         with self._lock:
             if not self._closed:
-                self._records.flush()
+                self._file.flush()
 
     def _flush_every(self, seconds):
         warned = False
@@ -94,9 +103,9 @@ class TFRecordEventFile:
                                    "again; said once): %s", self.path, exc)
 
     def close(self):
-        """Stops the flush thread and closes the file."""
+        """Stops the flush thread, flushes and closes the file."""
         self._stop.set()
         with self._lock:
             if not self._closed:
                 self._closed = True
-                self._records.close()
+                self._file.close()

@@ -32,19 +32,11 @@ from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_
 
 from tb_bnstats import quantities
 from tb_bnstats.format import metadata, records
-from tb_bnstats.write import eventfile
+from tb_bnstats.write import eventfile, events
 
 logger = logging.getLogger("tb_bnstats")
 
 DEFAULT_FLUSH_SECS = 5.0
-
-
-def _scalar_proto(value):
-    return tensor_pb2.TensorProto(
-        dtype=types_pb2.DT_FLOAT,
-        tensor_shape=tensor_shape_pb2.TensorShapeProto(),
-        float_val=[value],
-    )
 
 
 def _json_proto(obj):
@@ -68,21 +60,30 @@ def layer_series(q: quantities.LayerQuantities) -> dict:
     """The per-step values of :data:`metadata.LAYER_SERIES` of one layer: the
     channel means of the moments, the channel aggregates
     (:func:`quantities.channel_aggregates`) of each gap measure, and the
-    layer's state."""
-    out = {name: float(np.mean(getattr(q, name))) for name in metadata.MOMENT_SERIES}
+    layer's state. Floats for one step; [S] arrays for a block of S steps."""
+    out = {name: np.mean(getattr(q, name), axis=-1) for name in metadata.MOMENT_SERIES}
     gaps = np.stack([q.mean_gap, np.abs(q.log_var_ratio), q.sym_kl])  # GAP_MEASURES order
     for measure, aggregates in zip(metadata.GAP_MEASURES, zip(*quantities.channel_aggregates(gaps))):
         for aggregate, value in zip(metadata.GAP_AGGREGATES, aggregates):
-            out[f"{measure}/{aggregate}"] = float(value)
-    out["log_var_ratio/mean"] = float(np.mean(q.log_var_ratio))
-    out["convergence"] = float(q.convergence)
-    out["updates"] = float(q.updates)
-    return out
+            out[f"{measure}/{aggregate}"] = value
+    out["log_var_ratio/mean"] = np.mean(q.log_var_ratio, axis=-1)
+    out["convergence"] = q.convergence
+    out["updates"] = q.updates
+    if np.ndim(q.updates) == 0:
+        return {k: float(v) for k, v in out.items()}
+    return {k: np.asarray(v, np.float64) for k, v in out.items()}
 
 
 def snapshot_rows(q: quantities.LayerQuantities) -> np.ndarray:
-    """The per-channel rows of :data:`metadata.SNAPSHOT_ROWS`, shape [rows, C]."""
+    """The per-channel rows of :data:`metadata.SNAPSHOT_ROWS`, shape [rows, C]
+    (of one step's quantities)."""
     return np.stack([np.asarray(getattr(q, row), np.float64) for row in metadata.SNAPSHOT_ROWS])
+
+
+def _step_rows(q, i):
+    """The quantities of step ``i`` of a block's :class:`LayerQuantities`."""
+    pick = lambda v: v[i] if np.ndim(v) else v  # noqa: E731
+    return quantities.LayerQuantities(**{f: pick(getattr(q, f)) for f in q.__dataclass_fields__})
 
 
 class Writer:
@@ -91,14 +92,13 @@ class Writer:
     Args:
         logdir: the run's directory (created if missing).
         flush_secs: pending records reach the disk at least this often.
-        max_queue: records held in memory before a write blocks.
         keep_history: also keep in memory the last this many logged steps of
             every layer series and metric (~350 bytes per layer per step),
             for :meth:`run_data`; 0 keeps nothing.
     """
 
-    def __init__(self, logdir, flush_secs=DEFAULT_FLUSH_SECS, max_queue=1000, keep_history=0):
-        self._writer = eventfile.open_event_file(logdir, flush_secs, max_queue)
+    def __init__(self, logdir, flush_secs=DEFAULT_FLUSH_SECS, keep_history=0):
+        self._writer = eventfile.EventFile(logdir, flush_secs)
         self._keep = int(keep_history)
         self.history = {} if self._keep else None
         self.metric_history = {} if self._keep else None
@@ -106,7 +106,7 @@ class Writer:
         self.train_begins = [] if self._keep else None
         self._tags_with_metadata = set()
         self._layers = {}
-        self._series_templates = {}
+        self._templates = {}  # tags -> events.ScalarEvents
         self._lock = threading.Lock()
 
     @property
@@ -126,37 +126,103 @@ class Writer:
         event = event_pb2.Event(step=int(step), wall_time=time.time(), summary=summary_pb2.Summary(value=values))
         self._writer.add_event(event)
 
-    def _emit_series(self, info, step, series):
-        """One event with the layer's scalar series. After the first (which
-        carries the metadata) it refills a cached event in place: building
+    def _emit_scalars(self, tags, make_metadata, steps, values, wall_times):
+        """Events of scalar ``values`` [S, len(tags)] at ``steps``. A first
+        event carrying the tags' metadata is made with protobuf; every other
+        one is filled into a serialized template (:mod:`events`): building
         ~20 protos per layer per step is the writer's main cost otherwise."""
-        template = self._series_templates.get(info.name)
-        if template is None or [v.tag for v in template.summary.value] != [metadata.layer_tag(info.name, q) for q in series]:
-            self._emit(step, [self._value(metadata.layer_tag(info.name, name),
-                                          lambda name=name: metadata.layer_series_metadata(info, name),
-                                          tensor=_scalar_proto(v)) for name, v in series.items()])
-            template = event_pb2.Event(summary=summary_pb2.Summary(value=[
-                summary_pb2.Summary.Value(tag=metadata.layer_tag(info.name, name), tensor=_scalar_proto(0.0))
-                for name in series]))
-            self._series_templates[info.name] = template
-            return
-        template.step, template.wall_time = int(step), time.time()
-        for value, v in zip(template.summary.value, series.values()):
-            value.tensor.float_val[0] = v
-        self._writer.add_event(template)
+        steps = np.asarray(steps, np.int64)
+        wall_times = np.full(len(steps), time.time()) if wall_times is None else np.asarray(wall_times, np.float64)
+        first = 0
+        if any(tag not in self._tags_with_metadata for tag in tags):
+            self._writer.add_event(event_pb2.Event(
+                step=int(steps[0]), wall_time=float(wall_times[0]), summary=summary_pb2.Summary(value=[
+                    self._value(tag, lambda tag=tag: make_metadata(tag), tensor=events.scalar_tensor(float(v)))
+                    for tag, v in zip(tags, values[0])])))
+            first = 1
+        if first < len(steps):
+            template = self._templates.get(tags)
+            if template is None:
+                template = self._templates[tags] = events.ScalarEvents(tags)
+            self._writer.add_serialized(template.serialize(steps[first:], wall_times[first:], values[first:]))
+
+    def _forget_layer_metadata(self, info):
+        """A changed layer description goes into its tags' metadata again."""
+        previous = self._layers.setdefault(info.name, info)
+        if previous != info:
+            self._layers[info.name] = info
+            prefix = metadata.layer_tag(info.name, "")
+            self._tags_with_metadata = {t for t in self._tags_with_metadata if not t.startswith(prefix)}
+
+    def layer_series_rows(self, info: metadata.LayerInfo, steps, rows, wall_times=None):
+        """Logs precomputed values of :data:`metadata.LAYER_SERIES` of one
+        layer: ``rows`` [S, len(LAYER_SERIES)] at ``steps`` [S]
+        (``wall_times`` [S], default now). :meth:`layer_block` computes them
+        from moments; this is for values computed elsewhere."""
+        rows = np.asarray(rows, np.float64).reshape(len(steps), len(metadata.LAYER_SERIES))
+        with self._lock:
+            self._forget_layer_metadata(info)
+            tags = tuple(metadata.layer_tag(info.name, q) for q in metadata.LAYER_SERIES)
+            quantity_of = dict(zip(tags, metadata.LAYER_SERIES))
+            self._emit_scalars(tags, lambda tag: metadata.layer_series_metadata(info, quantity_of[tag]),
+                               steps, rows, wall_times)
+            if self.history is not None:
+                entry = self.history.setdefault(info.name, [info, metadata.LAYER_SERIES,
+                                                            collections.deque(maxlen=self._keep)])
+                entry[0] = info
+                entry[2].extend(zip(np.asarray(steps, np.int64).tolist(), rows))
+
+    def layer_block(self, info: metadata.LayerInfo, steps, batch_mean, batch_var, moving_mean, moving_var, updates,
+                    samples_per_channel=None, init_mean=None, init_var=None, wall_times=None, snapshot_steps=(),
+                    series=True):
+        """Logs one layer at S steps at once: per step the aggregates of
+        :data:`metadata.LAYER_SERIES` (unless ``series=False``) and, at the
+        steps in ``snapshot_steps``, the per-channel rows.
+
+        Args:
+            info: the layer.
+            steps: [S] the step axis values (the optimizer's step after each update).
+            batch_mean, batch_var, moving_mean, moving_var: [S, C];
+                updates [S]; samples_per_channel, init_mean, init_var: as in
+                :func:`quantities.compute`.
+            wall_times: [S] when each step ended (seconds; default now).
+            snapshot_steps: the steps whose per-channel snapshot is written.
+            series: write the per-step series (False: the snapshots only).
+
+        Returns:
+            The :class:`quantities.LayerQuantities` ([S, C] fields).
+
+        Raises:
+            ValueError: moments without one value per channel and step.
+        """
+        steps = np.asarray(steps, np.int64).reshape(-1)
+        q = quantities.compute(info, batch_mean, batch_var, moving_mean, moving_var, updates,
+                               samples_per_channel, init_mean, init_var)
+        if q.batch_mean.shape[0] != len(steps):
+            raise ValueError(f"{info.name}: {q.batch_mean.shape[0]} rows of moments for {len(steps)} steps")
+        if series:
+            values = layer_series(q)
+            self.layer_series_rows(info, steps, np.stack([values[k] for k in metadata.LAYER_SERIES], axis=1),
+                                   wall_times)
+        wanted = set(np.asarray(snapshot_steps, np.int64).tolist())
+        with self._lock:
+            self._forget_layer_metadata(info)
+            for i in np.flatnonzero(np.isin(steps, list(wanted))):
+                self._emit(steps[i], [self._value(metadata.layer_tag(info.name, metadata.CHANNELS_QUANTITY),
+                                                  lambda: metadata.layer_channels_metadata(info),
+                                                  tensor=_tensor_proto(snapshot_rows(_step_rows(q, i))))])
+        return q
 
     def layer(self, info: metadata.LayerInfo, step, batch_mean, batch_var, moving_mean, moving_var, updates,
               samples_per_channel=None, snapshot=False, init_mean=None, init_var=None, series=True):
-        """Logs one layer at one step: the aggregates of
-        :data:`metadata.LAYER_SERIES` (unless ``series=False``) and, with
-        ``snapshot=True``, the per-channel rows.
+        """Logs one layer at one step: :meth:`layer_block` of that step.
 
         Args:
             info: the layer.
             step: the step axis value (the optimizer's step after the update).
-            batch_mean, batch_var, moving_mean, moving_var, updates,
-                samples_per_channel, init_mean, init_var: as in
-                :func:`quantities.compute`.
+            batch_mean, batch_var, moving_mean, moving_var: one value per
+                channel (any shape); updates, samples_per_channel,
+                init_mean, init_var: as in :func:`quantities.compute`.
             snapshot: also write the per-channel snapshot.
             series: write the per-step series (False: the snapshot only).
 
@@ -166,30 +232,11 @@ class Writer:
         Raises:
             ValueError: moments without one value per channel.
         """
-        q = quantities.compute(info, batch_mean, batch_var, moving_mean, moving_var, updates,
-                               samples_per_channel, init_mean, init_var)
-        with self._lock:
-            previous = self._layers.setdefault(info.name, info)
-            if previous != info:
-                # A changed layer description goes into the tags' metadata again.
-                self._layers[info.name] = info
-                prefix = metadata.layer_tag(info.name, "")
-                self._tags_with_metadata = {t for t in self._tags_with_metadata if not t.startswith(prefix)}
-                self._series_templates.pop(info.name, None)
-            if series:
-                values = layer_series(q)
-                self._emit_series(info, step, values)
-                if self.history is not None:
-                    entry = self.history.setdefault(info.name, [info, tuple(values), collections.deque(maxlen=self._keep)])
-                    if entry[1] != tuple(values):
-                        entry[1], entry[2] = tuple(values), collections.deque(maxlen=self._keep)
-                    entry[0] = info
-                    entry[2].append((int(step), np.fromiter(values.values(), np.float64, len(values))))
-            if snapshot:
-                self._emit(step, [self._value(metadata.layer_tag(info.name, metadata.CHANNELS_QUANTITY),
-                                              lambda: metadata.layer_channels_metadata(info),
-                                              tensor=_tensor_proto(snapshot_rows(q)))])
-        return q
+        row = lambda a: np.asarray(a, np.float64).reshape(1, -1)  # noqa: E731
+        q = self.layer_block(info, [step], row(batch_mean), row(batch_var), row(moving_mean), row(moving_var),
+                             [int(updates)], samples_per_channel, init_mean, init_var,
+                             snapshot_steps=[step] if snapshot else (), series=series)
+        return _step_rows(q, 0)
 
     def layer_moments(self, name, step, *, batch_mean, batch_var, moving_mean, moving_var, updates,
                       momentum, epsilon, init_mean=0.0, init_var=1.0, moving_var_unbiased=False,
@@ -237,29 +284,39 @@ class Writer:
         with self._lock:
             self._emit(step, [self._value(metadata.layer_tag(info.name, q),
                                           lambda q=q: metadata.layer_series_metadata(info, q),
-                                          tensor=_scalar_proto(float(v))) for q, v in values.items()])
+                                          tensor=events.scalar_tensor(float(v))) for q, v in values.items()])
             if self.sparse_history is not None:
                 points = self.sparse_history.setdefault(info.name, collections.deque(maxlen=self._keep))
                 points.append((int(step), {q: float(v) for q, v in values.items()}))
 
     def metrics(self, split, values, step):
         """Logs scalar metrics (``loss``, ``accuracy``...) for ``split`` in
-        :data:`metadata.METRIC_SPLITS` at ``step``."""
+        :data:`metadata.METRIC_SPLITS` at ``step``: ``{name: value}``."""
+        self.metrics_block(split, [step], {name: [v] for name, v in values.items()})
+
+    def metrics_block(self, split, steps, values, wall_times=None):
+        """Logs scalar metrics for ``split`` at S ``steps``: ``values`` is
+        ``{name: [S] values}``, ``wall_times`` [S] (default now).
+
+        Raises:
+            ValueError: an unknown split.
+        """
         if split not in metadata.METRIC_SPLITS:
             raise ValueError(f"split must be one of {list(metadata.METRIC_SPLITS)}, got {split!r}")
+        if not values or not len(steps):
+            return
+        names = tuple(values)
+        tags = tuple(metadata.metric_tag(split, name) for name in names)
+        name_of = dict(zip(tags, names))
+        table = np.stack([np.asarray(values[name], np.float64).reshape(-1) for name in names], axis=1)
         with self._lock:
-            out = [
-                self._value(metadata.metric_tag(split, name),
-                            lambda name=name: metadata.metric_metadata(split, name),
-                            tensor=_scalar_proto(float(v)))
-                for name, v in values.items()
-            ]
-            if out:
-                self._emit(step, out)
+            self._emit_scalars(tags, lambda tag: metadata.metric_metadata(split, name_of[tag]), steps, table,
+                               wall_times)
             if self.metric_history is not None:
-                for name, v in values.items():
+                step_list = np.asarray(steps, np.int64).tolist()
+                for name, column in zip(names, table.T):
                     points = self.metric_history.setdefault(f"{split}/{name}", collections.deque(maxlen=self._keep))
-                    points.append((int(step), float(v)))
+                    points.extend(zip(step_list, column.tolist()))
 
     def findings(self, step, findings):
         """Logs a diagnosis: ``findings`` is a list of JSON-able dicts (see
