@@ -1,15 +1,24 @@
-"""Overhead of BNStatsCallback logging every step, against no callback.
+"""Overhead of BNStatsCallback logging every step, against no callback and
+against Keras' own TensorBoard callback.
 
-A convolutional net with 8 BatchNormalization layers is trained on random
-data. Two copies of it (one with the callback, one without) are warmed up,
-then trained alternately, one epoch each, ROUNDS times, in this one process,
-so that machine noise hits both alike. Each step's wall-clock and process
-CPU time (``time.process_time``) is taken between consecutive
-``on_train_batch_begin`` calls, so it includes the train step and every
-callback's end-of-batch work. Prints median ratios (callback / baseline) and
-the event-file bytes per layer per logged step. Not a pass/fail test.
+For each model and each XLA setting, three copies of the model are trained
+on the same random data in this one process: with no callback (the
+baseline), with ``keras.callbacks.TensorBoard(histogram_freq=1,
+update_freq="batch")``, and with ``BNStatsCallback`` logging every step.
+After a warm-up epoch each (tracing, compiling), they train alternately, one
+epoch each, ``--rounds`` times, so that machine noise hits all alike. Each
+step's wall-clock and process CPU time (``time.process_time``: every thread
+of the process, the callback's background writer included) is taken between
+consecutive ``on_train_batch_begin`` calls; each epoch's totals too (they
+include the epoch-end work: the ring's drain, Keras' histograms).
 
-    python bench/overhead.py [--rounds 6] [--steps 40] [--jit]
+Printed per model and XLA setting: median step times and their ratios to
+the baseline, the ratios of the epoch totals, tb_bnstats' event-file bytes
+per layer per step and its device-to-host reads per 100 steps. Not a
+pass/fail test: the figures go into the README.
+
+    python bench/overhead.py [--models convnet,mobilenetv2] [--xla off,on] [--rounds 3] [--steps 100]
+    python bench/overhead.py --models resnet50 --batch 64 --xla on     # on a GPU
 """
 
 import argparse
@@ -26,9 +35,11 @@ import numpy as np  # noqa: E402
 
 import tb_bnstats  # noqa: E402
 
+VARIANTS = ("none", "keras_tensorboard", "tb_bnstats")
 
-def conv_net(n_blocks=8, width=16, jit_compile=False):
-    keras.utils.set_random_seed(0)
+
+def conv_net(n_blocks=8, width=16):
+    """The 8-BN conv net on 32x32x3."""
     inp = keras.Input((32, 32, 3))
     x = inp
     for i in range(n_blocks):
@@ -38,70 +49,115 @@ def conv_net(n_blocks=8, width=16, jit_compile=False):
         if i % 3 == 2:
             x = keras.layers.MaxPooling2D()(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
-    model = keras.Model(inp, keras.layers.Dense(10)(x))
-    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit_compile)
-    return model
+    return keras.Model(inp, keras.layers.Dense(10)(x)), (32, 32, 3)
+
+
+def mobilenet_v2():
+    """MobileNetV2, alpha 0.35, at 64x64 (52 BN layers, long layer names)."""
+    return keras.applications.MobileNetV2(input_shape=(64, 64, 3), alpha=0.35, weights=None, classes=10), (64, 64, 3)
+
+
+def resnet50():
+    """ResNet-50 at 224x224 (53 BN layers), for a GPU."""
+    return keras.applications.ResNet50(weights=None, classes=10), (224, 224, 3)
+
+
+MODELS = {"convnet": conv_net, "mobilenetv2": mobilenet_v2, "resnet50": resnet50}
 
 
 class StepTimer(keras.callbacks.Callback):
+    """Wall and CPU time per step (between consecutive batch starts) and per
+    epoch. Defines no ``on_train_batch_end``, so it adds no per-step sync."""
+
     def __init__(self):
         super().__init__()
-        self.wall, self.cpu, self._last = [], [], None
+        self.step_wall, self.step_cpu, self.epoch_wall, self.epoch_cpu = [], [], [], []
+        self._last = self._epoch = None
+
+    @staticmethod
+    def _now():
+        return time.perf_counter(), time.process_time()
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._last = None
+        self._last, self._epoch = None, self._now()
 
     def on_train_batch_begin(self, batch, logs=None):
-        now = (time.perf_counter(), time.process_time())
+        now = self._now()
         if self._last is not None:
-            self.wall.append(now[0] - self._last[0])
-            self.cpu.append(now[1] - self._last[1])
+            self.step_wall.append(now[0] - self._last[0])
+            self.step_cpu.append(now[1] - self._last[1])
         self._last = now
 
     def on_epoch_end(self, epoch, logs=None):
-        self._last = None
+        now = self._now()
+        self.epoch_wall.append(now[0] - self._epoch[0])
+        self.epoch_cpu.append(now[1] - self._epoch[1])
+
+    def clear(self):
+        for values in (self.step_wall, self.step_cpu, self.epoch_wall, self.epoch_cpu):
+            values.clear()
+
+
+def bench(model_name, jit, args, root):
+    """Trains the three variants alternately; returns the printed lines' figures."""
+    builders, runs = MODELS[model_name], {}
+    rng = np.random.default_rng(0)
+    for variant in VARIANTS:
+        keras.utils.set_random_seed(0)
+        model, shape = builders()
+        model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit)
+        timer = StepTimer()
+        callbacks = [timer]
+        if variant == "keras_tensorboard":
+            callbacks.insert(0, keras.callbacks.TensorBoard(str(root / f"{model_name}-{jit}-keras"), histogram_freq=1,
+                                                            update_freq="batch"))
+        elif variant == "tb_bnstats":
+            callbacks.insert(0, tb_bnstats.BNStatsCallback(root / f"{model_name}-{jit}-bnstats", verbose=0))
+        runs[variant] = (model, callbacks, timer)
+    n = args.steps * args.batch
+    x = rng.normal(size=(n, *shape)).astype("float32")
+    y = rng.integers(0, 10, n)
+    for variant, (model, callbacks, timer) in runs.items():  # warm-up: trace and compile
+        model.fit(x[: 4 * args.batch], y[: 4 * args.batch], batch_size=args.batch, epochs=1, verbose=0,
+                  callbacks=callbacks)
+        timer.clear()
+    for _ in range(args.rounds):
+        for variant, (model, callbacks, timer) in runs.items():
+            model.fit(x, y, batch_size=args.batch, epochs=1, verbose=0, shuffle=False, callbacks=callbacks)
+    timers = {v: runs[v][2] for v in VARIANTS}
+    base = timers["none"]
+    monitored, cb = runs["tb_bnstats"][0], runs["tb_bnstats"][1][0]
+    layers = len(cb._recorder.layer_infos)
+    steps_logged = int(monitored.optimizer.iterations.numpy())
+    event_bytes = sum(p.stat().st_size for p in (root / f"{model_name}-{jit}-bnstats").glob("events.out.tfevents.*"))
+    reads = cb._recorder.capture.reads
+    print(f"\n{model_name}: {layers} BN layers, batch {args.batch}, jit_compile={jit}, "
+          f"{args.rounds} alternated rounds x {args.steps} steps")
+    print(f"  {'variant':18s} {'median step':>22s} {'ratio (median step)':>22s} {'ratio (epoch total)':>22s}")
+    print(f"  {'':18s} {'wall ms':>10s} {'cpu ms':>11s} {'wall':>10s} {'cpu':>11s} {'wall':>10s} {'cpu':>11s}")
+    for variant, t in timers.items():
+        wall, cpu = statistics.median(t.step_wall), statistics.median(t.step_cpu)
+        print(f"  {variant:18s} {wall * 1e3:10.2f} {cpu * 1e3:11.2f} "
+              f"{wall / statistics.median(base.step_wall):10.3f} {cpu / statistics.median(base.step_cpu):11.3f} "
+              f"{sum(t.epoch_wall) / sum(base.epoch_wall):10.3f} {sum(t.epoch_cpu) / sum(base.epoch_cpu):11.3f}")
+    print(f"  tb_bnstats: {event_bytes / (steps_logged * layers):.0f} event bytes per layer per step "
+          f"({event_bytes} bytes, {steps_logged} steps x {layers} layers, snapshots and metrics included); "
+          f"{100.0 * reads / steps_logged:.2f} device-to-host reads per 100 steps "
+          f"({reads} reads, ring of {cb._recorder.capture.drain_every} steps)")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--steps", type=int, default=40, help="steps per epoch")
+    parser.add_argument("--models", default="convnet,mobilenetv2", help=f"comma-separated, of {sorted(MODELS)}")
+    parser.add_argument("--xla", default="off,on", help="off, on or off,on")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=100, help="steps per epoch")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--jit", action="store_true", help="jit_compile=True (XLA)")
     args = parser.parse_args()
-
-    rng = np.random.default_rng(0)
-    n = args.steps * args.batch
-    x = rng.normal(size=(n, 32, 32, 3)).astype("float32")
-    y = rng.integers(0, 10, n)
-    log_dir = pathlib.Path(tempfile.mkdtemp(prefix="tb_bnstats_bench_"))
-
-    baseline, monitored = conv_net(jit_compile=args.jit), conv_net(jit_compile=args.jit)
-    callback = tb_bnstats.BNStatsCallback(log_dir / "run", verbose=0)
-    timers = {"baseline": StepTimer(), "callback": StepTimer()}
-    runs = {"baseline": (baseline, [timers["baseline"]]), "callback": (monitored, [callback, timers["callback"]])}
-
-    # Warm-up: trace both train functions, then forget their timings.
-    for name, (model, cbs) in runs.items():
-        model.fit(x[: 4 * args.batch], y[: 4 * args.batch], batch_size=args.batch, epochs=1, verbose=0, callbacks=cbs)
-        timers[name].wall.clear()
-        timers[name].cpu.clear()
-    for _ in range(args.rounds):
-        for name, (model, cbs) in runs.items():
-            model.fit(x, y, batch_size=args.batch, epochs=1, verbose=0, callbacks=cbs)
-
-    med = {name: (statistics.median(t.wall), statistics.median(t.cpu)) for name, t in timers.items()}
-    layers = 8
-    logged_steps = int(monitored.optimizer.iterations.numpy())
-    event_bytes = sum(p.stat().st_size for p in (log_dir / "run").glob("events.out.tfevents.*"))
-    print(f"conv net, 8 BN layers, batch {args.batch}, {args.rounds} alternated rounds x {args.steps} steps, "
-          f"jit_compile={args.jit}")
-    for name, (wall, cpu) in med.items():
-        print(f"  {name:9s} median step: wall {wall * 1e3:7.2f} ms   cpu {cpu * 1e3:7.2f} ms")
-    print(f"  ratio callback/baseline: wall {med['callback'][0] / med['baseline'][0]:.3f}   "
-          f"cpu {med['callback'][1] / med['baseline'][1]:.3f}   (target <= 1.05)")
-    print(f"  event file: {event_bytes} bytes for {logged_steps} steps x {layers} layers = "
-          f"{event_bytes / (logged_steps * layers):.0f} bytes per layer per step")
+    root = pathlib.Path(tempfile.mkdtemp(prefix="tb_bnstats_bench_"))
+    for model_name in args.models.split(","):
+        for xla in args.xla.split(","):
+            bench(model_name, {"off": False, "on": True}[xla], args, root)
 
 
 if __name__ == "__main__":

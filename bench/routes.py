@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from tb_bnstats import quantities  # noqa: E402
 from tb_bnstats.format import metadata  # noqa: E402
-from tb_bnstats.write import summary  # noqa: E402
+from tb_bnstats.write import events, summary  # noqa: E402
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -99,7 +99,7 @@ def layer_series(info, steps, rng, snap_index):
 
 def write_run(run_dir, layers, steps, channels, snapshot_every):
     rng = np.random.default_rng(0)
-    writer = summary.Writer(run_dir, flush_secs=30, max_queue=5000)
+    writer = summary.Writer(run_dir, flush_secs=30)
     step_axis = np.arange(1, steps + 1)
     infos = [metadata.LayerInfo(name=f"block{i // 4:02d}/conv{i % 4}/bn", channels=channels,
                                 momentum=(0.9, 0.99, 0.999)[i % 3], epsilon=1e-3, depth=i, framework="custom")
@@ -118,7 +118,7 @@ def write_run(run_dir, layers, steps, channels, snapshot_every):
             for q in metadata.LAYER_SERIES:
                 values.append(writer._value(metadata.layer_tag(info.name, q),
                                             lambda info=info, q=q: metadata.layer_series_metadata(info, q),
-                                            tensor=summary._scalar_proto(series[q][k])))
+                                            tensor=events.scalar_tensor(series[q][k])))
             if k in rows:
                 snap = rows[k]
                 values.append(writer._value(metadata.layer_tag(info.name, metadata.CHANNELS_QUANTITY),

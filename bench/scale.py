@@ -11,17 +11,16 @@ Prints figures; it is not a pass/fail test (tests/test_memory_bounds.py is).
 What it does:
 
 1. ``writer``: the throughput of :class:`tb_bnstats.Writer`: records/s
-   and MB/s of ``Writer.layer`` (the callback's path: quantities + protobuf +
-   record) and of its per-step event refill alone, and what one per-layer
-   record is made of (tag strings vs values).
+   and MB/s of ``Writer.layer`` one step a call, of ``Writer.layer_block``
+   on blocks of steps (the callback's path: quantities + events + records)
+   and of the events alone, and what one per-layer record is made of (tag
+   strings vs values).
 2. ``server``: for each ``--steps`` size, writes one run of ``--layers`` layers
    (cached in ``--cache``; deleted after unless ``--keep``): the events of the
    real Writer (metadata records, snapshots every ``--snapshot-every`` steps,
    the train loss), one event per layer per step as the callback writes them.
-   The per-step layer records are the bytes ``Writer._emit_series`` makes,
-   refilled here by offset (checked byte for byte against the Writer on the
-   first steps): the Writer itself makes ~20k of them per second, which would
-   be 17 minutes for 200 x 100k. The values cycle through a ``--period``-step
+   The per-step layer records are written with ``Writer.layer_series_rows``
+   in blocks of 1,000 steps (the templates the callback's writer fills). The values cycle through a ``--period``-step
    simulation (:func:`routes.layer_series`); ``updates`` and ``convergence``
    follow the step. Then starts ``tensorboard --logdir`` (default flags, plus
    ``--load_fast=false`` at sizes <= ``--python-loader-steps``, plus
@@ -41,7 +40,6 @@ import json
 import os
 import pathlib
 import shutil
-import struct
 import sys
 import time
 import urllib.parse
@@ -54,12 +52,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import tensorflow  # noqa: E402,F401  - event files through TensorFlow's C++ record writer (eventfile.py)
-
 import routes  # noqa: E402  - the route timings, the browser timing and layer_series are shared
 from tb_bnstats.format import metadata  # noqa: E402
-from tb_bnstats.write import summary  # noqa: E402
-from tensorboard.compat.proto import summary_pb2  # noqa: E402
+from tb_bnstats.write import events, summary  # noqa: E402
 
 RUN = "big"  # routes.start_tensorboard / time_routes read a run of this name
 
@@ -121,38 +116,42 @@ def bench_writer(tmp, layers=50, seconds=4.0):
                                 depth=i, framework="custom") for i in range(layers)]
     moments = [(rng.normal(size=c), rng.uniform(0.5, 2, c), rng.normal(size=c), rng.uniform(0.5, 2, c))
                for _ in range(layers)]
-    series = {q: 0.5 for q in metadata.LAYER_SERIES}
+    block = 256  # the callback's ring at most: the steps written at once
+    rows = np.full((block, len(metadata.LAYER_SERIES)), 0.5)
     print(f"\n== Writer throughput ({layers} layers, {c} channels, one record per layer per step)")
-    print(f"  {'path':48s} {'records/s':>10s} {'MB/s':>7s} {'bytes/record':>13s}")
-    for name, write_one in (
-        ("Writer.layer (quantities + protobuf + record)",
+    print(f"  {'path':56s} {'records/s':>10s} {'MB/s':>7s} {'bytes/record':>13s}")
+    for name, per_call, write in (
+        ("Writer.layer, one step a call (quantities + events)", 1,
          lambda w, info, step, m: w.layer(info, step, *m, updates=step)),
-        ("Writer._emit_series (protobuf refill + record)",
-         lambda w, info, step, m: w._emit_series(info, step, series)),
+        (f"Writer.layer_block, {block} steps a call (the callback's)", block,
+         lambda w, info, step, m: w.layer_block(info, np.arange(step, step + block),
+                                                *(np.broadcast_to(a, (block, c)) for a in m),
+                                                updates=np.arange(step, step + block))),
+        (f"Writer.layer_series_rows, {block} steps a call (events only)", block,
+         lambda w, info, step, m: w.layer_series_rows(info, np.arange(step, step + block), rows)),
     ):
         logdir = tmp / f"writer-{len(name)}"
         w = summary.Writer(logdir, flush_secs=30)
         for info, m in zip(infos, moments):  # the first record of a tag carries its metadata
-            write_one(w, info, 1, m)
+            w.layer(info, 1, *m, updates=1)
         w.flush()
-        start_bytes, started, step = os.path.getsize(w.path), time.perf_counter(), 1
+        start_bytes, started, step = os.path.getsize(w.path), time.perf_counter(), 2
         while time.perf_counter() - started < seconds:
-            step += 1
             for info, m in zip(infos, moments):
-                write_one(w, info, step, m)
+                write(w, info, step, m)
+            step += per_call
         w.close()
         took = time.perf_counter() - started
-        records = (step - 1) * layers
+        records = (step - 2) * layers
         nbytes = os.path.getsize(w.path) - start_bytes
-        print(f"  {name:48s} {records / took:10.0f} {nbytes / took / 1e6:7.1f} {nbytes / records:13.0f}")
+        print(f"  {name:56s} {records / took:10.0f} {nbytes / took / 1e6:7.1f} {nbytes / records:13.0f}")
     # What one per-layer record is made of.
     info = infos[5]
-    event = summary.event_pb2.Event(step=12345, wall_time=time.time(), summary=summary_pb2.Summary(value=[
-        summary_pb2.Summary.Value(tag=metadata.layer_tag(info.name, q), tensor=summary._scalar_proto(0.25))
-        for q in metadata.LAYER_SERIES]))
-    total = len(event.SerializeToString()) + 16  # + TFRecord framing (length, 2 CRCs)
+    (record,) = events.ScalarEvents([metadata.layer_tag(info.name, q) for q in metadata.LAYER_SERIES]).serialize(
+        [12345], [time.time()], rows[:1])
+    total = len(record) + 16  # + TFRecord framing (length, 2 CRCs)
     tags = sum(len(metadata.layer_tag(info.name, q)) + 2 for q in metadata.LAYER_SERIES)
-    values = sum(len(summary._scalar_proto(0.25).SerializeToString()) + 2 for _ in metadata.LAYER_SERIES)
+    values = sum(len(events.scalar_tensor(0.25).SerializeToString()) + 2 for _ in metadata.LAYER_SERIES)
     print(f"  one record of layer {info.name!r} ({len(metadata.LAYER_SERIES)} scalars): {total} bytes = "
           f"tags {tags} ({100 * tags / total:.0f}%), scalar tensors {values} ({100 * values / total:.0f}%), "
           f"value framing {2 * len(metadata.LAYER_SERIES)}, step/wall_time/record framing "
@@ -160,43 +159,6 @@ def bench_writer(tmp, layers=50, seconds=4.0):
 
 
 # -- 2. writing a big run -----------------------------------------------------------------
-
-def _varint(n):
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-class SeriesRecords:
-    """The bytes ``Writer._emit_series`` writes for one layer's later steps,
-    from its cached event, with the values set by offset."""
-
-    def __init__(self, template_event):
-        probe = summary_pb2.Summary()
-        probe.CopyFrom(template_event.summary)
-        marks = [np.float32(1e6 + 7 * i + 0.5) for i in range(len(probe.value))]
-        for value, mark in zip(probe.value, marks):
-            value.tensor.float_val[0] = mark
-        raw = probe.SerializeToString()
-        offsets = []
-        for mark in marks:
-            at = raw.find(struct.pack("<f", mark))
-            assert at >= 0 and raw.find(struct.pack("<f", mark), at + 1) < 0, "ambiguous float offset"
-            offsets.append(at)
-        self._buf = np.frombuffer(bytearray(raw), np.uint8).copy()
-        self._index = (np.asarray(offsets)[:, None] + np.arange(4)).ravel()
-        self._head = b"\x2a" + _varint(len(raw))  # Event.summary, field 5
-
-    def record(self, step, wall_time, values32):
-        self._buf[self._index] = values32.view(np.uint8)
-        return b"\x09" + struct.pack("<d", wall_time) + b"\x10" + _varint(step) + self._head + self._buf.tobytes()
-
 
 def write_run(run_dir, layers, steps, channels, snapshot_every, period):
     rng = np.random.default_rng(0)
@@ -215,31 +177,20 @@ def write_run(run_dir, layers, steps, channels, snapshot_every, period):
     print(f"  simulated {period} steps per layer in {time.time() - started:.1f} s", flush=True)
     iu, ic = metadata.LAYER_SERIES.index("updates"), metadata.LAYER_SERIES.index("convergence")
     loss = 2.0 * np.exp(-np.arange(1, steps + 1) / (steps / 4)) + 0.05 * rng.random(steps)
-    fast = {}
-    records = writer._writer  # the Writer's TFRecordEventFile: refilled records go into the same file
-    for step in range(1, steps + 1):
-        wall = time.time()
+    chunk = 1000
+    for first in range(1, steps + 1, chunk):
+        step_axis = np.arange(first, min(first + chunk, steps + 1))
         for info, table, snaps in layer_data:
-            row = table[(step - 1) % period].copy()
-            row[iu], row[ic] = step, 1.0 - info.momentum ** step
-            maker = fast.get(info.name)
-            if maker is None or step <= 3:
-                writer._emit_series(info, step, dict(zip(metadata.LAYER_SERIES, row.tolist())))
-                if step >= 2:  # the Writer's cached event exists: check the refill against it
-                    template = writer._series_templates[info.name]
-                    maker = SeriesRecords(template)
-                    assert maker.record(step, template.wall_time, row) == template.SerializeToString(), info.name
-                    fast[info.name] = maker
-            else:
-                data = maker.record(step, wall, row)
-                with records._lock:
-                    records._records.write(data)
-            if step % snapshot_every == 0 or step == steps:
+            rows = table[(step_axis - 1) % period].astype(np.float64)
+            rows[:, iu], rows[:, ic] = step_axis, 1.0 - info.momentum ** step_axis
+            writer.layer_series_rows(info, step_axis, rows)
+            for step in step_axis[(step_axis % snapshot_every == 0) | (step_axis == steps)]:
                 snap = snaps[(step // snapshot_every) % len(snaps)]
                 writer._emit(step, [writer._value(metadata.layer_tag(info.name, metadata.CHANNELS_QUANTITY),
                                                   lambda info=info: metadata.layer_channels_metadata(info),
                                                   tensor=summary._tensor_proto(snap))])
-        writer.metrics("train", {"loss": float(loss[step - 1])}, step)
+        writer.metrics_block("train", step_axis, {"loss": loss[step_axis - 1]})
+        step = int(step_axis[-1])
         if step % 5000 == 0:
             rate = step / (time.time() - started)
             print(f"  step {step}/{steps}, {rate * layers:.0f} layer records/s, ETA {(steps - step) / rate:.0f} s",

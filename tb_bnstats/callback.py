@@ -5,6 +5,9 @@ framework-neutral :class:`tb_bnstats.recorder.Recorder`, which decides what
 to log and logs it. It never stops training: a monitoring failure is a
 warning."""
 
+import functools
+import weakref
+
 import keras
 
 from tb_bnstats import recorder
@@ -78,9 +81,19 @@ class BNStatsCallback(keras.callbacks.Callback):
     its moving statistics, it starts from the optimizer's step (an estimate:
     one update per training step) with the initializers' values as the
     starting point. A trainable layer found at its initial values after
-    training steps is recorded and diagnosed (BN008). With
-    ``steps_per_execution = k > 1`` Keras returns to Python once every k
-    steps: the last step of each execution is logged.
+    training steps is recorded and diagnosed (BN008).
+
+    Cost: each training step writes its moments into a ring buffer on the
+    device (no device-to-host read per step, so the step never waits for
+    the host); every step, also under ``steps_per_execution`` > 1, has its
+    own row. The host reads the ring in one read every K steps (K from
+    :data:`tb_bnstats.capture.keras.tensorflow.RING_BYTES`, at most 256) or
+    ``flush_secs``, at each epoch end and at train end, and a background
+    thread computes and writes the records. When training raises inside
+    the train function (a data error, ``KeyboardInterrupt``) the ring is
+    drained and the file closed before the exception goes on; a run left
+    open by another callback's exception is drained at the next ``fit`` or
+    when the interpreter exits.
 
     Raises:
         ValueError: an argument out of its range, a stride given without its
@@ -121,12 +134,42 @@ class BNStatsCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         schedule, rec = self.schedule, self._recorder
-        rec.begin(self._optimizer_step)
+        rec.begin(self._optimizer_step, getattr(self.model, "steps_per_execution", 1) or 1)
+        if rec.writer is not None:
+            rec.guard("watching the train function for exceptions", self._drain_when_training_raises)
         if schedule.probe_data is not None and self._probe is None and rec.writer is not None:
             self._probe = rec.guard("preparing the train/inference probe", self._make_probe)
         rec.measure_with(probe=self._probe.run if self._probe is not None else None,
                          population=self._measure_population if schedule.population_data is not None else None,
                          live_findings=self._live_findings if self._probe is not None else None)
+
+    def _drain_when_training_raises(self):
+        """Wraps the model's train function (Keras made it before
+        ``on_train_begin``) so that an exception raised in it first drains
+        and writes what the capture kept (:meth:`Recorder.abandon`)."""
+        train_function = self.model.train_function
+        recorders = getattr(train_function, "_tb_bnstats_recorders", None)
+        if recorders is None:
+            original, recorders = train_function, weakref.WeakSet()
+            end_of_data = keras_capture.end_of_data_errors()
+
+            @functools.wraps(original)
+            def train_function(iterator):
+                try:
+                    return original(iterator)
+                except end_of_data:
+                    raise  # how Keras learns that a dataset ended: the epoch ends normally
+                except BaseException:
+                    for rec in list(recorders):
+                        try:
+                            rec.abandon()
+                        except Exception:  # noqa: BLE001 - the user's exception goes on unchanged
+                            pass
+                    raise
+
+            train_function._tb_bnstats_recorders = recorders
+            self.model.train_function = train_function
+        recorders.add(self._recorder)
 
     def _optimizer_step(self):
         return int(self.model.optimizer.iterations.numpy())
@@ -159,9 +202,15 @@ class BNStatsCallback(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._recorder.epoch_begin()
 
-    def on_train_batch_end(self, batch, logs=None):
-        # Keras passes the index of the last step run in this epoch.
-        self._recorder.step_end(batch + 1, logs)
+    # Not on_train_batch_end: a callback that defines it makes Keras convert
+    # every step's logs to Python numbers on the training thread (a
+    # device-to-host sync per step). The moments and logs of every step
+    # come from the capture's ring instead.
+    def on_train_batch_begin(self, batch, logs=None):
+        # Keras passes the index of the first step of the next execution:
+        # the steps this epoch has done.
+        if batch > 0:
+            self._recorder.steps_done(batch)
 
     def on_epoch_end(self, epoch, logs=None):
         val = {k[len("val_"):]: v for k, v in (logs or {}).items() if k.startswith("val_")}

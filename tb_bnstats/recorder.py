@@ -1,17 +1,24 @@
-"""The framework-neutral recording loop: what to log at which step, logging
-it, the probe and population measurements when they are due, and the
-diagnosis at the end of a training run.
+"""The framework-neutral recording loop: when to drain the capture, what to
+log of each drained block of steps, the probe and population measurements
+when they are due, and the diagnosis at the end of a training run.
 
 A framework adapter (the Keras callback, :class:`tb_bnstats.BNStatsCallback`)
 feeds a :class:`Recorder` with a :class:`tb_bnstats.capture.Capture` and the
-training events (begin, epoch begin/end, step end, end); the measurements
+training events (begin, epoch begin/end, steps done, end); the measurements
 that need the model come in as callables. Nothing here knows the framework.
 It never stops training: a monitoring failure is a warning, once per place.
+
+The training thread does little per step: it counts steps, and every
+``drain_every`` steps (the capture's ring size) or ``flush_secs`` seconds,
+whichever comes first, reads the capture once and hands the block to a
+background writer (:class:`tb_bnstats.write.background.JobQueue`), which
+computes the quantities and writes the events.
 """
 
 import atexit
 import fnmatch
 import os
+import time
 import warnings
 import weakref
 
@@ -19,9 +26,9 @@ import numpy as np
 
 from tb_bnstats import quantities
 from tb_bnstats.measure import data as batches
-from tb_bnstats.write import summary
+from tb_bnstats.write import background, summary
 
-_OPEN_WRITERS = weakref.WeakSet()
+_OPEN_RECORDERS = weakref.WeakSet()
 # The recorder diagnoses each training run at its end from the last this many
 # logged steps, kept in memory by the writer (~350 bytes per layer per step:
 # 14 MB for 20 layers, 140 MB for 200; measured by bench/scale.py).
@@ -29,12 +36,12 @@ DIAGNOSIS_HISTORY = 2000
 
 
 @atexit.register
-def _close_open_writers():
-    """A run that raises out of training never reaches its end: flush its
-    records when the interpreter exits."""
-    for writer in list(_OPEN_WRITERS):
+def _close_open_runs():
+    """A run that raises out of training never reaches its end: drain and
+    write what it kept when the interpreter exits."""
+    for rec in list(_OPEN_RECORDERS):
         try:
-            writer.close()
+            rec.abandon()
         except Exception:  # noqa: BLE001 - exiting anyway
             pass
 
@@ -55,6 +62,18 @@ def stride_due(step, every, last_step):
     ``last_step`` (None: not yet), is due at ``step``: ``step`` is in a new
     stride of ``every`` steps."""
     return every > 0 and (last_step is None or step // every != last_step // every)
+
+
+def stride_starts(steps, every, last_step):
+    """:func:`stride_due` for each of the increasing ``steps`` in turn, as a
+    boolean mask: the steps that begin a new stride of ``every`` steps (none
+    for ``every`` = 0), the first compared with ``last_step`` (None: not yet)."""
+    steps = np.asarray(steps, np.int64)
+    if every <= 0 or not len(steps):
+        return np.zeros(len(steps), bool)
+    stride = steps // every
+    before = np.concatenate([[-1 if last_step is None else last_step // every], stride[:-1]])
+    return stride != before
 
 
 class Schedule:
@@ -114,9 +133,10 @@ class Recorder:
 
     The adapter calls, in order: :meth:`attach` (a capture for the model),
     :meth:`begin` (with the optimizer's step) and :meth:`measure_with`, then per epoch
-    :meth:`epoch_begin`, :meth:`step_end` after each training step and
-    :meth:`epoch_end`, and finally :meth:`end`. Measurements are callables
-    given to :meth:`measure_with`: ``probe()`` returns a
+    :meth:`epoch_begin`, :meth:`steps_done` between executions of the
+    training step and :meth:`epoch_end`, and finally :meth:`end` (or
+    :meth:`abandon` when training raised). Measurements are callables given
+    to :meth:`measure_with`: ``probe()`` returns a
     :class:`tb_bnstats.measure.gap.ProbeResult`, ``population()`` a
     ``{layer: LayerPopulation}``, ``live_findings(run)`` a list of findings.
     """
@@ -131,7 +151,8 @@ class Recorder:
         self.findings = None  # the diagnosis of the last run (Finding list)
         self._infos = None
         self._failures = set()
-        self._last_reading = None  # the capture's reading at the last logged step
+        self._jobs = None
+        self._last_rows = {}  # layer -> LayerMoments at the last logged step
         self._probe = self._population = self._live_findings = None
 
     # -- helpers -----------------------------------------------------------------
@@ -141,16 +162,19 @@ class Recorder:
         if self.schedule.verbose:
             print(f"tb_bnstats: {message}")
 
+    def warn_once(self, where, message):
+        """A ``RuntimeWarning``, once per ``where``."""
+        if where not in self._failures:
+            self._failures.add(where)
+            warnings.warn(f"tb_bnstats: {message}", RuntimeWarning, stacklevel=3)
+
     def guard(self, where, fn, *args):
         """Runs ``fn``; a failure warns once per place and never reaches the
         training loop (returns None then)."""
         try:
             return fn(*args)
         except Exception as exc:  # noqa: BLE001 - monitoring must not stop training
-            if where not in self._failures:
-                self._failures.add(where)
-                warnings.warn(f"tb_bnstats: {where} failed, training continues without it: "
-                              f"{type(exc).__name__}: {exc}", RuntimeWarning, stacklevel=3)
+            self.warn_once(where, f"{where} failed, training continues without it: {type(exc).__name__}: {exc}")
             return None
 
     @property
@@ -170,7 +194,11 @@ class Recorder:
     # -- events ------------------------------------------------------------------
 
     def attach(self, capture, model_name):
-        """Uses ``capture`` (None: instrumenting failed) from now on."""
+        """Uses ``capture`` (None: instrumenting failed) from now on. A run
+        still open (its training raised) is finished first with its own
+        capture."""
+        if self.writer is not None:
+            self.abandon()
         self.capture, self._infos = capture, None
         if capture is None:
             return
@@ -186,17 +214,27 @@ class Recorder:
             self.say(f"monitoring {len(names)} BatchNormalization layer(s) of {model_name!r} -> "
                      f"{self.schedule.log_dir}")
 
-    def begin(self, read_step):
-        """A training run starts; ``read_step()`` returns the optimizer's step now."""
+    def begin(self, read_step, steps_per_execution=1):
+        """A training run starts; ``read_step()`` returns the optimizer's step
+        now; the training step runs ``steps_per_execution`` steps between
+        two calls of :meth:`steps_done` at most."""
+        if self.writer is not None:
+            self.abandon()
         self._last_logged_step = self._last_snapshot_step = None
         self._last_probe_step = self._last_population_step = None
-        self._last_totals = {}
+        self._last_totals, self._last_rows = {}, {}
+        self._newest = None  # the last step drained, when it was not logged
+        self._execution_steps = max(1, int(steps_per_execution))
         self.step = None
         if self.capture is not None:
             self.guard("opening the log directory", self._open_writer)
             self.step = self.guard("reading the step", read_step)
             if self.writer is not None and self.step is not None:
                 self.guard("checking for a restored run", self._log_train_begin)
+        self._epoch_start_step = self._drained_step = self.step
+        self._drained_at = time.monotonic()
+        self._undrained = False
+        self._step_times = []  # (step, wall time) seen between drains: when each step ended
         self._probe = self._population = self._live_findings = None
 
     def measure_with(self, probe=None, population=None, live_findings=None):
@@ -208,7 +246,8 @@ class Recorder:
     def _open_writer(self):
         self.writer = summary.Writer(self.schedule.log_dir, flush_secs=self.schedule.flush_secs,
                                      keep_history=DIAGNOSIS_HISTORY)
-        _OPEN_WRITERS.add(self.writer)
+        self._jobs = background.JobQueue()
+        _OPEN_RECORDERS.add(self)
 
     def _log_train_begin(self):
         """At each run's start: in a run restored from a checkpoint (step >
@@ -233,98 +272,180 @@ class Recorder:
         """An epoch starts: the framework's running-mean metrics restart."""
         self._last_totals = {}
         self._epoch_start_step = self.step
+        self._undrained = True  # steps may run from now on
 
-    def step_end(self, steps_in_epoch, logs):
-        """After a training step; ``steps_in_epoch`` steps of this epoch are
-        done (a step count without a device round trip, to skip steps not
-        logged); ``logs`` the framework's running metrics."""
+    def steps_done(self, steps_in_epoch):
+        """Between two executions of the training step: ``steps_in_epoch``
+        steps of this epoch are done (counted without a device round trip).
+        Drains the capture when its ring would overflow during the next
+        execution or ``flush_secs`` have passed, and before a probe or a
+        population measurement that is due."""
         if self.writer is None or self.step is None:
             return
         schedule = self.schedule
         self.step = self._epoch_start_step + steps_in_epoch
+        self._step_times.append((self.step, time.time()))
         probe_due = self._probe is not None and stride_due(self.step, schedule.probe_every_n_steps,
                                                            self._last_probe_step)
         population_due = self._population is not None and stride_due(
             self.step, schedule.population_every_n_steps, self._last_population_step)
-        if not (probe_due or population_due
-                or stride_due(self.step, schedule.log_every_n_steps, self._last_logged_step)):
-            return
-        self.guard("logging batch statistics", self._log_step, logs, False)
+        every = self.capture.drain_every
+        ring_full = every is not None and self.step - self._drained_step + self._execution_steps > every
+        if probe_due or population_due or ring_full or time.monotonic() - self._drained_at >= schedule.flush_secs:
+            self.guard("logging batch statistics", self._drain, probe_due or population_due, False)
         if probe_due:
             self._run_probe()
         if population_due:
             self._run_population()
 
     def epoch_end(self, val_logs, read_step):
-        """An epoch ends; ``val_logs`` are its validation metrics (names
-        without ``val_``), logged at ``read_step()``."""
-        if self.writer is not None and (self._probe is not None or self._population is not None):
-            # The epoch's last step may not be on the logging stride: log it.
-            self.guard("logging batch statistics", self._log_step, None, False)
-            if self._probe is not None:
-                self._run_probe()
-            if self._population is not None:
-                self._run_population()
-        if self.writer is None or not self.schedule.log_metrics or not val_logs:
+        """An epoch ends: what the capture kept is drained (its last step is
+        logged when a probe or population measurement follows);
+        ``val_logs`` are its validation metrics (names without ``val_``),
+        logged at ``read_step()``."""
+        if self.writer is None:
+            return
+        measured = self._probe is not None or self._population is not None
+        self.guard("logging batch statistics", self._drain, measured, False)
+        if self._probe is not None:
+            self._run_probe()
+        if self._population is not None:
+            self._run_population()
+        if not self.schedule.log_metrics or not val_logs:
             return
         self.guard("logging validation metrics",
                    lambda: self.writer.metrics("val", {k: float(v) for k, v in val_logs.items()}, read_step()))
 
     def end(self):
-        """The training run ends: the last state with a snapshot, the
-        diagnosis, and the event file closed."""
+        """The training run ends: every step drained, the last state with a
+        snapshot, the diagnosis, and the event file closed."""
         if self.writer is None:
             return
+        if self._undrained or self._newest is not None or self._last_snapshot_step != self._last_logged_step:
+            self.guard("logging the final statistics", self._drain, False, True)
         if self._last_logged_step is not None:
-            self.guard("logging the final statistics", self._log_step, None, True)
             self.findings = self.guard("diagnosing the run", self._diagnose)
+        self._close()
+
+    def abandon(self):
+        """Training raised: every step drained and written, the event file
+        closed, no diagnosis (``tb-bnstats diagnose`` makes one from the
+        logs)."""
+        if self.writer is None:
+            return
+        self.guard("logging the final statistics", self._drain, False, True)
+        self._close()
+
+    def _close(self):
+        if self._jobs is not None:
+            self._jobs.close()
+            self._jobs = None
         self.guard("closing the event file", self.writer.close)
-        _OPEN_WRITERS.discard(self.writer)
+        _OPEN_RECORDERS.discard(self)
         self.writer = None
 
     # -- logging -----------------------------------------------------------------
 
-    def _log_step(self, logs, final):
-        reading = self.capture.read()
-        if reading is None:
-            return
-        step = reading.step
-        self._last_reading = reading
-        new_step = step != self._last_logged_step
-        last_snap = self._last_snapshot_step
-        snapshot = step != last_snap and (final or stride_due(step, self.schedule.snapshot_every_n_steps, last_snap))
-        if not (new_step or snapshot):
-            return
-        for name, info in self.layer_infos.items():
-            moments = reading.layers.get(name)
-            if moments is not None:
-                self.writer.layer(info, step, moments.batch_mean, moments.batch_var, moments.moving_mean,
-                                  moments.moving_var, moments.updates, samples_per_channel=moments.samples_per_channel,
-                                  snapshot=snapshot, series=new_step, init_mean=moments.init_mean,
-                                  init_var=moments.init_var)
-        if self.schedule.log_metrics and logs and new_step:
-            self.writer.metrics("train", self._per_step_metrics(logs, reading.metric_totals), step)
-        self._last_logged_step = step
-        if snapshot:
-            self._last_snapshot_step = step
+    def _drain(self, log_last, final):
+        """Reads every step the capture kept and queues their logging.
+        ``log_last``: log the last step even off the logging stride (a
+        measurement follows at it); ``final``: the run's end, which gets a
+        snapshot (of the last logged step when nothing new was kept)."""
+        blocks = self.capture.drain() if self.capture is not None else []
+        self._undrained = False
+        times = self._step_times
+        if blocks:  # the steps of the last execution, which no steps_done counted yet
+            self.step = max(self.step, int(blocks[-1].steps[-1]))
+        self._step_times, self._drained_at, self._drained_step = [], time.monotonic(), self.step
+        if final and not blocks and self._newest is not None:
+            blocks = [self._newest]  # drained before, not on the logging stride: logged now, the run's last step
+        for i, block in enumerate(blocks):
+            self._log_block(block, times, log_last and i == len(blocks) - 1, final and i == len(blocks) - 1)
+        if final and not blocks and self._last_rows and self._last_snapshot_step != self._last_logged_step:
+            self._jobs.submit(self.guard, "logging the final statistics", self._write_snapshot,
+                              self._last_logged_step, dict(self._last_rows), what="the final snapshot")
+            self._last_snapshot_step = self._last_logged_step
+        if final:
+            self._jobs.wait()
 
-    def _per_step_metrics(self, logs, totals):
-        """Running means since the epoch began become the value over just the
-        steps since the last log: from their ``(total, count)``,
-        ``(total - total') / (count - count')``. Other metrics are logged as
-        given."""
+    def _log_block(self, block, times, log_last, final):
+        """Chooses the steps of ``block`` to log (the logging stride; the
+        last one too with ``log_last`` or ``final``) and the snapshots (the
+        snapshot stride among those; the last at ``final``), and queues
+        their writing. ``times``: ``(step, wall time)`` seen since the last
+        drain."""
+        schedule = self.schedule
+        if block.lost:
+            self.warn_once("the capture ring", f"{block.lost} training step(s) were overwritten on the device "
+                           "before they could be read; their statistics are missing")
+        steps = block.steps
+        last = self._last_logged_step
+        # One row per step (the last, should a step repeat), none logged before.
+        keep = np.concatenate([steps[1:] != steps[:-1], [True]]) & (steps > (-1 if last is None else last))
+        chosen = keep & stride_starts(steps, schedule.log_every_n_steps, last)
+        if (log_last or final) and keep[-1]:
+            chosen[-1] = True
+        self._newest = None if chosen[-1] or not keep[-1] else block.rows(slice(-1, None))
+        rows = np.flatnonzero(chosen)
+        if not len(rows):
+            return
+        logged = steps[rows]
+        snapshot = stride_starts(logged, schedule.snapshot_every_n_steps, self._last_snapshot_step)
+        if final:
+            snapshot[-1] = True
+        if snapshot.any():
+            self._last_snapshot_step = int(logged[snapshot][-1])
+        seen = np.array([s for s, _ in times] + [np.iinfo(np.int64).max], np.int64)
+        at = np.array([t for _, t in times] + [time.time()], np.float64)
+        wall_times = at[np.minimum(np.searchsorted(seen, logged), len(at) - 1)]
+        layers = {name: (info, block.layers[name]) for name, info in self.layer_infos.items()
+                  if name in block.layers}
+        metrics = self._per_step_metrics(block, rows) if schedule.log_metrics else {}
+        self._jobs.submit(self.guard, "logging batch statistics", self._write_block, layers, rows, logged,
+                          wall_times, logged[snapshot], metrics, what=f"the statistics of steps {logged[0]}-{logged[-1]}")
+        self._last_rows = {name: layer.at(rows[-1]) for name, (_, layer) in layers.items()}
+        self._last_logged_step = int(logged[-1])
+
+    def _write_block(self, layers, rows, steps, wall_times, snapshot_steps, metrics):
+        """On the writer thread: the layers' series and snapshots, and the
+        per-step metrics, of the chosen ``rows`` of a block."""
+        for info, layer in layers.values():
+            self.writer.layer_block(info, steps, layer.batch_mean[rows], layer.batch_var[rows],
+                                    layer.moving_mean[rows], layer.moving_var[rows], layer.updates[rows],
+                                    samples_per_channel=layer.samples_per_channel, init_mean=layer.init_mean,
+                                    init_var=layer.init_var, wall_times=wall_times, snapshot_steps=snapshot_steps)
+        if metrics:
+            self.writer.metrics_block("train", steps, metrics, wall_times)
+
+    def _write_snapshot(self, step, moments):
+        for name, info in self.layer_infos.items():
+            m = moments.get(name)
+            if m is not None:
+                self.writer.layer(info, step, m.batch_mean, m.batch_var, m.moving_mean, m.moving_var, m.updates,
+                                  samples_per_channel=m.samples_per_channel, snapshot=True, series=False,
+                                  init_mean=m.init_mean, init_var=m.init_var)
+
+    def _per_step_metrics(self, block, rows):
+        """The training step's logs at ``rows``. Running means since the
+        epoch began become the value over just the steps since the last
+        logged one: from their ``(total, count)``, ``(total - total') /
+        (count - count')`` (a count that went down restarted: a new epoch).
+        Other metrics are logged as the step returned them."""
         out = {}
-        for name, value in logs.items():
-            if name in totals:
-                total, count = totals[name]
+        for name, values in block.logs.items():
+            value = values[rows]
+            if name in block.metric_totals:
+                total, count = (a[rows] for a in block.metric_totals[name])
                 last_total, last_count = self._last_totals.get(name, (0.0, 0.0))
-                self._last_totals[name] = (total, count)
-                if count > last_count:
-                    value = (total - last_total) / (count - last_count)
-            try:
-                out[name] = float(value)
-            except (TypeError, ValueError):
-                continue
+                before_total = np.concatenate([[last_total], total[:-1]])
+                before_count = np.concatenate([[last_count], count[:-1]])
+                restarted = count < before_count
+                before_total[restarted], before_count[restarted] = 0.0, 0.0
+                added = count - before_count
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    value = np.where(added > 0, (total - before_total) / np.where(added > 0, added, 1.0), value)
+                self._last_totals[name] = (float(total[-1]), float(count[-1]))
+            out[name] = value
         return out
 
     def _run_probe(self):
@@ -360,7 +481,7 @@ class Recorder:
     def _log_population(self, step):
         stats = self._population()
         for name, info in self.layer_infos.items():
-            pop, moments = stats.get(name), self._last_reading.layers.get(name)
+            pop, moments = stats.get(name), self._last_rows.get(name)
             if pop is not None and moments is not None:
                 self.writer.population(info, step, quantities.population_series(
                     info.epsilon, pop.mean, pop.var, moments.moving_mean, moments.moving_var))

@@ -191,11 +191,8 @@ def test_variants_capture_exact_moments(tmp_path, variant):
         keras.mixed_precision.set_global_policy("float32")
     run = tb_bnstats.load(tmp_path)["run"]
     bn1 = run.layers["bn1"]
-    if variant == "steps_per_execution":
-        assert list(bn1.steps) == [2, 4]  # the last step of each execution
-        np.testing.assert_array_equal(bn1.series["updates"], [2, 4])
-    else:
-        assert list(bn1.steps) == [1, 2, 3, 4]
+    assert list(bn1.steps) == [1, 2, 3, 4]
+    np.testing.assert_array_equal(bn1.series["updates"], [1, 2, 3, 4])
     # The last logged step's moments equal the real input's moments.
     bn_input = recorder.inputs[3][0]
     tol = 2e-3 if variant == "mixed_float16" else 1e-5  # the recorder's sub-model runs in float16 too
@@ -204,6 +201,48 @@ def test_variants_capture_exact_moments(tmp_path, variant):
     np.testing.assert_allclose(bn1.snapshots["moving_var"][-1], recorder.moving[-1][0][1], rtol=1e-6)
     if variant == "renorm":
         assert bn1.info.renorm and bn1.info.ema_of == "stddev"
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_every_step_of_an_execution_is_logged_with_its_own_batch(tmp_path, jit_compile):
+    """steps_per_execution=4: Keras returns to Python every 4 steps, but each
+    step wrote its own row on the device: all 12 steps are logged, each with
+    the moments of its own batch, and the moving averages step by step."""
+    steps, spe = 12, 4
+    x, y = data(n=steps * BATCH)
+    model = conv_net(jit_compile=jit_compile)
+    # lr 0 keeps the weights fixed, so each batch's BN input is known after the fact.
+    model.compile(keras.optimizers.SGD(0.0), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  steps_per_execution=spe, jit_compile=jit_compile)
+    cb = tb_bnstats.BNStatsCallback(tmp_path / "run", snapshot_every_n_steps=1, flush_secs=60, verbose=0)
+    history = model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[cb])
+    assert cb._recorder.capture.reads == 1  # one read of the ring, at the epoch's end
+    run = tb_bnstats.load(tmp_path)["run"]
+    inputs = [conv_net_bn_inputs(model, x[i * BATCH:(i + 1) * BATCH]) for i in range(steps)]
+    for k, (name, layer) in enumerate(zip(["bn1", "nested/bn2", "block/inner_bn"], bn_layers(model))):
+        logged = run.layers[name]
+        np.testing.assert_array_equal(logged.steps, np.arange(1, steps + 1))
+        np.testing.assert_array_equal(logged.snapshot_steps, np.arange(1, steps + 1))
+        np.testing.assert_array_equal(logged.series["updates"], np.arange(1, steps + 1))
+        moving_mean = np.zeros(layer.moving_mean.shape, np.float64)
+        moving_var = np.ones(layer.moving_variance.shape, np.float64)
+        for i in range(steps):
+            h = np.asarray(inputs[i][k], np.float64)
+            axes = tuple(range(h.ndim - 1))
+            mean, var = h.mean(axis=axes), h.var(axis=axes)
+            scale = np.abs(h).max()
+            np.testing.assert_allclose(logged.snapshots["batch_mean"][i], mean, rtol=1e-5, atol=1e-5 * scale)
+            np.testing.assert_allclose(logged.snapshots["batch_var"][i], var, rtol=1e-5, atol=1e-5 * scale**2)
+            moving_mean = layer.momentum * moving_mean + (1 - layer.momentum) * mean
+            moving_var = layer.momentum * moving_var + (1 - layer.momentum) * var
+            np.testing.assert_allclose(logged.snapshots["moving_mean"][i], moving_mean, rtol=1e-4, atol=1e-6 * scale)
+            np.testing.assert_allclose(logged.snapshots["moving_var"][i], moving_var, rtol=1e-4, atol=1e-6 * scale**2)
+            np.testing.assert_allclose(logged.series["batch_mean"][i], mean.mean(), rtol=1e-4, atol=1e-5 * scale)
+    # The per-step loss is each step's own, not a running mean: their mean is the epoch's loss.
+    steps_logged, loss = run.metrics["train/loss"]
+    np.testing.assert_array_equal(steps_logged, np.arange(1, steps + 1))
+    assert np.mean(loss) == pytest.approx(history.history["loss"][-1], rel=1e-5)
+    assert np.std(loss) > 0
 
 
 def test_masked_inputs_use_the_masked_moments(tmp_path):

@@ -19,6 +19,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tb_bnstats import BNStatsCallback, recorder  # noqa: E402
+from tb_bnstats.capture.keras import tensorflow as tensorflow_capture  # noqa: E402
 
 
 def _rss_bytes():
@@ -57,6 +58,7 @@ class MemoryCheckpoints(keras.callbacks.Callback):
             gc.collect()
             tracemalloc.start()
         if self._step in self.steps:
+            self.bn._recorder._jobs.wait()  # the background writer is done with what was drained
             gc.collect()
             own = tracemalloc.take_snapshot().filter_traces([OWN_CODE])
             self.points.append((self._step, tracemalloc.get_traced_memory()[0],
@@ -88,8 +90,9 @@ def fit_with_checkpoints(log_dir, steps, start, checkpoints, layers=20, batch=8)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(steps * batch, 8)).astype("float32")
     y = rng.integers(0, 2, steps * batch)
-    bn = BNStatsCallback(str(log_dir), log_every_n_steps=1, snapshot_every_n_steps=100, verbose=0)
+    bn = BNStatsCallback(str(log_dir), log_every_n_steps=1, snapshot_every_n_steps=100, flush_secs=600, verbose=0)
     probe = MemoryCheckpoints(start, checkpoints)
+    probe.bn = bn
     try:
         model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=[bn, probe])
     finally:
@@ -103,8 +106,11 @@ def test_callback_heap_is_flat_once_the_history_is_full(tmp_path, monkeypatch):
     # the steps held in the history only cost memory above that) and 192
     # steps apart, a multiple of 64 (a deque grows in blocks of 64 entries).
     history, layers = 16, 20
-    start, full, mid, late = 10, 30, 280, 472
+    start, full, mid, late = 10, 40, 280, 472
     monkeypatch.setattr(recorder, "DIAGNOSIS_HISTORY", history)
+    # A ring of 16 steps: drained after steps 16, 32...; the checkpoints see
+    # the same phase of it (8 steps kept on the device, not yet read).
+    monkeypatch.setattr(tensorflow_capture, "RING_MAX_STEPS", 16)
     points, bn = fit_with_checkpoints(tmp_path / "run", late, start, (full, mid, late), layers)
     assert [p[0] for p in points] == [full, mid, late]
     own = {step: o for step, _, o, _ in points}
@@ -113,9 +119,9 @@ def test_callback_heap_is_flat_once_the_history_is_full(tmp_path, monkeypatch):
     events = list((tmp_path / "run").glob("events.out.tfevents.*"))
     assert len(events) == 1 and os.path.getsize(events[0]) > late * layers * 800  # ~830 bytes a layer-step, short names
 
-    # The measurement sees what the callback holds: at step 30 the history's
-    # 16 x 20 rows (21 float64 + the step: > 200 bytes each) were all made
-    # since tracing began at step 10.
+    # The measurement sees what the callback holds: at step 40 the history's
+    # 16 x 20 rows (21 float64 + the step: > 200 bytes each), drained at
+    # step 32, were all made since tracing began at step 10.
     assert own[full] > history * layers * 200, points
 
     # Then flat: 192 more logged steps x 20 layers = 3,840 layer-steps. A leak

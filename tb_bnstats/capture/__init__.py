@@ -1,11 +1,12 @@
 """How batch moments are captured: one protocol, one module per source.
 
-A capture instruments a model so that its training step keeps, per BN layer,
-the moments the layer normalized with, and hands them out on request
-(:class:`Capture`). Everything downstream -- the recorder, the quantities,
-the writer, the reader, the diagnosis, the plugin -- sees only
-:class:`Reading` and :class:`tb_bnstats.format.metadata.LayerInfo`, never
-the framework.
+A capture instruments a model so that each training step keeps, per BN
+layer, the moments the layer normalized with, on the device, and hands out
+every step kept since the last time in one read (:class:`Capture`,
+:meth:`Capture.drain`). Everything downstream -- the recorder, the
+quantities, the writer, the reader, the diagnosis, the plugin -- sees only
+:class:`Block` and :class:`tb_bnstats.format.metadata.LayerInfo`, never the
+framework.
 
 Sources: :mod:`tb_bnstats.capture.keras` (Keras 3; one module per backend).
 A new framework is one new module that implements :class:`Capture`.
@@ -47,17 +48,57 @@ class LayerMoments:
 
 
 @dataclasses.dataclass
-class Reading:
-    """What a capture holds after a training step.
+class LayerBlock:
+    """One layer's moments at the S steps of a :class:`Block`: ``[S, C]``
+    arrays as in :class:`LayerMoments`, ``updates`` [S]; ``updating`` and the
+    rest as there (the same at every step of a block)."""
 
-    ``step``: the optimizer's iteration count after the step read.
-    ``layers``: per layer name. ``metric_totals``: running-mean metrics as
-    ``{name: (total, count)}`` (for per-step values between logs).
+    batch_mean: np.ndarray
+    batch_var: np.ndarray
+    moving_mean: np.ndarray
+    moving_var: np.ndarray
+    updates: np.ndarray
+    updating: bool
+    init_mean: np.ndarray
+    init_var: np.ndarray
+    samples_per_channel: Optional[float] = None
+
+    def at(self, i) -> LayerMoments:
+        """The moments of the block's ``i``-th step."""
+        return LayerMoments(self.batch_mean[i], self.batch_var[i], self.moving_mean[i], self.moving_var[i],
+                            int(self.updates[i]), self.updating, self.init_mean, self.init_var,
+                            self.samples_per_channel)
+
+
+@dataclasses.dataclass
+class Block:
+    """What the training steps since the last drain kept, step by step.
+
+    ``steps`` [S]: the optimizer's iteration count after each step, in the
+    order run. ``layers``: per layer name. ``logs``: what the training step
+    returned (its metrics' values), ``{name: [S]}``. ``metric_totals``:
+    running-mean metrics as ``{name: (total [S], count [S])}`` (for per-step
+    values between logs). ``lost``: steps run before these that were
+    overwritten on the device before they could be read (0 normally).
     """
 
-    step: int
-    layers: Dict[str, LayerMoments]
-    metric_totals: Dict[str, Tuple[float, float]] = dataclasses.field(default_factory=dict)
+    steps: np.ndarray
+    layers: Dict[str, LayerBlock]
+    logs: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    metric_totals: Dict[str, Tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)
+    lost: int = 0
+
+    def rows(self, index) -> "Block":
+        """The block of the steps at ``index`` (a slice or an index array)."""
+        return Block(
+            steps=self.steps[index],
+            layers={name: dataclasses.replace(layer, **{f: getattr(layer, f)[index] for f in _PER_STEP})
+                    for name, layer in self.layers.items()},
+            logs={name: values[index] for name, values in self.logs.items()},
+            metric_totals={name: (total[index], count[index]) for name, (total, count) in self.metric_totals.items()})
+
+
+_PER_STEP = ("batch_mean", "batch_var", "moving_mean", "moving_var", "updates")
 
 
 @runtime_checkable
@@ -80,5 +121,16 @@ class Capture(Protocol):
     def not_run(self) -> List[str]:
         """Layers found in the model that the training step never ran."""
 
-    def read(self) -> Optional[Reading]:
-        """The moments of the last training step; None before the first."""
+    @property
+    def drain_every(self) -> Optional[int]:
+        """How many steps the device keeps: drain at least this often (None
+        before the first training step was traced)."""
+
+    @property
+    def reads(self) -> int:
+        """Device-to-host reads made by :meth:`drain` so far."""
+
+    def drain(self) -> List[Block]:
+        """Every step kept since the last drain, in one read of the device
+        (usually one block; one per layout when the training step was traced
+        again with other layers)."""

@@ -3,6 +3,7 @@ names checked, JSON or CSV answers, 400 with a reason for a bad request) and
 the query-parameter parsers."""
 
 import functools
+import logging
 import json
 import re
 
@@ -13,6 +14,8 @@ from werkzeug import wrappers
 from tb_bnstats.plugin import data
 
 _INT_RE = re.compile(r"^[0-9]{1,15}$")
+
+logger = logging.getLogger("tb_bnstats")
 
 
 class BadRequest(Exception):
@@ -60,6 +63,10 @@ def route(allowed, csv_ok=False):
                 return http_util.Respond(request, {"error": str(exc)}, "application/json", code=400)
             except errors.PublicError as exc:
                 return http_util.Respond(request, {"error": str(exc)}, "application/json", code=exc.http_code)
+            except Exception:
+                # TensorBoard answers 500 and logs nothing: say which route and why.
+                logger.exception("bn_stats: %s failed", request.full_path)
+                raise
 
         return handler
 

@@ -36,3 +36,12 @@ def capture_for(model):
     from tb_bnstats.capture.keras.tensorflow import TensorFlowCapture
 
     return TensorFlowCapture(model)
+
+
+def end_of_data_errors():
+    """The exceptions the running backend's train function raises when its
+    data ends (Keras ends the epoch on them; they are not failures)."""
+    check_backend()
+    from tb_bnstats.capture.keras import tensorflow
+
+    return tensorflow.end_of_data_errors()

@@ -1,27 +1,34 @@
 """Captures Keras 3 BatchNormalization moments inside the train step, with the
-TensorFlow backend.
+TensorFlow backend, and keeps every step's on the device until the host
+drains them.
 
 How: each BN layer gets two instance-level wrappers, installed once per layer
 (idempotent across ``fit`` calls and callbacks):
 
 * ``layer._moments`` -- Keras calls it in training mode right before updating
-  the moving averages; the wrapper stores the exact ``(mean, variance)`` the
-  layer normalizes with into two untracked ``tf.Variable`` s and counts the
-  update. No second forward pass; works under XLA (``jit_compile``).
+  the moving averages; the wrapper keeps the exact ``(mean, variance)`` the
+  layer normalizes with. No second forward pass; works under XLA
+  (``jit_compile``).
 * ``layer.call`` -- when the layer runs in inference mode *inside a training
   step* (called with ``training=False``, or frozen with ``trainable=False``),
-  it stores the moments of the input the layer saw and flags "not updating".
+  it keeps the moments of the input the layer saw and notes "not updating".
 
 ``model.train_step`` is wrapped to mark "inside a training step" while Keras
 traces it, so evaluation and prediction graphs are left untouched, and to
-publish, at the end of each step, everything the callback reads into one
-buffer variable (one device-to-host read per logged step). The
-wrappers add no weights: ``model.weights``, ``save`` and ``load_weights`` are
-unchanged. Another backend gets a module of its own beside this one, behind
-the :class:`tb_bnstats.capture.Capture` protocol.
+write, at the end of each step, everything the callback reads -- the
+optimizer's iteration count, each layer's update count, captured and moving
+moments, the step's logs and the running-mean metrics' totals -- as one row
+of a ring buffer variable on the device: row ``(n - 1) % K`` at the n-th step
+(:class:`_Ring`). The host reads the whole ring in one device-to-host read
+every up to K steps (:meth:`TensorFlowCapture.drain`); nothing is read per
+step, so the step runs on without waiting for the host, and with
+``steps_per_execution`` > 1 every step of an execution has its own row. The
+wrappers add no weights: ``model.weights``, ``save`` and ``load_weights``
+are unchanged. Another backend gets a module of its own beside this one,
+behind the :class:`tb_bnstats.capture.Capture` protocol.
 
 Resuming: the update counts live in this process, not in the checkpoint. At
-each ``fit``'s start :meth:`KerasCapture.resume` compares every trainable
+each ``fit``'s start :meth:`TensorFlowCapture.resume` compares every trainable
 layer's moving statistics with its initializers' values: different after
 optimizer steps > 0 means restored, and the count goes on from the step;
 equal means they were lost on restore (S3).
@@ -34,30 +41,51 @@ import weakref
 
 import numpy as np
 
-from tb_bnstats.capture import LayerMoments, Reading
+from tb_bnstats.capture import Block, LayerBlock
 from tb_bnstats.capture.keras.layers import find_batchnorm_layers, initializer_values, layer_info, mean_metrics
 
 logger = logging.getLogger("tb_bnstats")
+
+# The ring holds K rows: as many as fit in RING_BYTES, at most RING_MAX_STEPS,
+# and never fewer than the model's steps_per_execution (a drain happens only
+# between executions). Moments are stored as float32 (what Keras computes
+# them in), two to a float64 slot; step, counts and metrics as float64.
+RING_BYTES = 32 * 2**20
+RING_MAX_STEPS = 256
 
 _state = threading.local()
 _SLOTS = weakref.WeakKeyDictionary()  # BN layer -> _LayerSlot
 _HOOKS = weakref.WeakKeyDictionary()  # model -> _TrainStepHook
 
 
+def end_of_data_errors():
+    """What Keras' TensorFlow trainer takes as "the data ended"."""
+    import tensorflow as tf
+
+    return (StopIteration, tf.errors.OutOfRangeError)
+
+
 def _in_train_step():
     return getattr(_state, "train_step_depth", 0) > 0
 
 
+def ring_steps(row_bytes, steps_per_execution):
+    """K, the rows of a ring of rows of ``row_bytes`` (see :data:`RING_BYTES`)."""
+    return max(int(steps_per_execution), 1, min(RING_MAX_STEPS, RING_BYTES // max(int(row_bytes), 1)))
+
+
 class _LayerSlot:
-    """Untracked variables holding one layer's last captured moments and its
-    update count, made at train begin for a built layer (:meth:`resume`) or
-    the first time the layer runs (a subclassed model builds its layers only
-    then; under a trace, ``init_scope`` makes them outside the graph)."""
+    """One layer's update count (an untracked ``tf.Variable``, made at train
+    begin for a built layer or the first time the layer runs: a subclassed
+    model builds its layers only then; under a trace, ``init_scope`` makes
+    it outside the graph) and the values its moving averages started from."""
 
     def __init__(self, layer):
         self._layer = weakref.ref(layer)  # _SLOTS' values must not keep their keys alive
         self.hooks = weakref.WeakSet()
         self.channels = None
+        self.resumed_from = None  # the optimizer step the count was resumed at
+        self.moments = None  # batch_mean / batch_var variables, for moments of a nested graph
 
     def ensure_variables(self):
         if self.channels is not None:
@@ -67,27 +95,37 @@ class _LayerSlot:
         layer = self._layer()
         with tf.init_scope():
             channels = int(layer.moving_mean.shape[0])
-            self.batch_mean = tf.Variable(tf.zeros([channels]), trainable=False, name="tb_bnstats_batch_mean")
-            self.batch_var = tf.Variable(tf.zeros([channels]), trainable=False, name="tb_bnstats_batch_var")
             self.updates = tf.Variable(0, dtype=tf.int64, trainable=False, name="tb_bnstats_updates")
-            # Set by resume(): the update count this process starts from.
-            self.resume_base = tf.Variable(0, dtype=tf.int64, trainable=False, name="tb_bnstats_resume_base")
-            self.updating = tf.Variable(0, dtype=tf.int64, trainable=False, name="tb_bnstats_updating")
             # The values the moving averages start from, as found: the
             # initializers' output on a fresh layer, pre-trained values otherwise.
             self.init_mean = np.array(layer.moving_mean.numpy(), np.float64)
             self.init_var = np.array(layer.moving_variance.numpy(), np.float64)
         self.channels = channels
 
-    def record(self, mean, variance, updating):
+    def keep(self, mean, variance, updating):
+        """Keeps this step's moments for the row the train step writes. Inside
+        a nested graph (a BN layer under ``ops.cond`` or a loop) the tensors
+        cannot leave it: they go through two variables instead, and the count
+        is advanced there, where the layer ran."""
         import tensorflow as tf
 
         self.ensure_variables()
-        self.batch_mean.assign(tf.reshape(tf.cast(mean, tf.float32), [self.channels]))
-        self.batch_var.assign(tf.reshape(tf.cast(variance, tf.float32), [self.channels]))
-        self.updating.assign(1 if updating else 0)
-        if updating:
-            self.updates.assign(tf.maximum(self.updates, self.resume_base) + 1)
+        mean = tf.reshape(tf.cast(mean, tf.float32), [self.channels])
+        variance = tf.reshape(tf.cast(variance, tf.float32), [self.channels])
+        if tf.executing_eagerly() or tf.compat.v1.get_default_graph() is getattr(_state, "graph", None):
+            kept = (mean, variance)
+        else:
+            if self.moments is None:
+                with tf.init_scope():
+                    self.moments = (tf.Variable(tf.zeros([self.channels]), trainable=False, name="tb_bnstats_mean"),
+                                    tf.Variable(tf.zeros([self.channels]), trainable=False, name="tb_bnstats_var"))
+            self.moments[0].assign(mean)
+            self.moments[1].assign(variance)
+            if updating:
+                self.updates.assign_add(1)
+            kept = self.moments
+        for hook in self.hooks:
+            hook.kept[self._layer()] = (kept, updating)
 
     def resume(self, iterations):
         """Continues the update count of a layer restored from a checkpoint.
@@ -97,12 +135,12 @@ class _LayerSlot:
         ``iterations`` > 0 steps, and for which this process has counted no
         update yet, was restored after training: its count goes on from
         ``iterations`` (an estimate: Keras updates a trainable layer once per
-        training step) at its first update here, and the debiased estimate
-        starts from the initializers' values, so ``1 - m**t`` continues where
-        it was. Returns ``"resumed"``, ``"at_initializer"`` (statistics
-        equal to the initial values after ``iterations`` steps: not restored)
-        or None (nothing to say: a fresh run, a frozen layer, or a count
-        already going on in this process)."""
+        training step), and the debiased estimate starts from the
+        initializers' values, so ``1 - m**t`` continues where it was. Returns
+        ``"resumed"``, ``"at_initializer"`` (statistics equal to the initial
+        values after ``iterations`` steps: not restored) or None (nothing to
+        say: a fresh run, a frozen layer, or a count already going on in this
+        process)."""
         layer = self._layer()
         if iterations <= 0 or not layer.trainable:
             return None
@@ -111,40 +149,66 @@ class _LayerSlot:
         if (np.array_equal(layer.moving_mean.numpy(), init_mean)
                 and np.array_equal(layer.moving_variance.numpy(), init_var)):
             return "at_initializer"
-        if int(self.updates.numpy()) > 0:
+        counted = int(self.updates.numpy())
+        if self.resumed_from is not None and counted == self.resumed_from:
+            return "resumed"  # by another callback on the model, no step since
+        if counted > 0:
             return None
-        if int(self.resume_base.numpy()) == 0:  # not already resumed (by another callback on the model)
-            self.resume_base.assign(int(iterations))
-            self.init_mean, self.init_var = np.asarray(init_mean, np.float64), np.asarray(init_var, np.float64)
+        self.updates.assign(int(iterations))
+        self.resumed_from = int(iterations)
+        self.init_mean, self.init_var = np.asarray(init_mean, np.float64), np.asarray(init_var, np.float64)
         return "resumed"
+
+
+class _Ring:
+    """K rows on the device, each one training step: see :meth:`_TrainStepHook._write_row`
+    for the layout of a row and :meth:`TensorFlowCapture._blocks` for its reading."""
+
+    def __init__(self, layers, channels, updating, log_names, metric_names, steps_per_execution):
+        import tensorflow as tf
+
+        self.layers, self.channels, self.updating = layers, channels, updating
+        self.log_names, self.metric_names = log_names, metric_names
+        self.head = 2 + len(layers) + len(log_names) + 2 * len(metric_names)
+        floats = 4 * sum(channels)
+        self.packed = (floats + 1) // 2
+        self.width = self.head + self.packed
+        self.steps = ring_steps(8 * self.width, steps_per_execution)
+        with tf.init_scope():
+            self.rows = tf.Variable(tf.zeros([self.steps, self.width], tf.float64), trainable=False,
+                                    name="tb_bnstats_ring")
 
 
 class _TrainStepHook:
     """Wraps ``model.train_step``: marks "inside a training step", records the
-    order BN layers run in, and at the end of each step publishes everything
-    the callback reads -- the optimizer's iteration count, each layer's
-    captured and moving moments and update count, the running-mean metrics'
-    totals -- into one float64 buffer variable, so the host reads one
-    variable per logged step."""
+    order BN layers run in, and at the end of each step writes one row of the
+    ring of the layers that ran (one :class:`_Ring` per layout)."""
 
     def __init__(self, model):
+        import tensorflow as tf
+
         self.execution_order = []  # BN layers, first call first, as traced
-        self.layout = None  # (names of layers, channels, metric names) of `buffer`
-        self.buffer = None
-        self._buffers = {}
+        self.kept = {}  # layer -> ((mean, variance), updating) of the step being traced
+        self.rings = {}  # layout -> _Ring
+        with tf.init_scope():
+            self.seq = tf.Variable(0, dtype=tf.int64, trainable=False, name="tb_bnstats_steps_written")
         self._warned = False
         original = model.train_step
         model_ref = weakref.ref(model)
 
         @functools.wraps(original)
         def train_step(*args, **kwargs):
+            outermost = not _in_train_step()
+            if outermost:
+                self.kept = {}
+                _state.graph = tf.compat.v1.get_default_graph()
             _state.train_step_depth = getattr(_state, "train_step_depth", 0) + 1
             try:
                 logs = original(*args, **kwargs)
             finally:
                 _state.train_step_depth -= 1
-            if not _in_train_step():
-                self._publish_or_warn(model_ref())
+            if outermost:
+                self._write_row_or_warn(model_ref(), logs)
             return logs
 
         model.train_step = train_step
@@ -153,34 +217,52 @@ class _TrainStepHook:
         if not any(layer is seen for seen in self.execution_order):
             self.execution_order.append(layer)
 
-    def _publish_or_warn(self, model):
+    def _write_row_or_warn(self, model, logs):
         try:
-            self._publish(model)
+            self._write_row(model, logs)
         except Exception as exc:  # noqa: BLE001 - never break the user's train step
             if not self._warned:
                 self._warned = True
-                logger.warning("tb_bnstats: cannot publish BN statistics from this train step: %s", exc)
+                logger.warning("tb_bnstats: cannot keep BN statistics from this train step: %s", exc)
 
-    def _publish(self, model):
+    def _write_row(self, model, logs):
+        """One row: ``[n, iterations, update count per layer, logs...,
+        (total, count) per running-mean metric...]`` as float64, then every
+        layer's ``batch_mean, batch_var, moving_mean, moving_var`` as float32,
+        two to a float64 (``tf.bitcast``), written at row ``(n - 1) % K``
+        of the ring; ``n`` counts the rows written."""
         import tensorflow as tf
 
-        layers = [layer for layer in self.execution_order if _SLOTS[layer].channels is not None]
+        layers = [layer for layer in self.execution_order if layer in self.kept]
         slots = [_SLOTS[layer] for layer in layers]
+        logs = {k: v for k, v in (logs or {}).items()
+                if tf.is_tensor(v) and v.shape.rank == 0 and (v.dtype.is_floating or v.dtype.is_integer)}
         metrics = mean_metrics(model)
-        parts = [model.optimizer.iterations]
-        for layer, p in zip(layers, slots):
-            parts += [p.updates, p.updating, p.batch_mean, p.batch_var, layer.moving_mean, layer.moving_variance]
+        layout = (tuple(id(layer) for layer in layers), tuple(self.kept[layer][1] for layer in layers),
+                  tuple(logs), tuple(name for name, _ in metrics))
+        ring = self.rings.get(layout)
+        if ring is None:
+            ring = self.rings[layout] = _Ring(
+                [weakref.ref(layer) for layer in layers], [p.channels for p in slots], layout[1], layout[2],
+                layout[3], getattr(model, "steps_per_execution", 1) or 1)
+        n = self.seq.assign_add(1)
+        head = [n, model.optimizer.iterations]
+        floats = []
+        for layer, slot in zip(layers, slots):
+            (mean, variance), updating = self.kept[layer]
+            in_graph = not isinstance(mean, tf.Variable)
+            head.append(slot.updates.assign_add(1) if updating and in_graph else slot.updates.read_value())
+            floats += [mean, variance, layer.moving_mean, layer.moving_variance]
+        head += list(logs.values())
         for _, metric in metrics:
-            parts += [metric.total, metric.count]
-        values = tf.concat([tf.reshape(tf.cast(tf.convert_to_tensor(v), tf.float64), [-1]) for v in parts], axis=0)
-        layout = (tuple(layers), tuple(p.channels for p in slots), tuple(name for name, _ in metrics))
-        size = 1 + sum(2 + 4 * p.channels for p in slots) + 2 * len(metrics)
-        if size not in self._buffers:
-            with tf.init_scope():
-                self._buffers[size] = tf.Variable(tf.zeros([size], tf.float64), trainable=False,
-                                                  name="tb_bnstats_buffer")
-        self._buffers[size].assign(values)
-        self.buffer, self.layout = self._buffers[size], layout
+            head += [metric.total, metric.count]
+        head = tf.stack([tf.cast(tf.convert_to_tensor(v), tf.float64) for v in head])
+        if floats:
+            floats = tf.concat([tf.convert_to_tensor(v) for v in floats], axis=0)
+            if ring.packed * 2 != int(floats.shape[0]):
+                floats = tf.concat([floats, tf.zeros([1], tf.float32)], axis=0)
+            head = tf.concat([head, tf.bitcast(tf.reshape(floats, [ring.packed, 2]), tf.float64)], axis=0)
+        ring.rows.scatter_nd_update(tf.reshape(tf.math.floormod(n - 1, ring.steps), [1, 1]), head[None, :])
 
 
 def _never_raise(fn, *args):
@@ -210,7 +292,8 @@ def _instrument_layer(layer, hook):
 
     def _moments(inputs, mask):
         mean, variance = original_moments(inputs, mask)
-        _never_raise(slot.record, mean, variance, True)
+        if _in_train_step():
+            _never_raise(slot.keep, mean, variance, True)
         return mean, variance
 
     def _note_ran():
@@ -222,7 +305,7 @@ def _instrument_layer(layer, hook):
         _note_ran()
         x = ops.cast(inputs, backend.result_type(inputs.dtype, "float32"))
         mean, variance = original_moments(x, mask)
-        slot.record(mean, variance, updating=False)
+        slot.keep(mean, variance, updating=False)
 
     @functools.wraps(original_call)
     def call(inputs, training=None, mask=None):
@@ -240,11 +323,12 @@ def _instrument_layer(layer, hook):
 
 
 class TensorFlowCapture:
-    """Instruments ``model`` (idempotent) and reads its BN moments: a
+    """Instruments ``model`` (idempotent) and drains its BN moments: a
     :class:`tb_bnstats.capture.Capture`.
 
-    ``read()`` returns the moments of the last training step, with ``step`` =
-    the optimizer's iteration count after that step.
+    :meth:`drain` returns every step written to the ring since the last
+    drain (or since this capture was made), with ``steps`` = the optimizer's
+    iteration count after each step.
     """
 
     def __init__(self, model):
@@ -260,6 +344,8 @@ class TensorFlowCapture:
         self._slots = {name: _instrument_layer(layer, hook) for name, layer in self._named}
         if new_layers:
             model.train_function = None
+        self._drained = int(hook.seq.numpy())  # rows written before this capture are not its own
+        self._reads = 0
 
     @property
     def names(self):
@@ -296,24 +382,60 @@ class TensorFlowCapture:
         ran = {name for name, _ in self._ran()}
         return [name for name, _ in self._named if name not in ran]
 
-    def read(self) -> Reading:
-        """The state published by the last training step: moments of every
-        layer that ran, and ``metric_totals`` ``{name: (total, count)}``."""
-        hook = self._hook
-        if hook.buffer is None:
-            return None
-        values = hook.buffer.numpy()
-        layers, channels, metric_names = hook.layout
+    @property
+    def drain_every(self):
+        """K of the ring written last (None before the first traced step)."""
+        rings = list(self._hook.rings.values())
+        return min(r.steps for r in rings) if rings else None
+
+    @property
+    def reads(self):
+        """Device-to-host reads of the rings so far."""
+        return self._reads
+
+    def drain(self):
+        """Every row written since the last drain, one read per ring (one
+        ring unless the train step was traced with other layers), as
+        :class:`tb_bnstats.capture.Block` s in step order."""
+        tables, lost = [], 0
+        for ring in list(self._hook.rings.values()):
+            rows = ring.rows.numpy()
+            self._reads += 1
+            rows = rows[rows[:, 0] > self._drained]
+            if len(rows):
+                rows = rows[np.argsort(rows[:, 0])]
+                if len(rows) == ring.steps:  # every row is new: older ones may have been overwritten
+                    lost += int(rows[0, 0]) - self._drained - 1
+                tables.append((ring, rows))
+        if not tables:
+            return []
+        self._drained = max(int(rows[-1, 0]) for _, rows in tables)
+        blocks = [self._block(ring, rows) for ring, rows in sorted(tables, key=lambda t: t[1][0, 0])]
+        blocks[0].lost = lost
+        return blocks
+
+    def _block(self, ring, rows):
+        """A :class:`Block` of the rows of ``ring`` (layout: :meth:`_TrainStepHook._write_row`)."""
         names = {id(layer): name for name, layer in self._named}
-        out, offset = {}, 1
-        for layer, c in zip(layers, channels):
-            updates, updating = int(values[offset]), bool(values[offset + 1])
-            chunk = values[offset + 2:offset + 2 + 4 * c].reshape(4, c)
-            offset += 2 + 4 * c
-            if id(layer) in names:
-                slot = self._slots[names[id(layer)]]
-                out[names[id(layer)]] = LayerMoments(
-                    batch_mean=chunk[0], batch_var=chunk[1], moving_mean=chunk[2], moving_var=chunk[3],
-                    updates=updates, updating=updating, init_mean=slot.init_mean, init_var=slot.init_var)
-        totals = {name: (values[offset + 2 * i], values[offset + 2 * i + 1]) for i, name in enumerate(metric_names)}
-        return Reading(step=int(values[0]), layers=out, metric_totals=totals)
+        layers, offset = {}, 2
+        counts = rows[:, 2:2 + len(ring.layers)]
+        offset += len(ring.layers)
+        logs = {name: rows[:, offset + i] for i, name in enumerate(ring.log_names)}
+        offset += len(ring.log_names)
+        totals = {name: (rows[:, offset + 2 * i], rows[:, offset + 2 * i + 1])
+                  for i, name in enumerate(ring.metric_names)}
+        floats = np.ascontiguousarray(rows[:, ring.head:]).view(np.float32)
+        start = 0
+        for i, (ref, channels, updating) in enumerate(zip(ring.layers, ring.channels, ring.updating)):
+            layer = ref()
+            chunk = floats[:, start:start + 4 * channels].reshape(len(rows), 4, channels)
+            start += 4 * channels
+            name = names.get(id(layer)) if layer is not None else None
+            if name is None:
+                continue
+            slot = self._slots[name]
+            layers[name] = LayerBlock(
+                batch_mean=chunk[:, 0], batch_var=chunk[:, 1], moving_mean=chunk[:, 2], moving_var=chunk[:, 3],
+                updates=counts[:, i].astype(np.int64), updating=bool(updating), init_mean=slot.init_mean,
+                init_var=slot.init_var)
+        return Block(steps=rows[:, 1].astype(np.int64), layers=layers, logs=logs, metric_totals=totals)
