@@ -284,6 +284,7 @@ class Recorder:
             return
         schedule = self.schedule
         self.step = self._epoch_start_step + steps_in_epoch
+        self._undrained = True
         self._step_times.append((self.step, time.time()))
         probe_due = self._probe is not None and stride_due(self.step, schedule.probe_every_n_steps,
                                                            self._last_probe_step)
@@ -321,8 +322,7 @@ class Recorder:
         snapshot, the diagnosis, and the event file closed."""
         if self.writer is None:
             return
-        if self._undrained or self._newest is not None or self._last_snapshot_step != self._last_logged_step:
-            self.guard("logging the final statistics", self._drain, False, True)
+        self.guard("logging the final statistics", self._drain, False, True)
         if self._last_logged_step is not None:
             self.findings = self.guard("diagnosing the run", self._diagnose)
         self._close()
@@ -333,6 +333,7 @@ class Recorder:
         logs)."""
         if self.writer is None:
             return
+        self._undrained = True  # raised inside an epoch: steps may have run since the last drain
         self.guard("logging the final statistics", self._drain, False, True)
         self._close()
 
@@ -351,7 +352,9 @@ class Recorder:
         ``log_last``: log the last step even off the logging stride (a
         measurement follows at it); ``final``: the run's end, which gets a
         snapshot (of the last logged step when nothing new was kept)."""
-        blocks = self.capture.drain() if self.capture is not None else []
+        # At the end of a run the last epoch's end has drained (nothing ran since): no read.
+        read = self.capture is not None and (self._undrained or not final)
+        blocks = self.capture.drain() if read else []
         self._undrained = False
         times = self._step_times
         if blocks:  # the steps of the last execution, which no steps_done counted yet

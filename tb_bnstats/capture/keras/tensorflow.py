@@ -190,6 +190,7 @@ class _TrainStepHook:
         self.execution_order = []  # BN layers, first call first, as traced
         self.kept = {}  # layer -> ((mean, variance), updating) of the step being traced
         self.rings = {}  # layout -> _Ring
+        self.reads = 0  # of the rings, by the captures
         with tf.init_scope():
             self.seq = tf.Variable(0, dtype=tf.int64, trainable=False, name="tb_bnstats_steps_written")
         self._warned = False
@@ -345,7 +346,6 @@ class TensorFlowCapture:
         if new_layers:
             model.train_function = None
         self._drained = int(hook.seq.numpy())  # rows written before this capture are not its own
-        self._reads = 0
 
     @property
     def names(self):
@@ -390,8 +390,9 @@ class TensorFlowCapture:
 
     @property
     def reads(self):
-        """Device-to-host reads of the rings so far."""
-        return self._reads
+        """Device-to-host reads of this model's rings so far (by every
+        capture of it in this process)."""
+        return self._hook.reads
 
     def drain(self):
         """Every row written since the last drain, one read per ring (one
@@ -400,7 +401,7 @@ class TensorFlowCapture:
         tables, lost = [], 0
         for ring in list(self._hook.rings.values()):
             rows = ring.rows.numpy()
-            self._reads += 1
+            self._hook.reads += 1
             rows = rows[rows[:, 0] > self._drained]
             if len(rows):
                 rows = rows[np.argsort(rows[:, 0])]
