@@ -357,3 +357,20 @@ def test_an_unsupported_backend_fails_at_construction_not_in_fit(monkeypatch, tm
     with pytest.raises(ValueError, match="KERAS_BACKEND='jax'"):
         tb_bnstats.population_stats(conv_net(), data(8)[0])
     assert not os.listdir(tmp_path)  # nothing written
+
+
+def test_steps_overwritten_on_the_device_before_a_drain_are_counted(monkeypatch):
+    """A ring of 4 steps drained only after 8: the last 4 are read, and the
+    4 before them are reported lost (the recorder warns with that count)."""
+    from tb_bnstats.capture.keras import capture_for
+    from tb_bnstats.capture.keras import tensorflow as tensorflow_capture
+
+    monkeypatch.setattr(tensorflow_capture, "RING_MAX_STEPS", 4)
+    x, y = data(n=8 * BATCH)
+    model = conv_net()
+    capture = capture_for(model)
+    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)  # no callback: nothing drains
+    (block,) = capture.drain()
+    assert capture.drain_every == 4 and list(block.steps) == [5, 6, 7, 8] and block.lost == 4
+    assert list(block.layers["bn1"].updates) == [5, 6, 7, 8]
+    assert capture.drain() == []
