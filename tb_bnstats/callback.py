@@ -35,7 +35,9 @@ class BNStatsCallback(keras.callbacks.Callback):
             to monitor; default all BN layers.
         log_metrics: also log training loss/metrics per step and validation
             metrics per epoch on the same step axis.
-        flush_secs: written records reach the disk at least this often.
+        flush_secs: what the device kept is read and written at least this
+            often (default 30 s): TensorBoard shows a step within about
+            this, plus its reload interval.
         verbose: 1 prints what was found and which layers are frozen; 0 is quiet.
         probe_data: a fixed probe batch for the train/inference gap probe
             (:mod:`tb_bnstats.measure.gap`): arrays ``(x, y)`` (or ``x``)

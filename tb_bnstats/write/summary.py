@@ -36,7 +36,10 @@ from tb_bnstats.write import eventfile, events
 
 logger = logging.getLogger("tb_bnstats")
 
-DEFAULT_FLUSH_SECS = 5.0
+# How often what was kept reaches the disk, at least. TensorBoard's own
+# summary writers flush every 120 s; 30 s keeps a live tab fresh while the
+# callback reads the device rarely (one read per 30 s at most, for slow steps).
+DEFAULT_FLUSH_SECS = 30.0
 
 
 def _json_proto(obj):
@@ -91,7 +94,8 @@ class Writer:
 
     Args:
         logdir: the run's directory (created if missing).
-        flush_secs: pending records reach the disk at least this often.
+        flush_secs: a remote file (``gs://``...) is flushed this often; a
+            local one gets each write at once.
         keep_history: also keep in memory the last this many logged steps of
             every layer series and metric (~350 bytes per layer per step),
             for :meth:`run_data`; 0 keeps nothing.

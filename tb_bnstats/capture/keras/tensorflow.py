@@ -110,8 +110,8 @@ class _LayerSlot:
         import tensorflow as tf
 
         self.ensure_variables()
-        mean = tf.reshape(tf.cast(mean, tf.float32), [self.channels])
-        variance = tf.reshape(tf.cast(variance, tf.float32), [self.channels])
+        flat = lambda t: t if t.shape == (self.channels,) else tf.reshape(t, [self.channels])  # noqa: E731
+        mean, variance = flat(tf.cast(mean, tf.float32)), flat(tf.cast(variance, tf.float32))
         if tf.executing_eagerly() or tf.compat.v1.get_default_graph() is getattr(_state, "graph", None):
             kept = (mean, variance)
         else:
