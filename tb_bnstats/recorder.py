@@ -364,7 +364,7 @@ class Recorder:
             blocks = [self._newest]  # drained before, not on the logging stride: logged now, the run's last step
         for i, block in enumerate(blocks):
             self._log_block(block, times, log_last and i == len(blocks) - 1, final and i == len(blocks) - 1)
-        if final and not blocks and self._last_rows and self._last_snapshot_step != self._last_logged_step:
+        if final and self._last_rows and self._last_snapshot_step != self._last_logged_step:
             self._jobs.submit(self.guard, "logging the final statistics", self._write_snapshot,
                               self._last_logged_step, dict(self._last_rows), what="the final snapshot")
             self._last_snapshot_step = self._last_logged_step

@@ -1,5 +1,5 @@
 """Captures Keras 3 BatchNormalization moments inside the train step, with the
-TensorFlow backend, and keeps every step's on the device until the host
+TensorFlow backend, and keeps every step's moments on the device until the host
 drains them.
 
 How: each BN layer gets two instance-level wrappers, installed once per layer
@@ -162,7 +162,7 @@ class _LayerSlot:
 
 class _Ring:
     """K rows on the device, each one training step: see :meth:`_TrainStepHook._write_row`
-    for the layout of a row and :meth:`TensorFlowCapture._blocks` for its reading."""
+    for the layout of a row and :meth:`TensorFlowCapture._block` for its reading."""
 
     def __init__(self, layers, channels, updating, log_names, metric_names, steps_per_execution):
         import tensorflow as tf
