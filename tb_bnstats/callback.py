@@ -147,8 +147,9 @@ class BNStatsCallback(keras.callbacks.Callback):
 
     def _drain_when_training_raises(self):
         """Wraps the model's train function (Keras made it before
-        ``on_train_begin``) so that an exception raised in it first drains
-        and writes what the capture kept (:meth:`Recorder.abandon`)."""
+        ``on_train_begin``): the recorders learn when each execution ended
+        (the wall time of its steps), and an exception raised in it first
+        drains and writes what the capture kept (:meth:`Recorder.abandon`)."""
         train_function = self.model.train_function
         recorders = getattr(train_function, "_tb_bnstats_recorders", None)
         if recorders is None:
@@ -158,7 +159,10 @@ class BNStatsCallback(keras.callbacks.Callback):
             @functools.wraps(original)
             def train_function(iterator):
                 try:
-                    return original(iterator)
+                    logs = original(iterator)
+                    for rec in recorders:
+                        rec.execution_ended()
+                    return logs
                 except end_of_data:
                     raise  # how Keras learns that a dataset ended: the epoch ends normally
                 except BaseException:

@@ -199,6 +199,11 @@ class Recorder:
         capture."""
         if self.writer is not None:
             self.abandon()
+        for other in list(_OPEN_RECORDERS):
+            # Open at the start of a new training of the same model: its training raised, and the steps
+            # kept from now on are not its own.
+            if capture is not None and other.capture is not None and other.capture.model is capture.model:
+                other.abandon()
         self.capture, self._infos = capture, None
         if capture is None:
             return
@@ -231,7 +236,9 @@ class Recorder:
             self.step = self.guard("reading the step", read_step)
             if self.writer is not None and self.step is not None:
                 self.guard("checking for a restored run", self._log_train_begin)
-        self._epoch_start_step = self._drained_step = self.step
+        self._epoch_start_step = self.step
+        self._epoch_steps_drained = 0  # steps of this epoch (the adapter's count) drained
+        self._execution_end = None  # when the training step last returned
         self._drained_at = time.monotonic()
         self._undrained = False
         self._step_times = []  # (step, wall time) seen between drains: when each step ended
@@ -272,6 +279,8 @@ class Recorder:
         """An epoch starts: the framework's running-mean metrics restart."""
         self._last_totals = {}
         self._epoch_start_step = self.step
+        self._epoch_steps_drained = 0
+        self._newest = None  # its metrics were relative to totals that restart now
         self._undrained = True  # steps may run from now on
 
     def steps_done(self, steps_in_epoch):
@@ -291,13 +300,21 @@ class Recorder:
         population_due = self._population is not None and stride_due(
             self.step, schedule.population_every_n_steps, self._last_population_step)
         every = self.capture.drain_every
-        ring_full = every is not None and self.step - self._drained_step + self._execution_steps > every
+        # Counted in training steps run (not optimizer steps: a train step may take several).
+        ring_full = every is not None and steps_in_epoch - self._epoch_steps_drained + self._execution_steps > every
         if probe_due or population_due or ring_full or time.monotonic() - self._drained_at >= schedule.flush_secs:
+            self._epoch_steps_drained = steps_in_epoch
             self.guard("logging batch statistics", self._drain, probe_due or population_due, False)
         if probe_due:
             self._run_probe()
         if population_due:
             self._run_population()
+
+    def execution_ended(self):
+        """The training step returned (the adapter calls this after each
+        execution): the wall time of the steps no later :meth:`steps_done`
+        dates."""
+        self._execution_end = time.time()
 
     def epoch_end(self, val_logs, read_step):
         """An epoch ends: what the capture kept is drained (its last step is
@@ -357,9 +374,9 @@ class Recorder:
         blocks = self.capture.drain() if read else []
         self._undrained = False
         times = self._step_times
-        if blocks:  # the steps of the last execution, which no steps_done counted yet
-            self.step = max(self.step, int(blocks[-1].steps[-1]))
-        self._step_times, self._drained_at, self._drained_step = [], time.monotonic(), self.step
+        if blocks:  # the optimizer's step, as the device has it (the adapter's count may be ahead or behind)
+            self.step = int(blocks[-1].steps[-1])
+        self._step_times, self._drained_at = [], time.monotonic()
         if final and not blocks and self._newest is not None:
             blocks = [self._newest]  # drained before, not on the logging stride: logged now, the run's last step
         for i, block in enumerate(blocks):
@@ -399,7 +416,8 @@ class Recorder:
         if snapshot.any():
             self._last_snapshot_step = int(logged[snapshot][-1])
         seen = np.array([s for s, _ in times] + [np.iinfo(np.int64).max], np.int64)
-        at = np.array([t for _, t in times] + [time.time()], np.float64)
+        tail = self._execution_end if self._execution_end is not None else time.time()
+        at = np.array([t for _, t in times] + [tail], np.float64)
         wall_times = at[np.minimum(np.searchsorted(seen, logged), len(at) - 1)]
         layers = {name: (info, block.layers[name]) for name, info in self.layer_infos.items()
                   if name in block.layers}

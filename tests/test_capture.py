@@ -171,12 +171,14 @@ def test_frozen_and_inference_mode_layers_are_reported_not_updated(tmp_path):
     np.testing.assert_allclose(layers["frozen"].snapshots["batch_mean"][-1], h.mean(0), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("variant", ["renorm", "synchronized", "mixed_float16", "steps_per_execution"])
+@pytest.mark.parametrize("variant", ["renorm", "synchronized", "mixed_float16", "float64", "steps_per_execution"])
 def test_variants_capture_exact_moments(tmp_path, variant):
     x, y = data()
     bn_kwargs = {"renorm": {"renorm": True}, "synchronized": {"synchronized": True}}.get(variant, {})
     if variant == "mixed_float16":
         keras.mixed_precision.set_global_policy("mixed_float16")
+    if variant == "float64":  # moving statistics in float64: the ring stores float32
+        keras.config.set_floatx("float64")
     try:
         model = conv_net(**bn_kwargs)
         if variant == "steps_per_execution":
@@ -189,6 +191,7 @@ def test_variants_capture_exact_moments(tmp_path, variant):
                                for i in range(4)]
     finally:
         keras.mixed_precision.set_global_policy("float32")
+        keras.config.set_floatx("float32")
     run = tb_bnstats.load(tmp_path)["run"]
     bn1 = run.layers["bn1"]
     assert list(bn1.steps) == [1, 2, 3, 4]
@@ -374,3 +377,22 @@ def test_steps_overwritten_on_the_device_before_a_drain_are_counted(monkeypatch)
     assert capture.drain_every == 4 and list(block.steps) == [5, 6, 7, 8] and block.lost == 4
     assert list(block.layers["bn1"].updates) == [5, 6, 7, 8]
     assert capture.drain() == []
+
+
+def test_a_larger_steps_per_execution_gets_a_larger_ring(tmp_path, monkeypatch):
+    """K is never below steps_per_execution, also when it grows between fits
+    (a ring of at most 3 rows here, then executions of 8 steps)."""
+    from tb_bnstats.capture.keras import tensorflow as tensorflow_capture
+
+    monkeypatch.setattr(tensorflow_capture, "RING_MAX_STEPS", 3)
+    x, y = data(n=8 * BATCH)
+    model = conv_net()
+    cb = tb_bnstats.BNStatsCallback(tmp_path / "run", flush_secs=60, verbose=0)
+    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[cb])
+    model.compile(model.optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), steps_per_execution=8)
+    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[cb])
+    assert cb._recorder.capture.drain_every == 3  # the first ring is still there (3 rows)...
+    assert max(r.steps for r in tensorflow_capture._HOOKS[model].rings.values()) == 8  # ...and one of 8
+    layer = tb_bnstats.load(tmp_path)["run"].layers["bn1"]
+    np.testing.assert_array_equal(layer.steps, np.arange(1, 17))
+    np.testing.assert_array_equal(layer.series["updates"], np.arange(1, 17))

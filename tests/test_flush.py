@@ -112,3 +112,25 @@ def test_a_run_left_open_by_another_callback_is_written_at_the_next_fit(tmp_path
     layer = tb_bnstats.load(tmp_path)["run"].layers["bn1"]
     np.testing.assert_array_equal(layer.steps, np.arange(1, 3 + 4 + 1))  # 3 steps, then a whole epoch of 4
     assert len(list((tmp_path / "run").glob("events.out.tfevents.*"))) == 2
+
+
+def test_a_run_left_open_takes_no_steps_of_the_next_callbacks_run(tmp_path):
+    """cb1's fit raised in another callback; a new callback trains the same
+    model next: cb1's run is closed before, with only its own steps."""
+    x, y = data()
+    model = conv_net()
+
+    class Boom(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 2:
+                raise RuntimeError("user code failed")
+
+    first = tb_bnstats.BNStatsCallback(tmp_path / "a", flush_secs=60, verbose=0)
+    with pytest.raises(RuntimeError, match="user code failed"):
+        model.fit(x, y, batch_size=16, verbose=0, callbacks=[first, Boom()])
+    second = tb_bnstats.BNStatsCallback(tmp_path / "b", flush_secs=60, verbose=0)
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[second])
+    assert first._recorder.writer is None
+    runs = tb_bnstats.load(tmp_path)
+    np.testing.assert_array_equal(runs["a"].layers["bn1"].steps, [1, 2, 3])
+    np.testing.assert_array_equal(runs["b"].layers["bn1"].steps, np.arange(4, 12))

@@ -119,3 +119,11 @@ def test_writing_needs_no_tensorflow(tmp_path):
     assert list(run.layers["bn"].steps) == [1] and list(run.metrics["train/loss"][1]) == [1.0]
 
 
+
+
+def test_any_int64_step_is_written(tmp_path):
+    with summary.Writer(tmp_path / "run") as writer:
+        for step in (-3, 0, 2**40):
+            writer.metrics("train", {"loss": float(step)}, step)
+    steps, values = tb_bnstats.load(tmp_path)["run"].metrics["train/loss"]
+    assert sorted(steps.tolist()) == [-3, 0, 2**40]

@@ -22,6 +22,7 @@ import pytest
 import tb_bnstats
 from conftest import make_client
 from keras_models import conv_net, data
+from tb_bnstats.read import integrity
 from tb_bnstats.write import summary
 from test_e2e_tab import tensorboard
 
@@ -178,6 +179,10 @@ def test_disk_full_mid_run_warns_once_and_keeps_what_was_written(tmp_path):
     assert err.count("flushing") <= 1, err[-3000:]  # said once, not once a second
     # The diagnosis is still made; only its stored copy is lost.
     assert lines[-2].startswith("FINDINGS [") and "writing the findings failed" in err, (lines[-2:], err[-2000:])
+    # The failed write was cut back off: the file ends on a whole record, nothing half written.
+    (path,) = logdir.glob("events.out.tfevents.*")
+    offset, size, problem = integrity.check_records(str(path))
+    assert problem is None and offset == size
     run = tb_bnstats.load(tmp_path)["run"]
     for name, layer in run.layers.items():
         k = int(layer.steps[-1])

@@ -103,7 +103,13 @@ _PER_STEP = ("batch_mean", "batch_var", "moving_mean", "moving_var", "updates")
 
 @runtime_checkable
 class Capture(Protocol):
-    """What a capture provides to :class:`tb_bnstats.recorder.Recorder`."""
+    """What a capture provides to :class:`tb_bnstats.recorder.Recorder`.
+
+    ``model``: what it instruments; captures of the same model share what
+    the device keeps.
+    """
+
+    model: object
 
     @property
     def names(self) -> List[str]:

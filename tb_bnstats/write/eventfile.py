@@ -54,6 +54,7 @@ class EventFile:
         self.path = os.path.join(logdir, "events.out.tfevents.%010d.%s.%s.%s" % (
             time.time(), socket.gethostname(), os.getpid(), next(_uid)))
         self._file = _open_for_append(self.path)
+        self._local = "://" not in self.path
         self._lock = threading.Lock()
         self._closed = False
         self.add_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
@@ -80,10 +81,19 @@ class EventFile:
         with self._lock:
             if self._closed:
                 raise IOError(f"event file {self.path} is closed")
+            start = os.fstat(self._file.fileno()).st_size if self._local else None
             view = memoryview(data)
-            while view:  # an unbuffered write may take part of the bytes (then the next one raises)
-                written = self._file.write(view)
-                view = view[len(view) if written is None else written:]
+            try:
+                while view:  # an unbuffered write may take part of the bytes (then the next one raises)
+                    written = self._file.write(view)
+                    view = view[len(view) if written is None else written:]
+            except OSError:
+                if start is not None:  # no half record: what follows stays readable if space comes back
+                    try:
+                        self._file.truncate(start)
+                    except OSError:
+                        pass
+                raise
 
     def flush(self):
         """Writes buffered records to disk."""

@@ -29,6 +29,8 @@ def scalar_tensor(value):
 
 
 def _varint(value):
+    """Protobuf's varint of an int64 (a negative one as its 64-bit two's complement, 10 bytes)."""
+    value &= 0xFFFFFFFFFFFFFFFF
     out = bytearray()
     while True:
         byte = value & 0x7F

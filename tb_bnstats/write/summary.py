@@ -99,9 +99,11 @@ class Writer:
         keep_history: also keep in memory the last this many logged steps of
             every layer series and metric (~350 bytes per layer per step),
             for :meth:`run_data`; 0 keeps nothing.
+        max_queue: ignored (kept so that code written for earlier versions
+            runs): each call writes at once, there is no queue.
     """
 
-    def __init__(self, logdir, flush_secs=DEFAULT_FLUSH_SECS, keep_history=0):
+    def __init__(self, logdir, flush_secs=DEFAULT_FLUSH_SECS, keep_history=0, max_queue=None):
         self._writer = eventfile.EventFile(logdir, flush_secs)
         self._keep = int(keep_history)
         self.history = {} if self._keep else None

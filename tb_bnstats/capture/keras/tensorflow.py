@@ -239,13 +239,14 @@ class _TrainStepHook:
         logs = {k: v for k, v in (logs or {}).items()
                 if tf.is_tensor(v) and v.shape.rank == 0 and (v.dtype.is_floating or v.dtype.is_integer)}
         metrics = mean_metrics(model)
+        execution_steps = int(getattr(model, "steps_per_execution", 1) or 1)
         layout = (tuple(id(layer) for layer in layers), tuple(self.kept[layer][1] for layer in layers),
-                  tuple(logs), tuple(name for name, _ in metrics))
+                  tuple(logs), tuple(name for name, _ in metrics), execution_steps)  # K >= steps_per_execution
         ring = self.rings.get(layout)
         if ring is None:
             ring = self.rings[layout] = _Ring(
                 [weakref.ref(layer) for layer in layers], [p.channels for p in slots], layout[1], layout[2],
-                layout[3], getattr(model, "steps_per_execution", 1) or 1)
+                layout[3], execution_steps)
         n = self.seq.assign_add(1)
         head = [n, model.optimizer.iterations]
         floats = []
@@ -253,7 +254,9 @@ class _TrainStepHook:
             (mean, variance), updating = self.kept[layer]
             in_graph = not isinstance(mean, tf.Variable)
             head.append(slot.updates.assign_add(1) if updating and in_graph else slot.updates.read_value())
-            floats += [mean, variance, layer.moving_mean, layer.moving_variance]
+            # float32 whatever the layer's dtype (a float64 model, a float16 policy): the row's layout.
+            floats += [mean, variance, tf.cast(layer.moving_mean, tf.float32),
+                       tf.cast(layer.moving_variance, tf.float32)]
         head += list(logs.values())
         for _, metric in metrics:
             head += [metric.total, metric.count]
@@ -397,21 +400,27 @@ class TensorFlowCapture:
     def drain(self):
         """Every row written since the last drain, one read per ring (one
         ring unless the train step was traced with other layers), as
-        :class:`tb_bnstats.capture.Block` s in step order."""
-        tables, lost = [], 0
+        :class:`tb_bnstats.capture.Block` s in step order: rows of several
+        rings are merged by their row count ``n`` and cut into one block per
+        run of rows of the same ring."""
+        found, full = [], False
         for ring in list(self._hook.rings.values()):
             rows = ring.rows.numpy()
             self._hook.reads += 1
             rows = rows[rows[:, 0] > self._drained]
-            if len(rows):
-                rows = rows[np.argsort(rows[:, 0])]
-                if len(rows) == ring.steps:  # every row is new: older ones may have been overwritten
-                    lost += int(rows[0, 0]) - self._drained - 1
-                tables.append((ring, rows))
-        if not tables:
+            full |= len(rows) == ring.steps  # every row is new: older ones may have been overwritten
+            found += [(row[0], ring, row) for row in rows]
+        if not found:
             return []
-        self._drained = max(int(rows[-1, 0]) for _, rows in tables)
-        blocks = [self._block(ring, rows) for ring, rows in sorted(tables, key=lambda t: t[1][0, 0])]
+        found.sort(key=lambda item: item[0])
+        written = int(found[-1][0])
+        lost = written - self._drained - len(found) if full else 0
+        self._drained = written
+        blocks, start = [], 0
+        for i in range(1, len(found) + 1):
+            if i == len(found) or found[i][1] is not found[start][1]:
+                blocks.append(self._block(found[start][1], np.stack([row for _, _, row in found[start:i]])))
+                start = i
         blocks[0].lost = lost
         return blocks
 
