@@ -396,3 +396,34 @@ def test_a_larger_steps_per_execution_gets_a_larger_ring(tmp_path, monkeypatch):
     layer = tb_bnstats.load(tmp_path)["run"].layers["bn1"]
     np.testing.assert_array_equal(layer.steps, np.arange(1, 17))
     np.testing.assert_array_equal(layer.series["updates"], np.arange(1, 17))
+
+
+def test_a_train_step_that_advances_the_optimizer_twice_loses_no_step(tmp_path, monkeypatch):
+    """The ring is sized and drained in training steps; the step axis is the
+    optimizer's count, here 2 per training step (two optimizer updates)."""
+    from tb_bnstats.capture.keras import tensorflow as tensorflow_capture
+
+    monkeypatch.setattr(tensorflow_capture, "RING_MAX_STEPS", 4)
+    x, y = data(n=12 * BATCH)
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(4, 3)(inp)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    out = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(h))
+
+    class TwoUpdates(keras.Model):
+        def train_step(self, data):
+            logs = super().train_step(data)
+            self.optimizer.iterations.assign_add(1)  # as a second optimizer.apply would
+            return logs
+
+    model = TwoUpdates(inp, out)
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    cb = tb_bnstats.BNStatsCallback(tmp_path / "run", flush_secs=60, verbose=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(x[:, :8, :8], y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[cb])
+    assert not [w for w in caught if "overwritten" in str(w.message)]
+    layer = tb_bnstats.load(tmp_path)["run"].layers["bn"]
+    np.testing.assert_array_equal(layer.steps, np.arange(2, 25, 2))
+    np.testing.assert_array_equal(layer.series["updates"], np.arange(1, 13))
