@@ -95,18 +95,26 @@ def test_a_train_function_that_raises_drains_the_ring_first(tmp_path):
     np.testing.assert_array_equal(layer.series["updates"], layer.steps)
 
 
+class Boom(keras.callbacks.Callback):
+    """Another callback that fails after the third step."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 2:
+            raise RuntimeError("user code failed")
+
+
+def train_until_another_callback_fails(model, cb):
+    """A fit of ``model`` with ``cb`` that Boom ends after 3 steps."""
+    x, y = data()
+    with pytest.raises(RuntimeError, match="user code failed"):
+        model.fit(x, y, batch_size=16, verbose=0, callbacks=[cb, Boom()])
+
+
 def test_a_run_left_open_by_another_callback_is_written_at_the_next_fit(tmp_path):
     x, y = data()
     model = conv_net()
-
-    class Boom(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            if batch == 2:
-                raise RuntimeError("user code failed")
-
     cb = tb_bnstats.BNStatsCallback(tmp_path / "run", flush_secs=60, verbose=0)
-    with pytest.raises(RuntimeError, match="user code failed"):
-        model.fit(x, y, batch_size=16, verbose=0, callbacks=[cb, Boom()])
+    train_until_another_callback_fails(model, cb)
     assert cb._recorder.writer is not None  # Keras gave no sign: the run is still open
     model.fit(x, y, batch_size=16, verbose=0, callbacks=[cb])
     layer = tb_bnstats.load(tmp_path)["run"].layers["bn1"]
@@ -120,14 +128,8 @@ def test_a_run_left_open_takes_no_steps_of_the_next_callbacks_run(tmp_path):
     x, y = data()
     model = conv_net()
 
-    class Boom(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            if batch == 2:
-                raise RuntimeError("user code failed")
-
     first = tb_bnstats.BNStatsCallback(tmp_path / "a", flush_secs=60, verbose=0)
-    with pytest.raises(RuntimeError, match="user code failed"):
-        model.fit(x, y, batch_size=16, verbose=0, callbacks=[first, Boom()])
+    train_until_another_callback_fails(model, first)
     second = tb_bnstats.BNStatsCallback(tmp_path / "b", flush_secs=60, verbose=0)
     model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[second])
     assert first._recorder.writer is None
