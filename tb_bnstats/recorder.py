@@ -152,7 +152,7 @@ class Recorder:
         self._infos = None
         self._failures = set()
         self._jobs = None
-        self._last_rows = {}  # layer -> LayerMoments at the last logged step
+        self._last_logged = None  # a Block of the last logged step (its selected layers)
         self._probe = self._population = self._live_findings = None
 
     # -- helpers -----------------------------------------------------------------
@@ -223,11 +223,9 @@ class Recorder:
         """A training run starts; ``read_step()`` returns the optimizer's step
         now; the training step runs ``steps_per_execution`` steps between
         two calls of :meth:`steps_done` at most."""
-        if self.writer is not None:
-            self.abandon()
         self._last_logged_step = self._last_snapshot_step = None
         self._last_probe_step = self._last_population_step = None
-        self._last_totals, self._last_rows = {}, {}
+        self._last_totals, self._last_logged = {}, None
         self._newest = None  # the last step drained, when it was not logged
         self._execution_steps = max(1, int(steps_per_execution))
         self.step = None
@@ -381,9 +379,10 @@ class Recorder:
             blocks = [self._newest]  # drained before, not on the logging stride: logged now, the run's last step
         for i, block in enumerate(blocks):
             self._log_block(block, times, log_last and i == len(blocks) - 1, final and i == len(blocks) - 1)
-        if final and self._last_rows and self._last_snapshot_step != self._last_logged_step:
-            self._jobs.submit(self.guard, "logging the final statistics", self._write_snapshot,
-                              self._last_logged_step, dict(self._last_rows), what="the final snapshot")
+        if final and self._last_logged is not None and self._last_snapshot_step != self._last_logged_step:
+            last = self._last_logged
+            self._jobs.submit(self.guard, "logging batch statistics", self._write_block, last, None,
+                              [time.time()], last.steps, {}, False, what="the final snapshot")
             self._last_snapshot_step = self._last_logged_step
         if final:
             self._jobs.wait()
@@ -395,6 +394,7 @@ class Recorder:
         their writing. ``times``: ``(step, wall time)`` seen since the last
         drain."""
         schedule = self.schedule
+        _ = self.layer_infos  # made here, on the training thread; the writer thread reads it
         if block.lost:
             self.warn_once("the capture ring", f"{block.lost} training step(s) were overwritten on the device "
                            "before they could be read; their statistics are missing")
@@ -419,32 +419,29 @@ class Recorder:
         tail = self._execution_end if self._execution_end is not None else time.time()
         at = np.array([t for _, t in times] + [tail], np.float64)
         wall_times = at[np.minimum(np.searchsorted(seen, logged), len(at) - 1)]
-        layers = {name: (info, block.layers[name]) for name, info in self.layer_infos.items()
-                  if name in block.layers}
         metrics = self._per_step_metrics(block, rows) if schedule.log_metrics else {}
-        self._jobs.submit(self.guard, "logging batch statistics", self._write_block, layers, rows, logged,
-                          wall_times, logged[snapshot], metrics, what=f"the statistics of steps {logged[0]}-{logged[-1]}")
-        self._last_rows = {name: layer.at(rows[-1]) for name, (_, layer) in layers.items()}
+        self._jobs.submit(self.guard, "logging batch statistics", self._write_block, block, rows, wall_times,
+                          logged[snapshot], metrics, True, what=f"the statistics of steps {logged[0]}-{logged[-1]}")
+        self._last_logged = block.rows(slice(rows[-1], rows[-1] + 1))  # views, no copy
         self._last_logged_step = int(logged[-1])
 
-    def _write_block(self, layers, rows, steps, wall_times, snapshot_steps, metrics):
-        """On the writer thread: the layers' series and snapshots, and the
-        per-step metrics, of the chosen ``rows`` of a block."""
-        for info, layer in layers.values():
-            self.writer.layer_block(info, steps, layer.batch_mean[rows], layer.batch_var[rows],
-                                    layer.moving_mean[rows], layer.moving_var[rows], layer.updates[rows],
+    def _write_block(self, block, rows, wall_times, snapshot_steps, metrics, series):
+        """On the writer thread: of the steps at ``rows`` of ``block``
+        (all of them for None), the selected layers' series (unless
+        ``series=False``) and their snapshots at ``snapshot_steps``, and the
+        per-step metrics."""
+        if rows is not None:
+            block = block.rows(rows)
+        for name, layer in block.layers.items():
+            if name not in self.layer_infos:
+                continue
+            self.writer.layer_block(self.layer_infos[name], block.steps, layer.batch_mean, layer.batch_var,
+                                    layer.moving_mean, layer.moving_var, layer.updates,
                                     samples_per_channel=layer.samples_per_channel, init_mean=layer.init_mean,
-                                    init_var=layer.init_var, wall_times=wall_times, snapshot_steps=snapshot_steps)
+                                    init_var=layer.init_var, wall_times=wall_times, snapshot_steps=snapshot_steps,
+                                    series=series)
         if metrics:
-            self.writer.metrics_block("train", steps, metrics, wall_times)
-
-    def _write_snapshot(self, step, moments):
-        for name, info in self.layer_infos.items():
-            m = moments.get(name)
-            if m is not None:
-                self.writer.layer(info, step, m.batch_mean, m.batch_var, m.moving_mean, m.moving_var, m.updates,
-                                  samples_per_channel=m.samples_per_channel, snapshot=True, series=False,
-                                  init_mean=m.init_mean, init_var=m.init_var)
+            self.writer.metrics_block("train", block.steps, metrics, wall_times)
 
     def _per_step_metrics(self, block, rows):
         """The training step's logs at ``rows``. Running means since the
@@ -502,10 +499,10 @@ class Recorder:
     def _log_population(self, step):
         stats = self._population()
         for name, info in self.layer_infos.items():
-            pop, moments = stats.get(name), self._last_rows.get(name)
+            pop, moments = stats.get(name), self._last_logged.layers.get(name)
             if pop is not None and moments is not None:
                 self.writer.population(info, step, quantities.population_series(
-                    info.epsilon, pop.mean, pop.var, moments.moving_mean, moments.moving_var))
+                    info.epsilon, pop.mean, pop.var, moments.moving_mean[-1], moments.moving_var[-1]))
         self._last_population_step = step
         return True
 

@@ -346,7 +346,7 @@ class _BreakWriter(keras.callbacks.Callback):
         self.target, self.broken = target, broken
 
     def on_train_begin(self, logs=None):
-        self.target._recorder.writer.layer = self.broken
+        self.target._recorder.writer.layer_block = self.broken  # every write of the recorder goes through it
 
 
 def test_an_unsupported_backend_fails_at_construction_not_in_fit(monkeypatch, tmp_path):

@@ -21,37 +21,20 @@ from tb_bnstats.format.metadata import LayerInfo
 
 
 @dataclasses.dataclass
-class LayerMoments:
-    """One layer's moments at one step (per-channel float arrays).
+class LayerBlock:
+    """One layer's moments at the S steps of a :class:`Block`.
 
-    ``batch_mean`` / ``batch_var``: what the layer normalized with (the
-    biased variance). ``moving_mean`` / ``moving_var``: the averages after the
-    step's update. ``updates``: updates received so far (``t``).
-    ``updating`` is False when the layer ran in inference mode during the
-    training step (``training=False`` or ``trainable=False``): its moving
-    averages were not updated and ``batch_*`` are the moments of what it saw.
-    ``init_*`` are the values the moving averages started from.
+    ``batch_mean`` / ``batch_var`` [S, C]: what the layer normalized with
+    (the biased variance). ``moving_mean`` / ``moving_var`` [S, C]: the
+    averages after each step's update. ``updates`` [S]: updates received so
+    far (``t``). ``updating`` is False when the layer ran in inference mode
+    during the training step (``training=False`` or ``trainable=False``):
+    its moving averages were not updated and ``batch_*`` are the moments of
+    what it saw. ``init_*`` [C]: the values the moving averages started from.
     ``samples_per_channel``: values per channel in the batch (``n``, for a
     moving variance of Bessel-corrected batch variances); None when the
     convention does not need it.
     """
-
-    batch_mean: np.ndarray
-    batch_var: np.ndarray
-    moving_mean: np.ndarray
-    moving_var: np.ndarray
-    updates: int
-    updating: bool
-    init_mean: np.ndarray
-    init_var: np.ndarray
-    samples_per_channel: Optional[float] = None
-
-
-@dataclasses.dataclass
-class LayerBlock:
-    """One layer's moments at the S steps of a :class:`Block`: ``[S, C]``
-    arrays as in :class:`LayerMoments`, ``updates`` [S]; ``updating`` and the
-    rest as there (the same at every step of a block)."""
 
     batch_mean: np.ndarray
     batch_var: np.ndarray
@@ -62,12 +45,6 @@ class LayerBlock:
     init_mean: np.ndarray
     init_var: np.ndarray
     samples_per_channel: Optional[float] = None
-
-    def at(self, i) -> LayerMoments:
-        """The moments of the block's ``i``-th step."""
-        return LayerMoments(self.batch_mean[i], self.batch_var[i], self.moving_mean[i], self.moving_var[i],
-                            int(self.updates[i]), self.updating, self.init_mean, self.init_var,
-                            self.samples_per_channel)
 
 
 @dataclasses.dataclass

@@ -210,10 +210,9 @@ class Writer:
             values = layer_series(q)
             self.layer_series_rows(info, steps, np.stack([values[k] for k in metadata.LAYER_SERIES], axis=1),
                                    wall_times)
-        wanted = set(np.asarray(snapshot_steps, np.int64).tolist())
         with self._lock:
             self._forget_layer_metadata(info)
-            for i in np.flatnonzero(np.isin(steps, list(wanted))):
+            for i in np.flatnonzero(np.isin(steps, np.asarray(snapshot_steps, np.int64))):
                 self._emit(steps[i], [self._value(metadata.layer_tag(info.name, metadata.CHANNELS_QUANTITY),
                                                   lambda: metadata.layer_channels_metadata(info),
                                                   tensor=_tensor_proto(snapshot_rows(_step_rows(q, i))))])

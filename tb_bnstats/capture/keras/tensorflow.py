@@ -387,7 +387,8 @@ class TensorFlowCapture:
 
     @property
     def drain_every(self):
-        """K of the ring written last (None before the first traced step)."""
+        """The smallest K of this model's rings (None before the first traced
+        step): the ring written next may be any of them."""
         rings = list(self._hook.rings.values())
         return min(r.steps for r in rings) if rings else None
 
@@ -403,24 +404,27 @@ class TensorFlowCapture:
         :class:`tb_bnstats.capture.Block` s in step order: rows of several
         rings are merged by their row count ``n`` and cut into one block per
         run of rows of the same ring."""
-        found, full = [], False
+        parts, full = [], False
         for ring in list(self._hook.rings.values()):
             rows = ring.rows.numpy()
             self._hook.reads += 1
             rows = rows[rows[:, 0] > self._drained]
             full |= len(rows) == ring.steps  # every row is new: older ones may have been overwritten
-            found += [(row[0], ring, row) for row in rows]
-        if not found:
+            if len(rows):
+                parts.append((ring, rows))
+        if not parts:
             return []
-        found.sort(key=lambda item: item[0])
-        written = int(found[-1][0])
-        lost = written - self._drained - len(found) if full else 0
+        seq = np.concatenate([rows[:, 0] for _, rows in parts])
+        part = np.concatenate([np.full(len(rows), k) for k, (_, rows) in enumerate(parts)])
+        local = np.concatenate([np.arange(len(rows)) for _, rows in parts])
+        order = np.argsort(seq, kind="stable")
+        written = int(seq[order[-1]])
+        lost = written - self._drained - len(seq) if full else 0
         self._drained = written
-        blocks, start = [], 0
-        for i in range(1, len(found) + 1):
-            if i == len(found) or found[i][1] is not found[start][1]:
-                blocks.append(self._block(found[start][1], np.stack([row for _, _, row in found[start:i]])))
-                start = i
+        blocks = []
+        for run in np.split(order, np.flatnonzero(np.diff(part[order])) + 1):  # runs of rows of one ring
+            ring, rows = parts[part[run[0]]]
+            blocks.append(self._block(ring, rows[local[run]]))
         blocks[0].lost = lost
         return blocks
 
