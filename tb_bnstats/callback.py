@@ -157,9 +157,9 @@ class BNStatsCallback(keras.callbacks.Callback):
             end_of_data = keras_capture.end_of_data_errors()
 
             @functools.wraps(original)
-            def train_function(iterator):
+            def train_function(*args):  # (iterator) in TensorFlow, (state, iterator) in JAX, (data) in torch
                 try:
-                    logs = original(iterator)
+                    logs = original(*args)
                     for rec in recorders:
                         rec.execution_ended()
                     return logs

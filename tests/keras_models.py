@@ -67,6 +67,29 @@ def data(n=64, seed=1):
     return x, y
 
 
+def to_numpy(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def deterministic():
+    """The running backend's determinism switches (JAX on a CPU is deterministic)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    elif backend == "torch":
+        import torch
+
+        torch.use_deterministic_algorithms(True)
+
+
+def sync(model):
+    """Puts the training state back into the model's variables: with JAX they
+    are held apart during ``fit`` (Keras' ``jax_state_sync``)."""
+    getattr(model, "jax_state_sync", lambda: None)()
+
+
 def bn_layers(model):
     return [l for l in model._flatten_layers(include_self=False) if isinstance(l, keras.layers.BatchNormalization)]
 
@@ -87,11 +110,11 @@ def conv_net_bn_inputs(model, x):
     conv1 = model.layers[1]
     nested = model.get_layer("nested")
     block = model.get_layer("block")
-    h1 = conv1(x).numpy()
+    h1 = to_numpy(conv1(x))
     h = np.maximum(_bn_train_mode(model.get_layer("bn1"), h1), 0)
-    h2 = nested.layers[0](h).numpy()
+    h2 = to_numpy(nested.layers[0](h))
     h = _bn_train_mode(nested.layers[1], h2).mean(axis=(1, 2))
-    h3 = block.dense(h).numpy()
+    h3 = to_numpy(block.dense(h))
     return [h1, h2, h3]
 
 
@@ -111,9 +134,11 @@ class BNInputRecorder(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         start = self.batch_in_epoch * self.batch_size
         batch_x = self.x[start:start + self.batch_size]
+        sync(self.model)
         self.inputs.append([np.asarray(h, np.float64) for h in conv_net_bn_inputs(self.model, batch_x)])
 
     def on_train_batch_end(self, batch, logs=None):
         self.batch_in_epoch += 1
+        sync(self.model)
         self.moving.append([(l.moving_mean.numpy().astype(np.float64), l.moving_variance.numpy().astype(np.float64))
                             for l in bn_layers(self.model)])

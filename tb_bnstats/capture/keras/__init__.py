@@ -1,18 +1,24 @@
-"""Keras 3 captures, one module per backend.
+"""Keras 3 captures, one module per backend: :mod:`.tensorflow`, :mod:`.jax`
+and :mod:`.torch`, on what they share (:mod:`.hooks`, :mod:`.rows`,
+:mod:`.layers`).
 
 :func:`capture_for` picks the module of the running backend;
 :func:`check_backend` says at construction time, with a clear
-``ValueError``, when a backend is not supported yet.
+``ValueError``, when a backend is not supported.
 """
 
-SUPPORTED_BACKENDS = ("tensorflow",)
+import importlib
+
+SUPPORTED_BACKENDS = ("tensorflow", "jax", "torch")
+_CAPTURES = {"tensorflow": "TensorFlowCapture", "jax": "JaxCapture", "torch": "TorchCapture"}
 
 
 def check_backend():
     """Returns the running Keras backend's name.
 
     Raises:
-        ValueError: the backend has no capture yet.
+        ValueError: the backend has no capture (Keras' ``numpy`` backend,
+            which cannot train, or ``openvino``).
     """
     import keras
 
@@ -20,9 +26,18 @@ def check_backend():
     if backend not in SUPPORTED_BACKENDS:
         raise ValueError(
             f"tb_bnstats captures BatchNormalization moments with Keras' {' / '.join(SUPPORTED_BACKENDS)} "
-            f"backend; this process runs KERAS_BACKEND={backend!r}. Set KERAS_BACKEND=tensorflow (before "
+            f"backends; this process runs KERAS_BACKEND={backend!r}. Set KERAS_BACKEND to one of them (before "
             f"importing keras), or log moments yourself with tb_bnstats.Writer.layer_moments")
     return backend
+
+
+def backend_module():
+    """The capture module of the running backend.
+
+    Raises:
+        ValueError: the backend is not supported (:func:`check_backend`).
+    """
+    return importlib.import_module(f"tb_bnstats.capture.keras.{check_backend()}")
 
 
 def capture_for(model):
@@ -32,16 +47,11 @@ def capture_for(model):
     Raises:
         ValueError: the backend is not supported (:func:`check_backend`).
     """
-    check_backend()
-    from tb_bnstats.capture.keras.tensorflow import TensorFlowCapture
-
-    return TensorFlowCapture(model)
+    backend = check_backend()
+    return getattr(backend_module(), _CAPTURES[backend])(model)
 
 
 def end_of_data_errors():
     """The exceptions the running backend's train function raises when its
     data ends (Keras ends the epoch on them; they are not failures)."""
-    check_backend()
-    from tb_bnstats.capture.keras import tensorflow
-
-    return tensorflow.end_of_data_errors()
+    return backend_module().end_of_data_errors()

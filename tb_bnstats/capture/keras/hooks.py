@@ -1,0 +1,285 @@
+"""What the Keras captures of every backend share: the two wrappers on each
+BatchNormalization layer, "inside a training step", the per-layer slot with
+its update count and resume rule, the ring's size, and the capture class
+that drains the rings. Each backend module (``tensorflow``, ``jax``,
+``torch``) adds how its training step keeps the moments and writes a row.
+
+The wrappers, installed once per layer (idempotent across ``fit`` calls and
+callbacks):
+
+* ``layer._moments`` -- Keras calls it in training mode right before
+  updating the moving averages; the wrapper hands the exact ``(mean,
+  variance)`` the layer normalizes with to the layer's slot. No second
+  forward pass.
+* ``layer.call`` -- when the layer runs in inference mode *inside a training
+  step* (called with ``training=False``, or frozen with ``trainable=False``),
+  it hands over the moments of the input the layer saw, as "not updating".
+
+Both act only while the backend's ``train_step`` wrapper marks "inside a
+training step", so evaluation, prediction and tb_bnstats' own measurements
+are left untouched. They add no weights: ``model.weights``, ``save`` and
+``load_weights`` are unchanged.
+"""
+
+import functools
+import logging
+import threading
+import weakref
+
+import numpy as np
+
+from tb_bnstats.capture.keras import rows as ring_rows
+from tb_bnstats.capture.keras.layers import find_batchnorm_layers, initializer_values, layer_info
+
+logger = logging.getLogger("tb_bnstats")
+
+# A ring holds K rows: as many as fit in RING_BYTES, at most RING_MAX_STEPS,
+# and never fewer than the model's steps_per_execution (a drain happens only
+# between executions).
+RING_BYTES = 32 * 2**20
+RING_MAX_STEPS = 256
+
+_state = threading.local()
+
+
+def ring_steps(row_bytes, steps_per_execution):
+    """K, the rows of a ring of rows of ``row_bytes`` (see :data:`RING_BYTES`)."""
+    return max(int(steps_per_execution), 1, min(RING_MAX_STEPS, RING_BYTES // max(int(row_bytes), 1)))
+
+
+def in_train_step():
+    """Whether a training step is being run (or traced) on this thread."""
+    return getattr(_state, "train_step_depth", 0) > 0
+
+
+class train_step_scope:
+    """Marks "inside a training step" (nestable: a train step calling its
+    parent's); ``outermost`` tells the outermost one."""
+
+    def __enter__(self):
+        self.outermost = not in_train_step()
+        _state.train_step_depth = getattr(_state, "train_step_depth", 0) + 1
+        return self
+
+    def __exit__(self, *exc):
+        _state.train_step_depth -= 1
+        return False
+
+
+def never_raise(fn, *args):
+    """Capture code runs inside the user's train step: a failure there is
+    logged once and the step goes on without it."""
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001
+        if not getattr(_state, "warned", False):
+            _state.warned = True
+            logger.warning("tb_bnstats: capture failed inside the train step, statistics will be missing: %s", exc)
+        return None
+
+
+class LayerSlot:
+    """One BN layer's capture state: the values its moving averages started
+    from, its update count, and the hooks (one per model it runs in) to which
+    it hands each step's moments. A backend subclass stores the count
+    (:meth:`count`, :meth:`set_count`) and keeps moments (:meth:`keep`)."""
+
+    def __init__(self, layer):
+        self._layer = weakref.ref(layer)  # registries' values must not keep their keys alive
+        self.hooks = weakref.WeakSet()
+        self.init_mean = self.init_var = None
+        self.resumed_from = None  # the optimizer step the count was resumed at
+
+    @property
+    def layer(self):
+        return self._layer()
+
+    @property
+    def channels(self):
+        return int(self.layer.moving_mean.shape[0])
+
+    def remember_initial(self, moving_mean=None, moving_var=None):
+        """The values the moving averages start from, as first found (the
+        initializers' output on a fresh layer, pre-trained values
+        otherwise); given when the layer's variables are not readable."""
+        if self.init_mean is None:
+            layer = self.layer
+            self.init_mean = np.array(layer.moving_mean.numpy() if moving_mean is None else moving_mean, np.float64)
+            self.init_var = np.array(layer.moving_variance.numpy() if moving_var is None else moving_var, np.float64)
+
+    def ran(self):
+        """The layer ran in a training step being traced or run."""
+        self.remember_initial()
+        for hook in self.hooks:
+            hook.saw(self.layer)
+
+    def keep(self, mean, variance, updating):  # pragma: no cover - every backend defines it
+        raise NotImplementedError
+
+    def count(self):
+        """Updates counted so far (host read)."""
+        raise NotImplementedError  # pragma: no cover
+
+    def set_count(self, value):
+        raise NotImplementedError  # pragma: no cover
+
+    def resume(self, iterations):
+        """Continues the update count of a layer restored from a checkpoint.
+
+        A layer whose trainable moving statistics differ from its
+        initializers' values, in a run whose optimizer has done
+        ``iterations`` > 0 steps, and for which this process has counted no
+        update yet, was restored after training: its count goes on from
+        ``iterations`` (an estimate: Keras updates a trainable layer once per
+        training step), and the debiased estimate starts from the
+        initializers' values, so ``1 - m**t`` continues where it was.
+
+        Returns:
+            ``"resumed"``, ``"at_initializer"`` (statistics equal to the
+            initial values after ``iterations`` steps: not restored) or None
+            (nothing to say: a fresh run, a frozen layer, or a count already
+            going on in this process).
+        """
+        layer = self.layer
+        self.remember_initial()
+        if iterations <= 0 or not layer.trainable:
+            return None
+        init_mean, init_var = initializer_values(layer)
+        if (np.array_equal(layer.moving_mean.numpy(), init_mean)
+                and np.array_equal(layer.moving_variance.numpy(), init_var)):
+            return "at_initializer"
+        counted = self.count()
+        if self.resumed_from is not None and counted == self.resumed_from:
+            return "resumed"  # by another callback on the model, no step since
+        if counted > 0:
+            return None
+        self.set_count(int(iterations))
+        self.resumed_from = int(iterations)
+        self.init_mean, self.init_var = np.asarray(init_mean, np.float64), np.asarray(init_var, np.float64)
+        return "resumed"
+
+
+def instrument_layer(layer, slot):
+    """Installs the two wrappers (module docstring) on ``layer``, handing its
+    moments to ``slot``."""
+    from keras import backend, ops
+
+    original_moments = layer._moments
+    original_call = layer.call
+
+    def _moments(inputs, mask):
+        mean, variance = original_moments(inputs, mask)
+        if in_train_step():
+            never_raise(slot.keep, mean, variance, True)
+        return mean, variance
+
+    def _record_inference_mode(inputs, mask):
+        slot.ran()
+        x = ops.cast(inputs, backend.result_type(inputs.dtype, "float32"))
+        mean, variance = original_moments(x, mask)
+        slot.keep(mean, variance, False)
+
+    @functools.wraps(original_call)
+    def call(inputs, training=None, mask=None):
+        if in_train_step():
+            if training and layer.trainable:
+                never_raise(slot.ran)
+            else:
+                never_raise(_record_inference_mode, inputs, mask)
+        return original_call(inputs, training=training, mask=mask)
+
+    layer._moments = _moments
+    layer.call = call
+
+
+class KerasCapture:
+    """A :class:`tb_bnstats.capture.Capture` of a Keras model, for any
+    backend. A backend module subclasses it with its ``hook_class`` (one hook
+    per model, shared by its captures: ``execution_order``, ``rings``,
+    ``reads``, ``written()``, ``read_rings()``), its ``slot_class`` and the
+    registries ``hooks`` (model -> hook) and ``slots`` (layer -> slot),
+    both ``weakref.WeakKeyDictionary``.
+
+    Making one instruments ``model`` (idempotent); :meth:`drain` returns
+    every step written to the rings since the last drain (or since this
+    capture was made), with ``steps`` = the optimizer's iteration count after
+    each step.
+    """
+
+    hook_class = slot_class = hooks = slots = None
+
+    def __init__(self, model):
+        self.model = model
+        self._named = find_batchnorm_layers(model)
+        hook = self.hooks.get(model)
+        if hook is None:
+            hook = self.hooks[model] = self.hook_class(model)
+            model.train_function = None  # a train function made before the hook would bypass it
+        self._hook = hook
+        self._slots = {}
+        for name, layer in self._named:
+            slot = self.slots.get(layer)
+            if slot is None:
+                slot = self.slots[layer] = self.slot_class(layer)
+                instrument_layer(layer, slot)
+                model.train_function = None  # a new layer: trace again with its wrappers
+            slot.hooks.add(hook)
+            self._slots[name] = slot
+        self._drained = hook.written()  # rows written before this capture are not its own
+
+    @property
+    def names(self):
+        """Names of every BN layer found, in tracking order."""
+        return [name for name, _ in self._named]
+
+    def _ran(self):
+        """``[(name, layer)]`` of the BN layers the traced train step ran."""
+        ran = {id(layer) for layer in self._hook.execution_order}
+        return [(name, layer) for name, layer in self._named if id(layer) in ran]
+
+    def layer_infos(self):
+        """LayerInfo of every layer that ran in the traced train step, in
+        execution order (depth 0 = closest to the input)."""
+        order = {id(layer): i for i, layer in enumerate(self._hook.execution_order)}
+        infos = [layer_info(name, layer, order[id(layer)], self._slots[name].init_mean, self._slots[name].init_var)
+                 for name, layer in self._ran()]
+        return sorted(infos, key=lambda info: info.depth)
+
+    def resume(self, iterations):
+        """At train begin: :meth:`LayerSlot.resume` on every built BN layer;
+        returns ``{name: "resumed" | "at_initializer"}`` of the layers
+        concerned (an unbuilt layer is counted from 0 when it runs)."""
+        states = {}
+        for name, layer in self._named:
+            if getattr(layer, "moving_mean", None) is not None:
+                state = self._slots[name].resume(iterations)
+                if state is not None:
+                    states[name] = state
+        return states
+
+    def not_run(self):
+        """Names of BN layers found in the model that the train step never ran."""
+        ran = {name for name, _ in self._ran()}
+        return [name for name, _ in self._named if name not in ran]
+
+    @property
+    def drain_every(self):
+        """The smallest K of this model's rings (None before the first traced
+        step): the ring written next may be any of them."""
+        rings = list(self._hook.rings.values())
+        return min(r.steps for r in rings) if rings else None
+
+    @property
+    def reads(self):
+        """Device-to-host reads of this model's rings so far (by every
+        capture of it in this process)."""
+        return self._hook.reads
+
+    def drain(self):
+        """Every row written since the last drain, one read per ring (one
+        ring unless the train step was traced with other layers), as
+        :class:`tb_bnstats.capture.Block` s in step order
+        (:func:`tb_bnstats.capture.keras.rows.drain`)."""
+        named = {id(layer): name for name, layer in self._named}
+        blocks, self._drained = ring_rows.drain(self._hook.read_rings(), self._drained, named, self._slots)
+        return blocks

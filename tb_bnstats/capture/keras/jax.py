@@ -1,0 +1,383 @@
+"""Captures Keras 3 BatchNormalization moments inside the train step, with the
+JAX backend, and keeps every step's moments on the device until the host
+drains them.
+
+Keras' JAX train step is a pure function, compiled with ``jax.jit``:
+``train_step(state, data) -> (logs, state)`` with ``state = (trainable,
+non_trainable, optimizer, metrics)`` lists of arrays. Nothing it computes
+can be stored aside (a traced value that leaves the function is an error),
+and variables outside ``state`` are not updated inside ``jit``. So the
+captured values travel *in* the state, as extra entries at the end of the
+non-trainable list, which Keras threads from step to step and never
+assigns to the model:
+
+* ``model.stateless_call`` is wrapped: inside a training step it appends
+  the moments the BN layers handed over (the shared wrappers of
+  :mod:`tb_bnstats.capture.keras.hooks`, inside ``jax.value_and_grad``) to
+  the non-trainable values it returns; ``model.stateless_compute_loss``
+  passes them on (it rebuilds that list from the model's variables);
+* ``model.train_step`` is wrapped: it takes the ring (the carry) off the end
+  of the incoming non-trainable list, runs Keras' step, takes the moments
+  off the end of the outgoing one, writes the step's row (step, update
+  counts, logs, metric totals, moments, moving statistics from the new
+  state) into the ring with ``.at[].set``, and puts the ring back;
+* ``model.make_train_function`` is wrapped so that the train function Keras
+  makes is called with the ring added to the state it receives, and returns
+  the state without it: Keras, ``model.weights``, ``save()`` and
+  ``load_weights()`` never see it. The ring is part of the argument
+  ``jit`` donates, so it is updated in place.
+
+The ring's shape depends on what the step does (which layers run, the
+logs it returns), so before the first execution the train step is traced
+once with ``jax.eval_shape`` on the first batch (a trace, no compilation)
+to learn it. The host reads the ring in one read per drain
+(:meth:`KerasCapture.drain`), between executions.
+
+A training step that passes the non-trainable values in a way that drops
+or rejects the extra entries (a custom ``train_step`` that rebuilds them)
+runs unchanged, without moments, and says so once.
+"""
+
+import functools
+import itertools
+import logging
+import weakref
+
+import numpy as np
+
+from tb_bnstats.capture.keras.hooks import KerasCapture, LayerSlot, ring_steps, train_step_scope
+from tb_bnstats.capture.keras.layers import mean_metrics
+from tb_bnstats.capture.keras.rows import Layout, Rows
+
+logger = logging.getLogger("tb_bnstats")
+
+_SLOTS = weakref.WeakKeyDictionary()  # BN layer -> _LayerSlot
+_HOOKS = weakref.WeakKeyDictionary()  # model -> _TrainStepHook
+
+
+def end_of_data_errors():
+    """What Keras' JAX trainer takes as "the data ended"."""
+    return (StopIteration,)
+
+
+class _LayerSlot(LayerSlot):
+    """A layer's slot; its update count lives in the ring of the model's hook
+    (:meth:`_TrainStepHook.count_of`)."""
+
+    def ran(self):
+        for hook in self.hooks:  # inside a trace: the variables may be purged, nothing is read
+            hook.saw(self.layer)
+
+    def keep(self, mean, variance, updating):
+        import jax.numpy as jnp
+
+        channels = self.channels
+        mean = jnp.reshape(jnp.asarray(mean, jnp.float32), [channels])
+        variance = jnp.reshape(jnp.asarray(variance, jnp.float32), [channels])
+        for hook in self.hooks:
+            hook.kept[self.layer] = (mean, variance, updating)
+
+    def count(self):
+        return max((hook.count_of(self.layer) for hook in self.hooks), default=0)
+
+    def set_count(self, value):
+        for hook in self.hooks:
+            hook.set_count(self.layer, value)
+
+
+class _Ring:
+    """The carry: K rows on the device as ``ints`` [K, 2 + L] int32 (``n,
+    step, counts``) and ``floats`` [K, V + 4 sum(C)] float32 (``values,
+    moments``), the running ``counts`` [L] and ``seq`` (rows written)."""
+
+    def __init__(self, layout, steps_per_execution, counts, seq):
+        import jax.numpy as jnp
+
+        self.layout = layout
+        ints, floats = 2 + len(layout.layers), layout.num_values + layout.num_moments
+        self.steps = ring_steps(4 * (ints + floats), steps_per_execution)
+        self.arrays = [jnp.zeros([self.steps, ints], jnp.int32), jnp.zeros([self.steps, floats], jnp.float32),
+                       jnp.asarray(counts, jnp.int32), jnp.asarray(seq, jnp.int32)]
+        self.stale = False  # the step now runs with another layout: a new ring before the next execution
+
+    def read(self):
+        """The whole ring, in one read (copied: the device buffers are
+        donated to the next step), as :class:`Rows`."""
+        ints, floats = (np.array(a) for a in self.arrays[:2])
+        values = self.layout.num_values
+        return Rows(self.layout, n=ints[:, 0], step=ints[:, 1], counts=ints[:, 2:], values=floats[:, :values],
+                    moments=floats[:, values:])
+
+
+def _index_by_identity(variables):
+    return {id(v): i for i, v in enumerate(variables)}
+
+
+class _TrainStepHook:
+    """The wrappers of one model (module docstring) and its rings."""
+
+    def __init__(self, model):
+        self.execution_order = []  # BN layers, first call first, as traced
+        self.kept = {}  # layer -> (mean, variance, updating) of the step being traced
+        self.rings = {}  # layout key -> _Ring (the active one, and older ones not drained yet)
+        self.active = None
+        self._sized = False  # a ring was sized for the current train step
+        self.reads = 0
+        self._model = weakref.ref(model)
+        self._start_counts = weakref.WeakKeyDictionary()  # layer -> count to start a ring from
+        self._discovered = None  # the Layout of the step last traced without a ring (by _new_ring)
+        self._passing = True  # the moments can travel in the state (False after a step rejected them)
+        self._warned = set()
+        self._wrap(model)
+
+    # -- the wrappers ------------------------------------------------------------
+
+    def _wrap(self, model):
+        original_step, original_call = model.train_step, model.stateless_call
+        original_loss, original_make = model.stateless_compute_loss, model.make_train_function
+
+        @functools.wraps(original_call)
+        def stateless_call(*args, **kwargs):
+            out = original_call(*args, **kwargs)
+            if not (self._collecting and self.kept):
+                return out
+            import jax
+
+            moments = jax.lax.stop_gradient(self._kept_moments())
+            return (out[0], list(out[1]) + [moments]) + tuple(out[2:])
+
+        @functools.wraps(original_loss)
+        def stateless_compute_loss(trainable, non_trainable, metrics, *args, **kwargs):
+            extras = list(non_trainable[self._num_state():]) if self._collecting else []
+            loss, (trainable, non_trainable, metrics) = original_loss(trainable, non_trainable, metrics, *args,
+                                                                      **kwargs)
+            return loss, (trainable, list(non_trainable) + extras, metrics)
+
+        @functools.wraps(original_step)
+        def train_step(state, data):
+            try:
+                trainable, non_trainable, optimizer, metrics = state
+            except (TypeError, ValueError):
+                return original_step(state, data)  # not Keras' state: left alone
+            n = self._num_state()
+            carry, non_trainable = list(non_trainable[n:]), list(non_trainable[:n])
+            with train_step_scope():
+                logs, state, moments = self._run_step(original_step, (trainable, non_trainable, optimizer, metrics),
+                                                      data)
+            trainable, non_trainable, optimizer, metrics = state
+            carry = self._write_row(carry, moments, logs, non_trainable, optimizer, metrics)
+            return logs, (trainable, list(non_trainable) + carry, optimizer, metrics)
+
+        @functools.wraps(original_make)
+        def make_train_function(*args, **kwargs):
+            made = original_make(*args, **kwargs)
+            fn = model.train_function
+            if fn is not None and not getattr(fn, "_tb_bnstats_carries", False):
+                model.train_function = self._carrying(fn, train_step)
+            return made
+
+        self._collecting = False
+        model.stateless_call, model.stateless_compute_loss = stateless_call, stateless_compute_loss
+        model.train_step, model.make_train_function = train_step, make_train_function
+
+    def _num_state(self):
+        return len(self._model().non_trainable_variables)
+
+    def _run_step(self, original_step, state, data):
+        """Keras' step with the moments passed in the state; when that breaks
+        the step, once more without them (and no moments from then on)."""
+        n = self._num_state()
+        self.kept, self._collecting = {}, self._passing
+        try:
+            logs, new_state = original_step(state, data)
+        except Exception as exc:  # noqa: BLE001 - the plain step below raises the user's own errors
+            if not self._collecting:
+                raise
+            self._passing = False
+            self._warn("passing", "tb_bnstats: this train step does not pass the BN moments on in its state "
+                       f"({type(exc).__name__}: {exc}); it runs without them and no BN statistics are logged")
+            self.kept, self._collecting = {}, False
+            logs, new_state = original_step(state, data)
+        finally:
+            self._collecting = False
+        trainable, non_trainable, optimizer, metrics = new_state
+        moments = list(non_trainable[n:])
+        if self.kept and self._passing and not moments:
+            self._passing = False
+            self._warn("dropped", "tb_bnstats: this train step drops the BN moments passed in its state; no "
+                       "BN statistics are logged")
+        return logs, (trainable, list(non_trainable[:n]), optimizer, metrics), moments
+
+    def _kept_moments(self):
+        import jax.numpy as jnp
+
+        return jnp.concatenate([jnp.concatenate([mean, variance]) for mean, variance, _ in self.kept.values()])
+
+    def _carrying(self, fn, train_step):
+        """``fn`` (Keras' train function) called with the active ring added to
+        the non-trainable state, and returning the state without it."""
+
+        @functools.wraps(fn)
+        def train_function(state, iterator):
+            model = self._model()
+            trainable, non_trainable, optimizer, metrics = state
+            if self._needs_ring(model):
+                first = next(iterator)  # StopIteration: the data ended, as Keras expects
+                iterator = itertools.chain([first], iterator)
+                self._new_ring(train_step, state, first, model)
+            carry = self.active.arrays if self.active is not None else []
+            logs, state = fn((trainable, list(non_trainable) + carry, optimizer, metrics), iterator)
+            trainable, non_trainable, optimizer, metrics = state
+            n = self._num_state()
+            if self.active is not None:
+                self.active.arrays = list(non_trainable[n:])
+            return logs, (trainable, list(non_trainable[:n]), optimizer, metrics)
+
+        train_function._tb_bnstats_carries = True
+        return train_function
+
+    # -- the ring ------------------------------------------------------------------
+
+    def _new_ring(self, train_step, state, first, model):
+        """Traces the step once (``jax.eval_shape``: no compilation, no
+        state change) to learn its layout, and makes the ring for it; counts
+        and the row number go on from the ring before."""
+        import jax
+
+        trainable, non_trainable, optimizer, metrics = state
+        self._remember_initial(model, non_trainable)
+        previous = self.active
+        try:
+            # JAX caches traces: when this one is cached, the step (same function, same shapes) has the
+            # layout _discovered holds from when it was traced.
+            jax.eval_shape(train_step, state, first)
+        except Exception as exc:  # noqa: BLE001 - the real step will raise it if it is the user's
+            self._discovered = None
+            self._warn("discover", f"tb_bnstats: cannot trace the train step to size the ring: {exc}")
+        self._sized = True
+        layout = self._discovered
+        if layout is None:
+            self.active = None
+            return
+        counts = [self.count_of(ref()) for ref in layout.layers]
+        seq = self.written()
+        # A ring of an earlier layout stays in self.rings until drained; the same layout again gets a new one.
+        if previous is not None and previous.layout.key == layout.key:
+            self.rings[("drained before", id(previous))] = previous
+        steps = int(getattr(model, "steps_per_execution", 1) or 1)
+        self.active = self.rings[layout.key] = _Ring(layout, steps, counts, seq)
+
+    def _needs_ring(self, model):
+        """Before an execution: no ring sized yet, or the step now has
+        another layout, or runs more steps per execution than the ring holds."""
+        if not self._sized:
+            return True
+        ring = self.active
+        return ring is not None and (ring.stale or ring.steps < int(getattr(model, "steps_per_execution", 1) or 1))
+
+    def _remember_initial(self, model, non_trainable):
+        """Initial values of layers first seen now, from the state (the
+        model's own variables may be purged during ``fit``)."""
+        index = _index_by_identity(model.non_trainable_variables)
+        for layer, slot in list(_SLOTS.items()):
+            if self in slot.hooks and slot.init_mean is None and id(layer.moving_mean) in index:
+                slot.remember_initial(np.asarray(non_trainable[index[id(layer.moving_mean)]]),
+                                      np.asarray(non_trainable[index[id(layer.moving_variance)]]))
+
+    def _write_row(self, carry, moments, logs, non_trainable, optimizer, metrics):
+        """Returns the carry with this step's row written (the module
+        docstring); unchanged when the step's layout is not the ring's (a
+        new ring is made before the next execution)."""
+        try:
+            return self._row(carry, moments, logs, non_trainable, optimizer, metrics)
+        except Exception as exc:  # noqa: BLE001 - never break the user's train step
+            self._warn("row", f"tb_bnstats: cannot keep BN statistics from this train step: {exc}")
+            return carry
+
+    def _row(self, carry, moments, logs, non_trainable, optimizer, metrics):
+        import jax.numpy as jnp
+
+        model = self._model()
+        layers = list(self.kept)
+        scalar_logs = {k: v for k, v in (logs or {}).items()
+                       if hasattr(v, "shape") and v.shape == () and jnp.issubdtype(v.dtype, jnp.number)}
+        named_metrics = mean_metrics(model)
+        layout = Layout.of(layers, [int(self.kept[layer][0].shape[0]) for layer in layers],
+                           [self.kept[layer][2] for layer in layers], scalar_logs, [n for n, _ in named_metrics])
+        if not carry:
+            self._discovered = layout
+            return carry
+        ring = self.active
+        if ring is None or ring.layout.key != layout.key or len(carry) != 4:
+            if ring is not None:
+                ring.stale = True
+            return carry
+        if layout.layers and not moments:
+            return carry  # the step did not pass them on (warned in _run_step)
+        rows_int, rows_float, counts, seq = carry
+        n = seq + 1
+        counts = counts + jnp.asarray([1 if updating else 0 for updating in layout.updating], jnp.int32)
+        optimizer_index = _index_by_identity(model.optimizer.variables)
+        iterations = optimizer[optimizer_index[id(model.optimizer.iterations)]] \
+            if id(model.optimizer.iterations) in optimizer_index else n
+        ints = jnp.concatenate([jnp.stack([n, jnp.asarray(iterations, jnp.int32)]), counts])
+        state_index = _index_by_identity(model.non_trainable_variables)
+        metric_index = _index_by_identity(model.metrics_variables)
+        floats = [jnp.asarray(v, jnp.float32).reshape([1]) for v in scalar_logs.values()]
+        for _, metric in named_metrics:
+            floats += [jnp.asarray(metrics[metric_index[id(v)]], jnp.float32).reshape([1])
+                       for v in (metric.total, metric.count)]
+        flat, start = (moments[0] if moments else None), 0
+        for layer, channels in zip(layers, layout.channels):
+            floats += [flat[start:start + 2 * channels],
+                       jnp.asarray(non_trainable[state_index[id(layer.moving_mean)]], jnp.float32).reshape([-1]),
+                       jnp.asarray(non_trainable[state_index[id(layer.moving_variance)]], jnp.float32).reshape([-1])]
+            start += 2 * channels
+        at = (n - 1) % ring.steps
+        rows_int = rows_int.at[at].set(ints)
+        rows_float = rows_float.at[at].set(jnp.concatenate(floats))
+        return [rows_int, rows_float, counts, n]
+
+    # -- what the capture asks -----------------------------------------------------
+
+    def saw(self, layer):
+        if not any(layer is seen for seen in self.execution_order):
+            self.execution_order.append(layer)
+
+    def written(self):
+        return int(np.asarray(self.active.arrays[3])) if self.active is not None else 0
+
+    def count_of(self, layer):
+        ring = self.active
+        if ring is not None:
+            for i, ref in enumerate(ring.layout.layers):
+                if ref() is layer:
+                    return int(np.asarray(ring.arrays[2])[i])
+        return self._start_counts.get(layer, 0)
+
+    def set_count(self, layer, value):
+        self._start_counts[layer] = int(value)
+        ring = self.active
+        if ring is not None:
+            for i, ref in enumerate(ring.layout.layers):
+                if ref() is layer:
+                    ring.arrays[2] = ring.arrays[2].at[i].set(int(value))
+
+    def read_rings(self):
+        parts = []
+        for ring in list(self.rings.values()):
+            parts.append((ring.read(), ring.steps))
+            self.reads += 1
+        return parts
+
+    def _warn(self, where, message):
+        if where not in self._warned:
+            self._warned.add(where)
+            logger.warning(message)
+
+
+class JaxCapture(KerasCapture):
+    """Instruments ``model`` (idempotent) and drains its BN moments: a
+    :class:`tb_bnstats.capture.Capture` (:class:`KerasCapture`)."""
+
+    hook_class, slot_class, hooks, slots = _TrainStepHook, _LayerSlot, _HOOKS, _SLOTS

@@ -1,0 +1,134 @@
+"""The rows of a capture's ring, on the host: what one training step kept,
+and how a drain turns the rows read from the device into
+:class:`tb_bnstats.capture.Block` s. numpy only; every Keras backend writes
+the same columns in its own device containers (its module says how).
+
+A row, for the layers of one :class:`Layout`:
+
+* ``n`` -- the row's number: the n-th training step the hook wrote
+  (it goes to row ``(n - 1) % K`` of a ring of K rows);
+* ``step`` -- the optimizer's iteration count after the step;
+* ``counts`` [L] -- each layer's moving-average updates so far (``t``);
+* ``values`` [V] -- the step's scalar logs, then ``(total, count)`` of each
+  running-mean metric;
+* ``moments`` [4 * sum(C)] -- per layer ``batch_mean, batch_var,
+  moving_mean, moving_var`` as float32.
+"""
+
+import dataclasses
+import weakref
+from typing import List, Tuple
+
+import numpy as np
+
+from tb_bnstats.capture import Block, LayerBlock
+
+
+@dataclasses.dataclass
+class Layout:
+    """What the rows of one ring hold: fixed when the training step is traced
+    (the layers it ran, in order, and whether each updated its averages; the
+    logs it returned; the model's running-mean metrics)."""
+
+    layers: Tuple[weakref.ref, ...]
+    channels: Tuple[int, ...]
+    updating: Tuple[bool, ...]
+    log_names: Tuple[str, ...]
+    metric_names: Tuple[str, ...]
+
+    @classmethod
+    def of(cls, layers, channels, updating, log_names, metric_names):
+        return cls(tuple(weakref.ref(layer) for layer in layers), tuple(int(c) for c in channels),
+                   tuple(bool(u) for u in updating), tuple(log_names), tuple(metric_names))
+
+    @property
+    def key(self):
+        """Equal for layouts of the same rows (a retrace with the same layers)."""
+        return (tuple(id(ref()) for ref in self.layers), self.channels, self.updating, self.log_names,
+                self.metric_names)
+
+    @property
+    def num_values(self):
+        return len(self.log_names) + 2 * len(self.metric_names)
+
+    @property
+    def num_moments(self):
+        return 4 * sum(self.channels)
+
+
+@dataclasses.dataclass
+class Rows:
+    """Rows read from one ring (R rows, any order): see the module docstring."""
+
+    layout: Layout
+    n: np.ndarray  # [R]
+    step: np.ndarray  # [R]
+    counts: np.ndarray  # [R, L]
+    values: np.ndarray  # [R, V]
+    moments: np.ndarray  # [R, 4 * sum(C)] float32
+
+    def take(self, index):
+        return Rows(self.layout, self.n[index], self.step[index], self.counts[index], self.values[index],
+                    self.moments[index])
+
+    def block(self, named, slots):
+        """These rows as a :class:`Block`. ``named``: ``{id(layer): name}``;
+        ``slots``: ``{name: slot}`` with each layer's ``init_mean`` and
+        ``init_var``. A layer no longer in the model is left out."""
+        layout, size = self.layout, len(self.n)
+        logs = {name: self.values[:, i].astype(np.float64) for i, name in enumerate(layout.log_names)}
+        offset = len(layout.log_names)
+        totals = {name: (self.values[:, offset + 2 * i].astype(np.float64),
+                         self.values[:, offset + 2 * i + 1].astype(np.float64))
+                  for i, name in enumerate(layout.metric_names)}
+        layers, start = {}, 0
+        for i, (ref, channels, updating) in enumerate(zip(layout.layers, layout.channels, layout.updating)):
+            chunk = self.moments[:, start:start + 4 * channels].reshape(size, 4, channels)
+            start += 4 * channels
+            layer = ref()
+            name = named.get(id(layer)) if layer is not None else None
+            if name is None:
+                continue
+            slot = slots[name]
+            layers[name] = LayerBlock(
+                batch_mean=chunk[:, 0], batch_var=chunk[:, 1], moving_mean=chunk[:, 2], moving_var=chunk[:, 3],
+                updates=self.counts[:, i].astype(np.int64), updating=updating, init_mean=slot.init_mean,
+                init_var=slot.init_var)
+        return Block(steps=self.step.astype(np.int64), layers=layers, logs=logs, metric_totals=totals)
+
+
+def drain(parts: List[Tuple[Rows, int]], drained, named, slots):
+    """The rows of a drain as blocks in step order.
+
+    Args:
+        parts: ``(rows, K)`` read from each ring, one read per ring.
+        drained: the largest ``n`` of the previous drain (rows up to it were
+            read before).
+        named, slots: see :meth:`Rows.block`.
+
+    Returns:
+        ``(blocks, written)``: one :class:`Block` per run of consecutive
+        rows of the same ring (rows of several rings are merged by ``n``),
+        the first carrying ``lost``, the rows overwritten before this read
+        (a ring whose every row is new may have been lapped); ``written``
+        the largest ``n`` read (``drained`` when nothing was new).
+    """
+    fresh, full = [], False
+    for rows, capacity in parts:
+        rows = rows.take(rows.n > drained)
+        full |= len(rows.n) == capacity  # every row is new: older ones may have been overwritten
+        if len(rows.n):
+            fresh.append(rows)
+    if not fresh:
+        return [], drained
+    seq = np.concatenate([rows.n for rows in fresh]).astype(np.int64)
+    part = np.concatenate([np.full(len(rows.n), k) for k, rows in enumerate(fresh)])
+    local = np.concatenate([np.arange(len(rows.n)) for rows in fresh])
+    order = np.argsort(seq, kind="stable")
+    written = int(seq[order[-1]])
+    lost = written - drained - len(seq) if full else 0
+    blocks = []
+    for run in np.split(order, np.flatnonzero(np.diff(part[order])) + 1):  # runs of rows of one ring
+        blocks.append(fresh[part[run[0]]].take(local[run]).block(named, slots))
+    blocks[0].lost = lost
+    return blocks, written

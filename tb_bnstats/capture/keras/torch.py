@@ -1,0 +1,184 @@
+"""Captures Keras 3 BatchNormalization moments inside the train step, with the
+torch backend, and keeps every step's moments on the device until the host
+drains them.
+
+Keras' torch train step runs eagerly (``train_step(data)``, one step per
+call: the torch backend has no ``steps_per_execution``), so the Python of
+each step runs each step. The BN layers get the shared wrappers of
+:mod:`tb_bnstats.capture.keras.hooks`; ``model.train_step`` is wrapped to
+mark "inside a training step" and, when the step returns, to write its row
+(:mod:`tb_bnstats.capture.keras.rows`): the float columns -- logs, metric
+totals, batch and moving moments -- with one ``copy_`` into a float32 ring
+tensor on the layers' device, the optimizer's step into an int64 ring
+tensor there; the row number and update counts are Python integers kept in
+a host array (the step runs in Python anyway). Nothing is read from the
+device per step: with a GPU the copies are queued behind the step's own
+kernels and the step does not wait. The host reads both ring tensors once
+per drain. With ``jit_compile=True`` (``torch.compile``) the row writing is
+excluded from compilation (``torch.compiler.disable``).
+"""
+
+import functools
+import logging
+import weakref
+
+import numpy as np
+
+from tb_bnstats.capture.keras.hooks import KerasCapture, LayerSlot, ring_steps, train_step_scope
+from tb_bnstats.capture.keras.layers import mean_metrics
+from tb_bnstats.capture.keras.rows import Layout, Rows
+
+logger = logging.getLogger("tb_bnstats")
+
+_SLOTS = weakref.WeakKeyDictionary()  # BN layer -> _LayerSlot
+_HOOKS = weakref.WeakKeyDictionary()  # model -> _TrainStepHook
+
+
+def end_of_data_errors():
+    """What Keras' torch trainer takes as "the data ended"."""
+    return (StopIteration,)
+
+
+def _eager(fn):
+    """``fn`` kept out of ``torch.compile`` graphs (a graph break)."""
+    import torch
+
+    return torch.compiler.disable(fn) if hasattr(torch, "compiler") else fn
+
+
+class _LayerSlot(LayerSlot):
+    """A layer's update count as a Python integer (the step runs eagerly)."""
+
+    def __init__(self, layer):
+        super().__init__(layer)
+        self.updates = 0
+        self.keep = _eager(self.keep)
+
+    def keep(self, mean, variance, updating):
+        channels = self.channels
+        mean = mean.detach().reshape([channels]).float()
+        variance = variance.detach().reshape([channels]).float()
+        self.remember_initial()
+        for hook in self.hooks:
+            hook.kept[self.layer] = (mean, variance, updating)
+
+    def count(self):
+        return self.updates
+
+    def set_count(self, value):
+        self.updates = int(value)
+
+
+class _Ring:
+    """K rows: ``floats`` [K, V + 4 sum(C)] float32 and ``steps`` [K] int64
+    on the device, ``ints`` [K, 2 + L] (``n, step, counts``) on the host."""
+
+    def __init__(self, layout, device):
+        import torch
+
+        self.layout = layout
+        width = layout.num_values + layout.num_moments
+        self.steps = ring_steps(4 * width + 8, 1)
+        self.floats = torch.zeros([self.steps, width], dtype=torch.float32, device=device)
+        self.optimizer_steps = torch.zeros([self.steps], dtype=torch.int64, device=device)
+        self.ints = np.zeros([self.steps, 2 + len(layout.layers)], np.int64)
+
+    def read(self):
+        """Both device tensors, one read each, as :class:`Rows`."""
+        floats = self.floats.cpu().numpy()
+        ints = self.ints.copy()
+        ints[:, 1] = self.optimizer_steps.cpu().numpy()
+        values = self.layout.num_values
+        return Rows(self.layout, n=ints[:, 0], step=ints[:, 1], counts=ints[:, 2:], values=floats[:, :values],
+                    moments=floats[:, values:])
+
+
+class _TrainStepHook:
+    """Wraps ``model.train_step`` (module docstring); one :class:`_Ring` per layout."""
+
+    def __init__(self, model):
+        self.execution_order = []
+        self.kept = {}  # layer -> (mean, variance, updating) of the step running
+        self.rings = {}  # layout key -> _Ring
+        self.reads = 0
+        self.seq = 0
+        self._warned = False
+        original = model.train_step
+        model_ref = weakref.ref(model)
+        write = _eager(self._write_row_or_warn)
+
+        @functools.wraps(original)
+        def train_step(*args, **kwargs):
+            with train_step_scope() as scope:
+                if scope.outermost:
+                    self.kept = {}
+                logs = original(*args, **kwargs)
+            if scope.outermost:
+                write(model_ref(), logs)
+            return logs
+
+        model.train_step = train_step
+
+    def saw(self, layer):
+        if not any(layer is seen for seen in self.execution_order):
+            self.execution_order.append(layer)
+
+    def written(self):
+        return self.seq
+
+    def read_rings(self):
+        parts = []
+        for ring in list(self.rings.values()):
+            parts.append((ring.read(), ring.steps))
+            self.reads += 1
+        return parts
+
+    def _write_row_or_warn(self, model, logs):
+        try:
+            self._write_row(model, logs)
+        except Exception as exc:  # noqa: BLE001 - never break the user's train step
+            if not self._warned:
+                self._warned = True
+                logger.warning("tb_bnstats: cannot keep BN statistics from this train step: %s", exc)
+
+    def _write_row(self, model, logs):
+        import torch
+
+        layers = [layer for layer in self.execution_order if layer in self.kept]
+        scalar_logs = {k: v for k, v in (logs or {}).items()
+                       if isinstance(v, (torch.Tensor, float, int)) and np.ndim(v) == 0 and not isinstance(v, bool)}
+        metrics = mean_metrics(model)
+        layout = Layout.of(layers, [_SLOTS[layer].channels for layer in layers],
+                           [self.kept[layer][2] for layer in layers], scalar_logs, [name for name, _ in metrics])
+        ring = self.rings.get(layout.key)
+        if ring is None:
+            device = layers[0].moving_mean.value.device if layers else "cpu"
+            ring = self.rings[layout.key] = _Ring(layout, device)
+        self.seq += 1
+        at = (self.seq - 1) % ring.steps
+        counts = []
+        for layer, updating in zip(layers, layout.updating):
+            slot = _SLOTS[layer]
+            slot.updates += 1 if updating else 0
+            counts.append(slot.updates)
+        ring.ints[at, 0], ring.ints[at, 2:] = self.seq, counts
+        with torch.no_grad():
+            device = ring.floats.device
+            scalar = lambda v: torch.as_tensor(v, device=device).detach().reshape([1]).float()  # noqa: E731
+            floats = [scalar(v) for v in scalar_logs.values()]
+            for _, metric in metrics:
+                floats += [scalar(metric.total.value), scalar(metric.count.value)]
+            for layer in layers:
+                mean, variance, _ = self.kept[layer]
+                floats += [mean, variance, layer.moving_mean.value.detach().reshape([-1]).float(),
+                           layer.moving_variance.value.detach().reshape([-1]).float()]
+            if floats:
+                ring.floats[at].copy_(torch.cat(floats))
+            ring.optimizer_steps[at].copy_(model.optimizer.iterations.value.detach().reshape([]))
+
+
+class TorchCapture(KerasCapture):
+    """Instruments ``model`` (idempotent) and drains its BN moments: a
+    :class:`tb_bnstats.capture.Capture` (:class:`KerasCapture`)."""
+
+    hook_class, slot_class, hooks, slots = _TrainStepHook, _LayerSlot, _HOOKS, _SLOTS
