@@ -90,6 +90,21 @@ def sync(model):
     getattr(model, "jax_state_sync", lambda: None)()
 
 
+def capture_state(model):
+    """What the running backend's capture keeps for ``model`` (update counts,
+    rows written, every ring's rows), as numpy arrays: a measurement must
+    leave all of it unchanged."""
+    from tb_bnstats.capture.keras import backend_module
+
+    module = backend_module()
+    hook = module._HOOKS[model]
+    values = [np.array([module._SLOTS[layer].count() for layer in bn_layers(model) if layer in module._SLOTS]),
+              np.array(hook.written())]
+    for rows, _ in hook.read_rings():
+        values += [rows.n, rows.step, rows.counts, rows.values, rows.moments]
+    return values
+
+
 def bn_layers(model):
     return [l for l in model._flatten_layers(include_self=False) if isinstance(l, keras.layers.BatchNormalization)]
 

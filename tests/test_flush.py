@@ -89,7 +89,15 @@ def test_a_train_function_that_raises_drains_the_ring_first(tmp_path):
     # (Not the optimizer's count: in the failing call TensorFlow may already
     # have run the ops that do not wait for the data, its increment among them.)
     ran = len(done)
-    assert ran >= 5 and cb._recorder.writer is None  # steps ran; the run was closed
+    assert ran >= 5
+    if keras.backend.backend() == "torch":
+        # Keras' torch trainer reads the data outside the train function: the exception leaves fit
+        # without passing any hook. The run is finished at the next fit of the model or at exit:
+        from tb_bnstats import recorder
+
+        assert cb._recorder.writer is not None
+        recorder._close_open_runs()  # what atexit runs
+    assert cb._recorder.writer is None  # the run was closed
     layer = tb_bnstats.load(tmp_path)["run"].layers["bn1"]
     np.testing.assert_array_equal(layer.steps, np.arange(1, ran + 1))
     np.testing.assert_array_equal(layer.series["updates"], layer.steps)

@@ -118,21 +118,23 @@ class GapProbe:
         self.tap = keras_passes.MomentTap(list(named_layers), force_training=False)
         self._fn = keras_passes.compile_pass(self._both_modes)
 
-    def _both_modes(self, x, y):
+    def _both_modes(self, x, y, trainable, non_trainable, metrics_variables):
         """Traced once per batch shape: both passes, loss and metrics,
-        per-layer moments and output norms, all from stateless calls."""
+        per-layer moments and output norms, all from stateless calls on the
+        variables' values given."""
         from keras import ops
 
         model, tap = self.model, self.tap
-        trainable = [v.value for v in model.trainable_variables]
-        non_trainable = [v.value for v in model.non_trainable_variables]
+        trainable, non_trainable = list(trainable), list(non_trainable)
+        moving = {id(v): i for i, v in enumerate(model.non_trainable_variables)}
         outputs = {}
         for mode in (True, False):
             tap.sink, tap.outputs = ({} if mode else None), {}
             y_pred, _ = model.stateless_call(trainable, non_trainable, x, training=mode)
             outputs[mode] = (y_pred, dict(tap.outputs), dict(tap.sink or {}))
             tap.sink = tap.outputs = None
-        metrics = {mode: ({} if y is None else self._loss_and_metrics(trainable, non_trainable, x, y, y_pred, mode))
+        metrics = {mode: ({} if y is None else self._loss_and_metrics(trainable, non_trainable, list(metrics_variables),
+                                                                       x, y, y_pred, mode))
                    for mode, (y_pred, _, _) in outputs.items()}
 
         def norms(a, b):
@@ -146,19 +148,18 @@ class GapProbe:
                 continue
             mean, var, _ = outputs[True][2][name]
             layer = by_name[name]
-            per_layer[name] = (mean, var, ops.convert_to_tensor(layer.moving_mean),
-                               ops.convert_to_tensor(layer.moving_variance), norms(out_t, outputs[False][1][name]))
+            per_layer[name] = (mean, var, non_trainable[moving[id(layer.moving_mean)]],
+                               non_trainable[moving[id(layer.moving_variance)]], norms(out_t, outputs[False][1][name]))
         y_t, y_i = batches.first_leaf(outputs[True][0]), batches.first_leaf(outputs[False][0])
         return metrics[True], metrics[False], per_layer, (y_t, y_i, norms(y_t, y_i))
 
-    def _loss_and_metrics(self, trainable, non_trainable, x, y, y_pred, training):
+    def _loss_and_metrics(self, trainable, non_trainable, metrics_variables, x, y, y_pred, training):
         from keras import ops
 
         model = self.model
         out = {}
         if getattr(model, "_compile_loss", None) is not None:
-            loss, _ = model.stateless_compute_loss(trainable, non_trainable,
-                                                   [v.value for v in model.metrics_variables],
+            loss, _ = model.stateless_compute_loss(trainable, non_trainable, metrics_variables,
                                                    x, y, y_pred, training=training)
             out["loss"] = loss
         compiled = getattr(model, "_compile_metrics", None)
@@ -178,13 +179,19 @@ class GapProbe:
             x, y = self.x, self.y
         else:
             x, y = keras_passes.to_tensors(x), (None if y is None else keras_passes.to_tensors(y))
+        model = self.model
+        keras_passes.sync_variables(model)
+        values = lambda variables: [v.value for v in variables]  # noqa: E731
         with self.tap, keras_passes.quiet_retracing():
-            train, inference, per_layer, (y_t, y_i, out_norms) = self._fn(x, y)
-        scalar = lambda d: {k: float(np.asarray(v)) for k, v in d.items() if np.asarray(v).size == 1}  # noqa: E731
-        f64 = lambda t: np.asarray(t, np.float64).reshape(-1)  # noqa: E731
+            train, inference, per_layer, (y_t, y_i, out_norms) = self._fn(
+                x, y, values(model.trainable_variables), values(model.non_trainable_variables),
+                values(model.metrics_variables))
+        to_numpy = keras_passes.to_numpy
+        scalar = lambda d: {k: float(to_numpy(v)) for k, v in d.items() if np.size(to_numpy(v)) == 1}  # noqa: E731
+        f64 = lambda t: np.asarray(to_numpy(t), np.float64).reshape(-1)  # noqa: E731
         layers = {name: ProbeLayer(f64(mean), f64(var), f64(mm), f64(mv), quantities.output_drift(*map(float, n)))
                   for name, (mean, var, mm, mv, n) in per_layer.items()}
-        return ProbeResult(scalar(train), scalar(inference), layers, np.asarray(y_t), np.asarray(y_i),
+        return ProbeResult(scalar(train), scalar(inference), layers, to_numpy(y_t), to_numpy(y_i),
                            tuple(float(v) for v in out_norms))
 
 

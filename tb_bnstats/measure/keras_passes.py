@@ -5,9 +5,15 @@
 * :class:`StatelessRunner` runs the model through ``stateless_call``,
   threading non-trainable state (seed generators, BN averages) in tensors
   that are never assigned to the model;
-* :func:`compile_pass` and :func:`to_tensors` are what depends on the
-  backend (TensorFlow: ``tf.function``); another backend changes these.
+* :func:`compile_pass`, :func:`to_tensors`, :func:`to_numpy` and
+  :func:`sync_variables` are what depends on the backend: a pass is a
+  ``tf.function`` with TensorFlow, ``jax.jit`` with JAX (the model's
+  variables go in as arguments, so a compiled pass sees their current
+  values), and runs eagerly under ``torch.no_grad()`` (and a fork of torch's random
+  generators) with torch.
 """
+
+import functools
 
 from tb_bnstats.capture.keras import check_backend
 from tb_bnstats.capture.keras.layers import find_batchnorm_layers
@@ -76,17 +82,17 @@ class StatelessRunner:
     host-side tensors that are never assigned to the model."""
 
     def __init__(self, model, training, tap=None):
-        import tensorflow as tf
+        from keras import ops
 
         self.model, self.training, self.tap = model, bool(training), tap
         self.trainable = [v.value for v in model.trainable_variables]
-        self.state = [tf.identity(v.value) for v in model.non_trainable_variables]
+        self.state = [ops.copy(v.value) for v in model.non_trainable_variables]
 
-        def forward(x, state):
+        def forward(x, trainable, state):
             if tap is not None:
                 tap.sink = {}
             try:
-                out, new_state = model.stateless_call(self.trainable, list(state), x, training=self.training)
+                out, new_state = model.stateless_call(list(trainable), list(state), x, training=self.training)
                 moments = dict(tap.sink) if tap is not None else {}
             finally:
                 if tap is not None:
@@ -98,7 +104,7 @@ class StatelessRunner:
     def __call__(self, x):
         x = to_tensors(x)
         with quiet_retracing():
-            out, new_state, moments = self._forward(x, self.state)
+            out, new_state, moments = self._forward(x, self.trainable, self.state)
         self.state = list(new_state)
         return out, moments
 
@@ -129,19 +135,56 @@ def bn_layers(model):
     check_backend()
     if not model.built:
         raise ValueError("the model is not built: call it on data (or fit it) first")
+    sync_variables(model)  # every measurement starts here
     return find_batchnorm_layers(model)
 
 
 def compile_pass(fn, reduce_retracing=False):
-    """``fn`` as one compiled graph (``tf.function``), traced once per input
-    signature (with ``reduce_retracing``: generalized shapes after a retrace)."""
-    import tensorflow as tf
+    """``fn`` as one compiled pass of the running backend, traced once per
+    input signature: ``tf.function`` (with ``reduce_retracing``: generalized
+    shapes after a retrace), ``jax.jit``, or ``fn`` itself under
+    ``torch.no_grad()`` with torch's random generators forked. ``fn`` must take every array it reads as an
+    argument (a traced constant would not follow the model's updates)."""
+    backend = check_backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
 
-    return tf.function(fn, reduce_retracing=reduce_retracing)
+        return tf.function(fn, reduce_retracing=reduce_retracing)
+    if backend == "jax":
+        import jax
+
+        return jax.jit(fn)
+    import torch
+
+    @functools.wraps(fn)
+    def without_gradients(*args):
+        # Keras' torch Dropout without a seed draws from torch's global generator: the pass forks it,
+        # so that training goes on with the random numbers it would have had.
+        with torch.no_grad(), torch.random.fork_rng():
+            return fn(*args)
+
+    return without_gradients
 
 
 def to_tensors(x):
     """A batch (array or structure of arrays) as backend tensors."""
-    import tensorflow as tf
+    from keras import ops, tree
 
-    return tf.nest.map_structure(tf.convert_to_tensor, x)
+    return tree.map_structure(ops.convert_to_tensor, x)
+
+
+def to_numpy(x):
+    """A backend tensor as a numpy array (from any device)."""
+    from keras import ops
+
+    return ops.convert_to_numpy(x)
+
+
+def sync_variables(model):
+    """Makes the model's variables hold the training state before a pass
+    reads or assigns them: with JAX, ``fit`` keeps the state apart from the
+    variables between epochs (Keras' ``jax_state_sync``, a no-op when they
+    hold it already)."""
+    sync = getattr(model, "jax_state_sync", None)
+    if sync is not None:
+        sync()

@@ -48,7 +48,7 @@ import numpy as np
 from tb_bnstats import quantities
 from tb_bnstats.measure import data as batches
 from tb_bnstats.measure import gap
-from tb_bnstats.measure.keras_passes import MomentTap, StatelessRunner, bn_layers
+from tb_bnstats.measure.keras_passes import MomentTap, StatelessRunner, bn_layers, to_numpy
 
 # PreciseBN (Wu & Johnson 2021) finds 10^3-10^4 samples near-optimal.
 DEFAULT_NUM_SAMPLES = 4096
@@ -83,7 +83,8 @@ def _population_and_kept_batches(model, data, num_samples, batch_size, training,
             rows = batches.num_rows(x)
             _, moments = runner(x)
             for name, (mean, var, count) in moments.items():
-                acc.setdefault(name, []).append((float(count), np.asarray(mean, np.float64), np.asarray(var, np.float64)))
+                acc.setdefault(name, []).append((float(to_numpy(count)), np.asarray(to_numpy(mean), np.float64),
+                                                 np.asarray(to_numpy(var), np.float64)))
             if sum(batches.num_rows(kx) for kx, _ in kept) < keep_samples:
                 kept.append((x, y))
             seen_rows += rows
