@@ -27,6 +27,10 @@ setup(
         "numpy>=1.26",
     ],
     extras_require={
+        # Keras' other backends (KERAS_BACKEND=jax / torch); for torch pick the build for your machine
+        # (README, Install): a bare "torch" on Linux is a CUDA build of several GB.
+        "jax": ["jax>=0.4.30,<1"],
+        "torch": ["torch>=2.4,<3"],
         "test": ["pytest>=8", "playwright>=1.45", "hypothesis>=6.100", "scikit-learn>=1.4"],
         "demo": ["scikit-learn>=1.4"],
     },

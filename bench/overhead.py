@@ -12,6 +12,11 @@ of the process, the callback's background writer included) is taken between
 consecutive ``on_train_batch_begin`` calls; each epoch's totals too (they
 include the epoch-end work: the ring's drain, Keras' histograms).
 
+``--backend jax|torch|tensorflow`` picks Keras' backend (set before Keras
+is imported); Keras' TensorBoard callback writes with TensorFlow, so it is
+measured with the TensorFlow backend only. ``--xla on`` is ``jit_compile=True``:
+XLA with TensorFlow and JAX (JAX's default), ``torch.compile`` with torch.
+
 Printed per model and XLA setting: median step times and their ratios to
 the baseline, the ratios of the epoch totals, tb_bnstats' event-file bytes
 per layer per step and its device-to-host reads per 100 steps. Not a
@@ -19,15 +24,31 @@ pass/fail test: the figures go into the README.
 
     python bench/overhead.py [--models convnet,mobilenetv2] [--xla off,on] [--rounds 3] [--steps 100]
     python bench/overhead.py --models resnet50 --batch 64 --xla on     # on a GPU
+    python bench/overhead.py --backend jax --xla on                     # Keras on JAX
 """
 
 import argparse
 import os
 import pathlib
 import statistics
+import sys
 import tempfile
 import time
 
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def _backend_argument(argv):
+    """``--backend`` as given, before Keras is imported (it picks its backend once)."""
+    for i, arg in enumerate(argv):
+        if arg == "--backend" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--backend="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+os.environ["KERAS_BACKEND"] = _backend_argument(sys.argv) or os.environ.get("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
@@ -35,7 +56,8 @@ import numpy as np  # noqa: E402
 
 import tb_bnstats  # noqa: E402
 
-VARIANTS = ("none", "keras_tensorboard", "tb_bnstats")
+VARIANTS = ("none", "keras_tensorboard", "tb_bnstats") if keras.backend.backend() == "tensorflow" else (
+    "none", "tb_bnstats")
 
 
 def conv_net(n_blocks=8, width=16):
@@ -131,7 +153,7 @@ def bench(model_name, jit, args, root):
     steps_logged = int(monitored.optimizer.iterations.numpy())
     event_bytes = sum(p.stat().st_size for p in (root / f"{model_name}-{jit}-bnstats").glob("events.out.tfevents.*"))
     reads = cb._recorder.capture.reads
-    print(f"\n{model_name}: {layers} BN layers, batch {args.batch}, jit_compile={jit}, "
+    print(f"\n{model_name} on {keras.backend.backend()}: {layers} BN layers, batch {args.batch}, jit_compile={jit}, "
           f"{args.rounds} alternated rounds x {args.steps} steps")
     print(f"  {'variant':18s} {'median step':>22s} {'ratio (median step)':>22s} {'ratio (epoch total)':>22s}")
     print(f"  {'':18s} {'wall ms':>10s} {'cpu ms':>11s} {'wall':>10s} {'cpu':>11s} {'wall':>10s} {'cpu':>11s}")
@@ -148,6 +170,8 @@ def bench(model_name, jit, args, root):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=BACKENDS, default=os.environ["KERAS_BACKEND"],
+                        help="Keras' backend (default: KERAS_BACKEND, else tensorflow)")
     parser.add_argument("--models", default="convnet,mobilenetv2", help=f"comma-separated, of {sorted(MODELS)}")
     parser.add_argument("--xla", default="off,on", help="off, on or off,on")
     parser.add_argument("--rounds", type=int, default=3)

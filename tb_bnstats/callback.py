@@ -89,7 +89,7 @@ class BNStatsCallback(keras.callbacks.Callback):
     device (no device-to-host read per step, so the step never waits for
     the host); every step, also under ``steps_per_execution`` > 1, has its
     own row. The host reads the ring in one read every K steps (K from
-    :data:`tb_bnstats.capture.keras.tensorflow.RING_BYTES`, at most 256) or
+    :data:`tb_bnstats.capture.keras.hooks.RING_BYTES`, at most 256) or
     ``flush_secs``, at each epoch end and at train end, and a background
     thread computes and writes the records. When training raises inside
     the train function (a data error, ``KeyboardInterrupt``) the ring is

@@ -19,7 +19,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tb_bnstats import BNStatsCallback, recorder  # noqa: E402
-from tb_bnstats.capture.keras import hooks, tensorflow as tensorflow_capture  # noqa: E402
+from tb_bnstats.capture.keras import hooks  # noqa: E402
 
 
 def _rss_bytes():

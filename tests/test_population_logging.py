@@ -8,12 +8,12 @@ import warnings
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import tb_bnstats
 from tb_bnstats.format import metadata
 from tb_bnstats import BNStatsCallback
 import diagnosis_scenarios as scenarios
+from keras_models import deterministic
 
 BATCH = 32
 
@@ -77,7 +77,7 @@ def test_training_is_bit_identical_with_population_logging(tmp_path):
     x, y = scenarios.digits(n=256)
 
     def run(with_population):
-        tf.config.experimental.enable_op_determinism()
+        deterministic()
         model = scenarios.dense_model(dropout_before="bn2", seed=3)  # Dropout: an RNG that must not move
         seen = []
 
