@@ -105,6 +105,27 @@ def test_two_fits_continue_the_step_axis_and_counters(tmp_path):
     np.testing.assert_allclose(bn1.snapshots["batch_mean"][-1], bn_input.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6)
 
 
+def test_a_recompiled_model_trains_as_compiled_with_the_callback(tmp_path):
+    """compile() again with another loss (same shapes): the next fit traces
+    the new loss, with the callback as without (JAX caches traces by function
+    and shapes: the wrapped step must be a new function each time)."""
+    x, y = data()
+
+    def second_fit_loss(callbacks):
+        model = conv_net()
+        model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
+        # The same optimizer: the step axis goes on (a new one would start again at step 1).
+        model.compile(model.optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=False))
+        return model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
+                         callbacks=callbacks).history["loss"][0]
+
+    plain = second_fit_loss([])
+    assert second_fit_loss([tb_bnstats.BNStatsCallback(tmp_path / "run", verbose=0)]) == pytest.approx(plain, rel=1e-6)
+    layer = tb_bnstats.load(tmp_path)["run"].layers["bn1"]
+    np.testing.assert_array_equal(layer.steps, np.arange(1, 9))
+    np.testing.assert_array_equal(layer.series["updates"], np.arange(1, 9))
+
+
 def test_log_every_n_steps_and_snapshot_interval(tmp_path):
     x, y = data(n=128)
     model = conv_net()

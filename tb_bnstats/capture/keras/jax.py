@@ -153,32 +153,40 @@ class _TrainStepHook:
                                                                       **kwargs)
             return loss, (trainable, list(non_trainable) + extras, metrics)
 
-        @functools.wraps(original_step)
-        def train_step(state, data):
-            try:
+        def new_train_step():
+            # A new function for each train function Keras makes: JAX caches traces by function and
+            # argument shapes, and a recompiled model (another loss, same shapes) must be traced again.
+            @functools.wraps(original_step)
+            def train_step(state, data):
+                try:
+                    trainable, non_trainable, optimizer, metrics = state
+                except (TypeError, ValueError):
+                    return original_step(state, data)  # not Keras' state: left alone
+                n = self._num_state()
+                carry, non_trainable = list(non_trainable[n:]), list(non_trainable[:n])
+                with train_step_scope():
+                    logs, state, moments = self._run_step(original_step,
+                                                          (trainable, non_trainable, optimizer, metrics), data)
                 trainable, non_trainable, optimizer, metrics = state
-            except (TypeError, ValueError):
-                return original_step(state, data)  # not Keras' state: left alone
-            n = self._num_state()
-            carry, non_trainable = list(non_trainable[n:]), list(non_trainable[:n])
-            with train_step_scope():
-                logs, state, moments = self._run_step(original_step, (trainable, non_trainable, optimizer, metrics),
-                                                      data)
-            trainable, non_trainable, optimizer, metrics = state
-            carry = self._write_row(carry, moments, logs, non_trainable, optimizer, metrics)
-            return logs, (trainable, list(non_trainable) + carry, optimizer, metrics)
+                carry = self._write_row(carry, moments, logs, non_trainable, optimizer, metrics)
+                return logs, (trainable, list(non_trainable) + carry, optimizer, metrics)
+
+            return train_step
 
         @functools.wraps(original_make)
-        def make_train_function(*args, **kwargs):
-            made = original_make(*args, **kwargs)
+        def make_train_function(force=False):
+            if model.train_function is None or force:
+                model.train_step = new_train_step()
+                self._sized = False  # the new step is sized again (one eval_shape)
+            made = original_make(force=force)
             fn = model.train_function
             if fn is not None and not getattr(fn, "_tb_bnstats_carries", False):
-                model.train_function = self._carrying(fn, train_step)
+                model.train_function = self._carrying(fn, model.train_step)
             return made
 
         self._collecting = False
         model.stateless_call, model.stateless_compute_loss = stateless_call, stateless_compute_loss
-        model.train_step, model.make_train_function = train_step, make_train_function
+        model.train_step, model.make_train_function = new_train_step(), make_train_function
 
     def _num_state(self):
         return len(self._model().non_trainable_variables)
@@ -364,10 +372,13 @@ class _TrainStepHook:
                     ring.arrays[2] = ring.arrays[2].at[i].set(int(value))
 
     def read_rings(self):
+        """Every ring, one read each; a ring no longer written is let go once read."""
         parts = []
-        for ring in list(self.rings.values()):
+        for key, ring in list(self.rings.items()):
             parts.append((ring.read(), ring.steps))
             self.reads += 1
+            if ring is not self.active:
+                del self.rings[key]
         return parts
 
     def _warn(self, where, message):
