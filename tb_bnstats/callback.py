@@ -85,6 +85,9 @@ class BNStatsCallback(keras.callbacks.Callback):
     starting point. A trainable layer found at its initial values after
     training steps is recorded and diagnosed (BN008).
 
+    Works under Keras' TensorFlow, JAX and torch backends (one capture
+    module each, :mod:`tb_bnstats.capture.keras`).
+
     Cost: each training step writes its moments into a ring buffer on the
     device (no device-to-host read per step, so the step never waits for
     the host); every step, also under ``steps_per_execution`` > 1, has its

@@ -134,7 +134,9 @@ print("DONE", len(history.history["loss"]), flush=True)
 def child(logdir, epochs, sleep, setup="", on_begin=""):
     script = CHILD.format(tests=TESTS, logdir=str(logdir), epochs=epochs, sleep=sleep, setup=textwrap.dedent(setup),
                           on_begin=textwrap.indent(textwrap.dedent(on_begin), " " * 8))
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="always")
+    # Every RuntimeWarning (tb_bnstats' own), not the DeprecationWarnings Keras may emit each step: the
+    # pipe must not fill while a test reads only stdout.
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="always,ignore::DeprecationWarning")
     return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
 
@@ -148,7 +150,7 @@ def test_full_disk_at_open_warns_and_training_continues(tmp_path):
         os.makedirs({str(logdir)!r})
         now = int(time.time())
         for t in range(now - 2, now + 300):
-            os.symlink("/dev/full", os.path.join({str(logdir)!r}, "events.out.tfevents.%010d.%s.%s.%s"
+            os.symlink("/dev/full", os.path.join({str(logdir)!r}, "events.out.tfevents.%010d.%s.%s.%06d"
                                                  % (t, socket.gethostname(), os.getpid(), 0)))
     """
     proc = child(logdir, epochs=3, sleep=0.0, setup=setup)

@@ -42,7 +42,7 @@ def _open_for_append(path):
 
 class EventFile:
     """A new event file in ``logdir`` (created if missing), named as
-    TensorBoard names them (``events.out.tfevents.<time>.<host>.<pid>.<n>``).
+    TensorBoard names them (``events.out.tfevents.<time>.<host>.<pid>.<n>``, with ``n`` in six digits).
 
     Args:
         logdir: the run's directory.
@@ -51,7 +51,9 @@ class EventFile:
 
     def __init__(self, logdir, flush_secs):
         logdir = os.fspath(logdir)
-        self.path = os.path.join(logdir, "events.out.tfevents.%010d.%s.%s.%s" % (
+        # The count zero-padded: TensorBoard reads a run's files in name order, and two files of one
+        # process opened in the same second must sort as opened ("...9" would sort after "...10").
+        self.path = os.path.join(logdir, "events.out.tfevents.%010d.%s.%s.%06d" % (
             time.time(), socket.gethostname(), os.getpid(), next(_uid)))
         self._file = _open_for_append(self.path)
         self._local = "://" not in self.path
