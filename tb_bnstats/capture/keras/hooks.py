@@ -192,6 +192,69 @@ def instrument_layer(layer, slot):
     layer.call = call
 
 
+class StepHook:
+    """What every backend's hook of a model keeps: the BN layers in the order
+    the training step runs them, the moments the step being traced or run
+    handed over (``kept``: layer -> the backend's tuple), the rings
+    (``rings``: key -> ring with ``steps`` and ``read()``) and how often they
+    were read. A backend subclass wraps the model's methods and writes the
+    rows."""
+
+    def __init__(self):
+        self.execution_order = []  # BN layers, first call first
+        self.kept = {}
+        self.rings = {}
+        self.reads = 0  # of the rings, by the captures
+        self._warned = set()
+
+    def saw(self, layer):
+        if not any(layer is seen for seen in self.execution_order):
+            self.execution_order.append(layer)
+
+    def read_rings(self):
+        """``[(Rows, K)]``: every ring, one read each."""
+        parts = []
+        for ring in list(self.rings.values()):
+            parts.append((ring.read(), ring.steps))
+            self.reads += 1
+        return parts
+
+    def warn_once(self, where, message):
+        """A warning in the log, once per ``where`` (the training step goes on)."""
+        if where not in self._warned:
+            self._warned.add(where)
+            logger.warning("tb_bnstats: %s", message)
+
+    def wrap_train_step(self, model, write_row, on_begin=None):
+        """Wraps ``model.train_step`` (a stateful one: TensorFlow, torch):
+        marks "inside a training step", empties ``kept`` at the outermost
+        step (and calls ``on_begin()``), and after it calls
+        ``write_row(model, logs)``; a failure there is warned once and the
+        step's logs go back to Keras unchanged."""
+        original = model.train_step
+        model_ref = weakref.ref(model)
+
+        def write(logs):
+            try:
+                write_row(model_ref(), logs)
+            except Exception as exc:  # noqa: BLE001 - never break the user's train step
+                self.warn_once("row", f"cannot keep BN statistics from this train step: {exc}")
+
+        @functools.wraps(original)
+        def train_step(*args, **kwargs):
+            with train_step_scope() as scope:
+                if scope.outermost:
+                    self.kept = {}
+                    if on_begin is not None:
+                        on_begin()
+                logs = original(*args, **kwargs)
+            if scope.outermost:
+                write(logs)
+            return logs
+
+        model.train_step = train_step
+
+
 class KerasCapture:
     """A :class:`tb_bnstats.capture.Capture` of a Keras model, for any
     backend. A backend module subclasses it with its ``hook_class`` (one hook

@@ -40,16 +40,13 @@ runs unchanged, without moments, and says so once.
 
 import functools
 import itertools
-import logging
 import weakref
 
 import numpy as np
 
-from tb_bnstats.capture.keras.hooks import KerasCapture, LayerSlot, ring_steps, train_step_scope
+from tb_bnstats.capture.keras.hooks import KerasCapture, LayerSlot, StepHook, ring_steps, train_step_scope
 from tb_bnstats.capture.keras.layers import mean_metrics
 from tb_bnstats.capture.keras.rows import Layout, Rows
-
-logger = logging.getLogger("tb_bnstats")
 
 _SLOTS = weakref.WeakKeyDictionary()  # BN layer -> _LayerSlot
 _HOOKS = weakref.WeakKeyDictionary()  # model -> _TrainStepHook
@@ -113,21 +110,20 @@ def _index_by_identity(variables):
     return {id(v): i for i, v in enumerate(variables)}
 
 
-class _TrainStepHook:
-    """The wrappers of one model (module docstring) and its rings."""
+class _TrainStepHook(StepHook):
+    """The wrappers of one model (module docstring) and its rings: ``kept``
+    is layer -> (mean, variance, updating) of the step being traced, ``rings``
+    layout key -> :class:`_Ring` (the active one, and older ones not read
+    since they were last written)."""
 
     def __init__(self, model):
-        self.execution_order = []  # BN layers, first call first, as traced
-        self.kept = {}  # layer -> (mean, variance, updating) of the step being traced
-        self.rings = {}  # layout key -> _Ring (the active one, and older ones not drained yet)
+        super().__init__()
         self.active = None
         self._sized = False  # a ring was sized for the current train step
-        self.reads = 0
         self._model = weakref.ref(model)
         self._start_counts = weakref.WeakKeyDictionary()  # layer -> count to start a ring from
         self._discovered = None  # the Layout of the step last traced without a ring (by _new_ring)
         self._passing = True  # the moments can travel in the state (False after a step rejected them)
-        self._warned = set()
         self._wrap(model)
 
     # -- the wrappers ------------------------------------------------------------
@@ -202,7 +198,7 @@ class _TrainStepHook:
             if not self._collecting:
                 raise
             self._passing = False
-            self._warn("passing", "tb_bnstats: this train step does not pass the BN moments on in its state "
+            self.warn_once("passing", "this train step does not pass the BN moments on in its state "
                        f"({type(exc).__name__}: {exc}); it runs without them and no BN statistics are logged")
             self.kept, self._collecting = {}, False
             logs, new_state = original_step(state, data)
@@ -212,7 +208,7 @@ class _TrainStepHook:
         moments = list(non_trainable[n:])
         if self.kept and self._passing and not moments:
             self._passing = False
-            self._warn("dropped", "tb_bnstats: this train step drops the BN moments passed in its state; no "
+            self.warn_once("dropped", "this train step drops the BN moments passed in its state; no "
                        "BN statistics are logged")
         return logs, (trainable, list(non_trainable[:n]), optimizer, metrics), moments
 
@@ -261,7 +257,7 @@ class _TrainStepHook:
             jax.eval_shape(train_step, state, first)
         except Exception as exc:  # noqa: BLE001 - the real step will raise it if it is the user's
             self._discovered = None
-            self._warn("discover", f"tb_bnstats: cannot trace the train step to size the ring: {exc}")
+            self.warn_once("discover", f"cannot trace the train step to size the ring: {exc}")
         self._sized = True
         layout = self._discovered
         if layout is None:
@@ -299,7 +295,7 @@ class _TrainStepHook:
         try:
             return self._row(carry, moments, logs, non_trainable, optimizer, metrics)
         except Exception as exc:  # noqa: BLE001 - never break the user's train step
-            self._warn("row", f"tb_bnstats: cannot keep BN statistics from this train step: {exc}")
+            self.warn_once("row", f"cannot keep BN statistics from this train step: {exc}")
             return carry
 
     def _row(self, carry, moments, logs, non_trainable, optimizer, metrics):
@@ -348,10 +344,6 @@ class _TrainStepHook:
 
     # -- what the capture asks -----------------------------------------------------
 
-    def saw(self, layer):
-        if not any(layer is seen for seen in self.execution_order):
-            self.execution_order.append(layer)
-
     def written(self):
         return int(np.asarray(self.active.arrays[3])) if self.active is not None else 0
 
@@ -373,18 +365,9 @@ class _TrainStepHook:
 
     def read_rings(self):
         """Every ring, one read each; a ring no longer written is let go once read."""
-        parts = []
-        for key, ring in list(self.rings.items()):
-            parts.append((ring.read(), ring.steps))
-            self.reads += 1
-            if ring is not self.active:
-                del self.rings[key]
+        parts = super().read_rings()
+        self.rings = {key: ring for key, ring in self.rings.items() if ring is self.active}
         return parts
-
-    def _warn(self, where, message):
-        if where not in self._warned:
-            self._warned.add(where)
-            logger.warning(message)
 
 
 class JaxCapture(KerasCapture):

@@ -20,18 +20,14 @@ Resuming: the update counts live in this process, not in the checkpoint
 (:meth:`tb_bnstats.capture.keras.hooks.LayerSlot.resume`).
 """
 
-import functools
-import logging
 import weakref
 
 import numpy as np
 
 from tb_bnstats.capture.keras import hooks
-from tb_bnstats.capture.keras.hooks import KerasCapture, LayerSlot, ring_steps, train_step_scope
+from tb_bnstats.capture.keras.hooks import KerasCapture, LayerSlot, StepHook, ring_steps
 from tb_bnstats.capture.keras.layers import mean_metrics
 from tb_bnstats.capture.keras.rows import Layout, Rows
-
-logger = logging.getLogger("tb_bnstats")
 
 _SLOTS = weakref.WeakKeyDictionary()  # BN layer -> _LayerSlot
 _HOOKS = weakref.WeakKeyDictionary()  # model -> _TrainStepHook
@@ -123,58 +119,25 @@ class _Ring:
                     values=rows[:, 2 + layers:self.head], moments=moments)
 
 
-class _TrainStepHook:
-    """Wraps ``model.train_step``: marks "inside a training step", records the
-    order BN layers run in, and at the end of each step writes one row of the
-    ring of the layers that ran (one :class:`_Ring` per layout)."""
+class _TrainStepHook(StepHook):
+    """Wraps ``model.train_step`` (:meth:`StepHook.wrap_train_step`), and at
+    the end of each step writes one row of the ring of the layers that ran
+    (one :class:`_Ring` per layout and ``steps_per_execution``)."""
 
     def __init__(self, model):
         import tensorflow as tf
 
-        self.execution_order = []  # BN layers, first call first, as traced
-        self.kept = {}  # layer -> ((mean, variance), updating) of the step being traced
-        self.rings = {}  # (layout key, steps_per_execution) -> _Ring
-        self.reads = 0  # of the rings, by the captures
+        super().__init__()
         with tf.init_scope():
             self.seq = tf.Variable(0, dtype=tf.int64, trainable=False, name="tb_bnstats_steps_written")
-        self._warned = False
-        original = model.train_step
-        model_ref = weakref.ref(model)
 
-        @functools.wraps(original)
-        def train_step(*args, **kwargs):
-            with train_step_scope() as scope:
-                if scope.outermost:
-                    self.kept = {}
-                    hooks._state.graph = tf.compat.v1.get_default_graph()
-                logs = original(*args, **kwargs)
-            if scope.outermost:
-                self._write_row_or_warn(model_ref(), logs)
-            return logs
+        def remember_graph():
+            hooks._state.graph = tf.compat.v1.get_default_graph()
 
-        model.train_step = train_step
-
-    def saw(self, layer):
-        if not any(layer is seen for seen in self.execution_order):
-            self.execution_order.append(layer)
+        self.wrap_train_step(model, self._write_row, on_begin=remember_graph)
 
     def written(self):
         return int(self.seq.numpy())
-
-    def read_rings(self):
-        parts = []
-        for ring in list(self.rings.values()):
-            parts.append((ring.read(), ring.steps))
-            self.reads += 1
-        return parts
-
-    def _write_row_or_warn(self, model, logs):
-        try:
-            self._write_row(model, logs)
-        except Exception as exc:  # noqa: BLE001 - never break the user's train step
-            if not self._warned:
-                self._warned = True
-                logger.warning("tb_bnstats: cannot keep BN statistics from this train step: %s", exc)
 
     def _write_row(self, model, logs):
         """One row (:class:`_Ring`) at row ``(n - 1) % K`` of the ring of

@@ -18,17 +18,13 @@ per drain. With ``jit_compile=True`` (``torch.compile``) the row writing is
 excluded from compilation (``torch.compiler.disable``).
 """
 
-import functools
-import logging
 import weakref
 
 import numpy as np
 
-from tb_bnstats.capture.keras.hooks import KerasCapture, LayerSlot, ring_steps, train_step_scope
+from tb_bnstats.capture.keras.hooks import KerasCapture, LayerSlot, StepHook, ring_steps
 from tb_bnstats.capture.keras.layers import mean_metrics
 from tb_bnstats.capture.keras.rows import Layout, Rows
-
-logger = logging.getLogger("tb_bnstats")
 
 _SLOTS = weakref.WeakKeyDictionary()  # BN layer -> _LayerSlot
 _HOOKS = weakref.WeakKeyDictionary()  # model -> _TrainStepHook
@@ -93,53 +89,17 @@ class _Ring:
                     moments=floats[:, values:])
 
 
-class _TrainStepHook:
-    """Wraps ``model.train_step`` (module docstring); one :class:`_Ring` per layout."""
+class _TrainStepHook(StepHook):
+    """Wraps ``model.train_step`` (:meth:`StepHook.wrap_train_step`; module
+    docstring); one :class:`_Ring` per layout."""
 
     def __init__(self, model):
-        self.execution_order = []
-        self.kept = {}  # layer -> (mean, variance, updating) of the step running
-        self.rings = {}  # layout key -> _Ring
-        self.reads = 0
+        super().__init__()
         self.seq = 0
-        self._warned = False
-        original = model.train_step
-        model_ref = weakref.ref(model)
-        write = _eager(self._write_row_or_warn)
-
-        @functools.wraps(original)
-        def train_step(*args, **kwargs):
-            with train_step_scope() as scope:
-                if scope.outermost:
-                    self.kept = {}
-                logs = original(*args, **kwargs)
-            if scope.outermost:
-                write(model_ref(), logs)
-            return logs
-
-        model.train_step = train_step
-
-    def saw(self, layer):
-        if not any(layer is seen for seen in self.execution_order):
-            self.execution_order.append(layer)
+        self.wrap_train_step(model, _eager(self._write_row))
 
     def written(self):
         return self.seq
-
-    def read_rings(self):
-        parts = []
-        for ring in list(self.rings.values()):
-            parts.append((ring.read(), ring.steps))
-            self.reads += 1
-        return parts
-
-    def _write_row_or_warn(self, model, logs):
-        try:
-            self._write_row(model, logs)
-        except Exception as exc:  # noqa: BLE001 - never break the user's train step
-            if not self._warned:
-                self._warned = True
-                logger.warning("tb_bnstats: cannot keep BN statistics from this train step: %s", exc)
 
     def _write_row(self, model, logs):
         import torch
