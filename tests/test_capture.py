@@ -429,8 +429,9 @@ def test_a_larger_steps_per_execution_gets_a_larger_ring(tmp_path, monkeypatch):
     model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[cb])
     model.compile(model.optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True), steps_per_execution=8)
     model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[cb])
-    assert cb._recorder.capture.drain_every == 3  # the first ring is still there (3 rows)...
-    assert max(r.steps for r in cb._recorder.capture._hook.rings.values()) == 8  # ...and one of 8
+    assert max(r.steps for r in cb._recorder.capture._hook.rings.values()) == 8  # a ring of 8 for executions of 8
+    # TensorFlow keeps the first ring's variable (3 rows); JAX lets a ring no longer written go once read.
+    assert cb._recorder.capture.drain_every == (3 if BACKEND == "tensorflow" else 8)
     layer = tb_bnstats.load(tmp_path)["run"].layers["bn1"]
     np.testing.assert_array_equal(layer.steps, np.arange(1, 17))
     np.testing.assert_array_equal(layer.series["updates"], np.arange(1, 17))
