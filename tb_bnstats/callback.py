@@ -15,6 +15,12 @@ from tb_bnstats.capture import keras as keras_capture
 from tb_bnstats.write import summary
 
 
+def _compiled(model):
+    """What a compiled pass of the probe depends on besides shapes: the
+    model's compiled loss and metrics (``compile`` makes new ones)."""
+    return (id(getattr(model, "_compile_loss", None)), id(getattr(model, "_compile_metrics", None)))
+
+
 class BNStatsCallback(keras.callbacks.Callback):
     """Logs every BatchNormalization layer's batch moments against its moving
     averages, every training step, for TensorBoard's BN Convergence tab.
@@ -133,8 +139,8 @@ class BNStatsCallback(keras.callbacks.Callback):
         super().set_model(model)
         # Keras calls this before it makes the train function: instrument now.
         capture = self._recorder.guard("instrumenting the model", keras_capture.capture_for, model)
-        if self._probe is not None and self._probe.model is not model:
-            self._probe = None  # made again for this model at train begin
+        if self._probe is not None and (self._probe.model is not model or self._probe.compiled != _compiled(model)):
+            self._probe = None  # made again at train begin: another model, or compiled again (its traces are stale)
         self._recorder.attach(capture, model.name)
 
     def on_train_begin(self, logs=None):
@@ -189,7 +195,9 @@ class BNStatsCallback(keras.callbacks.Callback):
 
         x, y = gap.take_probe_batch(self.schedule.probe_data)
         named = [(n, layer) for n, layer in find_batchnorm_layers(self.model) if self.schedule.selected(n)]
-        return gap.GapProbe(self.model, x, y, named)
+        probe = gap.GapProbe(self.model, x, y, named)
+        probe.compiled = _compiled(self.model)
+        return probe
 
     def _measure_population(self):
         from tb_bnstats.measure import population

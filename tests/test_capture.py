@@ -474,3 +474,23 @@ def test_a_train_step_that_advances_the_optimizer_twice_loses_no_step(tmp_path, 
     layer = tb_bnstats.load(tmp_path)["run"].layers["bn"]
     np.testing.assert_array_equal(layer.steps, np.arange(2, 25, 2))
     np.testing.assert_array_equal(layer.series["updates"], np.arange(1, 13))
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution is Keras' multi-device API of JAX")
+def test_keras_distribution_on_jax_trains_as_without_the_callback_and_says_it_is_not_captured(tmp_path, caplog):
+    """Under keras.distribution Keras jits the step with the state's exact
+    shardings: the ring is not carried (several devices are #15's), and
+    training goes on unchanged."""
+    import jax
+
+    x, y = data()
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices()))
+    try:
+        model = conv_net()
+        with caplog.at_level("WARNING", logger="tb_bnstats"):
+            history = model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0,
+                                callbacks=[tb_bnstats.BNStatsCallback(tmp_path / "run", verbose=0)])
+    finally:
+        keras.distribution.set_distribution(None)
+    assert len(history.history["loss"]) == 1 and int(model.optimizer.iterations.numpy()) == 4
+    assert "keras.distribution is set" in caplog.text

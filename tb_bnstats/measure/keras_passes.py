@@ -183,7 +183,7 @@ def to_numpy(x):
 def sync_variables(model):
     """Makes the model's variables hold the training state before a pass
     reads or assigns them: with JAX, ``fit`` keeps the state apart from the
-    variables between epochs (Keras' ``jax_state_sync``, a no-op when they
+    variables during an epoch (it syncs them at each epoch's end) (Keras' ``jax_state_sync``, a no-op when they
     hold it already)."""
     sync = getattr(model, "jax_state_sync", None)
     if sync is not None:

@@ -212,7 +212,7 @@ class StepHook:
             self.execution_order.append(layer)
 
     def read_rings(self):
-        """``[(Rows, K)]``: every ring, one read each."""
+        """``[(Rows, K)]``: every ring, read once (``reads`` counts rings read)."""
         parts = []
         for ring in list(self.rings.values()):
             parts.append((ring.read(), ring.steps))
@@ -225,12 +225,13 @@ class StepHook:
             self._warned.add(where)
             logger.warning("tb_bnstats: %s", message)
 
-    def wrap_train_step(self, model, write_row, on_begin=None):
+    def wrap_train_step(self, model, write_row, on_begin=None, outside=None):
         """Wraps ``model.train_step`` (a stateful one: TensorFlow, torch):
         marks "inside a training step", empties ``kept`` at the outermost
         step (and calls ``on_begin()``), and after it calls
         ``write_row(model, logs)``; a failure there is warned once and the
-        step's logs go back to Keras unchanged."""
+        step's logs go back to Keras unchanged. ``outside``: a decorator for
+        that guarded write (torch: kept out of ``torch.compile``)."""
         original = model.train_step
         model_ref = weakref.ref(model)
 
@@ -239,6 +240,9 @@ class StepHook:
                 write_row(model_ref(), logs)
             except Exception as exc:  # noqa: BLE001 - never break the user's train step
                 self.warn_once("row", f"cannot keep BN statistics from this train step: {exc}")
+
+        if outside is not None:
+            write = outside(write)
 
         @functools.wraps(original)
         def train_step(*args, **kwargs):

@@ -72,7 +72,8 @@ class _LayerSlot(LayerSlot):
         mean = jnp.reshape(jnp.asarray(mean, jnp.float32), [channels])
         variance = jnp.reshape(jnp.asarray(variance, jnp.float32), [channels])
         for hook in self.hooks:
-            hook.kept[self.layer] = (mean, variance, updating)
+            if hook.collecting_moments:  # the hook whose step is being traced
+                hook.kept[self.layer] = (mean, variance, updating)
 
     def count(self):
         return max((hook.count_of(self.layer) for hook in self.hooks), default=0)
@@ -98,12 +99,27 @@ class _Ring:
         self.stale = False  # the step now runs with another layout: a new ring before the next execution
 
     def read(self):
-        """The whole ring, in one read (copied: the device buffers are
-        donated to the next step), as :class:`Rows`."""
+        """The whole ring (two device-to-host copies, one per array: the
+        device buffers are donated to the next step), as :class:`Rows`."""
         ints, floats = (np.array(a) for a in self.arrays[:2])
         values = self.layout.num_values
         return Rows(self.layout, n=ints[:, 0], step=ints[:, 1], counts=ints[:, 2:], values=floats[:, :values],
                     moments=floats[:, values:])
+
+
+def _unsupported(model):
+    """Why the carried ring cannot run for ``model`` (None when it can):
+    Keras' jit then expects the state to match its shardings exactly, or
+    bypasses the wrapped step (flax NNX)."""
+    from keras import distribution
+
+    if distribution.distribution() is not None:
+        return "keras.distribution is set (several devices are not captured on JAX yet)"
+    try:
+        from keras.src.backend.config import is_nnx_enabled
+    except ImportError:  # pragma: no cover - a Keras without NNX
+        return None
+    return "flax NNX is enabled (Keras calls the class's train_step)" if is_nnx_enabled() else None
 
 
 def _index_by_identity(variables):
@@ -112,9 +128,9 @@ def _index_by_identity(variables):
 
 class _TrainStepHook(StepHook):
     """The wrappers of one model (module docstring) and its rings: ``kept``
-    is layer -> (mean, variance, updating) of the step being traced, ``rings``
-    layout key -> :class:`_Ring` (the active one, and older ones not read
-    since they were last written)."""
+    is layer -> (mean, variance, updating) of the step being traced,
+    ``rings`` the active :class:`_Ring` under its layout's key, and rings no
+    longer written (kept until the next read)."""
 
     def __init__(self, model):
         super().__init__()
@@ -143,10 +159,12 @@ class _TrainStepHook(StepHook):
             return (out[0], list(out[1]) + [moments]) + tuple(out[2:])
 
         @functools.wraps(original_loss)
-        def stateless_compute_loss(trainable, non_trainable, metrics, *args, **kwargs):
-            extras = list(non_trainable[self._num_state():]) if self._collecting else []
-            loss, (trainable, non_trainable, metrics) = original_loss(trainable, non_trainable, metrics, *args,
-                                                                      **kwargs)
+        def stateless_compute_loss(*args, **kwargs):
+            if not self._collecting:
+                return original_loss(*args, **kwargs)
+            given = kwargs["non_trainable_variables"] if "non_trainable_variables" in kwargs else args[1]
+            extras = list(given[self._num_state():])
+            loss, (trainable, non_trainable, metrics) = original_loss(*args, **kwargs)
             return loss, (trainable, list(non_trainable) + extras, metrics)
 
         def new_train_step():
@@ -164,7 +182,10 @@ class _TrainStepHook(StepHook):
                     logs, state, moments = self._run_step(original_step,
                                                           (trainable, non_trainable, optimizer, metrics), data)
                 trainable, non_trainable, optimizer, metrics = state
-                carry = self._write_row(carry, moments, logs, non_trainable, optimizer, metrics)
+                try:
+                    carry = self._write_row(carry, moments, logs, non_trainable, optimizer, metrics)
+                finally:
+                    self.kept = {}  # no tracer outlives its trace
                 return logs, (trainable, list(non_trainable) + carry, optimizer, metrics)
 
             return train_step
@@ -184,6 +205,10 @@ class _TrainStepHook(StepHook):
         model.stateless_call, model.stateless_compute_loss = stateless_call, stateless_compute_loss
         model.train_step, model.make_train_function = new_train_step(), make_train_function
 
+    @property
+    def collecting_moments(self):
+        return self._collecting
+
     def _num_state(self):
         return len(self._model().non_trainable_variables)
 
@@ -197,11 +222,12 @@ class _TrainStepHook(StepHook):
         except Exception as exc:  # noqa: BLE001 - the plain step below raises the user's own errors
             if not self._collecting:
                 raise
+            self.kept, self._collecting = {}, False
+            logs, new_state = original_step(state, data)  # the user's own error raises here
             self._passing = False
             self.warn_once("passing", "this train step does not pass the BN moments on in its state "
-                       f"({type(exc).__name__}: {exc}); it runs without them and no BN statistics are logged")
-            self.kept, self._collecting = {}, False
-            logs, new_state = original_step(state, data)
+                           f"({type(exc).__name__}: {exc}); it runs without them and no BN statistics are "
+                           "logged")
         finally:
             self._collecting = False
         trainable, non_trainable, optimizer, metrics = new_state
@@ -224,11 +250,20 @@ class _TrainStepHook(StepHook):
         @functools.wraps(fn)
         def train_function(state, iterator):
             model = self._model()
+            unsupported = _unsupported(model)
+            if unsupported:
+                self.warn_once("unsupported", f"{unsupported}: no BN statistics are logged (training runs as is)")
+                return fn(state, iterator)
             trainable, non_trainable, optimizer, metrics = state
             if self._needs_ring(model):
                 first = next(iterator)  # StopIteration: the data ended, as Keras expects
                 iterator = itertools.chain([first], iterator)
-                self._new_ring(train_step, state, first, model)
+                try:
+                    self._new_ring(train_step, state, first, model)
+                except Exception as exc:  # noqa: BLE001 - never break the user's training
+                    self.active, self._sized = None, True
+                    self.warn_once("ring", f"cannot make the ring for this train step, no BN statistics are "
+                                   f"logged: {type(exc).__name__}: {exc}")
             carry = self.active.arrays if self.active is not None else []
             logs, state = fn((trainable, list(non_trainable) + carry, optimizer, metrics), iterator)
             trainable, non_trainable, optimizer, metrics = state
@@ -244,30 +279,39 @@ class _TrainStepHook(StepHook):
 
     def _new_ring(self, train_step, state, first, model):
         """Traces the step once (``jax.eval_shape``: no compilation, no
-        state change) to learn its layout, and makes the ring for it; counts
+        change to the model or the data) to learn its layout, and makes the ring for it; counts
         and the row number go on from the ring before."""
         import jax
 
         trainable, non_trainable, optimizer, metrics = state
         self._remember_initial(model, non_trainable)
         previous = self.active
+        seq = self.written()
+        if previous is not None:  # its counts go on in the next ring
+            for ref, count in zip(previous.layout.layers, np.asarray(previous.arrays[2])):
+                if ref() is not None:
+                    self._start_counts[ref()] = int(count)
+        self._discovered = None
         try:
-            # JAX caches traces: when this one is cached, the step (same function, same shapes) has the
-            # layout _discovered holds from when it was traced.
-            jax.eval_shape(train_step, state, first)
+            # A new function each time: JAX caches traces by function and shapes, and this one must run.
+            jax.eval_shape(lambda s, d: train_step(s, d), state, first)
         except Exception as exc:  # noqa: BLE001 - the real step will raise it if it is the user's
             self._discovered = None
             self.warn_once("discover", f"cannot trace the train step to size the ring: {exc}")
+        finally:
+            self.kept = {}  # no tracer outlives its trace
         self._sized = True
         layout = self._discovered
         if layout is None:
             self.active = None
             return
-        counts = [self.count_of(ref()) for ref in layout.layers]
-        seq = self.written()
+        counts = [_SLOTS[ref()].count() if ref() in _SLOTS else 0 for ref in layout.layers]
         # A ring of an earlier layout stays in self.rings until drained; the same layout again gets a new one.
-        if previous is not None and previous.layout.key == layout.key:
-            self.rings[("drained before", id(previous))] = previous
+        if previous is not None:
+            self.rings.pop(previous.layout.key, None)
+            self.rings[("written before", id(previous))] = previous  # read at the next drain, then let go
+        if layout.key in self.rings:  # an older ring of this layout, not read since
+            self.rings[("written before", id(self.rings[layout.key]))] = self.rings.pop(layout.key)
         steps = int(getattr(model, "steps_per_execution", 1) or 1)
         self.active = self.rings[layout.key] = _Ring(layout, steps, counts, seq)
 

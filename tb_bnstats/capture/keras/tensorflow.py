@@ -96,7 +96,7 @@ class _LayerSlot(LayerSlot):
 class _Ring:
     """K rows on the device, each one training step: ``[n, step, counts...,
     values...]`` as float64, then the moments as float32, two to a float64
-    slot (``tf.bitcast``); read back by :meth:`rows`."""
+    slot (``tf.bitcast``); read back by :meth:`read`."""
 
     def __init__(self, layout, steps_per_execution):
         import tensorflow as tf

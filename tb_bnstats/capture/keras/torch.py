@@ -96,7 +96,7 @@ class _TrainStepHook(StepHook):
     def __init__(self, model):
         super().__init__()
         self.seq = 0
-        self.wrap_train_step(model, _eager(self._write_row))
+        self.wrap_train_step(model, self._write_row, outside=_eager)
 
     def written(self):
         return self.seq
@@ -114,14 +114,12 @@ class _TrainStepHook(StepHook):
         if ring is None:
             device = layers[0].moving_mean.value.device if layers else "cpu"
             ring = self.rings[layout.key] = _Ring(layout, device)
-        self.seq += 1
-        at = (self.seq - 1) % ring.steps
-        counts = []
+        counts = []  # the layers did update, whether or not the row below can be written
         for layer, updating in zip(layers, layout.updating):
             slot = _SLOTS[layer]
             slot.updates += 1 if updating else 0
             counts.append(slot.updates)
-        ring.ints[at, 0], ring.ints[at, 2:] = self.seq, counts
+        at = self.seq % ring.steps  # row n - 1 of the n-th step, numbered once the row is complete
         with torch.no_grad():
             device = ring.floats.device
             scalar = lambda v: torch.as_tensor(v, device=device).detach().reshape([1]).float()  # noqa: E731
@@ -135,6 +133,8 @@ class _TrainStepHook(StepHook):
             if floats:
                 ring.floats[at].copy_(torch.cat(floats))
             ring.optimizer_steps[at].copy_(model.optimizer.iterations.value.detach().reshape([]))
+        self.seq += 1
+        ring.ints[at, 0], ring.ints[at, 2:] = self.seq, counts
 
 
 class TorchCapture(KerasCapture):
