@@ -102,9 +102,7 @@ class _Ring:
         """The whole ring (two device-to-host copies, one per array: the
         device buffers are donated to the next step), as :class:`Rows`."""
         ints, floats = (np.array(a) for a in self.arrays[:2])
-        values = self.layout.num_values
-        return Rows(self.layout, n=ints[:, 0], step=ints[:, 1], counts=ints[:, 2:], values=floats[:, :values],
-                    moments=floats[:, values:])
+        return Rows.from_arrays(self.layout, ints, floats)
 
 
 def _unsupported(model):

@@ -67,6 +67,14 @@ class Rows:
     values: np.ndarray  # [R, V]
     moments: np.ndarray  # [R, 4 * sum(C)] float32
 
+    @classmethod
+    def from_arrays(cls, layout, ints, floats):
+        """Rows from ``ints`` [R, 2 + L] (``n, step, counts``) and ``floats``
+        [R, V + 4 sum(C)] (``values, moments``)."""
+        values = layout.num_values
+        return cls(layout, n=ints[:, 0], step=ints[:, 1], counts=ints[:, 2:], values=floats[:, :values],
+                   moments=floats[:, values:])
+
     def take(self, index):
         return Rows(self.layout, self.n[index], self.step[index], self.counts[index], self.values[index],
                     self.moments[index])

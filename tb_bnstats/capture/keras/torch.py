@@ -84,9 +84,7 @@ class _Ring:
         floats = self.floats.cpu().numpy()
         ints = self.ints.copy()
         ints[:, 1] = self.optimizer_steps.cpu().numpy()
-        values = self.layout.num_values
-        return Rows(self.layout, n=ints[:, 0], step=ints[:, 1], counts=ints[:, 2:], values=floats[:, :values],
-                    moments=floats[:, values:])
+        return Rows.from_arrays(self.layout, ints, floats)
 
 
 class _TrainStepHook(StepHook):
