@@ -160,7 +160,9 @@ def compile_pass(fn, reduce_retracing=False):
     def without_gradients(*args):
         # Keras' torch Dropout without a seed draws from torch's global generator: the pass forks it,
         # so that training goes on with the random numbers it would have had.
-        with torch.no_grad(), torch.random.fork_rng():
+        # Keras' torch backend runs on the current CUDA device when there is one: fork that one only.
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
             return fn(*args)
 
     return without_gradients
