@@ -30,12 +30,15 @@ assigns to the model:
 The ring's shape depends on what the step does (which layers run, the
 logs it returns), so before the first execution the train step is traced
 once with ``jax.eval_shape`` on the first batch (a trace, no compilation)
-to learn it. The host reads the ring in one read per drain
+to learn it; each train function Keras makes gets a new wrapped step (JAX
+caches traces by function and shapes, and a model compiled again must be
+traced again). The host reads the ring's two arrays once per drain
 (:meth:`KerasCapture.drain`), between executions.
 
-A training step that passes the non-trainable values in a way that drops
-or rejects the extra entries (a custom ``train_step`` that rebuilds them)
-runs unchanged, without moments, and says so once.
+A training step that drops or rejects the extra entries (a custom
+``train_step`` that rebuilds the non-trainable values) is traced once more
+without them and then runs without moments, saying so once. Under
+``keras.distribution`` and flax NNX no ring is carried (one warning).
 """
 
 import functools
