@@ -224,3 +224,23 @@ def test_real_tensorboard_serves_damaged_logs_and_reads_a_completed_record(tmp_p
         (log,) = glob.glob(os.path.join(logdir, "..tensorboard-*.log"))
         text = open(log).read()
         assert "bn_stats: garbage/" in text and "bn_stats: cut/" in text, text[-2000:]
+
+
+def test_a_step_read_in_part_is_left_out_of_the_series_and_the_diagnosis():
+    """TensorBoard may read a run being written between two records of one
+    step: the step whose series are not all there yet is cut (it comes back
+    whole at the next reload), so no NaN reaches the diagnosis (a 500 of
+    /findings, seen with a real training run)."""
+    from tb_bnstats import diagnosis
+    from tb_bnstats.format import metadata, records
+
+    info = metadata.LayerInfo(name="bn", channels=2, momentum=0.9, epsilon=1e-3)
+    steps = np.arange(1, 6)
+    series = {q: (steps, np.linspace(0.1, 0.5, 5)) for q in metadata.LAYER_SERIES}
+    series["updates"] = (steps, steps.astype(float))
+    series["mean_gap/p50"] = (np.arange(1, 7), np.linspace(0.1, 0.6, 6))  # step 6: this one record read so far
+    run = records.run_data({"bn": info}, {"bn": series})
+    layer = run.layers["bn"]
+    np.testing.assert_array_equal(layer.steps, steps)
+    assert all(np.isfinite(values).all() for values in layer.series.values())
+    diagnosis.diagnose_run("live", run)  # no exception

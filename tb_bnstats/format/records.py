@@ -66,6 +66,23 @@ def aligned(series_by_quantity: Mapping[str, Series]):
     return steps, out
 
 
+def complete_steps(series_by_quantity: Mapping[str, Series]):
+    """The series cut at the last step every logged one of
+    :data:`metadata.LAYER_SERIES` has reached: all of them are written at
+    every logged step, so a later step with some missing is one whose
+    records are not all read yet (a run being written, read at a moment
+    between two of its records)."""
+    ends = [int(s[-1]) for q, (s, _) in series_by_quantity.items() if q in metadata.LAYER_SERIES and len(s)]
+    if not ends or min(ends) == max(ends):
+        return series_by_quantity
+    last = min(ends)
+    out = {}
+    for quantity, (s, v) in series_by_quantity.items():
+        keep = np.asarray(s, np.int64) <= last
+        out[quantity] = (np.asarray(s)[keep], np.asarray(v)[keep])
+    return out
+
+
 def run_data(layer_infos: Mapping[str, metadata.LayerInfo], series_by_layer: Mapping[str, Mapping[str, Series]],
              metrics: Mapping[str, Series] = None, snapshots_by_layer=None, stored_findings=None,
              train_begins=(), newer_format_versions=()) -> RunData:
@@ -74,8 +91,9 @@ def run_data(layer_infos: Mapping[str, metadata.LayerInfo], series_by_layer: Map
     Args:
         layer_infos: ``{layer: LayerInfo}``; every layer gets a
             :class:`LayerData`, empty when it has no series.
-        series_by_layer: ``{layer: {quantity: (steps, values)}}``, aligned
-            here with :func:`aligned`.
+        series_by_layer: ``{layer: {quantity: (steps, values)}}``, cut to
+            the steps read completely (:func:`complete_steps`) and aligned
+            with :func:`aligned`.
         metrics: ``{"split/name": (steps, values)}``.
         snapshots_by_layer: ``{layer: (steps [k], tensor [k, rows, channels])}``
             with rows in :data:`metadata.SNAPSHOT_ROWS` order (the tensors of
@@ -88,7 +106,7 @@ def run_data(layer_infos: Mapping[str, metadata.LayerInfo], series_by_layer: Map
     """
     layers = {}
     for name, info in layer_infos.items():
-        steps, series = aligned(series_by_layer.get(name, {}))
+        steps, series = aligned(complete_steps(series_by_layer.get(name, {})))
         snap_steps, snaps = np.zeros(0, np.int64), {}
         if snapshots_by_layer and name in snapshots_by_layer:
             snap_steps, tensor = snapshots_by_layer[name]
