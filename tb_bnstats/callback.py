@@ -12,6 +12,7 @@ import keras
 
 from tb_bnstats import recorder
 from tb_bnstats.capture import keras as keras_capture
+from tb_bnstats.capture.keras.layers import steps_per_execution
 from tb_bnstats.write import summary
 
 
@@ -145,7 +146,7 @@ class BNStatsCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         schedule, rec = self.schedule, self._recorder
-        rec.begin(self._optimizer_step, getattr(self.model, "steps_per_execution", 1) or 1)
+        rec.begin(self._optimizer_step, steps_per_execution(self.model))
         if rec.writer is not None:
             rec.guard("watching the train function for exceptions", self._drain_when_training_raises)
         if schedule.probe_data is not None and self._probe is None and rec.writer is not None:

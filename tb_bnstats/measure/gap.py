@@ -40,6 +40,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from tb_bnstats import quantities
+from tb_bnstats.capture.keras.layers import index_by_identity
 from tb_bnstats.measure import data as batches
 from tb_bnstats.measure import keras_passes
 
@@ -126,7 +127,7 @@ class GapProbe:
 
         model, tap = self.model, self.tap
         trainable, non_trainable = list(trainable), list(non_trainable)
-        moving = {id(v): i for i, v in enumerate(model.non_trainable_variables)}
+        moving = index_by_identity(model.non_trainable_variables)
         outputs = {}
         for mode in (True, False):
             tap.sink, tap.outputs = ({} if mode else None), {}

@@ -48,7 +48,7 @@ import weakref
 import numpy as np
 
 from tb_bnstats.capture.keras.hooks import KerasCapture, LayerSlot, StepHook, ring_steps, train_step_scope
-from tb_bnstats.capture.keras.layers import mean_metrics
+from tb_bnstats.capture.keras.layers import index_by_identity, mean_metrics, steps_per_execution
 from tb_bnstats.capture.keras.rows import Layout, Rows
 
 _SLOTS = weakref.WeakKeyDictionary()  # BN layer -> _LayerSlot
@@ -121,10 +121,6 @@ def _unsupported(model):
     except ImportError:  # pragma: no cover - a Keras without NNX
         return None
     return "flax NNX is enabled (Keras calls the class's train_step)" if is_nnx_enabled() else None
-
-
-def _index_by_identity(variables):
-    return {id(v): i for i, v in enumerate(variables)}
 
 
 class _TrainStepHook(StepHook):
@@ -313,8 +309,7 @@ class _TrainStepHook(StepHook):
             self.rings[("written before", id(previous))] = previous  # read at the next drain, then let go
         if layout.key in self.rings:  # an older ring of this layout, not read since
             self.rings[("written before", id(self.rings[layout.key]))] = self.rings.pop(layout.key)
-        steps = int(getattr(model, "steps_per_execution", 1) or 1)
-        self.active = self.rings[layout.key] = _Ring(layout, steps, counts, seq)
+        self.active = self.rings[layout.key] = _Ring(layout, steps_per_execution(model), counts, seq)
 
     def _needs_ring(self, model):
         """Before an execution: no ring sized yet, or the step now has
@@ -322,12 +317,12 @@ class _TrainStepHook(StepHook):
         if not self._sized:
             return True
         ring = self.active
-        return ring is not None and (ring.stale or ring.steps < int(getattr(model, "steps_per_execution", 1) or 1))
+        return ring is not None and (ring.stale or ring.steps < steps_per_execution(model))
 
     def _remember_initial(self, model, non_trainable):
         """Initial values of layers first seen now, from the state (the
         model's own variables may be purged during ``fit``)."""
-        index = _index_by_identity(model.non_trainable_variables)
+        index = index_by_identity(model.non_trainable_variables)
         for layer, slot in list(_SLOTS.items()):
             if self in slot.hooks and slot.init_mean is None and id(layer.moving_mean) in index:
                 slot.remember_initial(np.asarray(non_trainable[index[id(layer.moving_mean)]]),
@@ -366,12 +361,12 @@ class _TrainStepHook(StepHook):
         rows_int, rows_float, counts, seq = carry
         n = seq + 1
         counts = counts + jnp.asarray([1 if updating else 0 for updating in layout.updating], jnp.int32)
-        optimizer_index = _index_by_identity(model.optimizer.variables)
+        optimizer_index = index_by_identity(model.optimizer.variables)
         iterations = optimizer[optimizer_index[id(model.optimizer.iterations)]] \
             if id(model.optimizer.iterations) in optimizer_index else n
         ints = jnp.concatenate([jnp.stack([n, jnp.asarray(iterations, jnp.int32)]), counts])
-        state_index = _index_by_identity(model.non_trainable_variables)
-        metric_index = _index_by_identity(model.metrics_variables)
+        state_index = index_by_identity(model.non_trainable_variables)
+        metric_index = index_by_identity(model.metrics_variables)
         floats = [jnp.asarray(v, jnp.float32).reshape([1]) for v in scalar_logs.values()]
         for _, metric in named_metrics:
             floats += [jnp.asarray(metrics[metric_index[id(v)]], jnp.float32).reshape([1])

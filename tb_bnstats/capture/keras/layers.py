@@ -28,6 +28,17 @@ def find_batchnorm_layers(model):
     return found
 
 
+def steps_per_execution(model):
+    """The training steps one call of the model's train function runs (1 when unset)."""
+    return int(getattr(model, "steps_per_execution", 1) or 1)
+
+
+def index_by_identity(variables):
+    """``{id(variable): position}``: where each variable's value is in a
+    state list ordered like ``variables`` (stateless calls)."""
+    return {id(v): i for i, v in enumerate(variables)}
+
+
 def initializer_values(layer):
     """``(moving_mean, moving_variance)`` a fresh copy of ``layer`` starts
     from: its initializers evaluated on the variables' shape (zeros and ones

@@ -26,7 +26,7 @@ import numpy as np
 
 from tb_bnstats.capture.keras import hooks
 from tb_bnstats.capture.keras.hooks import KerasCapture, LayerSlot, StepHook, ring_steps
-from tb_bnstats.capture.keras.layers import mean_metrics
+from tb_bnstats.capture.keras.layers import mean_metrics, steps_per_execution
 from tb_bnstats.capture.keras.rows import Layout, Rows
 
 _SLOTS = weakref.WeakKeyDictionary()  # BN layer -> _LayerSlot
@@ -151,7 +151,7 @@ class _TrainStepHook(StepHook):
         metrics = mean_metrics(model)
         layout = Layout.of(layers, [slot.channels for slot in slots], [self.kept[layer][1] for layer in layers],
                            logs, [name for name, _ in metrics])
-        execution_steps = int(getattr(model, "steps_per_execution", 1) or 1)  # K >= steps_per_execution
+        execution_steps = steps_per_execution(model)  # K >= steps_per_execution
         ring = self.rings.get((layout.key, execution_steps))
         if ring is None:
             ring = self.rings[(layout.key, execution_steps)] = _Ring(layout, execution_steps)
