@@ -14,19 +14,19 @@ $(PY):
 	$(PIP) install --quiet --upgrade pip
 
 install: $(PY)
-	$(PIP) install --quiet -e .
+	$(PIP) install --quiet -e ".[tensorflow]"
 
 system-deps:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  echo "installing Debian's chromium for the browser tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-# The tests run under Keras' three backends: JAX and torch too, as CPU builds. A bare "torch" would
-# pull a CUDA build of several GB; 2.13.0 is the CPU build this setup installs (see README, Install).
-TEST_BACKENDS := "jax>=0.4.30,<1" "torch==2.13.0"
+# The tests run under Keras' three backends and PyTorch, as CPU builds. A bare "torch" would pull a
+# CUDA build of several GB; 2.13.0 is the CPU build this setup installs (see README, Install).
+TEST_BACKENDS := "torch==2.13.0"
 
 install-test: $(PY) system-deps
-	$(PIP) install --quiet -e ".[test]" $(TEST_BACKENDS)
+	$(PIP) install --quiet -e ".[test,tensorflow,jax]" $(TEST_BACKENDS)
 	cd frontend && npm ci --no-audit --no-fund --loglevel=error
 
 # Rebuilds the committed bundle and fails if it differs from what is committed.
@@ -38,14 +38,15 @@ test-frontend: install-test
 	cd frontend && npm test --silent
 
 # Everything under TensorFlow, then the tests of what depends on the backend once more in a pytest
-# process of its own per backend (Keras picks its backend once per process).
+# process of its own per backend (Keras picks its backend once per process), then PyTorch's own.
 BACKEND_TESTS := tests/test_capture.py tests/test_resume.py tests/test_flush.py tests/test_probe.py \
 	tests/test_population.py tests/test_population_logging.py tests/test_memory_bounds.py tests/test_training_faults.py
 
 test-python: install-test
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --ignore=tests/pytorch
 	KERAS_BACKEND=jax $(PY) -m pytest -q $(BACKEND_TESTS)
 	KERAS_BACKEND=torch $(PY) -m pytest -q $(BACKEND_TESTS)
+	$(PY) -m pytest -q tests/pytorch
 
 test: frontend-check test-frontend test-python
 
@@ -58,7 +59,7 @@ bench: install
 DEMO_LOGS ?= demo/logs
 PORT ?= 6006
 demo-logs: $(PY)
-	$(PIP) install --quiet -e ".[demo]"
+	$(PIP) install --quiet -e ".[tensorflow,demo]"
 	$(PY) demo/train.py --logdir $(DEMO_LOGS)
 
 demo: demo-logs

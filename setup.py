@@ -1,4 +1,4 @@
-"""tb_bnstats: a Keras callback and a TensorBoard plugin for BatchNormalization statistics."""
+"""tb_bnstats: a Keras callback, a PyTorch monitor and a TensorBoard plugin for BatchNormalization statistics."""
 
 import pathlib
 
@@ -15,22 +15,26 @@ setup(
     packages=find_packages(include=["tb_bnstats", "tb_bnstats.*"]),
     package_data={"tb_bnstats.plugin": ["static/*"]},
     python_requires=">=3.10",
+    # What every use needs: the plugin, the event writer and reader. The frameworks are extras, so that a
+    # PyTorch user does not install TensorFlow.
     install_requires=[
         # 2.20 and older fail to import with setuptools 82+ (no pkg_resources).
         "tensorboard>=2.21,<3",
-        "tensorflow>=2.21,<3; platform_machine!='x86_64'",
-        "tensorflow-cpu>=2.21,<3; platform_machine=='x86_64'",
-        "keras>=3.10,<4",
         "werkzeug>=2.2",
         # CRC32C in C for the event files' record framing (TensorBoard's is pure Python).
         "google-crc32c>=1.5,<2",
         "numpy>=1.26",
     ],
     extras_require={
-        # Keras' other backends (KERAS_BACKEND=jax / torch); for torch pick the build for your machine
-        # (README, Install): a bare "torch" on Linux is a CUDA build of several GB.
-        "jax": ["jax>=0.4.30,<1"],
+        # Keras 3 on TensorFlow (the default backend).
+        "tensorflow": ["keras>=3.10,<4", "tensorflow>=2.21,<3; platform_machine!='x86_64'",
+                       "tensorflow-cpu>=2.21,<3; platform_machine=='x86_64'"],
+        # Keras 3 on JAX (KERAS_BACKEND=jax).
+        "jax": ["keras>=3.10,<4", "jax>=0.4.30,<1"],
+        # PyTorch (tb_bnstats.torch), and Keras on torch with [keras,torch]. Pick the torch build for your
+        # machine (README, Install): a bare "torch" on Linux is a CUDA build of several GB.
         "torch": ["torch>=2.4,<3"],
+        "keras": ["keras>=3.10,<4"],
         "test": ["pytest>=8", "playwright>=1.45", "hypothesis>=6.100", "scikit-learn>=1.4"],
         "demo": ["scikit-learn>=1.4"],
     },

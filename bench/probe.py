@@ -33,7 +33,7 @@ from overhead import StepTimer, conv_net  # noqa: E402
 from tb_bnstats import BNStatsCallback  # noqa: E402
 from tb_bnstats.measure import population  # noqa: E402
 from tb_bnstats.capture.keras import tensorflow as keras_capture
-from tb_bnstats.measure import gap as probe  # noqa: E402
+from tb_bnstats.measure import keras_passes  # noqa: E402
 
 
 def main():
@@ -61,7 +61,7 @@ def main():
             if r:
                 epoch[id(model)].append(time.perf_counter() - t)
     step = statistics.median(timer.wall)
-    gp = probe.GapProbe(probed, xv, yv, keras_capture.find_batchnorm_layers(probed))
+    gp = keras_passes.GapProbe(probed, xv, yv, keras_capture.find_batchnorm_layers(probed))
     gp.run()
     runs = []
     for _ in range(20):

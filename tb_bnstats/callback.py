@@ -99,7 +99,7 @@ class BNStatsCallback(keras.callbacks.Callback):
     device (no device-to-host read per step, so the step never waits for
     the host); every step, also under ``steps_per_execution`` > 1, has its
     own row. The host reads the ring in one read every K steps (K from
-    :data:`tb_bnstats.capture.keras.hooks.RING_BYTES`, at most 256) or
+    :data:`tb_bnstats.capture.rows.RING_BYTES`, at most 256) or
     ``flush_secs``, at each epoch end and at train end, and a background
     thread computes and writes the records. When training raises inside
     the train function (a data error, ``KeyboardInterrupt``) the ring is
@@ -192,11 +192,11 @@ class BNStatsCallback(keras.callbacks.Callback):
 
     def _make_probe(self):
         from tb_bnstats.capture.keras.layers import find_batchnorm_layers
-        from tb_bnstats.measure import gap
+        from tb_bnstats.measure import gap, keras_passes
 
         x, y = gap.take_probe_batch(self.schedule.probe_data)
         named = [(n, layer) for n, layer in find_batchnorm_layers(self.model) if self.schedule.selected(n)]
-        probe = gap.GapProbe(self.model, x, y, named)
+        probe = keras_passes.GapProbe(self.model, x, y, named)
         probe.compiled = _compiled(self.model)
         return probe
 

@@ -41,12 +41,16 @@ def comparable_batch_var(batch_var, samples_per_channel, moving_var_unbiased):
     Keras 3 averages the biased batch variance; tf_keras' fused kernel and
     PyTorch average the Bessel-corrected one, ``var_B * n / (n - 1)``. Comparing
     unlike conventions shows a false gap of ``n / (n - 1)`` on a healthy run.
+    ``samples_per_channel`` is ``n``: one number, or one per step ([S]) for a
+    block of steps ([S, C]); ``n <= 1`` leaves the variance as it is.
     """
     batch_var = np.asarray(batch_var, dtype=np.float64)
-    if moving_var_unbiased and samples_per_channel and samples_per_channel > 1:
-        n = float(samples_per_channel)
-        return batch_var * n / (n - 1.0)
-    return batch_var
+    if not moving_var_unbiased or samples_per_channel is None:
+        return batch_var
+    n = np.asarray(samples_per_channel, np.float64)
+    if n.ndim == 1 and batch_var.ndim == 2:  # one n per step of a block
+        n = n[:, None]
+    return batch_var * np.where(n > 1, n / np.maximum(n - 1.0, 1.0), 1.0)
 
 
 def mean_gap(batch_mean, batch_var, moving_mean, epsilon):

@@ -25,6 +25,7 @@ import weakref
 import numpy as np
 
 from tb_bnstats import quantities
+from tb_bnstats.diagnosis import words
 from tb_bnstats.measure import data as batches
 from tb_bnstats.write import background, summary
 
@@ -183,9 +184,12 @@ class Recorder:
         if self._infos is None:
             infos = [i for i in self.capture.layer_infos() if self.schedule.selected(i.name)]
             self._infos = {info.name: info for info in infos}
-            frozen = [i.name for i in infos if not i.trainable]
-            if frozen:
-                self.say(f"frozen (trainable=False), moving averages not updated: {frozen}")
+            frozen = {}
+            for info in infos:
+                if not info.trainable:
+                    frozen.setdefault(words.frozen(info), []).append(info.name)
+            for why, names in frozen.items():
+                self.say(f"{why}: {names}")
             missing = [n for n in self.capture.not_run() if self.schedule.selected(n)]
             if missing:
                 self.say(f"not called by the train step, not logged: {missing}")

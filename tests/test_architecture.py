@@ -21,6 +21,7 @@ ALLOWED = {
     "diagnosis": {"format", "quantities", "read", "measure"},
     "recorder": {"format", "quantities", "write", "measure", "diagnosis", "capture"},
     "callback": {"recorder", "capture", "measure", "write", "diagnosis", "format"},
+    "torch": {"recorder", "capture", "measure", "write", "diagnosis", "format"},  # the PyTorch monitor
     "plugin": {"format", "quantities", "read", "diagnosis"},
     "cli": {"read", "diagnosis"},
     "__init__": set(),
@@ -138,6 +139,17 @@ def test_readers_of_logs_import_no_framework(entry):
     ours = {_component(m) for m in reached if m.startswith("tb_bnstats.")}
     if entry.startswith("tb_bnstats.plugin"):
         assert not ours & {"capture", "measure", "write", "recorder", "callback"}, ours
+
+
+@pytest.mark.parametrize("entry", ["tb_bnstats.torch", "tb_bnstats.capture.pytorch.hooks",
+                                   "tb_bnstats.measure.torch_passes", "tb_bnstats.measure.population",
+                                   "tb_bnstats.measure.gap", "tb_bnstats.diagnosis.live", "tb_bnstats.recorder"])
+def test_the_pytorch_side_imports_no_other_framework(entry):
+    """A PyTorch process must not need TensorFlow, Keras or JAX (the run-time
+    check is tests/pytorch/test_torch_capture.py)."""
+    reached = _closure(entry)
+    others = sorted(m for m in reached if m.split(".")[0] in ("tensorflow", "keras", "jax"))
+    assert others == [], f"{entry} imports {others} at module level"
 
 
 def test_format_and_quantities_import_nothing_of_the_package():

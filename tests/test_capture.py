@@ -403,9 +403,9 @@ def test_steps_overwritten_on_the_device_before_a_drain_are_counted(monkeypatch)
     """A ring of 4 steps drained only after 8: the last 4 are read, and the
     4 before them are reported lost (the recorder warns with that count)."""
     from tb_bnstats.capture.keras import capture_for
-    from tb_bnstats.capture.keras import hooks
+    from tb_bnstats.capture import rows as ring_rows
 
-    monkeypatch.setattr(hooks, "RING_MAX_STEPS", 4)
+    monkeypatch.setattr(ring_rows, "RING_MAX_STEPS", 4)
     x, y = data(n=8 * BATCH)
     model = conv_net()
     capture = capture_for(model)
@@ -420,9 +420,9 @@ def test_steps_overwritten_on_the_device_before_a_drain_are_counted(monkeypatch)
 def test_a_larger_steps_per_execution_gets_a_larger_ring(tmp_path, monkeypatch):
     """K is never below steps_per_execution, also when it grows between fits
     (a ring of at most 3 rows here, then executions of 8 steps)."""
-    from tb_bnstats.capture.keras import hooks
+    from tb_bnstats.capture import rows as ring_rows
 
-    monkeypatch.setattr(hooks, "RING_MAX_STEPS", 3)
+    monkeypatch.setattr(ring_rows, "RING_MAX_STEPS", 3)
     x, y = data(n=8 * BATCH)
     model = conv_net()
     cb = tb_bnstats.BNStatsCallback(tmp_path / "run", flush_secs=60, verbose=0)
@@ -440,9 +440,9 @@ def test_a_larger_steps_per_execution_gets_a_larger_ring(tmp_path, monkeypatch):
 def test_a_train_step_that_advances_the_optimizer_twice_loses_no_step(tmp_path, monkeypatch):
     """The ring is sized and drained in training steps; the step axis is the
     optimizer's count, here 2 per training step (two optimizer updates)."""
-    from tb_bnstats.capture.keras import hooks
+    from tb_bnstats.capture import rows as ring_rows
 
-    monkeypatch.setattr(hooks, "RING_MAX_STEPS", 4)
+    monkeypatch.setattr(ring_rows, "RING_MAX_STEPS", 4)
     x, y = data(n=12 * BATCH)
     keras.utils.set_random_seed(0)
     inp = keras.Input((8, 8, 3))

@@ -19,7 +19,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tb_bnstats import BNStatsCallback, recorder  # noqa: E402
-from tb_bnstats.capture.keras import hooks  # noqa: E402
+from tb_bnstats.capture import rows as ring_rows  # noqa: E402
 
 
 def _rss_bytes():
@@ -110,7 +110,7 @@ def test_callback_heap_is_flat_once_the_history_is_full(tmp_path, monkeypatch):
     monkeypatch.setattr(recorder, "DIAGNOSIS_HISTORY", history)
     # A ring of 16 steps: drained after steps 16, 32...; the checkpoints see
     # the same phase of it (8 steps kept on the device, not yet read).
-    monkeypatch.setattr(hooks, "RING_MAX_STEPS", 16)
+    monkeypatch.setattr(ring_rows, "RING_MAX_STEPS", 16)
     points, bn = fit_with_checkpoints(tmp_path / "run", late, start, (full, mid, late), layers)
     assert [p[0] for p in points] == [full, mid, late]
     own = {step: o for step, _, o, _ in points}

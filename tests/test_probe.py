@@ -14,6 +14,7 @@ from tb_bnstats.format import metadata
 from tb_bnstats.write import summary
 from tb_bnstats.capture.keras.layers import find_batchnorm_layers
 from tb_bnstats.measure import gap as probe
+from tb_bnstats.measure import keras_passes
 from tb_bnstats import BNStatsCallback
 import diagnosis_scenarios as scenarios
 from keras_models import capture_state, deterministic
@@ -47,7 +48,7 @@ def test_probe_changes_no_variable_optimizer_step_rng_or_capture_counter(tmp_pat
     model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[BNStatsCallback(tmp_path / "r", verbose=0)])
     seeds = [v for v in model.non_trainable_variables if "seed_generator" in v.path]
     assert seeds, "the model has a seed generator state to check"
-    gp = probe.GapProbe(model, xv, yv, find_batchnorm_layers(model))
+    gp = keras_passes.GapProbe(model, xv, yv, find_batchnorm_layers(model))
     before = _state(model)
     first = gp.run()
     second = gp.run()

@@ -8,8 +8,11 @@ quantities, the writer, the reader, the diagnosis, the plugin -- sees only
 :class:`Block` and :class:`tb_bnstats.format.metadata.LayerInfo`, never the
 framework.
 
-Sources: :mod:`tb_bnstats.capture.keras` (Keras 3; one module per backend).
-A new framework is one new module that implements :class:`Capture`.
+Sources: :mod:`tb_bnstats.capture.keras` (Keras 3; one module per backend)
+and :mod:`tb_bnstats.capture.pytorch` (``torch.nn`` BN modules), on
+:mod:`tb_bnstats.capture.rows` (a ring's rows on the host, the drain's
+merge into blocks). A new framework is one new module that implements
+:class:`Capture`.
 """
 
 import dataclasses
@@ -32,8 +35,9 @@ class LayerBlock:
     its moving averages were not updated and ``batch_*`` are the moments of
     what it saw. ``init_*`` [C]: the values the moving averages started from.
     ``samples_per_channel``: values per channel in the batch (``n``, for a
-    moving variance of Bessel-corrected batch variances); None when the
-    convention does not need it.
+    moving variance of Bessel-corrected batch variances): one number, or
+    [S] when it changes from step to step; None when the convention does not
+    need it.
     """
 
     batch_mean: np.ndarray
@@ -44,7 +48,7 @@ class LayerBlock:
     updating: bool
     init_mean: np.ndarray
     init_var: np.ndarray
-    samples_per_channel: Optional[float] = None
+    samples_per_channel: Optional["float | np.ndarray"] = None
 
 
 @dataclasses.dataclass
@@ -69,13 +73,14 @@ class Block:
         """The block of the steps at ``index`` (a slice or an index array)."""
         return Block(
             steps=self.steps[index],
-            layers={name: dataclasses.replace(layer, **{f: getattr(layer, f)[index] for f in _PER_STEP})
+            layers={name: dataclasses.replace(layer, **{f: getattr(layer, f)[index] for f in _PER_STEP
+                                                         if isinstance(getattr(layer, f), np.ndarray)})
                     for name, layer in self.layers.items()},
             logs={name: values[index] for name, values in self.logs.items()},
             metric_totals={name: (total[index], count[index]) for name, (total, count) in self.metric_totals.items()})
 
 
-_PER_STEP = ("batch_mean", "batch_var", "moving_mean", "moving_var", "updates")
+_PER_STEP = ("batch_mean", "batch_var", "moving_mean", "moving_var", "updates", "samples_per_channel")
 
 
 @runtime_checkable

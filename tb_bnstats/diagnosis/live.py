@@ -11,7 +11,8 @@ from typing import List
 import numpy as np
 
 from tb_bnstats.diagnosis import group
-from tb_bnstats.diagnosis.codes import CODES, THRESHOLDS
+from tb_bnstats.diagnosis import words
+from tb_bnstats.diagnosis.codes import THRESHOLDS
 from tb_bnstats.diagnosis.finding import Finding
 
 
@@ -27,7 +28,7 @@ def diagnose_model(model, data, num_samples=2048, batch_size=32, run="model") ->
     then divides by a too-large variance. Nothing in the model changes.
 
     Args:
-        model: a built Keras model.
+        model: a built Keras model or a ``torch.nn.Module``.
         data: arrays or batches of training-like data.
         num_samples, batch_size: as in :func:`tb_bnstats.population_stats`.
         run: the run the findings are about.
@@ -38,8 +39,9 @@ def diagnose_model(model, data, num_samples=2048, batch_size=32, run="model") ->
     Raises:
         ValueError: as :func:`tb_bnstats.population_stats`.
     """
-    from tb_bnstats.measure import population
+    from tb_bnstats.measure import passes, population
 
+    framework = passes.framework_of(model)
     threshold = THRESHOLDS["population_variance_shift"]
     hits = []
     for name, ev in population.variance_shift(model, data, num_samples, batch_size).items():
@@ -48,5 +50,5 @@ def diagnose_model(model, data, num_samples=2048, batch_size=32, run="model") ->
                          f"{name}: in training its input is {np.exp(ev['train_vs_inference_log_var_ratio']):.2f}x "
                          f"wider than at inference (dropout or noise upstream), and the moving variance follows "
                          f"training ({np.exp(ev['moving_vs_inference_log_var_ratio']):.2f}x the inference-time "
-                         f"variance): inference outputs shrink. Fix: {CODES['BN004'].fix}."))
+                         f"variance): inference outputs shrink. Fix: {words.fix('BN004', framework)}."))
     return group(run, hits)

@@ -66,7 +66,8 @@ from typing import Optional
 import numpy as np
 
 from tb_bnstats import quantities
-from tb_bnstats.diagnosis.codes import CODES, THRESHOLDS
+from tb_bnstats.diagnosis import words
+from tb_bnstats.diagnosis.codes import THRESHOLDS
 
 
 def median(values):
@@ -88,8 +89,8 @@ def _far(gap_mean, gap_log_var):
     return gap_mean > THRESHOLDS["gap_mean"] or gap_log_var > THRESHOLDS["gap_log_var"]
 
 
-def _fix(code):
-    return CODES[code].fix
+def _fix(code, view):
+    return words.fix(code, view.layer.info.framework)
 
 
 @dataclasses.dataclass
@@ -142,7 +143,7 @@ def non_finite_moments(view, **_):
     ev = {"first_bad_step": first, "bad_steps": int(bad_steps.sum()), "logged_steps": len(layer.steps)}
     return [("BN007", "error", ev,
              f"{view.name}: batch or moving moments are NaN/Inf from step {first} on "
-             f"({int(bad_steps.sum())} of {len(layer.steps)} logged steps). {_fix('BN007')}.")]
+             f"({int(bad_steps.sum())} of {len(layer.steps)} logged steps). {_fix('BN007', view)}.")]
 
 
 def restored_at_initializer(view, lost_at=None, **_):
@@ -172,7 +173,7 @@ def restored_at_initializer(view, lost_at=None, **_):
     return [("BN008", "error", ev,
              f"{view.name}: the run resumed at step {lost_at} (the optimizer had taken {lost_at} steps) with this "
              f"layer's moving statistics at their initial values (mean {info.init_mean:g}, variance "
-             f"{info.init_var:g}): they were not restored with the weights. {since} Fix: {_fix('BN008')}.")]
+             f"{info.init_var:g}): they were not restored with the weights. {since} Fix: {_fix('BN008', view)}.")]
 
 
 def never_updated(view, **_):
@@ -184,13 +185,13 @@ def never_updated(view, **_):
     steps = len(view.layer.steps)
     if steps < THRESHOLDS["not_updated_min_points"]:
         return []
-    why = "trainable=False" if not info.trainable else "called with training=False during training"
+    why = words.not_updating(info)
     if view.far:
         return [("BN002", "error", view.base,
                  f"{view.name}: moving statistics were never updated in {steps} logged steps ({why}) while the "
                  f"batches it sees are {view.gap_mean:.2f} std from its moving mean and their variance is "
                  f"{math.exp(view.gap_log_var):.2f}x off: inference normalizes with stale values. "
-                 f"Fix: {_fix('BN002')}.")]
+                 f"Fix: {_fix('BN002', view)}.")]
     return [("BN002", "info", view.base,
              f"{view.name}: moving statistics are not updated ({why}), but they still match the batches it sees "
              f"(gap {view.gap_mean:.2f} std). Fine if frozen on purpose.")]
@@ -203,9 +204,10 @@ def momentum_near_zero(view, **_):
         return None
     window = quantities.effective_window(view.momentum)
     return [("BN003", "warning", {**view.base, "effective_window": window},
-             f"{view.name}: momentum {view.momentum:g} averages over {window:.2f} batches: the moving statistics "
+             f"{view.name}: {words.momentum_text(view.momentum, view.layer.info)} averages over {window:.2f} batches: "
+             f"the moving statistics "
              f"are essentially the last batch (gap {view.gap_mean:.3f} std in training looks perfect, inference "
-             f"depends on which batch came last). Fix: {_fix('BN003')}.")]
+             f"depends on which batch came last). Fix: {_fix('BN003', view)}.")]
 
 
 def not_converged(view, **_):
@@ -217,13 +219,14 @@ def not_converged(view, **_):
         return None
     if not view.far:
         return []
-    m, t, fraction = view.momentum, view.updates, THRESHOLDS["converged"]
+    m, t, fraction, info = view.momentum, view.updates, THRESHOLDS["converged"], view.layer.info
     need = quantities.steps_to_converge(m, fraction)
+    suggested = words.momentum_setting(quantities.suggested_momentum(t, fraction), info)
     return [("BN001", "error", {**view.base, "updates_for_95": need},
-             f"{view.name}: moving statistics are {conv:.0%} converged after {t} updates at momentum {m:g}; "
-             f"95% needs {need}. Batch means are {view.gap_mean:.2f} std from the moving mean, variances "
-             f"{math.exp(view.gap_log_var):.2f}x apart. Use momentum {quantities.suggested_momentum(t, fraction):g} "
-             f"for runs this short, or call tb_bnstats.recalibrate(model, data).")]
+             f"{view.name}: moving statistics are {conv:.0%} converged after {t} updates at "
+             f"{words.momentum_text(m, info)}; 95% needs {need}. Batch means are {view.gap_mean:.2f} std from the "
+             f"moving mean, variances {math.exp(view.gap_log_var):.2f}x apart. Use {suggested} for runs "
+             f"this short, or call tb_bnstats.recalibrate(model, {words.data_name(info)}).")]
 
 
 STATE_RULES = (non_finite_moments, restored_at_initializer, never_updated, momentum_near_zero, not_converged)
@@ -266,7 +269,7 @@ def variance_shift(view, conv, **_):
         return []
     return [("BN004", "warning", ev,
              f"{view.name}: batches are persistently wider than the moving variance (median log ratio "
-             f"{signed:+.2f}, {math.exp(signed):.2f}x) although the average has converged. Fix: {_fix('BN004')}.")]
+             f"{signed:+.2f}, {math.exp(signed):.2f}x) although the average has converged. Fix: {_fix('BN004', view)}.")]
 
 
 def drifting_batches(view, conv, run_in_blocks=False, **_):
@@ -286,7 +289,7 @@ def drifting_batches(view, conv, run_in_blocks=False, **_):
            f"{ev['block_autocorrelation']:.2f}; independent batches give -0.14)")
     return [("BN006", "warning", ev,
              f"{view.name}: {why}: consecutive batches are alike (unshuffled or sorted data), so the moving "
-             f"statistics describe the last batches, not the data. Fix: {_fix('BN006')}.")]
+             f"statistics describe the last batches, not the data. Fix: {_fix('BN006', view)}.")]
 
 
 def noisy_batches(view, conv, **_):
@@ -300,7 +303,7 @@ def noisy_batches(view, conv, **_):
     return [("BN005", "warning", ev,
              f"{view.name}: batch moments are noisy: on the median channel the batch mean is {g:.2f} std from "
              f"the moving mean and the variance {math.exp(alv):.2f}x off, step after step (too few samples per "
-             f"channel). Fix: {_fix('BN005')}.")]
+             f"channel). Fix: {_fix('BN005', view)}.")]
 
 
 def probe_shift(name, layer):
@@ -327,7 +330,7 @@ def probe_shift(name, layer):
              f"{name}: the probe batch's means are {probe_gap:.2f} std from the converged moving means and its "
              f"variances {math.exp(probe_lv):.2f}x off, while training batches are {train_gap:.2f} std / "
              f"{math.exp(train_lv):.2f}x from them: the probe (eval) data come from a different distribution "
-             f"than the training data. Fix: {_fix('BN009')}.")]
+             f"than the training data. Fix: {words.fix('BN009', layer.info.framework)}.")]
 
 
 def block_score(layer):

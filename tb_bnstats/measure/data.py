@@ -1,6 +1,7 @@
-"""Data for the measurements: arrays, datasets and iterables of batches, all
-turned into ``(x, y_or_None)`` batches the same way. numpy only (a Keras
-``PyDataset`` is recognized without importing Keras first)."""
+"""Data for the measurements: arrays, tensors, datasets, data loaders and
+iterables of batches, all turned into ``(x, y_or_None)`` batches the same
+way. numpy only (a Keras ``PyDataset`` is recognized without importing Keras
+first; torch tensors are cut as torch tensors)."""
 
 import sys
 
@@ -40,6 +41,8 @@ def slice_rows(x, idx):
         return {k: slice_rows(v, idx) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return type(x)(slice_rows(v, idx) for v in x)
+    if type(x).__module__.startswith("torch"):
+        return x[idx]  # a torch tensor stays one, on its device
     return np.asarray(x)[idx]
 
 
@@ -93,7 +96,7 @@ def iter_batches(data, batch_size=32, shuffle=False, seed=0):
         order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
-            yield slice_rows(x, idx), (None if y is None else np.asarray(y)[idx])
+            yield slice_rows(x, idx), (None if y is None else slice_rows(y, idx))
         return
     if _is_keras_py_dataset(data):
         for i in range(len(data)):

@@ -40,9 +40,8 @@ from typing import Dict, Optional
 import numpy as np
 
 from tb_bnstats import quantities
-from tb_bnstats.capture.keras.layers import index_by_identity
 from tb_bnstats.measure import data as batches
-from tb_bnstats.measure import keras_passes
+from tb_bnstats.measure import passes
 
 # At most this many samples of the probe data are used (one batch).
 MAX_PROBE_SAMPLES = 256
@@ -101,101 +100,6 @@ def take_probe_batch(data, max_samples=MAX_PROBE_SAMPLES):
     return x, y
 
 
-class GapProbe:
-    """Runs batches through ``model`` in both modes.
-
-    Args:
-        model: a built Keras model.
-        named_layers: ``[(name, bn_layer)]`` to measure
-            (:func:`tb_bnstats.capture.keras.layers.find_batchnorm_layers`).
-        x, y: an optional fixed batch for :meth:`run` without arguments
-            (the callback's probe batch).
-    """
-
-    def __init__(self, model, x=None, y=None, named_layers=()):
-        self.model = model
-        self.x = None if x is None else keras_passes.to_tensors(x)
-        self.y = None if y is None else keras_passes.to_tensors(y)
-        self.tap = keras_passes.MomentTap(list(named_layers), force_training=False)
-        self._fn = keras_passes.compile_pass(self._both_modes)
-
-    def _both_modes(self, x, y, trainable, non_trainable, metrics_variables):
-        """Traced once per batch shape: both passes, loss and metrics,
-        per-layer moments and output norms, all from stateless calls on the
-        variables' values given."""
-        from keras import ops
-
-        model, tap = self.model, self.tap
-        trainable, non_trainable = list(trainable), list(non_trainable)
-        moving = index_by_identity(model.non_trainable_variables)
-        outputs = {}
-        for mode in (True, False):
-            tap.sink, tap.outputs = ({} if mode else None), {}
-            y_pred, _ = model.stateless_call(trainable, non_trainable, x, training=mode)
-            outputs[mode] = (y_pred, dict(tap.outputs), dict(tap.sink or {}))
-            tap.sink = tap.outputs = None
-        metrics = {mode: ({} if y is None else self._loss_and_metrics(trainable, non_trainable, list(metrics_variables),
-                                                                       x, y, y_pred, mode))
-                   for mode, (y_pred, _, _) in outputs.items()}
-
-        def norms(a, b):
-            a, b = ops.cast(a, "float32"), ops.cast(b, "float32")
-            return ops.sum(ops.square(a - b)), ops.sum(ops.square(a))
-
-        by_name = dict(tap.named)
-        per_layer = {}
-        for name, out_t in outputs[True][1].items():
-            if name not in outputs[False][1] or name not in outputs[True][2]:
-                continue
-            mean, var, _ = outputs[True][2][name]
-            layer = by_name[name]
-            per_layer[name] = (mean, var, non_trainable[moving[id(layer.moving_mean)]],
-                               non_trainable[moving[id(layer.moving_variance)]], norms(out_t, outputs[False][1][name]))
-        y_t, y_i = batches.first_leaf(outputs[True][0]), batches.first_leaf(outputs[False][0])
-        return metrics[True], metrics[False], per_layer, (y_t, y_i, norms(y_t, y_i))
-
-    def _loss_and_metrics(self, trainable, non_trainable, metrics_variables, x, y, y_pred, training):
-        from keras import ops
-
-        model = self.model
-        out = {}
-        if getattr(model, "_compile_loss", None) is not None:
-            loss, _ = model.stateless_compute_loss(trainable, non_trainable, metrics_variables,
-                                                   x, y, y_pred, training=training)
-            out["loss"] = loss
-        compiled = getattr(model, "_compile_metrics", None)
-        if compiled is not None and compiled.built:
-            state = compiled.stateless_update_state([ops.zeros_like(v.value) for v in compiled.variables], y, y_pred)
-            for k, v in compiled.stateless_result(state).items():
-                out[k] = v
-        return out
-
-    def run(self, x=None, y=None) -> ProbeResult:
-        """Both modes on ``(x, y)``, or on the fixed batch given at construction.
-
-        Returns:
-            :class:`ProbeResult`.
-        """
-        if x is None:
-            x, y = self.x, self.y
-        else:
-            x, y = keras_passes.to_tensors(x), (None if y is None else keras_passes.to_tensors(y))
-        model = self.model
-        keras_passes.sync_variables(model)
-        values = lambda variables: [v.value for v in variables]  # noqa: E731
-        with self.tap, keras_passes.quiet_retracing():
-            train, inference, per_layer, (y_t, y_i, out_norms) = self._fn(
-                x, y, values(model.trainable_variables), values(model.non_trainable_variables),
-                values(model.metrics_variables))
-        to_numpy = keras_passes.to_numpy
-        scalar = lambda d: {k: float(to_numpy(v)) for k, v in d.items() if np.size(to_numpy(v)) == 1}  # noqa: E731
-        f64 = lambda t: np.asarray(to_numpy(t), np.float64).reshape(-1)  # noqa: E731
-        layers = {name: ProbeLayer(f64(mean), f64(var), f64(mm), f64(mv), quantities.output_drift(*map(float, n)))
-                  for name, (mean, var, mm, mv, n) in per_layer.items()}
-        return ProbeResult(scalar(train), scalar(inference), layers, to_numpy(y_t), to_numpy(y_i),
-                           tuple(float(v) for v in out_norms))
-
-
 # -- the gap over several batches ------------------------------------------------------
 
 
@@ -233,22 +137,24 @@ def _accuracy(metrics, y, outputs):
     return None if y is None else quantities.argmax_accuracy(y, outputs)
 
 
-def gap_report(model, batch_list, probe: Optional[GapProbe] = None) -> GapReport:
+def gap_report(model, batch_list, probe=None, loss_fn=None) -> GapReport:
     """The train/inference gap on ``batch_list``, without changing the model.
 
     Args:
-        model: a built Keras model.
+        model: a built Keras model, or a ``torch.nn.Module``.
         batch_list: ``[(x, y_or_None)]`` batches.
-        probe: a :class:`GapProbe` of ``model`` to reuse (its traces).
+        probe: a ``GapProbe`` of ``model`` to reuse (its traces;
+            :func:`tb_bnstats.measure.passes.for_model`).
+        loss_fn: PyTorch: ``loss_fn(output, y)`` for the loss of both modes
+            (a Keras model uses its compiled loss).
 
     Returns:
         :class:`GapReport`, means weighted by rows.
 
     Raises:
-        ValueError: no batch, or the backend is not supported.
+        ValueError: no batch, or a framework / backend that is not supported.
     """
-    keras_passes.check_backend()
-    probe = probe or GapProbe(model)
+    probe = probe or passes.gap_probe(model, loss_fn=loss_fn)
     n, diff_sq, ref_sq, agree = 0, 0.0, 0.0, 0.0
     sums = {"loss_t": 0.0, "loss_i": 0.0, "acc_t": 0.0, "acc_i": 0.0}
     have = {"loss": True, "acc": True, "agree": True}

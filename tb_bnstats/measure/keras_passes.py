@@ -13,10 +13,16 @@
   generators) with torch.
 """
 
+import contextlib
 import functools
 
+import numpy as np
+
+from tb_bnstats import quantities
 from tb_bnstats.capture.keras import check_backend
-from tb_bnstats.capture.keras.layers import find_batchnorm_layers
+from tb_bnstats.capture.keras.layers import find_batchnorm_layers, index_by_identity
+from tb_bnstats.measure import data as batches
+from tb_bnstats.measure.gap import ProbeLayer, ProbeResult
 
 
 class MomentTap:
@@ -190,3 +196,159 @@ def sync_variables(model):
     sync = getattr(model, "jax_state_sync", None)
     if sync is not None:
         sync()
+
+
+class GapProbe:
+    """Runs batches through ``model`` in both modes.
+
+    Args:
+        model: a built Keras model.
+        named_layers: ``[(name, bn_layer)]`` to measure
+            (:func:`tb_bnstats.capture.keras.layers.find_batchnorm_layers`).
+        x, y: an optional fixed batch for :meth:`run` without arguments
+            (the callback's probe batch).
+    """
+
+    def __init__(self, model, x=None, y=None, named_layers=()):
+        self.model = model
+        self.x = None if x is None else to_tensors(x)
+        self.y = None if y is None else to_tensors(y)
+        self.tap = MomentTap(list(named_layers), force_training=False)
+        self._fn = compile_pass(self._both_modes)
+
+    def _both_modes(self, x, y, trainable, non_trainable, metrics_variables):
+        """Traced once per batch shape: both passes, loss and metrics,
+        per-layer moments and output norms, all from stateless calls on the
+        variables' values given."""
+        from keras import ops
+
+        model, tap = self.model, self.tap
+        trainable, non_trainable = list(trainable), list(non_trainable)
+        moving = index_by_identity(model.non_trainable_variables)
+        outputs = {}
+        for mode in (True, False):
+            tap.sink, tap.outputs = ({} if mode else None), {}
+            y_pred, _ = model.stateless_call(trainable, non_trainable, x, training=mode)
+            outputs[mode] = (y_pred, dict(tap.outputs), dict(tap.sink or {}))
+            tap.sink = tap.outputs = None
+        metrics = {mode: ({} if y is None else self._loss_and_metrics(trainable, non_trainable, list(metrics_variables),
+                                                                       x, y, y_pred, mode))
+                   for mode, (y_pred, _, _) in outputs.items()}
+
+        def norms(a, b):
+            a, b = ops.cast(a, "float32"), ops.cast(b, "float32")
+            return ops.sum(ops.square(a - b)), ops.sum(ops.square(a))
+
+        by_name = dict(tap.named)
+        per_layer = {}
+        for name, out_t in outputs[True][1].items():
+            if name not in outputs[False][1] or name not in outputs[True][2]:
+                continue
+            mean, var, _ = outputs[True][2][name]
+            layer = by_name[name]
+            per_layer[name] = (mean, var, non_trainable[moving[id(layer.moving_mean)]],
+                               non_trainable[moving[id(layer.moving_variance)]], norms(out_t, outputs[False][1][name]))
+        y_t, y_i = batches.first_leaf(outputs[True][0]), batches.first_leaf(outputs[False][0])
+        return metrics[True], metrics[False], per_layer, (y_t, y_i, norms(y_t, y_i))
+
+    def _loss_and_metrics(self, trainable, non_trainable, metrics_variables, x, y, y_pred, training):
+        from keras import ops
+
+        model = self.model
+        out = {}
+        if getattr(model, "_compile_loss", None) is not None:
+            loss, _ = model.stateless_compute_loss(trainable, non_trainable, metrics_variables,
+                                                   x, y, y_pred, training=training)
+            out["loss"] = loss
+        compiled = getattr(model, "_compile_metrics", None)
+        if compiled is not None and compiled.built:
+            state = compiled.stateless_update_state([ops.zeros_like(v.value) for v in compiled.variables], y, y_pred)
+            for k, v in compiled.stateless_result(state).items():
+                out[k] = v
+        return out
+
+    def run(self, x=None, y=None) -> ProbeResult:
+        """Both modes on ``(x, y)``, or on the fixed batch given at construction.
+
+        Returns:
+            :class:`ProbeResult`.
+        """
+        if x is None:
+            x, y = self.x, self.y
+        else:
+            x, y = to_tensors(x), (None if y is None else to_tensors(y))
+        model = self.model
+        sync_variables(model)
+        values = lambda variables: [v.value for v in variables]  # noqa: E731
+        with self.tap, quiet_retracing():
+            train, inference, per_layer, (y_t, y_i, out_norms) = self._fn(
+                x, y, values(model.trainable_variables), values(model.non_trainable_variables),
+                values(model.metrics_variables))
+        scalar = lambda d: {k: float(to_numpy(v)) for k, v in d.items() if np.size(to_numpy(v)) == 1}  # noqa: E731
+        f64 = lambda t: np.asarray(to_numpy(t), np.float64).reshape(-1)  # noqa: E731
+        layers = {name: ProbeLayer(f64(mean), f64(var), f64(mm), f64(mv), quantities.output_drift(*map(float, n)))
+                  for name, (mean, var, mm, mv, n) in per_layer.items()}
+        return ProbeResult(scalar(train), scalar(inference), layers, to_numpy(y_t), to_numpy(y_i),
+                           tuple(float(v) for v in out_norms))
+
+
+def is_frozen(layer):
+    """Whether the layer is frozen (``trainable=False``: it normalizes with its moving averages)."""
+    return not layer.trainable
+
+
+def moving_statistics(layer):
+    """``(moving_mean, moving_variance, epsilon)`` of a BN layer (float64)."""
+    return (np.asarray(to_numpy(layer.moving_mean.value), np.float64),
+            np.asarray(to_numpy(layer.moving_variance.value), np.float64), float(layer.epsilon))
+
+
+@contextlib.contextmanager
+def moment_passes(model, named, training):
+    """The population measurement's passes: BN layers in training mode
+    (:class:`MomentTap`), the others in ``training`` mode, through
+    :class:`StatelessRunner`.
+
+    Yields:
+        ``run(x) -> {name: (mean [C], var [C], n)}`` as numpy float64.
+    """
+    with MomentTap(named) as tap:
+        runner = StatelessRunner(model, training=training, tap=tap)
+
+        def run(x):
+            _, moments = runner(x)
+            return {name: (np.asarray(to_numpy(mean), np.float64), np.asarray(to_numpy(var), np.float64),
+                           float(to_numpy(count))) for name, (mean, var, count) in moments.items()}
+
+        yield run
+
+
+def write_population(layer, pop):
+    """Writes population statistics into a BN layer's moving averages (and
+    ``moving_stddev = sqrt(var + eps)`` for ``renorm=True`` layers, whose
+    moving variance Keras derives from it as ``relu(std**2 - eps)``).
+
+    Returns:
+        ``undo()``, which puts every variable written back bit for bit.
+    """
+    dtype = np.dtype(layer.moving_mean.dtype)
+    writes = [(layer.moving_mean, pop.mean.astype(dtype))]
+    if getattr(layer, "renorm", False):
+        std = np.sqrt(pop.var + layer.epsilon)
+        writes.append((layer.moving_stddev, std.astype(np.dtype(layer.moving_stddev.dtype))))
+        writes.append((layer.moving_variance, np.maximum(std * std - layer.epsilon, 0.0).astype(dtype)))
+    else:
+        writes.append((layer.moving_variance, pop.var.astype(dtype)))
+    saved = [(var, np.array(var.numpy(), copy=True)) for var, _ in writes]
+
+    def undo():
+        for var, value in reversed(saved):
+            var.assign(value)
+
+    try:
+        for var, value in writes:
+            var.assign(value)
+    except BaseException:
+        undo()
+        raise
+    return undo

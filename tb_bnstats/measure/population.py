@@ -20,24 +20,37 @@ the cancellation of ``E[x**2] - E[x]**2`` when the mean is large against the
 spread. ``n_b`` is the number of values per channel in the batch (batch size
 times spatial positions; the unmasked count with a mask).
 
-How the moments are taken, without changing the model: the model runs through
-Keras' ``stateless_call`` (every variable assignment -- moving averages, RNG
-seed state -- goes into a scope that is thrown away), with each BN layer
-temporarily wrapped to run in training mode and to hand out the exact
-``(mean, variance)`` Keras' own ``_moments`` computes from the layer's input.
+How the moments are taken, without changing the model (the framework's
+passes, :mod:`tb_bnstats.measure.passes`):
+
+* Keras: the model runs through ``stateless_call`` (every variable
+  assignment -- moving averages, RNG seed state -- goes into a scope that is
+  thrown away), each BN layer temporarily wrapped to run in training mode
+  and to hand out the exact ``(mean, variance)`` Keras' own ``_moments``
+  computes from its input (:mod:`tb_bnstats.measure.keras_passes`);
+* PyTorch: BN modules in ``train()`` with ``track_running_stats`` off for
+  the pass (batch moments, no buffer written), a forward hook taking the
+  moments of their input, under ``torch.no_grad()`` with the random
+  generators forked; every mode flag is restored
+  (:mod:`tb_bnstats.measure.torch_passes`).
+
 Upstream BN layers normalize with batch moments, as in training and in
 PreciseBN. Other layers (Dropout, GaussianNoise...) run in inference mode by
 default (``training=False``), so the statistics are those inference will see
 -- which also removes dropout's "variance shift" (Li et al., CVPR 2019); pass
 ``training=True`` for fvcore's behaviour (everything in training mode).
-Frozen layers (``trainable=False``) keep normalizing with their moving
+Frozen layers (Keras ``trainable=False``; PyTorch modules whose affine
+parameters have ``requires_grad=False``) keep normalizing with their moving
 averages; their input moments are still measured.
 
-``recalibrate`` writes the result into ``moving_mean`` / ``moving_variance``
-(and ``moving_stddev = sqrt(var + eps)`` for ``renorm=True`` layers, whose
-moving variance Keras derives from it) as one transaction: if anything raises
-before it returns -- a data generator, a ``KeyboardInterrupt`` -- every
-variable it touched is restored bit for bit.
+``recalibrate`` writes the result into the moving averages -- Keras'
+``moving_mean`` / ``moving_variance`` (and ``moving_stddev = sqrt(var +
+eps)`` for ``renorm=True`` layers, whose moving variance Keras derives from
+it), PyTorch's ``running_mean`` / ``running_var`` (as ``var * N / (N - 1)``,
+its Bessel-corrected convention; ``num_batches_tracked`` is left as it is)
+-- as one transaction: if anything raises before it returns -- a data
+generator, a ``KeyboardInterrupt`` -- every value it touched is restored
+bit for bit.
 """
 
 import dataclasses
@@ -48,7 +61,7 @@ import numpy as np
 from tb_bnstats import quantities
 from tb_bnstats.measure import data as batches
 from tb_bnstats.measure import gap
-from tb_bnstats.measure.keras_passes import MomentTap, StatelessRunner, bn_layers, to_numpy
+from tb_bnstats.measure import passes
 
 # PreciseBN (Wu & Johnson 2021) finds 10^3-10^4 samples near-optimal.
 DEFAULT_NUM_SAMPLES = 4096
@@ -68,37 +81,35 @@ class LayerPopulation:
 
 
 def _population_and_kept_batches(model, data, num_samples, batch_size, training, shuffle, seed, keep_samples,
-                          include_frozen=True):
-    named = bn_layers(model)
+                                 include_frozen=True):
+    framework = passes.for_model(model)
+    named = framework.bn_layers(model)
     if not include_frozen:
-        named = [(n, l) for n, l in named if l.trainable]
+        named = [(n, l) for n, l in named if not framework.is_frozen(l)]
     acc = {}
     kept = []  # the first keep_samples examples' batches, for the gap report
     seen_rows = 0
-    with MomentTap(named) as tap:
-        runner = StatelessRunner(model, training=training, tap=tap)
+    with framework.moment_passes(model, named, training) as run:
         for x, y in batches.iter_batches(data, batch_size=batch_size, shuffle=shuffle, seed=seed):
             if seen_rows >= num_samples:
                 break
             rows = batches.num_rows(x)
-            _, moments = runner(x)
-            for name, (mean, var, count) in moments.items():
-                acc.setdefault(name, []).append((float(to_numpy(count)), np.asarray(to_numpy(mean), np.float64),
-                                                 np.asarray(to_numpy(var), np.float64)))
+            for name, moments in run(x).items():
+                acc.setdefault(name, []).append(moments)
             if sum(batches.num_rows(kx) for kx, _ in kept) < keep_samples:
                 kept.append((x, y))
             seen_rows += rows
     if seen_rows == 0:
         raise ValueError("no data: the data gave no batch")
-    trainable = {n: bool(l.trainable) for n, l in named}
     out = {}
-    for name, _ in named:
+    for name, layer in named:
         if name not in acc:
             continue  # the forward pass never ran this layer
-        counts = np.array([c for c, _, _ in acc[name]])
-        mean, var, count = quantities.pool_moments(counts, np.stack([m for _, m, _ in acc[name]]),
-                                                   np.stack([v for _, _, v in acc[name]]))
-        out[name] = LayerPopulation(name, mean, var, count, len(counts), seen_rows, trainable[name])
+        mean, var, count = quantities.pool_moments(np.array([n for _, _, n in acc[name]]),
+                                                   np.stack([m for m, _, _ in acc[name]]),
+                                                   np.stack([v for _, v, _ in acc[name]]))
+        out[name] = LayerPopulation(name, mean, var, count, len(acc[name]), seen_rows,
+                                    not framework.is_frozen(layer))
     return out, kept
 
 
@@ -106,13 +117,15 @@ def population_stats(model, data, num_samples=DEFAULT_NUM_SAMPLES, batch_size=32
                      shuffle=False, seed=0) -> Dict[str, LayerPopulation]:
     """Population mean and variance of every BN layer's input ("PreciseBN").
 
-    The model is not changed: no variable is assigned (the forward passes
-    run through ``stateless_call``).
+    The model is not changed: no variable or buffer is written (module
+    docstring).
 
     Args:
-        model: a built Keras 3 model (TensorFlow backend).
+        model: a built Keras 3 model (any supported backend), or a
+            ``torch.nn.Module``.
         data: arrays, ``(x, y)``, a batched ``tf.data.Dataset``, a
-            ``PyDataset`` or any iterable of batches (see :func:`tb_bnstats.measure.data.iter_batches`).
+            ``PyDataset``, a ``torch.utils.data.DataLoader`` or any iterable
+            of batches (see :func:`tb_bnstats.measure.data.iter_batches`).
             Use batches of the training batch size: upstream BN layers
             normalize each batch with its own moments, as in training.
         num_samples: stop once this many examples were seen (whole batches).
@@ -123,11 +136,12 @@ def population_stats(model, data, num_samples=DEFAULT_NUM_SAMPLES, batch_size=32
 
     Returns:
         ``{name: LayerPopulation}`` keyed by the names tb_bnstats logs
-        (:func:`tb_bnstats.capture.keras.layers.find_batchnorm_layers`).
+        (Keras layer paths, PyTorch module paths). ``var`` is the biased
+        population variance.
 
     Raises:
         ValueError: the model is not built, the data gave no batch, or the
-            backend is not supported.
+            framework / backend is not supported.
     """
     stats, _ = _population_and_kept_batches(model, data, num_samples, batch_size, training, shuffle, seed, keep_samples=0)
     return stats
@@ -161,32 +175,18 @@ class RecalibrationReport:
                           line("before", self.before), line("after", self.after)])
 
 
-def _assignments(layer, pop):
-    """``[(variable, new float array)]`` to write for one layer."""
-    dtype = np.dtype(layer.moving_mean.dtype)
-    out = [(layer.moving_mean, pop.mean.astype(dtype))]
-    if getattr(layer, "renorm", False):
-        std = np.sqrt(pop.var + layer.epsilon)
-        out.append((layer.moving_stddev, std.astype(np.dtype(layer.moving_stddev.dtype))))
-        # What Keras derives from the stddev: relu(std**2 - eps).
-        out.append((layer.moving_variance, np.maximum(std * std - layer.epsilon, 0.0).astype(dtype)))
-    else:
-        out.append((layer.moving_variance, pop.var.astype(dtype)))
-    return out
-
-
 def recalibrate(model, data, num_samples=DEFAULT_NUM_SAMPLES, batch_size=32, training=False, shuffle=False,
-                seed=0, gap_data=None, gap_samples=512, include_frozen=False) -> RecalibrationReport:
+                seed=0, gap_data=None, gap_samples=512, include_frozen=False, loss_fn=None) -> RecalibrationReport:
     """Replaces the moving averages of every BN layer with population
     statistics (:func:`population_stats`) and reports the train/inference gap
     before and after (:func:`tb_bnstats.measure.gap.gap_report`), on
     ``gap_data`` (``(x, y)`` arrays, or by default the first ``gap_samples``
     examples of ``data``).
 
-    Frozen layers (``trainable=False``) are left alone unless
-    ``include_frozen=True``. All or nothing: if anything raises before this
-    returns (the data, a ``KeyboardInterrupt``), every variable is restored
-    bit for bit.
+    Frozen layers (Keras ``trainable=False``, PyTorch ``requires_grad=False``)
+    are left alone unless ``include_frozen=True``. All or nothing: if
+    anything raises before this returns (the data, a ``KeyboardInterrupt``),
+    every variable or buffer is restored bit for bit.
 
     Args:
         model, data, num_samples, batch_size, training, shuffle, seed: as in
@@ -194,7 +194,9 @@ def recalibrate(model, data, num_samples=DEFAULT_NUM_SAMPLES, batch_size=32, tra
         gap_data: batches to report the gap on (arrays or a dataset); by
             default the first ``gap_samples`` examples of ``data``.
         gap_samples: see ``gap_data``.
-        include_frozen: also recalibrate layers with ``trainable=False``.
+        include_frozen: also recalibrate frozen layers.
+        loss_fn: PyTorch: ``loss_fn(output, y)``, for the loss in the report
+            (a Keras model's report uses its compiled loss).
 
     Returns:
         :class:`RecalibrationReport`.
@@ -207,23 +209,22 @@ def recalibrate(model, data, num_samples=DEFAULT_NUM_SAMPLES, batch_size=32, tra
         report = tb_bnstats.recalibrate(model, (x_train, y_train), num_samples=4096)
         print(report)   # accuracy train-mode 0.94 / inference-mode 0.12 -> 0.94 / 0.94
     """
-    named = dict(bn_layers(model))
-    saved = []
+    framework = passes.for_model(model)
+    named = dict(framework.bn_layers(model))
+    undo = []
     try:
         stats, gap_batches = _population_and_kept_batches(model, data, num_samples, batch_size, training, shuffle,
                                                           seed, gap_samples, include_frozen=include_frozen)
         if gap_data is not None:
             gap_batches = list(batches.iter_batches(gap_data, batch_size=batch_size))
-        both_modes = gap.GapProbe(model)
+        both_modes = passes.gap_probe(model, loss_fn=loss_fn)
         before = gap.gap_report(model, gap_batches, both_modes)
-        writes = [w for name, pop in stats.items() for w in _assignments(named[name], pop)]
-        saved = [(var, np.array(var.numpy(), copy=True)) for var, _ in writes]
-        for var, value in writes:
-            var.assign(value)
+        for name, pop in stats.items():
+            undo.append(framework.write_population(named[name], pop))
         after = gap.gap_report(model, gap_batches, both_modes)
     except BaseException:
-        for var, value in reversed(saved):
-            var.assign(value)
+        for restore in reversed(undo):
+            restore()
         raise
     skipped = [name for name in named if name not in stats]
     return RecalibrationReport(before, after, stats, skipped, next(iter(stats.values())).samples if stats else 0)
@@ -250,15 +251,15 @@ def variance_shift(model, data, num_samples=2048, batch_size=32):
         of the training-mode and of the moving variance against the
         inference-mode population variance.
     """
-    named = dict(bn_layers(model))
+    framework = passes.for_model(model)
+    named = dict(framework.bn_layers(model))
     inference = population_stats(model, data, num_samples, batch_size, training=False)
     train = population_stats(model, data, num_samples, batch_size, training=True)
     out = {}
     for name, layer in named.items():
-        if name not in inference or name not in train or not layer.trainable:
+        if name not in inference or name not in train or framework.is_frozen(layer):
             continue
-        eps = float(layer.epsilon)
-        moving = np.asarray(layer.moving_variance.numpy(), np.float64)
+        _, moving, eps = framework.moving_statistics(layer)
         out[name] = {
             "train_vs_inference_log_var_ratio":
                 float(np.mean(quantities.log_var_ratio(train[name].var, inference[name].var, eps))),

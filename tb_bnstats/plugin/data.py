@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from tb_bnstats import quantities
+from tb_bnstats.diagnosis import words
 from tb_bnstats.diagnosis.codes import THRESHOLDS
 
 # Points per tag that TensorBoard keeps unless told otherwise: the data server
@@ -137,6 +138,9 @@ def derived(info):
     m = info.momentum
     window = quantities.effective_window(m)
     return {
+        "momentum_label": words.momentum_setting(m, info),
+        "momentum_convention": ("PyTorch: the weight of the new batch" if words.speaks_pytorch(info)
+                                else "Keras: the weight kept on the old average"),
         "effective_window": window if math.isfinite(window) else None,
         "steps_to_95": quantities.steps_to_converge(m, THRESHOLDS["converged"]),
         "steps_to_99": quantities.steps_to_converge(m, 0.99),
@@ -155,13 +159,14 @@ def badges(info, latest):
     conv, updates = latest.get("convergence"), latest.get("updates")
     if not info.trainable or (updates is not None and updates == 0):
         out.append({"id": "frozen", "label": "no updates",
-                    "detail": "moving averages never updated (layer frozen or called with training=False)"
-                    if updates == 0 else "layer is frozen (trainable=False): moving averages are not updated"})
+                    "detail": f"moving averages never updated ({words.not_updating(info)})"
+                    if updates == 0 else f"layer {words.frozen(info)}"})
     elif conv is not None and conv < THRESHOLDS["converged"]:
         need = quantities.steps_to_converge(info.momentum, THRESHOLDS["converged"])
         out.append({"id": "not_converged", "label": f"{conv * 100:.0f}% converged",
                     "detail": f"moving averages still hold {100 - conv * 100:.1f}% of their initial values after "
-                              f"{int(updates or 0)} updates; momentum {info.momentum:g} needs {need} for 95%"})
+                              f"{int(updates or 0)} updates; {words.momentum_setting(info.momentum, info)} needs "
+                              f"{need} for 95%"})
     gap = latest.get("mean_gap/p90")
     if gap is not None and gap > MEAN_GAP_P90_WARN:
         out.append({"id": "mean_gap", "label": "mean gap",

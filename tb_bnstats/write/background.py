@@ -16,7 +16,7 @@ import warnings
 logger = logging.getLogger("tb_bnstats")
 
 # Jobs waiting at most: each is one drained block (at most a ring's worth of
-# steps, tb_bnstats.capture.keras.hooks.RING_BYTES).
+# steps, tb_bnstats.capture.rows.RING_BYTES).
 MAX_PENDING = 4
 
 

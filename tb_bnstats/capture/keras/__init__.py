@@ -1,5 +1,5 @@
 """Keras 3 captures, one module per backend: :mod:`.tensorflow`, :mod:`.jax`
-and :mod:`.torch`, on what they share (:mod:`.hooks`, :mod:`.rows`,
+and :mod:`.torch`, on what they share (:mod:`.hooks`, :mod:`tb_bnstats.capture.rows`,
 :mod:`.layers`).
 
 :func:`capture_for` picks the module of the running backend;

@@ -28,23 +28,13 @@ import weakref
 
 import numpy as np
 
-from tb_bnstats.capture.keras import rows as ring_rows
+from tb_bnstats.capture import rows as ring_rows
 from tb_bnstats.capture.keras.layers import find_batchnorm_layers, initializer_values, layer_info
 
 logger = logging.getLogger("tb_bnstats")
 
-# A ring holds K rows: as many as fit in RING_BYTES, at most RING_MAX_STEPS,
-# and never fewer than the model's steps_per_execution (a drain happens only
-# between executions).
-RING_BYTES = 32 * 2**20
-RING_MAX_STEPS = 256
-
 _state = threading.local()
 
-
-def ring_steps(row_bytes, steps_per_execution):
-    """K, the rows of a ring of rows of ``row_bytes`` (see :data:`RING_BYTES`)."""
-    return max(int(steps_per_execution), 1, min(RING_MAX_STEPS, RING_BYTES // max(int(row_bytes), 1)))
 
 
 def in_train_step():
@@ -346,7 +336,7 @@ class KerasCapture:
         """Every row written since the last drain, one read per ring (one
         ring unless the train step was traced with other layers), as
         :class:`tb_bnstats.capture.Block` s in step order
-        (:func:`tb_bnstats.capture.keras.rows.drain`)."""
+        (:func:`tb_bnstats.capture.rows.drain`)."""
         named = {id(layer): name for name, layer in self._named}
         blocks, self._drained = ring_rows.drain(self._hook.read_rings(), self._drained, named, self._slots)
         return blocks

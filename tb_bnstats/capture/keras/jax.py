@@ -47,9 +47,9 @@ import weakref
 
 import numpy as np
 
-from tb_bnstats.capture.keras.hooks import KerasCapture, LayerSlot, StepHook, ring_steps, train_step_scope
+from tb_bnstats.capture.keras.hooks import KerasCapture, LayerSlot, StepHook, train_step_scope
 from tb_bnstats.capture.keras.layers import index_by_identity, mean_metrics, steps_per_execution
-from tb_bnstats.capture.keras.rows import Layout, Rows
+from tb_bnstats.capture.rows import Layout, Rows, ring_steps
 
 _SLOTS = weakref.WeakKeyDictionary()  # BN layer -> _LayerSlot
 _HOOKS = weakref.WeakKeyDictionary()  # model -> _TrainStepHook

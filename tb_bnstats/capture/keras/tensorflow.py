@@ -9,7 +9,7 @@ reads -- the optimizer's iteration count, each layer's update count,
 captured and moving moments, the step's logs and the running-mean metrics'
 totals -- as one row of a ring buffer variable on the device: row
 ``(n - 1) % K`` at the n-th step (:class:`_Ring`; the columns:
-:mod:`tb_bnstats.capture.keras.rows`). The host reads the whole ring in one
+:mod:`tb_bnstats.capture.rows`). The host reads the whole ring in one
 device-to-host read every up to K steps (:meth:`KerasCapture.drain`);
 nothing is read per step, so the step runs on without waiting for the host,
 and with ``steps_per_execution`` > 1 every step of an execution has its own
@@ -25,9 +25,9 @@ import weakref
 import numpy as np
 
 from tb_bnstats.capture.keras import hooks
-from tb_bnstats.capture.keras.hooks import KerasCapture, LayerSlot, StepHook, ring_steps
+from tb_bnstats.capture.keras.hooks import KerasCapture, LayerSlot, StepHook
 from tb_bnstats.capture.keras.layers import mean_metrics, steps_per_execution
-from tb_bnstats.capture.keras.rows import Layout, Rows
+from tb_bnstats.capture.rows import Layout, Rows, ring_steps
 
 _SLOTS = weakref.WeakKeyDictionary()  # BN layer -> _LayerSlot
 _HOOKS = weakref.WeakKeyDictionary()  # model -> _TrainStepHook

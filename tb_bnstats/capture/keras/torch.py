@@ -7,7 +7,7 @@ call: the torch backend has no ``steps_per_execution``), so the Python of
 each step runs each step. The BN layers get the shared wrappers of
 :mod:`tb_bnstats.capture.keras.hooks`; ``model.train_step`` is wrapped to
 mark "inside a training step" and, when the step returns, to write its row
-(:mod:`tb_bnstats.capture.keras.rows`): the float columns -- logs, metric
+(:mod:`tb_bnstats.capture.rows`): the float columns -- logs, metric
 totals, batch and moving moments -- with one ``copy_`` into a float32 ring
 tensor on the layers' device, the optimizer's step into an int64 ring
 tensor there; the row number and update counts are Python integers kept in
@@ -22,9 +22,9 @@ import weakref
 
 import numpy as np
 
-from tb_bnstats.capture.keras.hooks import KerasCapture, LayerSlot, StepHook, ring_steps
+from tb_bnstats.capture.keras.hooks import KerasCapture, LayerSlot, StepHook
 from tb_bnstats.capture.keras.layers import mean_metrics
-from tb_bnstats.capture.keras.rows import Layout, Rows
+from tb_bnstats.capture.rows import Layout, Rows, ring_steps
 
 _SLOTS = weakref.WeakKeyDictionary()  # BN layer -> _LayerSlot
 _HOOKS = weakref.WeakKeyDictionary()  # model -> _TrainStepHook

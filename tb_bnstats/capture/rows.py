@@ -12,16 +12,29 @@ A row, for the layers of one :class:`Layout`:
 * ``values`` [V] -- the step's scalar logs, then ``(total, count)`` of each
   running-mean metric;
 * ``moments`` [4 * sum(C)] -- per layer ``batch_mean, batch_var,
-  moving_mean, moving_var`` as float32.
+  moving_mean, moving_var`` as float32;
+* ``samples`` [L] -- optional, each layer's values per channel in the batch
+  (for moving variances of Bessel-corrected batch variances, PyTorch's).
 """
 
 import dataclasses
 import weakref
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
 from tb_bnstats.capture import Block, LayerBlock
+
+# A ring holds K rows: as many as fit in RING_BYTES, at most RING_MAX_STEPS,
+# and never fewer than the steps one execution of the training step runs
+# (Keras' steps_per_execution: a drain happens only between executions).
+RING_BYTES = 32 * 2**20
+RING_MAX_STEPS = 256
+
+
+def ring_steps(row_bytes, steps_per_execution=1):
+    """K, the rows of a ring of rows of ``row_bytes`` (see :data:`RING_BYTES`)."""
+    return max(int(steps_per_execution), 1, min(RING_MAX_STEPS, RING_BYTES // max(int(row_bytes), 1)))
 
 
 @dataclasses.dataclass
@@ -66,18 +79,20 @@ class Rows:
     counts: np.ndarray  # [R, L]
     values: np.ndarray  # [R, V]
     moments: np.ndarray  # [R, 4 * sum(C)] float32
+    samples: Optional[np.ndarray] = None  # [R, L] values per channel, when the moving variance needs them
 
     @classmethod
-    def from_arrays(cls, layout, ints, floats):
-        """Rows from ``ints`` [R, 2 + L] (``n, step, counts``) and ``floats``
-        [R, V + 4 sum(C)] (``values, moments``)."""
+    def from_arrays(cls, layout, ints, floats, samples=None):
+        """Rows from ``ints`` [R, 2 + L] (``n, step, counts``), ``floats``
+        [R, V + 4 sum(C)] (``values, moments``) and optionally ``samples``
+        [R, L]."""
         values = layout.num_values
         return cls(layout, n=ints[:, 0], step=ints[:, 1], counts=ints[:, 2:], values=floats[:, :values],
-                   moments=floats[:, values:])
+                   moments=floats[:, values:], samples=samples)
 
     def take(self, index):
         return Rows(self.layout, self.n[index], self.step[index], self.counts[index], self.values[index],
-                    self.moments[index])
+                    self.moments[index], None if self.samples is None else self.samples[index])
 
     def block(self, named, slots):
         """These rows as a :class:`Block`. ``named``: ``{id(layer): name}``;
@@ -101,7 +116,8 @@ class Rows:
             layers[name] = LayerBlock(
                 batch_mean=chunk[:, 0], batch_var=chunk[:, 1], moving_mean=chunk[:, 2], moving_var=chunk[:, 3],
                 updates=self.counts[:, i].astype(np.int64), updating=updating, init_mean=slot.init_mean,
-                init_var=slot.init_var)
+                init_var=slot.init_var,
+                samples_per_channel=None if self.samples is None else self.samples[:, i].astype(np.float64))
         return Block(steps=self.step.astype(np.int64), layers=layers, logs=logs, metric_totals=totals)
 
 

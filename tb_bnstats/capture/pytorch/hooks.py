@@ -1,0 +1,253 @@
+"""Keeps the batch moments of every training forward of a PyTorch model's BN
+modules on the device, one row per training step, and drains them in blocks.
+
+Per BN module, one forward hook (``register_forward_hook``: it runs after the
+module's own forward, so the running statistics it reads later are the
+updated ones) takes the biased per-channel mean and variance of the module's
+input (:func:`tb_bnstats.capture.pytorch.modules.channel_moments`, the
+values the module normalized with) and keeps them, with the number of values
+per channel and whether the module updated its running statistics, as the
+module's *pending* moments. Forwards without gradients in ``eval()`` mode
+(validation, ``torch.no_grad()``) are not training forwards and keep nothing.
+With gradient accumulation the last micro-batch's moments are the step's;
+``num_batches_tracked`` counts every forward's update.
+
+When the training loop says a step is done
+(:meth:`TorchCapture.write_step`), the pending moments, the running
+statistics and the step's metrics become one row of a ring
+(:mod:`tb_bnstats.capture.rows`): the floats with one ``torch.cat`` into a
+float32 ring tensor on the modules' device, each module's
+``num_batches_tracked`` with one ``torch.stack`` into an int64 ring tensor
+there; the row number, the step, Python-number metrics and the values per
+channel are host integers and floats. Nothing is read from the device per
+step: on a GPU the copies queue behind the step's own kernels. A drain reads
+both ring tensors once.
+
+Under ``torch.compile`` the hooks are traced into the compiled graph (a
+side effect on a Python dict Dynamo replays); the row writing runs eagerly
+in the loop. The hooks add nothing to the model's ``state_dict``, and
+:meth:`TorchCapture.close` removes them all.
+"""
+
+import logging
+import weakref
+
+import numpy as np
+
+from tb_bnstats.capture import rows as ring_rows
+from tb_bnstats.capture.pytorch import modules as bn_modules
+
+logger = logging.getLogger("tb_bnstats")
+
+
+class _ModuleSlot:
+    """One BN module: its name, what it started from, and what it was when
+    the capture was made (``num_batches_tracked``, at its initial values)."""
+
+    def __init__(self, name, module):
+        import torch
+
+        self.name, self.module = name, module
+        self.channels = None
+        self.start_updates, self.started_at_initializer = 0, True
+        if bn_modules.tracks_running_stats(module):  # a lazy module before its first forward: fresh
+            with torch.no_grad():
+                self.start_updates = int(module.num_batches_tracked) if module.num_batches_tracked is not None else 0
+                self.started_at_initializer = bool(torch.all(module.running_mean == 0)) and bool(
+                    torch.all(module.running_var == 1))
+
+    @property
+    def init_mean(self):
+        return np.zeros(self.channels or 0)
+
+    @property
+    def init_var(self):
+        return np.ones(self.channels or 0)
+
+
+class _Ring:
+    """K rows of one layout: ``floats`` [K, V_dev + 4 sum(C)] float32 and
+    ``counts`` [K, L] int64 on the device; ``ints`` [K, 2] (``n, step``),
+    ``host_values`` [K, V_host] and ``samples`` [K, L] on the host."""
+
+    def __init__(self, layout, device, on_device):
+        import torch
+
+        self.layout, self.on_device = layout, tuple(on_device)
+        width = sum(self.on_device) + layout.num_moments
+        self.steps = ring_rows.ring_steps(4 * width + 8 * len(layout.layers))
+        self.floats = torch.zeros([self.steps, width], dtype=torch.float32, device=device)
+        self.counts = torch.zeros([self.steps, len(layout.layers)], dtype=torch.int64, device=device)
+        self.ints = np.zeros([self.steps, 2], np.int64)
+        self.host_values = np.zeros([self.steps, len(self.on_device) - sum(self.on_device)])
+        self.samples = np.zeros([self.steps, len(layout.layers)])
+
+    def read(self):
+        """Both device tensors, one read each, as :class:`~tb_bnstats.capture.rows.Rows`."""
+        device_part = self.floats.cpu().numpy()
+        counts = self.counts.cpu().numpy()
+        on_device = np.array(self.on_device, bool)
+        values = np.zeros([self.steps, len(on_device)], np.float32)
+        values[:, on_device] = device_part[:, :on_device.sum()]
+        values[:, ~on_device] = self.host_values
+        floats = np.concatenate([values, device_part[:, on_device.sum():]], axis=1)
+        return ring_rows.Rows.from_arrays(self.layout, np.concatenate([self.ints, counts], axis=1), floats,
+                                          samples=self.samples.copy())
+
+
+class TorchCapture:
+    """The BN modules of ``model`` instrumented with forward hooks: a
+    :class:`tb_bnstats.capture.Capture`.
+
+    Args:
+        model: a ``torch.nn.Module``.
+
+    Raises:
+        TypeError: ``model`` is not a ``torch.nn.Module``.
+    """
+
+    def __init__(self, model):
+        import torch
+
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"tb_bnstats.torch needs a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        found = bn_modules.find_batchnorm_modules(model)
+        self._slots = {name: _ModuleSlot(name, module) for name, module in found}
+        self.untracked = [name for name, module in found if not module.track_running_stats]
+        self._pending = {}  # name -> (mean, var, values per channel, updating): this step's training forward
+        self._order = []  # names in the order training forwards first ran them
+        self._updating = {}  # name -> whether its last training forward updated its running statistics
+        self._rings = {}
+        self._seq = self._drained = self._reads = 0
+        self.failed = None  # the exception that turned the hooks off
+        self._handles = [module.register_forward_hook(self._hook_for(name)) for name, module in found
+                         if name not in self.untracked]
+
+    # -- inside the forward pass ---------------------------------------------------
+
+    def _hook_for(self, name):
+        pending = self._pending
+
+        def keep_moments(module, args, output):
+            if self.failed is not None or not (module.training or _grad_enabled()):
+                return  # validation / inference forwards are not part of a training step
+            try:
+                mean, var, n = bn_modules.channel_moments(args[0])
+                pending[name] = (mean, var, n, bool(module.training))
+            except Exception as exc:  # noqa: BLE001 - the forward pass must go on
+                self._fail(exc)
+
+        return keep_moments
+
+    def _fail(self, exc):
+        self.failed = exc
+        logger.warning("tb_bnstats: capturing BN moments failed, training continues without them: %s: %s",
+                       type(exc).__name__, exc)
+
+    # -- between steps (eager) -----------------------------------------------------
+
+    def write_step(self, step, metrics):
+        """The training step ``step`` is done: its pending moments, the
+        running statistics now and ``metrics`` (``{name: tensor or
+        number}``) become one row.
+
+        Returns:
+            True when the step's training forward ran BN modules.
+        """
+        import torch
+
+        pending, self._pending = dict(self._pending), self._pending
+        self._pending.clear()
+        names = list(pending)
+        for name in names:
+            if name not in self._updating:
+                self._order.append(name)
+            self._updating[name] = pending[name][3]
+        slots = [self._slots[n] for n in names]
+        for slot, name in zip(slots, names):
+            slot.channels = int(pending[name][0].numel())
+        on_device = [isinstance(v, torch.Tensor) for v in metrics.values()]
+        layout = ring_rows.Layout.of([s.module for s in slots], [s.channels for s in slots],
+                                     [pending[n][3] for n in names], list(metrics), ())
+        key = (layout.key, tuple(on_device))
+        ring = self._rings.get(key)
+        if ring is None:
+            device = slots[0].module.running_mean.device if slots else next(
+                (v.device for v in metrics.values() if isinstance(v, torch.Tensor)), "cpu")
+            ring = self._rings[key] = _Ring(layout, device, on_device)
+        at = self._seq % ring.steps
+        with torch.no_grad():
+            device = ring.floats.device
+            floats = [v.detach().reshape([1]).to(device, torch.float32) for v in metrics.values()
+                      if isinstance(v, torch.Tensor)]
+            for slot, name in zip(slots, names):
+                mean, var = pending[name][:2]
+                floats += [mean, var, slot.module.running_mean.detach().float(),
+                           slot.module.running_var.detach().float()]
+            if floats:
+                torch.cat([f.reshape([-1]).to(device) for f in floats], out=ring.floats[at])
+            if slots:
+                torch.stack([s.module.num_batches_tracked for s in slots], out=ring.counts[at])
+        ring.host_values[at] = [float(v) for v in metrics.values() if not isinstance(v, torch.Tensor)]
+        ring.samples[at] = [pending[n][2] for n in names]
+        self._seq += 1
+        ring.ints[at] = (self._seq, int(step))
+        return bool(slots)
+
+    # -- the Capture protocol --------------------------------------------------------
+
+    @property
+    def names(self):
+        return [name for name in self._slots if name not in self.untracked]
+
+    def layer_infos(self):
+        return [bn_modules.layer_info(name, self._slots[name].module, depth, self._updating[name])
+                for depth, name in enumerate(self._order)]
+
+    def resume(self, step):
+        """``"resumed"`` for modules whose ``num_batches_tracked`` was > 0
+        when the capture was made (it goes on from there), ``"at_initializer"``
+        for modules at 0 / 1 with no update counted although ``step`` > 0."""
+        if step <= 0:
+            return {}
+        out = {}
+        for name in self.names:
+            slot = self._slots[name]
+            if slot.start_updates > 0:
+                out[name] = "resumed"
+            elif slot.started_at_initializer:
+                out[name] = "at_initializer"
+        return out
+
+    def not_run(self):
+        return [name for name in self.names if name not in self._updating]
+
+    @property
+    def drain_every(self):
+        return min((ring.steps for ring in self._rings.values()), default=None)
+
+    @property
+    def reads(self):
+        return self._reads
+
+    def drain(self):
+        parts = []
+        for ring in self._rings.values():
+            parts.append((ring.read(), ring.steps))
+            self._reads += 2
+        named = {id(slot.module): name for name, slot in self._slots.items()}
+        blocks, self._drained = ring_rows.drain(parts, self._drained, named, self._slots)
+        return blocks
+
+    def close(self):
+        """Removes every hook."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def _grad_enabled():
+    import torch
+
+    return torch.is_grad_enabled()

@@ -1,0 +1,99 @@
+"""Finding the BatchNorm modules of a PyTorch model and describing them.
+
+PyTorch's conventions, and how the log format (Keras' conventions, see
+:class:`tb_bnstats.format.metadata.LayerInfo`) takes them:
+
+* ``momentum`` is the weight of the *new* batch:
+  ``running = (1 - p) * running + p * batch``. The format's momentum is the
+  weight kept on the old average, ``m = 1 - p`` (PyTorch's default 0.1 is
+  0.9). ``momentum=None`` is a cumulative average, ``running = mean of every
+  batch so far`` (``p = 1 / num_batches_tracked``): ``None`` in the format too.
+* ``running_var`` averages the Bessel-corrected batch variance
+  ``var_B * n / (n - 1)`` (``n`` values per channel), while the batch is
+  normalized with the biased ``var_B``: ``moving_var_unbiased=True``, and the
+  capture keeps ``n`` per step (:func:`tb_bnstats.quantities.comparable_batch_var`).
+* ``num_batches_tracked`` counts the updates (``t``); it is in the
+  ``state_dict``, so it goes on across a restore.
+* A module updates its running statistics only in ``train()`` mode with
+  ``track_running_stats=True``. In ``eval()`` it normalizes with them (and
+  does not update: "not updating", as a Keras layer with
+  ``training=False``). With ``track_running_stats=False`` it has no running
+  statistics and normalizes with batch moments in ``eval()`` too: nothing to
+  compare, such a module is not logged.
+* The initial running statistics are 0 and 1 (``reset_running_stats``).
+"""
+
+from tb_bnstats.format.metadata import LayerInfo
+
+FRAMEWORK = "pytorch"
+
+
+def is_batchnorm(module):
+    """Whether ``module`` is a BatchNorm module: any subclass of
+    ``torch.nn.modules.batchnorm._BatchNorm`` (``BatchNorm1d/2d/3d``,
+    ``SyncBatchNorm``, the lazy ones, timm-style subclasses). Instance and
+    group norms are not (they keep no batch statistics)."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    return isinstance(module, _BatchNorm)
+
+
+def find_batchnorm_modules(model):
+    """``[(name, module)]`` of every BN module of ``model`` at any depth,
+    named by its module path (``layer1.0.bn1``; ``model`` itself, when it is
+    one, is ``"bn"``), in registration order, each module once (a module
+    shared by two paths keeps the first, as ``named_modules`` does)."""
+    return [(name or "bn", module) for name, module in model.named_modules() if is_batchnorm(module)]
+
+
+def keras_momentum(momentum):
+    """PyTorch's ``momentum`` (weight of the new batch; None: cumulative) in
+    the log format's convention (weight kept on the old average)."""
+    return None if momentum is None else 1.0 - float(momentum)
+
+
+def tracks_running_stats(module):
+    """Whether the module keeps running statistics (``track_running_stats``
+    and initialized buffers: a lazy module has none before its first forward)."""
+    from torch.nn.parameter import UninitializedBuffer
+
+    mean = getattr(module, "running_mean", None)
+    return bool(module.track_running_stats) and mean is not None and not isinstance(mean, UninitializedBuffer)
+
+
+def layer_info(name, module, depth, updating):
+    """The :class:`~tb_bnstats.format.metadata.LayerInfo` of one BN module.
+
+    Args:
+        name: its module path.
+        module: the module (its running statistics initialized).
+        depth: its position in the forward order.
+        updating: whether the training forward updated its running
+            statistics (``train()`` mode); False is logged as
+            ``trainable=False`` ("not updating").
+    """
+    import torch
+
+    return LayerInfo(
+        name=name, channels=int(module.running_mean.numel()), momentum=keras_momentum(module.momentum),
+        epsilon=float(module.eps), init_mean=0.0, init_var=1.0, moving_var_unbiased=True, depth=int(depth),
+        layer_class=type(module).__name__, framework=FRAMEWORK, trainable=bool(updating),
+        synchronized=isinstance(module, torch.nn.SyncBatchNorm))
+
+
+def channel_moments(x):
+    """The biased per-channel mean and variance of a BN input ``x`` [N, C,
+    ...] over every axis but 1 (what the module normalizes with), in float32
+    at least, without gradients, and the number of values per channel.
+
+    Returns:
+        ``(mean [C], var [C], n)`` (``n`` a Python int).
+    """
+    import torch
+
+    x = x.detach()
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()  # float16 / bfloat16 under autocast: the moments in float32
+    dims = [0, *range(2, x.dim())]
+    var, mean = torch.var_mean(x, dim=dims, correction=0)
+    return mean, var, x.numel() // x.shape[1]

@@ -1,0 +1,85 @@
+"""The framework's words in the findings: a PyTorch run is told about
+``model.eval()``, ``momentum=0.01`` and ``requires_grad``; a Keras run about
+``training=False``, ``momentum=0.99`` and ``trainable``.
+
+The log stores momentum in Keras' convention (the weight kept on the old
+average, :class:`tb_bnstats.format.metadata.LayerInfo`); PyTorch's is the
+weight of the new batch, ``1 - m``. :func:`momentum_text` says a momentum in
+the layer's own convention, and names the convention.
+"""
+
+from tb_bnstats.diagnosis.codes import CODES
+
+PYTORCH = "pytorch"
+
+# The fixes in PyTorch's words, where they differ from CODES' (Keras').
+PYTORCH_FIXES = {
+    "BN001": "raise the momentum (PyTorch's momentum=0.1, the default, for runs of a few hundred steps), train "
+             "longer, or call tb_bnstats.recalibrate(model, loader) after training",
+    "BN002": "keep the BN modules in train() mode while training (call model.train() after any model.eval(), and "
+             "do not call .eval() on BN modules inside the loop); if frozen on purpose, call "
+             "tb_bnstats.recalibrate(model, loader, include_frozen=True)",
+    "BN003": "use momentum=0.01-0.1 (PyTorch's momentum is the weight of the new batch: its 0.1 is Keras' 0.9); "
+             "momentum=None averages every batch",
+    "BN004": "move nn.Dropout after the BN modules (or before the last layer only), or "
+             "tb_bnstats.recalibrate(model, loader) (other modules in eval mode)",
+    "BN005": "use batches of 16+ samples per GPU (or nn.GroupNorm, or nn.SyncBatchNorm across GPUs), then "
+             "tb_bnstats.recalibrate(model, loader)",
+    "BN006": "shuffle the training data (DataLoader(..., shuffle=True)), then tb_bnstats.recalibrate(model, loader)",
+    "BN008": "save and load the whole model.state_dict() (running_mean, running_var and num_batches_tracked are "
+             "buffers in it; load_state_dict(strict=True) names any that are missing), or call "
+             "tb_bnstats.recalibrate(model, loader) after restoring",
+}
+
+
+def speaks_pytorch(info):
+    """Whether a layer (a LayerInfo) comes from PyTorch."""
+    return getattr(info, "framework", None) == PYTORCH
+
+
+def fix(code, framework=None):
+    """The fix of ``code`` in ``framework``'s words (``info.framework``;
+    Keras' by default)."""
+    if framework == PYTORCH and code in PYTORCH_FIXES:
+        return PYTORCH_FIXES[code]
+    return CODES[code].fix
+
+
+def data_name(info):
+    """What the training data is called in a call the message suggests."""
+    return "loader" if speaks_pytorch(info) else "data"
+
+
+def momentum_text(momentum, info=None):
+    """A momentum (Keras' convention, as logged) in the layer's convention:
+    ``"momentum 0.99"`` for Keras, ``"momentum=0.01 (PyTorch's weight of the
+    new batch; Keras' 0.99)"`` for PyTorch, ``"momentum=None (a cumulative
+    average)"``."""
+    if momentum is None:
+        return "momentum=None (a cumulative average of every batch)"
+    if info is not None and speaks_pytorch(info):
+        return f"momentum={1.0 - momentum:.4g} (PyTorch's weight of the new batch; Keras' {momentum:.4g})"
+    return f"momentum {momentum:g}"
+
+
+def momentum_setting(momentum, info=None):
+    """The constructor argument that sets a momentum (Keras' convention) in
+    the layer's framework: ``"momentum=0.95"`` (Keras), ``"momentum=0.05"``
+    (PyTorch)."""
+    if momentum is None:
+        return "momentum=None"
+    return f"momentum={1.0 - momentum:.4g}" if info is not None and speaks_pytorch(info) else f"momentum={momentum:g}"
+
+
+def not_updating(info):
+    """Why a layer's moving statistics did not update during training."""
+    if speaks_pytorch(info):
+        return "the module was in eval() mode during training"
+    return "trainable=False" if not info.trainable else "called with training=False during training"
+
+
+def frozen(info):
+    """A frozen layer, in its framework's words."""
+    if speaks_pytorch(info):
+        return "in eval() during training: running statistics not updated"
+    return "frozen (trainable=False): moving averages not updated"
