@@ -30,7 +30,6 @@ in the loop. The hooks add nothing to the model's ``state_dict``, and
 """
 
 import logging
-import weakref
 
 import numpy as np
 
