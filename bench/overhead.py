@@ -25,6 +25,7 @@ pass/fail test: the figures go into the README.
     python bench/overhead.py [--models convnet,mobilenetv2] [--xla off,on] [--rounds 3] [--steps 100]
     python bench/overhead.py --models resnet50 --batch 64 --xla on     # on a GPU
     python bench/overhead.py --backend jax --xla on                     # Keras on JAX
+    python bench/overhead.py --framework torch [--compile off,on]       # PyTorch: bench/overhead_torch.py
 """
 
 import argparse
@@ -47,6 +48,15 @@ def _backend_argument(argv):
             return arg.split("=", 1)[1]
     return None
 
+
+if "--framework" in sys.argv and sys.argv[sys.argv.index("--framework") + 1:][:1] == ["torch"] or (
+        "--framework=torch" in sys.argv):
+    # A plain PyTorch loop: measured without importing Keras or TensorFlow.
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+    import overhead_torch
+
+    overhead_torch.main(sys.argv[1:])
+    sys.exit(0)
 
 os.environ["KERAS_BACKEND"] = _backend_argument(sys.argv) or os.environ.get("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -170,6 +180,8 @@ def bench(model_name, jit, args, root):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--framework", choices=["keras", "torch"], default="keras",
+                        help="keras (this file) or torch (bench/overhead_torch.py)")
     parser.add_argument("--backend", choices=BACKENDS, default=os.environ["KERAS_BACKEND"],
                         help="Keras' backend (default: KERAS_BACKEND, else tensorflow)")
     parser.add_argument("--models", default="convnet,mobilenetv2", help=f"comma-separated, of {sorted(MODELS)}")

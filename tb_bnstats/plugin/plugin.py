@@ -23,7 +23,8 @@ route      parameters                                            answer
 /series    run, layer, quantities=a,b, points=1000, format        min/max-downsampled series
 /snapshot  run, layer, step=<latest>, format                      per-channel rows, nearest step
 /bands     run, layer, format                                     channel spread per snapshot
-/loss      run, points=1000, format                               loss/metrics on the step axis
+/loss      run, points=1000, format                               loss/metrics on the step axis (the
+                                                                 run's, its SummaryWriter scalars, Keras')
 /compare   run (repeated), layer, quantity, points=1000, format   one quantity from many runs
 /findings  run                                                   the run's diagnosis findings
 ========== ===================================================== ==========================
@@ -45,7 +46,7 @@ from werkzeug import wrappers
 
 from tb_bnstats import diagnosis
 from tb_bnstats.format import metadata, records
-from tb_bnstats.plugin import cache, data, keras_scalars
+from tb_bnstats.plugin import cache, data, scalars
 from tb_bnstats.plugin.http import BadRequest, int_arg, one, route, safe_name
 from tb_bnstats.read import integrity, reader
 from tb_bnstats.read.reader import READ_ALL
@@ -413,17 +414,22 @@ class BNStatsPlugin(base_plugin.TBPlugin):
     @route(("run", "points"), csv_ok=True)
     def _serve_loss(self, request, args):
         """The run's own metrics (``metric/train/*`` per step, ``metric/val/*``
-        per epoch) and, when Keras' TensorBoard callback wrote next to it
-        (``<run>/train``, ``<run>/validation`` or siblings of the run's parent),
-        its ``batch_*`` (step = batch counter) and ``epoch_*`` (step = epoch,
-        mapped to the step where that epoch ended) scalars."""
+        per epoch); the scalars another writer put into the run's directory
+        (``torch.utils.tensorboard.SummaryWriter(log_dir)`` beside
+        ``BNStatsMonitor``: any tag, step = the writer's global step); and,
+        when Keras' TensorBoard callback wrote next to it (``<run>/train``,
+        ``<run>/validation`` or siblings of the run's parent), its
+        ``batch_*`` (step = batch counter) and ``epoch_*`` (step = epoch,
+        mapped to the step where that epoch ended) scalars
+        (:mod:`tb_bnstats.plugin.scalars`)."""
         indexes, ctx, eid = self._index(request)
         run = self._run_arg(args, indexes)
         points = int_arg(args, "points", 1000, 2, MAX_POINTS)
         return self.loss_impl(ctx, eid, run, indexes[run], points)
 
     def loss_impl(self, ctx, eid, run, index, points):
-        """The run's metrics and Keras' own scalars beside it, on one step axis."""
+        """The run's metrics, the scalars in its directory and Keras' own
+        scalars beside it, on one step axis."""
         raw = self._read(ctx, eid, run, index, list(index.metric_tags.values()), READ_ALL)
         series = []
         val_steps = None
@@ -434,8 +440,9 @@ class BNStatsPlugin(base_plugin.TBPlugin):
             series.append({"key": key, "source": "bn_stats", "split": key.split("/", 1)[0],
                            "name": key.split("/", 1)[1], "steps": steps, "values": values,
                            "aligned": "step"})
-        series += keras_scalars.keras_series(self._provider, ctx, eid, run, val_steps,
-                                             max(index.max_step.values(), default=0))
+        series += scalars.own_series(self._provider, ctx, eid, run)
+        series += scalars.keras_series(self._provider, ctx, eid, run, val_steps,
+                                       max(index.max_step.values(), default=0))
         out, samplings, full = [], [], {}
         for s in series:
             samplings.append(self._sampling(s["steps"]) if s["aligned"] == "step" else None)

@@ -1,8 +1,23 @@
-"""The loss chart's other source: scalars Keras' own TensorBoard callback
-(or ``torch.utils.tensorboard``) wrote beside a tb_bnstats run, put on the
-run's step axis."""
+"""The loss chart's other sources: scalars (TensorBoard's "scalars" plugin)
+that another writer put beside or into a tb_bnstats run, on the run's step
+axis.
+
+* :func:`keras_series`: Keras' own TensorBoard callback, in ``<run>/train``
+  and ``<run>/validation`` (or siblings of the run's parent), ``batch_*`` and
+  ``epoch_*`` tags.
+* :func:`own_series`: scalars written into the run's directory itself, as
+  ``torch.utils.tensorboard.SummaryWriter(log_dir)`` does next to
+  ``BNStatsMonitor(model, log_dir)`` (``add_scalar("loss/train", v, step)``),
+  or ``tf.summary.scalar`` in a custom loop: any tag, its step the writer's
+  global step.
+
+The run's own metrics (``metric/<split>/<name>``, BNStatsCallback's and
+BNStatsMonitor's ``log_metrics``) are of the bn_stats plugin, never of
+"scalars", so nothing is read twice.
+"""
 
 import posixpath
+import re
 
 import numpy as np
 from tensorboard import errors
@@ -10,7 +25,45 @@ from tensorboard.data import provider
 
 from tb_bnstats.read.reader import READ_ALL
 
-KERAS_PLUGIN = "scalars"
+SCALARS_PLUGIN = "scalars"
+# The source of scalars written into the run itself (the legend says it).
+OWN_SOURCE = "run's own scalars"
+# A tag naming a held-out split: a word val/valid/validation/test/eval
+# between separators ("loss/val", "val_loss", "Accuracy/test", "eval/loss").
+_VAL_WORD = re.compile(r"(?:^|[/_\-. ])(?:val|valid|validation|test|eval)(?:$|[/_\-. ])", re.IGNORECASE)
+
+
+def split_of(tag):
+    """``"val"`` when a tag names validation (``val``, ``valid``,
+    ``validation``, ``test``, ``eval`` as a word of it), else ``"train"``."""
+    return "val" if _VAL_WORD.search(tag) else "train"
+
+
+def own_series(data_provider, ctx, eid, run):
+    """The scalars written into ``run``'s directory itself (e.g. by
+    ``torch.utils.tensorboard.SummaryWriter(log_dir)``): every tag, its step
+    the writer's global step (aligned ``"step"``), split ``"val"`` when the
+    tag names validation (:func:`split_of`), as series dicts of the ``/loss``
+    route (``source``: :data:`OWN_SOURCE`)."""
+    try:
+        listing = data_provider.list_scalars(ctx, experiment_id=eid, plugin_name=SCALARS_PLUGIN)
+    except errors.PublicError:
+        return []
+    tags = sorted(listing.get(run, {}))
+    if not tags:
+        return []
+    result = data_provider.read_scalars(
+        ctx, experiment_id=eid, plugin_name=SCALARS_PLUGIN, downsample=READ_ALL,
+        run_tag_filter=provider.RunTagFilter(runs=[run], tags=tags)).get(run, {})
+    out = []
+    for tag in sorted(result):
+        pts = result[tag]
+        if not pts:
+            continue
+        out.append({"key": f"scalars:{tag}", "source": OWN_SOURCE, "split": split_of(tag), "name": tag,
+                    "steps": np.array([p.step for p in pts], np.int64),
+                    "values": np.array([p.value for p in pts], np.float64), "aligned": "step"})
+    return out
 
 
 def keras_series(data_provider, ctx, eid, run, val_steps, max_step):
@@ -20,7 +73,7 @@ def keras_series(data_provider, ctx, eid, run, val_steps, max_step):
     the step where that epoch ended, :func:`epoch_to_step`), as series dicts
     of the ``/loss`` route."""
     try:
-        listing = data_provider.list_scalars(ctx, experiment_id=eid, plugin_name=KERAS_PLUGIN)
+        listing = data_provider.list_scalars(ctx, experiment_id=eid, plugin_name=SCALARS_PLUGIN)
     except errors.PublicError:
         return []
     parent = posixpath.dirname(run)
@@ -38,7 +91,7 @@ def keras_series(data_provider, ctx, eid, run, val_steps, max_step):
         if not tags:
             continue
         result = data_provider.read_scalars(
-            ctx, experiment_id=eid, plugin_name=KERAS_PLUGIN, downsample=READ_ALL,
+            ctx, experiment_id=eid, plugin_name=SCALARS_PLUGIN, downsample=READ_ALL,
             run_tag_filter=provider.RunTagFilter(runs=[krun], tags=tags)).get(krun, {})
         for tag in sorted(result):
             pts = result[tag]
