@@ -4,12 +4,16 @@ The public API, imported lazily so that TensorBoard can import the plugin
 without TensorFlow or Keras:
 
 * ``BNStatsCallback`` -- the Keras callback (:mod:`tb_bnstats.callback`);
+  for PyTorch, ``from tb_bnstats.torch import BNStatsMonitor`` (:mod:`tb_bnstats.torch`);
 * ``Writer`` -- log moments from any training loop (:mod:`tb_bnstats.write.summary`);
 * ``load`` -- read logs back as numpy (:mod:`tb_bnstats.read.reader`);
 * ``diagnose``, ``Finding`` -- what is wrong (:mod:`tb_bnstats.diagnosis`);
 * ``diagnose_model`` -- the checks that need the model (:mod:`tb_bnstats.diagnosis.live`);
 * ``population_stats``, ``recalibrate`` -- PreciseBN (:mod:`tb_bnstats.measure.population`);
 * ``gap_report`` -- the train/inference gap of a model (:mod:`tb_bnstats.measure.gap`).
+
+The measurements and ``diagnose_model`` take a Keras model or a
+``torch.nn.Module``.
 
 The package layout follows the data: ``capture`` -> ``quantities`` ->
 ``write`` -> event files -> ``read`` -> ``diagnosis`` / ``plugin`` -> the
