@@ -118,6 +118,8 @@ def test_tab_overview_layer_channels_compare(server, browser):
     assert points(frame, "[data-role=loss]") > 0
     assert points(frame, "canvas[data-layer=conv2_bn]") > 0
     assert frame.locator("tr[data-layer=conv2_bn] [data-badge=not_converged]").count() == 1
+    momentum = frame.locator("tr[data-layer=conv2_bn] [data-role=momentum]")
+    assert momentum.text_content() == "momentum=0.99" and momentum.get_attribute("title").startswith("Keras")
     # The diagnosis: a banner above the layers table and the list (BN001 on conv2_bn and dense_bn).
     banner = frame.locator("[data-role=findings-banner]")
     banner.wait_for(state="visible")
@@ -154,7 +156,7 @@ def test_tab_overview_layer_channels_compare(server, browser):
     for role in ("chart-mean", "chart-var", "chart-gap", "chart-vgap", "chart-convergence"):
         assert points(frame, f"[data-role={role}]") > 0, role
     note = frame.locator("[data-role=convergence-note]").text_content()
-    assert "95% after 299 updates" in note and "momentum 0.99" in note
+    assert "95% after 299 updates" in note and note.startswith("momentum=0.99 ·")  # Keras' convention
     assert frame.locator("[data-role=facts]").text_content().count("100 steps") == 1
     page.screenshot(path=str(SHOTS / "layer.png"))
 

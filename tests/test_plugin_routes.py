@@ -90,6 +90,8 @@ def test_runs_lists_layers_in_depth_order(client, keras_logdir):
         src = runs["synth"].layers[layer["name"]]
         assert layer["momentum"] == pytest.approx(src.momentum) and layer["channels"] == src.channels
         assert layer["effective_window"] == pytest.approx(1 / (1 - src.momentum))
+        assert layer["momentum_label"] == f"momentum={src.momentum:g}"  # Keras' convention, as logged
+        assert layer["momentum_convention"].startswith("Keras")
         assert layer["steps_to_95"] == math.ceil(math.log(0.05) / math.log(src.momentum))
         assert layer["has_snapshots"] and "mean_gap/max" in layer["quantities"]
     keras_layers = [l["name"] for l in by_run["keras"]["layers"]]
@@ -258,6 +260,72 @@ def test_loss_includes_keras_scalars_on_step_axis(client):
     np.testing.assert_allclose(epoch["values"], by_key["val/loss"]["values"], rtol=1e-5)
     text = get(client, "/loss?run=keras&format=csv").get_data(as_text=True)
     assert text.splitlines()[0].startswith("step,train/loss,val/loss,keras:")
+
+
+def test_loss_includes_summary_writer_scalars_in_the_run(tmp_path):
+    """torch.utils.tensorboard's SummaryWriter writing into the run's own
+    directory (beside BNStatsMonitor): its scalars are on the loss route, at
+    the writer's global steps, "val" where the tag names validation; a PyTorch
+    layer's momentum is said in PyTorch's convention."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from tb_bnstats.plugin import scalars
+    from tb_bnstats.write import summary
+
+    run_dir = str(tmp_path / "pt")
+    rng = np.random.default_rng(0)
+    train_steps, val_steps = list(range(1, 31)), [10, 20, 30]
+    train_loss = 2.0 * np.exp(-np.arange(30) / 10) + rng.uniform(0, 0.1, 30)
+    val_acc, test_loss = [0.5, 0.7, 0.8], [1.5, 1.0, 0.8]
+    with summary.Writer(run_dir) as w:  # as BNStatsMonitor logs a PyTorch layer: momentum=0.1 kept as 0.9
+        for step in train_steps:
+            w.layer_moments("layer1.0.bn1", step, batch_mean=np.ones(2), batch_var=np.ones(2),
+                            moving_mean=np.zeros(2), moving_var=np.ones(2), updates=step, momentum=0.9,
+                            epsilon=1e-5, framework="pytorch", layer_class="BatchNorm2d",
+                            moving_var_unbiased=True, samples_per_channel=64)
+    tw = SummaryWriter(run_dir)
+    for step, v in zip(train_steps, train_loss):
+        tw.add_scalar("loss/train", float(v), step)
+    for step, acc, loss in zip(val_steps, val_acc, test_loss):
+        tw.add_scalar("accuracy/val", acc, step)
+        tw.add_scalar("Loss/test", loss, step)
+    tw.close()
+    assert len(os.listdir(run_dir)) == 2  # one event file of each writer, one run
+
+    c, _ = make_client(str(tmp_path))
+    assert [r["run"] for r in getj(c, "/runs")["runs"]] == ["pt"]
+    body = getj(c, "/loss?run=pt&points=5000")
+    by_key = {s["key"]: s for s in body["series"]}
+    assert set(by_key) == {"scalars:loss/train", "scalars:accuracy/val", "scalars:Loss/test"}
+    train = by_key["scalars:loss/train"]
+    assert train["steps"] == train_steps and train["split"] == "train" and train["aligned"] == "step"
+    assert train["source"] == scalars.OWN_SOURCE == "run's own scalars" and train["name"] == "loss/train"
+    np.testing.assert_allclose(train["values"], train_loss, rtol=1e-6)  # float32 in the event file
+    for key, values in (("scalars:accuracy/val", val_acc), ("scalars:Loss/test", test_loss)):
+        assert by_key[key]["steps"] == val_steps and by_key[key]["split"] == "val"
+        np.testing.assert_allclose(by_key[key]["values"], values, rtol=1e-6)
+    assert body["sampling"]["sampled"] is False
+    rows = list(csv.reader(io.StringIO(get(c, "/loss?run=pt&format=csv").get_data(as_text=True))))
+    assert rows[0] == ["step", "scalars:Loss/test", "scalars:accuracy/val", "scalars:loss/train"]
+    assert len(rows) == 31 and rows[10][0] == "10" and float(rows[10][2]) == pytest.approx(0.5)
+
+    # The PyTorch layer: momentum=0.1 (PyTorch's convention), 0.9 as logged.
+    for layer in (getj(c, "/runs")["runs"][0]["layers"][0], getj(c, "/overview?run=pt")["layers"][0],
+                  getj(c, "/series?run=pt&layer=layer1.0.bn1&quantities=convergence")["info"]):
+        assert layer["momentum"] == pytest.approx(0.9) and layer["momentum_label"] == "momentum=0.1"
+        assert layer["momentum_convention"].startswith("PyTorch")
+        assert layer["framework"] == "pytorch" and layer["steps_to_95"] == 29
+
+
+@pytest.mark.parametrize("tag,split", [
+    ("loss/train", "train"), ("loss", "train"), ("accuracy/val", "val"), ("val_loss", "val"),
+    ("Loss/Validation", "val"), ("loss/test", "val"), ("eval/accuracy", "val"), ("valid-loss", "val"),
+    ("interval/loss", "train"), ("latest/loss", "train"), ("evaluation_time", "train"),
+])
+def test_split_of_a_scalar_tag(tag, split):
+    from tb_bnstats.plugin import scalars
+
+    assert scalars.split_of(tag) == split
 
 
 # -- compare ------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import { alignSeries } from "../model/series.js";
 import { smooth } from "../model/smoothing.js";
 import { convergedThreshold, thresholdLines } from "../model/thresholds.js";
 import { fmtNum, fmtStep } from "../model/format.js";
+import { momentumLabel, momentumTitle } from "../model/momentum.js";
 
 const POINTS = 1200;
 const DEFAULT_QUANTITIES = ["mean_gap/max", "moving_mean", "moving_var", "convergence"];
@@ -46,9 +47,11 @@ export async function renderCompare(root, app, token) {
     const q = shownQs[qi];
     const el = h("div", { class: "bn-chart", dataset: { role: `compare-${q}` } });
     const missing = res.missing.length ? ` · not in ${res.missing.join(", ")}` : "";
-    const facts = res.runs.map((r) => `${r.run}: m=${r.info.momentum}, 95% after ${fmtStep(r.info.steps_to_95)}`).join(" · ");
+    // Each run's momentum as its layer was built ("momentum=0.1" for PyTorch), the convention in the tooltip.
+    const facts = res.runs.flatMap((r, k) => [k ? " · " : null,
+      h("span", { title: momentumTitle(r.info), dataset: { run: r.run } }, `${r.run}: ${momentumLabel(r.info)}, 95% after ${fmtStep(r.info.steps_to_95)}`)]);
     grid.append(card(q, `${layer}${missing}`, downloads(app.routeUrl, "compare", { run: runs, layer, quantity: q, points: POINTS }),
-      h("div", { class: "bn-note" }, facts), el));
+      h("div", { class: "bn-note", dataset: { role: `compare-facts-${q}` } }, ...facts), el));
     if (!res.runs.length) return;
     const data = alignSeries(res.runs.map((r) => ({ x: r.steps, y: r.values })));
     const raw = data.slice(1);

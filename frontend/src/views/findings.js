@@ -5,9 +5,10 @@ import { h } from "../ui/dom.js";
 import { findingsSummary, worstSeverity } from "../model/findings.js";
 
 const SOURCE_NOTE = {
-  stored: "stored by the callback at the end of its last fit",
+  // Framework-neutral: BNStatsCallback stores them at the end of its last fit, BNStatsMonitor at close().
+  stored: "stored in the logs when training ended",
   computed: "computed now from the logged quantities",
-  "stored+computed": "stored by the callback, plus those computed now from the logged quantities",
+  "stored+computed": "stored in the logs when training ended, plus those computed now from the logged quantities",
 };
 
 /** Renders a findings list (no banner): one item per finding. */

@@ -12,6 +12,7 @@ import { convergedThreshold, firstReached, pctLabel, thresholdLines } from "../m
 import { renderChannels } from "./channels.js";
 import { findingsList } from "./findings.js";
 import { findingsOfLayer } from "../model/findings.js";
+import { momentumFact, momentumPhrase, momentumTitle, windowFormula, convergenceFormula } from "../model/momentum.js";
 
 const POINTS = 1200;
 // A series drawn as points only: measured at some steps (probe, population statistics).
@@ -96,9 +97,10 @@ export async function renderLayer(root, app, token) {
   const upd = ser.series.updates;
   const updNow = upd && upd.values.length ? upd.values[upd.values.length - 1] : null;
   const i = ser.info;
+  // [key, value, tooltip]; the momentum as the layer was built ("momentum=0.1" for PyTorch), its convention in the tooltip.
   const facts = [
-    ["momentum", String(i.momentum)], ["epsilon", String(i.epsilon)], ["channels", String(i.channels)],
-    ["effective window 1/(1−m)", i.effective_window === null ? "∞" : `${fmtNum(i.effective_window, 4)} steps`],
+    [...momentumFact(i), momentumTitle(i)], ["epsilon", String(i.epsilon)], ["channels", String(i.channels)],
+    [`effective window ${windowFormula(i)}`, i.effective_window === null ? "∞" : `${fmtNum(i.effective_window, 4)} steps`],
     ["95% converged after", `${fmtStep(i.steps_to_95)} updates`], ["updates so far", updNow === null ? "–" : fmtStep(updNow)],
     ["convergence now", fmtPct(convNow)], ["init mean / var", `${fmtNum(i.init_mean)} / ${fmtNum(i.init_var)}`],
     ["EMA of", i.ema_of], ["moving var", i.moving_var_unbiased ? "unbiased (n/(n−1))" : "biased"],
@@ -112,7 +114,7 @@ export async function renderLayer(root, app, token) {
   root.append(h("div", { class: "bn-row" },
     h("button", { class: "bn-back", onclick: () => app.go("overview") }, "← overview"),
     h("label", null, "Layer ", pick)),
-    h("div", { class: "bn-facts", dataset: { role: "facts" } }, ...facts.map(([k, v]) => h("div", null, `${k}: `, h("b", null, v)))));
+    h("div", { class: "bn-facts", dataset: { role: "facts" } }, ...facts.map(([k, v, title]) => h("div", { title }, k === null ? null : `${k}: `, h("b", null, v)))));
   root.append(findWrap);
 
   // -- moment and gap charts ------------------------------------------------------
@@ -124,12 +126,12 @@ export async function renderLayer(root, app, token) {
     const el = h("div", { class: "bn-chart", dataset: { role: "chart-convergence" } });
     const t = convergedThreshold(app.meta); // the server's threshold (/runs), e.g. 0.95; null: no line
     const cross = firstReached(conv.steps, conv.values, t);
-    const note = `momentum ${i.momentum} · effective window ${i.effective_window === null ? "∞" : fmtNum(i.effective_window, 4)} steps · ` +
+    const note = `${momentumPhrase(i)} · effective window ${i.effective_window === null ? "∞" : fmtNum(i.effective_window, 4)} steps · ` +
       `95% after ${fmtStep(i.steps_to_95)} updates (99% after ${fmtStep(i.steps_to_99)}) · now ${fmtPct(convNow)}` +
       (t === null ? "" : cross === null ? ` · not yet ${pctLabel(t)}` : ` · reached ${pctLabel(t)} at step ${cross}`);
-    grid.append(card("Convergence of the moving averages", "1 − momentum^updates: the weight no longer on the initial values",
+    grid.append(card("Convergence of the moving averages", `${convergenceFormula(i)}: the weight no longer on the initial values`,
       downloads(app.routeUrl, "series", { run, layer: layerName, quantities: "convergence,updates", points: POINTS }),
-      h("div", { class: "bn-note", dataset: { role: "convergence-note" } }, note), el));
+      h("div", { class: "bn-note", title: momentumTitle(i), dataset: { role: "convergence-note" } }, note), el));
     charts.push(lineChart(el, {
       name: "convergence", group, height: 230, yRange: [0, 1.05],
       series: [{ label: "convergence", color: COLORS.debiased, width: 2 }],

@@ -12,6 +12,8 @@ import { maxPool, alignSeries } from "../model/series.js";
 import { smooth } from "../model/smoothing.js";
 import { findingsCard } from "./findings.js";
 import { probePairs, latestGap } from "../model/probe.js";
+import { momentumLabel, momentumTitle, convergenceFormula } from "../model/momentum.js";
+import { lossSeries as lossSeriesOf, lossLabel } from "../model/loss.js";
 
 function matches(name, filter) {
   return !filter || name.toLowerCase().includes(filter.trim().toLowerCase());
@@ -60,10 +62,10 @@ export async function renderOverview(root, app, token) {
     body.append(h("tr", { dataset: { layer: layer.name }, title: `Open ${layer.name}`, onclick: () => app.go("layer", { layer: layer.name, channelStep: null }) },
       h("td", { class: "name" }, layer.name),
       h("td", { class: "num" }, String(layer.channels)),
-      h("td", { class: "num" }, String(layer.momentum)),
+      h("td", { class: "num", title: momentumTitle(layer), dataset: { role: "momentum" } }, momentumLabel(layer)),
       h("td", { class: "num", title: `max over channels of |mu_B - mu_R| / sqrt(var_B + eps) at step ${layer.latest_step}` }, fmtNum(latest["mean_gap/max"])),
       h("td", { class: "num", title: `|log var ratio| max over channels` }, fmtNum(latest["abs_log_var_ratio/max"])),
-      h("td", { class: "num", title: `1 - momentum^updates after ${latest.updates} updates; 95% after ${layer.steps_to_95}` },
+      h("td", { class: "num", title: `${convergenceFormula(layer)} after ${latest.updates} updates; 95% after ${layer.steps_to_95}` },
         fmtPct(conv), h("span", { class: "bn-bar-conv" }, h("span", { style: { width: `${Math.max(0, Math.min(1, conv || 0)) * 100}%` } }))),
       hasProbe ? h("td", { class: "num", dataset: { role: "probe-drift" }, title: `||y_train − y_inf|| / ||y_train|| of this layer's output on the probe batch, latest probe` }, fmtNum(latest.probe_output_drift)) : null,
       hasPopulation ? h("td", { class: "num", dataset: { role: "population-gap" }, title: "max over channels of |mu_R - mu_P| / sqrt(var_P + eps): the moving mean against the population mean (PreciseBN), latest measurement" }, fmtNum(latest["population_mean_gap/max"])) : null,
@@ -72,7 +74,7 @@ export async function renderOverview(root, app, token) {
   }
   const table = h("table", { class: "bn-layers", dataset: { role: "layers" } },
     h("thead", null, h("tr", null,
-      h("th", null, "layer (depth order)"), h("th", null, "ch"), h("th", null, "momentum"),
+      h("th", null, "layer (depth order)"), h("th", null, "ch"), h("th", { title: "as the layer was built: PyTorch's momentum is the weight of the new batch (its 0.1 is Keras' 0.9), Keras' the weight kept on the old average" }, "momentum"),
       h("th", { title: "normalized mean gap, max over channels, latest step" }, "mean gap"),
       h("th", { title: "|log((var_B+eps)/(var_R+eps))|, max over channels, latest step" }, "var gap"),
       h("th", null, "convergence"),
@@ -130,16 +132,17 @@ export async function renderOverview(root, app, token) {
   const lossDone = pLoss.then((loss) => {
     if (!app.alive(token)) return;
     app.noteSampling("loss", loss.sampling);
-    const lossSeries = loss.series.filter((s) => /loss/.test(s.name) && s.steps.length);
+    const lossSeries = lossSeriesOf(loss.series);
     if (!lossSeries.length) {
-      lossNote.textContent = "No loss logged for this run (BNStatsCallback(log_metrics=True) or Keras' TensorBoard callback next to it).";
+      lossNote.textContent = "No loss logged for this run (BNStatsCallback(log_metrics=True), BNStatsMonitor.step(loss=...), " +
+        "Keras' TensorBoard callback next to it, or a SummaryWriter scalar with \"loss\" in its tag written into the run's directory).";
       return;
     }
     const w = app.state.smoothing;
     const data = alignSeries(lossSeries.map((s) => ({ x: s.steps, y: s.values })));
     const raw = data.slice(1);
     const series = lossSeries.map((s, i) => ({
-      label: s.source === "bn_stats" ? `${s.key}` : `${s.name} (${s.source.replace("keras run ", "Keras ")})`,
+      label: lossLabel(s),
       color: lossColor(i),
       spanGaps: true,
       points: s.steps.length <= 60 || s.split !== "train",
