@@ -25,6 +25,13 @@ def _dense():
                          nn.Linear(12, 4))
 
 
+def _dense_momentum_0_01():
+    """Below MIN_MOMENTUM_TO_INVERT: the moments are computed from the input, not read off the update."""
+    model = _dense()
+    model[2].momentum = 0.01
+    return model
+
+
 class _Sequence(nn.Module):
     """BatchNorm1d on [N, C, L] input."""
 
@@ -69,16 +76,17 @@ def _check_against_recorder(run, recorder, names, momentum=0.9):
         np.testing.assert_allclose(logged.series["convergence"], 1 - momentum**t, rtol=1e-6)
 
 
-@pytest.mark.parametrize("make,names", [(_dense, ["2"]), (_Sequence, ["norm"]), (_resnet, RESNET_BN)],
-                         ids=["BatchNorm1d", "BatchNorm1d-sequence", "resnet"])
-def test_logged_moments_equal_numpy_moments_of_the_real_input(tmp_path, make, names):
+@pytest.mark.parametrize("make,names,momentum", [
+    (_dense, ["2"], 0.9), (_dense_momentum_0_01, ["2"], 0.99), (_Sequence, ["norm"], 0.9), (_resnet, RESNET_BN, 0.9)],
+    ids=["BatchNorm1d", "BatchNorm1d-momentum-0.01", "BatchNorm1d-sequence", "resnet"])
+def test_logged_moments_equal_numpy_moments_of_the_real_input(tmp_path, make, names, momentum):
     model = make()
     x, y = data(n=64)
     recorder = InputRecorder(model)
     with BNStatsMonitor(model, tmp_path / "run", snapshot_every_n_steps=1, verbose=0) as monitor:
         losses = train(model, x, y, batch=16, epochs=2, monitor=monitor, recorder=recorder)
     run = tb_bnstats.load(tmp_path)["run"]
-    _check_against_recorder(run, recorder, names)
+    _check_against_recorder(run, recorder, names, momentum)
     steps, values = run.metrics["train/loss"]
     assert list(steps) == list(range(1, 9))
     np.testing.assert_allclose(values, losses, rtol=1e-6)
@@ -228,10 +236,11 @@ def test_a_failing_capture_warns_once_and_training_goes_on(tmp_path, monkeypatch
     x, y = data(n=64)
     expected = train(_dense(), x, y, batch=16)
 
-    def broken(x):
+    def broken(*args):
         raise RuntimeError("moments exploded")
 
     monkeypatch.setattr(modules, "channel_moments", broken)
+    monkeypatch.setattr(modules, "moments_of_update", broken)
     model = _dense()
     with caplog.at_level(logging.WARNING, logger="tb_bnstats"):
         with BNStatsMonitor(model, tmp_path / "run", verbose=0) as monitor:

@@ -1,13 +1,17 @@
 """Keeps the batch moments of every training forward of a PyTorch model's BN
 modules on the device, one row per training step, and drains them in blocks.
 
-Per BN module, one forward hook (``register_forward_hook``: it runs after the
-module's own forward, so the running statistics it reads later are the
-updated ones) takes the biased per-channel mean and variance of the module's
-input (:func:`tb_bnstats.capture.pytorch.modules.channel_moments`, the
-values the module normalized with) and keeps them, with the number of values
-per channel and whether the module updated its running statistics, as the
-module's *pending* moments. Forwards without gradients in ``eval()`` mode
+Per BN module, a forward hook (``register_forward_hook``: it runs after the
+module's own forward) keeps the biased per-channel mean and variance the
+module normalized with, the number of values per channel and whether the
+module updated its running statistics, as the module's *pending* moments.
+When the module updated its running statistics with a momentum of at least
+:data:`tb_bnstats.capture.pytorch.modules.MIN_MOMENTUM_TO_INVERT`, the
+moments are read off the update itself
+(:func:`~tb_bnstats.capture.pytorch.modules.moments_of_update`, from the
+running statistics a pre-forward hook copied): a few operations on C
+values, no second pass over the activations. Otherwise they are computed
+from the input (:func:`~tb_bnstats.capture.pytorch.modules.channel_moments`). Forwards without gradients in ``eval()`` mode
 (validation, ``torch.no_grad()``) are not training forwards and keep nothing.
 With gradient accumulation the last micro-batch's moments are the step's;
 ``num_batches_tracked`` counts every forward's update.
@@ -120,24 +124,38 @@ class TorchCapture:
         self._rings = {}
         self._seq = self._drained = self._reads = 0
         self.failed = None  # the exception that turned the hooks off
-        self._handles = [module.register_forward_hook(self._hook_for(name)) for name, module in found
-                         if name not in self.untracked]
+        self._before = {}  # name -> the running statistics before this forward's update
+        self._handles = []
+        for name, module in found:
+            if name not in self.untracked:
+                remember_running, keep_moments = self._hooks_for(name)
+                self._handles += [module.register_forward_pre_hook(remember_running),
+                                  module.register_forward_hook(keep_moments)]
 
     # -- inside the forward pass ---------------------------------------------------
 
-    def _hook_for(self, name):
-        pending = self._pending
+    def _hooks_for(self, name):
+        """The module's pre-forward and forward hooks (module docstring)."""
+        pending, before = self._pending, self._before
+
+        def remember_running(module, args):
+            if self.failed is None and bn_modules.moments_from_update(module):
+                before[name] = (module.running_mean.detach().clone(), module.running_var.detach().clone())
 
         def keep_moments(module, args, output):
             if self.failed is not None or not (module.training or _grad_enabled()):
                 return  # validation / inference forwards are not part of a training step
             try:
-                mean, var, n = bn_modules.channel_moments(args[0])
+                x = args[0]
+                if name in before and bn_modules.moments_from_update(module):
+                    mean, var, n = bn_modules.moments_of_update(module, *before.pop(name), x)
+                else:
+                    mean, var, n = bn_modules.channel_moments(x)
                 pending[name] = (mean, var, n, bool(module.training))
             except Exception as exc:  # noqa: BLE001 - the forward pass must go on
                 self._fail(exc)
 
-        return keep_moments
+        return remember_running, keep_moments
 
     def _fail(self, exc):
         self.failed = exc
