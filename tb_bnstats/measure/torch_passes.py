@@ -97,11 +97,13 @@ class ModePasses:
 
     Args:
         model: the ``nn.Module``.
-        named: ``[(name, bn_module)]`` to measure.
+        named: ``[(name, bn_module)]`` to measure (every BN module of the
+            model is put in the pass's mode, measured or not).
     """
 
     def __init__(self, model, named):
         self.model, self.named = model, list(named)
+        self.bn_modules = [m for _, m in bn_modules.find_batchnorm_modules(model)]
         self.device = model_device(model)
         self.moments, self.outputs = {}, {}
 
@@ -122,14 +124,14 @@ class ModePasses:
 
         model = self.model
         modes = [(m, m.training) for m in model.modules()]
-        tracking = [(m, m.track_running_stats) for _, m in self.named]
+        tracking = [(m, m.track_running_stats) for m in self.bn_modules]
         self.moments, self.outputs = {}, {}
         handles = [m.register_forward_hook(self._hook(name)) for name, m in self.named]
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=devices):
                 model.train(bool(training))
-                for _, m in self.named:
+                for m in self.bn_modules:
                     if bn_batch and not is_frozen(m):
                         m.train()
                         m.track_running_stats = False  # batch moments, no running buffer written
