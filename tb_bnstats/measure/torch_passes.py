@@ -20,10 +20,13 @@ Passes run under ``torch.no_grad()`` and with torch's random generators
 forked (``torch.random.fork_rng``), so training goes on with the random
 numbers it would have had.
 
-A module that does not update in training is "frozen" here when its affine
-parameters do not require gradients (``requires_grad=False``, the usual way
-to freeze BN when fine-tuning); frozen modules keep normalizing with their
-running statistics in the training-mode passes.
+A BN module keeps normalizing with its running statistics in the
+training-mode passes when it does so in training (:func:`kept_in_eval`):
+when its affine parameters do not require gradients (``requires_grad=False``,
+the usual way to freeze BN when fine-tuning: "frozen"), or when it is in
+``eval()`` while the model is in ``train()`` (measured during training, the
+model is in its training configuration). After ``model.eval()`` only the
+first rule can tell.
 """
 
 import contextlib
@@ -54,6 +57,14 @@ def is_frozen(module):
     """Whether the module's affine parameters are frozen (``requires_grad=False``)."""
     weight = getattr(module, "weight", None)
     return weight is not None and not weight.requires_grad
+
+
+def kept_in_eval(model, module):
+    """Whether a BN module normalizes with its running statistics in the
+    training-mode passes too: frozen (:func:`is_frozen`), or in ``eval()``
+    while ``model`` is in ``train()`` (the model is in its training
+    configuration then, a module kept in ``eval()`` on purpose)."""
+    return is_frozen(module) or (model.training and not module.training)
 
 
 def moving_statistics(module):
@@ -125,6 +136,7 @@ class ModePasses:
         model = self.model
         modes = [(m, m.training) for m in model.modules()]
         tracking = [(m, m.track_running_stats) for m in self.bn_modules]
+        kept = {id(m) for m in self.bn_modules if kept_in_eval(model, m)}
         self.moments, self.outputs = {}, {}
         handles = [m.register_forward_hook(self._hook(name)) for name, m in self.named]
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
@@ -132,7 +144,7 @@ class ModePasses:
             with torch.no_grad(), torch.random.fork_rng(devices=devices):
                 model.train(bool(training))
                 for m in self.bn_modules:
-                    if bn_batch and not is_frozen(m):
+                    if bn_batch and id(m) not in kept:
                         m.train()
                         m.track_running_stats = False  # batch moments, no running buffer written
                     else:
