@@ -23,10 +23,10 @@ system-deps:
 
 # The tests run under Keras' three backends and PyTorch, as CPU builds. A bare "torch" would pull a
 # CUDA build of several GB; 2.13.0 is the CPU build this setup installs (see README, Install).
-TEST_BACKENDS := "torch==2.13.0"
+TORCH := "torch==2.13.0"
 
 install-test: $(PY) system-deps
-	$(PIP) install --quiet -e ".[test,tensorflow,jax]" $(TEST_BACKENDS)
+	$(PIP) install --quiet -e ".[test,tensorflow,jax]" $(TORCH)
 	cd frontend && npm ci --no-audit --no-fund --loglevel=error
 
 # Rebuilds the committed bundle and fails if it differs from what is committed.
@@ -59,8 +59,9 @@ bench: install
 DEMO_LOGS ?= demo/logs
 PORT ?= 6006
 demo-logs: $(PY)
-	$(PIP) install --quiet -e ".[tensorflow,demo]"
+	$(PIP) install --quiet -e ".[tensorflow,demo]" $(TORCH)
 	$(PY) demo/train.py --logdir $(DEMO_LOGS)
+	$(PY) demo/train_torch.py --logdir $(DEMO_LOGS)
 
 demo: demo-logs
 	@echo "BN Convergence tab: http://localhost:$(PORT)/#bn_stats"

@@ -1,5 +1,5 @@
-"""The newcomer's path, end to end: ``demo/train.py`` trains the demo runs in
-a subprocess, a real ``tensorboard --logdir`` serves them, and Debian's
+"""The newcomer's path, end to end: ``demo/train.py`` (Keras) and
+``demo/train_torch.py`` (PyTorch) train the demo runs in subprocesses, a real ``tensorboard --logdir`` serves them, and Debian's
 chromium opens the BN Convergence tab: every demo run is listed with exactly
 the findings ``demo/train.py`` promises (``EXPECTED``). The overview of each
 run is saved as ``docs/screenshots/demo-<run>.png`` for the README's
@@ -18,22 +18,27 @@ from test_e2e_tab import SHOTS, browser, open_tab, tensorboard  # noqa: F401 - b
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "demo"))
 import train as demo  # noqa: E402
+import train_torch as torch_demo  # noqa: E402
+
+EXPECTED = {**demo.EXPECTED, **torch_demo.EXPECTED}
+SCRIPTS = {"train.py": demo.RUNS, "train_torch.py": torch_demo.RUNS}
 
 
 @pytest.fixture(scope="module")
 def demo_logdir(tmp_path_factory):
     logdir = tmp_path_factory.mktemp("demo_logs")
-    done = subprocess.run([sys.executable, str(ROOT / "demo" / "train.py"), "--logdir", str(logdir)],
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    # The printed summary names every run with its findings.
-    for run, codes in demo.EXPECTED.items():
-        line = next(ln for ln in done.stdout.splitlines() if ln.startswith(run + " "))
-        assert f"findings: {', '.join(sorted(codes)) or 'none'} " in line, line
-    # A second call skips what is there.
-    again = subprocess.run([sys.executable, str(ROOT / "demo" / "train.py"), "--logdir", str(logdir)],
-                           capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and again.stdout.count("already written, skipping") == len(demo.RUNS)
+    for script, runs in SCRIPTS.items():
+        done = subprocess.run([sys.executable, str(ROOT / "demo" / script), "--logdir", str(logdir)],
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        # The printed summary names every run with its findings.
+        for run in runs:
+            line = next(ln for ln in done.stdout.splitlines() if ln.startswith(run + " "))
+            assert f"findings: {', '.join(sorted(EXPECTED[run])) or 'none'} " in line, line
+        # A second call skips what is there.
+        again = subprocess.run([sys.executable, str(ROOT / "demo" / script), "--logdir", str(logdir)],
+                               capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0 and again.stdout.count("already written, skipping") == len(runs)
     return str(logdir)
 
 
@@ -42,7 +47,7 @@ def test_demo_runs_have_their_findings_in_the_logs(demo_logdir):
     found = {}
     for f in tb_bnstats.diagnose(demo_logdir):
         found.setdefault(f.run, set()).add(f.code)
-    assert {run: found.get(run, set()) for run in demo.EXPECTED} == demo.EXPECTED
+    assert {run: found.get(run, set()) for run in EXPECTED} == EXPECTED
 
 
 def test_tab_lists_each_demo_run_with_its_findings(demo_logdir, browser):
@@ -50,8 +55,8 @@ def test_tab_lists_each_demo_run_with_its_findings(demo_logdir, browser):
     with tensorboard(demo_logdir) as base:
         page, frame, errors, _ = open_tab(browser, base)
         chips = frame.locator("button.bn-chip")
-        assert sorted(chips.nth(i).get_attribute("data-run") for i in range(chips.count())) == sorted(demo.RUNS)
-        for run, codes in demo.EXPECTED.items():
+        assert sorted(chips.nth(i).get_attribute("data-run") for i in range(chips.count())) == sorted(EXPECTED)
+        for run, codes in EXPECTED.items():
             frame.click(f"button.bn-chip[data-run='{run}']")
             banner = frame.locator("[data-role=findings-banner]")
             banner.wait_for(state="visible")
