@@ -151,9 +151,7 @@ class BNStatsCallback(keras.callbacks.Callback):
             rec.guard("watching the train function for exceptions", self._drain_when_training_raises)
         if schedule.probe_data is not None and self._probe is None and rec.writer is not None:
             self._probe = rec.guard("preparing the train/inference probe", self._make_probe)
-        rec.measure_with(probe=self._probe.run if self._probe is not None else None,
-                         population=self._measure_population if schedule.population_data is not None else None,
-                         live_findings=self._live_findings if self._probe is not None else None)
+        rec.measure_model(self.model, self._probe)
 
     def _drain_when_training_raises(self):
         """Wraps the model's train function (Keras made it before
@@ -199,23 +197,6 @@ class BNStatsCallback(keras.callbacks.Callback):
         probe = keras_passes.GapProbe(self.model, x, y, named)
         probe.compiled = _compiled(self.model)
         return probe
-
-    def _measure_population(self):
-        from tb_bnstats.measure import population
-
-        schedule = self.schedule
-        return population.population_stats(self.model, schedule.population_data,
-                                           num_samples=schedule.population_samples,
-                                           batch_size=schedule.population_batch_size)
-
-    def _live_findings(self, run):
-        """S5 needs the model, not the logs: the probe batch's BN inputs with
-        the other layers in training and in inference mode
-        (:func:`tb_bnstats.diagnosis.live.diagnose_model`)."""
-        from tb_bnstats.diagnosis import live
-
-        data = (self._probe.x, self._probe.y)
-        return live.diagnose_model(self.model, data, num_samples=10**9, batch_size=32, run=run)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._recorder.epoch_begin()

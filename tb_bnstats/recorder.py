@@ -252,6 +252,31 @@ class Recorder:
         if self.writer is not None:
             self._probe, self._population, self._live_findings = probe, population, live_findings
 
+    def measure_model(self, model, probe=None):
+        """:meth:`measure_with` the measurements of ``model`` (a Keras model or
+        an ``nn.Module``): ``probe`` (its framework's ``GapProbe`` of the
+        probe batch, or None), the population statistics of the schedule's
+        ``population_data`` (:func:`tb_bnstats.population_stats`), and the
+        checks of the model on the probe batch at the end
+        (:func:`tb_bnstats.diagnosis.live.diagnose_model`: S5, which training
+        logs cannot show)."""
+        from tb_bnstats.diagnosis import live
+        from tb_bnstats.measure import population
+
+        schedule = self.schedule
+
+        def population_now():
+            return population.population_stats(model, schedule.population_data,
+                                               num_samples=schedule.population_samples,
+                                               batch_size=schedule.population_batch_size)
+
+        def live_findings(run):
+            return live.diagnose_model(model, (probe.x, probe.y), num_samples=10**9, batch_size=32, run=run)
+
+        self.measure_with(probe=probe.run if probe is not None else None,
+                          population=population_now if schedule.population_data is not None else None,
+                          live_findings=live_findings if probe is not None else None)
+
     def _open_writer(self):
         self.writer = summary.Writer(self.schedule.log_dir, flush_secs=self.schedule.flush_secs,
                                      keep_history=DIAGNOSIS_HISTORY)

@@ -105,9 +105,7 @@ class BNStatsMonitor:
         self._probe = None
         if self.schedule.probe_data is not None and rec.writer is not None:
             self._probe = rec.guard("preparing the train/inference probe", self._make_probe)
-        rec.measure_with(probe=self._probe.run if self._probe is not None else None,
-                         population=self._measure_population if population_data is not None else None,
-                         live_findings=self._live_findings if self._probe is not None else None)
+        rec.measure_model(self.model, self._probe)
         rec.epoch_begin()
         self._epoch_start = self._step
         self._warned_no_bn = False
@@ -206,20 +204,3 @@ class BNStatsMonitor:
 
         x, y = gap.take_probe_batch(self.schedule.probe_data)
         return torch_passes.GapProbe(self.model, x, y, self._named(), loss_fn=self.loss_fn)
-
-    def _measure_population(self):
-        from tb_bnstats.measure import population
-
-        schedule = self.schedule
-        return population.population_stats(self.model, schedule.population_data,
-                                           num_samples=schedule.population_samples,
-                                           batch_size=schedule.population_batch_size)
-
-    def _live_findings(self, run):
-        """S5 from the model: the probe batch's BN inputs with the other
-        modules in train() and in eval() mode
-        (:func:`tb_bnstats.diagnosis.live.diagnose_model`)."""
-        from tb_bnstats.diagnosis import live
-
-        data = (self._probe.x, self._probe.y) if self._probe.y is not None else self._probe.x
-        return live.diagnose_model(self.model, data, num_samples=10**9, batch_size=32, run=run)
