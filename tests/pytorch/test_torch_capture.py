@@ -188,8 +188,8 @@ def test_lazy_sync_and_custom_batchnorm_classes_are_found(tmp_path):
     assert run.layers["3"].info.synchronized and run.layers["5"].info.layer_class == "TimmStyleBN"
 
 
-@pytest.mark.parametrize("autocast,channels_last", [(torch.bfloat16, False), (None, True)],
-                         ids=["autocast-bf16", "channels_last"])
+@pytest.mark.parametrize("autocast,channels_last", [(torch.bfloat16, False), (torch.float16, False), (None, True)],
+                         ids=["autocast-bf16", "autocast-fp16", "channels_last"])
 def test_autocast_and_channels_last(tmp_path, autocast, channels_last):
     model = _resnet()
     if channels_last:
