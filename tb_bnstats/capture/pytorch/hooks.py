@@ -11,8 +11,11 @@ moments are read off the update itself
 (:func:`~tb_bnstats.capture.pytorch.modules.moments_of_update`, from the
 running statistics a pre-forward hook copied): a few operations on C
 values, no second pass over the activations. Otherwise they are computed
-from the input (:func:`~tb_bnstats.capture.pytorch.modules.channel_moments`). Forwards without gradients in ``eval()`` mode
-(validation, ``torch.no_grad()``) are not training forwards and keep nothing.
+from the input (:func:`~tb_bnstats.capture.pytorch.modules.channel_moments`).
+Forwards without gradients in ``eval()`` mode (validation,
+``torch.no_grad()``) are not training forwards and keep nothing;
+nor are tb_bnstats' own measurement passes (the probe, population
+statistics: ``train()`` with ``track_running_stats`` off for the pass).
 With gradient accumulation the last micro-batch's moments are the step's;
 ``num_batches_tracked`` counts every forward's update.
 
@@ -145,6 +148,8 @@ class TorchCapture:
         def keep_moments(module, args, output):
             if self.failed is not None or not (module.training or _grad_enabled()):
                 return  # validation / inference forwards are not part of a training step
+            if module.training and not module.track_running_stats:
+                return  # tb_bnstats' own measurement passes (batch moments, nothing tracked)
             try:
                 x = args[0]
                 if name in before and bn_modules.moments_from_update(module):
