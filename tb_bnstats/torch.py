@@ -145,8 +145,10 @@ class BNStatsMonitor:
             if ran is False and self.capture.names and not self._warned_no_bn:
                 self._warned_no_bn = True
                 rec.warn_once("finding BN forwards", "no BatchNorm module ran a training forward before step(): "
-                              "was the model compiled and run before the monitor was made? (make the monitor "
-                              "first), or is every BN module in eval() under torch.no_grad()?")
+                              "was the model torch.compile'd and run before the monitor was made (make the "
+                              "monitor first), or a model of the same class compiled earlier in this process "
+                              "without it (torch.compiler.reset() before compiling this one)? Or is every BN "
+                              "module in eval() under torch.no_grad()?")
         rec.execution_ended()
         rec.steps_done(self._step - self._epoch_start)
 
