@@ -17,7 +17,8 @@ PYTORCH_FIXES = {
     "BN001": "raise the momentum (PyTorch's momentum=0.1, the default, for runs of a few hundred steps), train "
              "longer, or call tb_bnstats.recalibrate(model, loader) after training",
     "BN002": "keep the BN modules in train() mode while training (call model.train() after any model.eval(), and "
-             "do not call .eval() on BN modules inside the loop); if frozen on purpose, call "
+             "do not call .eval() on BN modules inside the loop); if frozen on purpose (eval() and "
+             "requires_grad=False when fine-tuning), check that their statistics fit the new data with "
              "tb_bnstats.recalibrate(model, loader, include_frozen=True)",
     "BN003": "use momentum=0.01-0.1 (PyTorch's momentum is the weight of the new batch: its 0.1 is Keras' 0.9); "
              "momentum=None averages every batch",
