@@ -406,22 +406,35 @@ class Recorder:
         self._step_times, self._drained_at = [], time.monotonic()
         if final and not blocks and self._newest is not None:
             blocks = [self._newest]  # drained before, not on the logging stride: logged now, the run's last step
+        writes = []  # one job for the whole drain: a drain of many small blocks is not dropped in part
         for i, block in enumerate(blocks):
-            self._log_block(block, times, log_last and i == len(blocks) - 1, final and i == len(blocks) - 1)
+            writes += self._log_block(block, times, log_last and i == len(blocks) - 1, final and i == len(blocks) - 1)
         if final and self._last_logged is not None and self._last_snapshot_step != self._last_logged_step:
             last = self._last_logged
-            self._jobs.submit(self.guard, "logging batch statistics", self._write_block, last, None,
-                              [time.time()], last.steps, {}, False, what="the final snapshot")
+            writes.append((last, None, [time.time()], last.steps, {}, False))
             self._last_snapshot_step = self._last_logged_step
+        if writes:
+            block, rows = writes[0][:2]
+            first = int(block.steps[0 if rows is None else rows[0]])
+            self._jobs.submit(self.guard, "logging batch statistics", self._write_blocks, writes,
+                              what=f"the statistics of steps {first}-{self._last_logged_step}")
         if final:
             self._jobs.wait()
+
+    def _write_blocks(self, writes):
+        """On the writer thread: :meth:`_write_block` of each of ``writes``."""
+        for args in writes:
+            self._write_block(*args)
 
     def _log_block(self, block, times, log_last, final):
         """Chooses the steps of ``block`` to log (the logging stride; the
         last one too with ``log_last`` or ``final``) and the snapshots (the
-        snapshot stride among those; the last at ``final``), and queues
-        their writing. ``times``: ``(step, wall time)`` seen since the last
-        drain."""
+        snapshot stride among those; the last at ``final``). ``times``:
+        ``(step, wall time)`` seen since the last drain.
+
+        Returns:
+            ``[(block, rows, wall_times, snapshot_steps, metrics, series)]``,
+            the :meth:`_write_block` arguments (empty: nothing to log)."""
         schedule = self.schedule
         _ = self.layer_infos  # made here, on the training thread; the writer thread reads it
         if block.lost:
@@ -437,7 +450,7 @@ class Recorder:
         self._newest = None if chosen[-1] or not keep[-1] else block.rows(slice(-1, None))
         rows = np.flatnonzero(chosen)
         if not len(rows):
-            return
+            return []
         logged = steps[rows]
         snapshot = stride_starts(logged, schedule.snapshot_every_n_steps, self._last_snapshot_step)
         if final:
@@ -449,10 +462,9 @@ class Recorder:
         at = np.array([t for _, t in times] + [tail], np.float64)
         wall_times = at[np.minimum(np.searchsorted(seen, logged), len(at) - 1)]
         metrics = self._per_step_metrics(block, rows) if schedule.log_metrics else {}
-        self._jobs.submit(self.guard, "logging batch statistics", self._write_block, block, rows, wall_times,
-                          logged[snapshot], metrics, True, what=f"the statistics of steps {logged[0]}-{logged[-1]}")
         self._last_logged = block.rows(slice(rows[-1], rows[-1] + 1))  # views, no copy
         self._last_logged_step = int(logged[-1])
+        return [(block, rows, wall_times, logged[snapshot], metrics, True)]
 
     def _write_block(self, block, rows, wall_times, snapshot_steps, metrics, series):
         """On the writer thread: of the steps at ``rows`` of ``block``

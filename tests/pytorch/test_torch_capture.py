@@ -311,3 +311,42 @@ def test_reads_are_few(tmp_path):
         train(model, x, y, batch=4, epochs=2, monitor=monitor)  # 48 steps, one ring of 256 rows
         assert monitor.capture.reads == 0
     assert monitor.capture.reads <= 4  # the close's drains
+
+
+def test_steps_with_other_metrics_or_modules_are_logged_in_order(tmp_path):
+    """A new layout (other metrics, a module that runs only sometimes) gets a
+    ring of its own; the drain merges them by step, every step once."""
+
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.fc = nn.Linear(192, 6)
+            self.always = nn.BatchNorm1d(6)
+            self.sometimes = nn.BatchNorm1d(6)
+            self.use_both = False
+
+        def forward(self, x):
+            h = self.always(self.fc(x.flatten(1)))
+            return self.sometimes(h) if self.use_both else h
+
+    model = Branchy()
+    x, y = data(n=16 * 6, classes=6)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with BNStatsMonitor(model, tmp_path / "run", verbose=0, flush_secs=3600) as monitor:
+        for i in range(6):
+            model.use_both = i % 2 == 1
+            loss = nn.functional.cross_entropy(model(x[16 * i:16 * (i + 1)]), y[16 * i:16 * (i + 1)])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            monitor.step(loss=loss, **({"extra": 1.0} if i >= 3 else {}))
+            if i == 3:
+                monitor.epoch_end()  # a drain in the middle: the earlier layouts' rings go
+    run = tb_bnstats.load(tmp_path)["run"]
+    assert list(run.layers["always"].steps) == [1, 2, 3, 4, 5, 6]
+    assert list(run.layers["sometimes"].steps) == [2, 4, 6]
+    np.testing.assert_array_equal(run.layers["sometimes"].series["updates"], [1, 2, 3])
+    assert list(run.metrics["train/loss"][0]) == [1, 2, 3, 4, 5, 6]
+    assert list(run.metrics["train/extra"][0]) == [4, 5, 6]
+    assert len(monitor.capture._rings) <= 2

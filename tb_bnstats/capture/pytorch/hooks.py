@@ -124,7 +124,8 @@ class TorchCapture:
         self._pending = {}  # name -> (mean, var, values per channel, updating): this step's training forward
         self._order = []  # names in the order training forwards first ran them
         self._updating = {}  # name -> whether its last training forward updated its running statistics
-        self._rings = {}
+        self._rings = {}  # layout key -> _Ring
+        self._written_key = None  # the layout of the last row written
         self._seq = self._drained = self._reads = 0
         self.failed = None  # the exception that turned the hooks off
         self._before = {}  # name -> the running statistics before this forward's update
@@ -179,8 +180,8 @@ class TorchCapture:
         """
         import torch
 
-        pending, self._pending = dict(self._pending), self._pending
-        self._pending.clear()
+        pending = dict(self._pending)
+        self._pending.clear()  # the hooks' dict: cleared in place
         names = list(pending)
         for name in names:
             if name not in self._updating:
@@ -192,7 +193,7 @@ class TorchCapture:
         on_device = [isinstance(v, torch.Tensor) for v in metrics.values()]
         layout = ring_rows.Layout.of([s.module for s in slots], [s.channels for s in slots],
                                      [pending[n][3] for n in names], list(metrics), ())
-        key = (layout.key, tuple(on_device))
+        key = self._written_key = (layout.key, tuple(on_device))
         ring = self._rings.get(key)
         if ring is None:
             device = slots[0].module.running_mean.device if slots else next(
@@ -260,6 +261,8 @@ class TorchCapture:
             self._reads += 2
         named = {id(slot.module): name for name, slot in self._slots.items()}
         blocks, self._drained = ring_rows.drain(parts, self._drained, named, self._slots)
+        # Every row is read now: a ring of an earlier layout (other modules ran, other metrics) goes.
+        self._rings = {k: ring for k, ring in self._rings.items() if k == self._written_key}
         return blocks
 
     def close(self):
