@@ -212,13 +212,6 @@ def run_scenario(name, logdir, callbacks=None, verbose=0):
     return model, cb
 
 
-def scenario_of(name):
-    """``"S3"`` for ``s3_lost_on_restore``, ``"healthy"``, or ``"-"``."""
-    if name.startswith("healthy"):
-        return "healthy"
-    return name.split("_")[0].upper() if name[:1] == "s" and name[1:2].isdigit() else "-"
-
-
 def live_findings(name, model):
     """Findings that need the trained model, not the logs: S5 (dropout
     before BN) through :func:`tb_bnstats.diagnose_model`."""
@@ -230,24 +223,11 @@ def live_findings(name, model):
     return tb_bnstats.diagnose_model(model, (x, y), num_samples=512, run=name)
 
 
-def confusion_table(logdir, live=None):
-    """Markdown: scenario run -> findings diagnose() produced from the logs
-    (codes, layers), plus ``live`` ``{run: findings}`` from the models."""
-    import tb_bnstats
-
-    findings = tb_bnstats.diagnose(logdir)
-    rows = ["| scenario | run | what | findings |", "|---|---|---|---|"]
-    for name, what in SCENARIOS.items():
-        mine = [f"{f.code} {f.severity} ({', '.join(f.layers)})" for f in findings if f.run == name]
-        mine += [f"{f.code} {f.severity} ({', '.join(f.layers)}; live model: diagnose_model)"
-                 for f in (live or {}).get(name, [])]
-        rows.append(f"| {scenario_of(name)} | `{name}` | {what} | {'; '.join(mine) or 'none'} |")
-    return "\n".join(rows)
-
-
 if __name__ == "__main__":
     import sys
     import time
+
+    from scenario_table import confusion_table
 
     logdir = sys.argv[1]
     live = {}
@@ -256,4 +236,4 @@ if __name__ == "__main__":
         model, _ = run_scenario(name, logdir)
         live[name] = live_findings(name, model)
         print(f"{name}: {time.time() - t:.1f}s", flush=True)
-    print(confusion_table(logdir, live))
+    print(confusion_table(logdir, SCENARIOS, live))

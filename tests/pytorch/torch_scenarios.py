@@ -220,11 +220,6 @@ def run_scenario(name, logdir, verbose=0, on_model=None):
     return model, monitor
 
 
-def scenario_of(name):
-    """``"S3"`` for ``s3_buffers_not_restored``, ``"healthy"``."""
-    return "healthy" if name.startswith("healthy") else name.split("_")[0].upper()
-
-
 def live_findings(name, model):
     """Findings that need the trained model, not the logs: S5 (dropout
     before BN) through :func:`tb_bnstats.diagnose_model`."""
@@ -236,24 +231,13 @@ def live_findings(name, model):
     return tb_bnstats.diagnose_model(model, (x, y), num_samples=512, run=name)
 
 
-def confusion_table(logdir, live=None):
-    """Markdown: scenario run -> findings diagnose() produced from the logs
-    (codes, layers), plus ``live`` ``{run: findings}`` from the models."""
-    import tb_bnstats
-
-    findings = tb_bnstats.diagnose(logdir)
-    rows = ["| scenario | run | what | findings |", "|---|---|---|---|"]
-    for name, what in SCENARIOS.items():
-        mine = [f"{f.code} {f.severity} ({', '.join(f.layers)})" for f in findings if f.run == name]
-        mine += [f"{f.code} {f.severity} ({', '.join(f.layers)}; live model: diagnose_model)"
-                 for f in (live or {}).get(name, [])]
-        rows.append(f"| {scenario_of(name)} | `{name}` | {what} | {'; '.join(mine) or 'none'} |")
-    return "\n".join(rows)
-
-
 if __name__ == "__main__":
+    import pathlib
     import sys
     import time
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # tests/, run as a script
+    from scenario_table import confusion_table
 
     torch.set_num_threads(1)
     logdir = sys.argv[1]
@@ -263,7 +247,7 @@ if __name__ == "__main__":
         trained_model, _ = run_scenario(scenario, logdir)
         live[scenario] = live_findings(scenario, trained_model)
         print(f"{scenario}: {time.time() - t:.1f}s", flush=True)
-    print(confusion_table(logdir, live))
+    print(confusion_table(logdir, SCENARIOS, live))
 
 
 # -- independent references (numpy, no tb_bnstats) ------------------------------------
