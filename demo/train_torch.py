@@ -1,7 +1,9 @@
 """PyTorch demo runs on scikit-learn's bundled digits (nothing is downloaded):
 the demo's small conv net written in PyTorch, trained with a plain loop and
-``tb_bnstats.torch.BNStatsMonitor``, one TensorBoard run each. Imports neither
-TensorFlow nor Keras.
+``tb_bnstats.torch.BNStatsMonitor``, one TensorBoard run each. tb_bnstats
+imports neither TensorFlow nor Keras here; ``torch.utils.tensorboard`` (the
+``SummaryWriter`` beside it) loads TensorFlow when it is installed, as
+TensorBoard's own writer does.
 
     python demo/train_torch.py --logdir demo/logs      # skips runs already written
 
