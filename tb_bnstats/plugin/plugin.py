@@ -440,8 +440,9 @@ class BNStatsPlugin(base_plugin.TBPlugin):
             series.append({"key": key, "source": "bn_stats", "split": key.split("/", 1)[0],
                            "name": key.split("/", 1)[1], "steps": steps, "values": values,
                            "aligned": "step"})
-        series += scalars.own_series(self._provider, ctx, eid, run)
-        series += scalars.keras_series(self._provider, ctx, eid, run, val_steps,
+        listed = scalars.listing(self._provider, ctx, eid)  # once for both
+        series += scalars.own_series(self._provider, ctx, eid, run, listed)
+        series += scalars.keras_series(self._provider, ctx, eid, run, listed, val_steps,
                                        max(index.max_step.values(), default=0))
         out, samplings, full = [], [], {}
         for s in series:

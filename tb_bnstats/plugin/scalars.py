@@ -39,43 +39,43 @@ def split_of(tag):
     return "val" if _VAL_WORD.search(tag) else "train"
 
 
-def own_series(data_provider, ctx, eid, run):
+def listing(data_provider, ctx, eid):
+    """``{run: {tag: ...}}`` of every "scalars" tag (empty when there are none)."""
+    try:
+        return data_provider.list_scalars(ctx, experiment_id=eid, plugin_name=SCALARS_PLUGIN)
+    except errors.PublicError:
+        return {}
+
+
+def _read(data_provider, ctx, eid, run, tags):
+    """``{tag: (steps, values)}``: every point of ``run``'s scalars ``tags``, tags in order."""
+    result = data_provider.read_scalars(
+        ctx, experiment_id=eid, plugin_name=SCALARS_PLUGIN, downsample=READ_ALL,
+        run_tag_filter=provider.RunTagFilter(runs=[run], tags=tags)).get(run, {})
+    return {tag: (np.array([p.step for p in result[tag]], np.int64),
+                  np.array([p.value for p in result[tag]], np.float64)) for tag in sorted(result)}
+
+
+def own_series(data_provider, ctx, eid, run, listed):
     """The scalars written into ``run``'s directory itself (e.g. by
     ``torch.utils.tensorboard.SummaryWriter(log_dir)``): every tag, its step
     the writer's global step (aligned ``"step"``), split ``"val"`` when the
     tag names validation (:func:`split_of`), as series dicts of the ``/loss``
-    route (``source``: :data:`OWN_SOURCE`)."""
-    try:
-        listing = data_provider.list_scalars(ctx, experiment_id=eid, plugin_name=SCALARS_PLUGIN)
-    except errors.PublicError:
-        return []
-    tags = sorted(listing.get(run, {}))
+    route (``source``: :data:`OWN_SOURCE`). ``listed``: :func:`listing`."""
+    tags = sorted(listed.get(run, {}))
     if not tags:
         return []
-    result = data_provider.read_scalars(
-        ctx, experiment_id=eid, plugin_name=SCALARS_PLUGIN, downsample=READ_ALL,
-        run_tag_filter=provider.RunTagFilter(runs=[run], tags=tags)).get(run, {})
-    out = []
-    for tag in sorted(result):
-        pts = result[tag]
-        if not pts:
-            continue
-        out.append({"key": f"scalars:{tag}", "source": OWN_SOURCE, "split": split_of(tag), "name": tag,
-                    "steps": np.array([p.step for p in pts], np.int64),
-                    "values": np.array([p.value for p in pts], np.float64), "aligned": "step"})
-    return out
+    return [{"key": f"scalars:{tag}", "source": OWN_SOURCE, "split": split_of(tag), "name": tag,
+             "steps": steps, "values": values, "aligned": "step"}
+            for tag, (steps, values) in _read(data_provider, ctx, eid, run, tags).items() if len(steps)]
 
 
-def keras_series(data_provider, ctx, eid, run, val_steps, max_step):
+def keras_series(data_provider, ctx, eid, run, listed, val_steps, max_step):
     """The scalars Keras' TensorBoard callback wrote next to ``run``
     (``<run>/train``, ``<run>/validation`` or siblings of the run's parent):
     ``batch_*`` (step = batch counter) and ``epoch_*`` (step = epoch, mapped to
     the step where that epoch ended, :func:`epoch_to_step`), as series dicts
-    of the ``/loss`` route."""
-    try:
-        listing = data_provider.list_scalars(ctx, experiment_id=eid, plugin_name=SCALARS_PLUGIN)
-    except errors.PublicError:
-        return []
+    of the ``/loss`` route. ``listed``: :func:`listing`."""
     parent = posixpath.dirname(run)
     candidates = []
     for split, names in (("train", ("train",)), ("val", ("validation", "val"))):
@@ -84,19 +84,13 @@ def keras_series(data_provider, ctx, eid, run, val_steps, max_step):
                 candidates.append((split, posixpath.join(base, n) if base and base != "." else n))
     out, seen = [], set()
     for split, krun in candidates:
-        if krun in seen or krun == run or krun not in listing:
+        if krun in seen or krun == run or krun not in listed:
             continue
         seen.add(krun)
-        tags = [t for t in listing[krun] if t.startswith(("batch_", "epoch_"))]
+        tags = [t for t in listed[krun] if t.startswith(("batch_", "epoch_"))]
         if not tags:
             continue
-        result = data_provider.read_scalars(
-            ctx, experiment_id=eid, plugin_name=SCALARS_PLUGIN, downsample=READ_ALL,
-            run_tag_filter=provider.RunTagFilter(runs=[krun], tags=tags)).get(krun, {})
-        for tag in sorted(result):
-            pts = result[tag]
-            steps = np.array([p.step for p in pts], np.int64)
-            values = np.array([p.value for p in pts], np.float64)
+        for tag, (steps, values) in _read(data_provider, ctx, eid, krun, tags).items():
             aligned = "step"
             if tag.startswith("epoch_"):
                 steps, aligned = epoch_to_step(steps, val_steps, max_step)
