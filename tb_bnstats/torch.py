@@ -108,7 +108,6 @@ class BNStatsMonitor:
         rec.measure_model(self.model, self._probe)
         rec.epoch_begin()
         self._epoch_start = self._step
-        self._warned_no_bn = False
         self.closed = False
 
     @property
@@ -142,8 +141,7 @@ class BNStatsMonitor:
         values = ({"loss": loss} if loss is not None else {}) | metrics
         if self.capture is not None and self.capture.failed is None:
             ran = rec.guard("capturing the batch moments", self.capture.write_step, self._step, values)
-            if ran is False and self.capture.names and not self._warned_no_bn:
-                self._warned_no_bn = True
+            if ran is False and self.capture.names:
                 rec.warn_once("finding BN forwards", "no BatchNorm module ran a training forward before step(): "
                               "was the model torch.compile'd and run before the monitor was made (make the "
                               "monitor first), or a model of the same class compiled earlier in this process "

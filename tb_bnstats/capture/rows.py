@@ -1,7 +1,8 @@
 """The rows of a capture's ring, on the host: what one training step kept,
 and how a drain turns the rows read from the device into
-:class:`tb_bnstats.capture.Block` s. numpy only; every Keras backend writes
-the same columns in its own device containers (its module says how).
+:class:`tb_bnstats.capture.Block` s. numpy only; every Keras backend and
+the PyTorch capture write the same columns in their own device containers
+(each module says how).
 
 A row, for the layers of one :class:`Layout`:
 
@@ -39,9 +40,10 @@ def ring_steps(row_bytes, steps_per_execution=1):
 
 @dataclasses.dataclass
 class Layout:
-    """What the rows of one ring hold: fixed when the training step is traced
-    (the layers it ran, in order, and whether each updated its averages; the
-    logs it returned; the model's running-mean metrics)."""
+    """What the rows of one ring hold: the layers the training step ran, in
+    order, and whether each updated its averages; the logs it returned; the
+    model's running-mean metrics. Fixed when a Keras training step is traced;
+    PyTorch's may change from step to step (a new ring then)."""
 
     layers: Tuple[weakref.ref, ...]
     channels: Tuple[int, ...]

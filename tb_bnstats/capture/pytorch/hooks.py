@@ -152,9 +152,9 @@ class TorchCapture:
             if module.training and not module.track_running_stats:
                 return  # tb_bnstats' own measurement passes (batch moments, nothing tracked)
             try:
-                x = args[0]
-                if name in before and bn_modules.moments_from_update(module):
-                    mean, var, n = bn_modules.moments_of_update(module, *before.pop(name), x)
+                x, running_before = args[0], before.pop(name, None)
+                if running_before is not None:  # copied by remember_running: the update can be inverted
+                    mean, var, n = bn_modules.moments_of_update(module, *running_before, x)
                 else:
                     mean, var, n = bn_modules.channel_moments(x)
                 pending[name] = (mean, var, n, bool(module.training))
