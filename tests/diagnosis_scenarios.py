@@ -10,20 +10,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+import scenarios_common  # noqa: E402
 from keras_models import InferenceModeBN  # noqa: E402
-
-
-def digits(n=None, sort=False, flat=True):
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = (d.images / 16.0).astype("float32") * 4.0 + 1.0  # far from the init mean 0 / var 1
-    y = d.target
-    order = np.argsort(y, kind="stable") if sort else np.random.default_rng(0).permutation(len(x))
-    x, y = x[order], y[order]
-    if n is not None:
-        x, y = x[:n], y[:n]
-    return (x.reshape(len(x), 64) if flat else x[..., None]), y
+from scenarios_common import digits, live_findings  # noqa: E402 - also scenarios.digits for the tests
 
 
 def dense_model(momentum=0.9, seed=0, dropout_before="", inference_mode="", frozen="", lr=3e-3):
@@ -212,22 +201,9 @@ def run_scenario(name, logdir, callbacks=None, verbose=0):
     return model, cb
 
 
-def live_findings(name, model):
-    """Findings that need the trained model, not the logs: S5 (dropout
-    before BN) through :func:`tb_bnstats.diagnose_model`."""
-    import tb_bnstats
-
-    if name != "s5_dropout_before_bn":
-        return []
-    x, y = digits(n=896)
-    return tb_bnstats.diagnose_model(model, (x, y), num_samples=512, run=name)
-
-
 if __name__ == "__main__":
     import sys
     import time
-
-    from scenario_table import confusion_table
 
     logdir = sys.argv[1]
     live = {}
@@ -236,4 +212,4 @@ if __name__ == "__main__":
         model, _ = run_scenario(name, logdir)
         live[name] = live_findings(name, model)
         print(f"{name}: {time.time() - t:.1f}s", flush=True)
-    print(confusion_table(logdir, SCENARIOS, live))
+    print(scenarios_common.confusion_table(logdir, SCENARIOS, live))

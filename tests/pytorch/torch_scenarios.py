@@ -7,6 +7,8 @@ writes them all and prints the confusion table. Imports neither TensorFlow
 nor Keras."""
 
 import os
+import pathlib
+import sys
 
 import numpy as np
 import torch
@@ -14,24 +16,11 @@ from torch import nn
 
 from tb_bnstats.torch import BNStatsMonitor
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # tests/, also when run as a script
+import scenarios_common  # noqa: E402
+from scenarios_common import digits, live_findings  # noqa: E402 - also scenarios.digits for the tests
+
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
-
-
-def digits(n=None, sort=False, flat=True):
-    """Digits as float32 ``x`` (``[N, 64]``, or ``[N, 1, 8, 8]`` with
-    ``flat=False``), scaled to ``x / 16 * 4 + 1`` (far from the running
-    statistics' initial 0 / 1), and int64 labels; permuted with a fixed seed,
-    or sorted by label (stable)."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = (d.images / 16.0).astype("float32") * 4.0 + 1.0
-    y = d.target.astype("int64")
-    order = np.argsort(y, kind="stable") if sort else np.random.default_rng(0).permutation(len(x))
-    x, y = x[order], y[order]
-    if n is not None:
-        x, y = x[:n], y[:n]
-    return (x.reshape(len(x), 64) if flat else x[:, None, :, :]), y
 
 
 class DenseNet(nn.Module):
@@ -220,24 +209,8 @@ def run_scenario(name, logdir, verbose=0, on_model=None):
     return model, monitor
 
 
-def live_findings(name, model):
-    """Findings that need the trained model, not the logs: S5 (dropout
-    before BN) through :func:`tb_bnstats.diagnose_model`."""
-    import tb_bnstats
-
-    if name != "s5_dropout_before_bn":
-        return []
-    x, y = digits(n=896)
-    return tb_bnstats.diagnose_model(model, (x, y), num_samples=512, run=name)
-
-
 if __name__ == "__main__":
-    import pathlib
-    import sys
     import time
-
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # tests/, run as a script
-    from scenario_table import confusion_table
 
     torch.set_num_threads(1)
     logdir = sys.argv[1]
@@ -247,7 +220,7 @@ if __name__ == "__main__":
         trained_model, _ = run_scenario(scenario, logdir)
         live[scenario] = live_findings(scenario, trained_model)
         print(f"{scenario}: {time.time() - t:.1f}s", flush=True)
-    print(confusion_table(logdir, SCENARIOS, live))
+    print(scenarios_common.confusion_table(logdir, SCENARIOS, live))
 
 
 # -- independent references (numpy, no tb_bnstats) ------------------------------------
