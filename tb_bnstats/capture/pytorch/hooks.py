@@ -190,12 +190,14 @@ class TorchCapture:
         slots = [self._slots[n] for n in names]
         for slot, name in zip(slots, names):
             slot.channels = int(pending[name][0].numel())
-        on_device = [isinstance(v, torch.Tensor) for v in metrics.values()]
-        layout = ring_rows.Layout.of([s.module for s in slots], [s.channels for s in slots],
-                                     [pending[n][3] for n in names], list(metrics), ())
-        key = self._written_key = (layout.key, tuple(on_device))
+        on_device = tuple(isinstance(v, torch.Tensor) for v in metrics.values())
+        updating = tuple(pending[n][3] for n in names)
+        # A module path is one module of fixed width: the names and flags say which ring (no Layout per step).
+        key = self._written_key = (tuple(names), updating, tuple(metrics), on_device)
         ring = self._rings.get(key)
         if ring is None:
+            layout = ring_rows.Layout.of([s.module for s in slots], [s.channels for s in slots], updating,
+                                         list(metrics), ())
             device = slots[0].module.running_mean.device if slots else next(
                 (v.device for v in metrics.values() if isinstance(v, torch.Tensor)), "cpu")
             ring = self._rings[key] = _Ring(layout, device, on_device)
