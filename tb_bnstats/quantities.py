@@ -13,7 +13,12 @@ layer's epsilon.
 * symmetric KL         ``(KL(N_B||N_R) + KL(N_R||N_B)) / 2`` of the two Gaussians
 * convergence          ``1 - m**t``: the weight no longer on the initial value
 * debiased average     ``(ema_t - m**t * init) / (1 - m**t)`` (Adam's bias
-  correction with a non-zero initial value, Kingma & Ba 2015, §3)
+  correction with a non-zero initial value, Kingma & Ba 2015, §3); from
+  pretrained statistics (a fine-tuning start) ``init`` is them, and the
+  debiased average is the average of the new batches alone
+* moved from the start the mean gap and log variance ratio with the start
+  values ``mu_0``, ``var_0`` in the batch's place: ``|mu_R - mu_0| /
+  sqrt(var_0 + eps)``, ``log((var_R + eps) / (var_0 + eps))``
 * population moments   law of total variance over batches (PreciseBN)
 * output drift         ``||y_train - y_inf|| / ||y_train||`` of one output
 
@@ -175,6 +180,8 @@ class LayerQuantities:
     sym_kl: np.ndarray
     convergence: "float | np.ndarray"
     updates: "int | np.ndarray"
+    start_mean_gap: np.ndarray  # |mu_R - mu_0| / sqrt(var_0 + eps)
+    start_log_var_ratio: np.ndarray  # log((var_R + eps) / (var_0 + eps))
 
 
 def compute(info, batch_mean, batch_var, moving_mean, moving_var, updates,
@@ -214,18 +221,22 @@ def compute(info, batch_mean, batch_var, moving_mean, moving_var, updates,
         updates = int(updates)
     batch_var = comparable_batch_var(batch_var, samples_per_channel, info.moving_var_unbiased)
     eps = float(info.epsilon)
+    start_mean = np.asarray(info.init_mean if init_mean is None else init_mean, np.float64)
+    start_var = np.asarray(info.init_var if init_var is None else init_var, np.float64)
     return LayerQuantities(
         batch_mean=batch_mean,
         batch_var=batch_var,
         moving_mean=moving_mean,
         moving_var=moving_var,
-        debiased_mean=debias(moving_mean, info.init_mean if init_mean is None else init_mean, info.momentum, updates),
-        debiased_var=debiased_variance(moving_var, info.init_var if init_var is None else init_var, info, updates),
+        debiased_mean=debias(moving_mean, start_mean, info.momentum, updates),
+        debiased_var=debiased_variance(moving_var, start_var, info, updates),
         mean_gap=mean_gap(batch_mean, batch_var, moving_mean, eps),
         log_var_ratio=log_var_ratio(batch_var, moving_var, eps),
         sym_kl=symmetric_kl(batch_mean, batch_var, moving_mean, moving_var, eps),
         convergence=convergence(info.momentum, updates),
         updates=updates,
+        start_mean_gap=mean_gap(moving_mean, np.broadcast_to(start_var, moving_var.shape), start_mean, eps),
+        start_log_var_ratio=log_var_ratio(moving_var, start_var, eps),
     )
 
 

@@ -154,7 +154,7 @@ class Recorder:
         self._failures = set()
         self._jobs = None
         self._last_logged = None  # a Block of the last logged step (its selected layers)
-        self._probe = self._population = self._live_findings = None
+        self._probe = self._population = self._live_findings = self._frozen_recalibration = None
 
     # -- helpers -----------------------------------------------------------------
 
@@ -244,13 +244,14 @@ class Recorder:
         self._drained_at = time.monotonic()
         self._undrained = False
         self._step_times = []  # (step, wall time) seen between drains: when each step ended
-        self._probe = self._population = self._live_findings = None
+        self._probe = self._population = self._live_findings = self._frozen_recalibration = None
 
-    def measure_with(self, probe=None, population=None, live_findings=None):
+    def measure_with(self, probe=None, population=None, live_findings=None, frozen_recalibration=None):
         """The measurements of this run (see the class), given after
         :meth:`begin`; ignored when no log could be opened."""
         if self.writer is not None:
             self._probe, self._population, self._live_findings = probe, population, live_findings
+            self._frozen_recalibration = frozen_recalibration
 
     def measure_model(self, model, probe=None):
         """:meth:`measure_with` the measurements of ``model`` (a Keras model or
@@ -273,9 +274,13 @@ class Recorder:
         def live_findings(run):
             return live.diagnose_model(model, (probe.x, probe.y), num_samples=10**9, batch_size=32, run=run)
 
+        def frozen_recalibration():
+            return population.frozen_recalibration(model, probe.x, probe.y, loss_fn=getattr(probe, "loss_fn", None))
+
         self.measure_with(probe=probe.run if probe is not None else None,
                           population=population_now if schedule.population_data is not None else None,
-                          live_findings=live_findings if probe is not None else None)
+                          live_findings=live_findings if probe is not None else None,
+                          frozen_recalibration=frozen_recalibration if probe is not None else None)
 
     def _open_writer(self):
         self.writer = summary.Writer(self.schedule.log_dir, flush_secs=self.schedule.flush_secs,
@@ -288,16 +293,22 @@ class Recorder:
         0, layers this process has not counted yet), the update counts of
         layers whose moving statistics were restored continue from the step;
         trainable layers whose moving statistics are still at their initial
-        values were not restored (S3, BN008). Both lists go into the log
+        values were not restored (S3, BN008); layers that start from
+        pretrained statistics (not their initializers' values, no update
+        counted) count from them. The three lists go into the log
         (``run/train_begin``) at this step."""
         states = self.capture.resume(self.step)
         listed = lambda state: [n for n in self.capture.names  # noqa: E731
                                 if states.get(n) == state and self.schedule.selected(n)]
-        record = {"resumed": listed("resumed"), "moving_at_initializer": listed("at_initializer")}
+        record = {"resumed": listed("resumed"), "moving_at_initializer": listed("at_initializer"),
+                  "pretrained": listed("pretrained")}
         self.writer.train_begin(self.step, record)
         if record["resumed"]:
             self.say(f"resumed at step {self.step}: update counts of {len(record['resumed'])} layer(s) "
                      f"continue from {self.step}")
+        if record["pretrained"]:
+            self.say(f"{len(record['pretrained'])} layer(s) start from pretrained statistics: convergence and the "
+                     "debiased estimate count from them")
         if record["moving_at_initializer"]:
             self.say(f"step {self.step}, but the moving statistics of {record['moving_at_initializer']} are at "
                      "their initial values: not restored with the weights? (BN008)")
@@ -368,8 +379,26 @@ class Recorder:
             return
         self.guard("logging the final statistics", self._drain, False, True)
         if self._last_logged_step is not None:
+            if self._frozen_recalibration is not None and any(i.frozen for i in self.layer_infos.values()):
+                self.guard("measuring what recalibrating the frozen layers gives", self._log_frozen_recalibration)
             self.findings = self.guard("diagnosing the run", self._diagnose)
         self._close()
+
+    def _log_frozen_recalibration(self):
+        """The probe batch in inference mode with the frozen layers
+        recalibrated on it (metric split ``probe_recalibrated``, next to
+        ``probe_inference`` at the last logged step): what BN010's fix would
+        give."""
+        measured = self._frozen_recalibration()
+        if measured is None:
+            return
+        before, after = measured
+        step = self._last_logged_step
+        values = {"accuracy": after.accuracy_inference_mode, "loss": after.loss_inference_mode}
+        self.writer.metrics("probe_recalibrated", {k: v for k, v in values.items() if v is not None}, step)
+        as_is = {"accuracy": before.accuracy_inference_mode, "loss": before.loss_inference_mode}
+        if self._last_probe_step != step:  # the comparison is at the same step, on the same batch
+            self.writer.metrics("probe_inference", {k: v for k, v in as_is.items() if v is not None}, step)
 
     def abandon(self):
         """Training raised: every step drained and written, the event file
@@ -513,7 +542,7 @@ class Recorder:
         if self._last_logged_step is None or self._last_logged_step == self._last_probe_step:
             return
         if self.guard("running the train/inference probe", self._log_probe, self._last_logged_step) is None:
-            self._probe = self._live_findings = None  # the live checks use the same batch
+            self._probe = self._live_findings = self._frozen_recalibration = None  # the live checks use the same batch
 
     def _log_probe(self, step):
         result = self._probe()

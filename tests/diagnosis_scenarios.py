@@ -15,7 +15,7 @@ from keras_models import InferenceModeBN  # noqa: E402
 from scenarios_common import digits, live_findings  # noqa: E402 - also scenarios.digits for the tests
 
 
-def dense_model(momentum=0.9, seed=0, dropout_before="", inference_mode="", frozen="", lr=3e-3):
+def dense_model(momentum=0.9, seed=0, dropout_before="", inference_mode="", frozen="", lr=3e-3, training_false=""):
     """Dense(32) -> BN "bn1" -> ReLU -> Dense(32) -> BN "bn2" -> ReLU -> Dense(10)."""
     keras.utils.set_random_seed(seed)
     inp = keras.Input((64,))
@@ -30,7 +30,7 @@ def dense_model(momentum=0.9, seed=0, dropout_before="", inference_mode="", froz
             bn = keras.layers.BatchNormalization(momentum=momentum, name=name)
             if frozen == name:
                 bn.trainable = False
-            x = bn(x)
+            x = bn(x, training=False) if training_false == name else bn(x)
         x = keras.layers.ReLU()(x)
     model = keras.Model(inp, keras.layers.Dense(10)(x))
     model.compile(keras.optimizers.Adam(lr), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -53,6 +53,52 @@ def conv_model(momentum=0.9, seed=0):
     model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
     return model
+
+
+def conv_base(seed=0):
+    """The "pretrained" base of the transfer-learning scenarios: Conv(8) -> BN
+    "conv0_bn" -> ReLU -> Conv(16) -> BN "conv1_bn" -> ReLU -> Flatten
+    (Keras' default momentum 0.99, as in keras.applications)."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((8, 8, 1))
+    x = inp
+    for i, width in enumerate((8, 16)):
+        x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
+        x = keras.layers.BatchNormalization(name=f"conv{i}_bn")(x)
+        x = keras.layers.ReLU()(x)
+    return keras.Model(inp, keras.layers.Flatten()(x), name="base")
+
+
+def on_base(base, classes, lr=3e-3, **call):
+    """``base(x, **call)`` and a new Dense head, compiled (the Keras
+    transfer-learning guide's model)."""
+    inp = keras.Input((8, 8, 1))
+    model = keras.Model(inp, keras.layers.Dense(classes)(base(inp, **call)))
+    model.compile(keras.optimizers.Adam(lr), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    return model
+
+
+def pretrained_base():
+    """A base trained on digits 0-4 (standing for "pretrained"), loaded into
+    a new model's layers as ``load_weights`` would: their moving statistics
+    are not the initializers' values, and this process counted no update."""
+    x, y = digits()
+    old = y < 5
+    trained = conv_base()
+    on_base(trained, 5).fit(x[old].reshape(-1, 8, 8, 1), y[old], batch_size=32, epochs=5, verbose=0)
+    base = conv_base(seed=1)
+    base.set_weights(trained.get_weights())
+    return base
+
+
+def new_task(scale=1.0, shift=0.0):
+    """Digits 5-9 (labels 0-4) as ``x * scale + shift``: ``(x, y)`` to train
+    on and a held-out probe ``(x, y)`` of 256."""
+    x, y = digits()
+    new = y >= 5
+    x, y = x[new].reshape(-1, 8, 8, 1) * scale + shift, y[new] - 5
+    return (x[:-256], y[:-256]), (x[-256:], y[-256:])
 
 
 def masked_model(momentum=0.9, seed=0):
@@ -104,6 +150,10 @@ SCENARIOS = {
     "s7_sorted": "data sorted by label, shuffle=False",
     "nan_inputs": "a NaN in the inputs from step 20 on",
     "s8_shifted_eval": "probe batch of held-out digits as x*1.5+0.5 (eval pipeline scaled differently)",
+    "s9_frozen_base": "base pretrained on digits 0-4, frozen (trainable=False, training=False), new head on 5-9",
+    "s9_frozen_base_scaled": "the same, the new data as x*1.5+0.5",
+    "s9_fine_tune": "the scaled one then unfrozen (base.trainable=True, still training=False), fine-tuned at lr 1e-4",
+    "s10_training_false": "bn2 called with training=False in the functional graph",
 }
 
 
@@ -117,7 +167,7 @@ EXPECTED = {
     "healthy_masked": {},
     "s1_momentum_0.99": {("BN001", "error"): ["bn1", "bn2"]},
     "s2_inference_mode": {("BN002", "error"): ["bn2/bn"]},
-    "s2_frozen": {("BN002", "error"): ["bn2"]},
+    "s2_frozen": {("BN010", "warning"): ["bn2"]},  # frozen on purpose, at 0/1: far from its batches
     "s3_lost_on_restore": {("BN008", "error"): ["bn1", "bn2"]},
     "s4_momentum_0.1": {("BN003", "warning"): ["bn1", "bn2"]},
     "s5_dropout_before_bn": {},  # not visible in training logs: see diagnose_model
@@ -126,6 +176,12 @@ EXPECTED = {
     "nan_inputs": {("BN007", "error"): ["bn1", "bn2"]},
     # bn2 sees bn1's training-mode output, which normalizes the affine shift away.
     "s8_shifted_eval": {("BN009", "warning"): ["bn1"]},
+    # Classes 5-9 differ a little from 0-4 (~0.2 std): recalibrating on them gains nothing.
+    "s9_frozen_base": {("BN010", "info"): ["conv0_bn", "conv1_bn"]},
+    "s9_frozen_base_scaled": {("BN010", "warning"): ["conv0_bn", "conv1_bn"]},
+    # fit overrides training=False: the unfrozen base trains, from the pretrained statistics.
+    "s9_fine_tune": {("BN011", "warning"): ["conv0_bn", "conv1_bn"], ("BN010", "warning"): ["conv0_bn", "conv1_bn"]},
+    "s10_training_false": {("BN011", "warning"): ["bn2"]},
 }
 
 
@@ -191,6 +247,23 @@ def run_scenario(name, logdir, callbacks=None, verbose=0):
         xv, yv = xa[896:1152], ya[896:1152]  # held out from the 896 trained on
         cbs[0] = cb = BNStatsCallback(run_dir, snapshot_every_n_steps=0, verbose=verbose,
                                       probe_data=(xv * 1.5 + 0.5, yv))
+    elif name.startswith("s9_"):
+        (x, y), probe = new_task(*((1.0, 0.0) if name == "s9_frozen_base" else (1.5, 0.5)))
+        base = pretrained_base()
+        base.trainable = False
+        model = on_base(base, 5, training=False)
+        first = BNStatsCallback(run_dir, snapshot_every_n_steps=0, verbose=verbose, probe_data=probe)
+        model.fit(x, y, batch_size=32, epochs=3, shuffle=True, verbose=0,
+                  callbacks=[first] if name != "s9_fine_tune" else [])  # that head phase is s9_frozen_base
+        if name != "s9_fine_tune":
+            return model, first
+        base.trainable = True  # the guide's second phase: unfreeze, compile again, a small learning rate
+        model.compile(keras.optimizers.Adam(1e-4), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=["accuracy"])
+        cbs[0] = cb = BNStatsCallback(run_dir, snapshot_every_n_steps=0, verbose=verbose, probe_data=probe)
+        fit.update(epochs=2)
+    elif name == "s10_training_false":
+        model = dense_model(training_false="bn2")
     elif name == "nan_inputs":
         model = dense_model()
         model.fit(NaNBatches(x, y, 32, bad_from=20), epochs=1, shuffle=False, verbose=0, callbacks=cbs)

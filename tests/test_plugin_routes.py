@@ -122,10 +122,16 @@ def test_overview_flags_frozen_layer(tmp_path):
         for step in (1, 2, 3):
             w.layer_moments("bn", step, batch_mean=np.ones(2), batch_var=np.ones(2), moving_mean=np.zeros(2),
                             moving_var=np.ones(2), updates=0, momentum=0.99, epsilon=1e-3)
+    with summary.Writer(str(tmp_path / "frozen_on_purpose")) as w:
+        for step in (1, 2, 3):  # frozen on purpose
+            w.layer_moments("bn", step, batch_mean=np.ones(2), batch_var=np.ones(2), moving_mean=np.zeros(2),
+                            moving_var=np.ones(2), updates=0, momentum=0.99, epsilon=1e-3, frozen=True)
     c, _ = make_client(str(tmp_path))
     layer = getj(c, "/overview?run=frozen")["layers"][0]
-    assert [b["id"] for b in layer["badges"]][0] == "frozen"
+    assert [(b["id"], b["tone"]) for b in layer["badges"]][0] == ("no_updates", "bad")
     assert layer["latest"]["convergence"] == 0
+    layer = getj(c, "/overview?run=frozen_on_purpose")["layers"][0]
+    assert [(b["id"], b["tone"]) for b in layer["badges"]][0] == ("frozen", "info")
 
 
 # -- series -------------------------------------------------------------------------------

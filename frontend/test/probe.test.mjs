@@ -18,6 +18,10 @@ test("probePairs: metrics logged in both probe splits, loss first", () => {
   assert.deepEqual(pairs.map((p) => p.name), ["loss", "accuracy"]);
   assert.equal(pairs[1].train.key, "probe_train/accuracy");
   assert.equal(pairs[1].inference.key, "probe_inference/accuracy");
+  assert.equal(pairs[1].recalibrated, null);
+  const withRecalibrated = probePairs([s("probe_train", "accuracy", [28], [0.9]), s("probe_inference", "accuracy", [28], [0.7]),
+    s("probe_recalibrated", "accuracy", [28], [0.8])]);
+  assert.equal(withRecalibrated[0].recalibrated.key, "probe_recalibrated/accuracy");
   assert.deepEqual(probePairs([]), []);
   assert.deepEqual(probePairs(null), []);
 });

@@ -102,9 +102,11 @@ class Capture(Protocol):
 
     def resume(self, step: int) -> Dict[str, str]:
         """At the start of a training run at optimizer step ``step``:
-        ``{layer: "resumed" | "at_initializer"}`` for layers whose update
-        count continues a restored run, or whose moving statistics are still
-        at their initial values although ``step`` > 0 (lost on restore)."""
+        ``{layer: "resumed" | "at_initializer" | "pretrained"}`` for layers
+        whose update count continues a restored run, whose moving statistics
+        are still at their initial values although ``step`` > 0 (lost on
+        restore), or that start from pretrained statistics with no update
+        counted (their count starts at 0 from those values)."""
 
     def not_run(self) -> List[str]:
         """Layers found in the model that the training step never ran."""

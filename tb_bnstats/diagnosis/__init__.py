@@ -70,12 +70,14 @@ def diagnose_run(run_name, run_data) -> List[Finding]:
         One finding per code and severity, naming every layer concerned
         (layers in depth order), errors first.
     """
-    lost = rules.lost_on_restore(run_data)
+    lost, pretrained = rules.lost_on_restore(run_data), rules.pretrained_starts(run_data.train_begins)
+    recalibration = rules.frozen_recalibration_of(run_data)
     in_blocks = rules.median([rules.block_score(layer) for layer in run_data.layers.values()]) >= \
         THRESHOLDS["block_autocorrelation"]
     hits = []
     for name, layer in sorted(run_data.layers.items(), key=lambda kv: (kv[1].info.depth, kv[0])):
-        for hit in rules.layer_findings(name, layer, lost.get(name), in_blocks) + rules.probe_shift(name, layer):
+        for hit in (rules.layer_findings(name, layer, lost.get(name), in_blocks, pretrained.get(name), recalibration)
+                    + rules.probe_shift(name, layer)):
             hits.append((name, *hit))
     return group(run_name, hits)
 

@@ -79,6 +79,21 @@ THRESHOLDS = {
     # normalize the shift away: 0.02 / 0.07).
     "probe_shift_mean": 0.3,
     "probe_shift_log_var": 0.4,
+    # S9 (BN010), a frozen layer: its statistics against the batches it sees,
+    # with the "far" test of gap_mean / gap_log_var (the batches of a healthy
+    # converged layer stay below it) for a finding at all. It "matters"
+    # (warning) when recalibrating the frozen layers on the probe batch
+    # raises inference-mode probe accuracy by 2 points or more (measured at
+    # the end of fit, metric split probe_recalibrated), or when the shift is
+    # large: 0.4 std on the median channel, or variances 3x apart (|log| >
+    # 1.1). Measured on digits, a conv base pretrained on classes 0-4 with a
+    # new head on 5-9: 0.17-0.22 std, 1.4-2.1x; the same new data as
+    # x*1.5+0.5: 0.52-0.59 std, 1.5-1.8x (the variances do not tell them
+    # apart, the means do). Recalibrating after the head has trained gained
+    # nothing in either (98.0% -> 97.7% / 95.3%): the head adapts.
+    "frozen_accuracy_cost": 0.02,
+    "frozen_shift_mean": 0.4,
+    "frozen_shift_log_var": 1.1,
 }
 
 # The failure scenarios the diagnosis tells apart (a healthy run raises nothing).
@@ -91,6 +106,10 @@ SCENARIOS = {
     "S6": "tiny batches: batch moments too noisy",
     "S7": "unshuffled or sorted data: consecutive batches alike, the averages describe the last ones",
     "S8": "train and eval data from different distributions",
+    "S9": "pretrained statistics on new data (transfer learning): a frozen or fine-tuned layer normalizes with "
+          "another dataset's statistics",
+    "S10": "training=False written in a Keras functional model, overridden by fit: a layer meant to stay in "
+           "inference mode trains",
 }
 
 
@@ -111,8 +130,8 @@ CODES = {
                    "lower the momentum (0.9 for runs of a few hundred steps), train longer, or call "
                    "tb_bnstats.recalibrate(model, data) after training"),
     "BN002": Code("BN002", "S2", "error", "moving statistics never updated",
-                   "call the layer with training=None (let Keras pass the phase) or keep it trainable; if "
-                   "frozen on purpose, call tb_bnstats.recalibrate(model, data, include_frozen=True)"),
+                   "call the layer with training=None (let Keras pass the phase); to freeze it on purpose, set "
+                   "trainable=False on it instead"),
     "BN003": Code("BN003", "S4", "warning", "momentum near 0: the moving statistics are the last batch",
                    "use momentum 0.9-0.99 (Keras' momentum is 1 - PyTorch's: PyTorch's 0.1 is Keras' 0.9)"),
     "BN004": Code("BN004", "S5", "warning", "variance shift: batches wider than what inference normalizes with",
@@ -132,6 +151,14 @@ CODES = {
                    "check the eval pipeline's preprocessing and normalization against the training pipeline's "
                    "(same scaling, same mean/std, same resizing); if the shift is real, recalibrate on data like "
                    "the eval data: tb_bnstats.recalibrate(model, eval_like_data)"),
+    "BN010": Code("BN010", "S9", "warning", "frozen or pretrained statistics differ from the new data (domain shift)",
+                   "recalibrate the statistics on the new data -- tb_bnstats.recalibrate(model, data, "
+                   "include_frozen=True) for frozen layers -- before training the new head or fine-tuning, then "
+                   "train on; or unfreeze the BN layers so that they follow the new data"),
+    "BN011": Code("BN011", "S10", "warning", "training=False overridden by fit: the layer trains",
+                   "set trainable=False on the layer or on the base model (a BatchNormalization layer with "
+                   "trainable=False always normalizes with its moving statistics), or call it from a custom "
+                   "layer whose call passes training=False itself"),
     "BN007": Code("BN007", "-", "error", "NaN or Inf in the batch or moving moments",
                    "find the first bad step (inputs, learning rate, float16 overflow); the moving statistics "
                    "are NaN from then on: recalibrate or restore a checkpoint"),

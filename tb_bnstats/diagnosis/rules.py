@@ -15,8 +15,15 @@ BN008  S3        error     at a fit's start the optimizer had taken steps (a
                            restored run) but the layer's moving statistics were
                            at their initializers' values (recorded by the
                            callback, ``run/train_begin``), and it updated since
-BN002  S2        error     ``updates`` = 0 at every logged step (>= 5 steps)
-                           while the batch moments are far from the moving ones
+BN010  S9        warning   a layer frozen on purpose (``info.frozen``) whose
+                           statistics are far from the batches it sees (same
+                           gap test as BN002); ``info`` when they are close.
+                           Also a layer started from pretrained statistics
+                           (``run/train_begin``), not yet converged, with the
+                           batches far from its moving ones
+BN002  S2        error     ``updates`` = 0 at every logged step (>= 5 steps) of
+                           a layer meant to update (not frozen), while the
+                           batch moments are far from the moving ones
                            (median ``mean_gap/p50`` > 0.25 or median
                            ``abs_log_var_ratio/p50`` > 0.25 over the last
                            steps); ``info`` when they happen to be close
@@ -44,6 +51,10 @@ BN009  S8        warning   with a probe batch (``BNStatsCallback(probe_data=)``)
                            the probe batch's moments far from the moving ones
                            (median ``probe_mean_gap/p50`` > 0.3 or median
                            ``probe_abs_log_var_ratio/p50`` > 0.4)
+BN011  S10       warning   besides the above: the model's graph calls the layer
+                           (or a model around it) with ``training=False``
+                           (``info.graph_training_false``), yet it updated
+                           (``updates`` > 0): ``fit`` overrode the ``False``
 =====  ========  ========  ====================================================
 
 S3 (BN008) needs the callback's record of each fit's start
@@ -104,6 +115,7 @@ class LayerView:
     updates: int
     gap_mean: float
     gap_log_var: float
+    pretrained_at: Optional[int] = None  # the fit start at which it started from pretrained statistics
 
     @property
     def far(self):
@@ -116,14 +128,20 @@ class LayerView:
                 "mean_gap_p50": self.gap_mean, "abs_log_var_ratio_p50": self.gap_log_var}
 
     @classmethod
-    def of(cls, name, layer):
+    def of(cls, name, layer, pretrained_at=None):
         """None for a layer without logged steps (nothing to diagnose)."""
         s = layer.series
         if len(layer.steps) == 0 or "updates" not in s:
             return None
         m = layer.info.momentum
         return cls(name, layer, None if m is None else float(m), int(s["updates"][-1]),
-                   median(_tail(s["mean_gap/p50"])), median(_tail(s["abs_log_var_ratio/p50"])))
+                   median(_tail(s["mean_gap/p50"])), median(_tail(s["abs_log_var_ratio/p50"])), pretrained_at)
+
+    @property
+    def shift(self):
+        """The gap in words (median channel, last steps)."""
+        return (f"{self.gap_mean:.2f} std from the means of the batches it sees and "
+                f"{math.exp(self.gap_log_var):.2f}x off their variances")
 
 
 # -- rules that decide a layer's state ----------------------------------------------
@@ -176,15 +194,18 @@ def restored_at_initializer(view, lost_at=None, **_):
              f"{info.init_var:g}): they were not restored with the weights. {since} Fix: {_fix('BN008', view)}.")]
 
 
-def never_updated(view, **_):
-    """BN002 (S2): no update at any logged step. Error when the batches are
-    far from the stale statistics, info when they still match."""
+def never_updated(view, recalibration=None, **_):
+    """BN002 (S2): no update at any logged step of a layer meant to update.
+    Error when the batches are far from the stale statistics, info when they
+    still match. A layer frozen on purpose is :func:`frozen_statistics`'."""
     s, info = view.layer.series, view.layer.info
     if not np.all(s["updates"] == 0):
         return None
     steps = len(view.layer.steps)
     if steps < THRESHOLDS["not_updated_min_points"]:
         return []
+    if info.frozen:
+        return frozen_statistics(view, recalibration)
     why = words.not_updating(info)
     if view.far:
         return [("BN002", "error", view.base,
@@ -195,6 +216,81 @@ def never_updated(view, **_):
     return [("BN002", "info", view.base,
              f"{view.name}: moving statistics are not updated ({why}), but they still match the batches it sees "
              f"(gap {view.gap_mean:.2f} std). Fine if frozen on purpose.")]
+
+
+def frozen_statistics(view, recalibration=None):
+    """BN010 (S9) of a layer frozen on purpose: not an error for not
+    updating (that is what freezing does), but how far its statistics are
+    from the batches it sees -- the domain shift between the data they were
+    computed on and the new data. Info when close; when far, a warning if
+    it matters: recalibrating the frozen layers gains accuracy on the probe
+    (``recalibration``, :func:`frozen_recalibration_of`), or the shift is
+    large (the measurement, if any, goes into the message)."""
+    info = view.layer.info
+    origin = "pretrained statistics" if view.pretrained_at is not None else "moving statistics"
+    ev = {**view.base, "frozen": True, "pretrained": view.pretrained_at is not None}
+    head = f"{view.name}: frozen on purpose ({words.frozen_how(info)}); its {origin} are {view.shift}"
+    if not view.far:
+        return [("BN010", "info", ev, f"{head}: they fit the new data.")]
+    shift = ("the new data differ from the data those statistics were computed on (domain shift)"
+             if view.pretrained_at is not None else "the batches differ from the statistics it normalizes with")
+    large = (view.gap_mean > THRESHOLDS["frozen_shift_mean"]
+             or view.gap_log_var > THRESHOLDS["frozen_shift_log_var"])
+    if recalibration is None:
+        if large:
+            return [("BN010", "warning", ev, f"{head}: {shift}, by much; training and inference both normalize "
+                                             f"with them. Fix: {_fix('BN010', view)}.")]
+        return [("BN010", "info", ev, f"{head}: {shift}, a little (a probe batch, probe_data=, measures whether "
+                                      f"it costs accuracy).")]
+    before, after = recalibration["accuracy_inference_mode"], recalibration["accuracy_recalibrated"]
+    ev.update(accuracy_inference_mode=before, accuracy_recalibrated=after)
+    measured = (f"with the frozen layers recalibrated on the probe batch, inference-mode accuracy goes from "
+                f"{before:.1%} to {after:.1%}")
+    if after - before >= THRESHOLDS["frozen_accuracy_cost"]:
+        return [("BN010", "warning", ev, f"{head}: {shift}, and it costs accuracy: {measured}. "
+                                         f"Fix: {_fix('BN010', view)}.")]
+    if large:
+        return [("BN010", "warning", ev, f"{head}: {shift}, by much. The layers after it have adapted to these "
+                                         f"statistics ({measured}), but they work on distorted features and will "
+                                         f"see others once the statistics follow the new data (unfreezing). "
+                                         f"Fix: {_fix('BN010', view)}.")]
+    return [("BN010", "info", ev, f"{head}: {shift}, a little, and it costs no accuracy here ({measured}).")]
+
+
+def pretrained_not_converged(view, **_):
+    """BN010 (S9) of a layer fine-tuned from pretrained statistics: not
+    "not converged" (the start values are an estimate, not a bias), unless
+    the new batches are still far from an average that holds much of
+    them. Nothing else is checked before it converges."""
+    conv = float(view.layer.series["convergence"][-1])
+    if view.pretrained_at is None or conv >= THRESHOLDS["converged"]:
+        return None
+    if not view.far:
+        return []
+    info = view.layer.info
+    need = quantities.steps_to_converge(view.momentum, THRESHOLDS["converged"])
+    ev = {**view.base, "frozen": False, "pretrained": True, "updates_for_95": need,
+          "start_mean_gap_p50": float(view.layer.series.get("start_mean_gap/p50", [math.nan])[-1])}
+    return [("BN010", "warning", ev,
+             f"{view.name}: fine-tuned from pretrained statistics (step {view.pretrained_at}); after {view.updates} "
+             f"updates at {words.momentum_text(view.momentum, info)} they still hold {1 - conv:.0%} of the "
+             f"pretrained values ({need} updates leave 5%), and the moving statistics are {view.shift}: "
+             f"inference normalizes with a mix of the old data's statistics and the new. Train longer, or "
+             f"call tb_bnstats.recalibrate(model, {words.data_name(info)}) after fine-tuning.")]
+
+
+def overridden_training_false(view):
+    """BN011 (S10): written with ``training=False`` in the model's graph,
+    yet updated: Keras' ``fit`` passes ``training=True`` down through a
+    functional model and overrides it (keras-team/keras#20285)."""
+    info = view.layer.info
+    if not getattr(info, "graph_training_false", False) or view.updates <= 0:
+        return []
+    return [("BN011", "warning", {**view.base, "graph_training_false": True},
+             f"{view.name}: the model calls it (or the model around it) with training=False, yet it ran in "
+             f"training mode and updated its moving statistics {view.updates} times: fit's training=True "
+             f"overrides a training=False written when a functional model was built (Keras 3, "
+             f"keras-team/keras#20285). Fix: {_fix('BN011', view)}.")]
 
 
 def momentum_near_zero(view, **_):
@@ -229,7 +325,8 @@ def not_converged(view, **_):
              f"this short, or call tb_bnstats.recalibrate(model, {words.data_name(info)}).")]
 
 
-STATE_RULES = (non_finite_moments, restored_at_initializer, never_updated, momentum_near_zero, not_converged)
+STATE_RULES = (non_finite_moments, restored_at_initializer, never_updated, momentum_near_zero,
+               pretrained_not_converged, not_converged)
 
 
 # -- rules on the converged part -------------------------------------------------------
@@ -363,7 +460,40 @@ def lost_on_restore(run_data):
     return lost
 
 
-def layer_findings(name, layer, lost_at=None, run_in_blocks=False):
+# The run metrics (``RunData.metrics`` keys) the rules read.
+METRICS_READ = ("probe_inference/accuracy", "probe_recalibrated/accuracy")
+
+
+def frozen_recalibration_of(run_data):
+    """The probe's inference-mode accuracy as it is and with the frozen
+    layers recalibrated on it (metric splits ``probe_inference`` and
+    ``probe_recalibrated`` at the last step of the latter), or None when
+    not measured."""
+    metrics = getattr(run_data, "metrics", None) or {}
+    recalibrated, as_is = metrics.get("probe_recalibrated/accuracy"), metrics.get("probe_inference/accuracy")
+    if recalibrated is None or as_is is None or not len(recalibrated[0]):
+        return None
+    step = recalibrated[0][-1]
+    at = np.flatnonzero(np.asarray(as_is[0]) == step)
+    if not at.size:
+        return None
+    return {"step": int(step), "accuracy_inference_mode": float(as_is[1][at[-1]]),
+            "accuracy_recalibrated": float(recalibrated[1][-1])}
+
+
+def pretrained_starts(train_begins):
+    """``{layer: step}``: the last fit start (callback records
+    ``run/train_begin``, ``RunData.train_begins``) at which the layer
+    started from pretrained statistics (not its initializers' values, no
+    update counted)."""
+    starts = {}
+    for record in train_begins or []:
+        for name in record.get("pretrained") or []:
+            starts[name] = int(record["step"])
+    return starts
+
+
+def layer_findings(name, layer, lost_at=None, run_in_blocks=False, pretrained_at=None, recalibration=None):
     """``[(code, severity, evidence, message)]`` for one layer.
 
     Args:
@@ -373,12 +503,20 @@ def layer_findings(name, layer, lost_at=None, run_in_blocks=False):
             their initial values (:func:`lost_on_restore`).
         run_in_blocks: most layers of the run see batches in runs of alike
             ones (median :func:`block_score` over the run's layers).
+        pretrained_at: the step of the fit start at which it started from
+            pretrained statistics (:func:`pretrained_starts`).
+        recalibration: the run's :func:`frozen_recalibration_of`.
     """
-    view = LayerView.of(name, layer)
+    view = LayerView.of(name, layer, pretrained_at)
     if view is None:
         return []
+    return overridden_training_false(view) + _state_or_converged_findings(view, lost_at, run_in_blocks,
+                                                                          recalibration)
+
+
+def _state_or_converged_findings(view, lost_at, run_in_blocks, recalibration):
     for rule in STATE_RULES:
-        hits = rule(view, lost_at=lost_at)
+        hits = rule(view, lost_at=lost_at, recalibration=recalibration)
         if hits is not None:
             return hits
     conv = Converged.of(view)

@@ -17,9 +17,8 @@ PYTORCH_FIXES = {
     "BN001": "raise the momentum (PyTorch's momentum=0.1, the default, for runs of a few hundred steps), train "
              "longer, or call tb_bnstats.recalibrate(model, loader) after training",
     "BN002": "keep the BN modules in train() mode while training (call model.train() after any model.eval(), and "
-             "do not call .eval() on BN modules inside the loop); if frozen on purpose (eval() and "
-             "requires_grad=False when fine-tuning), check that their statistics fit the new data with "
-             "tb_bnstats.recalibrate(model, loader, include_frozen=True)",
+             "do not call .eval() on BN modules inside the loop); to freeze them on purpose, also set "
+             "requires_grad_(False) on their parameters",
     "BN003": "use momentum=0.01-0.1 (PyTorch's momentum is the weight of the new batch: its 0.1 is Keras' 0.9); "
              "momentum=None averages every batch",
     "BN004": "move nn.Dropout after the BN modules (or before the last layer only), or "
@@ -27,6 +26,9 @@ PYTORCH_FIXES = {
     "BN005": "use batches of 16+ samples per GPU (or nn.GroupNorm, or nn.SyncBatchNorm across GPUs), then "
              "tb_bnstats.recalibrate(model, loader)",
     "BN006": "shuffle the training data (DataLoader(..., shuffle=True)), then tb_bnstats.recalibrate(model, loader)",
+    "BN010": "recalibrate the running statistics on the new data -- tb_bnstats.recalibrate(model, loader, "
+             "include_frozen=True) for frozen modules -- before training the new head or fine-tuning, then train "
+             "on; or keep the BN modules in train() so that they follow the new data",
     "BN008": "save and load the whole model.state_dict() (running_mean, running_var and num_batches_tracked are "
              "buffers in it; load_state_dict(strict=True) names any that are missing), or call "
              "tb_bnstats.recalibrate(model, loader) after restoring",
@@ -77,6 +79,13 @@ def not_updating(info):
     if speaks_pytorch(info):
         return "the module was in eval() mode during training"
     return "trainable=False" if not info.trainable else "called with training=False during training"
+
+
+def frozen_how(info):
+    """How a layer frozen on purpose was frozen, in its framework's words."""
+    if speaks_pytorch(info):
+        return "in eval() with requires_grad=False"
+    return "trainable=False"
 
 
 def frozen(info):

@@ -13,7 +13,10 @@ Tags (one TensorBoard time series each, all under plugin name ``bn_stats``):
 * ``metric/<split>/<name>``  SCALAR data class, ``split`` is ``train`` (per
   step), ``val`` (per epoch, at the step where the epoch ended), or
   ``probe_train`` / ``probe_inference``: the fixed probe batch run in
-  training and in inference mode (:mod:`tb_bnstats.measure.gap`).
+  training and in inference mode (:mod:`tb_bnstats.measure.gap`), or
+  ``probe_recalibrated``: the probe batch in inference mode with the
+  frozen BN layers recalibrated on it (what a fix of S9 would give; at the
+  end of each ``fit`` of a model with frozen BN layers, the model restored).
 * ``bn/<layer>/probe_*``     SCALAR data class, :data:`PROBE_SERIES`, logged
   only at the probe steps (a subset of the logged steps).
 * ``bn/<layer>/population_*`` SCALAR data class, :data:`POPULATION_SERIES`,
@@ -27,10 +30,13 @@ Tags (one TensorBoard time series each, all under plugin name ``bn_stats``):
 * ``run/train_begin``        TENSOR data class, a scalar DT_STRING tensor
   holding a JSON object written by the callback at the start of each ``fit``,
   at the optimizer's step then: ``{"step": int, "resumed": [layers],
-  "moving_at_initializer": [layers]}`` -- the layers whose update count
-  continues a restored run, and the trainable layers whose moving
-  statistics were still at their initializers' values although the
-  optimizer had already taken ``step`` steps (lost on restore, S3).
+  "moving_at_initializer": [layers], "pretrained": [layers]}`` -- the layers
+  whose update count continues a restored run, the trainable layers whose
+  moving statistics were still at their initializers' values although the
+  optimizer had already taken ``step`` steps (lost on restore, S3), and the
+  layers that start from statistics that are not their initializers' values
+  with no update counted (pretrained statistics: a fine-tuning start, or a
+  frozen pretrained layer).
 
 Every summary carries, in ``plugin_data.content``, a JSON object with
 ``version`` (:data:`FORMAT_VERSION`), ``kind`` (``layer_series``,
@@ -78,7 +84,11 @@ GAP_SERIES = tuple(f"{m}/{a}" for m in GAP_MEASURES for a in GAP_AGGREGATES)
 # Signed channel mean of log((var_B+eps)/(var_R+eps)): > 0 means the batches
 # are wider than the moving average (dropout before BN does that).
 STATE_SERIES = ("log_var_ratio/mean", "convergence", "updates")
-LAYER_SERIES = MOMENT_SERIES + GAP_SERIES + STATE_SERIES
+# How far the moving averages have moved from the values they started from
+# (the pretrained statistics at a fine-tuning start), median over channels:
+# |mu_R - mu_0| / sqrt(var_0 + eps) and |log((var_R + eps) / (var_0 + eps))|.
+START_SERIES = ("start_mean_gap/p50", "start_abs_log_var_ratio/p50")
+LAYER_SERIES = MOMENT_SERIES + GAP_SERIES + STATE_SERIES + START_SERIES
 # The train/inference gap probe (tb_bnstats.measure.gap), per layer, on the
 # fixed probe batch: ||y_train - y_inf|| / ||y_train|| of the layer's output
 # in training vs inference mode, and the probe batch's own moments (training-
@@ -93,7 +103,7 @@ PROBE_SERIES = ("probe_output_drift", "probe_mean_gap/p50", "probe_mean_gap/max"
 POPULATION_SERIES = ("population_mean", "population_var", "population_mean_gap/p50", "population_mean_gap/max",
                      "population_abs_log_var_ratio/p50", "population_abs_log_var_ratio/max")
 # Splits of metric/<split>/<name>.
-METRIC_SPLITS = ("train", "val", "probe_train", "probe_inference")
+METRIC_SPLITS = ("train", "val", "probe_train", "probe_inference", "probe_recalibrated")
 
 # Rows of the per-channel snapshot tensor, in order.
 SNAPSHOT_ROWS = (
@@ -125,6 +135,16 @@ class LayerInfo:
     ``moving_var_unbiased`` is True when the moving variance accumulates
     Bessel-corrected batch variances (tf_keras' fused kernel, PyTorch).
 
+    What the user meant (the diagnosis tells a bug from a choice by it):
+    ``frozen`` is True for a layer frozen on purpose -- Keras'
+    ``trainable=False`` (set on the layer or on a model around it), a PyTorch
+    module kept in ``eval()`` while the model trains with its affine
+    parameters not requiring gradients. ``graph_training_false`` is True
+    when a Keras functional graph calls the layer, or a model around it,
+    with ``training=False`` (``base(x, training=False)``): ``fit`` overrides
+    that (keras-team/keras#20285), so such a layer still trains unless it is
+    frozen.
+
     ``momentum`` is in Keras' convention, the weight the average keeps on its
     old value: ``moving = m * moving + (1 - m) * batch`` (PyTorch's
     ``momentum=0.1`` is 0.9 here); None means a cumulative average of every
@@ -150,6 +170,8 @@ class LayerInfo:
     trainable: bool = True
     synchronized: bool = False
     renorm: bool = False
+    frozen: bool = False
+    graph_training_false: bool = False
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:

@@ -30,13 +30,16 @@ class MomentTap:
     of its input with the layer's own ``_moments`` (the class method, past any
     instance wrapper such as tb_bnstats' capture, whose counters must not
     move) and calls the layer with ``training=True`` (``force_training=False``:
-    with the mode the caller passes). While ``outputs`` is a dict it also
-    receives each layer's output. Restores the layers' attributes exactly on
-    exit."""
+    with the mode the caller passes). With ``frozen_batch_mode`` a frozen
+    layer (``trainable=False``, which Keras keeps on its moving averages)
+    normalizes with those batch moments too, as it will once recalibrated.
+    While ``outputs`` is a dict it also receives each layer's output.
+    Restores the layers' attributes exactly on exit."""
 
-    def __init__(self, named_layers, force_training=True):
+    def __init__(self, named_layers, force_training=True, frozen_batch_mode=False):
         self.named = named_layers
         self.force_training = bool(force_training)
+        self.frozen_batch_mode = bool(frozen_batch_mode)
         self.sink = None
         self.outputs = None
         self._saved = []
@@ -61,7 +64,10 @@ class MomentTap:
                     else:  # Keras' mask covers every axis but the channels
                         count = ops.sum(ops.cast(mask, "float32"))
                     self.sink[_name] = (ops.reshape(mean, [channels]), ops.reshape(var, [channels]), count)
-                out = _call(inputs, training=True if self.force_training else training, mask=mask)
+                if self.frozen_batch_mode and not _layer.trainable and not _layer.renorm:
+                    out = _batch_normalized(_layer, inputs, _moments(_layer, inputs, mask))
+                else:
+                    out = _call(inputs, training=True if self.force_training else training, mask=mask)
                 if self.outputs is not None:
                     self.outputs[_name] = out
                 return out
@@ -80,6 +86,18 @@ class MomentTap:
                     layer.__dict__.pop(attr, None)
         self._saved = []
         return False
+
+
+def _batch_normalized(layer, inputs, moments):
+    """``layer``'s output normalized with ``moments`` (Keras'
+    ``BatchNormalization.call`` with batch moments, without the update)."""
+    from keras import ops
+
+    mean, var = moments
+    return ops.cast(ops.batch_normalization(
+        x=inputs, mean=mean, variance=var, axis=layer.axis, epsilon=layer.epsilon,
+        offset=ops.cast(layer.beta, inputs.dtype) if layer.center else None,
+        scale=ops.cast(layer.gamma, inputs.dtype) if layer.scale else None), layer.compute_dtype)
 
 
 class StatelessRunner:
@@ -304,15 +322,15 @@ def moving_statistics(layer):
 
 
 @contextlib.contextmanager
-def moment_passes(model, named, training):
+def moment_passes(model, named, training, frozen_batch_mode=False):
     """The population measurement's passes: BN layers in training mode
-    (:class:`MomentTap`), the others in ``training`` mode, through
-    :class:`StatelessRunner`.
+    (:class:`MomentTap`; frozen ones too with ``frozen_batch_mode``), the
+    others in ``training`` mode, through :class:`StatelessRunner`.
 
     Yields:
         ``run(x) -> {name: (mean [C], var [C], n)}`` as numpy float64.
     """
-    with MomentTap(named) as tap:
+    with MomentTap(named, frozen_batch_mode=frozen_batch_mode) as tap:
         runner = StatelessRunner(model, training=training, tap=tap)
 
         def run(x):

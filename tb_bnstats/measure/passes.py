@@ -9,7 +9,7 @@ what a framework module provides; :func:`for_model` picks the module:
 * :mod:`tb_bnstats.measure.torch_passes` for a ``torch.nn.Module``.
 
 Each provides ``bn_layers(model)``, ``is_frozen(layer)``,
-``moving_statistics(layer)``, ``moment_passes(model, named, training)``,
+``moving_statistics(layer)``, ``moment_passes(model, named, training, frozen_batch_mode)``,
 ``write_population(layer, pop)`` and ``GapProbe``. Neither framework is
 imported unless the model comes from it.
 """

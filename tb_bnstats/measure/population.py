@@ -41,7 +41,13 @@ default (``training=False``), so the statistics are those inference will see
 ``training=True`` for fvcore's behaviour (everything in training mode).
 Frozen layers (Keras ``trainable=False``; PyTorch modules whose affine
 parameters have ``requires_grad=False``) keep normalizing with their moving
-averages; their input moments are still measured.
+averages; their input moments are still measured. When they are to be
+recalibrated too (``recalibrate(include_frozen=True)``,
+:func:`frozen_recalibration`) they normalize with batch moments in the
+passes, as they will afterwards: a frozen layer after another then sees what
+it will see once both are recalibrated (with the old statistics upstream, a
+chain of frozen layers on shifted data would be recalibrated to the shift the
+first one removes).
 
 ``recalibrate`` writes the result into the moving averages -- Keras'
 ``moving_mean`` / ``moving_variance`` (and ``moving_stddev = sqrt(var +
@@ -81,7 +87,7 @@ class LayerPopulation:
 
 
 def _population_and_kept_batches(model, data, num_samples, batch_size, training, shuffle, seed, keep_samples,
-                                 include_frozen=True):
+                                 include_frozen=True, frozen_batch_mode=False):
     framework = passes.for_model(model)
     named = framework.bn_layers(model)
     if not include_frozen:
@@ -89,7 +95,7 @@ def _population_and_kept_batches(model, data, num_samples, batch_size, training,
     acc = {}
     kept = []  # the first keep_samples examples' batches, for the gap report
     seen_rows = 0
-    with framework.moment_passes(model, named, training) as run:
+    with framework.moment_passes(model, named, training, frozen_batch_mode) as run:
         for x, y in batches.iter_batches(data, batch_size=batch_size, shuffle=shuffle, seed=seed):
             if seen_rows >= num_samples:
                 break
@@ -213,8 +219,11 @@ def recalibrate(model, data, num_samples=DEFAULT_NUM_SAMPLES, batch_size=32, tra
     named = dict(framework.bn_layers(model))
     undo = []
     try:
+        # Recalibrated frozen layers will normalize with population moments: measured so, a frozen layer's
+        # input is what it will be once the frozen layers before it are recalibrated too.
         stats, gap_batches = _population_and_kept_batches(model, data, num_samples, batch_size, training, shuffle,
-                                                          seed, gap_samples, include_frozen=include_frozen)
+                                                          seed, gap_samples, include_frozen=include_frozen,
+                                                          frozen_batch_mode=include_frozen)
         if gap_data is not None:
             gap_batches = list(batches.iter_batches(gap_data, batch_size=batch_size))
         both_modes = passes.gap_probe(model, loss_fn=loss_fn)
@@ -228,6 +237,52 @@ def recalibrate(model, data, num_samples=DEFAULT_NUM_SAMPLES, batch_size=32, tra
         raise
     skipped = [name for name in named if name not in stats]
     return RecalibrationReport(before, after, stats, skipped, next(iter(stats.values())).samples if stats else 0)
+
+
+def frozen_recalibration(model, x, y, batch_size=None, loss_fn=None):
+    """What recalibrating the frozen BN layers on ``(x, y)`` would give (S9,
+    pretrained statistics on new data), the model left exactly as it was.
+
+    The frozen layers' population statistics are measured on ``x`` (with
+    the frozen layers normalizing with batch moments, as they will once
+    recalibrated), written, the gap report taken, and every variable or
+    buffer written put back bit for bit.
+
+    Args:
+        model: a built Keras model or a ``torch.nn.Module``.
+        x, y: a batch of the data the frozen layers see (the probe batch).
+        batch_size: rows per forward pass; by default the whole batch (the
+            frozen layers then normalize with its moments, exactly the
+            statistics written).
+        loss_fn: PyTorch: ``loss_fn(output, y)`` (a Keras model uses its
+            compiled loss).
+
+    Returns:
+        ``(before, after)`` :class:`tb_bnstats.measure.gap.GapReport` on the
+        batch, or None when the model has no frozen BN layer that ran.
+    """
+    framework = passes.for_model(model)
+    named = dict(framework.bn_layers(model))
+    frozen = [n for n, layer in named.items() if framework.is_frozen(layer)]
+    if not frozen:
+        return None
+    rows = batches.num_rows(x)
+    stats, kept = _population_and_kept_batches(model, (x, y), rows, batch_size or rows, False, False, 0, rows,
+                                               include_frozen=True, frozen_batch_mode=True)
+    frozen = [n for n in frozen if n in stats]
+    if not frozen:
+        return None
+    both_modes = passes.gap_probe(model, loss_fn=loss_fn)
+    before = gap.gap_report(model, kept, both_modes)
+    undo = []
+    try:
+        for name in frozen:
+            undo.append(framework.write_population(named[name], stats[name]))
+        after = gap.gap_report(model, kept, both_modes)
+    finally:
+        for restore in reversed(undo):
+            restore()
+    return before, after
 
 
 # -- the variance shift of dropout before BN ----------------------------------------

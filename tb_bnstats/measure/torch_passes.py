@@ -118,7 +118,7 @@ class ModePasses:
         self.device = model_device(model)
         self.moments, self.outputs = {}, {}
 
-    def run(self, x, training, bn_batch):
+    def run(self, x, training, bn_batch, frozen_batch_mode=False):
         """One forward pass of ``x``.
 
         Args:
@@ -126,6 +126,8 @@ class ModePasses:
             training: mode of the modules that are not BN (Dropout...).
             bn_batch: BN modules (but frozen ones) normalize with batch
                 moments (True) or their running statistics (False).
+            frozen_batch_mode: with ``bn_batch``, the frozen ones too (as
+                they will once recalibrated).
 
         Returns:
             ``(output, {name: (mean [C], var [C], n)}, {name: bn output})``
@@ -136,7 +138,7 @@ class ModePasses:
         model = self.model
         modes = [(m, m.training) for m in model.modules()]
         tracking = [(m, m.track_running_stats) for m in self.bn_modules]
-        kept = {id(m) for m in self.bn_modules if kept_in_eval(model, m)}
+        kept = {id(m) for m in self.bn_modules if kept_in_eval(model, m) and not frozen_batch_mode}
         self.moments, self.outputs = {}, {}
         handles = [m.register_forward_hook(self._hook(name)) for name, m in self.named]
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
@@ -168,9 +170,10 @@ class ModePasses:
 
 
 @contextlib.contextmanager
-def moment_passes(model, named, training):
+def moment_passes(model, named, training, frozen_batch_mode=False):
     """The population measurement's passes: BN modules normalize with batch
-    moments, other modules in ``training`` mode.
+    moments (frozen ones too with ``frozen_batch_mode``), other modules in
+    ``training`` mode.
 
     Yields:
         ``run(x) -> {name: (mean [C], var [C], n)}`` as numpy float64.
@@ -178,7 +181,7 @@ def moment_passes(model, named, training):
     passes = ModePasses(model, named)
 
     def run(x):
-        _, moments, _ = passes.run(x, training=training, bn_batch=True)
+        _, moments, _ = passes.run(x, training=training, bn_batch=True, frozen_batch_mode=frozen_batch_mode)
         return {name: (np.asarray(to_numpy(m), np.float64), np.asarray(to_numpy(v), np.float64), float(n))
                 for name, (m, v, n) in moments.items()}
 

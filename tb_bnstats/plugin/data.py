@@ -153,28 +153,53 @@ MEAN_GAP_P90_WARN = 0.5  # |mu_B - mu_R| / sigma_B, 90th percentile over channel
 LOG_VAR_RATIO_WARN = 0.25  # |mean log((var_B+eps)/(var_R+eps))|, exp(0.25) = 1.28x
 
 
-def badges(info, latest):
-    """Warning badges of one layer from its latest values."""
+def badges(info, latest, pretrained_at=None):
+    """Badges of one layer from its latest values, each ``{"id", "tone",
+    "label", "detail"}`` (``tone`` "bad", "warn" or "info").
+
+    Args:
+        info: its LayerInfo.
+        latest: its latest values (:data:`OVERVIEW_QUANTITIES` of the plugin).
+        pretrained_at: the step of the fit start at which it started from
+            pretrained statistics (:func:`tb_bnstats.diagnosis.rules.pretrained_starts`).
+    """
     out = []
     conv, updates = latest.get("convergence"), latest.get("updates")
-    if not info.trainable or (updates is not None and updates == 0):
-        out.append({"id": "frozen", "label": "no updates",
+    start_gap, start_lvr = latest.get("start_mean_gap/p50"), latest.get("start_abs_log_var_ratio/p50")
+    if info.frozen:
+        origin = "pretrained statistics" if pretrained_at is not None else "moving statistics"
+        out.append({"id": "frozen", "tone": "info", "label": "frozen",
+                    "detail": f"frozen on purpose ({words.frozen_how(info)}): normalizes with its {origin}, which "
+                              f"do not update; BN010 says how far they are from the batches it sees"})
+    elif not info.trainable or (updates is not None and updates == 0):
+        out.append({"id": "no_updates", "tone": "bad", "label": "no updates",
                     "detail": f"moving averages never updated ({words.not_updating(info)})"
                     if updates == 0 else f"layer {words.frozen(info)}"})
+    elif pretrained_at is not None:
+        moved = "" if start_gap is None else f", moved {start_gap:.2f} std"
+        out.append({"id": "pretrained", "tone": "info", "label": f"pretrained{moved}",
+                    "detail": f"started from pretrained statistics at step {pretrained_at}; after "
+                              f"{int(updates or 0)} updates {100 * (conv or 0):.0f}% of the average is the new "
+                              f"batches'" + ("" if start_gap is None else
+                                             f"; the moving mean moved {start_gap:.2f} std and the variance "
+                                             f"{math.exp(start_lvr or 0):.2f}x from the pretrained values")})
     elif conv is not None and conv < THRESHOLDS["converged"]:
         need = quantities.steps_to_converge(info.momentum, THRESHOLDS["converged"])
-        out.append({"id": "not_converged", "label": f"{conv * 100:.0f}% converged",
+        out.append({"id": "not_converged", "tone": "warn", "label": f"{conv * 100:.0f}% converged",
                     "detail": f"moving averages still hold {100 - conv * 100:.1f}% of their initial values after "
                               f"{int(updates or 0)} updates; {words.momentum_setting(info.momentum, info)} needs "
                               f"{need} for 95%"})
+    if info.graph_training_false and not info.frozen and (updates or 0) > 0:
+        out.append({"id": "training_overridden", "tone": "bad", "label": "training=False overridden",
+                    "detail": "the model calls it with training=False, but fit trained it (BN011)"})
     gap = latest.get("mean_gap/p90")
     if gap is not None and gap > MEAN_GAP_P90_WARN:
-        out.append({"id": "mean_gap", "label": "mean gap",
+        out.append({"id": "mean_gap", "tone": "warn", "label": "mean gap",
                     "detail": f"1 channel in 10 has its batch mean {gap:.2f} or more train-time std away from the "
                               f"moving mean (flagged above {MEAN_GAP_P90_WARN})"})
     lvr = latest.get("log_var_ratio/mean")
     if lvr is not None and abs(lvr) > LOG_VAR_RATIO_WARN:
-        out.append({"id": "var_gap", "label": "variance " + ("wider" if lvr > 0 else "narrower"),
+        out.append({"id": "var_gap", "tone": "warn", "label": "variance " + ("wider" if lvr > 0 else "narrower"),
                     "detail": f"batch variance is {math.exp(lvr):.2f}x the moving variance on average"
                               + (" (dropout before BN does this)" if lvr > 0 else "")})
     return out

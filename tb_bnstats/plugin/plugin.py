@@ -64,7 +64,7 @@ FILE_CHECK_BUDGET_S = 0.2
 # Latest values the overview shows per layer (and its badges use).
 OVERVIEW_QUANTITIES = ("convergence", "updates", "mean_gap/p90", "mean_gap/max",
                        "abs_log_var_ratio/max", "log_var_ratio/mean", "probe_output_drift",
-                       "population_mean_gap/max")
+                       "population_mean_gap/max") + metadata.START_SERIES
 HEATMAP_MEASURES = metadata.GAP_SERIES
 DEFAULT_SERIES = metadata.LAYER_SERIES
 # What /series and /compare serve: the per-step series, the probe's and the
@@ -268,12 +268,13 @@ class BNStatsPlugin(base_plugin.TBPlugin):
             latest[layer][q] = v if math.isfinite(v) else None
             s = int(steps[i])
             latest_step[layer] = s if latest_step[layer] is None else max(s, latest_step[layer])
+        pretrained = diagnosis.rules.pretrained_starts(reader.read_train_begins(self._provider, ctx, run, index, eid))
         layers = []
         for info in self._ordered_layers(index):
             d = self._layer_json(info, index)
             d["latest"] = latest[info.name]
             d["latest_step"] = latest_step[info.name]
-            d["badges"] = data.badges(info, latest[info.name])
+            d["badges"] = data.badges(info, latest[info.name], pretrained.get(info.name))
             layers.append(d)
         return {"run": run, "layers": layers, "max_step": max(index.max_step.values(), default=None)}
 
@@ -499,9 +500,12 @@ class BNStatsPlugin(base_plugin.TBPlugin):
     def _run_data(self, ctx, eid, run, index):
         """The run's layer series (every stored point, through the series
         cache) and stored records, for :mod:`tb_bnstats.diagnosis`."""
-        raw = self._read(ctx, eid, run, index, reader.layer_series_tags(index), READ_ALL)
+        # The metrics a rule reads (the frozen layers' recalibration, BN010), not every metric.
+        metric_tags = {key: tag for key, tag in index.metric_tags.items() if key in diagnosis.rules.METRICS_READ}
+        raw = self._read(ctx, eid, run, index, reader.layer_series_tags(index) + list(metric_tags.values()), READ_ALL)
         run_data = records.run_data(
             index.layer_infos, reader.series_by_layer(index, raw),
+            metrics={key: raw[tag] for key, tag in metric_tags.items() if tag in raw},
             stored_findings=reader.read_stored_findings(self._provider, ctx, run, index, eid),
             train_begins=reader.read_train_begins(self._provider, ctx, run, index, eid),
             newer_format_versions=index.newer_versions)

@@ -72,6 +72,8 @@ def layer_series(q: quantities.LayerQuantities) -> dict:
     out["log_var_ratio/mean"] = np.mean(q.log_var_ratio, axis=-1)
     out["convergence"] = q.convergence
     out["updates"] = q.updates
+    out["start_mean_gap/p50"], out["start_abs_log_var_ratio/p50"] = quantities.percentiles(
+        np.stack([q.start_mean_gap, np.abs(q.start_log_var_ratio)]), (50,))[0]
     if np.ndim(q.updates) == 0:
         return {k: float(v) for k, v in out.items()}
     return {k: np.asarray(v, np.float64) for k, v in out.items()}

@@ -350,3 +350,41 @@ def test_steps_with_other_metrics_or_modules_are_logged_in_order(tmp_path):
     assert list(run.metrics["train/loss"][0]) == [1, 2, 3, 4, 5, 6]
     assert list(run.metrics["train/extra"][0]) == [4, 5, 6]
     assert len(monitor.capture._rings) <= 2
+
+
+def test_pretrained_running_statistics_are_a_start_not_a_bias(tmp_path):
+    """Running statistics loaded without ``num_batches_tracked`` (0) but not
+    at 0 / 1: a pretrained start. The count starts at 0 from them, the
+    debiased estimate is the average of the new batches alone, and the
+    distance moved from them is logged; a frozen module (eval() and
+    requires_grad False) is frozen on purpose."""
+    model = _dense()
+    bn = model[2]
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.linspace(-1, 1, 12))
+        bn.running_var.copy_(torch.linspace(0.5, 2, 12))
+    start_mean, start_var = bn.running_mean.double().numpy().copy(), bn.running_var.double().numpy().copy()
+    x, y = data(n=64)
+    with BNStatsMonitor(model, tmp_path / "run", snapshot_every_n_steps=1, verbose=0) as monitor:
+        train(model, x, y, batch=16, epochs=1, monitor=monitor)
+    run = tb_bnstats.load(tmp_path)["run"]
+    assert run.train_begins[0]["pretrained"] == ["2"]
+    logged = run.layers["2"]
+    t = int(logged.series["updates"][-1])
+    assert t == 4
+    w = 0.9 ** t
+    running_mean, running_var = bn.running_mean.double().numpy(), bn.running_var.double().numpy()
+    np.testing.assert_allclose(logged.snapshots["debiased_mean"][-1], (running_mean - w * start_mean) / (1 - w),
+                               rtol=1e-5, atol=1e-6)
+    assert logged.series["start_mean_gap/p50"][-1] == pytest.approx(
+        np.median(np.abs(running_mean - start_mean) / np.sqrt(start_var + bn.eps)), rel=1e-5)
+    assert not logged.info.frozen
+
+    frozen = _dense()
+    frozen[2].eval()
+    frozen[2].requires_grad_(False)
+    frozen.train = lambda mode=True: frozen  # keep the eval() above through train()'s model.train()
+    with BNStatsMonitor(frozen, tmp_path / "frozen", snapshot_every_n_steps=0, verbose=0) as monitor:
+        train(frozen, x, y, batch=16, epochs=1, monitor=monitor)
+    info = tb_bnstats.load(tmp_path)["frozen"].layers["2"].info
+    assert info.frozen and not info.trainable

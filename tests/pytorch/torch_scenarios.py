@@ -122,6 +122,7 @@ SCENARIOS = {
     "healthy_conv_s1": "the same, seed 1",
     "s1_momentum_0.01": "momentum=0.01 (Keras' 0.99), 84 steps",
     "s2_bn_in_eval": "model.train(); model.bn2.eval() at every epoch's start",
+    "s2_bn_frozen": "bn2 frozen on purpose: eval() at every epoch's start and requires_grad_(False)",
     "s3_buffers_not_restored": "28 steps, then a fresh model gets the state_dict without running_mean / "
                                "running_var / num_batches_tracked (strict=False) and the optimizer's state",
     "s4_momentum_0.9": "momentum=0.9 (Keras' 0.1: a Keras momentum=0.9 ported as is)",
@@ -138,6 +139,7 @@ EXPECTED = {
     "healthy_conv_s1": {},
     "s1_momentum_0.01": {("BN001", "error"): ["bn1", "bn2"]},
     "s2_bn_in_eval": {("BN002", "error"): ["bn2"]},
+    "s2_bn_frozen": {("BN010", "warning"): ["bn2"]},  # frozen on purpose: not BN002; at 0 / 1, far from its batches
     "s3_buffers_not_restored": {("BN008", "error"): ["bn1", "bn2"]},
     "s4_momentum_0.9": {("BN003", "warning"): ["bn1", "bn2"]},
     "s5_dropout_before_bn": {},  # not visible in training logs: see live_findings
@@ -168,6 +170,10 @@ def run_scenario(name, logdir, verbose=0, on_model=None):
         model = dense_model(momentum=0.01)
     elif name == "s2_bn_in_eval":
         model = dense_model()
+        fit.update(eval_modules=("bn2",))
+    elif name == "s2_bn_frozen":
+        model = dense_model()
+        model.bn2.requires_grad_(False)
         fit.update(eval_modules=("bn2",))
     elif name == "s3_buffers_not_restored":
         trained = dense_model()

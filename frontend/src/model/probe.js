@@ -1,16 +1,18 @@
 // The train/inference gap probe (pure): pairs the probe_train/* and
-// probe_inference/* metric series of the /loss route by metric name.
+// probe_inference/* metric series of the /loss route by metric name, with
+// probe_recalibrated/* (inference mode, frozen BN layers recalibrated) when logged.
 
 /**
- * [{name, train, inference}] for every metric logged in both probe splits,
- * loss first, then by name. `train` / `inference` are the /loss series objects.
+ * [{name, train, inference, recalibrated}] for every metric logged in both probe splits,
+ * loss first, then by name. `train` / `inference` / `recalibrated` (or null) are the /loss series objects.
  */
 export function probePairs(series) {
-  const by = { probe_train: new Map(), probe_inference: new Map() };
+  const by = { probe_train: new Map(), probe_inference: new Map(), probe_recalibrated: new Map() };
   for (const s of series || []) if (s.source === "bn_stats" && by[s.split] && s.steps.length) by[s.split].set(s.name, s);
   const names = [...by.probe_train.keys()].filter((n) => by.probe_inference.has(n));
   names.sort((a, b) => (a === "loss" ? -1 : b === "loss" ? 1 : a < b ? -1 : a > b ? 1 : 0));
-  return names.map((name) => ({ name, train: by.probe_train.get(name), inference: by.probe_inference.get(name) }));
+  return names.map((name) => ({ name, train: by.probe_train.get(name), inference: by.probe_inference.get(name),
+    recalibrated: by.probe_recalibrated.get(name) || null }));
 }
 
 /**

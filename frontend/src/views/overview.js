@@ -57,7 +57,7 @@ export async function renderOverview(root, app, token) {
     const canvas = h("canvas", { dataset: { layer: layer.name, w: "140", h: "24" } });
     sparks.set(layer.name, canvas);
     const badges = layer.badges.length
-      ? layer.badges.map((b) => h("span", { class: `bn-badge ${b.id === "frozen" ? "frozen" : ""}`, title: b.detail, dataset: { badge: b.id } }, b.label))
+      ? layer.badges.map((b) => h("span", { class: `bn-badge tone-${b.tone || "warn"}`, title: b.detail, dataset: { badge: b.id } }, b.label))
       : [h("span", { class: "bn-badge ok" }, "ok")];
     body.append(h("tr", { dataset: { layer: layer.name }, title: `Open ${layer.name}`, onclick: () => app.go("layer", { layer: layer.name, channelStep: null }) },
       h("td", { class: "name" }, layer.name),
@@ -162,7 +162,7 @@ export async function renderOverview(root, app, token) {
   const drawProbe = (pairs) => {
     if (!pairs.length) return;
     const cards = pairs.map((pair) => {
-      const data = alignSeries([pair.train, pair.inference].map((s) => ({ x: s.steps, y: s.values })));
+      const data = alignSeries([pair.train, pair.inference, pair.recalibrated].filter(Boolean).map((s) => ({ x: s.steps, y: s.values })));
       const g = latestGap(pair);
       const el = h("div", { class: "bn-chart", dataset: { role: `probe-${pair.name}` } });
       const note = g === null ? "" : `step ${fmtStep(g.step)}: training mode ${fmtNum(g.train, 4)}, inference mode ${fmtNum(g.inference, 4)} (difference ${fmtNum(g.gap, 3)})`;
@@ -170,12 +170,15 @@ export async function renderOverview(root, app, token) {
       return { body, draw: () => charts.push(lineChart(el, {
         name: `probe-${pair.name}`, group, height: 180, ySize: Y_AXIS_SIZE,
         series: [{ label: `${pair.name}, training mode`, color: COLORS.batch, spanGaps: true, points: true, raw: data[1] },
-          { label: `${pair.name}, inference mode`, color: COLORS.moving, spanGaps: true, points: true, raw: data[2] }],
+          { label: `${pair.name}, inference mode`, color: COLORS.moving, spanGaps: true, points: true, raw: data[2] },
+          ...(pair.recalibrated ? [{ label: `${pair.name}, inference mode, frozen layers recalibrated`, color: COLORS.debiased, spanGaps: true, points: true, raw: data[3] }] : [])],
         data,
       })) };
     });
     probeEl.replaceChildren(card("Train/inference gap on the probe batch",
-      "the same fixed batch through the model with training=True (batch statistics) and training=False (moving statistics); nothing is updated",
+      ov.layers.some((l) => l.framework === "pytorch")
+        ? "the same fixed batch through the model in train() (batch statistics) and eval() (running statistics); nothing is updated"
+        : "the same fixed batch through the model with training=True (batch statistics) and training=False (moving statistics); nothing is updated",
       null, ...cards.map((c) => c.body)));
     for (const c of cards) c.draw();
     group.reset();

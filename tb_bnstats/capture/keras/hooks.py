@@ -29,7 +29,8 @@ import weakref
 import numpy as np
 
 from tb_bnstats.capture import rows as ring_rows
-from tb_bnstats.capture.keras.layers import find_batchnorm_layers, initializer_values, layer_info
+from tb_bnstats.capture.keras.layers import (called_with_training_false, find_batchnorm_layers, initializer_values,
+                                             layer_info)
 
 logger = logging.getLogger("tb_bnstats")
 
@@ -114,7 +115,7 @@ class LayerSlot:
         raise NotImplementedError  # pragma: no cover
 
     def resume(self, iterations):
-        """Continues the update count of a layer restored from a checkpoint.
+        """Places a layer's moving statistics at the start of a training run.
 
         A layer whose trainable moving statistics differ from its
         initializers' values, in a run whose optimizer has done
@@ -124,25 +125,32 @@ class LayerSlot:
         training step), and the debiased estimate starts from the
         initializers' values, so ``1 - m**t`` continues where it was.
 
+        A layer with statistics that are not its initializers' values, no
+        update counted, and a fresh optimizer (``iterations`` = 0) or
+        ``trainable=False``, starts from pretrained statistics (loaded
+        weights, a base model trained elsewhere): its count starts at 0
+        from them, so ``1 - m**t`` is the weight no longer on the pretrained
+        values and the debiased estimate is the average of the new batches.
+
         Returns:
             ``"resumed"``, ``"at_initializer"`` (statistics equal to the
-            initial values after ``iterations`` steps: not restored) or None
-            (nothing to say: a fresh run, a frozen layer, or a count already
-            going on in this process).
+            initial values after ``iterations`` steps: not restored),
+            ``"pretrained"`` or None (nothing to say: a fresh run, or a count
+            already going on in this process).
         """
         layer = self.layer
         self.remember_initial()
-        if iterations <= 0 or not layer.trainable:
-            return None
         init_mean, init_var = initializer_values(layer)
         if (np.array_equal(layer.moving_mean.numpy(), init_mean)
                 and np.array_equal(layer.moving_variance.numpy(), init_var)):
-            return "at_initializer"
+            return "at_initializer" if iterations > 0 and layer.trainable else None
         counted = self.count()
         if self.resumed_from is not None and counted == self.resumed_from:
             return "resumed"  # by another callback on the model, no step since
         if counted > 0:
             return None
+        if iterations <= 0 or not layer.trainable:
+            return "pretrained"
         self.set_count(int(iterations))
         self.resumed_from = int(iterations)
         self.init_mean, self.init_var = np.asarray(init_mean, np.float64), np.asarray(init_var, np.float64)
@@ -298,13 +306,15 @@ class KerasCapture:
         """LayerInfo of every layer that ran in the traced train step, in
         execution order (depth 0 = closest to the input)."""
         order = {id(layer): i for i, layer in enumerate(self._hook.execution_order)}
-        infos = [layer_info(name, layer, order[id(layer)], self._slots[name].init_mean, self._slots[name].init_var)
+        training_false = called_with_training_false(self.model)
+        infos = [layer_info(name, layer, order[id(layer)], self._slots[name].init_mean, self._slots[name].init_var,
+                            graph_training_false=id(layer) in training_false)
                  for name, layer in self._ran()]
         return sorted(infos, key=lambda info: info.depth)
 
     def resume(self, iterations):
         """At train begin: :meth:`LayerSlot.resume` on every built BN layer;
-        returns ``{name: "resumed" | "at_initializer"}`` of the layers
+        returns ``{name: "resumed" | "at_initializer" | "pretrained"}`` of the layers
         concerned (an unbuilt layer is counted from 0 when it runs)."""
         states = {}
         for name, layer in self._named:

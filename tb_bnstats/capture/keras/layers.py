@@ -28,6 +28,32 @@ def find_batchnorm_layers(model):
     return found
 
 
+def called_with_training_false(model):
+    """``{id(layer)}`` of the BN layers that a functional graph of ``model``
+    (its own, or that of a functional model inside it) calls with
+    ``training=False`` -- the layer itself, or a layer or model around it
+    (``base(x, training=False)``). The graphs keep each call's arguments
+    (``Node.arguments``). ``fit`` overrides that ``False`` with its own
+    ``training=True`` (``keras/src/models/functional.py``, ``operation_fn``;
+    keras-team/keras#20285): such a layer trains unless it is frozen."""
+    import keras
+
+    marked = set()
+    graphs = [model] + list(model._flatten_layers(include_self=False, recursive=True))
+    for graph in graphs:
+        by_depth = getattr(graph, "_nodes_by_depth", None) or {}  # a functional model's own calls
+        for node in (node for nodes in by_depth.values() for node in nodes):
+            arguments = getattr(node, "arguments", None)
+            if arguments is None or arguments.kwargs.get("training") is not False:
+                continue
+            called = node.operation
+            for layer in [called] + list(getattr(called, "_flatten_layers", lambda **_: [])(
+                    include_self=False, recursive=True)):
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    marked.add(id(layer))
+    return marked
+
+
 def steps_per_execution(model):
     """The training steps one call of the model's train function runs (1 when unset)."""
     return int(getattr(model, "steps_per_execution", 1) or 1)
@@ -63,7 +89,7 @@ def mean_metrics(model):
     return found
 
 
-def layer_info(name, layer, depth, init_mean, init_var):
+def layer_info(name, layer, depth, init_mean, init_var, graph_training_false=False):
     """The :class:`LayerInfo` of a Keras BatchNormalization layer.
 
     Args:
@@ -72,6 +98,8 @@ def layer_info(name, layer, depth, init_mean, init_var):
         depth: its position in execution order (0 = closest to the input).
         init_mean, init_var: per-channel values its moving averages started
             from (channel averages go into the description).
+        graph_training_false: the model's graph calls it (or a model around
+            it) with ``training=False`` (:func:`called_with_training_false`).
     """
     return metadata.LayerInfo(
         name=name,
@@ -88,4 +116,6 @@ def layer_info(name, layer, depth, init_mean, init_var):
         trainable=bool(layer.trainable),
         synchronized=bool(getattr(layer, "synchronized", False)),
         renorm=bool(getattr(layer, "renorm", False)),
+        frozen=not layer.trainable,  # Keras' BN normalizes with its moving averages when not trainable
+        graph_training_false=bool(graph_training_false),
     )

@@ -48,7 +48,11 @@ logger = logging.getLogger("tb_bnstats")
 
 class _ModuleSlot:
     """One BN module: its name, what it started from, and what it was when
-    the capture was made (``num_batches_tracked``, at its initial values)."""
+    the capture was made (``num_batches_tracked``, at its initial values).
+
+    ``init_mean`` / ``init_var`` are what ``num_batches_tracked`` counts
+    from: 0 and 1, or the statistics found with no update counted
+    (pretrained values loaded without ``num_batches_tracked``)."""
 
     def __init__(self, name, module):
         import torch
@@ -56,19 +60,28 @@ class _ModuleSlot:
         self.name, self.module = name, module
         self.channels = None
         self.start_updates, self.started_at_initializer = 0, True
+        self._pretrained = None
         if bn_modules.tracks_running_stats(module):  # a lazy module before its first forward: fresh
             with torch.no_grad():
                 self.start_updates = int(module.num_batches_tracked) if module.num_batches_tracked is not None else 0
                 self.started_at_initializer = bool(torch.all(module.running_mean == 0)) and bool(
                     torch.all(module.running_var == 1))
+                if self.start_updates == 0 and not self.started_at_initializer:
+                    self._pretrained = (module.running_mean.double().cpu().numpy(),
+                                        module.running_var.double().cpu().numpy())
+
+    @property
+    def pretrained(self):
+        """Started from statistics other than 0 / 1 with no update counted."""
+        return self._pretrained is not None
 
     @property
     def init_mean(self):
-        return np.zeros(self.channels or 0)
+        return self._pretrained[0] if self.pretrained else np.zeros(self.channels or 0)
 
     @property
     def init_var(self):
-        return np.ones(self.channels or 0)
+        return self._pretrained[1] if self.pretrained else np.ones(self.channels or 0)
 
 
 class _Ring:
@@ -232,14 +245,19 @@ class TorchCapture:
 
     def resume(self, step):
         """``"resumed"`` for modules whose ``num_batches_tracked`` was > 0
-        when the capture was made (it goes on from there), ``"at_initializer"``
-        for modules at 0 / 1 with no update counted although ``step`` > 0."""
-        if step <= 0:
-            return {}
+        when the capture was made (it goes on from there), ``"pretrained"``
+        for modules with no update counted but statistics other than 0 / 1
+        (loaded without ``num_batches_tracked``: the count starts at 0 from
+        them), ``"at_initializer"`` for modules at 0 / 1 with no update
+        counted although ``step`` > 0."""
         out = {}
         for name in self.names:
             slot = self._slots[name]
-            if slot.start_updates > 0:
+            if slot.pretrained:
+                out[name] = "pretrained"
+            elif step <= 0:
+                continue
+            elif slot.start_updates > 0:
                 out[name] = "resumed"
             elif slot.started_at_initializer:
                 out[name] = "at_initializer"

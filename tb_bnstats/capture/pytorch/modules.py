@@ -70,7 +70,10 @@ def layer_info(name, module, depth, updating):
         depth: its position in the forward order.
         updating: whether the training forward updated its running
             statistics (``train()`` mode); False is logged as
-            ``trainable=False`` ("not updating").
+            ``trainable=False`` ("not updating"), and as ``frozen`` (on
+            purpose) when none of its parameters requires a gradient
+            either: ``eval()`` with ``requires_grad_(False)`` is how a
+            PyTorch user freezes a BN module.
     """
     import torch
 
@@ -78,7 +81,8 @@ def layer_info(name, module, depth, updating):
         name=name, channels=int(module.running_mean.numel()), momentum=keras_momentum(module.momentum),
         epsilon=float(module.eps), init_mean=0.0, init_var=1.0, moving_var_unbiased=True, depth=int(depth),
         layer_class=type(module).__name__, framework=FRAMEWORK, trainable=bool(updating),
-        synchronized=isinstance(module, torch.nn.SyncBatchNorm))
+        synchronized=isinstance(module, torch.nn.SyncBatchNorm),
+        frozen=not updating and not any(p.requires_grad for p in module.parameters(recurse=False)))
 
 
 # Below this momentum (PyTorch's p), the moments are computed from the input:
