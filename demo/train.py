@@ -10,6 +10,10 @@ Runs:
   dropout_before_bn     Dropout(0.5) right before the dense BN: variance shift at inference
   tiny_batch_4          batch size 4: noisy batch moments
   unshuffled_sorted     data sorted by label and shuffle=False: batch means drift
+  frozen_base_scaled    transfer learning: a base pretrained on digits 0-4, frozen under a new head
+                        trained on 5-9 scaled x*1.5+0.5: the frozen statistics no longer fit
+  fine_tune_overridden  the same base then unfrozen and fine-tuned, still called with training=False:
+                        fit overrides that and the base's BN layers train
 """
 
 import argparse
@@ -36,8 +40,10 @@ class InferenceModeBN(keras.layers.Layer):
         return self.bn(x, training=False)
 
 
-def make_model(momentum=0.99, inference_mode_block=False, dropout_before_bn=False):
-    keras.utils.set_random_seed(0)
+def make_base(momentum=0.99, inference_mode_block=False, seed=0, flatten=False):
+    """The convolutional blocks: Conv2D -> BN "block<i>_bn" -> ReLU, three times, then global average
+    pooling (or, with ``flatten``, Flatten: features that transfer to other digits)."""
+    keras.utils.set_random_seed(seed)
     inp = keras.Input((8, 8, 1))
     x = inp
     for i, width in enumerate((16, 32, 32)):
@@ -47,16 +53,29 @@ def make_model(momentum=0.99, inference_mode_block=False, dropout_before_bn=Fals
         else:
             x = keras.layers.BatchNormalization(momentum=momentum, name=f"block{i}_bn")(x)
         x = keras.layers.ReLU()(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Dense(32, use_bias=False)(x)
+    pool = keras.layers.Flatten() if flatten else keras.layers.GlobalAveragePooling2D()
+    return keras.Model(inp, pool(x), name="base")
+
+
+def make_head(features, momentum=0.99, dropout_before_bn=False):
+    """Dense(32) -> BN "dense_bn" -> ReLU -> Dense(10)."""
+    x = keras.layers.Dense(32, use_bias=False)(features)
     if dropout_before_bn:
         x = keras.layers.Dropout(0.5)(x)
     x = keras.layers.BatchNormalization(momentum=momentum, name="dense_bn")(x)
-    x = keras.layers.ReLU()(x)
-    model = keras.Model(inp, keras.layers.Dense(10)(x))
-    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    return keras.layers.Dense(10)(keras.layers.ReLU()(x))
+
+
+def compile_model(model, lr=3e-3):
+    model.compile(keras.optimizers.Adam(lr), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
     return model
+
+
+def make_model(momentum=0.99, inference_mode_block=False, dropout_before_bn=False):
+    inp = keras.Input((8, 8, 1))
+    base = make_base(momentum, inference_mode_block)
+    return compile_model(keras.Model(inp, make_head(base(inp), momentum, dropout_before_bn)))
 
 
 # name -> (model arguments, fit arguments)
@@ -67,6 +86,8 @@ RUNS = {
     "dropout_before_bn": (dict(momentum=0.9, dropout_before_bn=True), {}),
     "tiny_batch_4": (dict(momentum=0.9), dict(batch_size=4, epochs=1)),
     "unshuffled_sorted": (dict(momentum=0.9), dict(sort_by_label=True, shuffle=False)),
+    "frozen_base_scaled": (dict(transfer="frozen"), {}),
+    "fine_tune_overridden": (dict(transfer="fine_tune"), dict(epochs=2)),
 }
 
 # name -> the finding codes the tab must show for it (tests/test_demo.py checks this in a browser).
@@ -77,6 +98,8 @@ EXPECTED = {
     "dropout_before_bn": {"BN004"},
     "tiny_batch_4": {"BN005"},
     "unshuffled_sorted": {"BN006"},
+    "frozen_base_scaled": {"BN010"},
+    "fine_tune_overridden": {"BN010", "BN011"},
 }
 
 
@@ -90,11 +113,52 @@ def digits():
     return (x[:1400], y[:1400]), (x[1400:], y[1400:])
 
 
+def small_head(features):
+    """Dense(32, relu) -> Dense(5): the transfer runs' heads."""
+    return keras.layers.Dense(5)(keras.layers.Dense(32, activation="relu")(features))
+
+
+def transfer_task(data):
+    """The transfer-learning runs' data: digits 0-4 to pretrain the base on,
+    and the new task, digits 5-9 (labels 0-4) scaled x*1.5+0.5 (train, val)."""
+    (x, y), (x_val, y_val) = data
+    new = lambda xs, ys: (xs[ys >= 5] * 1.5 + 0.5, ys[ys >= 5] - 5)  # noqa: E731
+    return (x[y < 5], y[y < 5]), (new(x, y), new(x_val, y_val))
+
+
+def pretrained_model(data, fine_tune):
+    """The Keras transfer-learning guide's model: a base pretrained on digits
+    0-4 (trained here, loaded into new layers as load_weights would), frozen,
+    called with training=False under a new head, the head
+    trained on the new task; with ``fine_tune`` the base then unfrozen and
+    compiled again with a small learning rate, ready for the fine-tuning fit.
+    The heads have no BN layer, as in the guide."""
+    (x_old, y_old), ((x, y), _) = transfer_task(data)
+    inp = keras.Input((8, 8, 1))
+    trained = make_base(flatten=True)
+    compile_model(keras.Model(inp, small_head(trained(inp)))).fit(x_old, y_old, batch_size=32, epochs=5, verbose=0)
+    base = make_base(seed=1, flatten=True)
+    base.set_weights(trained.get_weights())
+    base.trainable = False
+    inp = keras.Input((8, 8, 1))
+    model = compile_model(keras.Model(inp, small_head(base(inp, training=False))))
+    if fine_tune:
+        model.fit(x, y, batch_size=32, epochs=3, verbose=0)  # the head's phase (the frozen_base_scaled run)
+        base.trainable = True
+        compile_model(model, lr=1e-4)
+    return model
+
+
 def train(name, run_dir, data, epochs):
     """Trains one demo run into ``run_dir``; returns one line of the summary."""
-    (x, y), (x_val, y_val) = data
     model_kwargs, fit_kwargs = RUNS[name]
-    model = make_model(**model_kwargs)
+    transfer = model_kwargs.get("transfer")
+    if transfer is None:
+        (x, y), (x_val, y_val) = data
+        model = make_model(**model_kwargs)
+    else:
+        _, ((x, y), (x_val, y_val)) = transfer_task(data)
+        model = pretrained_model(data, fine_tune=transfer == "fine_tune")
     fit_kwargs = dict(fit_kwargs)
     x_fit, y_fit = x, y
     if fit_kwargs.pop("sort_by_label", False):
