@@ -40,7 +40,8 @@ test-frontend: install-test
 # Everything under TensorFlow, then the tests of what depends on the backend once more in a pytest
 # process of its own per backend (Keras picks its backend once per process), then PyTorch's own.
 BACKEND_TESTS := tests/test_capture.py tests/test_resume.py tests/test_flush.py tests/test_probe.py \
-	tests/test_population.py tests/test_population_logging.py tests/test_memory_bounds.py tests/test_training_faults.py
+	tests/test_population.py tests/test_population_logging.py tests/test_memory_bounds.py tests/test_training_faults.py \
+	tests/test_transfer_learning.py
 
 test-python: install-test
 	$(PY) -m pytest -q tests --ignore=tests/pytorch
