@@ -40,6 +40,7 @@ def test_frozen_and_fine_tuned_base_in_the_tab(tmp_path, browser):  # noqa: F811
             badges = _badges(frame, layer)
             assert "frozen" in badges and "tone-info" in badges["frozen"][0], badges
             assert "no_updates" not in badges and "not_converged" not in badges
+            assert frame.locator(f"tr[data-layer={layer}] [data-role=convergence]").text_content() == "–"
         text = frame.locator("[data-role=findings-list] li[data-code=BN010]").first.text_content()
         steps, recalibrated = runs["s9_frozen_base_scaled"].metrics["probe_recalibrated/accuracy"]
         assert f"to {recalibrated[-1]:.1%}" in text and "include_frozen=True" in text

@@ -44,3 +44,30 @@ def test_a_failing_job_does_not_stop_the_ones_after_it():
     queue.submit(ran.append, "next")
     assert queue.wait(30) and ran == ["next"]
     queue.close()
+
+
+def test_a_probe_point_whose_layer_block_was_dropped_is_not_read_as_nan_moments(tmp_path):
+    """Measured on a loaded machine: the writer dropped the block of steps
+    61-70 and wrote the probe at step 70; read aligned, step 70 had NaN
+    moments, a false BN007. A point of a sparse series without the layer's
+    series at its step is left out."""
+    import numpy as np
+
+    import tb_bnstats
+    from tb_bnstats import quantities
+    from tb_bnstats.write import summary
+
+    rng = np.random.default_rng(0)
+    with summary.Writer(str(tmp_path / "run")) as w:
+        for step in [s for s in range(1, 41) if not 11 <= s <= 20]:
+            w.layer_moments("bn", step, batch_mean=rng.normal(0, 0.1, 3), batch_var=np.ones(3),
+                                   moving_mean=np.zeros(3), moving_var=np.ones(3), updates=step, momentum=0.9,
+                                   epsilon=1e-3)
+        for step in (10, 20):  # 20: its layer block "dropped"
+            w.probe(w._layers["bn"], step, quantities.probe_series(1e-3, np.zeros(3), np.ones(3), np.zeros(3),
+                                                                   np.ones(3), 0.1))
+    layer = tb_bnstats.load(tmp_path)["run"].layers["bn"]
+    assert 20 not in layer.steps and 10 in layer.steps and len(layer.steps) == 30
+    assert np.isfinite(layer.series["batch_mean"]).all()
+    assert np.isfinite(layer.series["probe_output_drift"]).sum() == 1
+    assert "BN007" not in {f.code for f in tb_bnstats.diagnose(tmp_path)}

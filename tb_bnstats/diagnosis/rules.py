@@ -284,7 +284,7 @@ def overridden_training_false(view):
     yet updated: Keras' ``fit`` passes ``training=True`` down through a
     functional model and overrides it (keras-team/keras#20285)."""
     info = view.layer.info
-    if not getattr(info, "graph_training_false", False) or view.updates <= 0:
+    if not info.graph_training_false or view.updates <= 0:
         return []
     return [("BN011", "warning", {**view.base, "graph_training_false": True},
              f"{view.name}: the model calls it (or the model around it) with training=False, yet it ran in "

@@ -66,6 +66,21 @@ def aligned(series_by_quantity: Mapping[str, Series]):
     return steps, out
 
 
+def with_layer_series(steps, series):
+    """The aligned steps at which the layer's :data:`metadata.LAYER_SERIES`
+    were logged. The probe's and the population's points fall on such steps;
+    one at a step without them (its block dropped by a writer that fell
+    behind training, :mod:`tb_bnstats.write.background`) has nothing to be
+    compared with and is left out, rather than read as NaN moments."""
+    core = [series[q] for q in metadata.LAYER_SERIES if q in series]
+    if not core:
+        return steps, series
+    keep = np.any(np.isfinite(np.stack(core)), axis=0)
+    if keep.all():
+        return steps, series
+    return steps[keep], {q: v[keep] for q, v in series.items()}
+
+
 def complete_steps(series_by_quantity: Mapping[str, Series]):
     """The series cut at the last step every logged one of
     :data:`metadata.LAYER_SERIES` has reached: all of them are written at
@@ -106,7 +121,7 @@ def run_data(layer_infos: Mapping[str, metadata.LayerInfo], series_by_layer: Map
     """
     layers = {}
     for name, info in layer_infos.items():
-        steps, series = aligned(complete_steps(series_by_layer.get(name, {})))
+        steps, series = with_layer_series(*aligned(complete_steps(series_by_layer.get(name, {}))))
         snap_steps, snaps = np.zeros(0, np.int64), {}
         if snapshots_by_layer and name in snapshots_by_layer:
             snap_steps, tensor = snapshots_by_layer[name]

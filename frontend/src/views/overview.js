@@ -65,9 +65,11 @@ export async function renderOverview(root, app, token) {
       h("td", { class: "num", title: momentumTitle(layer), dataset: { role: "momentum" } }, momentumLabel(layer)),
       h("td", { class: "num", title: `max over channels of |mu_B - mu_R| / sqrt(var_B + eps) at step ${layer.latest_step}` }, fmtNum(latest["mean_gap/max"])),
       h("td", { class: "num", title: `|log var ratio| max over channels` }, fmtNum(latest["abs_log_var_ratio/max"])),
-      h("td", { class: "num", title: layer.badges.some((b) => b.id === "pretrained")
-        ? `${convergenceFormula(layer)} after ${latest.updates} updates: the weight on the new batches since the pretrained start (not a warm-up: the pretrained statistics are an estimate too)`
-        : `${convergenceFormula(layer)} after ${latest.updates} updates; 95% after ${layer.steps_to_95}` },
+      layer.frozen
+        ? h("td", { class: "num", dataset: { role: "convergence" }, title: "frozen on purpose: its statistics do not update, so there is nothing to converge" }, "–")
+        : h("td", { class: "num", dataset: { role: "convergence" }, title: layer.badges.some((b) => b.id === "pretrained")
+          ? `${convergenceFormula(layer)} after ${latest.updates} updates: the weight on the new batches since the pretrained start (not a warm-up: the pretrained statistics are an estimate too)`
+          : `${convergenceFormula(layer)} after ${latest.updates} updates; 95% after ${layer.steps_to_95}` },
         fmtPct(conv), h("span", { class: "bn-bar-conv" }, h("span", { style: { width: `${Math.max(0, Math.min(1, conv || 0)) * 100}%` } }))),
       hasProbe ? h("td", { class: "num", dataset: { role: "probe-drift" }, title: `||y_train − y_inf|| / ||y_train|| of this layer's output on the probe batch, latest probe` }, fmtNum(latest.probe_output_drift)) : null,
       hasPopulation ? h("td", { class: "num", dataset: { role: "population-gap" }, title: "max over channels of |mu_R - mu_P| / sqrt(var_P + eps): the moving mean against the population mean (PreciseBN), latest measurement" }, fmtNum(latest["population_mean_gap/max"])) : null,
