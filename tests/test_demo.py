@@ -53,10 +53,19 @@ def test_demo_runs_have_their_findings_in_the_logs(demo_logdir):
 def test_tab_lists_each_demo_run_with_its_findings(demo_logdir, browser):
     SHOTS.mkdir(parents=True, exist_ok=True)
     layers = {run: len(data.layers) for run, data in tb_bnstats.load(demo_logdir).items()}
+    findings = {run: [f for f in tb_bnstats.diagnose(demo_logdir) if f.run == run] for run in EXPECTED}
+    rank = ("error", "warning", "info", "ok")
+    worst = {run: next((sev for sev in rank if any(f.severity == sev for f in fs)), "ok") for run, fs in findings.items()}
     with tensorboard(demo_logdir) as base:
         page, frame, errors, _ = open_tab(browser, base)
         chips = frame.locator("button.bn-chip")
         assert sorted(chips.nth(i).get_attribute("data-run") for i in range(chips.count())) == sorted(EXPECTED)
+        # Every run's severity in the selector, as text; the tab opens on the first of the worst ones.
+        shown = {chips.nth(i).get_attribute("data-run"): chips.nth(i).locator("[data-severity]").text_content()
+                 for i in range(chips.count())}
+        assert shown == worst
+        first_worst = min(sorted(EXPECTED), key=lambda run: rank.index(worst[run]))
+        assert frame.locator("button.bn-chip[aria-pressed=true]").get_attribute("data-run") == first_worst
         for run, codes in EXPECTED.items():
             frame.click(f"button.bn-chip[data-run='{run}']")
             banner = frame.locator("[data-role=findings-banner]")
@@ -68,6 +77,14 @@ def test_tab_lists_each_demo_run_with_its_findings(demo_logdir, browser):
             if not codes:
                 assert banner.get_attribute("data-level") == "ok"
             frame.wait_for_selector("[data-role=heatmap] canvas")
+            # The badges are the findings: each layer a finding names has its badge, with its own message.
+            for f in findings[run]:
+                for layer in f.layers:
+                    badge = frame.locator(f"tr[data-layer='{layer}'] [data-badge='finding-{f.code}']")
+                    assert badge.count() == 1, (run, layer, f.code)
+                    assert badge.get_attribute("title") == f.message_of(layer)
+            badged = frame.locator("[data-role=layers] [data-badge^='finding-']").count()
+            assert badged == sum(len(f.layers) for f in findings[run]), run
             # Population statistics measured at each epoch end: a "vs population" cell per layer.
             assert frame.locator("[data-role=layers] tbody tr [data-role=population-gap]").count() == layers[run], run
             page.screenshot(path=str(SHOTS / f"demo-{run}.png"))

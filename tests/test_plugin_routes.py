@@ -417,8 +417,11 @@ def test_nan_values_are_null_in_json(tmp_path):
     for url in ("/series?run=r&layer=bn", "/snapshot?run=r&layer=bn", "/heatmap?run=r", "/overview?run=r",
                 "/bands?run=r&layer=bn"):
         text = get(c, url).get_data(as_text=True)
-        assert "NaN" not in text and "Infinity" not in text, url
-        json.loads(text)
+
+        def non_finite(token, url=url):  # JSON has no NaN / Infinity: a browser's JSON.parse rejects them
+            raise AssertionError(f"{url}: {token} in the JSON")
+
+        json.loads(text, parse_constant=non_finite)
 
 
 # -- sampling signal -------------------------------------------------------------------------------
@@ -522,6 +525,54 @@ def test_findings_stored_by_the_callback_come_first(tmp_path):
     assert [(f["code"], f["source"], f["message"]) for f in body["findings"]] == [
         ("BN001", "stored", "stored BN001"), ("BN003", "stored", "<b>stored</b> message")]
     assert body["computed"] == 1  # the computed BN001 is not repeated
+
+
+def test_severities_badges_and_per_layer_messages_come_from_the_findings(tmp_path, monkeypatch):
+    """/runs gives each run's worst severity (stored findings before any
+    diagnosis, the diagnosis once made), /overview badges every layer a
+    finding names with that finding and its own message, and a run is
+    diagnosed once per new data."""
+    from tb_bnstats import diagnosis
+
+    logdir = str(tmp_path)
+    _write_findings_logdir(logdir, stored=[
+        {"code": "BN003", "severity": "warning", "scenario": "S4", "run": "slow", "layers": ["bn_1"],
+         "evidence": {}, "message": "stored"}])
+    from tb_bnstats.write import summary
+
+    with summary.Writer(os.path.join(logdir, "two")) as w:  # two layers, BN001 on both, each its own numbers
+        rng = np.random.default_rng(5)
+        for name, offset in (("a", 1.0), ("b", 3.0)):
+            mm = np.zeros(3)
+            for step in range(1, 41):
+                bm = offset + rng.normal(0, 0.05, 3)
+                mm = mm * 0.99 + bm * 0.01
+                w.layer_moments(name, step, batch_mean=bm, batch_var=np.ones(3), moving_mean=mm,
+                                moving_var=np.ones(3), updates=step, momentum=0.99, epsilon=1e-3)
+    calls = []
+    real = diagnosis.diagnose_run
+    monkeypatch.setattr(diagnosis, "diagnose_run", lambda run, data: calls.append(run) or real(run, data))
+    c, _ = make_client(logdir)
+    severity = {r["run"]: r["severity"] for r in getj(c, "/runs")["runs"]}
+    assert severity == {"slow": "warning", "healthy": None, "two": None} and calls == []  # stored only: no diagnosis
+    findings = getj(c, "/findings?run=two")
+    assert findings["severity"] == "error" and calls == ["two"]
+    (bn001,) = findings["findings"]
+    assert bn001["layers"] == ["a", "b"] and set(bn001["messages"]) == {"a", "b"}
+    assert bn001["messages"]["a"].startswith("a:") and bn001["messages"]["b"].startswith("b:")
+    gaps = {n: bn001["evidence"][n]["mean_gap_p50"] for n in ("a", "b")}
+    assert gaps["b"] > 2 * gaps["a"]
+    assert f"{gaps['b']:.2f} std" in bn001["messages"]["b"] and f"{gaps['b']:.2f} std" not in bn001["messages"]["a"]
+    layers = {d["name"]: d for d in getj(c, "/overview?run=two")["layers"]}
+    for name in ("a", "b"):
+        badge = layers[name]["badges"][0]
+        assert (badge["id"], badge["tone"], badge["detail"]) == ("finding-BN001", "bad", bn001["messages"][name])
+        assert all(b.get("hint") for b in layers[name]["badges"] if b["id"] in ("not_converged", "mean_gap"))
+    assert calls == ["two"]  # /overview used the diagnosis /findings made
+    severity = {r["run"]: r["severity"] for r in getj(c, "/runs")["runs"]}
+    assert severity["two"] == "error"
+    assert getj(c, "/findings?run=slow")["severity"] == "error"  # the stored warning plus the computed BN001
+    assert {r["run"]: r["severity"] for r in getj(c, "/runs")["runs"]}["slow"] == "error"
 
 
 @pytest.mark.parametrize("url,reason", [

@@ -12,6 +12,7 @@ import { api, routeUrl } from "./model/api.js";
 import { h } from "./ui/dom.js";
 import { runColor } from "./charts/colors.js";
 import { orderProblems, problemsHeadline } from "./model/fileproblems.js";
+import { worstRun } from "./model/findings.js";
 import { listenForReload } from "./ui/reload.js";
 import { renderOverview } from "./views/overview.js";
 import { renderLayer } from "./views/layer.js";
@@ -83,7 +84,7 @@ class App {
     }
     this.runs = this.meta.runs;
     const names = this.runs.map((r) => r.run);
-    if (!names.includes(this.state.run)) this.state.run = names[0] || null;
+    if (!names.includes(this.state.run)) this.state.run = worstRun(this.runs);
     this.state.compareRuns = this.state.compareRuns.filter((r) => names.includes(r));
     if (!this.state.compareRuns.length) this.state.compareRuns = names.slice(0, 4);
     const info = this.runInfo(this.state.run);
@@ -116,7 +117,16 @@ class App {
           }
           this.show();
         },
-      }, h("span", { class: "bn-swatch", style: { background: this.color(r.run) } }), r.run)));
+      }, h("span", { class: "bn-swatch", style: { background: this.color(r.run) } }), r.run,
+      r.severity ? h("span", { class: `bn-chip-sev sev-${r.severity}`, dataset: { severity: r.severity } }, r.severity) : null)));
+  }
+
+  /** A run's worst severity as its /findings gave it: the chip shows it. */
+  noteSeverity(run, severity) {
+    const info = this.runInfo(run);
+    if (!info || !severity || info.severity === severity) return;
+    info.severity = severity;
+    this.renderRunBar();
   }
 
   /** Shows or clears the "TensorBoard sampled these series" banner. */

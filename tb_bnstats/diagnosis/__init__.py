@@ -42,7 +42,8 @@ def _message(items):
 
 def group(run_name, hits) -> List[Finding]:
     """Findings from per-layer rule hits, one per code and severity naming
-    every layer concerned (in the order given), errors first.
+    every layer concerned (in the order given), each layer's own message
+    kept, errors first.
 
     Args:
         run_name: the run the findings are about.
@@ -54,7 +55,7 @@ def group(run_name, hits) -> List[Finding]:
         grouped.setdefault((code, severity), []).append((name, ev, message))
     findings = [Finding(code=code, severity=severity, scenario=CODES[code].scenario, run=run_name,
                         layers=[name for name, _, _ in items], evidence={name: ev for name, ev, _ in items},
-                        message=_message(items))
+                        message=_message(items), messages={name: message for name, _, message in items})
                 for (code, severity), items in grouped.items()]
     return sorted(findings, key=merging.sort_key)
 

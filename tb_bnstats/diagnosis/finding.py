@@ -15,7 +15,9 @@ class Finding:
     ``severity`` one of ``SEVERITIES``, ``scenario`` the code's scenario;
     ``layers`` the layers concerned in depth order; ``evidence`` maps each
     layer to its numbers (``{"bn_3": {"convergence": 0.63, ...}}``);
-    ``message`` says it in plain words, with the fix.
+    ``message`` says it in plain words, with the fix, about the first layer
+    (naming the others); ``messages`` says it about each layer with its own
+    numbers (empty in findings stored by an older version).
     """
 
     code: str
@@ -25,6 +27,12 @@ class Finding:
     layers: List[str]
     evidence: Dict[str, Dict[str, float]]
     message: str
+    messages: Dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def message_of(self, layer):
+        """What the finding says about ``layer``: its own message, else the
+        finding's."""
+        return self.messages.get(layer, self.message)
 
     def to_dict(self):
         """The finding as a JSON-able dict (the stored form)."""

@@ -48,6 +48,8 @@ def parse_stored(records) -> Optional[List[Finding]]:
                 or not all(isinstance(n, str) for n in f.layers)):
             continue
         f.message = str(f.message)
+        f.messages = ({str(k): str(v) for k, v in f.messages.items() if k in f.layers}
+                      if isinstance(f.messages, dict) else {})
         out.append(f)
     return out
 

@@ -24,7 +24,7 @@ Tags (one TensorBoard time series each, all under plugin name ``bn_stats``):
   (``BNStatsCallback(population_data=...)``, a subset of the logged steps).
 * ``diagnosis/findings``     TENSOR data class, a scalar DT_STRING tensor
   holding a JSON list of findings (:class:`tb_bnstats.diagnosis.finding.Finding` as
-  dicts: code, severity, scenario, run, layers, evidence, message), written
+  dicts: code, severity, scenario, run, layers, evidence, message, messages), written
   by the callback at the end of each ``fit`` at its last step; an empty list
   means "diagnosed, nothing found". The last record is the current one.
 * ``run/train_begin``        TENSOR data class, a scalar DT_STRING tensor

@@ -72,3 +72,48 @@ class SeriesCache:
             while self._held > self._budget and self._entries:
                 _, (_, s, _) = self._entries.popitem(last=False)
                 self._held -= len(s)
+
+
+# Runs whose diagnosis is kept (each a few kB of findings).
+FINDINGS_CACHE_RUNS = 256
+
+
+class FindingsCache:
+    """LRU of ``(experiment, run) -> (signature, findings)``: a run is
+    diagnosed once per new data (``signature``: its tags' ``max_step``), not
+    once per request -- ``/findings``, ``/overview``'s badges and ``/runs``'
+    severities share it."""
+
+    def __init__(self, max_runs=FINDINGS_CACHE_RUNS):
+        self._max = max_runs
+        self._entries = collections.OrderedDict()
+        self._computing = {}  # key -> the lock its diagnosis is made under
+        self._lock = threading.Lock()
+
+    def peek(self, key, signature):
+        """The findings cached for ``key`` at ``signature``, or None."""
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is None or hit[0] != signature:
+                return None
+            self._entries.move_to_end(key)
+            return hit[1]
+
+    def get(self, key, signature, make):
+        """The cached findings, or ``make()``'s (then cached). Concurrent
+        requests for one run (a page load asks ``/overview`` and
+        ``/findings`` at once) wait for one diagnosis."""
+        with self._lock:
+            computing = self._computing.setdefault(key, threading.Lock())
+        with computing:
+            hit = self.peek(key, signature)
+            if hit is not None:
+                return hit
+            value = make()
+            with self._lock:
+                self._entries[key] = (signature, value)
+                self._entries.move_to_end(key)
+                while len(self._entries) > self._max:
+                    evicted, _ = self._entries.popitem(last=False)
+                    self._computing.pop(evicted, None)
+            return value

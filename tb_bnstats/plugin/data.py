@@ -147,15 +147,28 @@ def derived(info):
     }
 
 
-# Overview badges: plain thresholds so the overview can flag a layer at a
-# glance. They are hints, not the diagnosis.
+# Overview badges: the layer's findings first (the diagnosis), then its state
+# (frozen, pretrained, no updates, training=False overridden), then plain
+# thresholds that flag a layer at a glance: those are marked ``hint``.
+TONE_OF_SEVERITY = {"error": "bad", "warning": "warn", "info": "info"}
+
+
+def finding_badges(findings, layer):
+    """One badge per finding that names ``layer`` (``id`` ``finding-<code>``,
+    the tone of its severity, its message about this layer as the detail):
+    the badges and the findings are one source."""
+    return [{"id": f"finding-{f.code}", "tone": TONE_OF_SEVERITY[f.severity], "label": f.code,
+             "severity": f.severity, "detail": f.message_of(layer)}
+            for f in findings if layer in f.layers]
+
 MEAN_GAP_P90_WARN = 0.5  # |mu_B - mu_R| / sigma_B, 90th percentile over channels
 LOG_VAR_RATIO_WARN = 0.25  # |mean log((var_B+eps)/(var_R+eps))|, exp(0.25) = 1.28x
 
 
 def badges(info, latest, pretrained_at=None):
-    """Badges of one layer from its latest values, each ``{"id", "tone",
-    "label", "detail"}`` (``tone`` "bad", "warn" or "info").
+    """State and hint badges of one layer from its latest values, each
+    ``{"id", "tone", "label", "detail"}`` (``tone`` "bad", "warn" or "info";
+    ``hint`` on the threshold ones, which are not the diagnosis).
 
     Args:
         info: its LayerInfo.
@@ -185,7 +198,7 @@ def badges(info, latest, pretrained_at=None):
                                              f"{math.exp(start_lvr or 0):.2f}x from the pretrained values")})
     elif conv is not None and conv < THRESHOLDS["converged"]:
         need = quantities.steps_to_converge(info.momentum, THRESHOLDS["converged"])
-        out.append({"id": "not_converged", "tone": "warn", "label": f"{conv * 100:.0f}% converged",
+        out.append({"id": "not_converged", "tone": "warn", "hint": True, "label": f"{conv * 100:.0f}% converged",
                     "detail": f"moving averages still hold {100 - conv * 100:.1f}% of their initial values after "
                               f"{int(updates or 0)} updates; {words.momentum_setting(info.momentum, info)} needs "
                               f"{need} for 95%"})
@@ -194,12 +207,12 @@ def badges(info, latest, pretrained_at=None):
                     "detail": "the model calls it with training=False, but fit trained it (BN011)"})
     gap = latest.get("mean_gap/p90")
     if gap is not None and gap > MEAN_GAP_P90_WARN:
-        out.append({"id": "mean_gap", "tone": "warn", "label": "mean gap",
+        out.append({"id": "mean_gap", "tone": "warn", "hint": True, "label": "mean gap",
                     "detail": f"1 channel in 10 has its batch mean {gap:.2f} or more train-time std away from the "
                               f"moving mean (flagged above {MEAN_GAP_P90_WARN})"})
     lvr = latest.get("log_var_ratio/mean")
     if lvr is not None and abs(lvr) > LOG_VAR_RATIO_WARN:
-        out.append({"id": "var_gap", "tone": "warn", "label": "variance " + ("wider" if lvr > 0 else "narrower"),
+        out.append({"id": "var_gap", "tone": "warn", "hint": True, "label": "variance " + ("wider" if lvr > 0 else "narrower"),
                     "detail": f"batch variance is {math.exp(lvr):.2f}x the moving variance on average"
                               + (" (dropout before BN does this)" if lvr > 0 else "")})
     return out

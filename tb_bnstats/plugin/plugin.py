@@ -16,9 +16,9 @@ Routes (GET, relative to ``data/plugin/bn_stats/``):
 route      parameters                                            answer
 ========== ===================================================== ==========================
 /index.js                                                        the tab's ES module
-/runs                                                            runs, layers (depth order), file_problems,
+/runs                                                            runs (worst severity), layers (depth order), file_problems,
                                                                  thresholds, newer_format
-/overview  run                                                   latest values, badges
+/overview  run                                                   latest values, badges (findings', then state and hints)
 /heatmap   run, measure=mean_gap/max, bins=200, format            layers x step bins, max
 /series    run, layer, quantities=a,b, points=1000, format        min/max-downsampled series
 /snapshot  run, layer, step=<latest>, format                      per-channel rows, nearest step
@@ -72,6 +72,12 @@ DEFAULT_SERIES = metadata.LAYER_SERIES
 SERVED_SERIES = metadata.LAYER_SERIES + metadata.PROBE_SERIES + metadata.POPULATION_SERIES
 
 
+def worst_severity(findings):
+    """The worst severity of ``findings`` ("ok" for none)."""
+    found = {f.severity for f in findings}
+    return next((sev for sev in diagnosis.SEVERITIES if sev in found), "ok")
+
+
 class BNStatsPlugin(base_plugin.TBPlugin):
     """Serves the BN Convergence tab and its JSON routes."""
 
@@ -83,6 +89,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         self._cap_hint = hints.get(metadata.PLUGIN_NAME)
         self._index_cache = cache.IndexCache()
         self._series_cache = cache.SeriesCache()
+        self._findings_cache = cache.FindingsCache()
         logdir = getattr(context, "logdir", None)
         self._file_check = integrity.EventFileCheck(logdir) if logdir and "://" not in logdir else None
         self._file_check_lock = threading.Lock()
@@ -217,6 +224,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
             layers = [self._layer_json(info, index) for info in self._ordered_layers(index)]
             runs.append({
                 "run": run,
+                "severity": self._severity(ctx, eid, run, index),
                 "layers": layers,
                 "max_step": max(index.max_step.values(), default=None),
                 "metrics": sorted(index.metric_tags),
@@ -269,12 +277,14 @@ class BNStatsPlugin(base_plugin.TBPlugin):
             s = int(steps[i])
             latest_step[layer] = s if latest_step[layer] is None else max(s, latest_step[layer])
         pretrained = diagnosis.rules.pretrained_starts(reader.read_train_begins(self._provider, ctx, run, index, eid))
+        findings = [f for f, _ in self._diagnosis(ctx, eid, run, index)["pairs"]]
         layers = []
         for info in self._ordered_layers(index):
             d = self._layer_json(info, index)
             d["latest"] = latest[info.name]
             d["latest_step"] = latest_step[info.name]
-            d["badges"] = data.badges(info, latest[info.name], pretrained.get(info.name))
+            d["badges"] = data.finding_badges(findings, info.name) + data.badges(
+                info, latest[info.name], pretrained.get(info.name))
             layers.append(d)
         return {"run": run, "layers": layers, "max_step": max(index.max_step.values(), default=None)}
 
@@ -517,17 +527,47 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         run = self._run_arg(args, indexes)
         return self.findings_impl(ctx, eid, run, indexes[run]), None
 
+    def _diagnosis(self, ctx, eid, run, index):
+        """The run's diagnosis, once per new data (:class:`cache.FindingsCache`):
+        ``{"pairs": [(finding, source)], "stored": bool, "computed": n, "sampling": ...}``
+        (:func:`tb_bnstats.diagnosis.findings_of`)."""
+        def diagnose():
+            run_data, raw = self._run_data(ctx, eid, run, index)
+            computed = diagnosis.diagnose_run(run, run_data)
+            return {"pairs": diagnosis.findings_of(run, run_data, computed),
+                    "stored": run_data.stored_findings is not None, "computed": len(computed),
+                    "sampling": data.merge_sampling([self._sampling(s) for s, _ in raw.values()])}
+
+        return self._findings_cache.get((eid, run), self._signature(index), diagnose)
+
+    @staticmethod
+    def _signature(index):
+        """What a run's diagnosis depends on: every tag's last step."""
+        return tuple(sorted(index.max_step.items()))
+
+    def _severity(self, ctx, eid, run, index):
+        """A run's worst severity ("error", "warning", "info", "ok") for the
+        run selector: from its cached diagnosis, else from the findings the
+        callback stored (one small read); None when neither is at hand (the
+        tab asks ``/findings``)."""
+        cached = self._findings_cache.peek((eid, run), self._signature(index))
+        if cached is not None:
+            return worst_severity(f for f, _ in cached["pairs"])
+        if index.diagnosis_tag is None:
+            return None
+        stored = diagnosis.merging.parse_stored(reader.read_stored_findings(self._provider, ctx, run, index, eid))
+        return None if stored is None else worst_severity(stored)
+
     def findings_impl(self, ctx, eid, run, index):
         """The run's findings as :func:`tb_bnstats.diagnose` gives them
         (:func:`tb_bnstats.diagnosis.findings_of`: those the callback stored
         in the logs first, then those computed now over every stored point
         that they lack); each says where it came from (``source``: ``stored``
         or ``computed``)."""
-        run_data, raw = self._run_data(ctx, eid, run, index)
-        computed = diagnosis.diagnose_run(run, run_data)
-        pairs = diagnosis.findings_of(run, run_data, computed)
+        found = self._diagnosis(ctx, eid, run, index)
+        pairs = found["pairs"]
         findings = [{**f.to_dict(), "source": source} for f, source in pairs]
-        stored = run_data.stored_findings is not None
+        stored = found["stored"]
         sources = sorted({f["source"] for f in findings}, key=(diagnosis.merging.STORED,
                                                                  diagnosis.merging.COMPUTED).index)
         return {
@@ -535,7 +575,8 @@ class BNStatsPlugin(base_plugin.TBPlugin):
             "counts": {sev: sum(f["severity"] == sev for f in findings) for sev in diagnosis.SEVERITIES},
             "source": "+".join(sources) or ("stored" if stored else "computed"),
             "stored": stored, "stored_step": index.max_step.get(index.diagnosis_tag) if stored else None,
-            "computed": len(computed),
+            "computed": found["computed"],
+            "severity": worst_severity(f for f, _ in pairs),
             "titles": {code: c.title for code, c in diagnosis.CODES.items()},
-            "sampling": data.merge_sampling([self._sampling(s) for s, _ in raw.values()]),
+            "sampling": found["sampling"],
         }

@@ -2,7 +2,7 @@
 // "No findings") and a list. Clicking a finding, or a layer named in it,
 // opens that layer's detail. Everything from the logs is inserted as text.
 import { h } from "../ui/dom.js";
-import { findingsSummary, worstSeverity } from "../model/findings.js";
+import { findingsSummary, messageOf, worstSeverity } from "../model/findings.js";
 
 const SOURCE_NOTE = {
   // Framework-neutral: BNStatsCallback stores them at the end of its last fit, BNStatsMonitor at close().
@@ -11,8 +11,8 @@ const SOURCE_NOTE = {
   "stored+computed": "stored in the logs when training ended, plus those computed now from the logged quantities",
 };
 
-/** Renders a findings list (no banner): one item per finding. */
-export function findingsList(findings, app, titles) {
+/** Renders a findings list (no banner): one item per finding; with `layer`, each says what it says about that layer. */
+export function findingsList(findings, app, titles, layer) {
   return h("ul", { class: "bn-findings", dataset: { role: "findings-list" } },
     ...findings.map((f) => {
       const layers = Array.isArray(f.layers) ? f.layers : [];
@@ -31,7 +31,7 @@ export function findingsList(findings, app, titles) {
         titles && titles[f.code] ? h("span", { class: "bn-finding-title" }, titles[f.code]) : null,
         h("span", { class: "bn-finding-layers" },
           ...layers.map((name) => h("button", { class: "bn-layer-link", dataset: { layer: name }, title: `Open ${name}`, onclick: open(name) }, name)))),
-      h("div", { class: "bn-finding-msg" }, String(f.message || "")));
+      h("div", { class: "bn-finding-msg" }, String(messageOf(f, layer) || "")));
     }));
 }
 

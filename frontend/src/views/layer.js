@@ -109,7 +109,7 @@ export async function renderLayer(root, app, token) {
   // -- this layer's findings (first: what is wrong with it) ------------------------
   const mine = found ? findingsOfLayer(found.findings, layerName) : [];
   const findWrap = h("div", { dataset: { role: "layer-findings" } });
-  if (mine.length) findWrap.append(findingsList(mine, app, found.titles));
+  if (mine.length) findWrap.append(findingsList(mine, app, found.titles, layerName));
   else if (found) findWrap.append(h("div", { class: "bn-findings-banner sev-ok", dataset: { level: "ok" } }, h("b", null, "No findings"), h("span", { class: "bn-note" }, ` for ${layerName} in run ${run}`)));
   root.append(h("div", { class: "bn-row" },
     h("button", { class: "bn-back", onclick: () => app.go("overview") }, "← overview"),

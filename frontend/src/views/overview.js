@@ -36,6 +36,7 @@ export async function renderOverview(root, app, token) {
   const findEl = h("div", { class: "bn-findings-wrap" }, h("div", { class: "bn-note" }, "diagnosing…"));
   root.append(findEl);
   const findDone = pFind.then((body) => {
+    app.noteSeverity(run, body.severity);
     if (app.alive(token)) findEl.replaceChildren(findingsCard(body, app));
   }, (e) => {
     if (app.alive(token)) findEl.replaceChildren(h("div", { class: "bn-note" }, `Diagnosis unavailable: ${e.message || e}`));
@@ -57,7 +58,8 @@ export async function renderOverview(root, app, token) {
     const canvas = h("canvas", { dataset: { layer: layer.name, w: "140", h: "24" } });
     sparks.set(layer.name, canvas);
     const badges = layer.badges.length
-      ? layer.badges.map((b) => h("span", { class: `bn-badge tone-${b.tone || "warn"}`, title: b.detail, dataset: { badge: b.id } }, b.label))
+      ? layer.badges.map((b) => h("span", { class: `bn-badge tone-${b.tone || "warn"}${b.hint ? " hint" : ""}`,
+        title: b.hint ? `hint (a threshold, not the diagnosis): ${b.detail}` : b.detail, dataset: { badge: b.id } }, b.label))
       : [h("span", { class: "bn-badge ok" }, "ok")];
     body.append(h("tr", { dataset: { layer: layer.name }, title: `Open ${layer.name}`, onclick: () => app.go("layer", { layer: layer.name, channelStep: null }) },
       h("td", { class: "name" }, layer.name),
