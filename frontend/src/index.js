@@ -46,7 +46,6 @@ class App {
       onchange: (e) => { this.state.smoothing = Number(e.target.value); this.show(); } });
     const log = h("input", { type: "checkbox", onchange: (e) => { this.state.logScale = e.target.checked; this.show(); } });
     this.filterInput = h("input", { type: "search", placeholder: "layer filter", oninput: (e) => { this.state.filter = e.target.value; this.onFilter && this.onFilter(); } });
-    this.status = h("span", { class: "bn-note" });
     this.banner = h("div", { class: "bn-banner", hidden: true, dataset: { role: "sampling" } });
     this.fileBanner = h("div", { class: "bn-banner", hidden: true, dataset: { role: "file-problems" } });
     this.formatBanner = h("div", { class: "bn-banner", hidden: true, dataset: { role: "newer-format" } });
@@ -57,8 +56,7 @@ class App {
       h("div", { class: "bn-bar" }, this.tabs,
         h("label", null, "Smoothing", smooth, this.smoothOut),
         h("label", null, log, "log scale (variance)"),
-        h("label", null, "Layers", this.filterInput),
-        this.status),
+        h("label", null, "Layers", this.filterInput)),
       this.runBar, this.formatBanner, this.fileBanner, this.banner, this.error, this.view);
   }
 
@@ -216,7 +214,7 @@ class App {
       this.cleanup = await VIEWS[this.state.view](this.view, this, token);
       if (this.alive(token)) {
         this.markFirstChart();
-        this.status.textContent = `drawn in ${Math.round(performance.now() - started)} ms`;
+        document.body.dataset.drawnMs = String(Math.round(performance.now() - started)); // for benchmarks, not shown
         document.body.dataset.ready = String(token);
       }
     } catch (e) {

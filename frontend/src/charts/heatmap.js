@@ -58,8 +58,8 @@ export function heatmapChart(el, hm, o = {}) {
         const v = hm.values[row][j];
         return [
           { label: hm.layers[row] },
-          { label: `steps ${Math.ceil(edges[j])}–${Math.ceil(edges[j + 1]) - 1}` },
-          { label: `${hm.measure} (max)`, value: v === null ? "no data" : fmtNum(v, 7) },
+          { label: stepRange(Math.ceil(edges[j]), Math.ceil(edges[j + 1]) - 1) },
+          { label: `${hm.measure} (max)`, value: v === null ? "no data" : fmtNum(v, 4) },
         ];
       }),
     ],
@@ -111,4 +111,9 @@ export function heatmapChart(el, hm, o = {}) {
   }
   if (group) group.add(u);
   return followWidthUntilDestroyed(el, u, group);
+}
+
+/** "step 40" for a bin of one step, "steps 40–47" for more. */
+export function stepRange(first, last) {
+  return last > first ? `steps ${first}–${last}` : `step ${first}`;
 }
