@@ -139,7 +139,9 @@ class Recorder:
     :meth:`abandon` when training raised). Measurements are callables given
     to :meth:`measure_with`: ``probe()`` returns a
     :class:`tb_bnstats.measure.gap.ProbeResult`, ``population()`` a
-    ``{layer: LayerPopulation}``, ``live_findings(run)`` a list of findings.
+    ``{layer: LayerPopulation}``, ``live_findings(run)`` a list of findings,
+    ``frozen_recalibration()`` the gap reports before and after recalibrating
+    the frozen layers on the probe batch (or None: no frozen layer).
     """
 
     def __init__(self, schedule: Schedule):
@@ -260,7 +262,8 @@ class Recorder:
         ``population_data`` (:func:`tb_bnstats.population_stats`), and the
         checks of the model on the probe batch at the end
         (:func:`tb_bnstats.diagnosis.live.diagnose_model`: S5, which training
-        logs cannot show)."""
+        logs cannot show; :func:`tb_bnstats.measure.population.frozen_recalibration`:
+        what recalibrating the frozen layers would give, for S9)."""
         from tb_bnstats.diagnosis import live
         from tb_bnstats.measure import population
 
