@@ -85,7 +85,7 @@ def test_hostile_names_show_literally_and_run_no_script(tmp_path):
         dialogs = []
         page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
         chips = frame.locator("button.bn-chip")
-        labels = [chips.nth(i).text_content() for i in range(chips.count())]
+        labels = [chips.nth(i).locator("[data-role=run-name]").text_content() for i in range(chips.count())]
         assert HOSTILE_RUN in labels, labels
         chips.nth(labels.index(HOSTILE_RUN)).click()
         frame.wait_for_function("document.querySelectorAll('[data-role=layers] td.name').length === %d"

@@ -115,7 +115,7 @@ class App {
           }
           this.show();
         },
-      }, h("span", { class: "bn-swatch", style: { background: this.color(r.run) } }), r.run,
+      }, h("span", { class: "bn-swatch", style: { background: this.color(r.run) } }), h("span", { dataset: { role: "run-name" } }, r.run),
       r.severity ? h("span", { class: `bn-chip-sev sev-${r.severity}`, dataset: { severity: r.severity } }, r.severity) : null)));
   }
 
