@@ -226,11 +226,7 @@ def recalibrate(model, data, num_samples=DEFAULT_NUM_SAMPLES, batch_size=32, tra
                                                           frozen_batch_mode=include_frozen)
         if gap_data is not None:
             gap_batches = list(batches.iter_batches(gap_data, batch_size=batch_size))
-        both_modes = passes.gap_probe(model, loss_fn=loss_fn)
-        before = gap.gap_report(model, gap_batches, both_modes)
-        for name, pop in stats.items():
-            undo.append(framework.write_population(named[name], pop))
-        after = gap.gap_report(model, gap_batches, both_modes)
+        before, after = _written_and_reported(model, named, stats, gap_batches, loss_fn, undo)
     except BaseException:
         for restore in reversed(undo):
             restore()
@@ -269,20 +265,32 @@ def frozen_recalibration(model, x, y, batch_size=None, loss_fn=None):
     rows = batches.num_rows(x)
     stats, kept = _population_and_kept_batches(model, (x, y), rows, batch_size or rows, False, False, 0, rows,
                                                include_frozen=True, frozen_batch_mode=True)
-    frozen = [n for n in frozen if n in stats]
+    frozen = {n: stats[n] for n in frozen if n in stats}
     if not frozen:
         return None
-    both_modes = passes.gap_probe(model, loss_fn=loss_fn)
-    before = gap.gap_report(model, kept, both_modes)
     undo = []
     try:
-        for name in frozen:
-            undo.append(framework.write_population(named[name], stats[name]))
-        after = gap.gap_report(model, kept, both_modes)
+        return _written_and_reported(model, named, frozen, kept, loss_fn, undo)
     finally:
         for restore in reversed(undo):
             restore()
-    return before, after
+
+
+def _written_and_reported(model, named, stats, gap_batches, loss_fn, undo):
+    """The gap report on ``gap_batches`` before and after writing ``stats``
+    (``{name: LayerPopulation}``) into the layers ``named``; each write's
+    ``undo()`` goes into ``undo`` as it is made (the caller keeps or
+    restores them).
+
+    Returns:
+        ``(before, after)`` :class:`tb_bnstats.measure.gap.GapReport`.
+    """
+    framework = passes.for_model(model)
+    both_modes = passes.gap_probe(model, loss_fn=loss_fn)
+    before = gap.gap_report(model, gap_batches, both_modes)
+    for name, pop in stats.items():
+        undo.append(framework.write_population(named[name], pop))
+    return before, gap.gap_report(model, gap_batches, both_modes)
 
 
 # -- the variance shift of dropout before BN ----------------------------------------
