@@ -50,7 +50,7 @@ def test_demo_runs_have_their_findings_in_the_logs(demo_logdir):
     assert {run: found.get(run, set()) for run in EXPECTED} == EXPECTED
 
 
-def test_tab_lists_each_demo_run_with_its_findings(demo_logdir, browser):
+def test_tab_lists_each_demo_run_with_its_findings(demo_logdir, browser):  # noqa: F811 - the fixture
     SHOTS.mkdir(parents=True, exist_ok=True)
     layers = {run: len(data.layers) for run, data in tb_bnstats.load(demo_logdir).items()}
     findings = {run: [f for f in tb_bnstats.diagnose(demo_logdir) if f.run == run] for run in EXPECTED}

@@ -6,9 +6,7 @@ served by a real ``tensorboard`` and opened in chromium. The badges say
 finding message names its numbers; screenshot docs/screenshots/transfer.png."""
 
 import os
-import re
 
-import numpy as np
 import pytest
 
 import diagnosis_scenarios as scenarios
