@@ -46,18 +46,23 @@ class BNStatsCallback(keras.callbacks.Callback):
             often (default 30 s): TensorBoard shows a step within about
             this, plus its reload interval.
         verbose: 1 prints what was found and which layers are frozen; 0 is quiet.
-        probe_data: a fixed probe batch for the train/inference gap probe
-            (:mod:`tb_bnstats.measure.gap`): arrays ``(x, y)`` (or ``x``)
-            of which the first 256 rows are used, or a ``tf.data.Dataset``
-            / ``PyDataset`` / iterable of batches of which the first batch
-            (cut to 256 rows) is taken once at train begin. Use held-out
-            (validation) data. The batch runs through the model in training
-            and in inference mode without changing any state; logged are
-            loss and compiled metrics of both modes (metric splits
-            ``probe_train`` / ``probe_inference``) and per BN layer
-            :data:`tb_bnstats.format.metadata.PROBE_SERIES`. None (default): no
-            probe. Keras 3 does not hand ``fit``'s validation data to
-            callbacks, so the probe is off unless this is given. Sample
+        probe_data: the batch of the train/inference gap probe
+            (:mod:`tb_bnstats.measure.gap`). None (default): the first
+            batch the train step runs on (its first 256 rows, copied inside
+            the step: the data pipeline is not touched), kept for the whole
+            run -- the gap on training data, the "99% in training mode, 20%
+            in inference mode" symptom. Better, held-out (validation) data:
+            arrays ``(x, y)`` (or ``x``) of which the first 256 rows are
+            used, or a ``tf.data.Dataset`` / ``PyDataset`` / iterable of
+            batches of which the first batch (cut to 256 rows) is taken once
+            at train begin; with it the probe also tells eval data that
+            differ from the training data (BN009; Keras 3 does not hand
+            ``fit``'s validation data to callbacks). False: no probe. The
+            batch runs through the model in training and in inference mode
+            without changing any state (two forward passes, one compiled
+            graph); logged are loss and compiled metrics of both modes
+            (metric splits ``probe_train`` / ``probe_inference``) and per BN
+            layer :data:`tb_bnstats.format.metadata.PROBE_SERIES`. Sample
             weights are ignored. A probe step is always a logged step (the
             layer series are logged there too). A probe that fails (e.g.
             data of the wrong shape) warns once and is turned off.
@@ -149,7 +154,7 @@ class BNStatsCallback(keras.callbacks.Callback):
         rec.begin(self._optimizer_step, steps_per_execution(self.model))
         if rec.writer is not None:
             rec.guard("watching the train function for exceptions", self._drain_when_training_raises)
-        if schedule.probe_data is not None and self._probe is None and rec.writer is not None:
+        if schedule.probe_source is not recorder.PROBE_OFF and self._probe is None and rec.writer is not None:
             self._probe = rec.guard("preparing the train/inference probe", self._make_probe)
         rec.measure_model(self.model, self._probe)
 
@@ -192,9 +197,13 @@ class BNStatsCallback(keras.callbacks.Callback):
         from tb_bnstats.capture.keras.layers import find_batchnorm_layers
         from tb_bnstats.measure import gap, keras_passes
 
-        x, y = gap.take_probe_batch(self.schedule.probe_data)
         named = [(n, layer) for n, layer in find_batchnorm_layers(self.model) if self.schedule.selected(n)]
-        probe = keras_passes.GapProbe(self.model, x, y, named)
+        if self.schedule.probe_data is not None:
+            x, y = gap.take_probe_batch(self.schedule.probe_data)
+            probe = keras_passes.GapProbe(self.model, x, y, named)
+        else:  # the default: the first batch the train step runs on, kept by the capture
+            probe = keras_passes.GapProbe(self.model, named_layers=named,
+                                          batch_source=self._recorder.capture.first_batch)
         probe.compiled = _compiled(self.model)
         return probe
 

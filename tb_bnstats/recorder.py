@@ -35,6 +35,11 @@ _OPEN_RECORDERS = weakref.WeakSet()
 # 14 MB for 20 layers, 140 MB for 200; measured by bench/scale.py).
 DIAGNOSIS_HISTORY = 2000
 
+# Where the probe batch comes from (``Schedule.probe_source``, logged in ``run/train_begin`` as "probe").
+PROBE_GIVEN = "probe_data"  # the user's data: held-out data, so S8 (BN009) can be told
+PROBE_FIRST_TRAINING_BATCH = "first_training_batch"  # the default: the gap on training data
+PROBE_OFF = None
+
 
 @atexit.register
 def _close_open_runs():
@@ -89,7 +94,7 @@ class Schedule:
     def __init__(self, log_dir, log_every_n_steps=1, snapshot_every_n_steps=100, layers=None, log_metrics=True,
                  flush_secs=summary.DEFAULT_FLUSH_SECS, verbose=1, probe_data=None, probe_every_n_steps=None,
                  population_data=None, population_every_n_steps=None, population_samples=2048,
-                 population_batch_size=32):
+                 population_batch_size=32, default_probe=True):
         if not isinstance(log_dir, (str, os.PathLike)) or not os.fspath(log_dir):
             raise ValueError(f"log_dir must be a non-empty path, got {log_dir!r}")
         self.log_dir = os.fspath(log_dir)
@@ -107,13 +112,20 @@ class Schedule:
         if verbose not in (0, 1, True, False):
             raise ValueError(f"verbose must be 0 or 1, got {verbose!r}")
         self.verbose = int(verbose)
-        if probe_data is not None:
+        if probe_data is True:
+            raise ValueError("probe_data must be data (arrays, a dataset), None (the default probe) or False (none), "
+                             "got True")
+        if probe_data is not None and probe_data is not False:
             batches.validate_data(probe_data, "probe_data")
-        self.probe_data = probe_data
+        # The probe's batch: probe_data, or (None, with a default probe) the first training batch the step ran
+        # on, or none (False).
+        self.probe_data = None if probe_data is False else probe_data
+        self.probe_source = (PROBE_GIVEN if self.probe_data is not None else
+                             PROBE_FIRST_TRAINING_BATCH if probe_data is None and default_probe else PROBE_OFF)
         self.probe_every_n_steps = (0 if probe_every_n_steps is None else
                                     positive_int("probe_every_n_steps", probe_every_n_steps, allow_zero=True))
-        if self.probe_every_n_steps and probe_data is None:
-            raise ValueError("probe_every_n_steps needs probe_data (the batch to probe)")
+        if self.probe_every_n_steps and self.probe_source == PROBE_OFF:
+            raise ValueError("probe_every_n_steps needs a probe (probe_data is False)")
         if population_data is not None:
             batches.validate_data(population_data, "population_data")
         self.population_data = population_data
@@ -275,9 +287,13 @@ class Recorder:
                                                batch_size=schedule.population_batch_size)
 
         def live_findings(run):
+            if probe.x is None:
+                return []
             return live.diagnose_model(model, (probe.x, probe.y), num_samples=10**9, batch_size=32, run=run)
 
         def frozen_recalibration():
+            if probe.x is None:
+                return None
             return population.frozen_recalibration(model, probe.x, probe.y, loss_fn=getattr(probe, "loss_fn", None))
 
         self.measure_with(probe=probe.run if probe is not None else None,
@@ -304,7 +320,7 @@ class Recorder:
         listed = lambda state: [n for n in self.capture.names  # noqa: E731
                                 if states.get(n) == state and self.schedule.selected(n)]
         record = {"resumed": listed("resumed"), "moving_at_initializer": listed("at_initializer"),
-                  "pretrained": listed("pretrained")}
+                  "pretrained": listed("pretrained"), "probe": self.schedule.probe_source}
         self.writer.train_begin(self.step, record)
         if record["resumed"]:
             self.say(f"resumed at step {self.step}: update counts of {len(record['resumed'])} layer(s) "
@@ -549,6 +565,8 @@ class Recorder:
 
     def _log_probe(self, step):
         result = self._probe()
+        if result is None:
+            return True  # its batch is not there yet (the first training batch, before the first step)
         if self.schedule.log_metrics:
             self.writer.metrics("probe_train", result.metrics_train, step)
             self.writer.metrics("probe_inference", result.metrics_inference, step)

@@ -90,7 +90,7 @@ class BNStatsMonitor:
             layers=layers, log_metrics=log_metrics, flush_secs=flush_secs, verbose=verbose, probe_data=probe_data,
             probe_every_n_steps=probe_every_n_steps, population_data=population_data,
             population_every_n_steps=population_every_n_steps, population_samples=population_samples,
-            population_batch_size=population_batch_size)
+            population_batch_size=population_batch_size, default_probe=False)
         self.log_dir = self.schedule.log_dir
         self.model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper holds the module
         self.loss_fn = loss_fn

@@ -40,7 +40,7 @@ def dense_model(momentum=0.9, seed=0, dropout_before="", inference_mode="", froz
     return model
 
 
-def conv_model(momentum=0.9, seed=0):
+def conv_model(momentum=0.9, seed=0, lr=3e-3):
     keras.utils.set_random_seed(seed)
     inp = keras.Input((8, 8, 1))
     x = inp
@@ -52,7 +52,7 @@ def conv_model(momentum=0.9, seed=0):
     x = keras.layers.Dense(16, use_bias=False)(x)
     x = keras.layers.BatchNormalization(momentum=momentum, name="dense_bn")(x)
     model = keras.Model(inp, keras.layers.Dense(10)(keras.layers.ReLU()(x)))
-    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    model.compile(keras.optimizers.Adam(lr), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
     return model
 
@@ -144,7 +144,7 @@ class NaNBatches(keras.utils.PyDataset):
 SCENARIOS = {
     "healthy_dense_s0": "momentum 0.9, shuffled, batch 32, dense, seed 0",
     "healthy_dense_s1": "the same, seed 1",
-    "healthy_conv_s0": "momentum 0.9, shuffled, batch 32, conv, seed 0",
+    "healthy_conv_s0": "momentum 0.9, shuffled, batch 32, conv, Adam 1e-3, 12 epochs, seed 0",
     "healthy_conv_s1": "the same, seed 1",
     "healthy_dense_s2": "momentum 0.9, shuffled, batch 32, dense, seed 2",
     "healthy_masked": "momentum 0.9, masked sequence input (3 of 8 timesteps masked)",
@@ -162,6 +162,8 @@ SCENARIOS = {
     "s9_frozen_base_scaled": "the same, the new data as x*1.5+0.5",
     "s9_fine_tune": "the scaled one then unfrozen (base.trainable=True, still training=False), fine-tuned at lr 1e-4",
     "s10_training_false": "bn2 called with training=False in the functional graph",
+    "s11_lagging_averages": "the conv net at Adam 3e-3 for 3 epochs: converged, small gaps, but the averages lag the "
+                            "weights",
 }
 
 
@@ -178,7 +180,9 @@ EXPECTED = {
     "s2_frozen": {("BN010", "warning"): ["bn2"]},  # frozen on purpose, at 0/1: far from its batches
     "s3_lost_on_restore": {("BN008", "error"): ["bn1", "bn2"]},
     "s4_momentum_0.1": {("BN003", "warning"): ["bn1", "bn2"]},
-    "s5_dropout_before_bn": {},  # not visible in training logs: see diagnose_model
+    # Not visible in training logs; the callback's live check on its default probe batch (the first training
+    # samples) measures it on the model (diagnose_model).
+    "s5_dropout_before_bn": {("BN004", "warning"): ["bn2"]},
     "s6_batch_4": {("BN005", "warning"): ["bn1", "bn2"]},
     "s7_sorted": {("BN006", "warning"): ["bn1"]},
     "nan_inputs": {("BN007", "error"): ["bn1", "bn2"]},
@@ -190,6 +194,10 @@ EXPECTED = {
     # fit overrides training=False: the unfrozen base trains, from the pretrained statistics.
     "s9_fine_tune": {("BN011", "warning"): ["conv0_bn", "conv1_bn"], ("BN010", "warning"): ["conv0_bn", "conv1_bn"]},
     "s10_training_false": {("BN011", "warning"): ["bn2"]},
+    # No per-layer rule fires (gaps <= 0.19 std), yet on the first 256 training samples inference mode is ~16
+    # points below training mode, and dense_bn's output differs by 65% between the modes: recalibrating
+    # raises inference-mode accuracy on all digits from 75% to 89%.
+    "s11_lagging_averages": {("BN012", "warning"): ["dense_bn"]},
 }
 
 
@@ -223,7 +231,11 @@ def run_scenario(name, logdir, callbacks=None, verbose=0):
         x = x.reshape(-1, 8, 8)
         x[:, 5:, :] = 0.0  # masked timesteps
     elif name.startswith("healthy_conv"):
-        model = conv_model(seed=int(name[-1]))
+        model = conv_model(seed=int(name[-1]), lr=1e-3)
+        x = x.reshape(-1, 8, 8, 1)
+        fit.update(epochs=12)
+    elif name == "s11_lagging_averages":
+        model = conv_model(seed=0)
         x = x.reshape(-1, 8, 8, 1)
     elif name == "s1_momentum_0.99":
         model = dense_model(momentum=0.99)

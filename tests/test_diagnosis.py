@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 
@@ -129,3 +130,31 @@ def test_cli_in_process(suite, capsys):
     produced = {(d["run"], d["code"]) for d in json.loads(capsys.readouterr().out)}
     expected = {(run, code) for run, codes in scenarios.EXPECTED.items() for code, _ in codes}
     assert produced == expected
+
+
+class NegatedAtInference(keras.layers.Layer):
+    """A layer that behaves differently in the two modes for no BN reason."""
+
+    def call(self, x, training=None):
+        return x if training else -x
+
+
+def test_a_gap_without_a_bn_cause_says_so_and_where_else_to_look(tmp_path):
+    """BN012 about the run, no layer: the probe's two modes differ in
+    accuracy while every BN layer's output is the same in both (a non-BN
+    layer after them flips its sign at inference)."""
+    x, y = scenarios.digits(n=512)
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((64,))
+    h = keras.layers.ReLU()(keras.layers.BatchNormalization(momentum=0.9, name="bn")(keras.layers.Dense(32)(inp)))
+    model = keras.Model(inp, keras.layers.Dense(10)(NegatedAtInference()(h)))
+    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    model.fit(x, y, batch_size=32, epochs=6, verbose=0,
+              callbacks=[tb_bnstats.BNStatsCallback(str(tmp_path / "flip"), verbose=0)])
+    [finding] = tb_bnstats.diagnose(str(tmp_path))
+    assert (finding.code, finding.severity, finding.layers) == ("BN012", "warning", [])
+    ev = finding.evidence["run"]
+    assert ev["accuracy_training_mode"] - ev["accuracy_inference_mode"] > 0.5
+    assert "comes from other layers" in finding.message and "Dropout" in finding.message
+    assert "probe_data=" in finding.message

@@ -77,7 +77,7 @@ def test_training_is_bit_identical_with_the_probe(tmp_path):
             def on_train_batch_end(self, batch, logs=None):
                 seen.append(float(logs["loss"]))
 
-        kwargs = dict(probe_data=(xv, yv), probe_every_n_steps=2) if with_probe else {}
+        kwargs = dict(probe_data=(xv, yv), probe_every_n_steps=2) if with_probe else dict(probe_data=False)
         cb = BNStatsCallback(tmp_path / f"run_{with_probe}", verbose=0, **kwargs)
         keras.utils.set_random_seed(7)
         model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[cb, Losses()])
@@ -90,6 +90,100 @@ def test_training_is_bit_identical_with_the_probe(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     steps = tb_bnstats.load(tmp_path)["run_True"].metrics["probe_train/loss"][0]
     assert list(steps) == [1] + list(range(2, 33, 2))  # the first step, then every 2 (epoch ends: 16, 32)
+
+
+def _random_states():
+    """Every random-number state outside the model: NumPy's, Python's, and
+    Keras' global seed generator (the model's own are among its variables)."""
+    import random
+
+    from keras.src.random.seed_generator import global_seed_generator
+
+    return np.random.get_state()[1].copy(), random.getstate(), np.array(global_seed_generator().state.numpy())
+
+
+def test_the_default_probe_changes_nothing_and_costs_two_passes_per_epoch(tmp_path):
+    """Without probe_data the callback probes the first 256 training samples:
+    losses step by step, every variable (the dropout seed generator's state
+    included) and the random-number states outside the model are exactly
+    those of a run without any probe; the probe runs once per epoch end, one
+    compiled graph of two forward passes (training and inference mode)."""
+    (x, y), _ = _digits_split()
+    epochs = 3
+
+    def run(probe_data):
+        deterministic()
+        model = scenarios.dense_model(dropout_before="bn2", seed=5)
+        seen, counted = [], {"executions": 0, "forward_passes": 0}
+
+        class Count(keras.callbacks.Callback):  # after the BN callback: its probe exists at train begin
+            def on_train_batch_end(self, batch, logs=None):
+                seen.append(float(logs["loss"]))
+
+            def on_train_begin(self, logs=None):
+                probe = cb._probe
+                if probe is None:
+                    return
+                fn, call = probe._fn, model.stateless_call
+
+                def executed(*args):
+                    counted["executions"] += 1
+                    counted["inside"] = True
+                    try:
+                        return fn(*args)
+                    finally:
+                        counted["inside"] = False
+
+                def forward(*args, **kwargs):  # a forward pass of the probe (not the live checks at the end)
+                    counted["forward_passes"] += counted.get("inside", False)
+                    return call(*args, **kwargs)
+
+                probe._fn, model.stateless_call = executed, forward
+
+        cb = BNStatsCallback(tmp_path / f"run_{probe_data is None}", verbose=0, probe_data=probe_data)
+        keras.utils.set_random_seed(7)
+        model.fit(x, y, batch_size=32, epochs=epochs, verbose=0, callbacks=[cb, Count()])
+        return seen, model, _random_states(), counted, cb
+
+    without, plain, rng_plain, _, _ = run(False)
+    with_probe, probed, rng_probed, counted, cb = run(None)
+    assert with_probe == without
+    assert len(probed.variables) == len(plain.variables)
+    for a, b in zip(probed.variables, plain.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    np.testing.assert_array_equal(rng_probed[0], rng_plain[0])
+    assert rng_probed[1] == rng_plain[1]
+    np.testing.assert_array_equal(rng_probed[2], rng_plain[2])
+    assert counted["executions"] == epochs
+    # Traced backends count the passes once per trace, torch once per execution: at most 2 per execution.
+    assert 2 <= counted["forward_passes"] <= 2 * counted["executions"]
+    run_data = tb_bnstats.load(tmp_path)["run_True"]
+    assert list(run_data.metrics["probe_train/accuracy"][0]) == [16, 32, 48]
+    assert run_data.train_begins[-1]["probe"] == "first_training_batch"
+    assert "probe" not in str(tb_bnstats.load(tmp_path)["run_False"].metrics)
+
+
+def test_the_default_probe_batch_is_the_first_training_samples_and_its_accuracies_match_numpy(tmp_path):
+    """The kept batch: 256 distinct rows of the training data with their own
+    labels, in the shuffled order the first 8 steps ran on; the accuracies
+    and losses logged at the last probe equal a numpy forward pass of it in
+    both modes."""
+    (x, y), _ = _digits_split()
+    model = scenarios.dense_model()
+    cb = BNStatsCallback(tmp_path / "quick_start", verbose=0)
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[cb])
+    kept_x, kept_y = cb._recorder.capture.first_batch()
+    assert kept_x.shape == (256, x.shape[1]) and kept_y.shape == (256,)
+    rows = {row.tobytes(): label for row, label in zip(x, y)}
+    assert all(rows[row.tobytes()] == label for row, label in zip(kept_x, kept_y))  # training rows, own labels
+    assert len({row.tobytes() for row in kept_x}) == 256
+    assert not np.array_equal(kept_x, x[:256])  # fit shuffled: the rows the steps ran on, not the first of x
+    run = tb_bnstats.load(tmp_path)["quick_start"]
+    ref = _numpy_forward(model, kept_x)
+    for split, logits in (("probe_train", ref["logits"][0]), ("probe_inference", ref["logits"][1])):
+        loss, acc = _ce_and_accuracy(logits, kept_y)
+        assert run.metrics[f"{split}/loss"][1][-1] == pytest.approx(loss, rel=1e-4)
+        assert run.metrics[f"{split}/accuracy"][1][-1] == pytest.approx(acc, abs=1e-6)
 
 
 def _numpy_forward(model, x):
@@ -202,7 +296,8 @@ def test_a_dataset_gives_one_capped_batch():
     (dict(probe_data=(np.zeros((4, 2)), np.zeros(4)), probe_every_n_steps=-1), "probe_every_n_steps"),
     (dict(probe_data=(np.zeros((4, 2)), np.zeros(4)), probe_every_n_steps=1.5), "probe_every_n_steps"),
     (dict(probe_data=(np.zeros((4, 2)), np.zeros(4)), probe_every_n_steps=True), "probe_every_n_steps"),
-    (dict(probe_every_n_steps=5), "needs probe_data"),
+    (dict(probe_data=False, probe_every_n_steps=5), "needs a probe"),
+    (dict(probe_data=True), "got True"),
 ])
 def test_bad_probe_arguments_fail_at_construction(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -47,15 +47,18 @@ def group(run_name, hits) -> List[Finding]:
 
     Args:
         run_name: the run the findings are about.
-        hits: ``[(layer, code, severity, evidence, message)]``.
+        hits: ``[(layer, code, severity, evidence, message)]``; layer None:
+            a finding about the run as a whole (evidence under "run").
     """
     grouped = {}
     for name, code, severity, evidence, message in hits:
         ev = {k: (_num(v) if isinstance(v, float) else v) for k, v in evidence.items()}
         grouped.setdefault((code, severity), []).append((name, ev, message))
     findings = [Finding(code=code, severity=severity, scenario=CODES[code].scenario, run=run_name,
-                        layers=[name for name, _, _ in items], evidence={name: ev for name, ev, _ in items},
-                        message=_message(items), messages={name: message for name, _, message in items})
+                        layers=[name for name, _, _ in items if name is not None],
+                        evidence={(name if name is not None else "run"): ev for name, ev, _ in items},
+                        message=_message(items),
+                        messages={name: message for name, _, message in items if name is not None})
                 for (code, severity), items in grouped.items()]
     return sorted(findings, key=merging.sort_key)
 
@@ -75,12 +78,13 @@ def diagnose_run(run_name, run_data) -> List[Finding]:
     recalibration = rules.frozen_recalibration_of(run_data)
     in_blocks = rules.median([rules.block_score(layer) for layer in run_data.layers.values()]) >= \
         THRESHOLDS["block_autocorrelation"]
+    training_probe = rules.probe_is_training_data(run_data.train_begins)
     hits = []
     for name, layer in sorted(run_data.layers.items(), key=lambda kv: (kv[1].info.depth, kv[0])):
         for hit in (rules.layer_findings(name, layer, lost.get(name), in_blocks, pretrained.get(name), recalibration)
-                    + rules.probe_shift(name, layer)):
+                    + rules.probe_shift(name, layer, training_probe)):
             hits.append((name, *hit))
-    return group(run_name, hits)
+    return group(run_name, hits + rules.unexplained_gap(run_data))
 
 
 def findings_of(run_name, run_data, computed=None):

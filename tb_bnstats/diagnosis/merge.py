@@ -21,6 +21,7 @@ from tb_bnstats.diagnosis.codes import CODES, SEVERITIES
 from tb_bnstats.diagnosis.finding import Finding
 
 STORED, COMPUTED = "stored", "computed"
+UNEXPLAINED_GAP = "BN012"
 
 
 def parse_stored(records) -> Optional[List[Finding]]:
@@ -62,8 +63,12 @@ def sort_key(finding: Finding):
 def merge(first: Optional[List[Finding]], then: Optional[List[Finding]]) -> List[Tuple[Finding, bool]]:
     """``[(finding, from_first)]``: every finding of ``first``, then those of
     ``then`` whose ``(code, severity)`` none of ``first`` has; errors first.
-    None counts as no findings."""
+    None counts as no findings. A train/inference gap "no BN statistic
+    explains" (BN012) is left out when another warning or error of either
+    set explains it (the live model's BN004, say)."""
     out = [(f, True) for f in first or []]
     have = {(f.code, f.severity) for f, _ in out}
     out += [(f, False) for f in then or [] if (f.code, f.severity) not in have]
+    if any(f.code != UNEXPLAINED_GAP and f.severity != "info" for f, _ in out):
+        out = [(f, stored) for f, stored in out if f.code != UNEXPLAINED_GAP]  # the gap is explained
     return sorted(out, key=lambda pair: sort_key(pair[0]))

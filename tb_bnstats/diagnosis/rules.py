@@ -46,7 +46,8 @@ BN005  S6        warning   converged, not BN006, and either median
                            ``abs_log_var_ratio/p50`` > 0.35 that is not one
                            systematic shift (``|median log_var_ratio/mean|`` <
                            0.8 of it)
-BN009  S8        warning   with a probe batch (``BNStatsCallback(probe_data=)``):
+BN009  S8        warning   with a probe batch of held-out data (``probe_data=``,
+                           not the default probe's training samples):
                            converged, the training gaps small (not "far"), and
                            the probe batch's moments far from the moving ones
                            (median ``probe_mean_gap/p50`` > 0.3 or median
@@ -55,6 +56,12 @@ BN011  S10       warning   besides the above: the model's graph calls the layer
                            (or a model around it) with ``training=False``
                            (``info.graph_training_false``), yet it updated
                            (``updates`` > 0): ``fit`` overrode the ``False``
+BN012  --        warning   per run, when no other warning or error: at the last
+                           probe, training-mode accuracy >= 3 points above
+                           inference-mode accuracy on the same batch; named
+                           are the BN layers whose output differs by >= 25%
+                           between the modes (``probe_output_drift``), none
+                           when the gap comes from other layers
 =====  ========  ========  ====================================================
 
 S3 (BN008) needs the callback's record of each fit's start
@@ -403,11 +410,12 @@ def noisy_batches(view, conv, **_):
              f"channel). Fix: {_fix('BN005', view)}.")]
 
 
-def probe_shift(name, layer):
+def probe_shift(name, layer, probe_is_training_data=False):
     """BN009 (S8) from the probe series: the probe batch's moments far from
-    converged moving statistics that fit the training batches."""
+    converged moving statistics that fit the training batches; never when
+    the probe batch is training data (:func:`probe_is_training_data`)."""
     s = layer.series
-    if "probe_mean_gap/p50" not in s or "convergence" not in s or len(layer.steps) == 0:
+    if probe_is_training_data or "probe_mean_gap/p50" not in s or "convergence" not in s or len(layer.steps) == 0:
         return []
     converged = s["convergence"] >= THRESHOLDS["converged"]
     probed = converged & np.isfinite(s["probe_mean_gap/p50"])
@@ -461,7 +469,63 @@ def lost_on_restore(run_data):
 
 
 # The run metrics (``RunData.metrics`` keys) the rules read.
-METRICS_READ = ("probe_inference/accuracy", "probe_recalibrated/accuracy")
+METRICS_READ = ("probe_train/accuracy", "probe_inference/accuracy", "probe_recalibrated/accuracy")
+
+
+def probe_is_training_data(train_begins):
+    """Whether the last fit's probe batch was the first training batch (the
+    callback's default, ``run/train_begin`` "probe"), not held-out data:
+    then the probe says nothing about eval data (no BN009)."""
+    records = train_begins or []
+    return bool(records) and records[-1].get("probe") == "first_training_batch"
+
+
+def unexplained_gap(run_data):
+    """BN012: at the last probe, training-mode accuracy at least
+    ``unexplained_accuracy_gap`` above inference-mode accuracy on the same
+    batch. Raised from the logs alone;
+    :func:`tb_bnstats.diagnosis.merge.merge` drops it when another warning
+    or error explains the gap.
+
+    Returns:
+        ``[(layer, code, severity, evidence, message)]`` for each BN layer
+        whose output differs between the modes by ``mode_drift`` or more at
+        that probe (``probe_output_drift``: those layers make the gap, their
+        moving statistics do not fit); one hit with layer None (about the
+        run) when no layer does: the gap comes from elsewhere. ``[]``: no gap.
+    """
+    metrics = getattr(run_data, "metrics", None) or {}
+    train, inference = metrics.get("probe_train/accuracy"), metrics.get("probe_inference/accuracy")
+    if train is None or inference is None or not len(inference[0]):
+        return []
+    step = int(inference[0][-1])
+    at = np.flatnonzero(np.asarray(train[0]) == step)
+    if not at.size:
+        return []
+    acc_train, acc_inference = float(train[1][at[-1]]), float(inference[1][-1])
+    if not acc_train - acc_inference >= THRESHOLDS["unexplained_accuracy_gap"]:
+        return []
+    source = "the first training samples" if probe_is_training_data(run_data.train_begins) else "the probe batch"
+    gap = (f"on {source}, inference-mode accuracy is {acc_inference:.1%} against {acc_train:.1%} in training "
+           f"mode at step {step} ({100 * (acc_train - acc_inference):.1f} points)")
+    ev = {"step": step, "accuracy_training_mode": acc_train, "accuracy_inference_mode": acc_inference}
+    hits = []
+    for name, layer in sorted(run_data.layers.items(), key=lambda kv: (kv[1].info.depth, kv[0])):
+        series = layer.series.get("probe_output_drift")
+        hit = np.flatnonzero(np.asarray(layer.steps) == step) if series is not None else []
+        if len(hit) and series[hit[-1]] >= THRESHOLDS["mode_drift"]:
+            drift = float(series[hit[-1]])
+            hits.append((name, "BN012", "warning", {**ev, "output_drift": drift},
+                         f"{name}: {gap}; this layer's output differs by {drift:.0%} between the modes: its moving "
+                         f"statistics do not fit the batch, although each gap is below the other findings' "
+                         f"thresholds. Fix: {words.fix('BN012', layer.info.framework)}."))
+    if hits:
+        return hits
+    return [(None, "BN012", "warning", ev,
+             f"{gap}, and no BN layer's output differs by {THRESHOLDS['mode_drift']:.0%} between the modes: the "
+             f"gap comes from other layers. Look at what else behaves differently in training and inference "
+             f"(Dropout, GaussianNoise, custom layers with a training argument, BN layers left out by layers=); "
+             f"pass held-out data as probe_data= to compare with eval data.")]
 
 
 def frozen_recalibration_of(run_data):

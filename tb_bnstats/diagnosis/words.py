@@ -29,6 +29,8 @@ PYTORCH_FIXES = {
     "BN010": "recalibrate the running statistics on the new data -- tb_bnstats.recalibrate(model, loader, "
              "include_frozen=True) for frozen modules -- before training the new head or fine-tuning, then train "
              "on; or keep the BN modules in train() so that they follow the new data",
+    "BN012": "recalibrate after training: tb_bnstats.recalibrate(model, loader) (the running averages lag "
+             "weights that still change; a lower final learning rate helps too)",
     "BN008": "save and load the whole model.state_dict() (running_mean, running_var and num_batches_tracked are "
              "buffers in it; load_state_dict(strict=True) names any that are missing), or call "
              "tb_bnstats.recalibrate(model, loader) after restoring",

@@ -225,14 +225,37 @@ class GapProbe:
             (:func:`tb_bnstats.capture.keras.layers.find_batchnorm_layers`).
         x, y: an optional fixed batch for :meth:`run` without arguments
             (the callback's probe batch).
+        batch_source: instead of ``x, y``: a callable returning ``(x, y)``
+            once the batch exists, None before (the first training batch,
+            :meth:`tb_bnstats.capture.keras.hooks.KerasCapture.first_batch`);
+            asked until it answers.
     """
 
-    def __init__(self, model, x=None, y=None, named_layers=()):
+    def __init__(self, model, x=None, y=None, named_layers=(), batch_source=None):
         self.model = model
-        self.x = None if x is None else to_tensors(x)
-        self.y = None if y is None else to_tensors(y)
+        self._x = None if x is None else to_tensors(x)
+        self._y = None if y is None else to_tensors(y)
+        self._batch_source = batch_source if x is None else None
         self.tap = MomentTap(list(named_layers), force_training=False)
         self._fn = compile_pass(self._both_modes)
+
+    def _fixed_batch(self):
+        if self._x is None and self._batch_source is not None:
+            batch = self._batch_source()
+            if batch is not None:
+                self._x, self._y = to_tensors(batch[0]), (None if batch[1] is None else to_tensors(batch[1]))
+                self._batch_source = None
+        return self._x, self._y
+
+    @property
+    def x(self):
+        """The fixed batch's inputs (None while its source has none yet)."""
+        return self._fixed_batch()[0]
+
+    @property
+    def y(self):
+        """The fixed batch's labels, or None."""
+        return self._fixed_batch()[1]
 
     def _both_modes(self, x, y, trainable, non_trainable, metrics_variables):
         """Traced once per batch shape: both passes, loss and metrics,
@@ -289,10 +312,13 @@ class GapProbe:
         """Both modes on ``(x, y)``, or on the fixed batch given at construction.
 
         Returns:
-            :class:`ProbeResult`.
+            :class:`ProbeResult`, or None when the fixed batch's source has
+            none yet.
         """
         if x is None:
-            x, y = self.x, self.y
+            x, y = self._fixed_batch()
+            if x is None:
+                return None
         else:
             x, y = to_tensors(x), (None if y is None else to_tensors(y))
         model = self.model

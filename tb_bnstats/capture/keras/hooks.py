@@ -36,6 +36,16 @@ logger = logging.getLogger("tb_bnstats")
 
 _state = threading.local()
 
+# Training samples kept for the default probe batch: the first this many the train step runs on
+# (the probe uses at most as many; 3 points of accuracy are 8 samples).
+FIRST_BATCH_ROWS = 256
+
+
+def _rows(structure):
+    from keras import tree
+
+    return int(np.shape(tree.flatten(structure)[0])[0])
+
 
 
 def in_train_step():
@@ -204,6 +214,54 @@ class StepHook:
         self.rings = {}
         self.reads = 0  # of the rings, by the captures
         self._warned = set()
+        self._first_batch = None  # numpy copy of the first training samples (the default probe batch)
+        self._first_parts = []  # the batches' rows kept so far, until FIRST_BATCH_ROWS
+        self.first_batch_failed = False  # they could not be kept: no default probe
+
+    def wants_first_batch(self):
+        """Whether the step should still hand its batch to :meth:`keep_first_batch`."""
+        return self._first_batch is None and not self.first_batch_failed
+
+    def keep_first_batch(self, data):
+        """Copies rows of ``data`` (a batch as ``train_step`` gets it) to the
+        host until :data:`FIRST_BATCH_ROWS` are kept, once per model: the
+        default probe batch, the first training samples. A backend whose step
+        is traced (TensorFlow) keeps them on the device instead."""
+        from keras import ops, tree
+
+        kept = sum(_rows(part) for part in self._first_parts)
+        part = tree.map_structure(lambda t: np.array(ops.convert_to_numpy(t[:FIRST_BATCH_ROWS - kept])), data)
+        self._first_parts.append(part)
+        if kept + _rows(part) >= FIRST_BATCH_ROWS:
+            self._first_batch = self._joined()
+
+    def _joined(self):
+        from keras import tree
+
+        parts, self._first_parts = self._first_parts, []
+        return tree.map_structure(lambda *leaves: np.concatenate(leaves), *parts) if len(parts) > 1 else parts[0]
+
+    def guarded_keep_first_batch(self, data):
+        """:meth:`keep_first_batch`; a failure turns the default probe off
+        with one warning (training goes on)."""
+        try:
+            self.keep_first_batch(data)
+        except Exception as exc:  # noqa: BLE001 - never break the user's train step
+            self.first_batch_failed = True
+            self.warn_once("first_batch", f"cannot keep the first training batch for the default probe "
+                           f"(pass probe_data=): {type(exc).__name__}: {exc}")
+
+    def first_batch(self):
+        """``(x, y_or_None)`` of the kept first training batch (numpy, the
+        sample weights left out), or None before the first step."""
+        if self._first_batch is None and self._first_parts:  # the data had fewer rows, or training stopped
+            self._first_batch = self._joined()
+        if self._first_batch is None:
+            return None
+        from keras.utils import unpack_x_y_sample_weight
+
+        x, y, _ = unpack_x_y_sample_weight(self._first_batch)
+        return x, y
 
     def saw(self, layer):
         if not any(layer is seen for seen in self.execution_order):
@@ -226,10 +284,11 @@ class StepHook:
     def wrap_train_step(self, model, write_row, on_begin=None, outside=None):
         """Wraps ``model.train_step`` (a stateful one: TensorFlow, torch):
         marks "inside a training step", empties ``kept`` at the outermost
-        step (and calls ``on_begin()``), and after it calls
-        ``write_row(model, logs)``; a failure there is warned once and the
-        step's logs go back to Keras unchanged. ``outside``: a decorator for
-        that guarded write (torch: kept out of ``torch.compile``)."""
+        step (and calls ``on_begin()``), keeps the first batch
+        (:meth:`keep_first_batch`), and after the step calls
+        ``write_row(model, logs)``; a failure in either is warned once and
+        the step's logs go back to Keras unchanged. ``outside``: a decorator
+        for those guarded calls (torch: kept out of ``torch.compile``)."""
         original = model.train_step
         model_ref = weakref.ref(model)
 
@@ -239,8 +298,11 @@ class StepHook:
             except Exception as exc:  # noqa: BLE001 - never break the user's train step
                 self.warn_once("row", f"cannot keep BN statistics from this train step: {exc}")
 
+        def keep(data):
+            self.guarded_keep_first_batch(data)
+
         if outside is not None:
-            write = outside(write)
+            write, keep = outside(write), outside(keep)
 
         @functools.wraps(original)
         def train_step(*args, **kwargs):
@@ -249,6 +311,8 @@ class StepHook:
                     self.kept = {}
                     if on_begin is not None:
                         on_begin()
+                    if args and self.wants_first_batch():
+                        keep(args[0])
                 logs = original(*args, **kwargs)
             if scope.outermost:
                 write(logs)
@@ -328,6 +392,12 @@ class KerasCapture:
         """Names of BN layers found in the model that the train step never ran."""
         ran = {name for name, _ in self._ran()}
         return [name for name, _ in self._named if name not in ran]
+
+    def first_batch(self):
+        """``(x, y_or_None)``: the first :data:`FIRST_BATCH_ROWS` training
+        samples the train step ran on (numpy copies; fewer when training had
+        fewer), or None before it ran: the default probe batch."""
+        return self._hook.first_batch()
 
     @property
     def drain_every(self):

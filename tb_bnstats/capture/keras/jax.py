@@ -252,9 +252,13 @@ class _TrainStepHook(StepHook):
                 self.warn_once("unsupported", f"{unsupported}: no BN statistics are logged (training runs as is)")
                 return fn(state, iterator)
             trainable, non_trainable, optimizer, metrics = state
-            if self._needs_ring(model):
+            needs_ring = self._needs_ring(model)
+            if needs_ring or self.wants_first_batch():
                 first = next(iterator)  # StopIteration: the data ended, as Keras expects
                 iterator = itertools.chain([first], iterator)
+                if self.wants_first_batch():
+                    self.guarded_keep_first_batch(first)
+            if needs_ring:
                 try:
                     self._new_ring(train_step, state, first, model)
                 except Exception as exc:  # noqa: BLE001 - never break the user's training

@@ -25,7 +25,7 @@ import weakref
 import numpy as np
 
 from tb_bnstats.capture.keras import hooks
-from tb_bnstats.capture.keras.hooks import KerasCapture, LayerSlot, StepHook
+from tb_bnstats.capture.keras.hooks import FIRST_BATCH_ROWS, KerasCapture, LayerSlot, StepHook
 from tb_bnstats.capture.keras.layers import mean_metrics, steps_per_execution
 from tb_bnstats.capture.rows import Layout, Rows, ring_steps
 
@@ -119,10 +119,59 @@ class _Ring:
                     values=rows[:, 2 + layers:self.head], moments=moments)
 
 
+class _FirstBatch:
+    """The first training samples on the device, until
+    ``FIRST_BATCH_ROWS``: one untracked variable per tensor of the batch,
+    ``[FIRST_BATCH_ROWS + 1, ...]`` (a fixed shape, as XLA needs; rows past
+    the end are written to the extra last row and dropped), and the rows
+    kept. Each step copies its rows in while fewer are kept (``tf.cond``), so
+    every later step pays one scalar read."""
+
+    def __init__(self, data):
+        import tensorflow as tf
+
+        self.structure = data
+        leaves = tf.nest.flatten(data)
+        if not all(tf.is_tensor(t) and t.shape.rank and t.shape[1:].is_fully_defined() for t in leaves):
+            raise ValueError("the training batches' shapes are not fixed beyond the batch axis")
+        with tf.init_scope():
+            self.rows = tf.Variable(0, dtype=tf.int32, trainable=False, name="tb_bnstats_first_rows")
+            self.values = [tf.Variable(tf.zeros([FIRST_BATCH_ROWS + 1] + t.shape[1:].as_list(), t.dtype),
+                                       trainable=False, name="tb_bnstats_first_batch") for t in leaves]
+
+    def copy_in(self, data):
+        """The ops that copy ``data``'s rows in while fewer than
+        ``FIRST_BATCH_ROWS`` are kept (traced into the step)."""
+        import tensorflow as tf
+
+        tf.nest.assert_same_structure(self.structure, data)
+        leaves = tf.nest.flatten(data)
+
+        def copy():
+            batch = tf.shape(leaves[0])[0]
+            at = tf.minimum(self.rows + tf.range(batch), FIRST_BATCH_ROWS)[:, None]
+            assigns = [variable.scatter_nd_update(at, t) for variable, t in zip(self.values, leaves)]
+            with tf.control_dependencies(assigns):
+                return self.rows.assign(tf.minimum(self.rows + batch, FIRST_BATCH_ROWS))
+
+        tf.cond(self.rows < FIRST_BATCH_ROWS, copy, lambda: tf.identity(self.rows))
+
+    def read(self):
+        """The rows kept so far as numpy (a structure like the step's data),
+        or None before the first step."""
+        import tensorflow as tf
+
+        rows = int(self.rows.numpy())
+        if rows == 0:
+            return None
+        return tf.nest.pack_sequence_as(self.structure, [v.numpy()[:rows].copy() for v in self.values])
+
+
 class _TrainStepHook(StepHook):
     """Wraps ``model.train_step`` (:meth:`StepHook.wrap_train_step`), and at
     the end of each step writes one row of the ring of the layers that ran
-    (one :class:`_Ring` per layout and ``steps_per_execution``)."""
+    (one :class:`_Ring` per layout and ``steps_per_execution``); the first
+    batch is kept on the device (:class:`_FirstBatch`)."""
 
     def __init__(self, model):
         import tensorflow as tf
@@ -134,7 +183,18 @@ class _TrainStepHook(StepHook):
         def remember_graph():
             hooks._state.graph = tf.compat.v1.get_default_graph()
 
+        self._device_batch = None
         self.wrap_train_step(model, self._write_row, on_begin=remember_graph)
+
+    def keep_first_batch(self, data):
+        if self._device_batch is None:
+            self._device_batch = _FirstBatch(data)
+        self._device_batch.copy_in(data)
+
+    def first_batch(self):
+        if self._first_batch is None and self._device_batch is not None:
+            self._first_batch = self._device_batch.read()
+        return super().first_batch()
 
     def written(self):
         return int(self.seq.numpy())
