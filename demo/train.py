@@ -92,7 +92,9 @@ RUNS = {
 
 # name -> the finding codes the tab must show for it (tests/test_demo.py checks this in a browser).
 EXPECTED = {
-    "healthy_m0.9": set(),
+    # Every statistic converged and close, yet inference mode is a few points lower: dense_bn's averages lag
+    # the weights (BN012); tb_bnstats.recalibrate closes it.
+    "healthy_m0.9": {"BN012"},
     "momentum_0.99": {"BN001"},
     "inference_mode_bn": {"BN002"},
     "dropout_before_bn": {"BN004"},

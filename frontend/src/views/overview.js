@@ -1,6 +1,7 @@
-// Overview: layers in depth order with their current gap, convergence,
-// a sparkline and warning badges; the layers x steps heat map of a gap measure
-// with the loss on the same step axis under it.
+// Overview, the symptom first: the run's verdict (findings), the train/inference
+// gap on the probe batch, then the layers in depth order with their current gap,
+// convergence, a sparkline and badges, then the layers x steps heat map of a gap
+// measure with the loss on the same step axis under it.
 import { h, card, downloads } from "../ui/dom.js";
 import { SyncGroup, Y_AXIS_SIZE } from "../charts/uplot.js";
 import { lineChart } from "../charts/line.js";
@@ -35,6 +36,9 @@ export async function renderOverview(root, app, token) {
   // -- findings (banner + list, above the layers table) ------------------------
   const findEl = h("div", { class: "bn-findings-wrap" }, h("div", { class: "bn-note" }, "diagnosing…"));
   root.append(findEl);
+  // The symptom next: the train/inference gap (filled in when the loss route answers), then the layers.
+  const probeEl = h("div", { dataset: { role: "probe-gap" } });
+  root.append(probeEl);
   const findDone = pFind.then((body) => {
     app.noteSeverity(run, body.severity);
     if (app.alive(token)) findEl.replaceChildren(findingsCard(body, app));
@@ -103,8 +107,6 @@ export async function renderOverview(root, app, token) {
     hmEl,
     h("h3", null, "Loss on the same step axis", downloads(app.routeUrl, "loss", { run, points: 1500 })),
     lossNote, lossEl));
-  const probeEl = h("div", { dataset: { role: "probe-gap" } });
-  root.append(probeEl);
 
   let hm = null;
   let hmChart = null;
@@ -183,8 +185,8 @@ export async function renderOverview(root, app, token) {
     });
     probeEl.replaceChildren(card("Train/inference gap on the probe batch",
       ov.layers.some((l) => l.framework === "pytorch")
-        ? "the same fixed batch through the model in train() (batch statistics) and eval() (running statistics); nothing is updated"
-        : "the same fixed batch through the model with training=True (batch statistics) and training=False (moving statistics); nothing is updated",
+        ? "the same fixed batch (probe_data) through the model in train() (batch statistics) and eval() (running statistics); nothing is updated"
+        : "the same fixed batch (probe_data, by default the first 256 training samples) through the model with training=True (batch statistics) and training=False (moving statistics); nothing is updated",
       null, ...cards.map((c) => c.body)));
     for (const c of cards) c.draw();
     group.reset();
