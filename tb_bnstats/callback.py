@@ -47,11 +47,11 @@ class BNStatsCallback(keras.callbacks.Callback):
             this, plus its reload interval.
         verbose: 1 prints what was found and which layers are frozen; 0 is quiet.
         probe_data: the batch of the train/inference gap probe
-            (:mod:`tb_bnstats.measure.gap`). None (default): the first
-            batch the train step runs on (its first 256 rows, copied inside
-            the step: the data pipeline is not touched), kept for the whole
-            run -- the gap on training data, the "99% in training mode, 20%
-            in inference mode" symptom. Better, held-out (validation) data:
+            (:mod:`tb_bnstats.measure.gap`). None (default): the first 256
+            training samples the train step runs on (copied inside the step,
+            over its first batches: the data pipeline is not touched), kept
+            for the whole run -- the gap on training data, the "99% in
+            training mode, 20% in inference mode" symptom. Better, held-out (validation) data:
             arrays ``(x, y)`` (or ``x``) of which the first 256 rows are
             used, or a ``tf.data.Dataset`` / ``PyDataset`` / iterable of
             batches of which the first batch (cut to 256 rows) is taken once

@@ -130,7 +130,7 @@ class _FirstBatch:
     def __init__(self, data):
         import tensorflow as tf
 
-        self.structure = data
+        self.structure = tf.nest.map_structure(lambda _: 0, data)  # the nesting only, no graph tensor kept
         leaves = tf.nest.flatten(data)
         if not all(tf.is_tensor(t) and t.shape.rank and t.shape[1:].is_fully_defined() for t in leaves):
             raise ValueError("the training batches' shapes are not fixed beyond the batch axis")
