@@ -125,7 +125,8 @@ class Schedule:
         self.probe_every_n_steps = (0 if probe_every_n_steps is None else
                                     positive_int("probe_every_n_steps", probe_every_n_steps, allow_zero=True))
         if self.probe_every_n_steps and self.probe_source == PROBE_OFF:
-            raise ValueError("probe_every_n_steps needs a probe (probe_data is False)")
+            raise ValueError("probe_every_n_steps needs probe_data (the batch to probe)"
+                             + (", and probe_data=False turns the probe off" if probe_data is False else ""))
         if population_data is not None:
             batches.validate_data(population_data, "population_data")
         self.population_data = population_data

@@ -296,7 +296,7 @@ def test_a_dataset_gives_one_capped_batch():
     (dict(probe_data=(np.zeros((4, 2)), np.zeros(4)), probe_every_n_steps=-1), "probe_every_n_steps"),
     (dict(probe_data=(np.zeros((4, 2)), np.zeros(4)), probe_every_n_steps=1.5), "probe_every_n_steps"),
     (dict(probe_data=(np.zeros((4, 2)), np.zeros(4)), probe_every_n_steps=True), "probe_every_n_steps"),
-    (dict(probe_data=False, probe_every_n_steps=5), "needs a probe"),
+    (dict(probe_data=False, probe_every_n_steps=5), "needs probe_data"),
     (dict(probe_data=True), "got True"),
 ])
 def test_bad_probe_arguments_fail_at_construction(tmp_path, kwargs, match):
