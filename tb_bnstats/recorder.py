@@ -26,6 +26,7 @@ import numpy as np
 
 from tb_bnstats import quantities
 from tb_bnstats.diagnosis import words
+from tb_bnstats.format import metadata
 from tb_bnstats.measure import data as batches
 from tb_bnstats.write import background, summary
 
@@ -35,9 +36,8 @@ _OPEN_RECORDERS = weakref.WeakSet()
 # 14 MB for 20 layers, 140 MB for 200; measured by bench/scale.py).
 DIAGNOSIS_HISTORY = 2000
 
-# Where the probe batch comes from (``Schedule.probe_source``, logged in ``run/train_begin`` as "probe").
-PROBE_GIVEN = "probe_data"  # the user's data: held-out data, so S8 (BN009) can be told
-PROBE_FIRST_TRAINING_BATCH = "first_training_batch"  # the default: the gap on training data
+# ``Schedule.probe_source`` without a probe (else metadata.PROBE_GIVEN / PROBE_FIRST_TRAINING_BATCH, logged
+# in ``run/train_begin`` as "probe").
 PROBE_OFF = None
 
 
@@ -120,8 +120,9 @@ class Schedule:
         # The probe's batch: probe_data, or (None, with a default probe) the first training batch the step ran
         # on, or none (False).
         self.probe_data = None if probe_data is False else probe_data
-        self.probe_source = (PROBE_GIVEN if self.probe_data is not None else
-                             PROBE_FIRST_TRAINING_BATCH if probe_data is None and default_probe else PROBE_OFF)
+        self.probe_source = (metadata.PROBE_GIVEN if self.probe_data is not None else
+                             metadata.PROBE_FIRST_TRAINING_BATCH if probe_data is None and default_probe else
+                             PROBE_OFF)
         self.probe_every_n_steps = (0 if probe_every_n_steps is None else
                                     positive_int("probe_every_n_steps", probe_every_n_steps, allow_zero=True))
         if self.probe_every_n_steps and self.probe_source == PROBE_OFF:

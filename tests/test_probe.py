@@ -12,6 +12,7 @@ import tb_bnstats
 from tb_bnstats import quantities
 from tb_bnstats.format import metadata
 from tb_bnstats.write import summary
+from tb_bnstats.capture.keras import hooks
 from tb_bnstats.capture.keras.layers import find_batchnorm_layers
 from tb_bnstats.measure import gap as probe
 from tb_bnstats.measure import keras_passes
@@ -173,6 +174,7 @@ def test_the_default_probe_batch_is_the_first_training_samples_and_its_accuracie
     cb = BNStatsCallback(tmp_path / "quick_start", verbose=0)
     model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[cb])
     kept_x, kept_y = cb._recorder.capture.first_batch()
+    assert hooks.FIRST_BATCH_ROWS == probe.MAX_PROBE_SAMPLES == 256  # as many as a probe uses
     assert kept_x.shape == (256, x.shape[1]) and kept_y.shape == (256,)
     rows = {row.tobytes(): label for row, label in zip(x, y)}
     assert all(rows[row.tobytes()] == label for row, label in zip(kept_x, kept_y))  # training rows, own labels

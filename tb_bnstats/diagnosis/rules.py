@@ -86,6 +86,7 @@ import numpy as np
 from tb_bnstats import quantities
 from tb_bnstats.diagnosis import words
 from tb_bnstats.diagnosis.codes import THRESHOLDS
+from tb_bnstats.format.metadata import PROBE_FIRST_TRAINING_BATCH
 
 
 def median(values):
@@ -472,12 +473,19 @@ def lost_on_restore(run_data):
 METRICS_READ = ("probe_train/accuracy", "probe_inference/accuracy", "probe_recalibrated/accuracy")
 
 
+def _at_step(steps, values, step):
+    """The last value of ``values`` logged at ``step`` (``steps`` aligned
+    with it), or None when none was."""
+    at = np.flatnonzero(np.asarray(steps) == step)
+    return float(values[at[-1]]) if at.size else None
+
+
 def probe_is_training_data(train_begins):
     """Whether the last fit's probe batch was the first training batch (the
     callback's default, ``run/train_begin`` "probe"), not held-out data:
     then the probe says nothing about eval data (no BN009)."""
     records = train_begins or []
-    return bool(records) and records[-1].get("probe") == "first_training_batch"
+    return bool(records) and records[-1].get("probe") == PROBE_FIRST_TRAINING_BATCH
 
 
 def unexplained_gap(run_data):
@@ -499,11 +507,8 @@ def unexplained_gap(run_data):
     if train is None or inference is None or not len(inference[0]):
         return []
     step = int(inference[0][-1])
-    at = np.flatnonzero(np.asarray(train[0]) == step)
-    if not at.size:
-        return []
-    acc_train, acc_inference = float(train[1][at[-1]]), float(inference[1][-1])
-    if not acc_train - acc_inference >= THRESHOLDS["unexplained_accuracy_gap"]:
+    acc_train, acc_inference = _at_step(*train, step), float(inference[1][-1])
+    if acc_train is None or not acc_train - acc_inference >= THRESHOLDS["unexplained_accuracy_gap"]:
         return []
     source = "the first training samples" if probe_is_training_data(run_data.train_begins) else "the probe batch"
     gap = (f"on {source}, inference-mode accuracy is {acc_inference:.1%} against {acc_train:.1%} in training "
@@ -512,9 +517,8 @@ def unexplained_gap(run_data):
     hits = []
     for name, layer in sorted(run_data.layers.items(), key=lambda kv: (kv[1].info.depth, kv[0])):
         series = layer.series.get("probe_output_drift")
-        hit = np.flatnonzero(np.asarray(layer.steps) == step) if series is not None else []
-        if len(hit) and series[hit[-1]] >= THRESHOLDS["mode_drift"]:
-            drift = float(series[hit[-1]])
+        drift = _at_step(layer.steps, series, step) if series is not None else None
+        if drift is not None and drift >= THRESHOLDS["mode_drift"]:
             hits.append((name, "BN012", "warning", {**ev, "output_drift": drift},
                          f"{name}: {gap}; this layer's output differs by {drift:.0%} between the modes: its moving "
                          f"statistics do not fit the batch, although each gap is below the other findings' "
@@ -538,10 +542,10 @@ def frozen_recalibration_of(run_data):
     if recalibrated is None or as_is is None or not len(recalibrated[0]):
         return None
     step = recalibrated[0][-1]
-    at = np.flatnonzero(np.asarray(as_is[0]) == step)
-    if not at.size:
+    accuracy_inference_mode = _at_step(*as_is, step)
+    if accuracy_inference_mode is None:
         return None
-    return {"step": int(step), "accuracy_inference_mode": float(as_is[1][at[-1]]),
+    return {"step": int(step), "accuracy_inference_mode": accuracy_inference_mode,
             "accuracy_recalibrated": float(recalibrated[1][-1])}
 
 

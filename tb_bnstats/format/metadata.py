@@ -30,13 +30,16 @@ Tags (one TensorBoard time series each, all under plugin name ``bn_stats``):
 * ``run/train_begin``        TENSOR data class, a scalar DT_STRING tensor
   holding a JSON object written by the callback at the start of each ``fit``,
   at the optimizer's step then: ``{"step": int, "resumed": [layers],
-  "moving_at_initializer": [layers], "pretrained": [layers]}`` -- the layers
+  "moving_at_initializer": [layers], "pretrained": [layers], "probe": source}``
+  -- the layers
   whose update count continues a restored run, the trainable layers whose
   moving statistics were still at their initializers' values although the
   optimizer had already taken ``step`` steps (lost on restore, S3), and the
   layers that start from statistics that are not their initializers' values
   with no update counted (pretrained statistics: a fine-tuning start, or a
-  frozen pretrained layer).
+  frozen pretrained layer), and where the probe batch comes from
+  (:data:`PROBE_GIVEN`, :data:`PROBE_FIRST_TRAINING_BATCH`, or null: no probe;
+  absent in logs of older versions).
 
 Every summary carries, in ``plugin_data.content``, a JSON object with
 ``version`` (:data:`FORMAT_VERSION`), ``kind`` (``layer_series``,
@@ -67,6 +70,10 @@ KIND_DIAGNOSIS = "diagnosis"
 DIAGNOSIS_TAG = "diagnosis/findings"
 KIND_TRAIN_BEGIN = "train_begin"
 TRAIN_BEGIN_TAG = "run/train_begin"
+# ``run/train_begin``'s "probe": the user's probe_data (held-out data: S8, BN009, can be told), or the
+# callback's default, the first training samples the train step ran on (the gap on training data).
+PROBE_GIVEN = "probe_data"
+PROBE_FIRST_TRAINING_BATCH = "first_training_batch"
 
 # Channel-averaged moments (the "where is it" lines).
 MOMENT_SERIES = (

@@ -36,8 +36,8 @@ logger = logging.getLogger("tb_bnstats")
 
 _state = threading.local()
 
-# Training samples kept for the default probe batch: the first this many the train step runs on
-# (the probe uses at most as many; 3 points of accuracy are 8 samples).
+# Training samples kept for the default probe batch: the first this many the train step runs on, as many
+# as a probe uses (tb_bnstats.measure.gap.MAX_PROBE_SAMPLES; the capture does not import measure).
 FIRST_BATCH_ROWS = 256
 
 
@@ -298,9 +298,7 @@ class StepHook:
             except Exception as exc:  # noqa: BLE001 - never break the user's train step
                 self.warn_once("row", f"cannot keep BN statistics from this train step: {exc}")
 
-        def keep(data):
-            self.guarded_keep_first_batch(data)
-
+        keep = self.guarded_keep_first_batch
         if outside is not None:
             write, keep = outside(write), outside(keep)
 
