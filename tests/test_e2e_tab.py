@@ -173,8 +173,14 @@ def test_tab_overview_layer_channels_compare(server, browser):
     # The CSV download link answers with CSV.
     href = frame.locator("[data-role=channels] .bn-dl a").first.get_attribute("href")
     assert href.startswith("snapshot?") and "format=csv" in href
-    csv_text = page.request.get(server + "/data/plugin/bn_stats/" + href).text()
-    assert csv_text.startswith("channel,batch_mean")
+    answer = page.request.get(server + "/data/plugin/bn_stats/" + href)
+    assert answer.text().startswith("channel,batch_mean")
+    # Every download of the layer page has its own name, with run and layer; the CSV's is the server's.
+    link = frame.locator("[data-role=channels] .bn-dl a").first
+    assert f'filename="{link.get_attribute("download")}"' in answer.headers["content-disposition"]
+    names = frame.locator(".bn-dl a").evaluate_all("links => links.map((a) => a.getAttribute('download'))")
+    assert len(names) >= 6 and len(set(names)) == len(names), names
+    assert all(n.endswith((".csv", ".json")) and n.startswith("synth_") for n in names), names
 
     # Compare runs.
     frame.click("button[data-view=compare]")

@@ -169,7 +169,8 @@ def test_series_default_quantities_and_csv(client, keras_logdir):
     assert set(body["series"]) >= {"batch_mean", "moving_mean", "debiased_mean", "mean_gap/max", "convergence"}
     r = get(client, "/series?run=synth_b&layer=dense_bn&quantities=batch_var,debiased_var&format=csv")
     assert r.mimetype == "text/csv"
-    assert "attachment" in r.headers["Content-Disposition"] and ".csv" in r.headers["Content-Disposition"]
+    # Named by run, layer and quantities: each chart of a layer saves under its own name.
+    assert r.headers["Content-Disposition"] == 'attachment; filename="synth_b_dense_bn_batch_var-debiased_var.csv"'
     rows = list(csv.reader(io.StringIO(r.get_data(as_text=True))))
     assert rows[0] == ["step", "batch_var", "debiased_var"] and len(rows) == 81
     src = runs["synth_b"].layers["dense_bn"]

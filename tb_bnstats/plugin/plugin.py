@@ -366,7 +366,9 @@ class BNStatsPlugin(base_plugin.TBPlugin):
             "series": out, "missing": [q for q in wanted if q not in tag_of],
             "sampling": data.merge_sampling(samplings),
         }
-        return payload, lambda: (f"{safe_name(run)}_{safe_name(layer)}.csv", *data.wide_rows(full))
+        # Named by its quantities too: each chart of a layer downloads under its own name.
+        return payload, lambda: (f"{safe_name(run)}_{safe_name(layer)}_{'-'.join(map(safe_name, full))}.csv",
+                                 *data.wide_rows(full))
 
     def _snapshots(self, request, args, ctx, eid, indexes):
         run = self._run_arg(args, indexes)

@@ -29,11 +29,17 @@ function append(el, children) {
   }
 }
 
-/** Download links (CSV and JSON) for a route with its parameters. */
-export function downloads(routeUrl, route, params) {
+/** ``parts`` as a file name, as the server names its CSV downloads (plugin/http.py safe_name, joined by "_"). */
+export function fileName(parts) {
+  return parts.map((p) => String(p).replace(/[^A-Za-z0-9._-]+/g, "_").replace(/^_+|_+$/g, "") || "data").join("_");
+}
+
+/** Download links (CSV and JSON) for a route with its parameters, saved as ``fileName(nameParts)``. */
+export function downloads(routeUrl, route, params, nameParts) {
+  const name = fileName(nameParts);
   return h("span", { class: "bn-dl" },
-    h("a", { href: routeUrl(route, { ...params, format: "csv" }), download: "", title: "Download what this chart shows as CSV" }, "CSV"),
-    h("a", { href: routeUrl(route, params), download: "", title: "Download what this chart shows as JSON" }, "JSON"));
+    h("a", { href: routeUrl(route, { ...params, format: "csv" }), download: `${name}.csv`, title: "Download what this chart shows as CSV" }, "CSV"),
+    h("a", { href: routeUrl(route, params), download: `${name}.json`, title: "Download what this chart shows as JSON" }, "JSON"));
 }
 
 /** A titled card. */

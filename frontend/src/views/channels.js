@@ -28,7 +28,7 @@ export async function renderChannels(root, app, token, run, layer) {
     for (const c of charts) c.destroy();
     charts = [];
     body.replaceChildren();
-    dl.replaceChildren(downloads(app.routeUrl, "snapshot", { run, layer, step: snap.step }));
+    dl.replaceChildren(downloads(app.routeUrl, "snapshot", { run, layer, step: snap.step }, [run, layer, `step${snap.step}`]));
     stepOut.textContent = `step ${snap.step}`;
     const xs = [...Array(snap.channels).keys()];
     const r = snap.rows;

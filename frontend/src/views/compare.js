@@ -50,7 +50,7 @@ export async function renderCompare(root, app, token) {
     // Each run's momentum as its layer was built ("momentum=0.1" for PyTorch), the convention in the tooltip.
     const facts = res.runs.flatMap((r, k) => [k ? " · " : null,
       h("span", { title: momentumTitle(r.info), dataset: { run: r.run } }, `${r.run}: ${momentumLabel(r.info)}, 95% after ${fmtStep(r.info.steps_to_95)}`)]);
-    grid.append(card(q, `${layer}${missing}`, downloads(app.routeUrl, "compare", { run: runs, layer, quantity: q, points: POINTS }),
+    grid.append(card(q, `${layer}${missing}`, downloads(app.routeUrl, "compare", { run: runs, layer, quantity: q, points: POINTS }, ["compare", layer, q]),
       h("div", { class: "bn-note", dataset: { role: `compare-facts-${q}` } }, ...facts), el));
     if (!res.runs.length) return;
     const data = alignSeries(res.runs.map((r) => ({ x: r.steps, y: r.values })));

@@ -15,6 +15,12 @@ import { findingsOfLayer } from "../model/findings.js";
 import { momentumFact, momentumPhrase, momentumTitle, windowFormula, convergenceFormula } from "../model/momentum.js";
 
 const POINTS = 1200;
+
+/** CSV/JSON links of one chart's series, named by run, layer and the chart's quantities (as the server names them). */
+function seriesDownloads(app, run, layer, quantities) {
+  return downloads(app.routeUrl, "series", { run, layer, quantities: quantities.join(","), points: POINTS },
+    [run, layer, quantities.join("-")]);
+}
 // A series drawn as points only: measured at some steps (probe, population statistics).
 const AT_POINTS = { points: true };
 
@@ -130,7 +136,7 @@ export async function renderLayer(root, app, token) {
       `95% after ${fmtStep(i.steps_to_95)} updates (99% after ${fmtStep(i.steps_to_99)}) · now ${fmtPct(convNow)}` +
       (t === null ? "" : cross === null ? ` · not yet ${pctLabel(t)}` : ` · reached ${pctLabel(t)} at step ${cross}`);
     grid.append(card("Convergence of the moving averages", `${convergenceFormula(i)}: the weight no longer on the initial values`,
-      downloads(app.routeUrl, "series", { run, layer: layerName, quantities: "convergence,updates", points: POINTS }),
+      seriesDownloads(app, run, layerName, ["convergence", "updates"]),
       h("div", { class: "bn-note", title: momentumTitle(i), dataset: { role: "convergence-note" } }, note), el));
     charts.push(lineChart(el, {
       name: "convergence", group, height: 230, yRange: [0, 1.05],
@@ -161,7 +167,7 @@ export async function renderLayer(root, app, token) {
     const el = h("div", { class: "bn-chart", dataset: { role: `chart-${spec.id}` } });
     const logY = spec.log && app.state.logScale;
     grid.append(card(spec.title, spec.sub + (logY ? " · log scale" : ""),
-      downloads(app.routeUrl, "series", { run, layer: layerName, quantities: present.map((p) => p[0]).join(","), points: POINTS }), el));
+      seriesDownloads(app, run, layerName, present.map((p) => p[0])), el));
     charts.push(lineChart(el, { name: spec.id, series, data: [data[0], ...shown], group, logY, height: 230 }));
   }
 

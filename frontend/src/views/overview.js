@@ -102,10 +102,10 @@ export async function renderOverview(root, app, token) {
   const lossNote = h("div", { class: "bn-note" });
   const scaleNote = h("span", { class: "bn-note" });
   root.append(card("Gap heat map", "layers × steps, max per step bin; drag to zoom, double-click to reset, click a row to open the layer",
-    downloads(app.routeUrl, "heatmap", { run, measure: app.state.measure, bins }),
+    downloads(app.routeUrl, "heatmap", { run, measure: app.state.measure, bins }, ["heatmap", run, app.state.measure]),
     h("div", { class: "bn-row" }, h("label", null, "measure ", measureSel), scaleNote),
     hmEl,
-    h("h3", null, "Loss on the same step axis", downloads(app.routeUrl, "loss", { run, points: 1500 })),
+    h("h3", null, "Loss on the same step axis", downloads(app.routeUrl, "loss", { run, points: 1500 }, [run, "metrics"])),
     lossNote, lossEl));
 
   let hm = null;
