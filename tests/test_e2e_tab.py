@@ -212,6 +212,23 @@ def test_tab_dark_theme_and_reload(server, browser):
     assert errors == []
 
 
+def test_tensorboards_theme_menu_reaches_the_tab(server, browser):
+    """On a light browser, TensorBoard's own theme menu (the header's
+    light/dark button) set to Dark darkens the tab and redraws its charts;
+    Light brings it back."""
+    page, frame, errors, _ = open_tab(browser, server, color_scheme="light")
+    background = "getComputedStyle(document.body).backgroundColor"
+    assert frame.evaluate(background) == "rgb(255, 255, 255)"
+    for choice, colour in (("Dark", "rgb(32, 33, 36)"), ("Light", "rgb(255, 255, 255)")):
+        before = frame.evaluate("document.body.dataset.ready")
+        page.locator("app-header-dark-mode-toggle button").first.click()
+        page.get_by_role("menuitem", name=choice).click()
+        frame.wait_for_function(f"{background} === '{colour}'", timeout=10000)
+        frame.wait_for_function(f"document.body.dataset.ready !== '{before}'", timeout=15000)  # redrawn
+        assert frame.evaluate("document.documentElement.classList.contains('dark')") == (choice == "Dark")
+    assert errors == []
+
+
 def test_sampled_data_banner(keras_logdir, browser):
     """With --load_fast=false TensorBoard keeps 10 points per tag: the tab says so."""
     logdir, _ = keras_logdir

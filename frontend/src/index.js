@@ -4,7 +4,7 @@
 // the main area to one view at a time.
 //   model/   talking to the server (api.js) and pure data shaping, no DOM
 //   charts/  uPlot charts, sparklines and every colour (colors.js)
-//   ui/      DOM building (dom.js) and TensorBoard's reload button (reload.js)
+//   ui/      DOM building (dom.js), TensorBoard's reload button (reload.js) and theme (theme.js)
 //   views/   overview, layer detail (+ per channel, findings), compare runs
 import uplotCss from "uplot/dist/uPlot.min.css";
 import css from "./style.css";
@@ -14,6 +14,7 @@ import { runColor } from "./charts/colors.js";
 import { orderProblems, problemsHeadline } from "./model/fileproblems.js";
 import { worstRun } from "./model/findings.js";
 import { listenForReload } from "./ui/reload.js";
+import { followTheme } from "./ui/theme.js";
 import { renderOverview } from "./views/overview.js";
 import { renderLayer } from "./views/layer.js";
 import { renderCompare } from "./views/compare.js";
@@ -240,7 +241,6 @@ export async function render() {
   app = new App(root);
   window.__bnApp = app; // for tests and the bench
   listenForReload(() => app.load()); // TensorBoard's reload button (no polling)
-  const mq = window.matchMedia ? window.matchMedia("(prefers-color-scheme: dark)") : null;
-  if (mq && mq.addEventListener) mq.addEventListener("change", () => app.show());
+  followTheme(() => app.show()); // TensorBoard's theme menu (or the browser's preference): redraw in its colours
   await app.load();
 }
