@@ -212,6 +212,36 @@ def test_tab_dark_theme_and_reload(server, browser):
     assert errors == []
 
 
+def test_the_url_keeps_run_view_layer_and_step_across_a_reload(server, browser):
+    """Run, view, layer and snapshot step go into TensorBoard's URL hash
+    (p.bn_stats.*): a reload, or the link opened in a new page, shows the
+    same layer of the same run at the same step."""
+    page, frame, errors, _ = open_tab(browser, server)
+    frame.click("button.bn-chip[data-run=synth]")
+    frame.click("tr[data-layer=conv2_bn]")
+    frame.wait_for_selector("[data-role=step-slider]")
+    frame.locator("[data-role=step-slider]").fill("0")
+    page.wait_for_function("location.hash.includes('p.bn_stats.step=40')")  # once that snapshot is drawn
+    url = page.url
+    for key, value in (("run", "synth"), ("view", "layer"), ("layer", "conv2_bn"), ("step", "40")):
+        assert f"p.bn_stats.{key}={value}" in url, url
+
+    def shows_the_same(tab):
+        tab.wait_for_selector("[data-role=channel-step]", timeout=30000)
+        tab.wait_for_function("document.querySelector('[data-role=channel-step]').textContent === 'step 40'")
+        assert tab.locator("button.bn-chip[aria-pressed=true]").get_attribute("data-run") == "synth"
+        assert tab.evaluate("document.body.dataset.view") == "layer"
+        assert tab.locator("[data-role=layer-select]").input_value() == "conv2_bn"
+
+    page.reload()
+    shows_the_same(page.wait_for_selector("iframe", timeout=30000).content_frame())
+    shared = browser.new_page(viewport={"width": 1280, "height": 720})
+    shared.goto(url)
+    shows_the_same(shared.wait_for_selector("iframe", timeout=30000).content_frame())
+    shared.close()
+    assert errors == []
+
+
 def test_tensorboards_theme_menu_reaches_the_tab(server, browser):
     """On a light browser, TensorBoard's own theme menu (the header's
     light/dark button) set to Dark darkens the tab and redraws its charts;

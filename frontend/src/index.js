@@ -15,6 +15,7 @@ import { orderProblems, problemsHeadline } from "./model/fileproblems.js";
 import { worstRun } from "./model/findings.js";
 import { listenForReload } from "./ui/reload.js";
 import { followTheme } from "./ui/theme.js";
+import { readUrlState, writeUrlState } from "./ui/urlstate.js";
 import { renderOverview } from "./views/overview.js";
 import { renderLayer } from "./views/layer.js";
 import { renderCompare } from "./views/compare.js";
@@ -89,6 +90,20 @@ class App {
     const info = this.runInfo(this.state.run);
     if (info && !info.layers.some((l) => l.name === this.state.layer)) this.state.layer = info.layers[0]?.name || null;
     await this.show();
+  }
+
+  /** The state the URL holds (ui/urlstate.js): a reload or a shared link opens the same view. */
+  fromUrl(url) {
+    if (url.view in VIEWS) this.state.view = url.view;
+    if (url.run !== undefined) this.state.run = url.run;
+    if (url.layer !== undefined) this.state.layer = url.layer;
+    if (url.step !== undefined && /^\d+$/.test(url.step)) this.state.channelStep = Number(url.step);
+  }
+
+  saveUrl() {
+    const s = this.state;
+    writeUrlState({ run: s.run, view: s.view, layer: s.view === "overview" ? null : s.layer,
+      step: s.view === "layer" ? s.channelStep : null });
   }
 
   go(view, patch) {
@@ -203,6 +218,7 @@ class App {
     this.setError(null);
     for (const b of this.tabs.children) b.setAttribute("aria-selected", String(b.dataset.view === this.state.view));
     this.renderRunBar();
+    this.saveUrl();
     this.view.replaceChildren();
     document.body.dataset.view = this.state.view;
     if (!this.runs.length) {
@@ -242,5 +258,6 @@ export async function render() {
   window.__bnApp = app; // for tests and the bench
   listenForReload(() => app.load()); // TensorBoard's reload button (no polling)
   followTheme(() => app.show()); // TensorBoard's theme menu (or the browser's preference): redraw in its colours
+  app.fromUrl(readUrlState()); // a run the URL names is opened instead of the worst one
   await app.load();
 }

@@ -65,6 +65,7 @@ export async function renderChannels(root, app, token, run, layer) {
     if (mine !== pending || !app.alive(token)) return;
     snap = next;
     app.state.channelStep = snap.step;
+    app.saveUrl();
     draw();
   });
   return () => {
