@@ -242,6 +242,23 @@ def test_the_url_keeps_run_view_layer_and_step_across_a_reload(server, browser):
     assert errors == []
 
 
+def test_the_run_filter_takes_a_regex_like_tensorboards(server, browser):
+    page, frame, errors, _ = open_tab(browser, server)
+    visible = "[...document.querySelectorAll('.bn-chip')].filter((c) => !c.hidden).map((c) => c.dataset.run)"
+    field = frame.locator("[data-role=run-filter]")
+    for text, runs, count in (("^SYNTH", ["synth", "synth_b"], "2 of 3"), ("_b$|^ker", ["keras", "synth_b"], "2 of 3"),
+                              ("(", ["keras", "synth", "synth_b"], "")):
+        field.fill(text)
+        assert frame.evaluate(visible) == runs, text
+        assert frame.locator("[data-role=run-count]").text_content() == count
+    assert "invalid" in field.get_attribute("class") and "not a regular expression" in field.get_attribute("title")
+    field.fill("^synth$")
+    frame.click("button.bn-chip[data-run=synth]")  # the filter survives the redraw
+    frame.wait_for_selector("button.bn-chip[data-run=synth][aria-pressed=true]")
+    assert frame.evaluate(visible) == ["synth"]
+    assert errors == []
+
+
 def test_tensorboards_theme_menu_reaches_the_tab(server, browser):
     """On a light browser, TensorBoard's own theme menu (the header's
     light/dark button) set to Dark darkens the tab and redraws its charts;

@@ -13,6 +13,7 @@ import { h } from "./ui/dom.js";
 import { runColor } from "./charts/colors.js";
 import { orderProblems, problemsHeadline } from "./model/fileproblems.js";
 import { worstRun } from "./model/findings.js";
+import { runMatcher } from "./model/runfilter.js";
 import { listenForReload } from "./ui/reload.js";
 import { followTheme } from "./ui/theme.js";
 import { readUrlState, writeUrlState } from "./ui/urlstate.js";
@@ -26,7 +27,7 @@ const MAX_FILE_PROBLEMS_LISTED = 8;
 class App {
   constructor(root) {
     this.root = root;
-    this.state = { view: "overview", run: null, layer: null, compareRuns: [], smoothing: 0, logScale: false, filter: "", compareQuantity: "mean_gap/max", measure: "mean_gap/max", channelStep: null };
+    this.state = { view: "overview", run: null, layer: null, compareRuns: [], smoothing: 0, logScale: false, filter: "", runFilter: "", compareQuantity: "mean_gap/max", measure: "mean_gap/max", channelStep: null };
     this.runs = [];
     this.meta = null;
     this.cleanup = null;
@@ -48,6 +49,9 @@ class App {
       onchange: (e) => { this.state.smoothing = Number(e.target.value); this.show(); } });
     const log = h("input", { type: "checkbox", onchange: (e) => { this.state.logScale = e.target.checked; this.show(); } });
     this.filterInput = h("input", { type: "search", placeholder: "layer filter", oninput: (e) => { this.state.filter = e.target.value; this.onFilter && this.onFilter(); } });
+    this.runFilterInput = h("input", { type: "search", placeholder: "filter runs (regex)", dataset: { role: "run-filter" },
+      oninput: (e) => { this.state.runFilter = e.target.value; this.applyRunFilter(); } });
+    this.runCount = h("span", { class: "bn-hint", dataset: { role: "run-count" } });
     this.banner = h("div", { class: "bn-banner", hidden: true, dataset: { role: "sampling" } });
     this.fileBanner = h("div", { class: "bn-banner", hidden: true, dataset: { role: "file-problems" } });
     this.formatBanner = h("div", { class: "bn-banner", hidden: true, dataset: { role: "newer-format" } });
@@ -58,7 +62,8 @@ class App {
       h("div", { class: "bn-bar" }, this.tabs,
         h("label", null, "Smoothing", smooth, this.smoothOut),
         h("label", null, log, "log scale (variance)"),
-        h("label", null, "Layers", this.filterInput)),
+        h("label", null, "Layers", this.filterInput),
+        h("label", null, "Runs", this.runFilterInput, this.runCount)),
       this.runBar, this.formatBanner, this.fileBanner, this.banner, this.error, this.view);
   }
 
@@ -133,6 +138,20 @@ class App {
         },
       }, h("span", { class: "bn-swatch", style: { background: this.color(r.run) } }), h("span", { dataset: { role: "run-name" } }, r.run),
       r.severity ? h("span", { class: `bn-chip-sev sev-${r.severity}`, dataset: { severity: r.severity } }, r.severity) : null)));
+    this.applyRunFilter();
+  }
+
+  /** Hides the run chips the run filter (a regex, as TensorBoard's) does not match; says how many are shown. */
+  applyRunFilter() {
+    const { matches, error } = runMatcher(this.state.runFilter);
+    let shown = 0;
+    for (const chip of this.runBar.querySelectorAll(".bn-chip")) {
+      chip.hidden = !matches(chip.dataset.run);
+      shown += chip.hidden ? 0 : 1;
+    }
+    this.runFilterInput.classList.toggle("invalid", Boolean(error));
+    this.runFilterInput.title = error || "a regular expression matched anywhere in the run name, case-insensitive";
+    this.runCount.textContent = this.state.runFilter.trim() && !error ? `${shown} of ${this.runs.length}` : "";
   }
 
   /** A run's worst severity as its /findings gave it: the chip shows it. */
