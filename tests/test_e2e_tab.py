@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import socket
 import subprocess
@@ -158,6 +159,15 @@ def test_tab_overview_layer_channels_compare(server, browser):
     note = frame.locator("[data-role=convergence-note]").text_content()
     assert "95% after 299 updates" in note and note.startswith("momentum=0.99 ·")  # Keras' convention
     assert frame.locator("[data-role=facts]").text_content().count("100 steps") == 1
+    # Axes named as in TensorBoard's Scalars: "step" under each time chart, the unit beside it.
+    chart = frame.locator("[data-role=chart-gap]")
+    assert (chart.get_attribute("data-x-label"), chart.get_attribute("data-y-label")) == ("step", "gap (train-time std)")
+    # Tooltips: 4 significant digits.
+    frame.locator("[data-role=chart-gap] .u-over").hover()
+    tip = frame.locator("[data-role=chart-gap] .bn-tip")
+    tip.wait_for(state="visible")
+    numbers = re.findall(r"\d+\.\d+", tip.text_content())
+    assert numbers and all(len(n.replace(".", "").lstrip("0")) <= 4 for n in numbers), tip.text_content()
     page.screenshot(path=str(SHOTS / "layer.png"))
 
     # Per-channel view: 6 channels x 3 series; move the slider to the first snapshot.

@@ -7,14 +7,18 @@ import { INT_INCRS, autoWidth, followWidthUntilDestroyed, resetBinding, tooltipP
 
 /**
  * A line chart.
- * @param {HTMLElement} el container (gets data-chart and data-points).
+ * @param {HTMLElement} el container (gets data-chart, data-points and the axis names data-x-label, data-y-label:
+ *   uPlot draws them on the canvas).
  * @param {object} o {name, series: [{label, color, dash, width, alpha, points}], data: [xs, ys...],
  *   logY, group (SyncGroup), height, hlines: [{y, label}], vlines: [{x, label}], yLabel, xIsStep}
  */
+const Y_LABEL_SIZE = 18;
+
 export function lineChart(el, o) {
   const colors = themeColors();
   const data = o.logY ? [o.data[0], ...o.data.slice(1).map((ys) => ys.map((v) => (v > 0 ? v : null)))] : o.data;
   const xIsStep = o.xIsStep !== false;
+  const xLabel = o.xLabel || (xIsStep ? "step" : undefined); // the x axis is named, as in TensorBoard's Scalars
   const group = o.group;
   const axis = (extra) => ({
     stroke: colors.muted,
@@ -38,8 +42,10 @@ export function lineChart(el, o) {
       y: o.logY ? { distr: 3 } : { range: o.yRange || undefined },
     },
     axes: [
-      axis({ incrs: INT_INCRS, values: (u, splits) => splits.map((v) => (xIsStep ? fmtStep(v) : String(v))), label: o.xLabel, labelSize: o.xLabel ? 18 : 0 }),
-      axis({ size: o.ySize || 64, values: (u, splits) => splits.map((v) => fmtNum(v, 3)), label: o.yLabel, labelSize: o.yLabel ? 18 : 0 }),
+      axis({ incrs: INT_INCRS, values: (u, splits) => splits.map((v) => (xIsStep ? fmtStep(v) : String(v))), label: xLabel, labelSize: xLabel ? 18 : 0 }),
+      // A fixed ySize (charts aligned with the heat map) includes the label's room.
+      axis({ size: (o.ySize || 64 + (o.yLabel ? Y_LABEL_SIZE : 0)) - (o.yLabel ? Y_LABEL_SIZE : 0),
+        values: (u, splits) => splits.map((v) => fmtNum(v, 3)), label: o.yLabel, labelSize: o.yLabel ? Y_LABEL_SIZE : 0 }),
     ],
     series: [
       { label: xIsStep ? "step" : o.xLabel || "x" },
@@ -63,7 +69,7 @@ export function lineChart(el, o) {
         o.series.forEach((s, i) => {
           if (s.tooltip === false || !u.series[i + 1].show) return;
           const raw = (s.raw || o.data[i + 1])[idx];
-          lines.push({ color: s.color, label: s.label, value: raw === null || raw === undefined ? "–" : fmtNum(raw, 7) });
+          lines.push({ color: s.color, label: s.label, value: raw === null || raw === undefined ? "–" : fmtNum(raw, 4) });
         });
         return lines;
       }),
@@ -75,6 +81,8 @@ export function lineChart(el, o) {
   };
   el.dataset.chart = o.name || "";
   el.dataset.points = String(countPoints(o.data));
+  el.dataset.xLabel = xLabel || "";
+  el.dataset.yLabel = o.yLabel || "";
   const u = new uPlot(opts, data, el);
   el.__uplot = u; // for tests
   if (group) {

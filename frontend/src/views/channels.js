@@ -35,16 +35,16 @@ export async function renderChannels(root, app, token, run, layer) {
     const group = new SyncGroup();
     const pts = snap.channels > 64 ? undefined : true;
     const specs = [
-      ["ch-mean", "Mean per channel", [["batch_mean", "batch mean", COLORS.batch], ["moving_mean", "moving mean", COLORS.moving], ["debiased_mean", "debiased mean", COLORS.debiased]], false],
-      ["ch-var", "Variance per channel", [["batch_var", "batch var", COLORS.batch], ["moving_var", "moving var", COLORS.moving], ["debiased_var", "debiased var", COLORS.debiased]], app.state.logScale],
-      ["ch-gap", "Gap per channel", [["mean_gap", "mean gap |μB−μR|/√(σ²B+ε)", COLORS.mean_gap], ["log_var_ratio", "log var ratio", COLORS.log_var_ratio]], false],
+      ["ch-mean", "Mean per channel", [["batch_mean", "batch mean", COLORS.batch], ["moving_mean", "moving mean", COLORS.moving], ["debiased_mean", "debiased mean", COLORS.debiased]], false, "mean (input units)"],
+      ["ch-var", "Variance per channel", [["batch_var", "batch var", COLORS.batch], ["moving_var", "moving var", COLORS.moving], ["debiased_var", "debiased var", COLORS.debiased]], app.state.logScale, "variance (input units²)"],
+      ["ch-gap", "Gap per channel", [["mean_gap", "mean gap |μB−μR|/√(σ²B+ε)", COLORS.mean_gap], ["log_var_ratio", "log var ratio", COLORS.log_var_ratio]], false, "gap (std), log ratio"],
     ];
-    for (const [id, title, rows, logY] of specs) {
+    for (const [id, title, rows, logY, yLabel] of specs) {
       const el = h("div", { class: "bn-chart", dataset: { role: `chart-${id}` } });
       body.append(card(title, `step ${snap.step}${logY ? " · log scale" : ""}`, null, el));
       const bars = id === "ch-gap";
       charts.push(lineChart(el, {
-        name: id, group, xIsStep: false, xLabel: "channel", height: 220, logY,
+        name: id, group, xIsStep: false, xLabel: "channel", height: 220, logY, yLabel,
         data: [xs, ...rows.map(([q]) => r[q])],
         series: rows.map(([q, label, color], k) => ({
           label, color, points: bars ? false : pts || true,

@@ -58,7 +58,7 @@ export async function renderCompare(root, app, token) {
     const logY = app.state.logScale && /var/.test(q) && !/ratio/.test(q);
     const smoothQ = q !== "convergence" && q !== "updates";
     charts.push(lineChart(el, {
-      name: `compare-${q}`, group, logY, height: 230,
+      name: `compare-${q}`, group, logY, height: 230, yLabel: q,
       series: res.runs.map((r, k) => ({ label: r.run, color: app.color(r.run), spanGaps: true, raw: raw[k] })),
       data: [data[0], ...raw.map((ys) => (smoothQ ? smooth(ys, app.state.smoothing) : ys))],
       hlines: q === "convergence" ? thresholdLines(convergedThreshold(app.meta)) : [],

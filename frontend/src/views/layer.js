@@ -26,40 +26,40 @@ const AT_POINTS = { points: true };
 
 const CHARTS = [
   {
-    id: "mean", title: "Mean (channel average)", sub: "batch mean vs moving mean vs debiased moving mean (vs population mean, where measured)",
+    id: "mean", yLabel: "mean (input units)", title: "Mean (channel average)", sub: "batch mean vs moving mean vs debiased moving mean (vs population mean, where measured)",
     series: [["batch_mean", "batch mean", COLORS.batch], ["moving_mean", "moving mean", COLORS.moving], ["debiased_mean", "debiased mean", COLORS.debiased, [6, 3]],
       ["population_mean", "population mean (PreciseBN)", COLORS.population, null, AT_POINTS]],
     band: "moving_mean",
   },
   {
-    id: "var", title: "Variance (channel average)", sub: "batch variance vs moving variance vs debiased (vs population variance, where measured)", log: true,
+    id: "var", yLabel: "variance (input units²)", title: "Variance (channel average)", sub: "batch variance vs moving variance vs debiased (vs population variance, where measured)", log: true,
     series: [["batch_var", "batch var", COLORS.batch], ["moving_var", "moving var", COLORS.moving], ["debiased_var", "debiased var", COLORS.debiased, [6, 3]],
       ["population_var", "population var (PreciseBN)", COLORS.population, null, AT_POINTS]],
     band: "moving_var",
   },
   {
-    id: "gap", title: "Mean gap", sub: "|μB−μR| / √(σ²B+ε) per channel, in train-time standard deviations",
+    id: "gap", yLabel: "gap (train-time std)", title: "Mean gap", sub: "|μB−μR| / √(σ²B+ε) per channel, in train-time standard deviations",
     series: [["mean_gap/mean", "mean over channels", COLORS.batch], ["mean_gap/p90", "p90", COLORS.p90], ["mean_gap/max", "max", COLORS.max]],
   },
   {
-    id: "vgap", title: "Variance gap", sub: "|log((σ²B+ε)/(σ²R+ε))| per channel; 0.69 = 2× (dropout 0.5 before BN)",
+    id: "vgap", yLabel: "|log variance ratio|", title: "Variance gap", sub: "|log((σ²B+ε)/(σ²R+ε))| per channel; 0.69 = 2× (dropout 0.5 before BN)",
     series: [["abs_log_var_ratio/mean", "mean over channels", COLORS.batch], ["abs_log_var_ratio/p90", "p90", COLORS.p90],
       ["abs_log_var_ratio/max", "max", COLORS.max], ["log_var_ratio/mean", "signed mean (>0: batches wider)", COLORS.moving, [6, 3]]],
   },
   {
-    id: "kl", title: "Symmetric KL", sub: "of N(μB, σ²B+ε) and N(μR, σ²R+ε): both gaps in one number",
+    id: "kl", yLabel: "KL (nats)", title: "Symmetric KL", sub: "of N(μB, σ²B+ε) and N(μR, σ²R+ε): both gaps in one number",
     series: [["sym_kl/mean", "mean over channels", COLORS.batch], ["sym_kl/p90", "p90", COLORS.p90], ["sym_kl/max", "max", COLORS.max]],
   },
   {
     // Only when the run has a probe (BNStatsCallback(probe_data=...)); points at the probe steps.
-    id: "probe", title: "Train/inference gap on the probe batch", points: true,
+    id: "probe", yLabel: "drift (ratio), gap (std)", title: "Train/inference gap on the probe batch", points: true,
     sub: "output drift ‖y_train − y_inf‖ / ‖y_train‖ of this layer; the probe batch's moments vs the moving ones (|μP−μR| / √(σ²P+ε), |log var ratio|)",
     series: [["probe_output_drift", "output drift", COLORS.debiased], ["probe_mean_gap/p50", "mean gap, median channel", COLORS.batch],
       ["probe_mean_gap/max", "mean gap, max", COLORS.max], ["probe_abs_log_var_ratio/p50", "|log var ratio|, median channel", COLORS.p90, [6, 3]]],
   },
   {
     // Only with BNStatsCallback(population_data=...); points at the steps measured.
-    id: "population", title: "Moving averages vs population statistics", points: true,
+    id: "population", yLabel: "gap (std), |log ratio|", title: "Moving averages vs population statistics", points: true,
     sub: "how far what inference uses is from the population moments (PreciseBN): |μR−μP| / √(σ²P+ε) and |log((σ²P+ε)/(σ²R+ε))|; recalibrate sets both to 0",
     series: [["population_mean_gap/p50", "mean gap, median channel", COLORS.batch], ["population_mean_gap/max", "mean gap, max", COLORS.max],
       ["population_abs_log_var_ratio/p50", "|log var ratio|, median channel", COLORS.p90, [6, 3]],
@@ -139,7 +139,7 @@ export async function renderLayer(root, app, token) {
       seriesDownloads(app, run, layerName, ["convergence", "updates"]),
       h("div", { class: "bn-note", title: momentumTitle(i), dataset: { role: "convergence-note" } }, note), el));
     charts.push(lineChart(el, {
-      name: "convergence", group, height: 230, yRange: [0, 1.05],
+      name: "convergence", group, height: 230, yRange: [0, 1.05], yLabel: "1 − mᵗ",
       series: [{ label: "convergence", color: COLORS.debiased, width: 2 }],
       data: [conv.steps, conv.values],
       hlines: thresholdLines(t),
@@ -168,7 +168,7 @@ export async function renderLayer(root, app, token) {
     const logY = spec.log && app.state.logScale;
     grid.append(card(spec.title, spec.sub + (logY ? " · log scale" : ""),
       seriesDownloads(app, run, layerName, present.map((p) => p[0])), el));
-    charts.push(lineChart(el, { name: spec.id, series, data: [data[0], ...shown], group, logY, height: 230 }));
+    charts.push(lineChart(el, { name: spec.id, series, data: [data[0], ...shown], group, logY, height: 230, yLabel: spec.yLabel }));
   }
 
   // -- per-channel view -----------------------------------------------------------------

@@ -159,7 +159,7 @@ export async function renderOverview(root, app, token) {
     }));
     const smoothed = raw.map((ys, i) => (lossSeries[i].split !== "train" ? ys : smooth(ys, w)));
     group.extend(data[0][0] - 0.5, data[0][data[0].length - 1] + 0.5);
-    charts.push(lineChart(lossEl, { name: "loss", series, data: [data[0], ...smoothed], group, height: 200, ySize: Y_AXIS_SIZE }));
+    charts.push(lineChart(lossEl, { name: "loss", series, data: [data[0], ...smoothed], group, height: 200, ySize: Y_AXIS_SIZE, yLabel: "loss" }));
     group.reset();
     app.markFirstChart();
     const notes = lossSeries.filter((s) => s.aligned === "estimated").map((s) => s.name);
@@ -176,7 +176,7 @@ export async function renderOverview(root, app, token) {
       const note = g === null ? "" : `step ${fmtStep(g.step)}: training mode ${fmtNum(g.train, 4)}, inference mode ${fmtNum(g.inference, 4)} (difference ${fmtNum(g.gap, 3)})`;
       const body = h("div", null, h("h3", null, pair.name), h("div", { class: "bn-note", dataset: { role: `probe-note-${pair.name}` } }, note), el);
       return { body, draw: () => charts.push(lineChart(el, {
-        name: `probe-${pair.name}`, group, height: 180, ySize: Y_AXIS_SIZE,
+        name: `probe-${pair.name}`, group, height: 180, ySize: Y_AXIS_SIZE, yLabel: pair.name,
         series: [{ label: `${pair.name}, training mode`, color: COLORS.batch, spanGaps: true, points: true, raw: data[1] },
           { label: `${pair.name}, inference mode`, color: COLORS.moving, spanGaps: true, points: true, raw: data[2] },
           ...(pair.recalibrated ? [{ label: `${pair.name}, inference mode, frozen layers recalibrated`, color: COLORS.debiased, spanGaps: true, points: true, raw: data[3] }] : [])],
