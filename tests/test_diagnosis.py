@@ -158,3 +158,17 @@ def test_a_gap_without_a_bn_cause_says_so_and_where_else_to_look(tmp_path):
     assert ev["accuracy_training_mode"] - ev["accuracy_inference_mode"] > 0.5
     assert "comes from other layers" in finding.message and "Dropout" in finding.message
     assert "probe_data=" in finding.message
+
+
+def test_a_finding_over_many_layers_names_a_few_and_counts_the_rest():
+    """121 layers (DenseNet121's count) with one code: every layer in
+    ``layers`` and its own message, the message naming 5 more and counting
+    the rest."""
+    hits = [(f"block{i}_bn", "BN001", "error", {"convergence": 0.5}, f"block{i}_bn: not converged.")
+            for i in range(121)]
+    [finding] = diagnosis.group("densenet", hits)
+    assert len(finding.layers) == 121 and finding.messages["block120_bn"] == "block120_bn: not converged."
+    assert finding.message == ("block0_bn: not converged. Also: block1_bn, block2_bn, block3_bn, block4_bn, "
+                               "block5_bn and 115 more (121 layers).")
+    [two] = diagnosis.group("small", hits[:2])
+    assert two.message == "block0_bn: not converged. Also: block1_bn."

@@ -4,7 +4,7 @@ import { probePairs, latestGap } from "../src/model/probe.js";
 
 const s = (split, name, steps, values, source = "bn_stats") => ({ split, name, steps, values, source, key: `${split}/${name}` });
 
-test("probePairs: metrics logged in both probe splits, loss first", () => {
+test("probePairs: metrics logged in both probe splits, accuracy first, then loss", () => {
   const pairs = probePairs([
     s("train", "loss", [1], [1]),
     s("probe_inference", "accuracy", [28, 56], [0.5, 0.7]),
@@ -15,10 +15,10 @@ test("probePairs: metrics logged in both probe splits, loss first", () => {
     s("probe_inference", "x", [], []),
     s("probe_train", "x", [], []),
   ]);
-  assert.deepEqual(pairs.map((p) => p.name), ["loss", "accuracy"]);
-  assert.equal(pairs[1].train.key, "probe_train/accuracy");
-  assert.equal(pairs[1].inference.key, "probe_inference/accuracy");
-  assert.equal(pairs[1].recalibrated, null);
+  assert.deepEqual(pairs.map((p) => p.name), ["accuracy", "loss"]);
+  assert.equal(pairs[0].train.key, "probe_train/accuracy");
+  assert.equal(pairs[0].inference.key, "probe_inference/accuracy");
+  assert.equal(pairs[0].recalibrated, null);
   const withRecalibrated = probePairs([s("probe_train", "accuracy", [28], [0.9]), s("probe_inference", "accuracy", [28], [0.7]),
     s("probe_recalibrated", "accuracy", [28], [0.8])]);
   assert.equal(withRecalibrated[0].recalibrated.key, "probe_recalibrated/accuracy");

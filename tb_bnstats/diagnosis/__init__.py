@@ -31,13 +31,20 @@ def _num(x):
     return x if math.isfinite(x) else None
 
 
+# A finding over many layers names this many besides the first in its message (the rest are counted).
+ALSO_NAMED = 5
+
+
 def _message(items):
     """One message for a code over several layers: the first layer's, plus
-    the other layers' names."""
+    the other layers' names -- the first :data:`ALSO_NAMED` of them and how
+    many more (``Finding.layers`` lists them all)."""
     first = items[0][2]
-    if len(items) == 1:
+    others = [name for name, _, _ in items[1:] if name is not None]
+    if not others:
         return first
-    return f"{first} Also: {', '.join(name for name, _, _ in items[1:])}."
+    more = f" and {len(others) - ALSO_NAMED} more ({len(others) + 1} layers)" if len(others) > ALSO_NAMED else ""
+    return f"{first} Also: {', '.join(others[:ALSO_NAMED])}{more}."
 
 
 def group(run_name, hits) -> List[Finding]:

@@ -4,13 +4,14 @@
 
 /**
  * [{name, train, inference, recalibrated}] for every metric logged in both probe splits,
- * loss first, then by name. `train` / `inference` / `recalibrated` (or null) are the /loss series objects.
+ * accuracy first (the symptom), then loss, then by name. `train` / `inference` / `recalibrated` (or null) are the /loss series objects.
  */
 export function probePairs(series) {
   const by = { probe_train: new Map(), probe_inference: new Map(), probe_recalibrated: new Map() };
   for (const s of series || []) if (s.source === "bn_stats" && by[s.split] && s.steps.length) by[s.split].set(s.name, s);
   const names = [...by.probe_train.keys()].filter((n) => by.probe_inference.has(n));
-  names.sort((a, b) => (a === "loss" ? -1 : b === "loss" ? 1 : a < b ? -1 : a > b ? 1 : 0));
+  const rank = (n) => (n === "accuracy" ? 0 : n === "loss" ? 1 : 2);
+  names.sort((a, b) => rank(a) - rank(b) || (a < b ? -1 : a > b ? 1 : 0));
   return names.map((name) => ({ name, train: by.probe_train.get(name), inference: by.probe_inference.get(name),
     recalibrated: by.probe_recalibrated.get(name) || null }));
 }

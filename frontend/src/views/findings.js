@@ -11,6 +11,20 @@ const SOURCE_NOTE = {
   "stored+computed": "stored in the logs when training ended, plus those computed now from the logged quantities",
 };
 
+// A finding over many layers shows this many layer links, the rest folded under "+N more".
+const LAYERS_SHOWN = 6;
+
+/** The layer links of a finding: all of them for a few layers; else "N layers:", the first few and the rest folded. */
+function layerLinks(layers, open) {
+  const link = (name) => h("button", { class: "bn-layer-link", dataset: { layer: name }, title: `Open ${name}`, onclick: open(name) }, name);
+  if (layers.length <= LAYERS_SHOWN) return h("span", { class: "bn-finding-layers" }, ...layers.map(link));
+  const rest = layers.slice(LAYERS_SHOWN - 1);
+  return h("span", { class: "bn-finding-layers", dataset: { count: String(layers.length) } },
+    h("span", { class: "bn-note" }, `${layers.length} layers:`), ...layers.slice(0, LAYERS_SHOWN - 1).map(link),
+    h("details", { class: "bn-more-layers", onclick: (e) => e.stopPropagation() },
+      h("summary", null, `+${rest.length} more`), ...rest.map(link)));
+}
+
 /** Renders a findings list (no banner): one item per finding; with `layer`, each says what it says about that layer. */
 export function findingsList(findings, app, titles, layer) {
   return h("ul", { class: "bn-findings", dataset: { role: "findings-list" } },
@@ -29,8 +43,7 @@ export function findingsList(findings, app, titles, layer) {
         h("b", null, String(f.code)),
         h("span", { class: "bn-scenario" }, String(f.scenario || "")),
         titles && titles[f.code] ? h("span", { class: "bn-finding-title" }, titles[f.code]) : null,
-        h("span", { class: "bn-finding-layers" },
-          ...layers.map((name) => h("button", { class: "bn-layer-link", dataset: { layer: name }, title: `Open ${name}`, onclick: open(name) }, name)))),
+        layerLinks(layers, open)),
       h("div", { class: "bn-finding-msg" }, String(messageOf(f, layer) || "")));
     }));
 }

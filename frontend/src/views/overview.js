@@ -176,7 +176,7 @@ export async function renderOverview(root, app, token) {
       const note = g === null ? "" : `step ${fmtStep(g.step)}: training mode ${fmtNum(g.train, 4)}, inference mode ${fmtNum(g.inference, 4)} (difference ${fmtNum(g.gap, 3)})`;
       const body = h("div", null, h("h3", null, pair.name), h("div", { class: "bn-note", dataset: { role: `probe-note-${pair.name}` } }, note), el);
       return { body, draw: () => charts.push(lineChart(el, {
-        name: `probe-${pair.name}`, group, height: 180, ySize: Y_AXIS_SIZE, yLabel: pair.name,
+        name: `probe-${pair.name}`, group, height: 130, yLabel: pair.name,
         series: [{ label: `${pair.name}, training mode`, color: COLORS.batch, spanGaps: true, points: true, raw: data[1] },
           { label: `${pair.name}, inference mode`, color: COLORS.moving, spanGaps: true, points: true, raw: data[2] },
           ...(pair.recalibrated ? [{ label: `${pair.name}, inference mode, frozen layers recalibrated`, color: COLORS.debiased, spanGaps: true, points: true, raw: data[3] }] : [])],
@@ -185,9 +185,9 @@ export async function renderOverview(root, app, token) {
     });
     probeEl.replaceChildren(card("Train/inference gap on the probe batch",
       ov.layers.some((l) => l.framework === "pytorch")
-        ? "the same fixed batch (probe_data) through the model in train() (batch statistics) and eval() (running statistics); nothing is updated"
-        : "the same fixed batch (probe_data, by default the first 256 training samples) through the model with training=True (batch statistics) and training=False (moving statistics); nothing is updated",
-      null, ...cards.map((c) => c.body)));
+        ? "one fixed batch (probe_data) in train() (batch statistics) and eval() (running statistics); nothing is updated"
+        : "one fixed batch (probe_data, by default the first 256 training samples) with training=True (batch statistics) and False (moving statistics)",
+      null, h("div", { class: "bn-grid2" }, ...cards.map((c) => c.body)))); // side by side: the layers start on the first screen
     for (const c of cards) c.draw();
     group.reset();
   };
