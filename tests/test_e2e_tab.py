@@ -115,6 +115,10 @@ def test_tab_overview_layer_channels_compare(server, browser):
     assert [rows.nth(i).get_attribute("data-layer") for i in range(rows.count())] == ["conv1_bn", "conv2_bn", "dense_bn"]
     frame.wait_for_selector("[data-role=heatmap] canvas")
     assert points(frame, "[data-role=heatmap]") > 0
+    # A fixed colour scale (1 std for mean_gap/max, whatever the run's max), every row's warm-up dimmed
+    # (momentum 0.99 for 120 steps: none of them converged).
+    heat = frame.locator("[data-role=heatmap]")
+    assert heat.get_attribute("data-scale-top") == "1" and heat.get_attribute("data-warmup-rows") == "3"
     frame.wait_for_selector("[data-role=loss] canvas")
     assert points(frame, "[data-role=loss]") > 0
     assert points(frame, "canvas[data-layer=conv2_bn]") > 0

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { momentumFact, momentumLabel, momentumTitle, momentumPhrase, windowFormula, convergenceFormula } from "../src/model/momentum.js";
+import { momentumFact, momentumLabel, momentumTitle, momentumPhrase, windowFormula, convergenceFormula, warmupEnd } from "../src/model/momentum.js";
 
 // Layer objects as /runs, /overview and /series' info give them (tb_bnstats.plugin.data.derived).
 const pytorch = { framework: "pytorch", momentum: 0.9, momentum_label: "momentum=0.1",
@@ -48,4 +48,12 @@ test("formulas in the layer's convention", () => {
   assert.equal(windowFormula(old), "1/(1−m)");
   assert.equal(convergenceFormula(pytorch), "1 − (1 − momentum)^updates");
   assert.equal(convergenceFormula(keras), "1 − momentum^updates");
+});
+
+test("warmupEnd: the step of 95% convergence, one update per step; frozen or unknown: null", () => {
+  assert.equal(warmupEnd({ latest: { updates: 120 }, steps_to_95: 29, latest_step: 120 }), 29);
+  assert.equal(warmupEnd({ latest: { updates: 100 }, steps_to_95: 29, latest_step: 150 }), 79); // resumed at 50
+  assert.equal(warmupEnd({ latest: { updates: 84 }, steps_to_95: 299, latest_step: 84 }), 84); // not yet
+  assert.equal(warmupEnd({ latest: { updates: 0 }, steps_to_95: 29, latest_step: 84, frozen: true }), null);
+  assert.equal(warmupEnd({ latest: {}, steps_to_95: null, latest_step: 84 }), null);
 });

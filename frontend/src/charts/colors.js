@@ -60,6 +60,22 @@ export function heatColor(t) {
 }
 
 /**
+ * The heat map's colour scale per gap measure: one fixed range for every run,
+ * so runs compare and the warm-up's large gaps do not set it; values above
+ * are clipped (drawn as the top colour). mean_gap: 0-1 train-time std (the
+ * findings' "far" is 0.25); abs_log_var_ratio: 0-ln 4 (variances 4x apart;
+ * "far" is 0.25, 1.28x); sym_kl: 0-1 nat (for equal variances, a mean gap
+ * of d std is d^2).
+ */
+export const HEAT_SCALE_TOP = { mean_gap: 1, abs_log_var_ratio: Math.log(4), sym_kl: 1 };
+
+/** The top of the heat map's scale for ``measure`` ("mean_gap/max"), or null for a measure without one. */
+export function heatScaleTop(measure) {
+  const top = HEAT_SCALE_TOP[String(measure).split("/")[0]];
+  return top === undefined ? null : top;
+}
+
+/**
  * Maps a value to [0, 1] for the heat map: linear, or log1p-compressed so a
  * single spike does not flatten everything else.
  */

@@ -2,19 +2,24 @@
 // cells, on the same step axis, zoom and cursor as the charts of its group.
 import uPlot from "uplot";
 import { fmtNum, fmtStep, shortName } from "../model/format.js";
-import { heatColor, heatScale, themeColors } from "./colors.js";
+import { heatColor, heatScale, heatScaleTop, themeColors } from "./colors.js";
 import { INT_INCRS, Y_AXIS_SIZE, autoWidth, followWidthUntilDestroyed, resetBinding, tooltipPlugin } from "./uplot.js";
 
 /**
  * The layers x steps heat map of a gap measure (one row per layer, depth
  * order top to bottom), drawn in a uPlot chart so that its step axis lines up
- * with, zooms with and shares the cursor of the charts of its group.
+ * with, zooms with and shares the cursor of the charts of its group. Colours
+ * on the measure's fixed scale (colors.js HEAT_SCALE_TOP, clipped; the run's
+ * max for a measure without one); ``o.warmup[row]``: the last step of that
+ * layer's warm-up (model/momentum.js warmupEnd), its cells before it dimmed.
  */
 export function heatmapChart(el, hm, o = {}) {
   const colors = themeColors();
   const n = hm.layers.length;
   const edges = hm.step_edges;
-  const max = hm.max || 0;
+  const top = heatScaleTop(hm.measure);
+  const max = top === null ? hm.max || 0 : top;
+  const warmup = o.warmup || [];
   const rowOf = (y) => n - 1 - Math.round(y);
   const group = o.group;
   const binOf = (x) => {
@@ -60,6 +65,8 @@ export function heatmapChart(el, hm, o = {}) {
           { label: hm.layers[row] },
           { label: stepRange(Math.ceil(edges[j]), Math.ceil(edges[j + 1]) - 1) },
           { label: `${hm.measure} (max)`, value: v === null ? "no data" : fmtNum(v, 4) },
+          ...(warmup[row] !== null && warmup[row] !== undefined && edges[j] <= warmup[row]
+            ? [{ label: "warm-up: the moving averages are not 95% converged yet" }] : []),
         ];
       }),
     ],
@@ -78,13 +85,24 @@ export function heatmapChart(el, hm, o = {}) {
             const y1 = u.valToPos(yc - 0.5, "y", true);
             const row = hm.values[r];
             for (let j = 0; j < row.length; j++) {
-              const c = heatColor(heatScale(row[j], max, true));
+              const c = heatColor(heatScale(row[j], max, top === null));
               if (!c) continue;
               const x0 = u.valToPos(edges[j] - 0.5, "x", true);
               const x1 = u.valToPos(edges[j + 1] - 0.5, "x", true);
               if (x1 < left || x0 > left + width) continue;
               ctx.fillStyle = c;
               ctx.fillRect(x0, Math.min(y0, y1), Math.max(x1 - x0, 1) + 0.5, Math.abs(y1 - y0) - 1);
+            }
+            const end = warmup[r];
+            if (end !== null && end !== undefined && end >= edges[0]) { // dim the warm-up, tick its end
+              const x0 = u.valToPos(edges[0] - 0.5, "x", true);
+              const x1 = u.valToPos(Math.min(end, edges[edges.length - 1] - 1) + 0.5, "x", true);
+              ctx.globalAlpha = 0.55;
+              ctx.fillStyle = colors.bg;
+              ctx.fillRect(x0, Math.min(y0, y1), x1 - x0, Math.abs(y1 - y0) - 1);
+              ctx.globalAlpha = 1;
+              ctx.fillStyle = colors.fg;
+              ctx.fillRect(x1 - 1, Math.min(y0, y1), 2, Math.abs(y1 - y0) - 1);
             }
           }
           ctx.restore();
@@ -96,6 +114,8 @@ export function heatmapChart(el, hm, o = {}) {
   };
   el.dataset.chart = o.name || "heatmap";
   el.dataset.points = String(hm.values.reduce((a, row) => a + row.filter((v) => v !== null).length, 0));
+  el.dataset.scaleTop = String(max); // for tests: the colour scale's top and the rows with a warm-up drawn
+  el.dataset.warmupRows = String(warmup.filter((end) => end !== null && end !== undefined && end >= edges[0]).length);
   const u = new uPlot(opts, [[edges[0], edges[edges.length - 1]], [null, null]], el);
   el.__uplot = u; // for tests
   if (group) group.fit(u);

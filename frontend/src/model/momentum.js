@@ -59,3 +59,17 @@ export function windowFormula(info) {
 export function convergenceFormula(info) {
   return isPytorch(info) ? "1 − (1 − momentum)^updates" : "1 − momentum^updates";
 }
+
+/**
+ * The last step of a layer's warm-up: the step at which its moving averages
+ * reached 95% convergence (``steps_to_95`` updates), from its latest step and
+ * update count, one update per step since (the overview's layer object);
+ * its latest step while it has not yet; null for a frozen layer (it does not
+ * converge) or one without the numbers.
+ */
+export function warmupEnd(layer) {
+  const latest = layer.latest || {};
+  const updates = latest.updates, need = layer.steps_to_95, last = layer.latest_step;
+  if (layer.frozen || ![updates, need, last].every(Number.isFinite)) return null;
+  return updates >= need ? last - (updates - need) : last;
+}

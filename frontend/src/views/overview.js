@@ -7,13 +7,13 @@ import { SyncGroup, Y_AXIS_SIZE } from "../charts/uplot.js";
 import { lineChart } from "../charts/line.js";
 import { heatmapChart } from "../charts/heatmap.js";
 import { sparkline } from "../charts/sparkline.js";
-import { COLORS, lossColor } from "../charts/colors.js";
+import { COLORS, heatScaleTop, lossColor } from "../charts/colors.js";
 import { fmtNum, fmtPct, fmtStep } from "../model/format.js";
 import { maxPool, alignSeries } from "../model/series.js";
 import { smooth } from "../model/smoothing.js";
 import { findingsCard } from "./findings.js";
 import { probePairs, latestGap } from "../model/probe.js";
-import { momentumLabel, momentumTitle, convergenceFormula } from "../model/momentum.js";
+import { momentumLabel, momentumTitle, convergenceFormula, warmupEnd } from "../model/momentum.js";
 import { lossSeries as lossSeriesOf, lossLabel } from "../model/loss.js";
 
 function matches(name, filter) {
@@ -116,13 +116,14 @@ export async function renderOverview(root, app, token) {
     if (hmChart) hmChart.destroy();
     hmChart = null;
   });
+  const warmupOf = new Map(ov.layers.map((l) => [l.name, warmupEnd(l)]));
   const drawHeatmap = () => {
     if (!hm) return;
     const keep = hm.layers.map((n, i) => i).filter((i) => matches(hm.layers[i], app.state.filter));
     const sub = { ...hm, layers: keep.map((i) => hm.layers[i]), values: keep.map((i) => hm.values[i]) };
     if (hmChart) hmChart.destroy();
     hmEl.replaceChildren();
-    hmChart = heatmapChart(hmEl, sub, { group, onClickRow: (layer) => app.go("layer", { layer, channelStep: null }) });
+    hmChart = heatmapChart(hmEl, sub, { group, warmup: sub.layers.map((name) => warmupOf.get(name) ?? null), onClickRow: (layer) => app.go("layer", { layer, channelStep: null }) });
   };
   const heatDone = pHm.then((data) => {
     if (!app.alive(token)) return;
@@ -130,7 +131,10 @@ export async function renderOverview(root, app, token) {
     app.noteSampling("heatmap", hm.sampling);
     // Bins hold integer steps [e_j, e_j+1): cells are drawn centred on their steps.
     group.extend(hm.step_edges[0] - 0.5, hm.step_edges[hm.step_edges.length - 1] - 0.5);
-    scaleNote.replaceChildren("0", h("span", { class: "bn-legend-scale" }), fmtNum(hm.max), " (log-compressed colour)");
+    const top = heatScaleTop(hm.measure);
+    scaleNote.replaceChildren("0", h("span", { class: "bn-legend-scale" }),
+      top === null ? `${fmtNum(hm.max)} (this run's max, log-compressed)` : `${fmtNum(top, 3)} and above (a fixed scale: runs compare; this run's max ${fmtNum(hm.max, 3)})`,
+      " · dimmed: warm-up, before the moving averages are 95% converged");
     drawHeatmap();
     group.reset();
     app.markFirstChart();
