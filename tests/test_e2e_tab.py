@@ -273,6 +273,41 @@ def test_the_run_filter_takes_a_regex_like_tensorboards(server, browser):
     assert errors == []
 
 
+def test_smoothing_keeps_the_raw_line_faded_and_the_zoom(server, browser):
+    """As TensorBoard's Scalars: a smoothed chart keeps its raw values as a
+    faded line (out of the legend), and the zoom dragged before stays; a
+    double-click resets it."""
+    page, frame, errors, _ = open_tab(browser, server)
+    frame.click("button.bn-chip[data-run=synth]")
+    frame.click("tr[data-layer=conv2_bn]")
+    frame.wait_for_selector("[data-role=chart-gap] canvas")
+    over = frame.locator("[data-role=chart-gap] .u-over")
+    box = over.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] / 2, steps=5)
+    page.mouse.up()
+    x_range = "(role) => { const u = document.querySelector(`[data-role=${role}]`).__uplot; return [u.scales.x.min, u.scales.x.max]; }"
+    zoomed = frame.evaluate(x_range, "chart-gap")
+    assert 30 < zoomed[0] < zoomed[1] < 90, zoomed  # of steps 1-120
+    assert frame.evaluate(x_range, "chart-mean") == zoomed  # the group follows
+    before = frame.evaluate("document.body.dataset.ready")
+    frame.locator(".bn-bar input[type=range]").fill("0.8")
+    frame.wait_for_function(f"document.body.dataset.ready !== '{before}'")
+    frame.wait_for_selector("[data-role=chart-gap] canvas")
+    assert frame.evaluate(x_range, "chart-gap") == zoomed
+    labels = frame.evaluate("document.querySelector('[data-role=chart-gap]').__uplot.series.map((s) => s.label)")
+    assert "mean over channels (raw)" in labels and "max (raw)" in labels
+    legend = frame.locator("[data-role=chart-gap] .u-legend").inner_text()  # as shown
+    assert "(raw)" not in legend and "mean over channels" in legend
+    frame.locator("[data-role=chart-gap]").screenshot(path=str(SHOTS / "smoothing.png"))
+    over = frame.locator("[data-role=chart-gap] .u-over")
+    over.dblclick()
+    full = frame.evaluate(x_range, "chart-gap")
+    assert full[0] < 2 and full[1] > 119, full
+    assert errors == []
+
+
 def test_tensorboards_theme_menu_reaches_the_tab(server, browser):
     """On a light browser, TensorBoard's own theme menu (the header's
     light/dark button) set to Dark darkens the tab and redraws its charts;

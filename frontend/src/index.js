@@ -34,6 +34,7 @@ class App {
     this.disposers = [];
     this.token = 0;
     this.samplings = new Map();
+    this.zooms = new Map(); // view key -> {range}: the zoom each view's charts come back to (SyncGroup)
     this.routeUrl = routeUrl;
     this.api = api;
     this.build();
@@ -95,6 +96,13 @@ class App {
     const info = this.runInfo(this.state.run);
     if (info && !info.layers.some((l) => l.name === this.state.layer)) this.state.layer = info.layers[0]?.name || null;
     await this.show();
+  }
+
+  /** The zoom memory of a view ("overview|run", "layer|run|layer", ...): kept across its redraws. */
+  zoomMemory(...key) {
+    const k = key.join("|");
+    if (!this.zooms.has(k)) this.zooms.set(k, { range: null });
+    return this.zooms.get(k);
   }
 
   /** The state the URL holds (ui/urlstate.js): a reload or a shared link opens the same view. */

@@ -109,6 +109,7 @@ export function heatmapChart(el, hm, o = {}) {
         },
       ],
       setScale: [(u, key) => key === "x" && group && group.propagate(u)],
+      setSelect: [(u) => group && group.remember(u)],
       setCursor: [(u) => o.onHover && o.onHover(u)],
     },
   };

@@ -77,14 +77,24 @@ export function lineChart(el, o) {
     ],
     hooks: {
       setScale: [(u, key) => key === "x" && group && group.propagate(u)],
+      setSelect: [(u) => group && xIsStep && group.remember(u)],
     },
   };
+  // Smoothed series keep their raw values as a faded line (as TensorBoard's Scalars), out of legend and tooltip.
+  const faded = o.series.filter((s) => s.rawLine && s.raw);
+  for (const s of faded) {
+    opts.series.push({ label: `${s.label} (raw)`, stroke: s.color, width: 1, alpha: 0.3, spanGaps: !!s.spanGaps, points: { show: false } });
+  }
+  const positive = (ys) => (o.logY ? ys.map((v) => (v > 0 ? v : null)) : ys);
+  const plotted = faded.length ? [...data, ...faded.map((s) => positive(s.raw))] : data;
   el.dataset.chart = o.name || "";
   el.dataset.points = String(countPoints(o.data));
   el.dataset.xLabel = xLabel || "";
   el.dataset.yLabel = o.yLabel || "";
-  const u = new uPlot(opts, data, el);
+  const u = new uPlot(opts, plotted, el);
   el.__uplot = u; // for tests
+  const legendRows = u.root.querySelectorAll(".u-legend .u-series");
+  for (let k = 0; k < faded.length; k++) legendRows[legendRows.length - 1 - k].style.display = "none";
   if (group) {
     group.add(u);
     if (xIsStep) group.fit(u);

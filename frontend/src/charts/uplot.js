@@ -4,13 +4,34 @@
 
 let groupId = 0;
 
-/** Charts that share a cursor and a zoomed step range. */
+/**
+ * Charts that share a cursor and a zoomed step range. ``memory`` ({range}),
+ * kept by the app across redraws of the same view: a zoom the user dragged is
+ * remembered there and comes back when the charts are drawn again (a new
+ * smoothing, a reload), as TensorBoard's Scalars keep theirs.
+ */
 export class SyncGroup {
-  constructor() {
+  constructor(memory = { range: null }) {
     this.key = `bn-sync-${++groupId}`;
     this.charts = new Set();
     this.full = null; // [min, max] of all data, the reset range
     this.syncing = false;
+    this.memory = memory;
+  }
+  /** The user dragged a zoom on ``u`` (uPlot's setSelect): remember its step range. */
+  remember(u) {
+    const { left, width } = u.select;
+    if (width > 0) this.memory.range = [u.posToVal(left, "x"), u.posToVal(left + width, "x")];
+  }
+  /** Double-click: back to the full range, the zoom forgotten. */
+  unzoom() {
+    this.memory.range = null;
+    this.reset();
+  }
+  /** The range charts are put on: the remembered zoom while it overlaps the data, else the full range. */
+  range() {
+    const z = this.memory.range, f = this.full;
+    return z && f && z[1] > f[0] && z[0] < f[1] ? z : f;
   }
   extend(min, max) {
     if (!Number.isFinite(min) || !Number.isFinite(max)) return;
@@ -22,12 +43,13 @@ export class SyncGroup {
   remove(u) {
     this.charts.delete(u);
   }
-  /** Puts a chart on the group's full step range (at creation and on double-click). */
+  /** Puts a chart on the group's range (at creation, when data arrive, on double-click). */
   fit(u) {
-    if (!this.full) return;
+    const range = this.range();
+    if (!range) return;
     const was = this.syncing;
     this.syncing = true;
-    u.setScale("x", { min: this.full[0], max: this.full[1] });
+    u.setScale("x", { min: range[0], max: range[1] });
     this.syncing = was;
   }
   reset() {
@@ -133,12 +155,12 @@ export function followWidthUntilDestroyed(el, u, group) {
   return u;
 }
 
-/** Double-click resets every chart of the group to its full step range. */
+/** Double-click resets every chart of the group to its full step range (and forgets the zoom). */
 export function resetBinding(group, xIsStep) {
   if (!group || !xIsStep) return undefined;
   return {
     dblclick: () => () => {
-      group.reset();
+      group.unzoom();
       return null;
     },
   };

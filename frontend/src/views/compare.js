@@ -37,7 +37,7 @@ export async function renderCompare(root, app, token) {
       ...qs.map((q) => h("option", { value: q, selected: q === extra }, q))))));
   const results = await Promise.all(shownQs.map((q) => app.api.compare(runs, layer, q, POINTS)));
   if (!app.alive(token)) return () => {};
-  const group = new SyncGroup();
+  const group = new SyncGroup(app.zoomMemory("compare", layer));
   for (const res of results) for (const r of res.runs) if (r.steps.length) group.extend(r.steps[0], r.steps[r.steps.length - 1]);
   const grid = h("div", { class: "bn-grid2" });
   root.append(grid);
@@ -59,7 +59,8 @@ export async function renderCompare(root, app, token) {
     const smoothQ = q !== "convergence" && q !== "updates";
     charts.push(lineChart(el, {
       name: `compare-${q}`, group, logY, height: 230, yLabel: q,
-      series: res.runs.map((r, k) => ({ label: r.run, color: app.color(r.run), spanGaps: true, raw: raw[k] })),
+      series: res.runs.map((r, k) => ({ label: r.run, color: app.color(r.run), spanGaps: true, raw: raw[k],
+        rawLine: smoothQ && app.state.smoothing > 0 })),
       data: [data[0], ...raw.map((ys) => (smoothQ ? smooth(ys, app.state.smoothing) : ys))],
       hlines: q === "convergence" ? thresholdLines(convergedThreshold(app.meta)) : [],
     }));

@@ -81,7 +81,7 @@ export async function renderLayer(root, app, token) {
   ]);
   if (!app.alive(token)) return () => {};
   app.noteSampling("series", ser.sampling);
-  const group = new SyncGroup();
+  const group = new SyncGroup(app.zoomMemory("layer", run, layerName));
   for (const q of Object.values(ser.series)) if (q.steps.length) group.extend(q.steps[0], q.steps[q.steps.length - 1]);
   const charts = [];
   let chCleanup = null;
@@ -158,7 +158,8 @@ export async function renderLayer(root, app, token) {
     const data = alignSeries(parts);
     const raw = data.slice(1);
     const atPoints = present.map(([, , , , opts]) => Boolean(spec.points || (opts && opts.points)));
-    const series = present.map(([q, label, color, dash], k) => ({ label, color, dash: dash || undefined, raw: raw[k], spanGaps: true, points: atPoints[k] }));
+    const series = present.map(([q, label, color, dash], k) => ({ label, color, dash: dash || undefined, raw: raw[k], spanGaps: true,
+      points: atPoints[k], rawLine: w > 0 && !atPoints[k] }));
     if (bandRows) {
       series.push({ label: "channels p10 (snapshots)", color: COLORS.band, dash: [2, 2], width: 1, spanGaps: true, points: true, raw: raw[present.length] },
         { label: "channels p90 (snapshots)", color: COLORS.band, dash: [2, 2], width: 1, spanGaps: true, points: true, raw: raw[present.length + 1] });

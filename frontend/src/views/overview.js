@@ -45,7 +45,7 @@ export async function renderOverview(root, app, token) {
   }, (e) => {
     if (app.alive(token)) findEl.replaceChildren(h("div", { class: "bn-note" }, `Diagnosis unavailable: ${e.message || e}`));
   });
-  const group = new SyncGroup();
+  const group = new SyncGroup(app.zoomMemory("overview", run));
   const charts = [];
   const color = app.color(run);
 
@@ -160,6 +160,7 @@ export async function renderOverview(root, app, token) {
       points: s.steps.length <= 60 || s.split !== "train",
       dash: s.source === "bn_stats" ? undefined : [5, 3],
       raw: raw[i],
+      rawLine: w > 0 && s.split === "train",
     }));
     const smoothed = raw.map((ys, i) => (lossSeries[i].split !== "train" ? ys : smooth(ys, w)));
     group.extend(data[0][0] - 0.5, data[0][data[0].length - 1] + 0.5);
