@@ -177,6 +177,9 @@ def test_tab_overview_layer_channels_compare(server, browser):
     # Per-channel view: 6 channels x 3 series; move the slider to the first snapshot.
     frame.wait_for_selector("[data-role=chart-ch-mean] canvas")
     assert points(frame, "[data-role=chart-ch-mean]") == 18
+    # Half a channel of room at both ends: the first and last bars of the gap chart are whole.
+    assert frame.evaluate("(() => { const u = document.querySelector('[data-role=chart-ch-gap]').__uplot; "
+                          "return [u.scales.x.min, u.scales.x.max]; })()") == [-0.5, 5.5]
     assert frame.locator("[data-role=channel-step]").text_content() == "step 120"
     frame.locator("[data-role=step-slider]").fill("0")
     frame.wait_for_function("document.querySelector('[data-role=channel-step]').textContent === 'step 40'")

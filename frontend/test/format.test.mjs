@@ -1,6 +1,16 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { fmtNum, fmtPct, fmtStep, shortName, query } from "../src/model/format.js";
+import { fmtNum, fmtPct, fmtStep, layerLabels, query } from "../src/model/format.js";
+
+test("layerLabels: the shared path prefix left out, long names cut in the middle", () => {
+  assert.deepEqual(layerLabels(["sequential/batch_normalization", "sequential/batch_normalization_1"]),
+    ["batch_normalization", "batch_normalization_1"]);
+  const [a, b] = layerLabels(["densenet/conv5_block16_1_bn_long", "densenet/conv5_block16_2_bn_long"], 16);
+  assert.equal(a, "conv5…_1_bn_long");
+  assert.equal(b, "conv5…_2_bn_long");
+  assert.deepEqual(layerLabels(["bn_a/x", "bn_b/x"]), ["bn_a/x", "bn_b/x"]); // prefix "bn_" is not a path component
+  assert.deepEqual(layerLabels(["only/one"]), ["only/one"]);
+});
 
 test("fmtNum: significant digits, exponent for tiny and huge, dashes for missing", () => {
   assert.equal(fmtNum(0.634012), "0.634");
@@ -30,12 +40,6 @@ test("fmtStep", () => {
   assert.equal(fmtStep(15500), "15.5k");
   assert.equal(fmtStep(2500000), "2.5M");
   assert.equal(fmtStep(undefined), "–");
-});
-
-test("shortName keeps the end of long names", () => {
-  assert.equal(shortName("bn", 5), "bn");
-  assert.equal(shortName("model/block1/conv2/bn", 10), "…/conv2/bn");
-  assert.equal(shortName("model/block1/conv2/bn", 10).length, 10);
 });
 
 test("query encodes, repeats arrays and skips null", () => {

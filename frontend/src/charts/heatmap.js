@@ -1,7 +1,7 @@
 // The layers x steps heat map (uPlot canvas): one row per layer, viridis
 // cells, on the same step axis, zoom and cursor as the charts of its group.
 import uPlot from "uplot";
-import { fmtNum, fmtStep, shortName } from "../model/format.js";
+import { fmtNum, fmtStep, layerLabels } from "../model/format.js";
 import { heatColor, heatScale, heatScaleTop, themeColors } from "./colors.js";
 import { INT_INCRS, Y_AXIS_SIZE, autoWidth, followWidthUntilDestroyed, resetBinding, tooltipPlugin } from "./uplot.js";
 
@@ -20,6 +20,7 @@ export function heatmapChart(el, hm, o = {}) {
   const top = heatScaleTop(hm.measure);
   const max = top === null ? hm.max || 0 : top;
   const warmup = o.warmup || [];
+  const labels = layerLabels(hm.layers, 22); // the tooltip names the layer in full
   const rowOf = (y) => n - 1 - Math.round(y);
   const group = o.group;
   const binOf = (x) => {
@@ -49,7 +50,7 @@ export function heatmapChart(el, hm, o = {}) {
         grid: { show: false },
         ticks: { show: false },
         splits: () => (n <= 24 ? [...Array(n).keys()] : [...Array(n).keys()].filter((i) => i % Math.ceil(n / 24) === 0)),
-        values: (u, splits) => splits.map((y) => shortName(hm.layers[rowOf(y)] || "", 22)),
+        values: (u, splits) => splits.map((y) => labels[rowOf(y)] || ""),
       },
     ],
     series: [{}, { show: false }],

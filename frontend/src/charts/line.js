@@ -9,8 +9,9 @@ import { INT_INCRS, autoWidth, followWidthUntilDestroyed, resetBinding, tooltipP
  * A line chart.
  * @param {HTMLElement} el container (gets data-chart, data-points and the axis names data-x-label, data-y-label:
  *   uPlot draws them on the canvas).
- * @param {object} o {name, series: [{label, color, dash, width, alpha, points}], data: [xs, ys...],
- *   logY, group (SyncGroup), height, hlines: [{y, label}], vlines: [{x, label}], yLabel, xIsStep}
+ * @param {object} o {name, series: [{label, color, dash, width, alpha, points, pointSize, raw, rawLine,
+ *   tooltip}], data: [xs, ys...], logY, group (SyncGroup), height, hlines: [{y, label}], vlines: [{x, label}],
+ *   xLabel, yLabel, ySize, yRange, xIsStep, xPad (room at both x ends, for bars)}
  */
 const Y_LABEL_SIZE = 18;
 
@@ -45,7 +46,7 @@ export function lineChart(el, o) {
       axis({ incrs: INT_INCRS, values: (u, splits) => splits.map((v) => (xIsStep ? fmtStep(v) : String(v))), label: xLabel, labelSize: xLabel ? 18 : 0 }),
       // A fixed ySize (charts aligned with the heat map) includes the label's room.
       axis({ size: (o.ySize || 64 + (o.yLabel ? Y_LABEL_SIZE : 0)) - (o.yLabel ? Y_LABEL_SIZE : 0),
-        values: (u, splits) => splits.map((v) => fmtNum(v, 3)), label: o.yLabel, labelSize: o.yLabel ? Y_LABEL_SIZE : 0 }),
+        values: (u, splits) => splits.map((v) => (v === null || v === undefined ? "" : fmtNum(v, 3))), label: o.yLabel, labelSize: o.yLabel ? Y_LABEL_SIZE : 0 }),
     ],
     series: [
       { label: xIsStep ? "step" : o.xLabel || "x" },
@@ -56,7 +57,7 @@ export function lineChart(el, o) {
         dash: s.dash,
         alpha: s.alpha,
         spanGaps: !!s.spanGaps,
-        points: s.points ? { show: true, size: 5, fill: s.color } : { show: false },
+        points: s.points ? { show: true, size: s.pointSize || 5, fill: s.color } : { show: false },
         paths: s.paths,
         fill: s.fill,
         show: s.show !== false,
@@ -99,6 +100,10 @@ export function lineChart(el, o) {
     group.add(u);
     if (xIsStep) group.fit(u);
   }
+  const xs = o.data[0];
+  if (o.xPad && xs.length > 1) { // room at both ends: bars centred on the first and last x are not cut
+    u.setScale("x", { min: xs[0] - o.xPad, max: xs[xs.length - 1] + o.xPad });
+  }
   return followWidthUntilDestroyed(el, u, group);
 }
 
@@ -110,9 +115,19 @@ function annotationPlugin(o, colors) {
         const { left, top, width, height } = u.bbox;
         ctx.save();
         ctx.font = `${Math.round(11 * devicePixelRatio)}px sans-serif`;
+        ctx.textAlign = "left"; // uPlot leaves the axes' alignment on the context
+        ctx.textBaseline = "alphabetic";
         ctx.fillStyle = colors.muted;
         ctx.strokeStyle = colors.muted;
         ctx.setLineDash([4 * devicePixelRatio, 4 * devicePixelRatio]);
+        // A label on a box of the background colour: a series line passing there does not strike it through.
+        const label = (text, x, y) => {
+          const w = ctx.measureText(text).width, pad = 2 * devicePixelRatio, em = 11 * devicePixelRatio;
+          ctx.fillStyle = colors.bg;
+          ctx.fillRect(x - pad, y - em, w + 2 * pad, em + 2 * pad);
+          ctx.fillStyle = colors.muted;
+          ctx.fillText(text, x, y);
+        };
         for (const h of o.hlines || []) {
           const y = u.valToPos(h.y, "y", true);
           if (!(y >= top && y <= top + height)) continue;
@@ -120,7 +135,8 @@ function annotationPlugin(o, colors) {
           ctx.moveTo(left, y);
           ctx.lineTo(left + width, y);
           ctx.stroke();
-          if (h.label) ctx.fillText(h.label, left + width - ctx.measureText(h.label).width - 4, y - 4);
+          // At the left end, above the line: where a rising convergence curve is still far below it.
+          if (h.label) label(h.label, left + 4 * devicePixelRatio, y - 4 * devicePixelRatio);
         }
         for (const v of o.vlines || []) {
           const x = u.valToPos(v.x, "x", true);
@@ -129,7 +145,8 @@ function annotationPlugin(o, colors) {
           ctx.moveTo(x, top);
           ctx.lineTo(x, top + height);
           ctx.stroke();
-          if (v.label) ctx.fillText(v.label, Math.min(x + 4, left + width - 120 * devicePixelRatio), top + 14 * devicePixelRatio);
+          // At the bottom: right of a crossing the curve is high (convergence, after 95%).
+          if (v.label) label(v.label, Math.min(x + 4, left + width - 120 * devicePixelRatio), top + height - 6 * devicePixelRatio);
         }
         ctx.restore();
       },

@@ -31,10 +31,22 @@ function trim(x) {
   return String(Number(x.toFixed(1)));
 }
 
-/** Shortens a layer name for an axis: keeps the end, which names the layer. */
-export function shortName(name, max = 22) {
-  if (name.length <= max) return name;
-  return "…" + name.slice(name.length - max + 1);
+/**
+ * Row labels for a list of layer names in ``max`` characters each: the path
+ * prefix every name shares ("sequential/") left out, and a name still too long
+ * cut in the middle ("block12_…_conv_bn"), so that both its start and its end
+ * (often the only difference: "_1", "_2") stay readable.
+ */
+export function layerLabels(names, max = 22) {
+  let prefix = names.length > 1 ? names[0] : "";
+  for (const n of names) while (prefix && !n.startsWith(prefix)) prefix = prefix.slice(0, -1);
+  const cut = prefix.lastIndexOf("/") + 1; // whole path components only
+  return names.map((n) => {
+    const rest = n.slice(cut) || n;
+    if (rest.length <= max) return rest;
+    const head = Math.min(6, Math.floor(max / 3)), tail = max - 1 - head; // names differ more at their ends
+    return `${rest.slice(0, head)}…${rest.slice(rest.length - tail)}`;
+  });
 }
 
 /** Query string from an object; arrays repeat the key; null/undefined are skipped. */

@@ -37,3 +37,10 @@ export function alignSeries(series) {
   }
   return out;
 }
+
+/** How many decades the positive finite values of ``arrays`` span (0 for none): log10(max / min). */
+export function decadesSpanned(arrays) {
+  let lo = Infinity, hi = -Infinity;
+  for (const ys of arrays) for (const v of ys) if (Number.isFinite(v) && v > 0) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+  return hi > lo ? Math.log10(hi / lo) : 0;
+}

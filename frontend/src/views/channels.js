@@ -44,10 +44,11 @@ export async function renderChannels(root, app, token, run, layer) {
       body.append(card(title, `step ${snap.step}${logY ? " · log scale" : ""}`, null, el));
       const bars = id === "ch-gap";
       charts.push(lineChart(el, {
-        name: id, group, xIsStep: false, xLabel: "channel", height: 220, logY, yLabel,
+        name: id, group, xIsStep: false, xLabel: "channel", height: 220, logY, yLabel, xPad: 0.5,
         data: [xs, ...rows.map(([q]) => r[q])],
+        // Dots drawn large to small (batch, moving, debiased): where they coincide each one still shows.
         series: rows.map(([q, label, color], k) => ({
-          label, color, points: bars ? false : pts || true,
+          label, color, points: bars ? false : pts || true, pointSize: 9 - 2 * k,
           paths: bars ? uPlot.paths.bars({ size: [0.8 / rows.length, 40], align: k === 0 ? -1 : 1 }) : (pts ? noLine : undefined),
           fill: bars ? color + "99" : undefined,
         })),

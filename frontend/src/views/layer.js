@@ -6,7 +6,7 @@ import { SyncGroup } from "../charts/uplot.js";
 import { lineChart } from "../charts/line.js";
 import { COLORS } from "../charts/colors.js";
 import { fmtNum, fmtPct, fmtStep } from "../model/format.js";
-import { alignSeries } from "../model/series.js";
+import { alignSeries, decadesSpanned } from "../model/series.js";
 import { smooth } from "../model/smoothing.js";
 import { convergedThreshold, firstReached, pctLabel, thresholdLines } from "../model/thresholds.js";
 import { renderChannels } from "./channels.js";
@@ -15,6 +15,7 @@ import { findingsOfLayer } from "../model/findings.js";
 import { momentumFact, momentumPhrase, momentumTitle, windowFormula, convergenceFormula } from "../model/momentum.js";
 
 const POINTS = 1200;
+const AUTO_LOG_DECADES = 1.5;
 
 /** CSV/JSON links of one chart's series, named by run, layer and the chart's quantities (as the server names them). */
 function seriesDownloads(app, run, layer, quantities) {
@@ -166,8 +167,11 @@ export async function renderLayer(root, app, token) {
     }
     const shown = raw.map((ys, k) => (k < present.length && !atPoints[k] ? smooth(ys, w) : ys));
     const el = h("div", { class: "bn-chart", dataset: { role: `chart-${spec.id}` } });
-    const logY = spec.log && app.state.logScale;
-    grid.append(card(spec.title, spec.sub + (logY ? " · log scale" : ""),
+    // Log scale when asked, or on its own when the values span more than 1.5 decades (a small batch
+    // variance under a moving one still at its initial 1 would lie flat on 0).
+    const decades = spec.log ? decadesSpanned(raw.slice(0, present.length)) : 0;
+    const logY = spec.log && (app.state.logScale || decades > AUTO_LOG_DECADES);
+    grid.append(card(spec.title, spec.sub + (logY ? ` · log scale${app.state.logScale ? "" : ` (the values span ${fmtNum(decades, 2)} decades)`}` : ""),
       seriesDownloads(app, run, layerName, present.map((p) => p[0])), el));
     charts.push(lineChart(el, { name: spec.id, series, data: [data[0], ...shown], group, logY, height: 230, yLabel: spec.yLabel }));
   }
