@@ -65,4 +65,14 @@ def test_the_first_screen_of_a_120_layer_run(tmp_path, browser):  # noqa: F811 -
         assert f"and {LAYERS - 6} more ({LAYERS} layers)" in message
         note = frame.locator("[data-role=probe-note-accuracy]").text_content()
         assert "training mode 0.99" in note and "inference mode 0.2" in note
+        # Sorting the layers table, worst first, then reversed, then back to depth order; against the logs.
+        latest = {name: layer.series["mean_gap/max"][-1] for name, layer in tb_bnstats.load(str(logdir))["wide"].layers.items()}
+        first_row = "(document.querySelector('[data-role=layers] tbody tr') || {dataset: {}}).dataset.layer"
+        for expected in (max(latest, key=latest.get), min(latest, key=latest.get)):
+            before = frame.evaluate("document.body.dataset.ready")
+            frame.click("[data-role=layers] th[data-sort=mean_gap]")
+            frame.wait_for_function(f"document.body.dataset.ready !== '{before}'")
+            assert frame.evaluate(first_row) == expected
+        frame.click("[data-role=layers] th[data-sort=depth]")
+        frame.wait_for_function(f"{first_row} === 'block0/layer0_bn'")
         assert errors == []

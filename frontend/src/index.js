@@ -27,7 +27,7 @@ const MAX_FILE_PROBLEMS_LISTED = 8;
 class App {
   constructor(root) {
     this.root = root;
-    this.state = { view: "overview", run: null, layer: null, compareRuns: [], smoothing: 0, logScale: false, filter: "", runFilter: "", compareQuantity: "mean_gap/max", measure: "mean_gap/max", channelStep: null };
+    this.state = { view: "overview", run: null, layer: null, compareRuns: [], smoothing: 0, logScale: false, filter: "", runFilter: "", layerSort: { key: "depth", reversed: false }, compareQuantity: "mean_gap/max", measure: "mean_gap/max", channelStep: null };
     this.runs = [];
     this.meta = null;
     this.cleanup = null;

@@ -14,6 +14,7 @@ import { smooth } from "../model/smoothing.js";
 import { findingsCard } from "./findings.js";
 import { probePairs, latestGap } from "../model/probe.js";
 import { momentumLabel, momentumTitle, convergenceFormula, warmupEnd } from "../model/momentum.js";
+import { LAYER_SORTS, sortLayers } from "../model/layersort.js";
 import { lossSeries as lossSeriesOf, lossLabel } from "../model/loss.js";
 
 function matches(name, filter) {
@@ -56,7 +57,8 @@ export async function renderOverview(root, app, token) {
   const hasProbe = ov.layers.some((l) => l.latest && l.latest.probe_output_drift !== undefined);
   // The moving averages against measured population statistics (BNStatsCallback(population_data=...)).
   const hasPopulation = ov.layers.some((l) => l.latest && l.latest["population_mean_gap/max"] !== undefined);
-  for (const layer of ov.layers) {
+  const { key: sortKey, reversed } = app.state.layerSort;
+  for (const layer of sortLayers(ov.layers, sortKey, reversed)) {
     const latest = layer.latest || {};
     const conv = latest.convergence;
     const canvas = h("canvas", { dataset: { layer: layer.name, w: "140", h: "24" } });
@@ -82,14 +84,23 @@ export async function renderOverview(root, app, token) {
       h("td", null, canvas),
       h("td", null, badges)));
   }
+  // A sortable header: a click sorts by it, worst first; a second click reverses; "layer" goes back to depth order.
+  const sortable = (key, title, text) => {
+    const on = sortKey === key;
+    return h("th", { class: "sortable", title: `${title} (click: sort, worst first; again: reverse)`, dataset: { sort: key },
+      "aria-sort": on ? (reversed === (LAYER_SORTS[key].worst === "high") ? "ascending" : "descending") : "none",
+      onclick: () => app.go("overview", { layerSort: { key, reversed: on ? !reversed : false } }) },
+    text, on && key !== "depth" ? (reversed ? " ▲" : " ▼") : "");
+  };
   const table = h("table", { class: "bn-layers", dataset: { role: "layers" } },
     h("thead", null, h("tr", null,
-      h("th", null, "layer (depth order)"), h("th", null, "ch"), h("th", { title: "as the layer was built: PyTorch's momentum is the weight of the new batch (its 0.1 is Keras' 0.9), Keras' the weight kept on the old average" }, "momentum"),
-      h("th", { title: "normalized mean gap, max over channels, latest step" }, "mean gap"),
-      h("th", { title: "|log((var_B+eps)/(var_R+eps))|, max over channels, latest step" }, "var gap"),
-      h("th", null, "convergence"),
-      hasProbe ? h("th", { title: "train/inference output drift on the probe batch (latest probe): where in depth the gap starts" }, "probe drift") : null,
-      hasPopulation ? h("th", { title: "moving mean vs population mean, in population std, max over channels (latest measurement)" }, "vs population") : null,
+      sortable("depth", "back to depth order", sortKey === "depth" ? "layer (depth order)" : `layer (by ${LAYER_SORTS[sortKey].label})`),
+      h("th", null, "ch"), h("th", { title: "as the layer was built: PyTorch's momentum is the weight of the new batch (its 0.1 is Keras' 0.9), Keras' the weight kept on the old average" }, "momentum"),
+      sortable("mean_gap", "normalized mean gap, max over channels, latest step", "mean gap"),
+      sortable("var_gap", "|log((var_B+eps)/(var_R+eps))|, max over channels, latest step", "var gap"),
+      sortable("convergence", "1 − m^t at the latest step", "convergence"),
+      hasProbe ? sortable("probe_drift", "train/inference output drift on the probe batch (latest probe): where in depth the gap starts", "probe drift") : null,
+      hasPopulation ? sortable("population_gap", "moving mean vs population mean, in population std, max over channels (latest measurement)", "vs population") : null,
       h("th", null, `${app.state.measure} over steps`), h("th", null, "warnings"))),
     body);
   root.append(card("Layers", `${ov.layers.length} BatchNormalization layers · run ${run} · last step ${fmtStep(ov.max_step)}`, null, table));
