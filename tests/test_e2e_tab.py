@@ -160,6 +160,10 @@ def test_tab_overview_layer_channels_compare(server, browser):
     assert frame.locator("[data-role=layer-findings] li[data-code=BN001]").count() == 1
     for role in ("chart-mean", "chart-var", "chart-gap", "chart-vgap", "chart-convergence"):
         assert points(frame, f"[data-role={role}]") > 0, role
+    # In order of importance, the less used symmetric KL folded.
+    order = frame.evaluate("[...document.querySelectorAll('.bn-chart[data-role^=chart-]')].map((e) => e.dataset.role)")
+    assert order[:5] == ["chart-convergence", "chart-gap", "chart-vgap", "chart-mean", "chart-var"], order
+    assert frame.locator("[data-role=folded-kl]").get_attribute("open") is None
     note = frame.locator("[data-role=convergence-note]").text_content()
     assert "95% after 299 updates" in note and note.startswith("momentum=0.99 ·")  # Keras' convention
     assert frame.locator("[data-role=facts]").text_content().count("100 steps") == 1

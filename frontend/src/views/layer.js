@@ -25,19 +25,9 @@ function seriesDownloads(app, run, layer, quantities) {
 // A series drawn as points only: measured at some steps (probe, population statistics).
 const AT_POINTS = { points: true };
 
+// In order of importance: the gaps first (what the findings read), then the probe and population
+// comparisons, then the moments themselves; the less used symmetric KL folded.
 const CHARTS = [
-  {
-    id: "mean", yLabel: "mean (input units)", title: "Mean (channel average)", sub: "batch mean vs moving mean vs debiased moving mean (vs population mean, where measured)",
-    series: [["batch_mean", "batch mean", COLORS.batch], ["moving_mean", "moving mean", COLORS.moving], ["debiased_mean", "debiased mean", COLORS.debiased, [6, 3]],
-      ["population_mean", "population mean (PreciseBN)", COLORS.population, null, AT_POINTS]],
-    band: "moving_mean",
-  },
-  {
-    id: "var", yLabel: "variance (input units²)", title: "Variance (channel average)", sub: "batch variance vs moving variance vs debiased (vs population variance, where measured)", log: true,
-    series: [["batch_var", "batch var", COLORS.batch], ["moving_var", "moving var", COLORS.moving], ["debiased_var", "debiased var", COLORS.debiased, [6, 3]],
-      ["population_var", "population var (PreciseBN)", COLORS.population, null, AT_POINTS]],
-    band: "moving_var",
-  },
   {
     id: "gap", yLabel: "gap (train-time std)", title: "Mean gap", sub: "|μB−μR| / √(σ²B+ε) per channel, in train-time standard deviations",
     series: [["mean_gap/mean", "mean over channels", COLORS.batch], ["mean_gap/p90", "p90", COLORS.p90], ["mean_gap/max", "max", COLORS.max]],
@@ -46,10 +36,6 @@ const CHARTS = [
     id: "vgap", yLabel: "|log variance ratio|", title: "Variance gap", sub: "|log((σ²B+ε)/(σ²R+ε))| per channel; 0.69 = 2× (dropout 0.5 before BN)",
     series: [["abs_log_var_ratio/mean", "mean over channels", COLORS.batch], ["abs_log_var_ratio/p90", "p90", COLORS.p90],
       ["abs_log_var_ratio/max", "max", COLORS.max], ["log_var_ratio/mean", "signed mean (>0: batches wider)", COLORS.moving, [6, 3]]],
-  },
-  {
-    id: "kl", yLabel: "KL (nats)", title: "Symmetric KL", sub: "of N(μB, σ²B+ε) and N(μR, σ²R+ε): both gaps in one number",
-    series: [["sym_kl/mean", "mean over channels", COLORS.batch], ["sym_kl/p90", "p90", COLORS.p90], ["sym_kl/max", "max", COLORS.max]],
   },
   {
     // Only when the run has a probe (BNStatsCallback(probe_data=...)); points at the probe steps.
@@ -65,6 +51,22 @@ const CHARTS = [
     series: [["population_mean_gap/p50", "mean gap, median channel", COLORS.batch], ["population_mean_gap/max", "mean gap, max", COLORS.max],
       ["population_abs_log_var_ratio/p50", "|log var ratio|, median channel", COLORS.p90, [6, 3]],
       ["population_abs_log_var_ratio/max", "|log var ratio|, max", COLORS.moving, [6, 3]]],
+  },
+  {
+    id: "mean", yLabel: "mean (input units)", title: "Mean (channel average)", sub: "batch mean vs moving mean vs debiased moving mean (vs population mean, where measured)",
+    series: [["batch_mean", "batch mean", COLORS.batch], ["moving_mean", "moving mean", COLORS.moving], ["debiased_mean", "debiased mean", COLORS.debiased, [6, 3]],
+      ["population_mean", "population mean (PreciseBN)", COLORS.population, null, AT_POINTS]],
+    band: "moving_mean",
+  },
+  {
+    id: "var", yLabel: "variance (input units²)", title: "Variance (channel average)", sub: "batch variance vs moving variance vs debiased (vs population variance, where measured)", log: true,
+    series: [["batch_var", "batch var", COLORS.batch], ["moving_var", "moving var", COLORS.moving], ["debiased_var", "debiased var", COLORS.debiased, [6, 3]],
+      ["population_var", "population var (PreciseBN)", COLORS.population, null, AT_POINTS]],
+    band: "moving_var",
+  },
+  {
+    id: "kl", folded: true, yLabel: "KL (nats)", title: "Symmetric KL", sub: "of N(μB, σ²B+ε) and N(μR, σ²R+ε): both gaps in one number",
+    series: [["sym_kl/mean", "mean over channels", COLORS.batch], ["sym_kl/p90", "p90", COLORS.p90], ["sym_kl/max", "max", COLORS.max]],
   },
 ];
 
@@ -171,8 +173,11 @@ export async function renderLayer(root, app, token) {
     // variance under a moving one still at its initial 1 would lie flat on 0).
     const decades = spec.log ? decadesSpanned(raw.slice(0, present.length)) : 0;
     const logY = spec.log && (app.state.logScale || decades > AUTO_LOG_DECADES);
-    grid.append(card(spec.title, spec.sub + (logY ? ` · log scale${app.state.logScale ? "" : ` (the values span ${fmtNum(decades, 2)} decades)`}` : ""),
-      seriesDownloads(app, run, layerName, present.map((p) => p[0])), el));
+    const shownCard = card(spec.title, spec.sub + (logY ? ` · log scale${app.state.logScale ? "" : ` (the values span ${fmtNum(decades, 2)} decades)`}` : ""),
+      seriesDownloads(app, run, layerName, present.map((p) => p[0])), el);
+    grid.append(spec.folded
+      ? h("details", { class: "bn-folded", dataset: { role: `folded-${spec.id}` } }, h("summary", null, `${spec.title} (${spec.sub})`), shownCard)
+      : shownCard);
     charts.push(lineChart(el, { name: spec.id, series, data: [data[0], ...shown], group, logY, height: 230, yLabel: spec.yLabel }));
   }
 
