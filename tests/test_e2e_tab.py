@@ -209,6 +209,10 @@ def test_tab_overview_layer_channels_compare(server, browser):
     assert points(frame, "[data-role='compare-mean_gap/max']") > 0
     legend = frame.locator("[data-role='compare-mean_gap/max'] .u-legend").text_content()
     assert "synth" in legend and "synth_b" in legend
+    # Each run's momentum and convergence once, above the charts, not on every chart.
+    facts = frame.locator("[data-role=compare-facts]")
+    assert facts.count() == 1 and frame.locator(".bn-view").text_content().count("95% after") == len(
+        facts.locator("[data-run]").all()) >= 2
     page.screenshot(path=str(SHOTS / "compare.png"))
     assert errors == []
 

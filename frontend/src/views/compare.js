@@ -41,17 +41,18 @@ export async function renderCompare(root, app, token) {
   for (const res of results) for (const r of res.runs) if (r.steps.length) group.extend(r.steps[0], r.steps[r.steps.length - 1]);
   const grid = h("div", { class: "bn-grid2" });
   root.append(grid);
+  // Each run's momentum as its layer was built ("momentum=0.1" for PyTorch), the convention in the tooltip:
+  // once, above the charts (the same for every quantity).
+  const facts = (results.find((res) => res.runs.length) || { runs: [] }).runs.flatMap((r, k) => [k ? " · " : null,
+    h("span", { title: momentumTitle(r.info), dataset: { run: r.run } }, `${r.run}: ${momentumLabel(r.info)}, 95% after ${fmtStep(r.info.steps_to_95)}`)]);
+  grid.before(h("div", { class: "bn-note", dataset: { role: "compare-facts" } }, `${layer} · `, ...facts));
   const charts = [];
   results.forEach((res, qi) => {
     app.noteSampling(`compare-${qi}`, res.sampling);
     const q = shownQs[qi];
     const el = h("div", { class: "bn-chart", dataset: { role: `compare-${q}` } });
     const missing = res.missing.length ? ` · not in ${res.missing.join(", ")}` : "";
-    // Each run's momentum as its layer was built ("momentum=0.1" for PyTorch), the convention in the tooltip.
-    const facts = res.runs.flatMap((r, k) => [k ? " · " : null,
-      h("span", { title: momentumTitle(r.info), dataset: { run: r.run } }, `${r.run}: ${momentumLabel(r.info)}, 95% after ${fmtStep(r.info.steps_to_95)}`)]);
-    grid.append(card(q, `${layer}${missing}`, downloads(app.routeUrl, "compare", { run: runs, layer, quantity: q, points: POINTS }, ["compare", layer, q]),
-      h("div", { class: "bn-note", dataset: { role: `compare-facts-${q}` } }, ...facts), el));
+    grid.append(card(q, `${layer}${missing}`, downloads(app.routeUrl, "compare", { run: runs, layer, quantity: q, points: POINTS }, ["compare", layer, q]), el));
     if (!res.runs.length) return;
     const data = alignSeries(res.runs.map((r) => ({ x: r.steps, y: r.values })));
     const raw = data.slice(1);
