@@ -1,0 +1,32 @@
+"""The README's quick start as a new user runs it: model.fit with only
+``BNStatsCallback(log_dir)`` -- no probe_data -- then TensorBoard: the tab
+opens on the symptom, training-mode against inference-mode accuracy on the
+first training samples, with the numbers the callback logged."""
+
+import keras
+
+import tb_bnstats
+import diagnosis_scenarios as scenarios
+from test_e2e_tab import browser, tensorboard  # noqa: F401 - browser is a fixture
+
+
+def test_a_quick_start_run_shows_both_accuracies_without_probe_data(tmp_path, browser):  # noqa: F811
+    x, y = scenarios.digits(n=512)
+    keras.utils.set_random_seed(0)
+    model = scenarios.dense_model(momentum=0.99)  # the classic symptom: 32 steps at momentum 0.99
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[tb_bnstats.BNStatsCallback(str(tmp_path / "run1"))])
+    run = tb_bnstats.load(str(tmp_path))["run1"]
+    train, inference = run.metrics["probe_train/accuracy"][1][-1], run.metrics["probe_inference/accuracy"][1][-1]
+    assert train - inference > 0.2  # the gap is there, on training data
+    with tensorboard(str(tmp_path), min_runs=1) as base:
+        page = browser.new_page(viewport={"width": 1280, "height": 720})
+        page.goto(base + "/#bn_stats")
+        frame = page.wait_for_selector("iframe", timeout=30000).content_frame()
+        frame.wait_for_selector("[data-role=probe-accuracy] canvas", timeout=30000)
+        note = frame.locator("[data-role=probe-note-accuracy]").text_content()
+        assert f"training mode {train:.4g}" in note and f"inference mode {inference:.4g}" in note, note
+        card = frame.locator("[data-role=probe-gap]").text_content()
+        assert "by default the first 256 training samples" in card
+        box = frame.locator("[data-role=probe-accuracy]").bounding_box()
+        assert box["y"] < 720  # on the first screen
+        page.close()
