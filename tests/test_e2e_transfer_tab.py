@@ -2,7 +2,7 @@
 and its fine-tuning (tests/diagnosis_scenarios.py, real Keras training),
 served by a real ``tensorboard`` and opened in chromium. The badges say
 "frozen" and "pretrained, moved X std" (not "no updates" / "N% converged"),
-"training=False overridden" where fit trained a layer written so, and every
+BN011's badge where fit trained a layer written with training=False, and every
 finding message names its numbers; screenshot docs/screenshots/transfer.png."""
 
 import os
@@ -51,7 +51,9 @@ def test_frozen_and_fine_tuned_base_in_the_tab(tmp_path, browser):  # noqa: F811
         frame.locator("[data-role=findings-list] li[data-code=BN011]").wait_for(state="visible")
         for layer in BASE_LAYERS:
             badges = _badges(frame, layer)
-            assert "training_overridden" in badges and "tone-bad" in badges["training_overridden"][0], badges
+            # The override is finding BN011's badge (one source), not a state badge beside it.
+            assert "finding-BN011" in badges and "tone-warn" in badges["finding-BN011"][0], badges
+            assert "training_overridden" not in badges
             moved = runs["s9_fine_tune"].layers[layer].series["start_mean_gap/p50"][-1]
             assert badges["pretrained"][1] == f"pretrained, moved {moved:.2f} std"
             assert "not_converged" not in badges

@@ -202,9 +202,6 @@ def badges(info, latest, pretrained_at=None):
                     "detail": f"moving averages still hold {100 - conv * 100:.1f}% of their initial values after "
                               f"{int(updates or 0)} updates; {words.momentum_setting(info.momentum, info)} needs "
                               f"{need} for 95%"})
-    if info.graph_training_false and not info.frozen and (updates or 0) > 0:
-        out.append({"id": "training_overridden", "tone": "bad", "label": "training=False overridden",
-                    "detail": "the model calls it with training=False, but fit trained it (BN011)"})
     gap = latest.get("mean_gap/p90")
     if gap is not None and gap > MEAN_GAP_P90_WARN:
         out.append({"id": "mean_gap", "tone": "warn", "hint": True, "label": "mean gap",
