@@ -65,6 +65,9 @@ def test_the_first_screen_of_a_120_layer_run(tmp_path, browser):  # noqa: F811 -
         assert f"and {LAYERS - 6} more ({LAYERS} layers)" in message
         note = frame.locator("[data-role=probe-note-accuracy]").text_content()
         assert "training mode 0.99" in note and "inference mode 0.2" in note
+        # The heat map gives each of the 120 layers a visible row (7 px) and labels every few of them.
+        heat = frame.locator("[data-role=heatmap] canvas").first.bounding_box()
+        assert heat["height"] >= 40 + 7 * LAYERS
         # Sorting the layers table, worst first, then reversed, then back to depth order; against the logs.
         latest = {name: layer.series["mean_gap/max"][-1] for name, layer in tb_bnstats.load(str(logdir))["wide"].layers.items()}
         first_row = "(document.querySelector('[data-role=layers] tbody tr') || {dataset: {}}).dataset.layer"

@@ -234,6 +234,9 @@ def test_tab_dark_theme_and_reload(server, browser):
     frame.click("[data-role=findings-list] li[data-code=BN001] .bn-layer-link[data-layer=dense_bn]")
     frame.wait_for_selector("[data-role=layer-findings] li[data-code=BN001]")
     assert frame.locator("[data-role=layer-select]").input_value() == "dense_bn"
+    # Its findings speak of it, with its own numbers, not of the finding's first layer.
+    message = frame.locator("[data-role=layer-findings] li[data-code=BN001] .bn-finding-msg").text_content()
+    assert message.startswith("dense_bn:") and "conv1_bn:" not in message, message
     assert errors == []
 
 

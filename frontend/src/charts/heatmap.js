@@ -32,9 +32,13 @@ export function heatmapChart(el, hm, o = {}) {
     }
     return lo;
   };
+  // Rows of 22 px for a few layers, down to 7 px for 120 and more (at most 900 px): a real model's rows stay
+  // visible, and a label is written every few rows so that the labels do not overlap (12 px each).
+  const height = o.height || Math.max(120, Math.min(40 + n * Math.max(7, Math.min(22, 440 / n)), 900));
+  const labelEvery = Math.max(1, Math.ceil((n * 12) / (height - 40)));
   const opts = {
     width: autoWidth(el),
-    height: o.height || Math.min(Math.max(22 * n + 40, 120), 520),
+    height,
     legend: { show: false },
     cursor: { sync: group ? { key: group.key } : undefined, drag: { x: true, y: false, setScale: true }, points: { show: false },
       bind: resetBinding(group, true) },
@@ -49,7 +53,7 @@ export function heatmapChart(el, hm, o = {}) {
         size: Y_AXIS_SIZE,
         grid: { show: false },
         ticks: { show: false },
-        splits: () => (n <= 24 ? [...Array(n).keys()] : [...Array(n).keys()].filter((i) => i % Math.ceil(n / 24) === 0)),
+        splits: () => [...Array(n).keys()].filter((i) => i % labelEvery === 0),
         values: (u, splits) => splits.map((y) => labels[rowOf(y)] || ""),
       },
     ],
