@@ -4,7 +4,8 @@
 // the main area to one view at a time.
 //   model/   talking to the server (api.js) and pure data shaping, no DOM
 //   charts/  uPlot charts, sparklines and every colour (colors.js)
-//   ui/      DOM building (dom.js), TensorBoard's reload button (reload.js) and theme (theme.js)
+//   ui/      DOM building (dom.js); TensorBoard's page around the tab (host.js): its reload button
+//            (reload.js), theme (theme.js) and URL (urlstate.js)
 //   views/   overview, layer detail (+ per channel, findings), compare runs
 import uplotCss from "uplot/dist/uPlot.min.css";
 import css from "./style.css";

@@ -6,6 +6,8 @@
 // prefers-color-scheme. The tab's colours are the CSS variables of :root,
 // dark under :root.dark (style.css).
 
+import { hostPage } from "./host.js";
+
 /** Whether the page around the tab is dark: TensorBoard's body class, else the browser's preference. */
 export function isDark(win = window) {
   const host = hostBody(win);
@@ -14,11 +16,8 @@ export function isDark(win = window) {
 }
 
 function hostBody(win) {
-  try {
-    return win.parent && win.parent !== win ? win.parent.document.body : null;
-  } catch (e) {
-    return null; // another origin: not TensorBoard's page
-  }
+  const page = hostPage(win);
+  return page ? page.document.body : null;
 }
 
 /**

@@ -9,6 +9,8 @@
 // answers a dictionary cached before the hash was read.) Opened on its own,
 // the tab has no URL state.
 
+import { hostPage } from "./host.js";
+
 const PREFIX = "p.bn_stats.";
 export const URL_KEYS = ["run", "view", "layer", "step"];
 
@@ -45,23 +47,15 @@ export function stateOf(hash) {
   return out;
 }
 
-function host(win) {
-  try {
-    return win.parent && win.parent !== win && win.parent.location.hash !== undefined ? win.parent : null;
-  } catch (e) {
-    return null; // another origin: not TensorBoard's page
-  }
-}
-
 /** The state the host page's URL holds. */
 export function readUrlState(win = window) {
-  const page = host(win);
+  const page = hostPage(win);
   return page ? stateOf(page.location.hash) : {};
 }
 
 /** Writes ``state`` into the host page's URL (history entry replaced). */
 export function writeUrlState(state, win = window) {
-  const page = host(win);
+  const page = hostPage(win);
   if (!page) return;
   const next = withState(page.location.hash, state);
   if (next !== (page.location.hash || "#")) page.history.replaceState(page.history.state, "", next);
