@@ -19,7 +19,11 @@ export function heatmapChart(el, hm, o = {}) {
   const edges = hm.step_edges;
   const top = heatScaleTop(hm.measure);
   const max = top === null ? hm.max || 0 : top;
-  const warmup = o.warmup || [];
+  // The last step of row r's warm-up when it falls in the map, else null.
+  const warmupEnd = (r) => {
+    const end = (o.warmup || [])[r];
+    return end !== null && end !== undefined && end >= edges[0] ? end : null;
+  };
   const labels = layerLabels(hm.layers, 22); // the tooltip names the layer in full
   const rowOf = (y) => n - 1 - Math.round(y);
   const group = o.group;
@@ -70,7 +74,7 @@ export function heatmapChart(el, hm, o = {}) {
           { label: hm.layers[row] },
           { label: stepRange(Math.ceil(edges[j]), Math.ceil(edges[j + 1]) - 1) },
           { label: `${hm.measure} (max)`, value: v === null ? "no data" : fmtNum(v, 4) },
-          ...(warmup[row] !== null && warmup[row] !== undefined && edges[j] <= warmup[row]
+          ...(warmupEnd(row) !== null && edges[j] <= warmupEnd(row)
             ? [{ label: "warm-up: the moving averages are not 95% converged yet" }] : []),
         ];
       }),
@@ -98,8 +102,8 @@ export function heatmapChart(el, hm, o = {}) {
               ctx.fillStyle = c;
               ctx.fillRect(x0, Math.min(y0, y1), Math.max(x1 - x0, 1) + 0.5, Math.abs(y1 - y0) - 1);
             }
-            const end = warmup[r];
-            if (end !== null && end !== undefined && end >= edges[0]) { // dim the warm-up, tick its end
+            const end = warmupEnd(r);
+            if (end !== null) { // dim the warm-up, tick its end
               const x0 = u.valToPos(edges[0] - 0.5, "x", true);
               const x1 = u.valToPos(Math.min(end, edges[edges.length - 1] - 1) + 0.5, "x", true);
               ctx.globalAlpha = 0.55;
@@ -121,7 +125,7 @@ export function heatmapChart(el, hm, o = {}) {
   el.dataset.chart = o.name || "heatmap";
   el.dataset.points = String(hm.values.reduce((a, row) => a + row.filter((v) => v !== null).length, 0));
   el.dataset.scaleTop = String(max); // for tests: the colour scale's top and the rows with a warm-up drawn
-  el.dataset.warmupRows = String(warmup.filter((end) => end !== null && end !== undefined && end >= edges[0]).length);
+  el.dataset.warmupRows = String([...Array(n).keys()].filter((r) => warmupEnd(r) !== null).length);
   const u = new uPlot(opts, [[edges[0], edges[edges.length - 1]], [null, null]], el);
   el.__uplot = u; // for tests
   if (group) group.fit(u);

@@ -13,7 +13,7 @@ import { INT_INCRS, autoWidth, followWidthUntilDestroyed, resetBinding, tooltipP
  *   tooltip}], data: [xs, ys...], logY, group (SyncGroup), height, hlines: [{y, label}], vlines: [{x, label}],
  *   xLabel, yLabel, ySize, yRange, xIsStep, xPad (room at both x ends, for bars)}
  */
-const Y_LABEL_SIZE = 18;
+const LABEL_SIZE = 18; // room for an axis name
 
 export function lineChart(el, o) {
   const colors = themeColors();
@@ -43,10 +43,10 @@ export function lineChart(el, o) {
       y: o.logY ? { distr: 3 } : { range: o.yRange || undefined },
     },
     axes: [
-      axis({ incrs: INT_INCRS, values: (u, splits) => splits.map((v) => (xIsStep ? fmtStep(v) : String(v))), label: xLabel, labelSize: xLabel ? 18 : 0 }),
+      axis({ incrs: INT_INCRS, values: (u, splits) => splits.map((v) => (xIsStep ? fmtStep(v) : String(v))), label: xLabel, labelSize: xLabel ? LABEL_SIZE : 0 }),
       // A fixed ySize (charts aligned with the heat map) includes the label's room.
-      axis({ size: (o.ySize || 64 + (o.yLabel ? Y_LABEL_SIZE : 0)) - (o.yLabel ? Y_LABEL_SIZE : 0),
-        values: (u, splits) => splits.map((v) => (v === null || v === undefined ? "" : fmtNum(v, 3))), label: o.yLabel, labelSize: o.yLabel ? Y_LABEL_SIZE : 0 }),
+      axis({ size: o.ySize ? o.ySize - (o.yLabel ? LABEL_SIZE : 0) : 64,
+        values: (u, splits) => splits.map((v) => (v === null || v === undefined ? "" : fmtNum(v, 3))), label: o.yLabel, labelSize: o.yLabel ? LABEL_SIZE : 0 }),
     ],
     series: [
       { label: xIsStep ? "step" : o.xLabel || "x" },
