@@ -403,3 +403,27 @@ def test_routes_serve_the_probe_series_and_findings(tmp_path):
     status, found = get("findings?run=run")
     assert [(f["code"], f["layers"], f["source"]) for f in found["findings"]] == [("BN009", ["bn"], "computed")]
     assert found["findings"][0]["evidence"]["bn"]["probe_mean_gap_p50"] == pytest.approx(0.6, rel=1e-6)
+
+
+class _ModeFlip(keras.layers.Layer):
+    """A layer whose class name starts with "_": Keras names it "_mode_flip"."""
+
+    def call(self, x, training=None):
+        return x if training else -x
+
+
+def test_a_layer_named_with_an_underscore_does_not_stop_the_probe(tmp_path):
+    """Under TensorFlow "_mode_flip" is not a valid root name scope; the probe's
+    pass runs under a scope of its own, as Keras' steps do, and logs."""
+    (x, y), _ = _digits_split()
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((x.shape[1],))
+    h = keras.layers.BatchNormalization(momentum=0.9, name="bn")(keras.layers.Dense(16)(inp))
+    model = keras.Model(inp, keras.layers.Dense(10)(_ModeFlip()(h)))
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a failing probe warns: fail here instead
+        model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[BNStatsCallback(tmp_path / "r", verbose=0)])
+    run = tb_bnstats.load(tmp_path)["r"]
+    assert list(run.metrics["probe_train/accuracy"][0]) == [16]
+    assert np.isfinite(run.layers["bn"].series["probe_output_drift"]).sum() == 1

@@ -173,7 +173,14 @@ def compile_pass(fn, reduce_retracing=False):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(fn, reduce_retracing=reduce_retracing)
+        # Under a name scope of its own: a layer named "_x" (Keras names a class "_X" so) is not a valid
+        # root scope name, and Keras' own steps trace it under theirs.
+        @functools.wraps(fn)
+        def scoped(*args):
+            with tf.name_scope("tb_bnstats"):
+                return fn(*args)
+
+        return tf.function(scoped, reduce_retracing=reduce_retracing)
     if backend == "jax":
         import jax
 
