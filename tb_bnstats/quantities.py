@@ -244,34 +244,84 @@ def pool_moments(counts, means, variances):
     """Population moments from per-batch moments (PreciseBN, law of total
     variance): with ``N = sum(n_b)``, ``mean = sum(n_b mu_b) / N`` and
     ``var = sum(n_b (mu_b**2 + var_b)) / N - mean**2``, the biased variance of
-    all the values pooled.
+    all the values pooled. The same formula pools several replicas' slices
+    of one global batch into the global batch's moments.
 
-    ``counts`` [k], ``means`` / ``variances`` [k, C] (biased batch variances).
-    Computed by Chan et al.'s pairwise update (mean and sum of squared
-    deviations merged batch by batch), which is the same quantity without the
-    cancellation of ``E[x**2] - E[x]**2`` for means large against the spread.
-    Returns ``(mean [C], var [C], N)``.
+    ``counts`` [..., k], ``means`` / ``variances`` [..., k, C] (biased batch
+    variances; any leading axes, e.g. steps, are kept). Computed by Chan et
+    al.'s pairwise update (mean and sum of squared deviations merged batch by
+    batch), which is the same quantity without the cancellation of
+    ``E[x**2] - E[x]**2`` for means large against the spread.
+    Returns ``(mean [..., C], var [..., C], N [...])``.
+
+    Raises:
+        ValueError: shapes that do not match, or no samples to pool.
     """
-    counts = np.asarray(counts, np.float64).reshape(-1)
+    counts = np.asarray(counts, np.float64)
     means = np.asarray(means, np.float64)
     variances = np.asarray(variances, np.float64)
-    if means.ndim == 1:
-        means, variances = means[:, None], variances[:, None]
-    if counts.size == 0 or means.shape[0] != counts.size or variances.shape != means.shape:
-        raise ValueError(f"need k counts and [k, C] means and variances, got {counts.shape}, {means.shape}, "
-                         f"{variances.shape}")
-    total, mean, m2 = 0.0, np.zeros(means.shape[1]), np.zeros(means.shape[1])
-    for n_b, mu_b, var_b in zip(counts, means, variances):
-        if n_b <= 0:
-            continue
+    if counts.ndim == 0:
+        counts = counts.reshape(1)
+    if means.ndim == counts.ndim:
+        means, variances = means[..., None], variances[..., None]
+    if (counts.size == 0 or means.shape[:-1] != counts.shape or variances.shape != means.shape):
+        raise ValueError(f"need [..., k] counts and [..., k, C] means and variances, got {counts.shape}, "
+                         f"{means.shape}, {variances.shape}")
+    lead = counts.shape[:-1]
+    total, mean, m2 = np.zeros(lead), np.zeros(means.shape[:-2] + means.shape[-1:]), 0.0
+    m2 = np.zeros_like(mean)
+    for b in range(counts.shape[-1]):
+        n_b, mu_b, var_b = np.maximum(counts[..., b], 0.0), means[..., b, :], variances[..., b, :]
         new_total = total + n_b
+        safe = np.where(new_total > 0, new_total, 1.0)
         delta = mu_b - mean
-        mean = mean + delta * (n_b / new_total)
-        m2 = m2 + var_b * n_b + delta * delta * (total * n_b / new_total)
+        mean = mean + delta * (n_b / safe)[..., None]
+        m2 = m2 + var_b * n_b[..., None] + delta * delta * (total * n_b / safe)[..., None]
         total = new_total
-    if total <= 0:
+    if np.any(total <= 0):
         raise ValueError("no samples to pool")
-    return mean, m2 / total, total
+    var = m2 / total[..., None]
+    return mean, var, (total if lead else float(total))
+
+
+def replica_spread(epsilon, replica_mean, replica_var, replica_samples, replica_moving_mean=None,
+                   replica_moving_var=None):
+    """How several replicas' slices of one global batch differ, per channel
+    (:data:`tb_bnstats.format.metadata.REPLICA_SERIES` gives the formulas).
+
+    Args:
+        epsilon: the layer's epsilon.
+        replica_mean, replica_var: [..., R, C] each replica's batch moments
+            (biased variance).
+        replica_samples: [..., R] each replica's values per channel.
+        replica_moving_mean, replica_moving_var: [..., R, C] each replica's
+            own moving statistics, when each keeps its own (else None).
+
+    Returns:
+        ``(global_mean, global_var, spread)``: the global batch's moments
+        [..., C] (:func:`pool_moments`) and ``{name: [..., C]}`` of
+        ``replica_mean_spread``, ``replica_var_ratio``, ``replica_mean_gap``,
+        ``replica_abs_log_var_ratio``, ``replica_var_deficit`` and, with
+        moving statistics, ``rank_moving_spread`` and
+        ``rank_moving_var_ratio``.
+    """
+    mu = np.asarray(replica_mean, np.float64)
+    var = np.asarray(replica_var, np.float64)
+    global_mean, global_var, _ = pool_moments(replica_samples, mu, var)
+    std = np.sqrt(global_var + epsilon)[..., None, :]
+    out = {
+        "replica_mean_spread": (mu.max(axis=-2) - mu.min(axis=-2)) / std[..., 0, :],
+        "replica_var_ratio": (var.max(axis=-2) + epsilon) / (var.min(axis=-2) + epsilon),
+        "replica_mean_gap": np.mean(np.abs(mu - global_mean[..., None, :]) / std, axis=-2),
+        "replica_abs_log_var_ratio": np.mean(np.abs(log_var_ratio(var, global_var[..., None, :], epsilon)), axis=-2),
+        "replica_var_deficit": log_var_ratio(global_var, var.mean(axis=-2), epsilon),
+    }
+    if replica_moving_mean is not None:
+        mm = np.asarray(replica_moving_mean, np.float64)
+        mv = np.asarray(replica_moving_var, np.float64)
+        out["rank_moving_spread"] = (mm.max(axis=-2) - mm.min(axis=-2)) / np.sqrt(mv.mean(axis=-2) + epsilon)
+        out["rank_moving_var_ratio"] = (mv.max(axis=-2) + epsilon) / (mv.min(axis=-2) + epsilon)
+    return global_mean, global_var, out
 
 
 def lag1_autocorrelation(series):

@@ -530,7 +530,7 @@ class Recorder:
                                     layer.moving_mean, layer.moving_var, layer.updates,
                                     samples_per_channel=layer.samples_per_channel, init_mean=layer.init_mean,
                                     init_var=layer.init_var, wall_times=wall_times, snapshot_steps=snapshot_steps,
-                                    series=series)
+                                    series=series, replicas=layer.replicas)
         if metrics:
             self.writer.metrics_block("train", block.steps, metrics, wall_times)
 

@@ -24,6 +24,30 @@ from tb_bnstats.format.metadata import LayerInfo
 
 
 @dataclasses.dataclass
+class ReplicaBlock:
+    """One layer's per-replica moments at the S steps of a :class:`Block`,
+    when R > 1 replicas (devices or processes) each ran it on their own
+    slice of the global batch.
+
+    ``batch_mean`` / ``batch_var`` [S, R, C]: each replica's own batch
+    moments (biased variance: what an unsynchronized layer normalized with).
+    ``samples`` [S, R]: each replica's values per channel. ``moving_mean`` /
+    ``moving_var`` [S, R, C]: each replica's own moving statistics, where
+    each keeps its own (None where the replicas share one copy).
+    """
+
+    batch_mean: np.ndarray
+    batch_var: np.ndarray
+    samples: np.ndarray
+    moving_mean: Optional[np.ndarray] = None
+    moving_var: Optional[np.ndarray] = None
+
+    def rows(self, index):
+        return ReplicaBlock(*(None if v is None else v[index]
+                               for v in (getattr(self, f.name) for f in dataclasses.fields(self))))
+
+
+@dataclasses.dataclass
 class LayerBlock:
     """One layer's moments at the S steps of a :class:`Block`.
 
@@ -37,7 +61,10 @@ class LayerBlock:
     ``samples_per_channel``: values per channel in the batch (``n``, for a
     moving variance of Bessel-corrected batch variances): one number, or
     [S] when it changes from step to step; None when the convention does not
-    need it.
+    need it. ``replicas``: the per-replica moments on several replicas
+    (:class:`ReplicaBlock`), None on one; ``batch_*`` are then the global
+    batch's moments (pooled from the replicas' own,
+    :func:`tb_bnstats.quantities.pool_moments`) and ``moving_*`` replica 0's.
     """
 
     batch_mean: np.ndarray
@@ -49,6 +76,7 @@ class LayerBlock:
     init_mean: np.ndarray
     init_var: np.ndarray
     samples_per_channel: Optional["float | np.ndarray"] = None
+    replicas: Optional[ReplicaBlock] = None
 
 
 @dataclasses.dataclass
@@ -73,9 +101,10 @@ class Block:
         """The block of the steps at ``index`` (a slice or an index array)."""
         return Block(
             steps=self.steps[index],
-            layers={name: dataclasses.replace(layer, **{f: getattr(layer, f)[index] for f in _PER_STEP
-                                                         if isinstance(getattr(layer, f), np.ndarray)})
-                    for name, layer in self.layers.items()},
+            layers={name: dataclasses.replace(
+                layer, replicas=None if layer.replicas is None else layer.replicas.rows(index),
+                **{f: getattr(layer, f)[index] for f in _PER_STEP if isinstance(getattr(layer, f), np.ndarray)})
+                for name, layer in self.layers.items()},
             logs={name: values[index] for name, values in self.logs.items()},
             metric_totals={name: (total[index], count[index]) for name, (total, count) in self.metric_totals.items()})
 

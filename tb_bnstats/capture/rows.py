@@ -16,6 +16,11 @@ A row, for the layers of one :class:`Layout`:
   moving_mean, moving_var`` as float32;
 * ``samples`` [L] -- optional, each layer's values per channel in the batch
   (for moving variances of Bessel-corrected batch variances, PyTorch's).
+
+On R > 1 replicas (``Layout.replicas``) a row holds ``moments`` and
+``samples`` of every replica, replica after replica ([R * 4 * sum(C)] and
+[R * L]; ``samples`` then always), and the drain pools them into the global
+batch's moments (:func:`tb_bnstats.quantities.pool_moments`).
 """
 
 import dataclasses
@@ -24,7 +29,8 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from tb_bnstats.capture import Block, LayerBlock
+from tb_bnstats import quantities
+from tb_bnstats.capture import Block, LayerBlock, ReplicaBlock
 
 # A ring holds K rows: as many as fit in RING_BYTES, at most RING_MAX_STEPS,
 # and never fewer than the steps one execution of the training step runs
@@ -43,24 +49,30 @@ class Layout:
     """What the rows of one ring hold: the layers the training step ran, in
     order, and whether each updated its averages; the logs it returned; the
     model's running-mean metrics. Fixed when a Keras training step is traced;
-    PyTorch's may change from step to step (a new ring then)."""
+    PyTorch's may change from step to step (a new ring then). ``replicas``:
+    how many replicas' moments a row holds; ``moving_per_replica``: whether
+    each replica's moving statistics are its own (else replica 0's stand for
+    all)."""
 
     layers: Tuple[weakref.ref, ...]
     channels: Tuple[int, ...]
     updating: Tuple[bool, ...]
     log_names: Tuple[str, ...]
     metric_names: Tuple[str, ...]
+    replicas: int = 1
+    moving_per_replica: bool = False
 
     @classmethod
-    def of(cls, layers, channels, updating, log_names, metric_names):
+    def of(cls, layers, channels, updating, log_names, metric_names, replicas=1, moving_per_replica=False):
         return cls(tuple(weakref.ref(layer) for layer in layers), tuple(int(c) for c in channels),
-                   tuple(bool(u) for u in updating), tuple(log_names), tuple(metric_names))
+                   tuple(bool(u) for u in updating), tuple(log_names), tuple(metric_names), int(replicas),
+                   bool(moving_per_replica))
 
     @property
     def key(self):
         """Equal for layouts of the same rows (a retrace with the same layers)."""
         return (tuple(id(ref()) for ref in self.layers), self.channels, self.updating, self.log_names,
-                self.metric_names)
+                self.metric_names, self.replicas, self.moving_per_replica)
 
     @property
     def num_values(self):
@@ -68,7 +80,8 @@ class Layout:
 
     @property
     def num_moments(self):
-        return 4 * sum(self.channels)
+        """Moment columns of a row (every replica's)."""
+        return 4 * sum(self.channels) * self.replicas
 
 
 @dataclasses.dataclass
@@ -80,8 +93,8 @@ class Rows:
     step: np.ndarray  # [R]
     counts: np.ndarray  # [R, L]
     values: np.ndarray  # [R, V]
-    moments: np.ndarray  # [R, 4 * sum(C)] float32
-    samples: Optional[np.ndarray] = None  # [R, L] values per channel, when the moving variance needs them
+    moments: np.ndarray  # [R, replicas * 4 * sum(C)] float32
+    samples: Optional[np.ndarray] = None  # [R, replicas * L] values per channel (always on several replicas)
 
     @classmethod
     def from_arrays(cls, layout, ints, floats, samples=None):
@@ -106,20 +119,31 @@ class Rows:
         totals = {name: (self.values[:, offset + 2 * i].astype(np.float64),
                          self.values[:, offset + 2 * i + 1].astype(np.float64))
                   for i, name in enumerate(layout.metric_names)}
+        replicas = layout.replicas
+        moments = self.moments.reshape(size, replicas, -1)
+        samples = None if self.samples is None else self.samples.reshape(size, replicas, -1).astype(np.float64)
         layers, start = {}, 0
         for i, (ref, channels, updating) in enumerate(zip(layout.layers, layout.channels, layout.updating)):
-            chunk = self.moments[:, start:start + 4 * channels].reshape(size, 4, channels)
+            chunk = moments[:, :, start:start + 4 * channels].reshape(size, replicas, 4, channels)
             start += 4 * channels
             layer = ref()
             name = named.get(id(layer)) if layer is not None else None
             if name is None:
                 continue
             slot = slots[name]
+            own = None if samples is None else samples[:, :, i]
+            replica_block = None
+            batch_mean, batch_var = chunk[:, 0, 0], chunk[:, 0, 1]
+            if replicas > 1:
+                own_moving = (chunk[:, :, 2], chunk[:, :, 3]) if layout.moving_per_replica else (None, None)
+                replica_block = ReplicaBlock(chunk[:, :, 0], chunk[:, :, 1], own, *own_moving)
+                batch_mean, batch_var, total = quantities.pool_moments(own, chunk[:, :, 0], chunk[:, :, 1])
+                own = total[:, None]
             layers[name] = LayerBlock(
-                batch_mean=chunk[:, 0], batch_var=chunk[:, 1], moving_mean=chunk[:, 2], moving_var=chunk[:, 3],
+                batch_mean=batch_mean, batch_var=batch_var, moving_mean=chunk[:, 0, 2], moving_var=chunk[:, 0, 3],
                 updates=self.counts[:, i].astype(np.int64), updating=updating, init_mean=slot.init_mean,
-                init_var=slot.init_var,
-                samples_per_channel=None if self.samples is None else self.samples[:, i].astype(np.float64))
+                init_var=slot.init_var, samples_per_channel=None if own is None else own[:, 0],
+                replicas=replica_block)
         return Block(steps=self.step.astype(np.int64), layers=layers, logs=logs, metric_totals=totals)
 
 

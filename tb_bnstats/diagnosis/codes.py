@@ -107,6 +107,19 @@ THRESHOLDS = {
     # raised inference-mode accuracy on all digits from 74.8% to 88.6%.
     "unexplained_accuracy_gap": 0.03,
     "mode_drift": 0.25,
+    # Several replicas (S11-S13). Unsynchronized BN normalizes each replica's slice with its own moments:
+    # BN013 is S6's test (noise_mean / noise_log_var) on each replica's moments against the global
+    # batch's (replica_mean_gap/p50, replica_abs_log_var_ratio/p50), median over the last steps.
+    # BN014: a moving variance that averages per-replica variances misses the spread between replicas:
+    # the global batch's variance above the mean replica variance by more than 10% (log 0.1), and above
+    # the converged moving variance as well (log_var_ratio/mean > 0.1). For independent slices of n
+    # values each the deficit is ~1/n: 0.06 at n = 16, 0.25 at n = 4; sorted or grouped data make it
+    # larger. BN015: replicas that keep their own moving statistics drifted apart: moving means 0.15
+    # std apart on the median channel, or some channel's variances 1.5x apart (independent slices of
+    # 16 at momentum 0.99 stay near 0.03 std).
+    "replica_var_deficit": 0.1,
+    "replica_moving_spread": 0.15,
+    "replica_moving_var_ratio": 1.5,
 }
 
 # The failure scenarios the diagnosis tells apart (a healthy run raises nothing).
@@ -123,6 +136,12 @@ SCENARIOS = {
           "another dataset's statistics",
     "S10": "training=False written in a Keras functional model, overridden by fit: a layer meant to stay in "
            "inference mode trains",
+    "S11": "several replicas, unsynchronized BN: each replica normalizes with the moments of its own small "
+           "slice of the batch",
+    "S12": "several replicas, unsynchronized BN: the moving variance averages per-replica variances and misses "
+           "the spread between replicas (biased low)",
+    "S13": "several replicas keep their own moving statistics and they drift apart; the checkpoint holds "
+           "replica 0's",
 }
 
 
@@ -175,6 +194,18 @@ CODES = {
     "BN012": Code("BN012", "-", "warning", "a train/inference accuracy gap the other findings do not explain",
                    "recalibrate after training: tb_bnstats.recalibrate(model, data) (the moving averages lag "
                    "weights that still change; a lower final learning rate helps too)"),
+    "BN013": Code("BN013", "S11", "warning", "per-replica batches too small for unsynchronized BN",
+                   "synchronize BN across replicas (BatchNormalization(synchronized=True) under a tf.distribute "
+                   "strategy; keras.distribution.DataParallel on JAX normalizes with the global batch already), "
+                   "or use 16+ samples per replica; then tb_bnstats.recalibrate(model, data)"),
+    "BN014": Code("BN014", "S12", "warning", "moving variance biased low by unsynchronized replicas",
+                   "BatchNormalization(synchronized=True), or recalibrate on the global batch after training: "
+                   "tb_bnstats.recalibrate(model, data) (on one replica, with batches as large as the global "
+                   "batch)"),
+    "BN015": Code("BN015", "S13", "warning", "replicas' moving statistics differ",
+                   "BatchNormalization(synchronized=True) keeps every replica's statistics equal; otherwise "
+                   "average them across replicas before evaluating and saving, or tb_bnstats.recalibrate(model, "
+                   "data) after training: the checkpoint holds replica 0's"),
     "BN007": Code("BN007", "-", "error", "NaN or Inf in the batch or moving moments",
                    "find the first bad step (inputs, learning rate, float16 overflow); the moving statistics "
                    "are NaN from then on: recalibrate or restore a checkpoint"),

@@ -62,6 +62,20 @@ BN012  --        warning   per run, when no other warning or error: at the last
                            are the BN layers whose output differs by >= 25%
                            between the modes (``probe_output_drift``), none
                            when the gap comes from other layers
+BN013  S11       warning   besides the above, on several replicas
+                           (``info.replicas`` > 1), not synchronized: median
+                           ``replica_mean_gap/p50`` > 0.25 or
+                           ``replica_abs_log_var_ratio/p50`` > 0.35 (S6's test
+                           on each replica's moments against the global batch)
+BN014  S12       warning   several replicas, not synchronized, converged:
+                           median ``replica_var_deficit/mean`` > 0.1 and median
+                           ``log_var_ratio/mean`` > 0.1 (the moving variance
+                           below the global batch's); BN004 is left to it when
+                           the deficit is at least half of the shift
+BN015  S13       warning   replicas with their own moving statistics
+                           (``info.moving_per_replica``): median
+                           ``rank_moving_spread/p50`` > 0.15 or
+                           ``rank_moving_var_ratio/max`` > 1.5
 =====  ========  ========  ====================================================
 
 S3 (BN008) needs the callback's record of each fit's start
@@ -370,6 +384,9 @@ def variance_shift(view, conv, **_):
     converged moving variance."""
     ev, shift = conv.evidence, THRESHOLDS["variance_shift"]
     signed = ev["log_var_ratio_mean"]
+    deficit = view.layer.series.get("replica_var_deficit/mean")
+    if deficit is not None and median(deficit[conv.mask]) >= signed / 2:
+        return []  # most of it is the spread between replicas unsynchronized BN misses: BN014
     if not (signed > shift and np.mean(conv.signed_log_var > shift / 2) >= THRESHOLDS["variance_shift_fraction"]):
         return []
     return [("BN004", "warning", ev,
@@ -561,6 +578,48 @@ def pretrained_starts(train_begins):
     return starts
 
 
+def replica_findings(view):
+    """BN013-BN015 (S11-S13), on several replicas: small per-replica batches
+    of unsynchronized BN, a moving variance biased low by them, replicas'
+    own moving statistics apart. Median over the last logged steps."""
+    info, s = view.layer.info, view.layer.series
+    if info.replicas <= 1 or "replica_mean_gap/p50" not in s:
+        return []
+    at = lambda q: median(_tail(s[q])) if q in s else float("nan")  # noqa: E731
+    r, n = info.replicas, at("replica_samples/min")
+    ev = {**view.base, "replicas": r, "synchronized": info.synchronized, "samples_per_replica": n,
+          "replica_mean_gap_p50": at("replica_mean_gap/p50"),
+          "replica_abs_log_var_ratio_p50": at("replica_abs_log_var_ratio/p50"),
+          "replica_var_deficit": at("replica_var_deficit/mean"), "log_var_ratio_mean": at("log_var_ratio/mean")}
+    out = []
+    if not info.synchronized:
+        g, alv = ev["replica_mean_gap_p50"], ev["replica_abs_log_var_ratio_p50"]
+        if g > THRESHOLDS["noise_mean"] or alv > THRESHOLDS["noise_log_var"]:
+            out.append(("BN013", "warning", ev,
+                        f"{view.name}: each of the {r} replicas normalizes with the moments of its own slice of the "
+                        f"batch ({n:.0f} values per channel): on the median channel a replica's mean is {g:.2f} "
+                        f"std from the global batch's and its variance {math.exp(alv):.2f}x off (BN is not "
+                        f"synchronized). Fix: {_fix('BN013', view)}."))
+        deficit, signed = ev["replica_var_deficit"], ev["log_var_ratio_mean"]
+        converged = s["convergence"][-1] >= THRESHOLDS["converged"]
+        if converged and deficit > THRESHOLDS["replica_var_deficit"] and signed > THRESHOLDS["replica_var_deficit"]:
+            out.append(("BN014", "warning", ev,
+                        f"{view.name}: the moving variance averages the {r} replicas' own batch variances, which "
+                        f"miss the spread between replicas: the global batch's variance is {math.exp(deficit):.2f}x "
+                        f"the replicas' mean and {math.exp(signed):.2f}x the moving variance, so inference "
+                        f"normalizes with too small a variance. Fix: {_fix('BN014', view)}."))
+    spread, ratio = at("rank_moving_spread/p50"), at("rank_moving_var_ratio/max")
+    if info.moving_per_replica and (spread > THRESHOLDS["replica_moving_spread"]
+                                    or ratio > THRESHOLDS["replica_moving_var_ratio"]):
+        ev = {**ev, "rank_moving_spread_p50": spread, "rank_moving_var_ratio_max": ratio}
+        out.append(("BN015", "warning", ev,
+                    f"{view.name}: the {r} replicas keep moving statistics of their own and they differ: moving "
+                    f"means {spread:.2f} std apart on the median channel, variances up to {ratio:.2f}x apart; each "
+                    f"replica would evaluate differently, and a checkpoint holds replica 0's. Fix: "
+                    f"{_fix('BN015', view)}."))
+    return out
+
+
 def layer_findings(name, layer, lost_at=None, run_in_blocks=False, pretrained_at=None, recalibration=None):
     """``[(code, severity, evidence, message)]`` for one layer.
 
@@ -578,8 +637,8 @@ def layer_findings(name, layer, lost_at=None, run_in_blocks=False, pretrained_at
     view = LayerView.of(name, layer, pretrained_at)
     if view is None:
         return []
-    return overridden_training_false(view) + _state_or_converged_findings(view, lost_at, run_in_blocks,
-                                                                          recalibration)
+    return (overridden_training_false(view) + replica_findings(view)
+            + _state_or_converged_findings(view, lost_at, run_in_blocks, recalibration))
 
 
 def _state_or_converged_findings(view, lost_at, run_in_blocks, recalibration):

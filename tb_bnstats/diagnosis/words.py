@@ -31,6 +31,13 @@ PYTORCH_FIXES = {
              "on; or keep the BN modules in train() so that they follow the new data",
     "BN012": "recalibrate after training: tb_bnstats.recalibrate(model, loader) (the running averages lag "
              "weights that still change; a lower final learning rate helps too)",
+    "BN013": "use nn.SyncBatchNorm.convert_sync_batchnorm(model) before wrapping in DDP (GPU processes only: it "
+             "does not run on CPU), or 16+ samples per rank; then tb_bnstats.recalibrate(model, loader)",
+    "BN014": "use nn.SyncBatchNorm (GPUs), or recalibrate on global-size batches after training: "
+             "tb_bnstats.recalibrate(model, loader) on rank 0",
+    "BN015": "keep DDP(broadcast_buffers=True) (rank 0's buffers copied to every rank at each forward), or average "
+             "running_mean / running_var with torch.distributed.all_reduce (divided by the world size) before "
+             "evaluating and saving; or tb_bnstats.recalibrate(model, loader): rank 0's are what gets saved",
     "BN008": "save and load the whole model.state_dict() (running_mean, running_var and num_batches_tracked are "
              "buffers in it; load_state_dict(strict=True) names any that are missing), or call "
              "tb_bnstats.recalibrate(model, loader) after restoring",

@@ -22,6 +22,15 @@ Tags (one TensorBoard time series each, all under plugin name ``bn_stats``):
 * ``bn/<layer>/population_*`` SCALAR data class, :data:`POPULATION_SERIES`,
   logged only at the steps the callback measured population statistics
   (``BNStatsCallback(population_data=...)``, a subset of the logged steps).
+* ``bn/<layer>/replica_*``  SCALAR data class, :data:`REPLICA_SERIES`, logged
+  at every logged step of a layer trained on several replicas (devices or
+  processes, ``LayerInfo.replicas`` > 1): how the replicas' own batch moments
+  spread, how much of the global batch's variance they miss, each replica's
+  values per channel, and where each replica keeps its own moving statistics
+  (``LayerInfo.moving_per_replica``) how far those differ.
+* ``bn/<layer>/replicas``    TENSOR data class, a float32 tensor of shape
+  ``[len(REPLICA_ROWS), replicas, channels]``: each replica's batch and
+  moving moments, at the steps of the per-channel snapshots.
 * ``diagnosis/findings``     TENSOR data class, a scalar DT_STRING tensor
   holding a JSON list of findings (:class:`tb_bnstats.diagnosis.finding.Finding` as
   dicts: code, severity, scenario, run, layers, evidence, message, messages), written
@@ -109,6 +118,27 @@ PROBE_SERIES = ("probe_output_drift", "probe_mean_gap/p50", "probe_mean_gap/max"
 # (population in the batch's place): how wrong inference's statistics are now.
 POPULATION_SERIES = ("population_mean", "population_var", "population_mean_gap/p50", "population_mean_gap/max",
                      "population_abs_log_var_ratio/p50", "population_abs_log_var_ratio/max")
+# Several replicas (tf.distribute.MirroredStrategy, keras.distribution.DataParallel, DDP), per layer and
+# step. With R replicas of n_r values per channel, mu_r / var_r each replica's batch moments, mu / var the
+# global batch's (pooled, quantities.pool_moments), per channel:
+#   replica_mean_spread   (max_r mu_r - min_r mu_r) / sqrt(var + eps)
+#   replica_var_ratio     (max_r var_r + eps) / (min_r var_r + eps)
+#   replica_mean_gap      mean_r |mu_r - mu| / sqrt(var + eps)       (each replica's batch against the global
+#   replica_abs_log_var_ratio  mean_r |log((var_r + eps) / (var + eps))|  one: the noise of its own moments)
+#   replica_var_deficit   log((var + eps) / (mean_r var_r + eps))    (>= 0: the spread between replicas, which
+#                                                                    per-replica variances miss)
+#   rank_moving_spread / rank_moving_var_ratio: the same spread and ratio of the replicas' own moving
+#   statistics (only where each keeps its own, LayerInfo.moving_per_replica)
+# and replica_samples/min: the smallest n_r (values per channel in one replica's batch).
+REPLICA_SERIES = ("replica_mean_spread/p50", "replica_mean_spread/max", "replica_var_ratio/p50",
+                  "replica_var_ratio/max", "replica_mean_gap/p50", "replica_abs_log_var_ratio/p50",
+                  "replica_var_deficit/mean", "replica_samples/min", "rank_moving_spread/p50",
+                  "rank_moving_spread/max", "rank_moving_var_ratio/max")
+# Rows of the per-replica snapshot tensor bn/<layer>/replicas, in order ([rows, replicas, channels]).
+REPLICA_ROWS = ("batch_mean", "batch_var", "moving_mean", "moving_var")
+REPLICAS_QUANTITY = "replicas"
+KIND_LAYER_REPLICAS = "layer_replicas"
+
 # Splits of metric/<split>/<name>.
 METRIC_SPLITS = ("train", "val", "probe_train", "probe_inference", "probe_recalibrated")
 
@@ -158,9 +188,22 @@ class LayerInfo:
     batch so far (PyTorch's ``momentum=None``), for which one update already
     leaves no weight on the initial value.
 
+    Several devices or processes: ``replicas`` is how many replicas ran the
+    layer, each on its own slice of the global batch (1 on one device). The
+    logged batch moments are then those of the global batch, pooled from the
+    replicas' own; ``synchronized`` is True when the layer normalized with
+    the global batch's moments (Keras ``synchronized=True``, PyTorch
+    ``SyncBatchNorm``, or moments global by construction, as when JAX shards
+    one batch over devices) and False when each replica normalized with its
+    own slice's. ``moving_per_replica`` is True when each replica keeps its
+    own moving statistics (Keras 3 under ``MirroredStrategy``, DDP between
+    buffer broadcasts): the logged ones are replica 0's, what a checkpoint
+    written by the chief holds.
+
     Raises:
         ValueError: a field out of its range (momentum outside [0, 1),
-            negative epsilon, no channel, an unknown ``ema_of``).
+            negative epsilon, no channel, an unknown ``ema_of``, fewer than
+            one replica).
     """
 
     name: str
@@ -179,6 +222,8 @@ class LayerInfo:
     renorm: bool = False
     frozen: bool = False
     graph_training_false: bool = False
+    replicas: int = 1
+    moving_per_replica: bool = False
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -189,6 +234,8 @@ class LayerInfo:
             raise ValueError(f"{self.name}: epsilon must be >= 0, got {self.epsilon!r}")
         if int(self.channels) < 1:
             raise ValueError(f"{self.name}: channels must be >= 1, got {self.channels!r}")
+        if int(self.replicas) < 1:
+            raise ValueError(f"{self.name}: replicas must be >= 1, got {self.replicas!r}")
         if self.ema_of not in ("variance", "stddev"):
             raise ValueError(f"{self.name}: ema_of must be 'variance' or 'stddev', got {self.ema_of!r}")
 
@@ -255,6 +302,20 @@ def layer_channels_metadata(info: LayerInfo):
     )
 
 
+def layer_replicas_metadata(info: LayerInfo):
+    """TENSOR metadata of ``bn/<layer>/replicas`` (rows: :data:`REPLICA_ROWS`)."""
+    return _metadata(
+        {
+            "version": FORMAT_VERSION,
+            "kind": KIND_LAYER_REPLICAS,
+            "layer": info.to_dict(),
+            "quantity": REPLICAS_QUANTITY,
+            "rows": list(REPLICA_ROWS),
+        },
+        summary_pb2.DATA_CLASS_TENSOR,
+    )
+
+
 def metric_metadata(split, name):
     """SCALAR metadata of ``metric/<split>/<name>``."""
     return _metadata(
@@ -275,7 +336,7 @@ def diagnosis_metadata():
                      summary_pb2.DATA_CLASS_TENSOR)
 
 
-KINDS = (KIND_LAYER_SERIES, KIND_LAYER_CHANNELS, KIND_METRIC, KIND_DIAGNOSIS, KIND_TRAIN_BEGIN)
+KINDS = (KIND_LAYER_SERIES, KIND_LAYER_CHANNELS, KIND_LAYER_REPLICAS, KIND_METRIC, KIND_DIAGNOSIS, KIND_TRAIN_BEGIN)
 
 
 def parse_content(content: bytes) -> Optional[dict]:

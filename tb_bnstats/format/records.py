@@ -23,6 +23,8 @@ class LayerData:
     ``series[q]`` is aligned with ``steps`` (NaN where ``q`` was not logged,
     e.g. probe series between probe steps); ``snapshots[row]`` is
     ``[len(snapshot_steps), channels]`` for each :data:`metadata.SNAPSHOT_ROWS`.
+    On several replicas ``replica_snapshots[row]`` is ``[len(replica_steps),
+    replicas, channels]`` for each :data:`metadata.REPLICA_ROWS` (empty on one).
     """
 
     info: metadata.LayerInfo
@@ -30,6 +32,8 @@ class LayerData:
     series: Dict[str, np.ndarray]
     snapshot_steps: np.ndarray
     snapshots: Dict[str, np.ndarray]
+    replica_steps: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    replica_snapshots: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -100,7 +104,7 @@ def complete_steps(series_by_quantity: Mapping[str, Series]):
 
 def run_data(layer_infos: Mapping[str, metadata.LayerInfo], series_by_layer: Mapping[str, Mapping[str, Series]],
              metrics: Mapping[str, Series] = None, snapshots_by_layer=None, stored_findings=None,
-             train_begins=(), newer_format_versions=()) -> RunData:
+             train_begins=(), newer_format_versions=(), replicas_by_layer=None) -> RunData:
     """Assembles a :class:`RunData`.
 
     Args:
@@ -115,6 +119,8 @@ def run_data(layer_infos: Mapping[str, metadata.LayerInfo], series_by_layer: Map
             another shape are left out, their steps kept).
         stored_findings, train_begins, newer_format_versions: as in
             :class:`RunData`.
+        replicas_by_layer: ``{layer: (steps [k], tensor [k, rows, replicas,
+            channels])}`` with rows in :data:`metadata.REPLICA_ROWS` order.
 
     Returns:
         The :class:`RunData`.
@@ -128,5 +134,10 @@ def run_data(layer_infos: Mapping[str, metadata.LayerInfo], series_by_layer: Map
             if tensor.ndim == 3 and tensor.shape[1] == len(metadata.SNAPSHOT_ROWS):
                 snaps = {row: tensor[:, i, :] for i, row in enumerate(metadata.SNAPSHOT_ROWS)}
         layers[name] = LayerData(info, steps, series, snap_steps, snaps)
+        if replicas_by_layer and name in replicas_by_layer:
+            replica_steps, tensor = replicas_by_layer[name]
+            if tensor.ndim == 4 and tensor.shape[1] == len(metadata.REPLICA_ROWS):
+                layers[name].replica_steps = replica_steps
+                layers[name].replica_snapshots = {row: tensor[:, i] for i, row in enumerate(metadata.REPLICA_ROWS)}
     return RunData(layers=layers, metrics=dict(metrics or {}), stored_findings=stored_findings,
                    train_begins=list(train_begins), newer_format_versions=tuple(sorted(set(newer_format_versions))))

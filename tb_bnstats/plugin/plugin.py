@@ -23,6 +23,7 @@ route      parameters                                            answer
 /series    run, layer, quantities=a,b, points=1000, format        min/max-downsampled series
 /snapshot  run, layer, step=<latest>, format                      per-channel rows, nearest step
 /bands     run, layer, format                                     channel spread per snapshot
+/replicas  run, layer, step=<latest>, format                      per-replica moments, nearest step
 /loss      run, points=1000, format                               loss/metrics on the step axis (the
                                                                  run's, its SummaryWriter scalars, Keras')
 /compare   run (repeated), layer, quantity, points=1000, format   one quantity from many runs
@@ -69,7 +70,8 @@ HEATMAP_MEASURES = metadata.GAP_SERIES
 DEFAULT_SERIES = metadata.LAYER_SERIES
 # What /series and /compare serve: the per-step series, the probe's and the
 # population statistics' (the last two only at the steps they were measured).
-SERVED_SERIES = metadata.LAYER_SERIES + metadata.PROBE_SERIES + metadata.POPULATION_SERIES
+# and, on several replicas, the replica series.
+SERVED_SERIES = metadata.LAYER_SERIES + metadata.PROBE_SERIES + metadata.POPULATION_SERIES + metadata.REPLICA_SERIES
 
 
 def worst_severity(findings):
@@ -123,6 +125,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
             "/series": self._serve_series,
             "/snapshot": self._serve_snapshot,
             "/bands": self._serve_bands,
+            "/replicas": self._serve_replicas,
             "/loss": self._serve_loss,
             "/compare": self._serve_compare,
             "/findings": self._serve_findings,
@@ -194,6 +197,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         d = info.to_dict()
         d.update(data.derived(info))
         d["has_snapshots"] = info.name in index.channel_tags
+        d["has_replica_snapshots"] = info.name in index.replica_tags
         tags = index.layer_tags.get(info.name, {})
         d["quantities"] = [q for q in SERVED_SERIES if q in tags]
         d["max_step"] = max((index.max_step.get(t, 0) for t in tags.values()), default=None)
@@ -403,6 +407,46 @@ class BNStatsPlugin(base_plugin.TBPlugin):
                             for c in range(snap.shape[1])]
         return payload, lambda: (f"{safe_name(run)}_{safe_name(layer)}_step{int(steps[i])}.csv",
                                  ["channel"] + list(metadata.SNAPSHOT_ROWS), csv_rows())
+
+    @route(("run", "layer", "step"), csv_ok=True)
+    def _serve_replicas(self, request, args):
+        indexes, ctx, eid = self._index(request)
+        requested = int_arg(args, "step", None, 0, 2**62)
+        run = self._run_arg(args, indexes)
+        layer = self._layer_arg(args, indexes[run], run)
+        return self.replicas_impl(ctx, eid, run, indexes[run], layer, requested)
+
+    def replicas_impl(self, ctx, eid, run, index, layer, requested):
+        """Each replica's batch (and own moving) moments per channel at the
+        snapshot step nearest ``requested`` (the latest by default), with the
+        global batch's moments of that step's per-channel snapshot."""
+        if layer not in index.replica_tags:
+            raise BadRequest(f"layer {layer!r} of run {run!r} has no per-replica moments (it ran on one replica)")
+        steps, tensor = reader.read_snapshots(self._provider, ctx, run, index.replica_tags[layer], READ_ALL, eid)
+        if not len(steps) or tensor.ndim != 4 or tensor.shape[1] != len(metadata.REPLICA_ROWS):
+            raise BadRequest(f"layer {layer!r} of run {run!r} has no readable per-replica snapshot")
+        order = np.argsort(steps, kind="stable")
+        steps, tensor = steps[order], tensor[order]
+        i = len(steps) - 1 if requested is None else int(np.argmin(np.abs(steps - requested)))
+        snap, step = tensor[i], int(steps[i])
+        glob = {}
+        if layer in index.channel_tags:
+            c_steps, c_tensor = reader.read_snapshots(self._provider, ctx, run, index.channel_tags[layer], READ_ALL,
+                                                      eid)
+            at = np.flatnonzero(c_steps == step)
+            if len(at) and c_tensor.ndim == 3:
+                glob = {row: data.finite_list(c_tensor[at[-1], metadata.SNAPSHOT_ROWS.index(row)])
+                        for row in ("batch_mean", "batch_var")}
+        rows = {row: [data.finite_list(snap[k, r]) for r in range(snap.shape[1])]
+                for k, row in enumerate(metadata.REPLICA_ROWS)}
+        payload = {"run": run, "layer": layer, "requested_step": requested, "step": step, "steps": steps.tolist(),
+                   "replicas": int(snap.shape[1]), "channels": int(snap.shape[2]), "rows": rows, "global": glob,
+                   "info": self._layer_json(index.layer_infos[layer], index),
+                   "sampling": data.merge_sampling([self._sampling(steps)])}
+        csv_rows = lambda: [[r, c] + [float(snap[k, r, c]) for k in range(snap.shape[0])]  # noqa: E731
+                            for r in range(snap.shape[1]) for c in range(snap.shape[2])]
+        return payload, lambda: (f"{safe_name(run)}_{safe_name(layer)}_replicas_step{step}.csv",
+                                 ["replica", "channel"] + list(metadata.REPLICA_ROWS), csv_rows())
 
     @route(("run", "layer"), csv_ok=True)
     def _serve_bands(self, request, args):

@@ -47,6 +47,7 @@ class TagIndex:
     diagnosis_tag: Optional[str] = None
     train_begin_tag: Optional[str] = None
     newer_versions: set = dataclasses.field(default_factory=set)
+    replica_tags: Dict[str, str] = dataclasses.field(default_factory=dict)  # layer -> per-replica tensor tag
 
 
 def index_runs(data_provider, ctx, experiment_id="") -> Dict[str, TagIndex]:
@@ -92,6 +93,8 @@ def index_runs(data_provider, ctx, experiment_id="") -> Dict[str, TagIndex]:
                 index.layer_infos.setdefault(info.name, info)
                 if content["kind"] == metadata.KIND_LAYER_CHANNELS:
                     index.channel_tags[info.name] = tag
+                elif content["kind"] == metadata.KIND_LAYER_REPLICAS:
+                    index.replica_tags[info.name] = tag
                 else:
                     index.layer_tags[info.name][content["quantity"]] = tag
     return dict(out)
@@ -119,7 +122,9 @@ def read_series(data_provider, ctx, run, tags, downsample, experiment_id=""):
 
 
 def read_snapshots(data_provider, ctx, run, tag, downsample, experiment_id=""):
-    """``(steps [k], tensor [k, rows, channels])`` of one layer's snapshots."""
+    """``(steps [k], tensor [k, ...])`` of one layer's snapshots: ``[k, rows,
+    channels]`` of ``bn/<layer>/channels``, ``[k, rows, replicas, channels]``
+    of ``bn/<layer>/replicas``."""
     result = data_provider.read_tensors(
         ctx, experiment_id=experiment_id, plugin_name=metadata.PLUGIN_NAME, downsample=downsample,
         run_tag_filter=provider.RunTagFilter(runs=[run], tags=[tag]),
@@ -131,7 +136,7 @@ def read_snapshots(data_provider, ctx, run, tag, downsample, experiment_id=""):
         last = arrays[-1].shape
         keep = [i for i, a in enumerate(arrays) if a.shape == last]
         steps, arrays = steps[keep], [arrays[i] for i in keep]
-    return steps, (np.stack(arrays) if arrays else np.zeros((0, len(metadata.SNAPSHOT_ROWS), 0)))
+    return steps, (np.stack(arrays) if arrays else np.zeros((0, 0, 0)))
 
 
 def series_by_layer(index: TagIndex, raw):
@@ -159,10 +164,12 @@ def read_run(data_provider, ctx, run, index: TagIndex, downsample, experiment_id
                       downsample, experiment_id)
     snaps = {name: read_snapshots(data_provider, ctx, run, tag, downsample, experiment_id)
              for name, tag in index.channel_tags.items()} if snapshots else None
+    replicas = {name: read_snapshots(data_provider, ctx, run, tag, downsample, experiment_id)
+                for name, tag in index.replica_tags.items()} if snapshots else None
     return records.run_data(
         index.layer_infos, series_by_layer(index, raw),
         metrics={key: raw[tag] for key, tag in index.metric_tags.items() if tag in raw},
-        snapshots_by_layer=snaps,
+        snapshots_by_layer=snaps, replicas_by_layer=replicas,
         stored_findings=read_stored_findings(data_provider, ctx, run, index, experiment_id),
         train_begins=read_train_begins(data_provider, ctx, run, index, experiment_id),
         newer_format_versions=index.newer_versions)

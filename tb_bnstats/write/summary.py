@@ -85,6 +85,44 @@ def snapshot_rows(q: quantities.LayerQuantities) -> np.ndarray:
     return np.stack([np.asarray(getattr(q, row), np.float64) for row in metadata.SNAPSHOT_ROWS])
 
 
+def replica_series(info: metadata.LayerInfo, replicas) -> dict:
+    """The per-step values of :data:`metadata.REPLICA_SERIES` of one layer on
+    several replicas.
+
+    Args:
+        info: the layer.
+        replicas: its :class:`tb_bnstats.capture.ReplicaBlock` (or anything
+            with ``batch_mean``, ``batch_var`` [S, R, C], ``samples`` [S, R],
+            ``moving_mean`` / ``moving_var`` [S, R, C] or None).
+
+    Returns:
+        ``{quantity: [S]}``; the ``rank_moving_*`` ones only where each
+        replica keeps its own moving statistics.
+    """
+    _, _, spread = quantities.replica_spread(float(info.epsilon), replicas.batch_mean, replicas.batch_var,
+                                             replicas.samples, replicas.moving_mean, replicas.moving_var)
+    out = {"replica_samples/min": np.min(np.asarray(replicas.samples, np.float64), axis=-1)}
+    for quantity in metadata.REPLICA_SERIES:
+        measure, aggregate = quantity.split("/")
+        if measure in spread:
+            values = spread[measure]
+            out[quantity] = {"mean": lambda v: v.mean(axis=-1), "max": lambda v: v.max(axis=-1),
+                             "p50": lambda v: quantities.percentiles(v, (50,))[0]}[aggregate](values)
+    return {q: np.asarray(out[q], np.float64) for q in metadata.REPLICA_SERIES if q in out}
+
+
+def replica_rows(replicas, i):
+    """The per-replica tensor of :data:`metadata.REPLICA_ROWS` at step ``i``
+    of a :class:`tb_bnstats.capture.ReplicaBlock`, [rows, R, C] (replica 0's
+    moving rows are NaN where the replicas share one copy of the moving
+    statistics: the per-channel snapshot holds it)."""
+    mean = np.asarray(replicas.batch_mean[i], np.float64)
+    shared = np.full_like(mean, np.nan)
+    moving_mean = shared if replicas.moving_mean is None else replicas.moving_mean[i]
+    moving_var = shared if replicas.moving_var is None else replicas.moving_var[i]
+    return np.stack([mean, replicas.batch_var[i], moving_mean, moving_var])
+
+
 def _step_rows(q, i):
     """The quantities of step ``i`` of a block's :class:`LayerQuantities`."""
     pick = lambda v: v[i] if np.ndim(v) else v  # noqa: E731
@@ -111,6 +149,7 @@ class Writer:
         self.history = {} if self._keep else None
         self.metric_history = {} if self._keep else None
         self.sparse_history = {} if self._keep else None  # probe and population points
+        self.replica_history = {} if self._keep else None  # replica series points, every logged step
         self.train_begins = [] if self._keep else None
         self._tags_with_metadata = set()
         self._layers = {}
@@ -182,10 +221,12 @@ class Writer:
 
     def layer_block(self, info: metadata.LayerInfo, steps, batch_mean, batch_var, moving_mean, moving_var, updates,
                     samples_per_channel=None, init_mean=None, init_var=None, wall_times=None, snapshot_steps=(),
-                    series=True):
+                    series=True, replicas=None):
         """Logs one layer at S steps at once: per step the aggregates of
         :data:`metadata.LAYER_SERIES` (unless ``series=False``) and, at the
-        steps in ``snapshot_steps``, the per-channel rows.
+        steps in ``snapshot_steps``, the per-channel rows; on several
+        replicas also :data:`metadata.REPLICA_SERIES` per step and the
+        per-replica tensor at the snapshot steps.
 
         Args:
             info: the layer.
@@ -196,6 +237,9 @@ class Writer:
             wall_times: [S] when each step ended (seconds; default now).
             snapshot_steps: the steps whose per-channel snapshot is written.
             series: write the per-step series (False: the snapshots only).
+            replicas: the layer's :class:`tb_bnstats.capture.ReplicaBlock`
+                (its moments per replica), or None on one replica; the
+                moments above are then the global batch's.
 
         Returns:
             The :class:`quantities.LayerQuantities` ([S, C] fields).
@@ -212,13 +256,33 @@ class Writer:
             values = layer_series(q)
             self.layer_series_rows(info, steps, np.stack([values[k] for k in metadata.LAYER_SERIES], axis=1),
                                    wall_times)
+            if replicas is not None:
+                self._replica_series(info, steps, replica_series(info, replicas), wall_times)
         with self._lock:
             self._forget_layer_metadata(info)
             for i in np.flatnonzero(np.isin(steps, np.asarray(snapshot_steps, np.int64))):
-                self._emit(steps[i], [self._value(metadata.layer_tag(info.name, metadata.CHANNELS_QUANTITY),
-                                                  lambda: metadata.layer_channels_metadata(info),
-                                                  tensor=_tensor_proto(snapshot_rows(_step_rows(q, i))))])
+                values = [self._value(metadata.layer_tag(info.name, metadata.CHANNELS_QUANTITY),
+                                      lambda: metadata.layer_channels_metadata(info),
+                                      tensor=_tensor_proto(snapshot_rows(_step_rows(q, i))))]
+                if replicas is not None:
+                    values.append(self._value(metadata.layer_tag(info.name, metadata.REPLICAS_QUANTITY),
+                                              lambda: metadata.layer_replicas_metadata(info),
+                                              tensor=_tensor_proto(replica_rows(replicas, i))))
+                self._emit(steps[i], values)
         return q
+
+    def _replica_series(self, info, steps, values, wall_times):
+        """Logs :func:`replica_series` ``values`` ({quantity: [S]}) at ``steps``."""
+        names = tuple(values)
+        tags = tuple(metadata.layer_tag(info.name, q) for q in names)
+        quantity_of = dict(zip(tags, names))
+        table = np.stack([values[q] for q in names], axis=1)
+        with self._lock:
+            self._emit_scalars(tags, lambda tag: metadata.layer_series_metadata(info, quantity_of[tag]), steps,
+                               table, wall_times)
+            if self.replica_history is not None:
+                points = self.replica_history.setdefault(info.name, collections.deque(maxlen=self._keep))
+                points.extend((int(step), dict(zip(names, row.tolist()))) for step, row in zip(steps, table))
 
     def layer(self, info: metadata.LayerInfo, step, batch_mean, batch_var, moving_mean, moving_var, updates,
               samples_per_channel=None, snapshot=False, init_mean=None, init_var=None, series=True):
@@ -358,7 +422,7 @@ class Writer:
             table = np.stack([row for _, row in rows]) if rows else np.zeros((0, len(keys)))
             series = by_layer[name] = {k: (steps, table[:, i]) for i, k in enumerate(keys)}
             sparse = {}
-            for step, values in self.sparse_history.get(name, ()):  # probe and population points
+            for step, values in [*self.sparse_history.get(name, ()), *self.replica_history.get(name, ())]:
                 for q, v in values.items():
                     sparse.setdefault(q, []).append((step, v))
             for q, points in sparse.items():

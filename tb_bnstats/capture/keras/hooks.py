@@ -41,6 +41,14 @@ _state = threading.local()
 FIRST_BATCH_ROWS = 256
 
 
+def values_per_channel(inputs, channels):
+    """Values per channel in ``inputs`` (every axis but the channels'), as a
+    float32 scalar tensor of the backend."""
+    from keras import ops
+
+    return ops.cast(ops.size(inputs), "float32") / float(channels)
+
+
 def _rows(structure):
     from keras import tree
 
@@ -114,7 +122,10 @@ class LayerSlot:
         for hook in self.hooks:
             hook.saw(self.layer)
 
-    def keep(self, mean, variance, updating):  # pragma: no cover - every backend defines it
+    def keep(self, mean, variance, updating, inputs):  # pragma: no cover - every backend defines it
+        """Keeps this step's ``(mean, variance)`` of the layer (``inputs``:
+        what they are the moments of, for the values per channel of each
+        replica's slice on several devices)."""
         raise NotImplementedError
 
     def count(self):
@@ -178,14 +189,14 @@ def instrument_layer(layer, slot):
     def _moments(inputs, mask):
         mean, variance = original_moments(inputs, mask)
         if in_train_step():
-            never_raise(slot.keep, mean, variance, True)
+            never_raise(slot.keep, mean, variance, True, inputs)
         return mean, variance
 
     def _record_inference_mode(inputs, mask):
         slot.ran()
         x = ops.cast(inputs, backend.result_type(inputs.dtype, "float32"))
         mean, variance = original_moments(x, mask)
-        slot.keep(mean, variance, False)
+        slot.keep(mean, variance, False, x)
 
     @functools.wraps(original_call)
     def call(inputs, training=None, mask=None):
@@ -210,13 +221,30 @@ class StepHook:
 
     def __init__(self):
         self.execution_order = []  # BN layers, first call first
+        self._kept_here = threading.local()  # several replicas trace the step on threads of their own
+        self._saw_lock = threading.Lock()
         self.kept = {}
+        # Several devices: how many replicas ran the last traced step, whether each keeps its own moving
+        # statistics, and whether the layers' moments are the global batch's by construction (JAX sharding).
+        self.replicas = 1
+        self.moving_per_replica = False
+        self.global_moments = False
         self.rings = {}
         self.reads = 0  # of the rings, by the captures
         self._warned = set()
         self._first_batch = None  # numpy copy of the first training samples (the default probe batch)
         self._first_parts = []  # the batches' rows kept so far, until FIRST_BATCH_ROWS
         self.first_batch_failed = False  # they could not be kept: no default probe
+
+    @property
+    def kept(self):
+        """Moments the step being traced or run handed over, on this thread
+        (each replica of a ``tf.distribute`` strategy traces on its own)."""
+        return self._kept_here.__dict__.setdefault("kept", {})
+
+    @kept.setter
+    def kept(self, value):
+        self._kept_here.kept = value
 
     def wants_first_batch(self):
         """Whether the step should still hand its batch to :meth:`keep_first_batch`."""
@@ -264,8 +292,9 @@ class StepHook:
         return x, y
 
     def saw(self, layer):
-        if not any(layer is seen for seen in self.execution_order):
-            self.execution_order.append(layer)
+        with self._saw_lock:
+            if not any(layer is seen for seen in self.execution_order):
+                self.execution_order.append(layer)
 
     def read_rings(self):
         """``[(Rows, K)]``: every ring, read once (``reads`` counts rings read)."""
@@ -274,6 +303,18 @@ class StepHook:
             parts.append((ring.read(), ring.steps))
             self.reads += 1
         return parts
+
+    def guarded(self, fn, *args):
+        """``fn(*args)``, a failure warned once: for code that runs inside a
+        ``tf.distribute`` merge call, which must return normally on every
+        replica (an exception there stops one replica's thread and leaves
+        the others waiting)."""
+        try:
+            return fn(*args)
+        except Exception as exc:  # noqa: BLE001 - never break the user's train step
+            self.warn_once(f"merge {getattr(fn, '__name__', fn)}", f"cannot keep BN statistics of the replicas: "
+                           f"{type(exc).__name__}: {exc}")
+            return None
 
     def warn_once(self, where, message):
         """A warning in the log, once per ``where`` (the training step goes on)."""
@@ -369,8 +410,10 @@ class KerasCapture:
         execution order (depth 0 = closest to the input)."""
         order = {id(layer): i for i, layer in enumerate(self._hook.execution_order)}
         training_false = called_with_training_false(self.model)
+        hook = self._hook
         infos = [layer_info(name, layer, order[id(layer)], self._slots[name].init_mean, self._slots[name].init_var,
-                            graph_training_false=id(layer) in training_false)
+                            graph_training_false=id(layer) in training_false, replicas=hook.replicas,
+                            moving_per_replica=hook.moving_per_replica, global_moments=hook.global_moments)
                  for name, layer in self._ran()]
         return sorted(infos, key=lambda info: info.depth)
 

@@ -68,7 +68,7 @@ class _LayerSlot(LayerSlot):
         for hook in self.hooks:  # inside a trace: the variables may be purged, nothing is read
             hook.saw(self.layer)
 
-    def keep(self, mean, variance, updating):
+    def keep(self, mean, variance, updating, inputs=None):
         import jax.numpy as jnp
 
         channels = self.channels

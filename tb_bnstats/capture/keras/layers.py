@@ -89,7 +89,8 @@ def mean_metrics(model):
     return found
 
 
-def layer_info(name, layer, depth, init_mean, init_var, graph_training_false=False):
+def layer_info(name, layer, depth, init_mean, init_var, graph_training_false=False, replicas=1,
+               moving_per_replica=False, global_moments=False):
     """The :class:`LayerInfo` of a Keras BatchNormalization layer.
 
     Args:
@@ -114,8 +115,10 @@ def layer_info(name, layer, depth, init_mean, init_var, graph_training_false=Fal
         layer_class=type(layer).__name__,
         framework="keras",
         trainable=bool(layer.trainable),
-        synchronized=bool(getattr(layer, "synchronized", False)),
+        synchronized=bool(getattr(layer, "synchronized", False)) or bool(global_moments),
         renorm=bool(getattr(layer, "renorm", False)),
         frozen=not layer.trainable,  # Keras' BN normalizes with its moving averages when not trainable
         graph_training_false=bool(graph_training_false),
+        replicas=int(replicas),
+        moving_per_replica=bool(moving_per_replica),
     )

@@ -66,17 +66,21 @@ class _LayerSlot(LayerSlot):
     def set_count(self, value):
         self.updates.assign(int(value))
 
-    def keep(self, mean, variance, updating):
-        """Keeps this step's moments for the row the train step writes. Inside
-        a nested graph (a BN layer under ``ops.cond`` or a loop) the tensors
-        cannot leave it: they go through two variables instead, and the count
-        is advanced there, where the layer ran."""
+    def keep(self, mean, variance, updating, inputs=None):
+        """Keeps this step's moments for the row the train step writes (and,
+        on several replicas, the values per channel of this replica's
+        slice). Inside a nested graph (a BN layer under ``ops.cond`` or a
+        loop) the tensors cannot leave it: they go through two variables
+        instead, and the count is advanced there, where the layer ran."""
         import tensorflow as tf
 
         self.remember_initial()
         channels = self.channels
         flat = lambda t: t if t.shape == (channels,) else tf.reshape(t, [channels])  # noqa: E731
         mean, variance = flat(tf.cast(mean, tf.float32)), flat(tf.cast(variance, tf.float32))
+        samples = None
+        if inputs is not None and replicas_in_sync() > 1:
+            samples = hooks.values_per_channel(inputs, channels)
         if tf.executing_eagerly() or tf.compat.v1.get_default_graph() is getattr(hooks._state, "graph", None):
             kept = (mean, variance)
         else:
@@ -90,19 +94,33 @@ class _LayerSlot(LayerSlot):
                 self.updates.assign_add(1)
             kept = self.moments
         for hook in self.hooks:
-            hook.kept[self.layer] = (kept, updating)
+            hook.kept[self.layer] = (kept, updating, samples)
+
+
+def replicas_in_sync():
+    """How many replicas run the training step together: R inside
+    ``tf.distribute.MirroredStrategy.run`` over R devices, else 1."""
+    import tensorflow as tf
+
+    if tf.distribute.in_cross_replica_context():
+        return 1
+    context = tf.distribute.get_replica_context()
+    return 1 if context is None else int(context.num_replicas_in_sync)
 
 
 class _Ring:
     """K rows on the device, each one training step: ``[n, step, counts...,
-    values...]`` as float64, then the moments as float32, two to a float64
-    slot (``tf.bitcast``); read back by :meth:`read`."""
+    values..., samples...]`` as float64 (``samples``: on several replicas
+    only, each replica's values per channel of each layer), then the moments
+    as float32, two to a float64 slot (``tf.bitcast``); read back by
+    :meth:`read`."""
 
     def __init__(self, layout, steps_per_execution):
         import tensorflow as tf
 
         self.layout = layout
-        self.head = 2 + len(layout.layers) + layout.num_values
+        self.samples = len(layout.layers) * layout.replicas if layout.replicas > 1 else 0
+        self.head = 2 + len(layout.layers) + layout.num_values + self.samples
         self.packed = (layout.num_moments + 1) // 2
         self.width = self.head + self.packed
         self.steps = ring_steps(8 * self.width, steps_per_execution)
@@ -115,8 +133,10 @@ class _Ring:
         rows = self.rows.numpy()
         layers = len(self.layout.layers)
         moments = np.ascontiguousarray(rows[:, self.head:]).view(np.float32)[:, :self.layout.num_moments]
+        values_end = self.head - self.samples
         return Rows(self.layout, n=rows[:, 0], step=rows[:, 1], counts=rows[:, 2:2 + layers],
-                    values=rows[:, 2 + layers:self.head], moments=moments)
+                    values=rows[:, 2 + layers:values_end], moments=moments,
+                    samples=rows[:, values_end:self.head] if self.samples else None)
 
 
 class _FirstBatch:
@@ -149,8 +169,9 @@ class _FirstBatch:
 
         def copy():
             batch = tf.shape(leaves[0])[0]
-            at = tf.minimum(self.rows + tf.range(batch), FIRST_BATCH_ROWS)[:, None]
-            assigns = [variable.scatter_nd_update(at, t) for variable, t in zip(self.values, leaves)]
+            # scatter_update: a MirroredVariable (made under a strategy's scope) has no scatter_nd_update.
+            at = tf.minimum(self.rows + tf.range(batch), FIRST_BATCH_ROWS)
+            assigns = [variable.scatter_update(tf.IndexedSlices(t, at)) for variable, t in zip(self.values, leaves)]
             with tf.control_dependencies(assigns):
                 return self.rows.assign(tf.minimum(self.rows + batch, FIRST_BATCH_ROWS))
 
@@ -187,6 +208,19 @@ class _TrainStepHook(StepHook):
         self.wrap_train_step(model, self._write_row, on_begin=remember_graph)
 
     def keep_first_batch(self, data):
+        """Copies the batch in (:class:`_FirstBatch`); on several replicas the
+        replicas' slices, joined in replica order (the global batch)."""
+        import tensorflow as tf
+
+        if replicas_in_sync() > 1:
+            def joined(strategy, data):
+                self.guarded(self._copy_first, tf.nest.map_structure(
+                    lambda v: tf.concat(strategy.experimental_local_results(v), axis=0), data))
+            tf.distribute.get_replica_context().merge_call(joined, args=(data,))
+        else:
+            self._copy_first(data)
+
+    def _copy_first(self, data):
         if self._device_batch is None:
             self._device_batch = _FirstBatch(data)
         self._device_batch.copy_in(data)
@@ -201,7 +235,11 @@ class _TrainStepHook(StepHook):
 
     def _write_row(self, model, logs):
         """One row (:class:`_Ring`) at row ``(n - 1) % K`` of the ring of
-        this step's layout; ``n`` counts the rows written."""
+        this step's layout; ``n`` counts the rows written. On R replicas
+        (``MirroredStrategy``) each replica hands its own moments, moving
+        statistics (each keeps its own copy) and values per channel to one
+        ``merge_call``, which writes one row holding all of them; the logs
+        are the replicas' mean, as Keras reports them."""
         import tensorflow as tf
 
         layers = [layer for layer in self.execution_order if layer in self.kept]
@@ -209,32 +247,56 @@ class _TrainStepHook(StepHook):
         logs = {k: v for k, v in (logs or {}).items()
                 if tf.is_tensor(v) and v.shape.rank == 0 and (v.dtype.is_floating or v.dtype.is_integer)}
         metrics = mean_metrics(model)
+        replicas = self.replicas = replicas_in_sync()
+        self.moving_per_replica = replicas > 1  # Keras' moving statistics: one copy per replica (aggregation none)
         layout = Layout.of(layers, [slot.channels for slot in slots], [self.kept[layer][1] for layer in layers],
-                           logs, [name for name, _ in metrics])
+                           logs, [name for name, _ in metrics], replicas=replicas, moving_per_replica=replicas > 1)
+        in_graph = [not isinstance(self.kept[layer][0][0], tf.Variable) for layer in layers]
+        floats = []
+        for layer in layers:
+            (mean, variance), _, _ = self.kept[layer]
+            # float32 whatever the layer's dtype (a float64 model, a float16 policy): the row's layout.
+            floats += [mean, variance, tf.cast(layer.moving_mean, tf.float32),
+                       tf.cast(layer.moving_variance, tf.float32)]
+        floats = tf.concat([tf.convert_to_tensor(v) for v in floats], axis=0) if floats else tf.zeros([0])
+        log_values = tf.stack([tf.cast(v, tf.float64) for v in logs.values()]) if logs else tf.zeros([0], tf.float64)
         execution_steps = steps_per_execution(model)  # K >= steps_per_execution
+        write = lambda floats, log_values, samples: self._write(  # noqa: E731
+            model, layout, execution_steps, slots, in_graph, metrics, floats, log_values, samples)
+        if replicas == 1:
+            write(floats, log_values, None)
+            return
+        samples = tf.stack([self.kept[layer][2] for layer in layers]) if layers else tf.zeros([0])
+
+        def merged(strategy, floats, log_values, samples):
+            local = lambda v: strategy.experimental_local_results(v)  # noqa: E731
+            self.guarded(write, tf.concat(local(floats), axis=0), tf.reduce_mean(tf.stack(local(log_values)), axis=0),
+                         tf.cast(tf.concat(local(samples), axis=0), tf.float64))
+        tf.distribute.get_replica_context().merge_call(merged, args=(floats, log_values, samples))
+
+    def _write(self, model, layout, execution_steps, slots, in_graph, metrics, floats, log_values, samples):
+        """Writes the row: the counters advanced here, once per step."""
+        import tensorflow as tf
+
         ring = self.rings.get((layout.key, execution_steps))
         if ring is None:
             ring = self.rings[(layout.key, execution_steps)] = _Ring(layout, execution_steps)
         n = self.seq.assign_add(1)
         head = [n, model.optimizer.iterations]
-        floats = []
-        for layer, slot in zip(layers, slots):
-            (mean, variance), updating = self.kept[layer]
-            in_graph = not isinstance(mean, tf.Variable)
-            head.append(slot.updates.assign_add(1) if updating and in_graph else slot.updates.read_value())
-            # float32 whatever the layer's dtype (a float64 model, a float16 policy): the row's layout.
-            floats += [mean, variance, tf.cast(layer.moving_mean, tf.float32),
-                       tf.cast(layer.moving_variance, tf.float32)]
-        head += list(logs.values())
+        for slot, updating, graph in zip(slots, layout.updating, in_graph):
+            head.append(slot.updates.assign_add(1) if updating and graph else slot.updates.read_value())
         for _, metric in metrics:
             head += [metric.total, metric.count]
         head = tf.stack([tf.cast(tf.convert_to_tensor(v), tf.float64) for v in head])
-        if floats:
-            floats = tf.concat([tf.convert_to_tensor(v) for v in floats], axis=0)
+        parts = [head[:2 + len(slots)], log_values, head[2 + len(slots):]]
+        if samples is not None:
+            parts.append(samples)
+        if int(floats.shape[0]):
             if ring.packed * 2 != int(floats.shape[0]):
                 floats = tf.concat([floats, tf.zeros([1], tf.float32)], axis=0)
-            head = tf.concat([head, tf.bitcast(tf.reshape(floats, [ring.packed, 2]), tf.float64)], axis=0)
-        ring.rows.scatter_nd_update(tf.reshape(tf.math.floormod(n - 1, ring.steps), [1, 1]), head[None, :])
+            parts.append(tf.bitcast(tf.reshape(floats, [ring.packed, 2]), tf.float64))
+        row = tf.concat(parts, axis=0)
+        ring.rows.scatter_update(tf.IndexedSlices(row[None, :], tf.reshape(tf.math.floormod(n - 1, ring.steps), [1])))
 
 
 class TensorFlowCapture(KerasCapture):

@@ -50,7 +50,7 @@ class _LayerSlot(LayerSlot):
         self.updates = 0
         self.keep = _eager(self.keep)
 
-    def keep(self, mean, variance, updating):
+    def keep(self, mean, variance, updating, inputs=None):
         channels = self.channels
         mean = mean.detach().reshape([channels]).float()
         variance = variance.detach().reshape([channels]).float()

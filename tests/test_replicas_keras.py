@@ -1,0 +1,107 @@
+"""The Keras callback over several CPU devices: ``tf.distribute.MirroredStrategy``
+over logical CPU devices (TensorFlow backend) and ``keras.distribution.DataParallel``
+over forced host devices (JAX backend). Each run is a process of its own
+(tests/multidevice/keras_replicas.py: the devices must be set up before the
+framework starts); its logs are read back through TensorBoard's data
+provider and every number is checked against numpy on the same batches."""
+
+import glob
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tb_bnstats.format import metadata
+from tb_bnstats.read import reader
+
+SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multidevice", "keras_replicas.py")
+BACKENDS = ("tensorflow", "jax")
+EXACT_LOGS = []
+
+
+def train(out, backend, *args):
+    """Runs the script; returns its result.npz and, with --monitor, the run read back."""
+    os.makedirs(out, exist_ok=True)
+    env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=os.path.dirname(SCRIPT) + os.pathsep
+               + os.path.dirname(os.path.dirname(SCRIPT)))
+    done = subprocess.run([sys.executable, SCRIPT, str(out), *args], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = dict(np.load(os.path.join(out, "result.npz")))
+    logs = os.path.join(out, "logs")
+    runs = reader.load(logs) if os.path.isdir(logs) else None
+    return result, runs, done.stderr
+
+
+def slices(result, step):
+    """The global batch of training step ``step`` (1-based, shuffle=False)
+    and its replicas' slices (contiguous, in device order)."""
+    x, batch, replicas = result["x"], int(result["batch"]), int(result["replicas"])
+    per_epoch = len(x) // batch
+    start = ((step - 1) % per_epoch) * batch
+    whole = x[start:start + batch].astype(np.float64)
+    return whole, np.split(whole, replicas)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def exact_runs(request, tmp_path_factory):
+    """The toy model (BN on the data) on 2 devices, with and without the callback."""
+    base = tmp_path_factory.mktemp(request.param)
+    EXACT_LOGS[:] = [base / "with" / "logs"]
+    with_monitor = train(base / "with", request.param, "--monitor", "--replicas", "2")
+    without = train(base / "without", request.param, "--replicas", "2")
+    return request.param, with_monitor, without
+
+
+def test_per_replica_and_global_moments_equal_numpy(exact_runs):
+    backend, (result, runs, _), _ = exact_runs
+    (run,) = runs.values()
+    layer = run.layers["bn"]
+    assert layer.info.replicas == 2
+    # TensorFlow: unsynchronized, one copy of the moving statistics per replica. JAX: one batch sharded
+    # over the devices, normalized with its global moments, one copy.
+    assert layer.info.synchronized is (backend == "jax")
+    assert layer.info.moving_per_replica is (backend == "tensorflow")
+    channels, channel_steps = layer.snapshots, layer.snapshot_steps
+    replica_steps, replicas = layer.replica_steps, layer.replica_snapshots
+    assert len(replica_steps) == len(channel_steps) == 8  # 2 epochs of 4 steps, a snapshot at each
+    for k, step in enumerate(replica_steps):
+        whole, parts = slices(result, int(step))
+        np.testing.assert_allclose(replicas['batch_mean'][k], [p.mean(0) for p in parts], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(replicas['batch_var'][k], [p.var(0) for p in parts], rtol=1e-5, atol=1e-5)
+        i = int(np.flatnonzero(channel_steps == step)[0])
+        np.testing.assert_allclose(channels["batch_mean"][i], whole.mean(0), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(channels["batch_var"][i], whole.var(0), rtol=1e-5, atol=1e-5)
+    # The moving statistics: each replica's own (TensorFlow) or the one copy (JAX), at the last step.
+    if backend == "tensorflow":
+        np.testing.assert_allclose(replicas["moving_mean"][-1], result["moving_mean"], rtol=1e-6)
+        np.testing.assert_allclose(replicas["moving_var"][-1], result["moving_var"], rtol=1e-6)
+    else:
+        assert np.isnan(replicas["moving_mean"][-1]).all()  # shared: the per-channel snapshot holds them
+    np.testing.assert_allclose(channels["moving_mean"][-1], result["moving_mean"][0], rtol=1e-6)
+    np.testing.assert_allclose(channels["moving_var"][-1], result["moving_var"][0], rtol=1e-6)
+    # The spread series against numpy's.
+    whole, parts = slices(result, int(layer.steps[-1]))
+    std = np.sqrt(whole.var(0) + layer.info.epsilon)
+    spread = (np.max([p.mean(0) for p in parts], 0) - np.min([p.mean(0) for p in parts], 0)) / std
+    np.testing.assert_allclose(layer.series["replica_mean_spread/max"][-1], spread.max(), rtol=1e-4)
+    deficit = np.log((whole.var(0) + 1e-3) / (np.mean([p.var(0) for p in parts], 0) + 1e-3))
+    np.testing.assert_allclose(layer.series["replica_var_deficit/mean"][-1], deficit.mean(), rtol=1e-4, atol=1e-6)
+    assert (layer.series["replica_samples/min"] == 16).all()
+
+
+def test_losses_identical_with_and_without_the_callback(exact_runs):
+    _, (with_monitor, _, _), (without, _, _) = exact_runs
+    np.testing.assert_array_equal(with_monitor["loss"], without["loss"])
+    np.testing.assert_array_equal(with_monitor["moving_mean"], without["moving_mean"])
+
+
+def test_one_writer(exact_runs):
+    """One process writes one event file, whatever the number of devices."""
+    _, (_, runs, _), _ = exact_runs
+    (run,) = runs
+    assert run == "."
+    files = glob.glob(os.path.join(str(EXACT_LOGS[0]), "**", "events.out.tfevents.*"), recursive=True)
+    assert len(files) == 1, files
