@@ -271,7 +271,10 @@ def pool_moments(counts, means, variances):
     total, mean, m2 = np.zeros(lead), np.zeros(means.shape[:-2] + means.shape[-1:]), 0.0
     m2 = np.zeros_like(mean)
     for b in range(counts.shape[-1]):
-        n_b, mu_b, var_b = np.maximum(counts[..., b], 0.0), means[..., b, :], variances[..., b, :]
+        n_b = np.maximum(counts[..., b], 0.0)
+        empty = (n_b <= 0)[..., None]  # a replica's empty slice: its moments are NaN, and weigh nothing
+        mu_b = np.where(empty, 0.0, means[..., b, :])
+        var_b = np.where(empty, 0.0, variances[..., b, :])
         new_total = total + n_b
         safe = np.where(new_total > 0, new_total, 1.0)
         delta = mu_b - mean

@@ -105,3 +105,47 @@ def test_one_writer(exact_runs):
     assert run == "."
     files = glob.glob(os.path.join(str(EXACT_LOGS[0]), "**", "events.out.tfevents.*"), recursive=True)
     assert len(files) == 1, files
+
+
+def codes(runs):
+    (run,) = runs.values()
+    return {f["code"] for f in run.stored_findings}, run
+
+
+@pytest.mark.parametrize("backend, sync", [("tensorflow", False), ("tensorflow", True), ("jax", False)])
+def test_small_per_replica_batches_found_only_without_synchronization(tmp_path, backend, sync):
+    """A dense BN on digits, a global batch of 16 over 4 devices: 4 samples per
+    replica. Unsynchronized (TensorFlow's default) that is S6 per replica:
+    BN013 with the fix; synchronized=True, or JAX's sharded batch (global
+    moments by construction), normalize with the 16 and raise nothing of it."""
+    args = ["--monitor", "--replicas", "4", "--model", "dense", "--batch", "16", "--epochs", "1", "--samples", "1792"]
+    _, runs, _ = train(tmp_path, backend, *args + (["--sync"] if sync else []))
+    found, run = codes(runs)
+    layer = run.layers["dense_bn"]
+    assert layer.info.replicas == 4 and (layer.series["replica_samples/min"] == 4).all()
+    if backend == "tensorflow" and not sync:
+        assert "BN013" in found, run.stored_findings
+        (finding,) = [f for f in run.stored_findings if f["code"] == "BN013"]
+        assert finding["layers"] == ["dense_bn"] and "synchronized=True" in finding["message"]
+        assert "4 values per channel" in finding["message"]
+    else:
+        assert not found & {"BN013", "BN014", "BN015"}, run.stored_findings
+        assert layer.info.synchronized
+    if sync:  # every replica normalized with, and averaged, the global batch's moments
+        np.testing.assert_allclose(np.diff(layer.replica_snapshots["batch_mean"], axis=1), 0, atol=1e-5)
+        np.testing.assert_allclose(np.diff(layer.replica_snapshots["moving_mean"], axis=1), 0, atol=1e-5)
+
+
+def test_an_empty_replica_slice_is_found(tmp_path):
+    """69 samples in batches of 16 over 4 replicas: tf.distribute splits the
+    last batch (5 samples) 4, 1, 0, 0, and the replicas with an empty slice
+    average NaN moments into their own moving statistics while replica 0's
+    stay finite."""
+    _, runs, _ = train(tmp_path, "tensorflow", "--monitor", "--replicas", "4", "--batch", "16", "--samples", "69",
+                       "--epochs", "1")
+    (run,) = runs.values()
+    layer = run.layers["bn"]
+    assert layer.series["replica_samples/min"][-1] == 0
+    assert np.isfinite(layer.snapshots["batch_mean"][-1]).all()  # the global batch: the 2 samples pooled
+    (finding,) = [f for f in run.stored_findings if f["code"] == "BN015"]
+    assert finding["severity"] == "error" and "drop_remainder=True" in finding["message"]

@@ -75,7 +75,10 @@ BN014  S12       warning   several replicas, not synchronized, converged:
 BN015  S13       warning   replicas with their own moving statistics
                            (``info.moving_per_replica``): median
                            ``rank_moving_spread/p50`` > 0.15 or
-                           ``rank_moving_var_ratio/max`` > 1.5
+                           ``rank_moving_var_ratio/max`` > 1.5; an error when
+                           some replica's are not finite at the last step
+                           while replica 0's are (an empty slice of a last
+                           partial batch)
 =====  ========  ========  ====================================================
 
 S3 (BN008) needs the callback's record of each fit's start
@@ -609,7 +612,17 @@ def replica_findings(view):
                         f"the replicas' mean and {math.exp(signed):.2f}x the moving variance, so inference "
                         f"normalizes with too small a variance. Fix: {_fix('BN014', view)}."))
     spread, ratio = at("rank_moving_spread/p50"), at("rank_moving_var_ratio/max")
-    if info.moving_per_replica and (spread > THRESHOLDS["replica_moving_spread"]
+    last_spread = s.get("rank_moving_spread/p50", np.zeros(1))[-1]
+    if info.moving_per_replica and not np.isfinite(last_spread) and np.isfinite(s["moving_mean"][-1]):
+        ev = {**ev, "samples_per_replica_min": float(np.nanmin(s["replica_samples/min"]))}
+        out.append(("BN015", "error", ev,
+                    f"{view.name}: at the last step some of the {r} replicas' own moving statistics are NaN or Inf "
+                    f"while replica 0's are finite: a replica got an empty slice (a last batch smaller than the "
+                    f"number of replicas: {ev['samples_per_replica_min']:.0f} values per channel on the smallest) "
+                    f"and averaged NaN moments. Fix: drop the last partial batch (Dataset.batch(..., "
+                    f"drop_remainder=True), or a dataset size divisible by the global batch), then "
+                    f"{_fix('BN015', view)}."))
+    elif info.moving_per_replica and (spread > THRESHOLDS["replica_moving_spread"]
                                     or ratio > THRESHOLDS["replica_moving_var_ratio"]):
         ev = {**ev, "rank_moving_spread_p50": spread, "rank_moving_var_ratio_max": ratio}
         out.append(("BN015", "warning", ev,

@@ -4,7 +4,7 @@ backend) or forced host devices under ``keras.distribution.DataParallel``
 (JAX backend). Both must be set up before the framework runs anything, so
 the tests start this script with ``subprocess``.
 
-    python keras_replicas.py OUT --replicas 2 [--monitor] [--sync] [--model toy|dense]
+    python keras_replicas.py OUT --replicas 2 [--monitor] [--sync] [--model toy|dense] [--samples N]
 
 Writes ``OUT/result.npz``: the losses per epoch, the BN input of every
 training step (``toy``: BN is the first layer, so the data itself),
@@ -28,6 +28,7 @@ def main():
     parser.add_argument("--model", choices=("toy", "dense"), default="toy")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--samples", type=int, default=None, help="train on the first this many")
     args = parser.parse_args()
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     if backend == "jax":
@@ -52,6 +53,7 @@ def main():
 
         x, y = digits()
         loss = "sparse_categorical_crossentropy"
+    x, y = x[:args.samples], y[:args.samples]
     with scope:
         inputs = keras.Input(x.shape[1:])
         bn_kwargs = {"synchronized": True} if args.sync else {}

@@ -37,8 +37,18 @@ traced again). The host reads the ring's two arrays once per drain
 
 A training step that drops or rejects the extra entries (a custom
 ``train_step`` that rebuilds the non-trainable values) is traced once more
-without them and then runs without moments, saying so once. Under
-``keras.distribution`` and flax NNX no ring is carried (one warning).
+without them and then runs without moments, saying so once. Under flax NNX
+no ring is carried (one warning).
+
+Several devices (``keras.distribution.DataParallel``): the step is traced
+once for the global batch, sharded over the devices along its first axis
+(device ``r`` holds rows ``r*B/R`` to ``(r+1)*B/R``), and BN's moments are
+the global batch's (XLA all-reduces them): synchronized by construction.
+Each device's own slice's moments are computed next to them by reshaping the
+batch axis into ``[R, B/R]`` (no data moves between devices for that) and
+go into the row replica after replica; the ring is replicated on every
+device (the train function's output shardings get one entry per ring array,
+:func:`_with_ring_shardings`).
 """
 
 import functools
@@ -74,9 +84,15 @@ class _LayerSlot(LayerSlot):
         channels = self.channels
         mean = jnp.reshape(jnp.asarray(mean, jnp.float32), [channels])
         variance = jnp.reshape(jnp.asarray(variance, jnp.float32), [channels])
+        replicas = batch_devices()
+        per_replica = None
+        if replicas > 1 and inputs is not None:
+            # Each device's slice of the global batch (rows are contiguous per device), channels last.
+            x = jnp.moveaxis(jnp.asarray(inputs, jnp.float32), self.layer.axis, -1).reshape(replicas, -1, channels)
+            per_replica = (x.mean(axis=1), x.var(axis=1), float(x.shape[1]))
         for hook in self.hooks:
             if hook.collecting_moments:  # the hook whose step is being traced
-                hook.kept[self.layer] = (mean, variance, updating)
+                hook.kept[self.layer] = (mean, variance, updating, per_replica)
 
     def count(self):
         return max((hook.count_of(self.layer) for hook in self.hooks), default=0)
@@ -86,16 +102,53 @@ class _LayerSlot(LayerSlot):
             hook.set_count(self.layer, value)
 
 
+def batch_devices():
+    """How many devices the batch is split over: along the batch axis of the
+    mesh of ``keras.distribution.distribution()`` (1 without one)."""
+    from keras import distribution
+
+    current = distribution.distribution()
+    if current is None or getattr(current, "batch_dim_name", None) is None:
+        return 1
+    mesh = current.device_mesh
+    return int(mesh.shape[list(mesh.axis_names).index(current.batch_dim_name)])
+
+
+def _with_ring_shardings(model):
+    """Wraps ``model._get_state_sharding_spec`` (which Keras' JAX trainer
+    makes the train function's output shardings of under a distribution)
+    to add a replicated sharding for each array of the ring carried in the
+    non-trainable state."""
+    original = model._get_state_sharding_spec
+
+    @functools.wraps(original)
+    def sharding_spec():
+        import jax
+        from keras import distribution
+
+        trainable, non_trainable, *rest = original()
+        mesh = distribution.distribution().device_mesh.backend_mesh
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        return (trainable, list(non_trainable) + [replicated] * _Ring.ARRAYS, *rest)
+
+    model._get_state_sharding_spec = sharding_spec
+
+
 class _Ring:
     """The carry: K rows on the device as ``ints`` [K, 2 + L] int32 (``n,
     step, counts``) and ``floats`` [K, V + 4 sum(C)] float32 (``values,
-    moments``), the running ``counts`` [L] and ``seq`` (rows written)."""
+    moments``; on R devices ``values``, every replica's moments, then each
+    replica's values per channel [R * L]), the running ``counts`` [L] and
+    ``seq`` (rows written)."""
+
+    ARRAYS = 4
 
     def __init__(self, layout, steps_per_execution, counts, seq):
         import jax.numpy as jnp
 
         self.layout = layout
-        ints, floats = 2 + len(layout.layers), layout.num_values + layout.num_moments
+        self.samples = len(layout.layers) * layout.replicas if layout.replicas > 1 else 0
+        ints, floats = 2 + len(layout.layers), layout.num_values + layout.num_moments + self.samples
         self.steps = ring_steps(4 * (ints + floats), steps_per_execution)
         self.arrays = [jnp.zeros([self.steps, ints], jnp.int32), jnp.zeros([self.steps, floats], jnp.float32),
                        jnp.asarray(counts, jnp.int32), jnp.asarray(seq, jnp.int32)]
@@ -105,7 +158,18 @@ class _Ring:
         """The whole ring (two device-to-host copies, one per array: the
         device buffers are donated to the next step), as :class:`Rows`."""
         ints, floats = (np.array(a) for a in self.arrays[:2])
-        return Rows.from_arrays(self.layout, ints, floats)
+        if not self.samples:
+            return Rows.from_arrays(self.layout, ints, floats)
+        return Rows.from_arrays(self.layout, ints, floats[:, :-self.samples], floats[:, -self.samples:])
+
+
+def _empty_carry():
+    """A carry of no ring (the train function's output shardings count the
+    ring's arrays under a distribution, so something is carried)."""
+    import jax.numpy as jnp
+
+    return [jnp.zeros([0, 0], jnp.int32), jnp.zeros([0, 0], jnp.float32), jnp.zeros([0], jnp.int32),
+            jnp.zeros([], jnp.int32)]
 
 
 def _unsupported(model):
@@ -114,8 +178,9 @@ def _unsupported(model):
     bypasses the wrapped step (flax NNX)."""
     from keras import distribution
 
-    if distribution.distribution() is not None:
-        return "keras.distribution is set (several devices are not captured on JAX yet)"
+    current = distribution.distribution()
+    if current is not None and getattr(current, "batch_dim_name", None) is None:
+        return "this keras.distribution splits no batch axis"
     try:
         from keras.src.backend.config import is_nnx_enabled
     except ImportError:  # pragma: no cover - a Keras without NNX
@@ -125,7 +190,9 @@ def _unsupported(model):
 
 class _TrainStepHook(StepHook):
     """The wrappers of one model (module docstring) and its rings: ``kept``
-    is layer -> (mean, variance, updating) of the step being traced,
+    is layer -> (mean, variance, updating, per_replica) of the step being
+    traced (``per_replica``: ``(means [R, C], variances [R, C], values per
+    channel)`` of each device's slice, or None on one device),
     ``rings`` the active :class:`_Ring` under its layout's key, and rings no
     longer written (kept until the next read)."""
 
@@ -192,6 +259,8 @@ class _TrainStepHook(StepHook):
             if model.train_function is None or force:
                 model.train_step = new_train_step()
                 self._sized = False  # the new step is sized again (one eval_shape)
+                if batch_devices() > 1 and not hasattr(model._get_state_sharding_spec, "__wrapped__"):
+                    _with_ring_shardings(model)
             made = original_make(force=force)
             fn = model.train_function
             if fn is not None and not getattr(fn, "_tb_bnstats_carries", False):
@@ -238,7 +307,11 @@ class _TrainStepHook(StepHook):
     def _kept_moments(self):
         import jax.numpy as jnp
 
-        return jnp.concatenate([jnp.concatenate([mean, variance]) for mean, variance, _ in self.kept.values()])
+        parts = []
+        for mean, variance, _, per_replica in self.kept.values():
+            parts += [mean, variance] if per_replica is None else [mean, variance, per_replica[0].reshape([-1]),
+                                                                  per_replica[1].reshape([-1])]
+        return jnp.concatenate(parts)
 
     def _carrying(self, fn, train_step):
         """``fn`` (Keras' train function) called with the active ring added to
@@ -266,6 +339,8 @@ class _TrainStepHook(StepHook):
                     self.warn_once("ring", f"cannot make the ring for this train step, no BN statistics are "
                                    f"logged: {type(exc).__name__}: {exc}")
             carry = self.active.arrays if self.active is not None else []
+            if not carry and batch_devices() > 1:
+                carry = _empty_carry()
             logs, state = fn((trainable, list(non_trainable) + carry, optimizer, metrics), iterator)
             trainable, non_trainable, optimizer, metrics = state
             n = self._num_state()
@@ -350,8 +425,12 @@ class _TrainStepHook(StepHook):
         scalar_logs = {k: v for k, v in (logs or {}).items()
                        if hasattr(v, "shape") and v.shape == () and jnp.issubdtype(v.dtype, jnp.number)}
         named_metrics = mean_metrics(model)
+        per_replica = [self.kept[layer][3] for layer in layers]
+        replicas = batch_devices() if layers and all(p is not None for p in per_replica) else 1
+        self.replicas, self.global_moments = replicas, replicas > 1
         layout = Layout.of(layers, [int(self.kept[layer][0].shape[0]) for layer in layers],
-                           [self.kept[layer][2] for layer in layers], scalar_logs, [n for n, _ in named_metrics])
+                           [self.kept[layer][2] for layer in layers], scalar_logs, [n for n, _ in named_metrics],
+                           replicas=replicas)
         if not carry:
             self._discovered = layout
             return carry
@@ -376,11 +455,23 @@ class _TrainStepHook(StepHook):
             floats += [jnp.asarray(metrics[metric_index[id(v)]], jnp.float32).reshape([1])
                        for v in (metric.total, metric.count)]
         flat, start = (moments[0] if moments else None), 0
+        by_replica = [[] for _ in range(replicas)]  # the row's moments, replica after replica
         for layer, channels in zip(layers, layout.channels):
-            floats += [flat[start:start + 2 * channels],
-                       jnp.asarray(non_trainable[state_index[id(layer.moving_mean)]], jnp.float32).reshape([-1]),
-                       jnp.asarray(non_trainable[state_index[id(layer.moving_variance)]], jnp.float32).reshape([-1])]
-            start += 2 * channels
+            moving = [jnp.asarray(non_trainable[state_index[id(v)]], jnp.float32).reshape([-1])
+                      for v in (layer.moving_mean, layer.moving_variance)]
+            if replicas == 1:
+                by_replica[0] += [flat[start:start + 2 * channels]] + moving
+                start += 2 * channels
+                continue
+            start += 2 * channels  # the global batch's moments: the drain pools the replicas' into them
+            means = flat[start:start + replicas * channels].reshape([replicas, channels])
+            variances = flat[start + replicas * channels:start + 2 * replicas * channels].reshape([replicas, channels])
+            start += 2 * replicas * channels
+            for r in range(replicas):
+                by_replica[r] += [means[r], variances[r]] + moving
+        floats += [part for parts in by_replica for part in parts]
+        if replicas > 1:
+            floats.append(jnp.asarray([p[2] for _ in range(replicas) for p in per_replica], jnp.float32))
         at = (n - 1) % ring.steps
         rows_int = rows_int.at[at].set(ints)
         rows_float = rows_float.at[at].set(jnp.concatenate(floats))
