@@ -10,9 +10,14 @@ monitoring failure is a warning.
 
 import numpy as np
 
+import logging
+
 from tb_bnstats import recorder
+from tb_bnstats.capture.pytorch import ranks as ddp_ranks
 from tb_bnstats.capture.pytorch.hooks import TorchCapture
 from tb_bnstats.write import summary
+
+logger = logging.getLogger("tb_bnstats")
 
 
 class BNStatsMonitor:
@@ -47,9 +52,19 @@ class BNStatsMonitor:
     logged. With several forward passes per step (gradient accumulation)
     the last one's moments are logged and every one counts as an update.
 
+    Several processes (``DistributedDataParallel``): make a monitor on every
+    rank, with the DDP wrapper as ``model`` (it tells whether DDP syncs the buffers)
+    and the same ``log_dir``, and call :meth:`step` on every rank at every
+    step. Each rank's batch moments are gathered to rank 0
+    (:mod:`tb_bnstats.capture.pytorch.ranks`), which alone writes the run:
+    per-rank moments, the global batch's, and rank 0's running statistics
+    (what ``torch.save(model.state_dict())`` on rank 0 keeps). The other
+    ranks write nothing.
+
     Args:
         model: the ``torch.nn.Module`` being trained (or its
-            ``torch.compile`` wrapper).
+            ``torch.compile`` wrapper, or its ``DistributedDataParallel``
+            wrapper).
         log_dir: directory of this run's event files (TensorBoard's run).
             ``torch.utils.tensorboard.SummaryWriter(log_dir)`` may write its
             scalars there too: the tab's loss chart shows them.
@@ -92,11 +107,28 @@ class BNStatsMonitor:
             population_every_n_steps=population_every_n_steps, population_samples=population_samples,
             population_batch_size=population_batch_size, default_probe=False)
         self.log_dir = self.schedule.log_dir
-        self.model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper holds the module
+        self.ranks = ddp_ranks.of(model)
+        model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper holds the module
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = getattr(model.module, "_orig_mod", model.module)  # measured without DDP's collectives
+        self.model = model
         self.loss_fn = loss_fn
         self._step = recorder.positive_int("start_step", start_step, allow_zero=True)
+        self.closed = False
+        if self.ranks is not None and not self.ranks.chief:
+            self._recorder = None  # this rank's moments go to rank 0, which writes
+            try:
+                self.capture = TorchCapture(self.model, self.ranks)
+            except Exception as exc:  # noqa: BLE001 - never stop training
+                logger.warning("tb_bnstats: rank %d cannot instrument the model: %s", self.ranks.rank, exc)
+                self.capture = None
+            return
+        if self.ranks is not None and any(isinstance(m, torch.nn.SyncBatchNorm) for m in self.model.modules()):
+            self.schedule.probe_data = self.schedule.population_data = None  # their passes would sync alone
+            logger.warning("tb_bnstats: SyncBatchNorm under DDP: the probe and population measurements are "
+                           "off (a pass on rank 0 alone would wait for the other ranks)")
         self._recorder = rec = recorder.Recorder(self.schedule)
-        self.capture = rec.guard("instrumenting the model", TorchCapture, self.model)
+        self.capture = rec.guard("instrumenting the model", TorchCapture, self.model, self.ranks)
         rec.attach(self.capture, type(self.model).__name__)
         if self.capture is not None and self.capture.untracked:
             rec.say(f"track_running_stats=False (no running statistics, batch moments in eval() too), not "
@@ -108,13 +140,13 @@ class BNStatsMonitor:
         rec.measure_model(self.model, self._probe)
         rec.epoch_begin()
         self._epoch_start = self._step
-        self.closed = False
 
     @property
     def findings(self):
         """The diagnosis made at :meth:`close` (a list of
-        :class:`tb_bnstats.diagnosis.finding.Finding`), None before."""
-        return self._recorder.findings
+        :class:`tb_bnstats.diagnosis.finding.Finding`), None before (and
+        on ranks other than 0)."""
+        return None if self._recorder is None else self._recorder.findings
 
     def step(self, loss=None, step=None, **metrics):
         """Logs the training step just taken: the last training forward's
@@ -130,6 +162,9 @@ class BNStatsMonitor:
         if self.closed:
             return
         rec = self._recorder
+        if rec is None:  # a rank other than 0: its row joins the gather, nothing else
+            self._follow(step, ({"loss": loss} if loss is not None else {}) | metrics)
+            return
         if step is None:
             self._step += 1
         elif isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < self._step:
@@ -150,11 +185,21 @@ class BNStatsMonitor:
         rec.execution_ended()
         rec.steps_done(self._step - self._epoch_start)
 
+    def _follow(self, step, values):
+        self._step = int(step) if isinstance(step, (int, np.integer)) and not isinstance(step, bool) \
+            else self._step + 1
+        if self.capture is not None and self.capture.failed is None:
+            try:
+                self.capture.write_step(self._step, values)
+            except Exception as exc:  # noqa: BLE001 - never stop training
+                self.capture.failed = exc
+                logger.warning("tb_bnstats: rank %d cannot gather BN moments: %s", self.ranks.rank, exc)
+
     def epoch_end(self, **val_metrics):
         """Optional: an epoch ended. Drains what was kept, runs the probe and
         population measurements, logs ``val_metrics`` (numbers, e.g.
         ``loss=0.3, accuracy=0.9``) as the validation split at this step."""
-        if self.closed:
+        if self.closed or self._recorder is None:
             return
         rec = self._recorder
         rec.epoch_end({k: float(v) for k, v in val_metrics.items()}, lambda: self._step)
@@ -171,8 +216,9 @@ class BNStatsMonitor:
         self.closed = True
         rec = self._recorder
         try:
-            rec.epoch_end({}, lambda: self._step)
-            rec.end()
+            if rec is not None:
+                rec.epoch_end({}, lambda: self._step)
+                rec.end()
         finally:
             if self.capture is not None:
                 self.capture.close()
@@ -186,7 +232,8 @@ class BNStatsMonitor:
             return False
         self.closed = True  # training raised: write what was kept, no diagnosis
         try:
-            self._recorder.abandon()
+            if self._recorder is not None:
+                self._recorder.abandon()
         finally:
             if self.capture is not None:
                 self.capture.close()

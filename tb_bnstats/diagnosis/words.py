@@ -35,7 +35,8 @@ PYTORCH_FIXES = {
              "does not run on CPU), or 16+ samples per rank; then tb_bnstats.recalibrate(model, loader)",
     "BN014": "use nn.SyncBatchNorm (GPUs), or recalibrate on global-size batches after training: "
              "tb_bnstats.recalibrate(model, loader) on rank 0",
-    "BN015": "keep DDP(broadcast_buffers=True) (rank 0's buffers copied to every rank at each forward), or average "
+    "BN015": "keep DDP's buffer sync on (forward_sync_buffers=True, formerly broadcast_buffers=True: rank 0's "
+             "buffers copied to every rank at each forward), or average "
              "running_mean / running_var with torch.distributed.all_reduce (divided by the world size) before "
              "evaluating and saving; or tb_bnstats.recalibrate(model, loader): rank 0's are what gets saved",
     "BN008": "save and load the whole model.state_dict() (running_mean, running_var and num_batches_tracked are "

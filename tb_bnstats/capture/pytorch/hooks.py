@@ -87,15 +87,21 @@ class _ModuleSlot:
 class _Ring:
     """K rows of one layout: ``floats`` [K, V_dev + 4 sum(C)] float32 and
     ``counts`` [K, L] int64 on the device; ``ints`` [K, 2] (``n, step``),
-    ``host_values`` [K, V_host] and ``samples`` [K, L] on the host."""
+    ``host_values`` [K, V_host] and ``samples`` [K, L] on the host. On R
+    ranks (``ranks``) the moments and values per channel of every rank are
+    gathered into ``gathered`` [K, R, 4 sum(C) + L] instead."""
 
-    def __init__(self, layout, device, on_device):
+    def __init__(self, layout, device, on_device, ranks=None):
         import torch
 
-        self.layout, self.on_device = layout, tuple(on_device)
-        width = sum(self.on_device) + layout.num_moments
-        self.steps = ring_rows.ring_steps(4 * width + 8 * len(layout.layers))
+        self.layout, self.on_device, self.ranks = layout, tuple(on_device), ranks
+        moments = layout.num_moments // layout.replicas  # one rank's
+        width = sum(self.on_device) + (0 if ranks else moments)
+        gathered = layout.replicas * (moments + len(layout.layers)) if ranks else 0
+        self.steps = ring_rows.ring_steps(4 * (width + gathered) + 8 * len(layout.layers))
         self.floats = torch.zeros([self.steps, width], dtype=torch.float32, device=device)
+        self.gathered = torch.zeros([self.steps, layout.replicas, moments + len(layout.layers)],
+                                    dtype=torch.float32, device=device) if ranks else None
         self.counts = torch.zeros([self.steps, len(layout.layers)], dtype=torch.int64, device=device)
         self.ints = np.zeros([self.steps, 2], np.int64)
         self.host_values = np.zeros([self.steps, len(self.on_device) - sum(self.on_device)])
@@ -109,9 +115,16 @@ class _Ring:
         values = np.zeros([self.steps, len(on_device)], np.float32)
         values[:, on_device] = device_part[:, :on_device.sum()]
         values[:, ~on_device] = self.host_values
-        floats = np.concatenate([values, device_part[:, on_device.sum():]], axis=1)
-        return ring_rows.Rows.from_arrays(self.layout, np.concatenate([self.ints, counts], axis=1), floats,
-                                          samples=self.samples.copy())
+        ints = np.concatenate([self.ints, counts], axis=1)
+        if self.ranks is None:
+            floats = np.concatenate([values, device_part[:, on_device.sum():]], axis=1)
+            return ring_rows.Rows.from_arrays(self.layout, ints, floats, samples=self.samples.copy())
+        self.ranks.wait()
+        gathered = self.gathered.cpu().numpy()
+        layers = len(self.layout.layers)
+        moments = gathered[:, :, :gathered.shape[2] - layers].reshape(self.steps, -1)
+        samples = gathered[:, :, gathered.shape[2] - layers:].reshape(self.steps, -1)
+        return ring_rows.Rows.from_arrays(self.layout, ints, np.concatenate([values, moments], axis=1), samples)
 
 
 class TorchCapture:
@@ -120,17 +133,20 @@ class TorchCapture:
 
     Args:
         model: a ``torch.nn.Module``.
+        ranks: the :class:`tb_bnstats.capture.pytorch.ranks.Ranks` it
+            trains in (DDP), None in one process: every rank's moments are
+            gathered at each step.
 
     Raises:
         TypeError: ``model`` is not a ``torch.nn.Module``.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, ranks=None):
         import torch
 
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"tb_bnstats.torch needs a torch.nn.Module, got {type(model).__name__}")
-        self.model = model
+        self.model, self.ranks = model, ranks
         found = bn_modules.find_batchnorm_modules(model)
         self._slots = {name: _ModuleSlot(name, module) for name, module in found}
         self.untracked = [name for name, module in found if not module.track_running_stats]
@@ -208,21 +224,30 @@ class TorchCapture:
         # A module path is one module of fixed width: the names and flags say which ring (no Layout per step).
         key = self._written_key = (tuple(names), updating, tuple(metrics), on_device)
         ring = self._rings.get(key)
+        ranks = self.ranks
         if ring is None:
             layout = ring_rows.Layout.of([s.module for s in slots], [s.channels for s in slots], updating,
-                                         list(metrics), ())
+                                         list(metrics), (), replicas=ranks.world_size if ranks else 1,
+                                         moving_per_replica=bool(ranks and ranks.moving_per_replica))
             device = slots[0].module.running_mean.device if slots else next(
                 (v.device for v in metrics.values() if isinstance(v, torch.Tensor)), "cpu")
-            ring = self._rings[key] = _Ring(layout, device, on_device)
+            ring = self._rings[key] = _Ring(layout, device, on_device, ranks)
         at = self._seq % ring.steps
         with torch.no_grad():
             device = ring.floats.device
             floats = [v.detach().reshape([1]).to(device, torch.float32) for v in metrics.values()
                       if isinstance(v, torch.Tensor)]
+            moments = []
             for slot, name in zip(slots, names):
                 mean, var = pending[name][:2]
-                floats += [mean, var, slot.module.running_mean.detach().float(),
-                           slot.module.running_var.detach().float()]
+                moments += [mean, var, slot.module.running_mean.detach().float(),
+                            slot.module.running_var.detach().float()]
+            if ranks is not None:  # this rank's moments and values per channel, gathered from every rank
+                row = torch.cat([f.reshape([-1]).to(device, torch.float32) for f in moments]
+                                + [torch.tensor([float(pending[n][2]) for n in names], device=device)])
+                ranks.gather(row, ring.gathered[at])
+            else:
+                floats += moments
             if floats:
                 torch.cat([f.reshape([-1]).to(device) for f in floats], out=ring.floats[at])
             if slots:
@@ -240,7 +265,10 @@ class TorchCapture:
         return [name for name in self._slots if name not in self.untracked]
 
     def layer_infos(self):
-        return [bn_modules.layer_info(name, self._slots[name].module, depth, self._updating[name])
+        ranks = self.ranks
+        return [bn_modules.layer_info(name, self._slots[name].module, depth, self._updating[name],
+                                      replicas=ranks.world_size if ranks else 1,
+                                      moving_per_replica=bool(ranks and ranks.moving_per_replica))
                 for depth, name in enumerate(self._order)]
 
     def resume(self, step):
@@ -286,7 +314,9 @@ class TorchCapture:
         return blocks
 
     def close(self):
-        """Removes every hook."""
+        """Removes every hook (after the last gather, on several ranks)."""
+        if self.ranks is not None:
+            self.ranks.wait()
         for handle in self._handles:
             handle.remove()
         self._handles = []

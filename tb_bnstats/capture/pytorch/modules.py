@@ -61,7 +61,7 @@ def tracks_running_stats(module):
     return bool(module.track_running_stats) and mean is not None and not isinstance(mean, UninitializedBuffer)
 
 
-def layer_info(name, module, depth, updating):
+def layer_info(name, module, depth, updating, replicas=1, moving_per_replica=False):
     """The :class:`~tb_bnstats.format.metadata.LayerInfo` of one BN module.
 
     Args:
@@ -74,6 +74,9 @@ def layer_info(name, module, depth, updating):
             purpose) when none of its parameters requires a gradient
             either: ``eval()`` with ``requires_grad_(False)`` is how a
             PyTorch user freezes a BN module.
+        replicas: the DDP ranks it trains on (1 in one process).
+        moving_per_replica: each rank keeps its own running statistics
+            (DDP without its buffer sync: ``broadcast_buffers=False``).
     """
     import torch
 
@@ -82,7 +85,8 @@ def layer_info(name, module, depth, updating):
         epsilon=float(module.eps), init_mean=0.0, init_var=1.0, moving_var_unbiased=True, depth=int(depth),
         layer_class=type(module).__name__, framework=FRAMEWORK, trainable=bool(updating),
         synchronized=isinstance(module, torch.nn.SyncBatchNorm),
-        frozen=not updating and not any(p.requires_grad for p in module.parameters(recurse=False)))
+        frozen=not updating and not any(p.requires_grad for p in module.parameters(recurse=False)),
+        replicas=int(replicas), moving_per_replica=bool(moving_per_replica))
 
 
 # Below this momentum (PyTorch's p), the moments are computed from the input:
