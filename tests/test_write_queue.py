@@ -71,3 +71,35 @@ def test_a_probe_point_whose_layer_block_was_dropped_is_not_read_as_nan_moments(
     assert np.isfinite(layer.series["batch_mean"]).all()
     assert np.isfinite(layer.series["probe_output_drift"]).sum() == 1
     assert "BN007" not in {f.code for f in tb_bnstats.diagnose(tmp_path)}
+
+
+def test_another_process_writing_the_same_run_directory_is_told(tmp_path, caplog):
+    """A second process with a Writer open on the same run directory (one
+    process per rank, each writing, by mistake): the writer opened last says
+    so; a finished process's file, or this process's own, is no reason to."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from tb_bnstats.write import summary
+
+    code = textwrap.dedent(f"""
+        import sys, time
+        from tb_bnstats.write import summary
+        w = summary.Writer({str(tmp_path)!r})
+        print("open", flush=True)
+        sys.stdin.readline()
+        w.close()
+    """)
+    other = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "open"
+        with caplog.at_level("WARNING", logger="tb_bnstats"):
+            summary.Writer(str(tmp_path)).close()
+        assert f"pid {other.pid}" in caplog.text and "rank 0 only" in caplog.text
+    finally:
+        other.communicate("\n", timeout=60)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tb_bnstats"):
+        summary.Writer(str(tmp_path)).close()  # the other process has ended; this one's own file is there too
+    assert "other processes" not in caplog.text

@@ -14,6 +14,7 @@ per 1 kB record): the same bytes, with the checksum in C.
 import itertools
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -25,6 +26,49 @@ from tb_bnstats.format import tfrecord
 logger = logging.getLogger("tb_bnstats")
 
 _uid = itertools.count()
+# events.out.tfevents.<time>.<host>.<pid>.<n>[.v2]: ours, TensorBoard's, PyTorch's and TensorFlow's writers.
+_NAME = re.compile(r"^events\.out\.tfevents\.(\d+)\.(.+?)\.(\d+)\.\d+(?:\.v2)?$")
+# Another process's event file written this recently counts as "being written now".
+RECENT_WRITE_S = 120.0
+
+
+def other_writers(logdir, host=None, pid=None):
+    """Other processes writing event files into ``logdir`` now: ``[(host,
+    pid)]`` of files named as TensorBoard names them by another process,
+    modified in the last :data:`RECENT_WRITE_S` seconds, and on this host
+    only while that process is alive. Several processes in one run directory
+    interleave their steps in one TensorBoard run."""
+    host = socket.gethostname() if host is None else host
+    pid = os.getpid() if pid is None else pid
+    found = set()
+    try:
+        entries = list(os.scandir(logdir))
+    except OSError:
+        return []
+    now = time.time()
+    for entry in entries:
+        match = _NAME.match(entry.name)
+        if not match or (match.group(2) == host and int(match.group(3)) == pid):
+            continue
+        try:
+            if now - entry.stat().st_mtime > RECENT_WRITE_S:
+                continue
+        except OSError:
+            continue
+        if match.group(2) == host and not _alive(int(match.group(3))):
+            continue
+        found.add((match.group(2), int(match.group(3))))
+    return sorted(found)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
 
 
 def _open_for_append(path):
@@ -51,6 +95,15 @@ class EventFile:
 
     def __init__(self, logdir, flush_secs):
         logdir = os.fspath(logdir)
+        if "://" not in logdir:
+            others = other_writers(logdir)
+            if others:
+                logger.warning(
+                    "tb_bnstats: other processes are writing event files into %s too (%s): TensorBoard shows "
+                    "them as one run, their steps interleaved. With several processes let one write: "
+                    "BNStatsMonitor(ddp_model, ...) on every rank writes from rank 0 only, BNStatsCallback "
+                    "writes from one process; otherwise give each process a log_dir of its own.", logdir,
+                    ", ".join(f"pid {pid} on {host}" for host, pid in others))
         # The count zero-padded: TensorBoard reads a run's files in name order, and two files of one
         # process opened in the same second must sort as opened ("...9" would sort after "...10").
         self.path = os.path.join(logdir, "events.out.tfevents.%010d.%s.%s.%06d" % (
