@@ -12,6 +12,10 @@ import { INT_INCRS, Y_AXIS_SIZE, autoWidth, followWidthUntilDestroyed, resetBind
  * on the measure's fixed scale (colors.js HEAT_SCALE_TOP, clipped; the run's
  * max for a measure without one); ``o.warmup[row]``: the last step of that
  * layer's warm-up (model/momentum.js warmupEnd), its cells before it dimmed.
+ * The same map of other rows and bins (replicas x channels): ``o.binLabel(j)``
+ * names bin j in the tooltip (default: its steps), ``o.valueLabel`` the value,
+ * ``o.xLabel`` the x axis,
+ * ``o.rowLabelWidth`` the characters of a row label.
  */
 export function heatmapChart(el, hm, o = {}) {
   const colors = themeColors();
@@ -24,7 +28,7 @@ export function heatmapChart(el, hm, o = {}) {
     const end = (o.warmup || [])[r];
     return end !== null && end !== undefined && end >= edges[0] ? end : null;
   };
-  const labels = layerLabels(hm.layers, 22); // the tooltip names the layer in full
+  const labels = layerLabels(hm.layers, o.rowLabelWidth || 22); // the tooltip names the layer in full
   const rowOf = (y) => n - 1 - Math.round(y);
   const group = o.group;
   const binOf = (x) => {
@@ -51,7 +55,8 @@ export function heatmapChart(el, hm, o = {}) {
       y: { range: [-0.5, n - 0.5] },
     },
     axes: [
-      { stroke: colors.muted, grid: { show: false }, ticks: { stroke: colors.grid }, incrs: INT_INCRS, values: (u, s) => s.map(fmtStep) },
+      { stroke: colors.muted, grid: { show: false }, ticks: { stroke: colors.grid }, incrs: INT_INCRS, values: (u, s) => s.map(fmtStep),
+        ...(o.xLabel ? { label: o.xLabel, labelSize: 20 } : {}) },
       {
         stroke: colors.muted,
         size: Y_AXIS_SIZE,
@@ -72,8 +77,8 @@ export function heatmapChart(el, hm, o = {}) {
         const v = hm.values[row][j];
         return [
           { label: hm.layers[row] },
-          { label: stepRange(Math.ceil(edges[j]), Math.ceil(edges[j + 1]) - 1) },
-          { label: `${hm.measure} (max)`, value: v === null ? "no data" : fmtNum(v, 4) },
+          { label: o.binLabel ? o.binLabel(j) : stepRange(Math.ceil(edges[j]), Math.ceil(edges[j + 1]) - 1) },
+          { label: o.valueLabel || `${hm.measure} (max)`, value: v === null ? "no data" : fmtNum(v, 4) },
           ...(warmupEnd(row) !== null && edges[j] <= warmupEnd(row)
             ? [{ label: "warm-up: the moving averages are not 95% converged yet" }] : []),
         ];

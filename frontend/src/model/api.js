@@ -30,6 +30,7 @@ export const api = {
   series: (run, layer, quantities, points) => getJson("series", { run, layer, quantities: quantities.join(","), points }),
   snapshot: (run, layer, step) => getJson("snapshot", { run, layer, step }),
   bands: (run, layer) => getJson("bands", { run, layer }),
+  replicas: (run, layer, step) => getJson("replicas", { run, layer, step }),
   loss: (run, points) => getJson("loss", { run, points }),
   findings: (run) => getJson("findings", { run }),
   compare: (runs, layer, quantity, points) => getJson("compare", { run: runs, layer, quantity, points }),

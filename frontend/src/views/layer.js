@@ -10,6 +10,8 @@ import { alignSeries, decadesSpanned } from "../model/series.js";
 import { smooth } from "../model/smoothing.js";
 import { convergedThreshold, firstReached, pctLabel, thresholdLines } from "../model/thresholds.js";
 import { renderChannels } from "./channels.js";
+import { renderReplicas } from "./replicas.js";
+import { replicaSummary } from "../model/replicas.js";
 import { findingsList } from "./findings.js";
 import { findingsOfLayer } from "../model/findings.js";
 import { momentumFact, momentumPhrase, momentumTitle, windowFormula, convergenceFormula } from "../model/momentum.js";
@@ -36,6 +38,22 @@ const CHARTS = [
     id: "vgap", yLabel: "|log variance ratio|", title: "Variance gap", sub: "|log((σ²B+ε)/(σ²R+ε))| per channel; 0.69 = 2× (dropout 0.5 before BN)",
     series: [["abs_log_var_ratio/mean", "mean over channels", COLORS.batch], ["abs_log_var_ratio/p90", "p90", COLORS.p90],
       ["abs_log_var_ratio/max", "max", COLORS.max], ["log_var_ratio/mean", "signed mean (>0: batches wider)", COLORS.moving, [6, 3]]],
+  },
+  {
+    // Only on several replicas (devices or processes): how the replicas' own batches differ.
+    id: "replicas", yLabel: "gap (global std), log ratio", title: "Replicas: their own batches vs the global batch",
+    sub: "per channel, median or max: the spread of the replicas' batch means (max−min) and each replica's mean and |log variance ratio| against the global batch's; the variance the replicas' own miss, log(σ²/mean σ²r)",
+    series: [["replica_mean_spread/p50", "mean spread, median channel", COLORS.batch], ["replica_mean_spread/max", "mean spread, max", COLORS.max],
+      ["replica_mean_gap/p50", "replica vs global mean, median channel", COLORS.p90, [6, 3]],
+      ["replica_abs_log_var_ratio/p50", "replica vs global |log var ratio|, median", COLORS.debiased, [6, 3]],
+      ["replica_var_deficit/mean", "variance missed (log, mean over channels)", COLORS.moving]],
+  },
+  {
+    // Only where each replica keeps its own moving statistics (MirroredStrategy, DDP without buffer sync).
+    id: "rank-moving", yLabel: "spread (std), ratio", title: "Replicas' own moving statistics",
+    sub: "how far the replicas' moving means are apart (max−min, in moving std) and the ratio of their largest to smallest moving variance",
+    series: [["rank_moving_spread/p50", "moving mean spread, median channel", COLORS.batch], ["rank_moving_spread/max", "moving mean spread, max", COLORS.max],
+      ["rank_moving_var_ratio/max", "moving variance ratio, max", COLORS.moving, [6, 3]]],
   },
   {
     // Only when the run has a probe (BNStatsCallback(probe_data=...)); points at the probe steps.
@@ -115,6 +133,8 @@ export async function renderLayer(root, app, token) {
     ["EMA of", i.ema_of], ["moving var", i.moving_var_unbiased ? "unbiased (n/(n−1))" : "biased"],
     ["trainable", String(i.trainable)], ["class", `${i.layer_class} (${i.framework})`],
   ];
+  const replicas = replicaSummary([i]);
+  if (replicas) facts.push(["replicas", replicas.text.replace(/^\d+ replicas · /, `${replicas.replicas} · `), replicas.title]);
   // -- this layer's findings (first: what is wrong with it) ------------------------
   const mine = found ? findingsOfLayer(found.findings, layerName) : [];
   const findWrap = h("div", { dataset: { role: "layer-findings" } });
@@ -188,6 +208,13 @@ export async function renderLayer(root, app, token) {
     chCleanup = await renderChannels(chWrap, app, token, run, layerName);
   } else {
     chWrap.append(card("Per channel", "no per-channel snapshots logged for this layer (snapshot_every_n_steps)", null));
+  }
+  if (layer.has_replica_snapshots && app.alive(token)) {
+    const repWrap = h("div", { dataset: { role: "replicas" } });
+    root.append(repWrap);
+    const chDone = chCleanup;
+    const repDone = await renderReplicas(repWrap, app, token, run, layerName, i.epsilon);
+    chCleanup = () => { if (chDone) chDone(); if (repDone) repDone(); };
   }
   return null;
 }

@@ -16,6 +16,7 @@ import { probePairs, latestGap } from "../model/probe.js";
 import { momentumLabel, momentumTitle, convergenceFormula, warmupEnd } from "../model/momentum.js";
 import { LAYER_SORTS, sortLayers } from "../model/layersort.js";
 import { lossSeries as lossSeriesOf, lossLabel } from "../model/loss.js";
+import { replicaSummary } from "../model/replicas.js";
 
 function matches(name, filter) {
   return !filter || name.toLowerCase().includes(filter.trim().toLowerCase());
@@ -36,6 +37,12 @@ export async function renderOverview(root, app, token) {
   if (!app.alive(token)) return () => {};
   // -- findings (banner + list, above the layers table) ------------------------
   const findEl = h("div", { class: "bn-findings-wrap" }, h("div", { class: "bn-note" }, "diagnosing…"));
+  // Several replicas: how many, and whether BN was synchronized across them.
+  const replicas = replicaSummary(ov.layers);
+  if (replicas) {
+    root.append(h("div", { class: `bn-replicas ${replicas.synchronized ? "sev-ok" : "sev-warning"}`, title: replicas.title,
+      dataset: { role: "replicas-summary", replicas: String(replicas.replicas) } }, replicas.text));
+  }
   root.append(findEl);
   // The symptom next: the train/inference gap (filled in when the loss route answers), then the layers.
   const probeEl = h("div", { dataset: { role: "probe-gap" } });
