@@ -63,6 +63,7 @@ demo-logs: $(PY)
 	$(PIP) install --quiet -e ".[tensorflow,demo]" $(TORCH)
 	$(PY) demo/train.py --logdir $(DEMO_LOGS)
 	$(PY) demo/train_torch.py --logdir $(DEMO_LOGS)
+	$(PY) demo/train_replicas.py --logdir $(DEMO_LOGS)
 
 demo: demo-logs
 	@echo "BN Convergence tab: http://localhost:$(PORT)/#bn_stats"

@@ -151,6 +151,14 @@ class BNStatsCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         schedule, rec = self.schedule, self._recorder
+        index, count = rec.guard("asking for the processes", keras_capture.processes) or (0, 1)
+        rec.writes = index == 0
+        if count > 1:
+            # Every process runs the same instrumented step; process 0 alone writes. A measurement pass
+            # on one process would wait for the others: the probe and the population statistics are off.
+            schedule.probe_source, schedule.probe_data, schedule.population_data = recorder.PROBE_OFF, None, None
+            rec.say(f"process {index} of {count}: " + ("writes the run" if index == 0 else "process 0 writes the run")
+                    + "; the probe and population statistics are off with several processes")
         rec.begin(self._optimizer_step, steps_per_execution(self.model))
         if rec.writer is not None:
             rec.guard("watching the train function for exceptions", self._drain_when_training_raises)

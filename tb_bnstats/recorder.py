@@ -159,6 +159,7 @@ class Recorder:
     """
 
     def __init__(self, schedule: Schedule):
+        self.writes = True  # False in a process other than the one that writes the run (several processes)
         """Args:
             schedule: the :class:`Schedule`."""
         self.schedule = schedule
@@ -304,6 +305,8 @@ class Recorder:
                           frozen_recalibration=frozen_recalibration if probe is not None else None)
 
     def _open_writer(self):
+        if not self.writes:  # another process writes the run
+            return
         self.writer = summary.Writer(self.schedule.log_dir, flush_secs=self.schedule.flush_secs,
                                      keep_history=DIAGNOSIS_HISTORY)
         self._jobs = background.JobQueue()

@@ -1,5 +1,6 @@
 """The newcomer's path, end to end: ``demo/train.py`` (Keras) and
-``demo/train_torch.py`` (PyTorch) train the demo runs in subprocesses, a real ``tensorboard --logdir`` serves them, and Debian's
+``demo/train_torch.py`` (PyTorch) and ``demo/train_replicas.py`` (Keras over 4
+devices) train the demo runs in subprocesses, a real ``tensorboard --logdir`` serves them, and Debian's
 chromium opens the BN Convergence tab: every demo run is listed with exactly
 the findings ``demo/train.py`` promises (``EXPECTED``). The overview of each
 run is saved as ``docs/screenshots/demo-<run>.png`` for the README's
@@ -20,8 +21,10 @@ sys.path.insert(0, str(ROOT / "demo"))
 import train as demo  # noqa: E402
 import train_torch as torch_demo  # noqa: E402
 
-EXPECTED = {**demo.EXPECTED, **torch_demo.EXPECTED}
-SCRIPTS = {"train.py": demo.RUNS, "train_torch.py": torch_demo.RUNS}
+import replica_runs  # noqa: E402 - demo/train_replicas.py's runs (that script sets devices up on import)
+
+EXPECTED = {**demo.EXPECTED, **torch_demo.EXPECTED, **replica_runs.EXPECTED}
+SCRIPTS = {"train.py": demo.RUNS, "train_torch.py": torch_demo.RUNS, "train_replicas.py": replica_runs.RUNS}
 
 
 @pytest.fixture(scope="module")

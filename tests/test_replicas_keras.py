@@ -18,7 +18,6 @@ from tb_bnstats.read import reader
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multidevice", "keras_replicas.py")
 BACKENDS = ("tensorflow", "jax")
-EXACT_LOGS = []
 
 
 def train(out, backend, *args):
@@ -49,14 +48,13 @@ def slices(result, step):
 def exact_runs(request, tmp_path_factory):
     """The toy model (BN on the data) on 2 devices, with and without the callback."""
     base = tmp_path_factory.mktemp(request.param)
-    EXACT_LOGS[:] = [base / "with" / "logs"]
     with_monitor = train(base / "with", request.param, "--monitor", "--replicas", "2")
     without = train(base / "without", request.param, "--replicas", "2")
-    return request.param, with_monitor, without
+    return request.param, with_monitor, without, base / "with" / "logs"
 
 
 def test_per_replica_and_global_moments_equal_numpy(exact_runs):
-    backend, (result, runs, _), _ = exact_runs
+    backend, (result, runs, _), _, _ = exact_runs
     (run,) = runs.values()
     layer = run.layers["bn"]
     assert layer.info.replicas == 2
@@ -93,17 +91,16 @@ def test_per_replica_and_global_moments_equal_numpy(exact_runs):
 
 
 def test_losses_identical_with_and_without_the_callback(exact_runs):
-    _, (with_monitor, _, _), (without, _, _) = exact_runs
+    _, (with_monitor, _, _), (without, _, _), _ = exact_runs
     np.testing.assert_array_equal(with_monitor["loss"], without["loss"])
     np.testing.assert_array_equal(with_monitor["moving_mean"], without["moving_mean"])
 
 
 def test_one_writer(exact_runs):
     """One process writes one event file, whatever the number of devices."""
-    _, (_, runs, _), _ = exact_runs
-    (run,) = runs
-    assert run == "."
-    files = glob.glob(os.path.join(str(EXACT_LOGS[0]), "**", "events.out.tfevents.*"), recursive=True)
+    _, (_, runs, _), _, logs = exact_runs
+    assert list(runs) == ["."]
+    files = glob.glob(os.path.join(str(logs), "**", "events.out.tfevents.*"), recursive=True)
     assert len(files) == 1, files
 
 

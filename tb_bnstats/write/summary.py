@@ -101,13 +101,13 @@ def replica_series(info: metadata.LayerInfo, replicas) -> dict:
     """
     _, _, spread = quantities.replica_spread(float(info.epsilon), replicas.batch_mean, replicas.batch_var,
                                              replicas.samples, replicas.moving_mean, replicas.moving_var)
+    aggregate = {"mean": lambda v: v.mean(axis=-1), "max": lambda v: v.max(axis=-1),
+                 "p50": lambda v: quantities.percentiles(v, (50,))[0]}
     out = {"replica_samples/min": np.min(np.asarray(replicas.samples, np.float64), axis=-1)}
     for quantity in metadata.REPLICA_SERIES:
-        measure, aggregate = quantity.split("/")
+        measure, how = quantity.split("/")
         if measure in spread:
-            values = spread[measure]
-            out[quantity] = {"mean": lambda v: v.mean(axis=-1), "max": lambda v: v.max(axis=-1),
-                             "p50": lambda v: quantities.percentiles(v, (50,))[0]}[aggregate](values)
+            out[quantity] = aggregate[how](spread[measure])
     return {q: np.asarray(out[q], np.float64) for q in metadata.REPLICA_SERIES if q in out}
 
 

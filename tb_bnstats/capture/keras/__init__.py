@@ -55,3 +55,15 @@ def end_of_data_errors():
     """The exceptions the running backend's train function raises when its
     data ends (Keras ends the epoch on them; they are not failures)."""
     return backend_module().end_of_data_errors()
+
+
+def processes():
+    """``(index, count)``: this process among the processes training the
+    model together -- JAX's (``jax.distributed``: every process runs the same
+    step on its devices); ``(0, 1)`` on the other backends (Keras 3 has no
+    multi-worker strategy on TensorFlow, keras-team/keras#20601)."""
+    if check_backend() == "jax":
+        import jax
+
+        return int(jax.process_index()), int(jax.process_count())
+    return 0, 1
