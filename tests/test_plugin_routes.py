@@ -388,6 +388,10 @@ BAD = [
     ("/compare?run=synth&layer=nope", "unknown layer"),
     ("/compare?run=synth&layer=conv1_bn&quantity=bad", "unknown quantity"),
     ("/compare?" + "&".join(["run=synth"] * 13) + "&layer=conv1_bn", "at most 12 runs"),
+    ("/replicas?run=synth&layer=conv1_bn", "ran on one replica"),
+    ("/replicas?run=synth&layer=nope", "unknown layer"),
+    ("/replicas?run=synth", "missing parameter 'layer'"),
+    ("/replicas?run=synth&layer=conv1_bn&step=-1", "step"),
 ]
 
 

@@ -71,7 +71,8 @@ BN014  S12       warning   several replicas, not synchronized, converged:
                            median ``replica_var_deficit/mean`` > 0.1 and median
                            ``log_var_ratio/mean`` > 0.1 (the moving variance
                            below the global batch's); BN004 is left to it when
-                           the deficit is at least half of the shift
+                           the deficit is at least half of the shift, and
+                           BN005 is left out with BN013 or BN014
 BN015  S13       warning   replicas with their own moving statistics
                            (``info.moving_per_replica``): median
                            ``rank_moving_spread/p50`` > 0.15 or
@@ -650,8 +651,13 @@ def layer_findings(name, layer, lost_at=None, run_in_blocks=False, pretrained_at
     view = LayerView.of(name, layer, pretrained_at)
     if view is None:
         return []
-    return (overridden_training_false(view) + replica_findings(view)
-            + _state_or_converged_findings(view, lost_at, run_in_blocks, recalibration))
+    replicas = replica_findings(view)
+    rest = _state_or_converged_findings(view, lost_at, run_in_blocks, recalibration)
+    if any(code in ("BN013", "BN014") for code, *_ in replicas):
+        # Unsynchronized replicas explain batches off the moving statistics better than noise of the
+        # global batch: the moving statistics average per-replica moments (or rank 0's alone).
+        rest = [hit for hit in rest if hit[0] != "BN005"]
+    return overridden_training_false(view) + replicas + rest
 
 
 def _state_or_converged_findings(view, lost_at, run_in_blocks, recalibration):

@@ -2,12 +2,14 @@
 with ``torch.multiprocessing.spawn`` from this script (the tests run it with
 ``subprocess``, so the ranks import this file, not pytest's modules).
 
-    python torch_ddp.py OUT --ranks 2 [--no-broadcast-buffers] [--model toy|dense] [--batch 32]
+    python torch_ddp.py OUT --ranks 2 [--no-broadcast-buffers] [--model toy|dense] [--batch 32] [--split classes]
 
 Each rank trains the same model (same seed) twice, without and with
 :class:`tb_bnstats.torch.BNStatsMonitor` (``OUT/logs``: only rank 0 writes),
 on its own contiguous slice of each global batch (rank ``r`` gets rows
-``r*B/R`` to ``(r+1)*B/R``), and saves ``OUT/rank<r>.npz``: the losses of
+``r*B/R`` to ``(r+1)*B/R``; with ``--split classes`` rank ``r`` reads only the
+digits whose label is ``r`` modulo R, as when each worker reads a shard of its
+own that was not shuffled across workers), and saves ``OUT/rank<r>.npz``: the losses of
 both runs, the data, and its BN module's running statistics at the end.
 """
 
@@ -57,6 +59,9 @@ def worker(rank, args):
         x, y = data(args.model)
         loss_fn = torch.nn.MSELoss() if args.model == "toy" else torch.nn.CrossEntropyLoss()
         per_rank = args.batch // args.ranks
+        if args.split == "classes":  # this rank's own shard, read in its own batches
+            x, y = x[y % args.ranks == rank], y[y % args.ranks == rank]
+            x, y = x[:len(x) // per_rank * per_rank], y[:len(y) // per_rank * per_rank]
         out = {"x": x, "batch": args.batch, "ranks": args.ranks}
         for monitored in (False, True):
             torch.manual_seed(0)
@@ -67,8 +72,11 @@ def worker(rank, args):
                                      verbose=0) if monitored else None
             losses = []
             for _ in range(args.epochs):
-                for start in range(0, len(x) - args.batch + 1, args.batch):
-                    mine = slice(start + rank * per_rank, start + (rank + 1) * per_rank)
+                # Every rank takes the same number of steps (DDP): 50 of its own shard's batches.
+                steps = 50 if args.split == "classes" else len(x) // args.batch
+                for k in range(steps):
+                    mine = slice(k * per_rank, (k + 1) * per_rank) if args.split == "classes" else \
+                        slice(k * args.batch + rank * per_rank, k * args.batch + (rank + 1) * per_rank)
                     loss = loss_fn(ddp(torch.from_numpy(x[mine])), torch.from_numpy(y[mine]))
                     optimizer.zero_grad()
                     loss.backward()
@@ -95,6 +103,7 @@ def main():
     parser.add_argument("--model", choices=("toy", "dense"), default="toy")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--split", choices=("batch", "classes"), default="batch")
     args = parser.parse_args()
     import torch.multiprocessing as mp
 

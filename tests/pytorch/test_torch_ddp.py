@@ -93,3 +93,15 @@ def test_small_per_rank_batches_are_told(tmp_path):
     found = {f["code"]: f for f in run.stored_findings}
     assert "BN013" in found, run.stored_findings
     assert "4 values per channel" in found["BN013"]["message"] and "SyncBatchNorm" in found["BN013"]["message"]
+
+
+def test_a_moving_variance_biased_low_by_unshuffled_shards_is_told(tmp_path):
+    """Each of 2 ranks reads its own shard of digits (labels even / odd), not
+    shuffled across ranks: every rank's batch variance misses the spread
+    between the shards, and the moving variance averages them: BN014 (and not
+    BN005: the global batch's gap to the moving statistics is that, not noise)."""
+    _, run = train(tmp_path, "--model", "dense", "--batch", "32", "--epochs", "1", "--split", "classes")
+    found = {f["code"]: f for f in run.stored_findings}
+    assert "BN014" in found and "BN005" not in found, run.stored_findings
+    assert found["BN014"]["layers"] == ["1"] and "SyncBatchNorm" in found["BN014"]["message"]
+    assert np.median(run.layers["1"].series["replica_var_deficit/mean"][-10:]) > 0.1
