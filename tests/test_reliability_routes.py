@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import make_client, write_synthetic
+from tb_bnstats.capture import ReplicaBlock
 from tb_bnstats.format import metadata
 from tb_bnstats.write import summary
 from test_e2e_tab import tensorboard
@@ -33,6 +34,7 @@ PARAMS = {
     "/series": ("run", "layer", "quantities", "points", "format"),
     "/snapshot": ("run", "layer", "step", "format"),
     "/bands": ("run", "layer", "format"),
+    "/replicas": ("run", "layer", "step", "format"),
     "/loss": ("run", "points", "format"),
     "/compare": ("run", "layer", "quantity", "points", "format"),
     "/findings": ("run",),
@@ -51,6 +53,16 @@ def logdirs(tmp_path_factory):
             w.layer_moments(HOSTILE_LAYER, step, batch_mean=np.array([np.nan, 1.0]), batch_var=np.ones(2),
                             moving_mean=np.array([np.inf, 0.0]), moving_var=np.ones(2), updates=step,
                             momentum=0.9, epsilon=1e-3, snapshot=True)
+    # A layer on 3 replicas, each with its own moving statistics (the /replicas route's data).
+    rng = np.random.default_rng(4)
+    replicas = ReplicaBlock(batch_mean=rng.normal(size=(4, 3, 2)), batch_var=rng.uniform(0.5, 2, (4, 3, 2)),
+                            samples=np.full((4, 3), 8.0), moving_mean=rng.normal(size=(4, 3, 2)),
+                            moving_var=rng.uniform(0.5, 2, (4, 3, 2)))
+    with summary.Writer(str(logdir / "multi")) as w:
+        w.layer_block(metadata.LayerInfo(name="bn", channels=2, momentum=0.9, epsilon=1e-3, replicas=3,
+                                         moving_per_replica=True), [1, 2, 3, 4], replicas.batch_mean[:, 0],
+                      replicas.batch_var[:, 0], replicas.moving_mean[:, 0], replicas.moving_var[:, 0], [1, 2, 3, 4],
+                      snapshot_steps=[2, 4], replicas=replicas)
     # Outside the logdir: a run TensorBoard does not serve, and a file.
     write_synthetic(str(root / "outside"), "run", seed=3, steps=4, layers=((SECRET, 2, 0.9, 1e-3),))
     (root / "secret.txt").write_text(SECRET)
@@ -93,8 +105,8 @@ def check_response(r, sent):
 
 
 VALID = {
-    "run": ["synth", "synth_b", "odd"],
-    "layer": ["conv1_bn", "dense_bn", HOSTILE_LAYER],
+    "run": ["synth", "synth_b", "odd", "multi"],
+    "layer": ["conv1_bn", "dense_bn", "bn", HOSTILE_LAYER],
     "quantities": list(metadata.LAYER_SERIES[:4]) + ["batch_mean,mean_gap/max", "convergence"],
     "quantity": list(metadata.LAYER_SERIES),
     "measure": list(metadata.GAP_SERIES),
@@ -250,4 +262,5 @@ def test_real_tensorboard_under_hostile_requests(logdirs):
         status, _, body = raw_http(host, int(port), (P + "/overview?run=").encode() + b"\x80")
         assert status == 400 and "unknown run" in strict_json(body)["error"]
         status, _, body = raw_http(host, int(port), P + "/runs")
-        assert status == 200 and {r["run"] for r in strict_json(body)["runs"]} == {"synth", "synth_b", "odd"}
+        assert status == 200 and {r["run"] for r in strict_json(body)["runs"]} == {"synth", "synth_b", "odd",
+                                                                                            "multi"}

@@ -29,6 +29,7 @@ def main():
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--samples", type=int, default=None, help="train on the first this many")
+    parser.add_argument("--steps-per-execution", type=int, default=1)
     args = parser.parse_args()
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     if backend == "jax":
@@ -65,7 +66,7 @@ def main():
             h = keras.layers.BatchNormalization(name="dense_bn", **bn_kwargs)(h)
             outputs = keras.layers.Dense(10, activation="softmax")(keras.layers.Activation("relu")(h))
         model = keras.Model(inputs, outputs)
-        model.compile(keras.optimizers.SGD(0.05), loss)
+        model.compile(keras.optimizers.SGD(0.05), loss, steps_per_execution=args.steps_per_execution)
     callbacks = []
     if args.monitor:
         callbacks.append(tb_bnstats.BNStatsCallback(os.path.join(args.out, "logs"), snapshot_every_n_steps=1,
