@@ -160,3 +160,27 @@ def test_several_steps_per_execution(tmp_path):
         _, parts = slices(result, int(step))
         np.testing.assert_allclose(layer.replica_snapshots["batch_mean"][k], [p.mean(0) for p in parts], rtol=1e-5,
                                    atol=1e-5)
+
+
+def test_jax_across_two_processes(tmp_path):
+    """jax.distributed over 2 CPU processes (gloo), DataParallel over their 2
+    devices, the callback in both with one log directory: process 0 alone
+    writes; each replica's moments are its process's half of the batch, the
+    global ones the whole batch's; the moving statistics the same in both."""
+    script = os.path.join(os.path.dirname(SCRIPT), "jax_processes.py")
+    done = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    files = glob.glob(os.path.join(str(tmp_path), "**", "events.out.tfevents.*"), recursive=True)
+    assert len(files) == 1, files
+    results = [dict(np.load(os.path.join(tmp_path, f"process{i}.npz"))) for i in range(2)]
+    np.testing.assert_array_equal(results[0]["moving_mean"], results[1]["moving_mean"])
+    (run,) = reader.load(os.path.join(tmp_path, "logs")).values()
+    layer = run.layers["sequential/bn"]  # Keras' path: JAX builds the model before the callback names it
+    assert layer.info.replicas == 2 and layer.info.synchronized
+    assert len(layer.replica_steps) == 8
+    for k, step in enumerate(layer.replica_steps):
+        whole, parts = slices(results[0], int(step))
+        np.testing.assert_allclose(layer.replica_snapshots["batch_mean"][k], [p.mean(0) for p in parts], rtol=1e-5,
+                                   atol=1e-5)
+        np.testing.assert_allclose(layer.snapshots["batch_var"][k], whole.var(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(layer.snapshots["moving_mean"][-1], results[0]["moving_mean"][0], rtol=1e-6)

@@ -131,19 +131,18 @@ class Rows:
             if name is None:
                 continue
             slot = slots[name]
-            own = None if samples is None else samples[:, :, i]
-            replica_block = None
-            batch_mean, batch_var = chunk[:, 0, 0], chunk[:, 0, 1]
+            samples_per_channel = None if samples is None else samples[:, 0, i]
+            batch_mean, batch_var, replica_block = chunk[:, 0, 0], chunk[:, 0, 1], None
             if replicas > 1:
-                own_moving = (chunk[:, :, 2], chunk[:, :, 3]) if layout.moving_per_replica else (None, None)
-                replica_block = ReplicaBlock(chunk[:, :, 0], chunk[:, :, 1], own, *own_moving)
-                batch_mean, batch_var, total = quantities.pool_moments(own, chunk[:, :, 0], chunk[:, :, 1])
-                own = total[:, None]
+                moving = (chunk[:, :, 2], chunk[:, :, 3]) if layout.moving_per_replica else (None, None)
+                replica_block = ReplicaBlock(chunk[:, :, 0], chunk[:, :, 1], samples[:, :, i], *moving)
+                # The global batch: the replicas' moments pooled by the law of total variance.
+                batch_mean, batch_var, samples_per_channel = quantities.pool_moments(
+                    samples[:, :, i], chunk[:, :, 0], chunk[:, :, 1])
             layers[name] = LayerBlock(
                 batch_mean=batch_mean, batch_var=batch_var, moving_mean=chunk[:, 0, 2], moving_var=chunk[:, 0, 3],
                 updates=self.counts[:, i].astype(np.int64), updating=updating, init_mean=slot.init_mean,
-                init_var=slot.init_var, samples_per_channel=None if own is None else own[:, 0],
-                replicas=replica_block)
+                init_var=slot.init_var, samples_per_channel=samples_per_channel, replicas=replica_block)
         return Block(steps=self.step.astype(np.int64), layers=layers, logs=logs, metric_totals=totals)
 
 

@@ -319,6 +319,8 @@ class _TrainStepHook(StepHook):
 
         @functools.wraps(fn)
         def train_function(state, iterator):
+            import jax
+
             model = self._model()
             unsupported = _unsupported(model)
             if unsupported:
@@ -326,6 +328,8 @@ class _TrainStepHook(StepHook):
                 return fn(state, iterator)
             trainable, non_trainable, optimizer, metrics = state
             needs_ring = self._needs_ring(model)
+            if self.wants_first_batch() and jax.process_count() > 1:
+                self.first_batch_failed = True  # a global batch not on this process alone: no default probe
             if needs_ring or self.wants_first_batch():
                 first = next(iterator)  # StopIteration: the data ended, as Keras expects
                 iterator = itertools.chain([first], iterator)
