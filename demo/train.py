@@ -18,7 +18,6 @@ Runs:
 
 import argparse
 import os
-import pathlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -27,6 +26,7 @@ import numpy as np  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
 import tb_bnstats  # noqa: E402
+from demo_runs import train_missing  # noqa: E402
 
 
 class InferenceModeBN(keras.layers.Layer):
@@ -189,16 +189,7 @@ def main():
                         help=f"runs to train (default all: {' '.join(RUNS)})")
     args = parser.parse_args()
     data = digits()
-    summary = []
-    for name in args.runs:
-        run_dir = pathlib.Path(args.logdir) / name
-        if run_dir.exists() and any(run_dir.glob("events.out.tfevents.*")):
-            print(f"{name}: already written, skipping (delete {run_dir} to train it again)")
-            continue
-        print(f"{name}: training")
-        summary.append(train(name, run_dir, data, args.epochs))
-    if summary:
-        print("\n".join(["", "Demo runs (tb-bnstats diagnose " + args.logdir + " lists the findings):", *summary]))
+    train_missing(args.logdir, args.runs, lambda name, run_dir: train(name, run_dir, data, args.epochs))
 
 
 if __name__ == "__main__":

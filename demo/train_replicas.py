@@ -36,6 +36,7 @@ import keras  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tb_bnstats  # noqa: E402
+from demo_runs import train_missing  # noqa: E402
 from train import digits  # noqa: E402 - the demo's data
 
 from replica_runs import RUNS  # noqa: E402 - the runs (and their findings, for the tests)
@@ -82,18 +83,12 @@ def main():
         (name,) = args.runs
         print(train(name, pathlib.Path(args.logdir) / name, digits(), args.epochs))
         return
-    summary = []
-    for name in args.runs:
-        run_dir = pathlib.Path(args.logdir) / name
-        if run_dir.exists() and any(run_dir.glob("events.out.tfevents.*")):
-            print(f"{name}: already written, skipping (delete {run_dir} to train it again)")
-            continue
-        print(f"{name}: training", flush=True)
+    def in_a_process_of_its_own(name, run_dir):
         done = subprocess.run([sys.executable, __file__, "--logdir", args.logdir, "--epochs", str(args.epochs),
                                "--runs", name, "--one"], stdout=subprocess.PIPE, text=True, check=True)
-        summary.append(done.stdout.strip().splitlines()[-1])
-    if summary:
-        print("\n".join(["", "Demo runs (tb-bnstats diagnose " + args.logdir + " lists the findings):", *summary]))
+        return done.stdout.strip().splitlines()[-1]
+
+    train_missing(args.logdir, args.runs, in_a_process_of_its_own)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ same run directory (the tab's loss chart shows it). The momentum=0.01 run is rec
 """
 
 import argparse
-import pathlib
 
 import numpy as np
 import torch
@@ -29,6 +28,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 import tb_bnstats
 from tb_bnstats.torch import BNStatsMonitor
+
+from demo_runs import train_missing
 
 
 class ConvNet(nn.Module):
@@ -119,17 +120,8 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     data = digits()
-    summary = []
-    for name in args.runs:
-        run_dir = pathlib.Path(args.logdir) / name
-        if run_dir.exists() and any(run_dir.glob("events.out.tfevents.*")):
-            print(f"{name}: already written, skipping (delete {run_dir} to train it again)")
-            continue
-        print(f"{name}: training")
-        summary.append(train(name, run_dir, data, args.epochs))
-    if summary:
-        print("\n".join(["", "PyTorch demo runs (tb-bnstats diagnose " + args.logdir + " lists the findings):",
-                         *summary]))
+    train_missing(args.logdir, args.runs, lambda name, run_dir: train(name, run_dir, data, args.epochs),
+                  title="PyTorch demo runs")
 
 
 if __name__ == "__main__":

@@ -288,32 +288,19 @@ def layer_series_metadata(info: LayerInfo, quantity: str):
     )
 
 
+def _layer_tensor_metadata(info, kind, quantity, rows):
+    return _metadata({"version": FORMAT_VERSION, "kind": kind, "layer": info.to_dict(), "quantity": quantity,
+                      "rows": list(rows)}, summary_pb2.DATA_CLASS_TENSOR)
+
+
 def layer_channels_metadata(info: LayerInfo):
     """TENSOR metadata of ``bn/<layer>/channels`` (rows: :data:`SNAPSHOT_ROWS`)."""
-    return _metadata(
-        {
-            "version": FORMAT_VERSION,
-            "kind": KIND_LAYER_CHANNELS,
-            "layer": info.to_dict(),
-            "quantity": CHANNELS_QUANTITY,
-            "rows": list(SNAPSHOT_ROWS),
-        },
-        summary_pb2.DATA_CLASS_TENSOR,
-    )
+    return _layer_tensor_metadata(info, KIND_LAYER_CHANNELS, CHANNELS_QUANTITY, SNAPSHOT_ROWS)
 
 
 def layer_replicas_metadata(info: LayerInfo):
     """TENSOR metadata of ``bn/<layer>/replicas`` (rows: :data:`REPLICA_ROWS`)."""
-    return _metadata(
-        {
-            "version": FORMAT_VERSION,
-            "kind": KIND_LAYER_REPLICAS,
-            "layer": info.to_dict(),
-            "quantity": REPLICAS_QUANTITY,
-            "rows": list(REPLICA_ROWS),
-        },
-        summary_pb2.DATA_CLASS_TENSOR,
-    )
+    return _layer_tensor_metadata(info, KIND_LAYER_REPLICAS, REPLICAS_QUANTITY, REPLICA_ROWS)
 
 
 def metric_metadata(split, name):

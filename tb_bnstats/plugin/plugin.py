@@ -380,21 +380,30 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         layer = self._layer_arg(args, index, run)
         if layer not in index.channel_tags:
             raise BadRequest(f"layer {layer!r} of run {run!r} has no per-channel snapshots")
-        steps, tensor = reader.read_snapshots(self._provider, ctx, run, index.channel_tags[layer], READ_ALL, eid)
-        if not len(steps) or tensor.ndim != 3 or tensor.shape[1] != len(metadata.SNAPSHOT_ROWS):
-            raise BadRequest(f"layer {layer!r} of run {run!r} has no readable per-channel snapshot")
+        steps, tensor = self._sorted_snapshots(ctx, eid, run, index.channel_tags[layer], 3, metadata.SNAPSHOT_ROWS,
+                                               f"layer {layer!r} of run {run!r} has no readable per-channel snapshot")
+        return run, layer, index, steps, tensor
+
+    def _sorted_snapshots(self, ctx, eid, run, tag, ndim, rows, unreadable):
+        """``(steps, tensor)`` of a snapshot tag in step order; a 400 saying
+        ``unreadable`` when there is none of ``ndim`` dimensions with ``rows``."""
+        steps, tensor = reader.read_snapshots(self._provider, ctx, run, tag, READ_ALL, eid)
+        if not len(steps) or tensor.ndim != ndim or tensor.shape[1] != len(rows):
+            raise BadRequest(unreadable)
         order = np.argsort(steps, kind="stable")
-        return run, layer, index, steps[order], tensor[order]
+        return steps[order], tensor[order]
+
+    @staticmethod
+    def _nearest(steps, requested):
+        """The index of the step nearest ``requested`` (ties: the earlier), the last for None."""
+        return len(steps) - 1 if requested is None else int(np.argmin(np.abs(steps - requested)))
 
     @route(("run", "layer", "step"), csv_ok=True)
     def _serve_snapshot(self, request, args):
         indexes, ctx, eid = self._index(request)
         requested = int_arg(args, "step", None, 0, 2**62)
         run, layer, index, steps, tensor = self._snapshots(request, args, ctx, eid, indexes)
-        if requested is None:
-            i = len(steps) - 1
-        else:
-            i = int(np.argmin(np.abs(steps - requested)))  # nearest; ties go to the earlier step
+        i = self._nearest(steps, requested)
         snap = tensor[i]
         rows = {row: data.finite_list(snap[k]) for k, row in enumerate(metadata.SNAPSHOT_ROWS)}
         payload = {
@@ -422,12 +431,9 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         global batch's moments of that step's per-channel snapshot."""
         if layer not in index.replica_tags:
             raise BadRequest(f"layer {layer!r} of run {run!r} has no per-replica moments (it ran on one replica)")
-        steps, tensor = reader.read_snapshots(self._provider, ctx, run, index.replica_tags[layer], READ_ALL, eid)
-        if not len(steps) or tensor.ndim != 4 or tensor.shape[1] != len(metadata.REPLICA_ROWS):
-            raise BadRequest(f"layer {layer!r} of run {run!r} has no readable per-replica snapshot")
-        order = np.argsort(steps, kind="stable")
-        steps, tensor = steps[order], tensor[order]
-        i = len(steps) - 1 if requested is None else int(np.argmin(np.abs(steps - requested)))
+        steps, tensor = self._sorted_snapshots(ctx, eid, run, index.replica_tags[layer], 4, metadata.REPLICA_ROWS,
+                                               f"layer {layer!r} of run {run!r} has no readable per-replica snapshot")
+        i = self._nearest(steps, requested)
         snap, step = tensor[i], int(steps[i])
         glob = {}
         if layer in index.channel_tags:

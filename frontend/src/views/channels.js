@@ -5,7 +5,7 @@ import { h, card, downloads } from "../ui/dom.js";
 import { SyncGroup } from "../charts/uplot.js";
 import { lineChart } from "../charts/line.js";
 import { COLORS } from "../charts/colors.js";
-import { fmtStep } from "../model/format.js";
+import { snapshotStepper } from "../ui/stepper.js";
 
 const noLine = () => null;
 
@@ -14,15 +14,17 @@ export async function renderChannels(root, app, token, run, layer) {
   if (!app.alive(token)) return () => {};
   app.noteSampling("snapshot", snap.sampling);
   let charts = [];
-  const slider = h("input", { type: "range", min: "0", max: String(snap.steps.length - 1), step: "1",
-    value: String(snap.steps.indexOf(snap.step)), dataset: { role: "step-slider" }, "aria-label": "snapshot step" });
-  const stepOut = h("output", { dataset: { role: "channel-step" } }, `step ${snap.step}`);
+  const { row, out: stepOut } = snapshotStepper(snap, { slider: "step-slider", step: "channel-step" }, "snapshot step",
+    (step) => app.api.snapshot(run, layer, step), (next) => {
+      snap = next;
+      app.state.channelStep = snap.step;
+      app.saveUrl();
+      draw();
+    }, () => app.alive(token));
   const dl = h("span");
   const body = h("div", { class: "bn-grid2" });
   root.append(card("Per channel", `batch vs moving moments of every channel at one step (${snap.steps.length} snapshots)`, dl,
-    h("div", { class: "bn-row" }, h("span", { class: "bn-note" }, `step ${fmtStep(snap.steps[0])}`), slider,
-      h("span", { class: "bn-note" }, `step ${fmtStep(snap.steps[snap.steps.length - 1])}`), stepOut),
-    body));
+    row, body));
 
   const draw = () => {
     for (const c of charts) c.destroy();
@@ -56,19 +58,6 @@ export async function renderChannels(root, app, token, run, layer) {
     }
   };
   draw();
-
-  let pending = 0;
-  slider.addEventListener("input", async () => {
-    const step = snap.steps[Number(slider.value)];
-    stepOut.textContent = `step ${step}`;
-    const mine = ++pending;
-    const next = await app.api.snapshot(run, layer, step);
-    if (mine !== pending || !app.alive(token)) return;
-    snap = next;
-    app.state.channelStep = snap.step;
-    app.saveUrl();
-    draw();
-  });
   return () => {
     for (const c of charts) c.destroy();
   };

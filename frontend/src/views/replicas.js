@@ -3,22 +3,23 @@
 // against replica 0's where they keep their own), with a slider over the snapshot steps.
 import { h, card, downloads } from "../ui/dom.js";
 import { heatmapChart } from "../charts/heatmap.js";
-import { fmtStep } from "../model/format.js";
+import { snapshotStepper } from "../ui/stepper.js";
 import { replicaGaps } from "../model/replicas.js";
 
 export async function renderReplicas(root, app, token, run, layer, epsilon) {
   let snap = await app.api.replicas(run, layer, app.state.channelStep === null ? undefined : app.state.channelStep);
   if (!app.alive(token)) return () => {};
   let charts = [];
-  const slider = h("input", { type: "range", min: "0", max: String(snap.steps.length - 1), step: "1",
-    value: String(snap.steps.indexOf(snap.step)), dataset: { role: "replica-step-slider" }, "aria-label": "replica snapshot step" });
-  const stepOut = h("output", { dataset: { role: "replica-step" } }, `step ${snap.step}`);
+  const { row, out: stepOut } = snapshotStepper(snap, { slider: "replica-step-slider", step: "replica-step" },
+    "replica snapshot step", (step) => app.api.replicas(run, layer, step), (next) => {
+      snap = next;
+      draw();
+    }, () => app.alive(token));
   const dl = h("span");
   const body = h("div", { class: "bn-grid2" });
   root.append(card(`Per replica (${snap.replicas} replicas)`,
     "each replica's own batch moments against the global batch's, per channel, at one step: what an unsynchronized layer normalized each slice with",
-    dl, h("div", { class: "bn-row" }, h("span", { class: "bn-note" }, `step ${fmtStep(snap.steps[0])}`), slider,
-      h("span", { class: "bn-note" }, `step ${fmtStep(snap.steps[snap.steps.length - 1])}`), stepOut), body));
+    dl, row, body));
 
   const draw = () => {
     for (const c of charts) c.destroy();
@@ -48,17 +49,6 @@ export async function renderReplicas(root, app, token, run, layer, epsilon) {
     }
   };
   draw();
-
-  let pending = 0;
-  slider.addEventListener("input", async () => {
-    const step = snap.steps[Number(slider.value)];
-    stepOut.textContent = `step ${step}`;
-    const mine = ++pending;
-    const next = await app.api.replicas(run, layer, step);
-    if (mine !== pending || !app.alive(token)) return;
-    snap = next;
-    draw();
-  });
   return () => {
     for (const c of charts) c.destroy();
   };
