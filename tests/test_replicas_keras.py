@@ -13,7 +13,6 @@ import sys
 import numpy as np
 import pytest
 
-from tb_bnstats.format import metadata
 from tb_bnstats.read import reader
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multidevice", "keras_replicas.py")

@@ -114,6 +114,14 @@ def batch_devices():
     return int(mesh.shape[list(mesh.axis_names).index(current.batch_dim_name)])
 
 
+def _distributed():
+    """Whether a ``keras.distribution`` is set: Keras' jit then fixes the
+    train function's output shardings, one per array of the state."""
+    from keras import distribution
+
+    return distribution.distribution() is not None
+
+
 def _with_ring_shardings(model):
     """Wraps ``model._get_state_sharding_spec`` (which Keras' JAX trainer
     makes the train function's output shardings of under a distribution)
@@ -259,7 +267,7 @@ class _TrainStepHook(StepHook):
             if model.train_function is None or force:
                 model.train_step = new_train_step()
                 self._sized = False  # the new step is sized again (one eval_shape)
-                if batch_devices() > 1 and not hasattr(model._get_state_sharding_spec, "__wrapped__"):
+                if _distributed() and not hasattr(model._get_state_sharding_spec, "__wrapped__"):
                     _with_ring_shardings(model)
             made = original_make(force=force)
             fn = model.train_function
@@ -343,7 +351,7 @@ class _TrainStepHook(StepHook):
                     self.warn_once("ring", f"cannot make the ring for this train step, no BN statistics are "
                                    f"logged: {type(exc).__name__}: {exc}")
             carry = self.active.arrays if self.active is not None else []
-            if not carry and batch_devices() > 1:
+            if not carry and _distributed():
                 carry = _empty_carry()
             logs, state = fn((trainable, list(non_trainable) + carry, optimizer, metrics), iterator)
             trainable, non_trainable, optimizer, metrics = state
