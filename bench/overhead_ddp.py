@@ -20,7 +20,6 @@ import time
 
 
 def net():
-    import torch
     from torch import nn
 
     layers, cin = [], 3
