@@ -287,44 +287,44 @@ def pool_moments(counts, means, variances):
     return mean, var, (total if lead else float(total))
 
 
-def replica_spread(epsilon, replica_mean, replica_var, replica_samples, replica_moving_mean=None,
+def replica_spread(epsilon, global_mean, global_var, replica_mean, replica_var, replica_moving_mean=None,
                    replica_moving_var=None):
     """How several replicas' slices of one global batch differ, per channel
     (:data:`tb_bnstats.format.metadata.REPLICA_SERIES` gives the formulas).
 
     Args:
         epsilon: the layer's epsilon.
+        global_mean, global_var: [..., C] the global batch's moments (biased
+            variance; :func:`pool_moments` of the replicas').
         replica_mean, replica_var: [..., R, C] each replica's batch moments
             (biased variance).
-        replica_samples: [..., R] each replica's values per channel.
         replica_moving_mean, replica_moving_var: [..., R, C] each replica's
             own moving statistics, when each keeps its own (else None).
 
     Returns:
-        ``(global_mean, global_var, spread)``: the global batch's moments
-        [..., C] (:func:`pool_moments`) and ``{name: [..., C]}`` of
-        ``replica_mean_spread``, ``replica_var_ratio``, ``replica_mean_gap``,
-        ``replica_abs_log_var_ratio``, ``replica_var_deficit`` and, with
-        moving statistics, ``rank_moving_spread`` and
-        ``rank_moving_var_ratio``.
+        ``{name: [..., C]}`` of ``replica_mean_spread``, ``replica_var_ratio``,
+        ``replica_mean_gap``, ``replica_abs_log_var_ratio``,
+        ``replica_var_deficit`` and, with moving statistics,
+        ``rank_moving_spread`` and ``rank_moving_var_ratio``.
     """
     mu = np.asarray(replica_mean, np.float64)
     var = np.asarray(replica_var, np.float64)
-    global_mean, global_var, _ = pool_moments(replica_samples, mu, var)
-    std = np.sqrt(global_var + epsilon)[..., None, :]
+    global_mean = np.asarray(global_mean, np.float64)[..., None, :]
+    global_var = np.asarray(global_var, np.float64)[..., None, :]
     out = {
-        "replica_mean_spread": (mu.max(axis=-2) - mu.min(axis=-2)) / std[..., 0, :],
+        "replica_mean_spread": (mu.max(axis=-2) - mu.min(axis=-2)) / np.sqrt(global_var[..., 0, :] + epsilon),
         "replica_var_ratio": (var.max(axis=-2) + epsilon) / (var.min(axis=-2) + epsilon),
-        "replica_mean_gap": np.mean(np.abs(mu - global_mean[..., None, :]) / std, axis=-2),
-        "replica_abs_log_var_ratio": np.mean(np.abs(log_var_ratio(var, global_var[..., None, :], epsilon)), axis=-2),
-        "replica_var_deficit": log_var_ratio(global_var, var.mean(axis=-2), epsilon),
+        "replica_mean_gap": np.mean(mean_gap(mu, np.broadcast_to(global_var, mu.shape), global_mean, epsilon),
+                                    axis=-2),
+        "replica_abs_log_var_ratio": np.mean(np.abs(log_var_ratio(var, global_var, epsilon)), axis=-2),
+        "replica_var_deficit": log_var_ratio(global_var[..., 0, :], var.mean(axis=-2), epsilon),
     }
     if replica_moving_mean is not None:
         mm = np.asarray(replica_moving_mean, np.float64)
         mv = np.asarray(replica_moving_var, np.float64)
         out["rank_moving_spread"] = (mm.max(axis=-2) - mm.min(axis=-2)) / np.sqrt(mv.mean(axis=-2) + epsilon)
         out["rank_moving_var_ratio"] = (mv.max(axis=-2) + epsilon) / (mv.min(axis=-2) + epsilon)
-    return global_mean, global_var, out
+    return out
 
 
 def lag1_autocorrelation(series):

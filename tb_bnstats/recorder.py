@@ -159,10 +159,10 @@ class Recorder:
     """
 
     def __init__(self, schedule: Schedule):
-        self.writes = True  # False in a process other than the one that writes the run (several processes)
         """Args:
             schedule: the :class:`Schedule`."""
         self.schedule = schedule
+        self.writes = True  # False in a process other than the one that writes the run (several processes)
         self.capture = None
         self.writer = None
         self.step = None

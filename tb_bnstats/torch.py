@@ -10,14 +10,10 @@ monitoring failure is a warning.
 
 import numpy as np
 
-import logging
-
 from tb_bnstats import recorder
 from tb_bnstats.capture.pytorch import ranks as ddp_ranks
 from tb_bnstats.capture.pytorch.hooks import TorchCapture
 from tb_bnstats.write import summary
-
-logger = logging.getLogger("tb_bnstats")
 
 
 class BNStatsMonitor:
@@ -115,19 +111,16 @@ class BNStatsMonitor:
         self.loss_fn = loss_fn
         self._step = recorder.positive_int("start_step", start_step, allow_zero=True)
         self.closed = False
-        if self.ranks is not None and not self.ranks.chief:
-            self._recorder = None  # this rank's moments go to rank 0, which writes
-            try:
-                self.capture = TorchCapture(self.model, self.ranks)
-            except Exception as exc:  # noqa: BLE001 - never stop training
-                logger.warning("tb_bnstats: rank %d cannot instrument the model: %s", self.ranks.rank, exc)
-                self.capture = None
-            return
-        if self.ranks is not None and any(isinstance(m, torch.nn.SyncBatchNorm) for m in self.model.modules()):
-            self.schedule.probe_data = self.schedule.population_data = None  # their passes would sync alone
-            logger.warning("tb_bnstats: SyncBatchNorm under DDP: the probe and population measurements are "
-                           "off (a pass on rank 0 alone would wait for the other ranks)")
         self._recorder = rec = recorder.Recorder(self.schedule)
+        if self.ranks is not None:
+            # Every rank captures and joins the gather at each step; rank 0 alone writes (and measures).
+            rec.writes = self.ranks.chief
+            rec.say(f"rank {self.ranks.rank} of {self.ranks.world_size}: "
+                    + ("writes the run" if self.ranks.chief else "rank 0 writes the run"))
+            if any(isinstance(m, torch.nn.SyncBatchNorm) for m in self.model.modules()):
+                self.schedule.probe_data = self.schedule.population_data = None  # their passes would sync alone
+                rec.warn_once("SyncBatchNorm", "SyncBatchNorm under DDP: the probe and population measurements "
+                              "are off (a pass on rank 0 alone would wait for the other ranks)")
         self.capture = rec.guard("instrumenting the model", TorchCapture, self.model, self.ranks)
         rec.attach(self.capture, type(self.model).__name__)
         if self.capture is not None and self.capture.untracked:
@@ -146,7 +139,7 @@ class BNStatsMonitor:
         """The diagnosis made at :meth:`close` (a list of
         :class:`tb_bnstats.diagnosis.finding.Finding`), None before (and
         on ranks other than 0)."""
-        return None if self._recorder is None else self._recorder.findings
+        return self._recorder.findings
 
     def step(self, loss=None, step=None, **metrics):
         """Logs the training step just taken: the last training forward's
@@ -162,9 +155,6 @@ class BNStatsMonitor:
         if self.closed:
             return
         rec = self._recorder
-        if rec is None:  # a rank other than 0: its row joins the gather, nothing else
-            self._follow(step, ({"loss": loss} if loss is not None else {}) | metrics)
-            return
         if step is None:
             self._step += 1
         elif isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < self._step:
@@ -185,21 +175,11 @@ class BNStatsMonitor:
         rec.execution_ended()
         rec.steps_done(self._step - self._epoch_start)
 
-    def _follow(self, step, values):
-        self._step = int(step) if isinstance(step, (int, np.integer)) and not isinstance(step, bool) \
-            else self._step + 1
-        if self.capture is not None and self.capture.failed is None:
-            try:
-                self.capture.write_step(self._step, values)
-            except Exception as exc:  # noqa: BLE001 - never stop training
-                self.capture.failed = exc
-                logger.warning("tb_bnstats: rank %d cannot gather BN moments: %s", self.ranks.rank, exc)
-
     def epoch_end(self, **val_metrics):
         """Optional: an epoch ended. Drains what was kept, runs the probe and
         population measurements, logs ``val_metrics`` (numbers, e.g.
         ``loss=0.3, accuracy=0.9``) as the validation split at this step."""
-        if self.closed or self._recorder is None:
+        if self.closed:
             return
         rec = self._recorder
         rec.epoch_end({k: float(v) for k, v in val_metrics.items()}, lambda: self._step)
@@ -216,9 +196,8 @@ class BNStatsMonitor:
         self.closed = True
         rec = self._recorder
         try:
-            if rec is not None:
-                rec.epoch_end({}, lambda: self._step)
-                rec.end()
+            rec.epoch_end({}, lambda: self._step)
+            rec.end()
         finally:
             if self.capture is not None:
                 self.capture.close()
@@ -232,8 +211,7 @@ class BNStatsMonitor:
             return False
         self.closed = True  # training raised: write what was kept, no diagnosis
         try:
-            if self._recorder is not None:
-                self._recorder.abandon()
+            self._recorder.abandon()
         finally:
             if self.capture is not None:
                 self.capture.close()

@@ -85,12 +85,13 @@ def snapshot_rows(q: quantities.LayerQuantities) -> np.ndarray:
     return np.stack([np.asarray(getattr(q, row), np.float64) for row in metadata.SNAPSHOT_ROWS])
 
 
-def replica_series(info: metadata.LayerInfo, replicas) -> dict:
+def replica_series(info: metadata.LayerInfo, batch_mean, batch_var, replicas) -> dict:
     """The per-step values of :data:`metadata.REPLICA_SERIES` of one layer on
     several replicas.
 
     Args:
         info: the layer.
+        batch_mean, batch_var: [S, C] the global batch's moments (biased).
         replicas: its :class:`tb_bnstats.capture.ReplicaBlock` (or anything
             with ``batch_mean``, ``batch_var`` [S, R, C], ``samples`` [S, R],
             ``moving_mean`` / ``moving_var`` [S, R, C] or None).
@@ -99,8 +100,8 @@ def replica_series(info: metadata.LayerInfo, replicas) -> dict:
         ``{quantity: [S]}``; the ``rank_moving_*`` ones only where each
         replica keeps its own moving statistics.
     """
-    _, _, spread = quantities.replica_spread(float(info.epsilon), replicas.batch_mean, replicas.batch_var,
-                                             replicas.samples, replicas.moving_mean, replicas.moving_var)
+    spread = quantities.replica_spread(float(info.epsilon), batch_mean, batch_var, replicas.batch_mean,
+                                       replicas.batch_var, replicas.moving_mean, replicas.moving_var)
     aggregate = {"mean": lambda v: v.mean(axis=-1), "max": lambda v: v.max(axis=-1),
                  "p50": lambda v: quantities.percentiles(v, (50,))[0]}
     out = {"replica_samples/min": np.min(np.asarray(replicas.samples, np.float64), axis=-1)}
@@ -257,7 +258,7 @@ class Writer:
             self.layer_series_rows(info, steps, np.stack([values[k] for k in metadata.LAYER_SERIES], axis=1),
                                    wall_times)
             if replicas is not None:
-                self._replica_series(info, steps, replica_series(info, replicas), wall_times)
+                self._replica_series(info, steps, replica_series(info, batch_mean, batch_var, replicas), wall_times)
         with self._lock:
             self._forget_layer_metadata(info)
             for i in np.flatnonzero(np.isin(steps, np.asarray(snapshot_steps, np.int64))):
