@@ -12,6 +12,7 @@ import keras
 
 from tb_bnstats import recorder
 from tb_bnstats.capture import keras as keras_capture
+from tb_bnstats.capture.keras import tf_keras
 from tb_bnstats.capture.keras.layers import steps_per_execution
 from tb_bnstats.write import summary
 
@@ -98,7 +99,10 @@ class BNStatsCallback(keras.callbacks.Callback):
     training steps is recorded and diagnosed (BN008).
 
     Works under Keras' TensorFlow, JAX and torch backends (one capture
-    module each, :mod:`tb_bnstats.capture.keras`).
+    module each, :mod:`tb_bnstats.capture.keras`), and for tf_keras (Keras
+    2) models: ``tf.keras`` under ``TF_USE_LEGACY_KERAS=1``, or ``import
+    tf_keras`` (:mod:`tb_bnstats.capture.keras.tf_keras`; the probe and
+    population statistics are Keras 3's only, and off there).
 
     Cost: each training step writes its moments into a ring buffer on the
     device (no device-to-host read per step, so the step never waits for
@@ -133,6 +137,19 @@ class BNStatsCallback(keras.callbacks.Callback):
         self._recorder = recorder.Recorder(self.schedule)
         self._probe = None  # the GapProbe, kept (traced) across fits of the same model
 
+    # tf_keras' CallbackList asks these of every callback (a Keras 3 callback has none): the one batch
+    # hook used is on_train_batch_begin, and the logs may stay tensors (no per-step device-to-host sync).
+    _supports_tf_logs = True
+
+    def _implements_train_batch_hooks(self):
+        return True
+
+    def _implements_test_batch_hooks(self):
+        return False
+
+    def _implements_predict_batch_hooks(self):
+        return False
+
     @property
     def findings(self):
         """The diagnosis of the last fit (a list of
@@ -153,6 +170,11 @@ class BNStatsCallback(keras.callbacks.Callback):
         schedule, rec = self.schedule, self._recorder
         index, count = rec.guard("asking for the processes", keras_capture.processes) or (0, 1)
         rec.writes = index == 0
+        if tf_keras.is_tf_keras_model(self.model) and (schedule.probe_source is not recorder.PROBE_OFF
+                                                       or schedule.population_data is not None):
+            schedule.probe_source, schedule.probe_data, schedule.population_data = recorder.PROBE_OFF, None, None
+            rec.say("a tf_keras model: the train/inference probe and population statistics are off (Keras 3 "
+                    "models only); tb_bnstats.recalibrate and gap_report take Keras 3 or PyTorch models")
         if count > 1:
             # Every process runs the same instrumented step; process 0 alone writes. A measurement pass
             # on one process would wait for the others: the probe and the population statistics are off.

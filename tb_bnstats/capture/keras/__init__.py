@@ -1,5 +1,6 @@
-"""Keras 3 captures, one module per backend: :mod:`.tensorflow`, :mod:`.jax`
-and :mod:`.torch`, on what they share (:mod:`.hooks`, :mod:`tb_bnstats.capture.rows`,
+"""Keras captures: Keras 3's, one module per backend (:mod:`.tensorflow`,
+:mod:`.jax` and :mod:`.torch`), and tf_keras' (Keras 2, :mod:`.tf_keras`, on
+the TensorFlow one), on what they share (:mod:`.hooks`, :mod:`tb_bnstats.capture.rows`,
 :mod:`.layers`).
 
 :func:`capture_for` picks the module of the running backend;
@@ -42,11 +43,15 @@ def backend_module():
 
 def capture_for(model):
     """A :class:`tb_bnstats.capture.Capture` instrumenting ``model`` with the
-    running backend's module.
+    running backend's module (:mod:`.tf_keras` for a tf_keras model).
 
     Raises:
         ValueError: the backend is not supported (:func:`check_backend`).
     """
+    from tb_bnstats.capture.keras import tf_keras
+
+    if tf_keras.is_tf_keras_model(model):
+        return tf_keras.TfKerasCapture(model)
     backend = check_backend()
     return getattr(backend_module(), _CAPTURES[backend])(model)
 

@@ -29,8 +29,8 @@ import weakref
 import numpy as np
 
 from tb_bnstats.capture import rows as ring_rows
-from tb_bnstats.capture.keras.layers import (called_with_training_false, find_batchnorm_layers, initializer_values,
-                                             layer_info)
+from tb_bnstats.capture.keras.layers import (called_with_training_false, channels_of, find_batchnorm_layers,
+                                             initializer_values, layer_info)
 
 logger = logging.getLogger("tb_bnstats")
 
@@ -93,6 +93,10 @@ class LayerSlot:
     it hands each step's moments. A backend subclass stores the count
     (:meth:`count`, :meth:`set_count`) and keeps moments (:meth:`keep`)."""
 
+    # Whether the layer's moving variance averages Bessel-corrected batch variances (tf_keras' fused
+    # kernel): its rows then carry the values per channel, n, for the comparison var_B * n / (n - 1).
+    moving_var_unbiased = False
+
     def __init__(self, layer):
         self._layer = weakref.ref(layer)  # registries' values must not keep their keys alive
         self.hooks = weakref.WeakSet()
@@ -105,7 +109,7 @@ class LayerSlot:
 
     @property
     def channels(self):
-        return int(self.layer.moving_mean.shape[0])
+        return channels_of(self.layer)
 
     def remember_initial(self, moving_mean=None, moving_var=None):
         """The values the moving averages start from, as first found (the
@@ -113,8 +117,10 @@ class LayerSlot:
         otherwise); given when the layer's variables are not readable."""
         if self.init_mean is None:
             layer = self.layer
-            self.init_mean = np.array(layer.moving_mean.numpy() if moving_mean is None else moving_mean, np.float64)
-            self.init_var = np.array(layer.moving_variance.numpy() if moving_var is None else moving_var, np.float64)
+            self.init_mean = np.array(layer.moving_mean.numpy() if moving_mean is None else moving_mean,
+                                      np.float64).ravel()
+            self.init_var = np.array(layer.moving_variance.numpy() if moving_var is None else moving_var,
+                                     np.float64).ravel()
 
     def ran(self):
         """The layer ran in a training step being traced or run."""
@@ -174,7 +180,8 @@ class LayerSlot:
             return "pretrained"
         self.set_count(int(iterations))
         self.resumed_from = int(iterations)
-        self.init_mean, self.init_var = np.asarray(init_mean, np.float64), np.asarray(init_var, np.float64)
+        self.init_mean, self.init_var = (np.asarray(init_mean, np.float64).ravel(),
+                                         np.asarray(init_var, np.float64).ravel())
         return "resumed"
 
 
@@ -375,10 +382,13 @@ class KerasCapture:
     """
 
     hook_class = slot_class = hooks = slots = None
+    # How the layers are found and wrapped (tf_keras' module has its own).
+    find_layers = staticmethod(find_batchnorm_layers)
+    instrument = staticmethod(instrument_layer)
 
     def __init__(self, model):
         self.model = model
-        self._named = find_batchnorm_layers(model)
+        self._named = self.find_layers(model)
         hook = self.hooks.get(model)
         if hook is None:
             hook = self.hooks[model] = self.hook_class(model)
@@ -389,7 +399,7 @@ class KerasCapture:
             slot = self.slots.get(layer)
             if slot is None:
                 slot = self.slots[layer] = self.slot_class(layer)
-                instrument_layer(layer, slot)
+                self.instrument(layer, slot)
                 model.train_function = None  # a new layer: trace again with its wrappers
             slot.hooks.add(hook)
             self._slots[name] = slot
@@ -413,7 +423,8 @@ class KerasCapture:
         hook = self._hook
         infos = [layer_info(name, layer, order[id(layer)], self._slots[name].init_mean, self._slots[name].init_var,
                             graph_training_false=id(layer) in training_false, replicas=hook.replicas,
-                            moving_per_replica=hook.moving_per_replica, global_moments=hook.global_moments)
+                            moving_per_replica=hook.moving_per_replica, global_moments=hook.global_moments,
+                            moving_var_unbiased=self._slots[name].moving_var_unbiased)
                  for name, layer in self._ran()]
         return sorted(infos, key=lambda info: info.depth)
 

@@ -8,16 +8,19 @@ import numpy as np
 from tb_bnstats.format import metadata
 
 
-def find_batchnorm_layers(model):
+def find_batchnorm_layers(model, classes=None):
     """Every ``keras.layers.BatchNormalization`` (subclasses included) at any
     depth -- nested Functional/Sequential models, custom layers, subclassed
     models -- as ``[(unique_name, layer)]`` in tracking order. Names are
-    Keras' layer paths, made unique with a ``#k`` suffix if needed."""
+    Keras' layer paths (tf_keras': layer names), made unique with a ``#k``
+    suffix if needed. ``classes``: the BN classes to look for (default
+    Keras 3's; tf_keras passes its own)."""
     import keras
 
+    classes = classes or (keras.layers.BatchNormalization,)
     found, seen, used = [], set(), set()
     for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.BatchNormalization) and id(layer) not in seen:
+        if isinstance(layer, classes) and id(layer) not in seen:
             seen.add(id(layer))
             name = getattr(layer, "path", None) or layer.name
             base, k = name, 2
@@ -55,8 +58,21 @@ def called_with_training_false(model):
 
 
 def steps_per_execution(model):
-    """The training steps one call of the model's train function runs (1 when unset)."""
-    return int(getattr(model, "steps_per_execution", 1) or 1)
+    """The training steps one call of the model's train function runs (1
+    when unset; tf_keras keeps it in a variable, read outside any trace)."""
+    value = getattr(model, "steps_per_execution", 1)
+    if hasattr(value, "numpy"):  # a tf.Variable (tf_keras)
+        import tensorflow as tf
+
+        with tf.init_scope():
+            value = value.numpy()
+    return int(value or 1)
+
+
+def channels_of(layer):
+    """A BN layer's channels: the size of its moving mean (tf_keras keeps it
+    as [1, ..., 1, C] with a virtual batch size)."""
+    return int(np.prod(layer.moving_mean.shape))
 
 
 def index_by_identity(variables):
@@ -90,7 +106,7 @@ def mean_metrics(model):
 
 
 def layer_info(name, layer, depth, init_mean, init_var, graph_training_false=False, replicas=1,
-               moving_per_replica=False, global_moments=False):
+               moving_per_replica=False, global_moments=False, moving_var_unbiased=False):
     """The :class:`LayerInfo` of a Keras BatchNormalization layer.
 
     Args:
@@ -101,16 +117,19 @@ def layer_info(name, layer, depth, init_mean, init_var, graph_training_false=Fal
             from (channel averages go into the description).
         graph_training_false: the model's graph calls it (or a model around
             it) with ``training=False`` (:func:`called_with_training_false`).
+        moving_var_unbiased: its moving variance averages Bessel-corrected
+            batch variances (tf_keras' fused kernel); Keras 3's averages the
+            biased ones.
     """
     return metadata.LayerInfo(
         name=name,
-        channels=int(layer.moving_mean.shape[0]),
+        channels=channels_of(layer),
         momentum=float(layer.momentum),
         epsilon=float(layer.epsilon),
         init_mean=float(np.mean(init_mean)),
         init_var=float(np.mean(init_var)),
         ema_of="stddev" if getattr(layer, "renorm", False) else "variance",
-        moving_var_unbiased=False,  # Keras 3 averages the biased batch variance
+        moving_var_unbiased=bool(moving_var_unbiased),
         depth=depth,
         layer_class=type(layer).__name__,
         framework="keras",

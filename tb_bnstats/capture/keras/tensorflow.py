@@ -78,9 +78,7 @@ class _LayerSlot(LayerSlot):
         channels = self.channels
         flat = lambda t: t if t.shape == (channels,) else tf.reshape(t, [channels])  # noqa: E731
         mean, variance = flat(tf.cast(mean, tf.float32)), flat(tf.cast(variance, tf.float32))
-        samples = None
-        if inputs is not None and replicas_in_sync() > 1:
-            samples = hooks.values_per_channel(inputs, channels)
+        samples = None if inputs is None else hooks.values_per_channel(inputs, channels)
         if tf.executing_eagerly() or tf.compat.v1.get_default_graph() is getattr(hooks._state, "graph", None):
             kept = (mean, variance)
         else:
@@ -110,16 +108,16 @@ def replicas_in_sync():
 
 class _Ring:
     """K rows on the device, each one training step: ``[n, step, counts...,
-    values..., samples...]`` as float64 (``samples``: on several replicas
-    only, each replica's values per channel of each layer), then the moments
-    as float32, two to a float64 slot (``tf.bitcast``); read back by
-    :meth:`read`."""
+    values..., samples...]`` as float64 (``samples``: on several replicas,
+    or with a layer whose moving variance is unbiased, each replica's values
+    per channel of each layer), then the moments as float32, two to a
+    float64 slot (``tf.bitcast``); read back by :meth:`read`."""
 
-    def __init__(self, layout, steps_per_execution):
+    def __init__(self, layout, steps_per_execution, with_samples):
         import tensorflow as tf
 
         self.layout = layout
-        self.samples = len(layout.layers) * layout.replicas if layout.replicas > 1 else 0
+        self.samples = len(layout.layers) * layout.replicas if with_samples else 0
         self.head = 2 + len(layout.layers) + layout.num_values + self.samples
         self.packed = (layout.num_moments + 1) // 2
         self.width = self.head + self.packed
@@ -256,17 +254,21 @@ class _TrainStepHook(StepHook):
         for layer in layers:
             (mean, variance), _, _ = self.kept[layer]
             # float32 whatever the layer's dtype (a float64 model, a float16 policy): the row's layout.
-            floats += [mean, variance, tf.cast(layer.moving_mean, tf.float32),
-                       tf.cast(layer.moving_variance, tf.float32)]
+            floats += [mean, variance, tf.reshape(tf.cast(layer.moving_mean, tf.float32), [-1]),
+                       tf.reshape(tf.cast(layer.moving_variance, tf.float32), [-1])]
         floats = tf.concat([tf.convert_to_tensor(v) for v in floats], axis=0) if floats else tf.zeros([0])
         log_values = tf.stack([tf.cast(v, tf.float64) for v in logs.values()]) if logs else tf.zeros([0], tf.float64)
         execution_steps = steps_per_execution(model)  # K >= steps_per_execution
         write = lambda floats, log_values, samples: self._write(  # noqa: E731
             model, layout, execution_steps, slots, in_graph, metrics, floats, log_values, samples)
+        with_samples = replicas > 1 or any(slot.moving_var_unbiased for slot in slots)
+        samples = None
+        if with_samples:
+            samples = tf.stack([tf.zeros([]) if self.kept[layer][2] is None else self.kept[layer][2]
+                                for layer in layers]) if layers else tf.zeros([0])
         if replicas == 1:
-            write(floats, log_values, None)
+            write(floats, log_values, None if samples is None else tf.cast(samples, tf.float64))
             return
-        samples = tf.stack([self.kept[layer][2] for layer in layers]) if layers else tf.zeros([0])
 
         def merged(strategy, floats, log_values, samples):
             local = lambda v: strategy.experimental_local_results(v)  # noqa: E731
@@ -280,7 +282,7 @@ class _TrainStepHook(StepHook):
 
         ring = self.rings.get((layout.key, execution_steps))
         if ring is None:
-            ring = self.rings[(layout.key, execution_steps)] = _Ring(layout, execution_steps)
+            ring = self.rings[(layout.key, execution_steps)] = _Ring(layout, execution_steps, samples is not None)
         n = self.seq.assign_add(1)
         head = [n, model.optimizer.iterations]
         for slot, updating, graph in zip(slots, layout.updating, in_graph):
