@@ -41,10 +41,29 @@ def diagnose_model(model, data, num_samples=2048, batch_size=32, run="model") ->
     """
     from tb_bnstats.measure import passes, population
 
-    framework = passes.framework_of(model)
+    return variance_shift_findings(population.variance_shift(model, data, num_samples, batch_size),
+                                   passes.framework_of(model), run)
+
+
+def variance_shift_findings(shifts, framework, run="model") -> List[Finding]:
+    """BN004 from measured variance shifts.
+
+    Args:
+        shifts: ``{layer: {"train_vs_inference_log_var_ratio": ...,
+            "moving_vs_inference_log_var_ratio": ...}}``, channel means of
+            :func:`tb_bnstats.quantities.log_var_ratio` against the
+            inference-mode variance of the layer's input
+            (:func:`tb_bnstats.measure.population.variance_shift`; for a
+            graph, :meth:`tb_bnstats.capture.graph.GraphCapture.variance_shift`).
+        framework: the layers' framework (the fix's words).
+        run: the run the findings are about.
+
+    Returns:
+        A list of :class:`~tb_bnstats.diagnosis.finding.Finding` (empty or one).
+    """
     threshold = THRESHOLDS["population_variance_shift"]
     hits = []
-    for name, ev in population.variance_shift(model, data, num_samples, batch_size).items():
+    for name, ev in shifts.items():
         if ev["train_vs_inference_log_var_ratio"] > threshold and ev["moving_vs_inference_log_var_ratio"] > threshold:
             hits.append((name, "BN004", "warning", ev,
                          f"{name}: in training its input is {np.exp(ev['train_vs_inference_log_var_ratio']):.2f}x "

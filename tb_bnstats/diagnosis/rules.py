@@ -127,7 +127,7 @@ def _far(gap_mean, gap_log_var):
 
 
 def _fix(code, view):
-    return words.fix(code, view.layer.info.framework)
+    return words.fix(code, view.layer.info.framework, view.layer.info)
 
 
 @dataclasses.dataclass
@@ -348,7 +348,7 @@ def not_converged(view, **_):
              f"{view.name}: moving statistics are {conv:.0%} converged after {t} updates at "
              f"{words.momentum_text(m, info)}; 95% needs {need}. Batch means are {view.gap_mean:.2f} std from the "
              f"moving mean, variances {math.exp(view.gap_log_var):.2f}x apart. Use {suggested} for runs "
-             f"this short, or call tb_bnstats.recalibrate(model, {words.data_name(info)}).")]
+             f"this short, or {words.recalibrate_text(info)}.")]
 
 
 STATE_RULES = (non_finite_moments, restored_at_initializer, never_updated, momentum_near_zero,

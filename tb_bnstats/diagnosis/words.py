@@ -1,6 +1,8 @@
 """The framework's words in the findings: a PyTorch run is told about
 ``model.eval()``, ``momentum=0.01`` and ``requires_grad``; a Keras run about
-``training=False``, ``momentum=0.99`` and ``trainable``.
+``training=False``, ``momentum=0.99`` and ``trainable``; a TensorFlow
+1-style graph (:mod:`tb_bnstats.compat.v1`) about ``UPDATE_OPS`` and
+``is_training``.
 
 The log stores momentum in Keras' convention (the weight kept on the old
 average, :class:`tb_bnstats.format.metadata.LayerInfo`); PyTorch's is the
@@ -45,17 +47,50 @@ PYTORCH_FIXES = {
 }
 
 
+TF1 = "tf.compat.v1"
+
+# The fixes in TensorFlow 1-style graph code's words (tb_bnstats.compat.v1), where they differ from Keras'.
+TF1_FIXES = {
+    "BN001": "lower the momentum (tf.compat.v1.layers.batch_normalization(momentum=0.9), the decay of a hand-written "
+             "average) for runs of a few hundred steps, train longer, or re-estimate the moving statistics after "
+             "training: assign each moving_mean / moving_variance the average batch moments of a few hundred "
+             "training batches (PreciseBN)",
+    "BN002": "run the update ops with the train op: with tf.control_dependencies(tf.compat.v1.get_collection("
+             "tf.compat.v1.GraphKeys.UPDATE_OPS)): train_op = optimizer.minimize(loss) (a tf.keras layer in a "
+             "graph lists its update ops in layer.updates)",
+    "BN003": "use momentum (TF1's decay) 0.9-0.99: moving = decay * moving + (1 - decay) * batch",
+    "BN004": "move the dropout after the BN layers (or before the last layer only), or re-estimate the moving "
+             "statistics with dropout off after training",
+}
+# BN002 when the train calls feed the layer's training tensor False (the update ops did run).
+TF1_TRAINING_FALSE_FIX = ("feed is_training=True in the train calls (training=is_training in "
+                          "tf.compat.v1.layers.batch_normalization) and False only for evaluation")
+
+
 def speaks_pytorch(info):
     """Whether a layer (a LayerInfo) comes from PyTorch."""
     return getattr(info, "framework", None) == PYTORCH
 
 
-def fix(code, framework=None):
+def fix(code, framework=None, info=None):
     """The fix of ``code`` in ``framework``'s words (``info.framework``;
-    Keras' by default)."""
+    Keras' by default); ``info``, the layer's LayerInfo, where the fix
+    depends on what went wrong (BN002 in a TF1 graph)."""
     if framework == PYTORCH and code in PYTORCH_FIXES:
         return PYTORCH_FIXES[code]
+    if framework == TF1 and code in TF1_FIXES:
+        if code == "BN002" and info is not None and not info.update_ops_left_out:
+            return TF1_TRAINING_FALSE_FIX
+        return TF1_FIXES[code]
     return CODES[code].fix
+
+
+def recalibrate_text(info):
+    """How to recalibrate the layer's model, in its framework's words."""
+    if getattr(info, "framework", None) == TF1:
+        return ("re-estimate the moving statistics after training (assign each the average batch moments of a few "
+                "hundred training batches)")
+    return f"call tb_bnstats.recalibrate(model, {data_name(info)})"
 
 
 def data_name(info):
@@ -88,6 +123,11 @@ def not_updating(info):
     """Why a layer's moving statistics did not update during training."""
     if speaks_pytorch(info):
         return "the module was in eval() mode during training"
+    if getattr(info, "framework", None) == TF1:
+        if info.update_ops_left_out:
+            return ("its update ops did not run with the train op: the train op does not depend on "
+                    "tf.compat.v1.GraphKeys.UPDATE_OPS")
+        return "its training tensor (is_training) was False in the train calls"
     return "trainable=False" if not info.trainable else "called with training=False during training"
 
 

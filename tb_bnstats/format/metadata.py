@@ -200,6 +200,11 @@ class LayerInfo:
     buffer broadcasts): the logged ones are replica 0's, what a checkpoint
     written by the chief holds.
 
+    TensorFlow 1-style graphs (``framework="tf.compat.v1"``):
+    ``update_ops_left_out`` is True when a logged train call ran the layer
+    in training mode without running its moving-average update ops (a train
+    op built without ``tf.control_dependencies(UPDATE_OPS)``).
+
     Raises:
         ValueError: a field out of its range (momentum outside [0, 1),
             negative epsilon, no channel, an unknown ``ema_of``, fewer than
@@ -224,6 +229,7 @@ class LayerInfo:
     graph_training_false: bool = False
     replicas: int = 1
     moving_per_replica: bool = False
+    update_ops_left_out: bool = False
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:

@@ -1,0 +1,551 @@
+"""Captures BatchNormalization moments in a TensorFlow 1-style graph
+(``tf.compat.v1``: placeholders, ``Session.run``, ``MonitoredTrainingSession``).
+
+A graph has no layer objects to wrap: the layers are found in the graph
+(:func:`find_layers`), each is given a few fetches of its own
+(:class:`GraphCapture`), and what a train call fetched becomes one host row.
+The user-facing objects are in :mod:`tb_bnstats.compat.v1`.
+
+Found:
+
+* the layers of ``tf.compat.v1.layers.batch_normalization`` (tf_keras) and
+  of ``tf.keras.layers.BatchNormalization`` called in a graph: a variable
+  scope with ``moving_mean`` and ``moving_variance`` variables. Their
+  input is the float tensor that enters the scope from outside, their
+  ``training`` the boolean that does (an ``is_training`` placeholder) or a
+  constant, their momentum and epsilon are read from the constants the
+  layer built (``AssignMovingAvg/decay``, the momentum of the fused update,
+  the ``FusedBatchNorm`` epsilon), also inside ``tf.cond`` branches;
+* ``tf.compat.v1.nn.fused_batch_norm(..., is_training=True)`` ops that
+  carry their own moving statistics: ``mean=`` / ``variance=`` variables and
+  ``exponential_avg_factor`` < 1 (the op computes the new averages itself,
+  ``momentum = 1 - exponential_avg_factor``). A fused op without them has
+  moving averages the graph does not name: log them with
+  :func:`hand_written`.
+
+Per layer and train call, the fetches are the batch moments of the layer's
+input (``tf.nn.moments`` in float32, over every axis but the channels': the
+moments a layer in training mode normalizes with, biased variance), its
+values per channel, the value of its ``training`` tensor, and its moving
+statistics *after* the call: when the layer's update ops run in the call
+(they are among the ops the train fetches need, :func:`ops_needed`), the
+read depends on them; when they do not, a plain read is that value too
+(nothing changes the variables). The fetches never make an update op run
+that the train call would not run.
+
+The update count ``t`` advances in a call where the layer ran in training
+mode and its update ops ran: a train op built without
+``tf.control_dependencies(UPDATE_OPS)`` leaves it at 0 (S2, BN002).
+"""
+
+import dataclasses
+import math
+import warnings
+from typing import List, Optional
+
+import numpy as np
+
+from tb_bnstats.capture import Block, LayerBlock
+from tb_bnstats.format.metadata import LayerInfo
+
+FRAMEWORK = "tf.compat.v1"
+# A host buffer of at most this many train calls between drains.
+HOST_ROWS = 256
+_FUSED = ("FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3")
+_IF = ("If", "StatelessIf")
+
+
+@dataclasses.dataclass
+class GraphLayer:
+    """One BN layer of a graph: what to fetch and how it averages.
+
+    ``inputs``: the tensor it normalizes (None when ``batch_mean`` /
+    ``batch_var`` are given instead, hand-written BN). ``moving_mean`` /
+    ``moving_var``: its variables. ``momentum``: Keras' convention (the
+    weight kept on the old average; ``decay`` in TF1 words). ``training``:
+    a boolean tensor or a Python bool. ``update_ops``: the ops that update
+    the moving statistics (None: assumed to run in every train call).
+    ``moving_var_unbiased``: the moving variance averages Bessel-corrected
+    variances (``FusedBatchNorm``'s).
+    """
+
+    name: str
+    moving_mean: object
+    moving_var: object
+    momentum: float
+    epsilon: float
+    inputs: object = None
+    batch_mean: object = None
+    batch_var: object = None
+    training: object = True
+    update_ops: Optional[list] = None
+    moving_var_unbiased: bool = False
+    channel_axis: int = -1
+    layer_class: str = "BatchNormalization"
+    ema_of: str = "variance"
+
+
+def _scope_of(variable_name, leaf):
+    name = variable_name.split(":")[0]
+    return name[:-len(leaf) - 1] if name.endswith("/" + leaf) else None
+
+
+def _function_nodes(graph):
+    """``{function name: [NodeDef]}`` of the graph's function library (the
+    bodies of ``tf.cond`` branches, control flow v2)."""
+    return {f.signature.name: list(f.node_def) for f in graph.as_graph_def().library.function}
+
+
+def _const_value(node_def):
+    import tensorflow as tf
+
+    return tf.make_ndarray(node_def.attr["value"].tensor)
+
+
+def _scope_ops(graph, scope):
+    return [op for op in graph.get_operations() if op.name.startswith(scope + "/")]
+
+
+def _branch_nodes(ops, functions):
+    """The NodeDefs inside the ``tf.cond`` branches of ``ops``."""
+    nodes = []
+    for op in ops:
+        if op.type in _IF:
+            for branch in ("then_branch", "else_branch"):
+                nodes += functions.get(op.get_attr(branch).name, [])
+    return nodes
+
+
+def _momentum_of(graph, scope, ops, functions):
+    """The momentum tf_keras' layer built into the graph, or None.
+
+    Non-fused: ``AssignMovingAvg/decay`` = 1 - momentum (a constant, also
+    inside the update's ``tf.cond``). Fused: ``AssignMovingAvg/sub`` is
+    ``1 - momentum`` with the momentum a constant, or with a ``training``
+    tensor the output of a ``tf.cond`` whose true branch is that constant."""
+    for op in ops:
+        if op.type == "Const" and op.name.endswith("AssignMovingAvg/decay"):
+            return 1.0 - float(_const_value(op.node_def))
+    for node in _branch_nodes(ops, functions):
+        if node.op == "Const" and node.name.endswith("AssignMovingAvg/decay"):
+            return 1.0 - float(_const_value(node))
+    try:
+        sub = graph.get_operation_by_name(scope + "/AssignMovingAvg/sub")
+    except KeyError:
+        return None
+    source = sub.inputs[1].op
+    while source.type == "Identity":
+        source = source.inputs[0].op
+    if source.type == "Const":
+        return float(_const_value(source.node_def))
+    if source.type in _IF:
+        consts = [n for n in functions.get(source.get_attr("then_branch").name, []) if n.op == "Const"]
+        if len(consts) == 1:
+            return float(_const_value(consts[0]))
+    return None
+
+
+def _epsilon_of(ops, functions):
+    for op in ops:
+        if op.type in _FUSED:
+            return float(op.get_attr("epsilon"))
+        if op.type == "Const" and op.name.endswith("batchnorm/add/y"):
+            return float(_const_value(op.node_def))
+    for node in _branch_nodes(ops, functions):
+        if node.op in _FUSED:
+            return float(node.attr["epsilon"].f)
+    return None
+
+
+def _is_fused(ops, functions):
+    return any(op.type in _FUSED for op in ops) or any(n.op in _FUSED for n in _branch_nodes(ops, functions))
+
+
+def _layer_of_scope(graph, scope, moving_mean, moving_var, update_collection, functions):
+    """A :class:`GraphLayer` for a tf_keras BN scope, or ``(None, why)``."""
+    import tensorflow as tf
+
+    ops = _scope_ops(graph, scope)
+    inside = {op.name for op in ops}
+    channels = int(np.prod(moving_mean.shape))
+    inputs, training = None, None
+    for op in ops:
+        for t in op.inputs:
+            if t.op.name in inside or t.op.name.startswith(scope + "/"):
+                continue
+            if t.dtype == tf.bool and training is None:
+                training = t
+            elif (inputs is None and t.dtype.is_floating and t.shape.rank is not None and t.shape.rank >= 2
+                  and channels in (t.shape[-1], t.shape[1])):
+                inputs = t
+    if inputs is None:
+        return None, "no input tensor found entering its scope"
+    momentum = _momentum_of(graph, scope, ops, functions)
+    epsilon = _epsilon_of(ops, functions)
+    # The update ops: UPDATE_OPS' (tf.compat.v1.layers adds its updates there), else the layer's own
+    # (a tf.keras layer in a graph lists them in layer.updates only): the moving-average assignments in
+    # its scope, or the tf.cond around them.
+    update_ops = [op for op in update_collection if op.name.startswith(scope + "/")]
+    if not update_ops:
+        update_ops = [op for op in ops if op.type in ("AssignSubVariableOp", "AssignSub")
+                      and "AssignMovingAvg" in op.name]
+        update_ops += [op for op in ops if op.type in _IF and any(
+            n.op in ("AssignSubVariableOp", "AssignSub") for n in _branch_nodes([op], functions))]
+    if training is None:
+        training = bool(update_ops)  # a constant training=True builds update ops, training=False none
+    if momentum is None and training is not False:
+        return None, "its momentum could not be read from the graph"
+    axis = -1 if inputs.shape[-1] == channels else 1
+    renorm = any(v.name.startswith(scope + "/moving_stddev") for v in graph.get_collection("variables"))
+    return GraphLayer(
+        name=scope, moving_mean=moving_mean, moving_var=moving_var, momentum=0.99 if momentum is None else momentum,
+        epsilon=1e-3 if epsilon is None else epsilon, inputs=inputs, training=training, update_ops=update_ops,
+        moving_var_unbiased=_is_fused(ops, functions), channel_axis=axis,
+        layer_class="tf.compat.v1.layers.batch_normalization", ema_of="stddev" if renorm else "variance"), None
+
+
+def _variable_of(tensor, variables):
+    """The variable whose value ``tensor`` is (through reads and identities), or None."""
+    by_op = {v.op.name: v for v in variables}  # a resource variable's handle op, a ref variable's own
+    op = tensor.op
+    for _ in range(4):
+        if op.name in by_op:
+            return by_op[op.name]
+        if op.type not in ("Identity", "ReadVariableOp") or not op.inputs:
+            return None
+        op = op.inputs[0].op
+    return None
+
+
+def _raw_fused_layers(graph, taken, variables):
+    """:class:`GraphLayer` s of ``tf.compat.v1.nn.fused_batch_norm`` training
+    ops outside the scopes found (module docstring), and ``{op name: why}``
+    for those that cannot be logged."""
+    layers, skipped = [], {}
+    for op in graph.get_operations():
+        if op.type not in _FUSED or not op.get_attr("is_training") or any(
+                op.name.startswith(scope + "/") for scope in taken):
+            continue
+        factor = float(op.get_attr("exponential_avg_factor")) if "exponential_avg_factor" in op.node_def.attr else 1.0
+        moving_mean = _variable_of(op.inputs[3], variables) if len(op.inputs) > 3 else None
+        moving_var = _variable_of(op.inputs[4], variables) if len(op.inputs) > 4 else None
+        if moving_mean is None or moving_var is None or not factor < 1.0:
+            skipped[op.name] = ("its moving averages are not mean= / variance= variables updated with "
+                                "exponential_avg_factor < 1; name them with add_layer(...)")
+            continue
+        averages = {op.outputs[1].name, op.outputs[2].name}
+        update_ops = [other for other in graph.get_operations()
+                      if other.type in ("AssignVariableOp", "Assign") and other.inputs
+                      and any(t.name in averages for t in _value_sources(other))]
+        data_format = op.get_attr("data_format").decode()
+        layers.append(GraphLayer(
+            name=op.name.rsplit("/", 1)[0] if "/" in op.name else op.name, moving_mean=moving_mean,
+            moving_var=moving_var, momentum=1.0 - factor, epsilon=float(op.get_attr("epsilon")),
+            inputs=op.inputs[0], update_ops=update_ops, moving_var_unbiased=True,
+            channel_axis=1 if data_format.startswith("NC") else -1, layer_class="fused_batch_norm"))
+    return layers, skipped
+
+
+def _value_sources(assign_op, depth=3):
+    """The tensors an assign op's value comes from, through a few pass-through ops."""
+    frontier, seen = [assign_op.inputs[-1]], []
+    for _ in range(depth):
+        seen += frontier
+        frontier = [t for f in frontier if f.op.type in ("Identity", "Cast") for t in f.op.inputs]
+    return seen + frontier
+
+
+def find_layers(graph):
+    """The BN layers of ``graph`` (module docstring).
+
+    Returns:
+        ``(layers, skipped)``: :class:`GraphLayer` s in graph order, and
+        ``{name: why}`` of BN ops found that cannot be logged.
+    """
+    import tensorflow as tf
+
+    variables = graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES)
+    by_scope = {}
+    for v in variables:
+        for leaf, key in (("moving_mean", 0), ("moving_variance", 1)):
+            scope = _scope_of(v.name, leaf)
+            if scope is not None:
+                by_scope.setdefault(scope, [None, None])[key] = v
+    functions = _function_nodes(graph) if any(op.type in _IF for op in graph.get_operations()) else {}
+    update_collection = graph.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
+    layers, skipped = [], {}
+    for scope, (mean, var) in by_scope.items():
+        if mean is None or var is None:
+            continue
+        layer, why = _layer_of_scope(graph, scope, mean, var, update_collection, functions)
+        if layer is None:
+            skipped[scope] = why
+        else:
+            layers.append(layer)
+    raw, raw_skipped = _raw_fused_layers(graph, list(by_scope), variables)
+    skipped.update(raw_skipped)
+    return layers + raw, skipped
+
+
+def hand_written(name, moving_mean, moving_var, momentum, inputs=None, batch_mean=None, batch_var=None,
+                 epsilon=1e-3, training=True, update_ops=None, channel_axis=-1, moving_var_unbiased=False):
+    """A :class:`GraphLayer` named by its tensors and variables (module
+    docstring of :mod:`tb_bnstats.compat.v1`, ``add_layer``).
+
+    Raises:
+        ValueError: neither ``inputs`` nor both ``batch_mean`` and
+            ``batch_var``, a momentum outside [0, 1), or moving statistics
+            that are not variables of the graph.
+    """
+    if inputs is None and (batch_mean is None or batch_var is None):
+        raise ValueError(f"{name}: give inputs= (the tensor the layer normalizes) or both batch_mean= and "
+                         "batch_var= (what it normalizes with, e.g. tf.nn.moments' outputs)")
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
+        raise ValueError(f"{name}: momentum (TF1's decay: moving = decay * moving + (1 - decay) * batch) must be "
+                         f"in [0, 1), got {momentum!r}")
+    for what, v in (("moving_mean", moving_mean), ("moving_var", moving_var)):
+        if not hasattr(v, "read_value"):
+            raise ValueError(f"{name}: {what} must be the variable holding the moving average, got {v!r}")
+    return GraphLayer(name=name, moving_mean=moving_mean, moving_var=moving_var, momentum=float(momentum),
+                      epsilon=float(epsilon), inputs=inputs, batch_mean=batch_mean, batch_var=batch_var,
+                      training=training, update_ops=None if update_ops is None else list(update_ops),
+                      moving_var_unbiased=bool(moving_var_unbiased), channel_axis=channel_axis,
+                      layer_class="hand-written")
+
+
+def ops_needed(fetches, graph):
+    """The names of every op a ``Session.run`` of ``fetches`` (any nest of
+    tensors, ops, variables and their names) runs: the fetched ops and,
+    transitively, their inputs and control inputs."""
+    import tensorflow as tf
+
+    stack = []
+    for item in tf.nest.flatten(fetches):
+        if item is None:
+            continue
+        element = graph.as_graph_element(item) if isinstance(item, str) else item
+        element = getattr(element, "op", element)  # a tensor or a variable: its op
+        if isinstance(element, tf.Operation):
+            stack.append(element)
+    seen = set()
+    while stack:
+        op = stack.pop()
+        if op.name in seen:
+            continue
+        seen.add(op.name)
+        stack.extend(t.op for t in op.inputs)
+        stack.extend(op.control_inputs)
+    return seen
+
+
+class GraphCapture:
+    """A :class:`tb_bnstats.capture.Capture` of a graph's BN layers: builds
+    each layer's fetches (module docstring) when made (before the graph is
+    finalized), and keeps what each train call fetched on the host until
+    :meth:`drain`.
+
+    Args:
+        graph: the ``tf.Graph``.
+        layers: the :class:`GraphLayer` s.
+        metrics: ``{name: scalar tensor}`` fetched with them (the loss...).
+    """
+
+    def __init__(self, graph, layers, metrics=None):
+        import tensorflow as tf
+
+        self.model = graph
+        self.layers = list(layers)
+        self.metrics = dict(metrics or {})
+        self._rows = []
+        self._counts = {layer.name: 0 for layer in self.layers}
+        self._init = {}
+        self._left_out = {}  # name -> True once a logged call ran it in training mode without its update ops
+        self._fetch_cache = {}
+        self.reads = 0
+        with graph.as_default(), tf.name_scope("tb_bnstats"):
+            self._plain = {layer.name: self._layer_fetches(layer, with_updates=False) for layer in self.layers}
+            self._after = {layer.name: self._layer_fetches(layer, with_updates=True) for layer in self.layers
+                           if layer.update_ops}
+            self._metric_fetches = {name: tf.cast(t, tf.float64) for name, t in self.metrics.items()}
+        for layer in self.layers:
+            self._init[layer.name] = tuple(_initial_value(v, fill) for v, fill in
+                                           ((layer.moving_mean, 0.0), (layer.moving_var, 1.0)))
+
+    @staticmethod
+    def _layer_fetches(layer, with_updates):
+        import tensorflow as tf
+
+        with tf.name_scope(layer.name.replace(":", "_")):
+            if layer.inputs is not None:
+                x = tf.cast(layer.inputs, tf.float32)
+                rank = x.shape.rank
+                axis = layer.channel_axis % rank
+                mean, var = tf.nn.moments(x, [i for i in range(rank) if i != axis])
+                samples = tf.cast(tf.size(x), tf.float64) / tf.cast(tf.shape(x)[axis], tf.float64)
+            else:
+                mean, var = tf.cast(layer.batch_mean, tf.float32), tf.cast(layer.batch_var, tf.float32)
+                samples = tf.constant(float("nan"), tf.float64)
+            training = tf.convert_to_tensor(layer.training, tf.bool)
+            with tf.control_dependencies(layer.update_ops if with_updates else []):
+                moving = (tf.identity(layer.moving_mean.read_value()), tf.identity(layer.moving_var.read_value()))
+        return {"batch_mean": tf.reshape(mean, [-1]), "batch_var": tf.reshape(var, [-1]),
+                "moving_mean": tf.reshape(tf.cast(moving[0], tf.float32), [-1]),
+                "moving_var": tf.reshape(tf.cast(moving[1], tf.float32), [-1]),
+                "training": training, "samples": samples}
+
+    # -- per train call ------------------------------------------------------------
+
+    def fetches(self, train_fetches):
+        """What to add to a train call of ``train_fetches``: per layer its
+        fetches, read after its update ops where those run (module
+        docstring), and the metrics. Returns ``(fetches, updates_run)``:
+        ``updates_run`` ``{layer: bool}`` goes to :meth:`keep`."""
+        key = tuple(sorted(ops_needed(train_fetches, self.model)))
+        cached = self._fetch_cache.get(key)
+        if cached is None:
+            needed = set(key)
+            runs = {layer.name: layer.update_ops is None or (bool(layer.update_ops) and all(
+                op.name in needed for op in layer.update_ops)) for layer in self.layers}
+            fetches = {name: (self._after[name] if runs[name] and name in self._after else self._plain[name])
+                       for name in runs}
+            cached = self._fetch_cache[key] = ({"layers": fetches, "metrics": self._metric_fetches}, runs)
+            if len(self._fetch_cache) > 64:
+                self._fetch_cache.pop(next(iter(self._fetch_cache)))
+        return cached
+
+    def keep(self, step, results, updates_run, values=None):
+        """Keeps one train call's ``results`` (of :meth:`fetches`) as the row
+        of ``step``; ``values``: other numbers of the step (its loss...)."""
+        layers = {}
+        for layer in self.layers:
+            got = results["layers"][layer.name]
+            training = bool(got["training"])
+            if training and not updates_run[layer.name]:
+                self._left_out[layer.name] = True
+            layers[layer.name] = (got, training and updates_run[layer.name])
+        logs = {name: float(v) for name, v in results["metrics"].items()}
+        logs.update({name: float(v) for name, v in (values or {}).items()})
+        self._rows.append((int(step), layers, logs))
+
+    def variance_shift(self, session, feed_dict):
+        """S5 on the live graph: each layer's input variance on one batch
+        (``feed_dict``) run with every layer's ``training`` tensor fed True
+        (dropout driven by the same tensor on) and fed False, against its
+        moving variance. Runs only the layers' own fetches (no update op).
+
+        Returns:
+            ``{name: {"train_vs_inference_log_var_ratio": ...,
+            "moving_vs_inference_log_var_ratio": ...}}``, channel means of
+            :func:`tb_bnstats.quantities.log_var_ratio` (layers whose
+            ``training`` is a tensor and whose input is known).
+        """
+        from tb_bnstats import quantities
+
+        layers = [layer for layer in self.layers if layer.inputs is not None and not isinstance(layer.training, bool)]
+        if not layers:
+            return {}
+        fetches = {layer.name: self._plain[layer.name] for layer in layers}
+        modes = {}
+        for mode in (True, False):
+            feed = dict(feed_dict)
+            feed.update({layer.training: mode for layer in layers})
+            modes[mode] = session.run(fetches, feed)
+        out = {}
+        for layer in layers:
+            train, inference = modes[True][layer.name], modes[False][layer.name]
+            # The variances as the moving one averages them (Bessel-corrected for a fused kernel).
+            comparable = lambda got: quantities.comparable_batch_var(  # noqa: E731
+                np.asarray(got["batch_var"], np.float64), float(got["samples"]), layer.moving_var_unbiased)
+            inference_var = comparable(inference)
+            out[layer.name] = {
+                "train_vs_inference_log_var_ratio": float(np.mean(quantities.log_var_ratio(
+                    comparable(train), inference_var, layer.epsilon))),
+                "moving_vs_inference_log_var_ratio": float(np.mean(quantities.log_var_ratio(
+                    np.asarray(inference["moving_var"], np.float64), inference_var, layer.epsilon))),
+            }
+        return out
+
+    # -- the Capture protocol --------------------------------------------------------
+
+    @property
+    def names(self):
+        return [layer.name for layer in self.layers]
+
+    def layer_infos(self):
+        infos = []
+        for depth, layer in enumerate(self.layers):
+            init_mean, init_var = self._init[layer.name]
+            infos.append(LayerInfo(
+                name=layer.name, channels=int(np.prod(layer.moving_mean.shape)), momentum=layer.momentum,
+                epsilon=layer.epsilon, init_mean=float(np.mean(init_mean)), init_var=float(np.mean(init_var)),
+                ema_of=layer.ema_of, moving_var_unbiased=layer.moving_var_unbiased, depth=depth,
+                layer_class=layer.layer_class, framework=FRAMEWORK,
+                update_ops_left_out=self._left_out.get(layer.name, False)))
+        return infos
+
+    def resume(self, step):
+        """At the first train call of a run at global step ``step`` > 0: a
+        layer whose moving statistics are not at their initial values was
+        restored (its count goes on from ``step``, one update per step, an
+        estimate); one at them after ``step`` steps lost them on restore
+        (S3, BN008)."""
+        states = {}
+        if step <= 0 or not self._rows:
+            return states
+        _, layers, _ = self._rows[0]
+        for layer in self.layers:
+            got, updated = layers[layer.name]
+            init_mean, init_var = self._init[layer.name]
+            at_init = (np.allclose(got["moving_mean"], init_mean) and np.allclose(got["moving_var"], init_var))
+            if at_init and not updated:
+                states[layer.name] = "at_initializer"
+            elif not at_init and self._counts[layer.name] == 0:
+                self._counts[layer.name] = int(step)
+                states[layer.name] = "resumed"
+        return states
+
+    def not_run(self):
+        return []
+
+    @property
+    def drain_every(self):
+        return HOST_ROWS
+
+    def drain(self):
+        rows, self._rows = self._rows, []
+        if not rows:
+            return []
+        self.reads += 1
+        steps = np.array([step for step, _, _ in rows], np.int64)
+        layers = {}
+        for layer in self.layers:
+            got = [r[1][layer.name] for r in rows]
+            stack = lambda key: np.stack([np.asarray(g[key], np.float64) for g, _ in got])  # noqa: E731
+            samples = np.array([float(g["samples"]) for g, _ in got])
+            updated = np.array([u for _, u in got], np.int64)
+            updates = self._counts[layer.name] + np.cumsum(updated)
+            self._counts[layer.name] = int(updates[-1])
+            init_mean, init_var = self._init[layer.name]
+            layers[layer.name] = LayerBlock(
+                batch_mean=stack("batch_mean"), batch_var=stack("batch_var"), moving_mean=stack("moving_mean"),
+                moving_var=stack("moving_var"), updates=updates, updating=bool(updated.any()),
+                init_mean=init_mean, init_var=init_var,
+                samples_per_channel=samples if layer.moving_var_unbiased and np.all(np.isfinite(samples)) else None)
+        names = sorted({name for _, _, logs in rows for name in logs})
+        logs = {name: np.array([r[2].get(name, math.nan) for r in rows], np.float64) for name in names}
+        return [Block(steps=steps, layers=layers, logs=logs)]
+
+
+def _initial_value(variable, fill):
+    """A variable's initial value as numpy when its initializer is a constant
+    (tf_keras' zeros / ones), else ``fill``."""
+    import tensorflow as tf
+
+    try:
+        value = tf.get_static_value(variable.initial_value)
+    except Exception:  # noqa: BLE001 - not every initializer is constant
+        value = None
+    if value is None:
+        warnings.warn(f"tb_bnstats: {variable.name}: initializer not constant, taken as {fill}", RuntimeWarning)
+        return np.full(int(np.prod(variable.shape)), fill)
+    return np.broadcast_to(np.asarray(value, np.float64), tuple(variable.shape)).ravel().copy()

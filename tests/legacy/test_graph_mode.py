@@ -1,0 +1,153 @@
+"""TensorFlow 1-style graph code (``tf.compat.v1``): the reported cases
+rebuilt on TensorFlow 2.21, logged with :mod:`tb_bnstats.compat.v1`, and
+the findings the diagnosis makes of them; the logged moments against numpy
+moments of the layers' real inputs."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tb_bnstats
+from graph_nets import batches, conv_net, digit_images, dropout_regression_net, hand_written_net
+from scenarios_common import digits
+from tb_bnstats.compat.v1 import BNStatsFetches, BNStatsHook
+
+v1 = tf.compat.v1
+
+
+def train(net, log_dir, steps, batch=32, data=None, monitor_kwargs=None, hand_written=False, close_feed=False):
+    """Trains ``net`` with a plain ``sess.run`` loop and the monitor; returns
+    (monitor, train-mode accuracy, inference-mode accuracy) on the data."""
+    x, y = data if data is not None else digit_images()
+    with net.graph.as_default(), v1.Session(graph=net.graph) as sess:
+        monitor = BNStatsFetches(log_dir, net.train_op, metrics={"loss": net.loss}, verbose=0,
+                                 **(monitor_kwargs or {}))
+        if hand_written:
+            monitor.add_layer("my_bn", momentum=net.hand_decay, **net.hand)
+        sess.run(v1.global_variables_initializer())
+        for step, (xb, yb) in enumerate(batches(x, y, batch, steps), start=1):
+            _, got = sess.run([net.train_op, monitor.fetches], {net.x: xb, net.y: yb, net.is_training: True})
+            monitor.log(got, step)
+        accuracy = {}
+        if net.accuracy is not None:
+            for mode in (True, False):
+                accuracy[mode] = sess.run(net.accuracy, {net.x: x[:512], net.y: y[:512], net.is_training: mode})
+        monitor.close(session=sess, feed_dict={net.x: x[:512]} if close_feed else None)
+    return monitor, accuracy
+
+
+def codes(findings):
+    return {f.code for f in findings if f.severity in ("error", "warning")}
+
+
+def test_momentum_099_for_100_steps_is_bn001_and_inference_accuracy_is_far_below_training(tmp_path):
+    x, y = digit_images()
+    # Digits on a bright background (pixels + 30): BN inputs whose mean is many stds from the initial 0.
+    monitor, accuracy = train(conv_net(momentum=0.99, lr=3e-3), tmp_path / "run", steps=100, data=(x + 30.0, y))
+    assert accuracy[True] - accuracy[False] > 0.4, accuracy  # the symptom: training mode far above inference
+    assert codes(monitor.findings) == {"BN001"}, [str(f) for f in monitor.findings]
+    bn001 = next(f for f in monitor.findings if f.code == "BN001")
+    assert set(bn001.layers) == {"block1/batch_normalization", "block2/batch_normalization"}
+    assert "63% converged after 100 updates at momentum 0.99" in bn001.message
+    run = tb_bnstats.load(tmp_path)["run"]
+    layer = run.layers["block1/batch_normalization"]
+    assert layer.info.framework == "tf.compat.v1" and layer.info.momentum == pytest.approx(0.99)
+    np.testing.assert_array_equal(layer.series["updates"], np.arange(1, 101))
+    np.testing.assert_allclose(layer.series["convergence"], 1 - 0.99 ** np.arange(1, 101), rtol=1e-6)
+    steps, losses = run.metrics["train/loss"]
+    assert list(steps) == list(range(1, 101)) and np.all(np.isfinite(losses))
+
+
+def test_update_ops_left_out_of_the_train_op_is_bn002_with_the_tf1_fix(tmp_path):
+    monitor, _ = train(conv_net(momentum=0.9, update_ops=False), tmp_path / "run", steps=30)
+    assert codes(monitor.findings) == {"BN002"}, [str(f) for f in monitor.findings]
+    bn002 = next(f for f in monitor.findings if f.code == "BN002")
+    assert set(bn002.layers) == {"block1/batch_normalization", "block2/batch_normalization"}
+    assert "update ops" in bn002.message
+    assert "tf.control_dependencies(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS))" in bn002.message
+    layer = tb_bnstats.load(tmp_path)["run"].layers["block1/batch_normalization"]
+    assert layer.info.update_ops_left_out
+    np.testing.assert_array_equal(layer.series["updates"], 0)
+    np.testing.assert_allclose(layer.snapshots["moving_mean"][-1], 0.0)  # never updated: still the initial zeros
+
+
+def test_hand_written_bn_with_decay_1e5_is_bn003(tmp_path):
+    net = hand_written_net(decay=1e-5)
+    net.hand_decay = 1e-5
+    x, y = digits()
+    monitor, _ = train(net, tmp_path / "run", steps=60, data=(x, y), hand_written=True)
+    assert "BN003" in codes(monitor.findings), [str(f) for f in monitor.findings]
+    assert next(f for f in monitor.findings if f.code == "BN003").layers == ["my_bn"]
+
+
+def test_dropout_before_bn_is_bn004_on_the_live_graph(tmp_path):
+    x, labels = digits()
+    y = (labels.astype("float32") - 4.5) / 3.0
+    monitor, _ = train(dropout_regression_net(), tmp_path / "run", steps=300, data=(x, y), close_feed=True)
+    bn004 = [f for f in monitor.findings if f.code == "BN004"]
+    assert bn004 and bn004[0].layers[0] == "batch_normalization", [str(f) for f in monitor.findings]
+    assert "wider than at inference" in bn004[0].message
+    # Without the live check the training logs cannot show it, and no finding says otherwise.
+    again, _ = train(dropout_regression_net(), tmp_path / "logs_only", steps=300, data=(x, y))
+    assert "BN004" not in codes(again.findings)
+
+
+@pytest.mark.parametrize("fused", [None, False])
+def test_a_healthy_graph_run_has_no_finding_and_exact_moments(tmp_path, fused):
+    net = conv_net(momentum=0.9, fused=fused, lr=3e-3)
+    x, y = digit_images()
+    with net.graph.as_default(), v1.Session(graph=net.graph) as sess:
+        monitor = BNStatsFetches(tmp_path / "run", net.train_op, metrics={"loss": net.loss}, verbose=0,
+                                 snapshot_every_n_steps=1)
+        probe = [net.graph.get_tensor_by_name(f"block{i}/conv2d/Conv2D:0") for i in (1, 2)]
+        sess.run(v1.global_variables_initializer())
+        seen = []
+        for step, (xb, yb) in enumerate(batches(x, y, 64, 200), start=1):
+            _, got, inputs = sess.run([net.train_op, monitor.fetches, probe],
+                                      {net.x: xb, net.y: yb, net.is_training: True})
+            monitor.log(got, step)
+            if step <= 3:
+                seen.append(inputs)
+        monitor.close()
+    assert codes(monitor.findings) == set(), [str(f) for f in monitor.findings]
+    run = tb_bnstats.load(tmp_path)["run"]
+    for k, name in enumerate(net.bn_names):
+        layer = run.layers[name]
+        assert layer.info.moving_var_unbiased == (fused is None)  # the fused kernel: Bessel-corrected average
+        for i in range(3):
+            h = seen[i][k].astype(np.float64)
+            n = h.size / h.shape[-1]
+            var = h.var(axis=(0, 1, 2)) * (n / (n - 1) if fused is None else 1.0)
+            np.testing.assert_allclose(layer.snapshots["batch_mean"][i], h.mean(axis=(0, 1, 2)), rtol=1e-5,
+                                       atol=1e-5 * np.abs(h).max())
+            np.testing.assert_allclose(layer.snapshots["batch_var"][i], var, rtol=1e-5)
+        # The moving statistics after each call: the average of what was logged, step by step.
+        mm = layer.snapshots["moving_mean"]
+        np.testing.assert_allclose(mm[1], 0.9 * mm[0] + 0.1 * layer.snapshots["batch_mean"][1], rtol=1e-4, atol=1e-6)
+
+
+def test_monitored_training_session_hook_logs_at_the_global_step(tmp_path):
+    net = conv_net(momentum=0.9, update_ops=False)
+    x, y = digit_images()
+    with net.graph.as_default():
+        hook = BNStatsHook(tmp_path / "run", metrics={"loss": net.loss}, verbose=0)
+        with v1.train.MonitoredTrainingSession(hooks=[hook], save_checkpoint_steps=None,
+                                               save_summaries_steps=None) as sess:
+            for xb, yb in batches(x, y, 32, 20):
+                sess.run(net.train_op, {net.x: xb, net.y: yb, net.is_training: True})
+    run = tb_bnstats.load(tmp_path)["run"]
+    assert list(run.layers["block1/batch_normalization"].steps) == list(range(1, 21))
+    assert codes(hook.findings) == {"BN002"}
+
+
+def test_bad_arguments_fail_at_construction(tmp_path):
+    net = conv_net()
+    with pytest.raises(ValueError, match="train_op"):
+        BNStatsFetches(tmp_path / "a", None)
+    with pytest.raises(ValueError, match="metrics"):
+        BNStatsFetches(tmp_path / "a", net.train_op, metrics={"loss": 3.0})
+    monitor = BNStatsFetches(tmp_path / "a", net.train_op)
+    with pytest.raises(ValueError, match="momentum"):
+        with net.graph.as_default():
+            v = v1.get_variable("v", [2])
+        monitor.add_layer("bad", v, v, momentum=1.5, inputs=net.x)
