@@ -25,8 +25,13 @@ system-deps:
 # CUDA build of several GB; 2.13.0 is the CPU build this setup installs (see README, Install).
 TORCH := "torch==2.13.0"
 
+# tf_keras (Keras 2) for the TensorFlow 1-style tests: its wheel requires the "tensorflow" distribution,
+# which would install the full TensorFlow beside tensorflow-cpu; with --no-deps it runs on tensorflow-cpu.
+TF_KERAS := "tf-keras>=2.21,<2.22"
+
 install-test: $(PY) system-deps
 	$(PIP) install --quiet -e ".[test,tensorflow,jax]" $(TORCH)
+	$(PIP) install --quiet --no-deps $(TF_KERAS)
 	cd frontend && npm ci --no-audit --no-fund --loglevel=error
 
 # Rebuilds the committed bundle and fails if it differs from what is committed.
@@ -38,16 +43,18 @@ test-frontend: install-test
 	cd frontend && npm test --silent
 
 # Everything under TensorFlow, then the tests of what depends on the backend once more in a pytest
-# process of its own per backend (Keras picks its backend once per process), then PyTorch's own.
+# process of its own per backend (Keras picks its backend once per process), then PyTorch's own, then
+# TensorFlow 1-style code and tf_keras (TF_USE_LEGACY_KERAS=1 must be set before TensorFlow is imported).
 BACKEND_TESTS := tests/test_capture.py tests/test_resume.py tests/test_flush.py tests/test_probe.py \
 	tests/test_population.py tests/test_population_logging.py tests/test_memory_bounds.py tests/test_training_faults.py \
 	tests/test_transfer_learning.py
 
 test-python: install-test
-	$(PY) -m pytest -q tests --ignore=tests/pytorch
+	$(PY) -m pytest -q tests --ignore=tests/pytorch --ignore=tests/legacy
 	KERAS_BACKEND=jax $(PY) -m pytest -q $(BACKEND_TESTS)
 	KERAS_BACKEND=torch $(PY) -m pytest -q $(BACKEND_TESTS)
 	$(PY) -m pytest -q tests/pytorch
+	TF_USE_LEGACY_KERAS=1 $(PY) -m pytest -q tests/legacy
 
 test: frontend-check test-frontend test-python
 

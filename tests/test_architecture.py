@@ -22,6 +22,7 @@ ALLOWED = {
     "recorder": {"format", "quantities", "write", "measure", "diagnosis", "capture"},
     "callback": {"recorder", "capture", "measure", "write", "diagnosis", "format"},
     "torch": {"recorder", "capture", "measure", "write", "diagnosis", "format"},  # the PyTorch monitor
+    "compat": {"recorder", "capture", "write", "diagnosis", "format"},  # TensorFlow 1-style graphs
     "plugin": {"format", "quantities", "read", "diagnosis"},
     "cli": {"read", "diagnosis"},
     "__init__": set(),

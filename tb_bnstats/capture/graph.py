@@ -496,10 +496,16 @@ class GraphCapture:
         for layer in self.layers:
             got, updated = layers[layer.name]
             init_mean, init_var = self._init[layer.name]
-            at_init = (np.allclose(got["moving_mean"], init_mean) and np.allclose(got["moving_var"], init_var))
-            if at_init and not updated:
+            moving_mean = np.asarray(got["moving_mean"], np.float64)
+            if updated:  # read after the first update: from the initial values, it is one step of the average
+                m = layer.momentum
+                at_init = np.allclose(moving_mean, m * init_mean + (1 - m) * np.asarray(got["batch_mean"]),
+                                      rtol=1e-4, atol=1e-6)
+            else:
+                at_init = np.allclose(moving_mean, init_mean) and np.allclose(got["moving_var"], init_var)
+            if at_init:
                 states[layer.name] = "at_initializer"
-            elif not at_init and self._counts[layer.name] == 0:
+            elif self._counts[layer.name] == 0:
                 self._counts[layer.name] = int(step)
                 states[layer.name] = "resumed"
         return states

@@ -71,6 +71,46 @@ def test_update_ops_left_out_of_the_train_op_is_bn002_with_the_tf1_fix(tmp_path)
     np.testing.assert_allclose(layer.snapshots["moving_mean"][-1], 0.0)  # never updated: still the initial zeros
 
 
+def test_is_training_fed_false_in_the_train_calls_is_bn002_telling_to_feed_true(tmp_path):
+    net = conv_net(momentum=0.9)
+    x, y = digit_images()
+    with net.graph.as_default(), v1.Session(graph=net.graph) as sess:
+        monitor = BNStatsFetches(tmp_path / "run", net.train_op, verbose=0)
+        sess.run(v1.global_variables_initializer())
+        for step, (xb, yb) in enumerate(batches(x, y, 32, 20), start=1):
+            _, got = sess.run([net.train_op, monitor.fetches], {net.x: xb, net.y: yb, net.is_training: False})
+            monitor.log(got, step)
+        monitor.close()
+    bn002 = [f for f in monitor.findings if f.code == "BN002"]
+    assert bn002 and "is_training" in bn002[0].message and "feed is_training=True" in bn002[0].message
+    assert "UPDATE_OPS" not in bn002[0].message
+
+
+def test_a_restore_of_the_trainable_variables_only_is_bn008(tmp_path):
+    """The TF1 classic: Saver(tf.trainable_variables()) leaves the moving
+    statistics out of the checkpoint; training resumes at step 40 with them
+    at their initial values."""
+    x, y = digit_images()
+    net = conv_net(momentum=0.9)
+    with net.graph.as_default(), v1.Session(graph=net.graph) as sess:
+        sess.run(v1.global_variables_initializer())
+        for xb, yb in batches(x, y, 32, 40):
+            sess.run(net.train_op, {net.x: xb, net.y: yb, net.is_training: True})
+        saver = v1.train.Saver(v1.trainable_variables())
+        path = saver.save(sess, str(tmp_path / "ckpt" / "model"))
+    with net.graph.as_default(), v1.Session(graph=net.graph) as sess:
+        sess.run(v1.global_variables_initializer())
+        saver.restore(sess, path)
+        monitor = BNStatsFetches(tmp_path / "run", net.train_op, verbose=0)
+        for step, (xb, yb) in enumerate(batches(x, y, 32, 30, seed=1), start=41):
+            _, got = sess.run([net.train_op, monitor.fetches], {net.x: xb, net.y: yb, net.is_training: True})
+            monitor.log(got, step)
+        monitor.close()
+    bn008 = [f for f in monitor.findings if f.code == "BN008"]
+    assert bn008 and set(bn008[0].layers) == set(net.bn_names), [str(f) for f in monitor.findings]
+    assert "resumed at step 40" in bn008[0].message
+
+
 def test_hand_written_bn_with_decay_1e5_is_bn003(tmp_path):
     net = hand_written_net(decay=1e-5)
     net.hand_decay = 1e-5
