@@ -386,7 +386,12 @@ class GraphCapture:
                 mean, var = tf.cast(layer.batch_mean, tf.float32), tf.cast(layer.batch_var, tf.float32)
                 samples = tf.constant(float("nan"), tf.float64)
             training = tf.convert_to_tensor(layer.training, tf.bool)
-            with tf.control_dependencies(layer.update_ops if with_updates else []):
+            # A control edge to a tf.cond (If) op does not wait for the assignments inside its branch once
+            # the cond is lowered for the session (measured: the read came before them); a data edge from
+            # its output, the value the branch assigned, does.
+            waits = [tf.identity(op.outputs[0]) if op.type in _IF and op.outputs else op
+                     for op in (layer.update_ops or [])] if with_updates else []
+            with tf.control_dependencies(waits):
                 moving = (tf.identity(layer.moving_mean.read_value()), tf.identity(layer.moving_var.read_value()))
         return {"batch_mean": tf.reshape(mean, [-1]), "batch_var": tf.reshape(var, [-1]),
                 "moving_mean": tf.reshape(tf.cast(moving[0], tf.float32), [-1]),
@@ -400,10 +405,12 @@ class GraphCapture:
         fetches, read after its update ops where those run (module
         docstring), and the metrics. Returns ``(fetches, updates_run)``:
         ``updates_run`` ``{layer: bool}`` goes to :meth:`keep`."""
-        key = tuple(sorted(ops_needed(train_fetches, self.model)))
+        import tensorflow as tf
+
+        key = tuple(getattr(item, "name", item) for item in tf.nest.flatten(train_fetches))
         cached = self._fetch_cache.get(key)
-        if cached is None:
-            needed = set(key)
+        if cached is None:  # a new set of train fetches: which update ops it runs, found once
+            needed = ops_needed(train_fetches, self.model)
             runs = {layer.name: layer.update_ops is None or (bool(layer.update_ops) and all(
                 op.name in needed for op in layer.update_ops)) for layer in self.layers}
             fetches = {name: (self._after[name] if runs[name] and name in self._after else self._plain[name])

@@ -162,8 +162,9 @@ def test_a_healthy_graph_run_has_no_finding_and_exact_moments(tmp_path, fused):
                                        atol=1e-5 * np.abs(h).max())
             np.testing.assert_allclose(layer.snapshots["batch_var"][i], var, rtol=1e-5)
         # The moving statistics after each call: the average of what was logged, step by step.
-        mm = layer.snapshots["moving_mean"]
-        np.testing.assert_allclose(mm[1], 0.9 * mm[0] + 0.1 * layer.snapshots["batch_mean"][1], rtol=1e-4, atol=1e-6)
+        mm, bm = layer.snapshots["moving_mean"], layer.snapshots["batch_mean"]
+        np.testing.assert_allclose(mm[0], 0.1 * bm[0], rtol=1e-4, atol=1e-6)  # after the first update, from 0
+        np.testing.assert_allclose(mm[1], 0.9 * mm[0] + 0.1 * bm[1], rtol=1e-4, atol=1e-6)
 
 
 def test_monitored_training_session_hook_logs_at_the_global_step(tmp_path):
@@ -191,3 +192,72 @@ def test_bad_arguments_fail_at_construction(tmp_path):
         with net.graph.as_default():
             v = v1.get_variable("v", [2])
         monitor.add_layer("bad", v, v, momentum=1.5, inputs=net.x)
+
+
+def _fit_graph(graph, x_ph, is_training, train_op, feeds, log_dir, **monitor_kwargs):
+    with graph.as_default(), v1.Session(graph=graph) as sess:
+        monitor = BNStatsFetches(log_dir, train_op, verbose=0, snapshot_every_n_steps=1, **monitor_kwargs)
+        sess.run(v1.global_variables_initializer())
+        for step, xb in enumerate(feeds, start=1):
+            _, got = sess.run([train_op, monitor.fetches], {x_ph: xb, is_training: True})
+            monitor.log(got, step)
+        monitor.close()
+    return monitor, tb_bnstats.load(log_dir.parent)[log_dir.name]
+
+
+@pytest.mark.parametrize("with_updates", [True, False])
+def test_keras_layers_called_in_a_graph_are_found_with_their_own_update_ops(tmp_path, with_updates):
+    """tf.keras (tf_keras) BN layers in a graph keep their update ops in
+    layer.updates, not in UPDATE_OPS."""
+    graph = tf.Graph()
+    with graph.as_default():
+        x = v1.placeholder(tf.float32, [None, 8, 8, 1])
+        is_training = v1.placeholder_with_default(False, [])
+        conv_bn = tf.keras.layers.BatchNormalization(momentum=0.8, name="conv_bn")  # 4-D: fused
+        dense_bn = tf.keras.layers.BatchNormalization(momentum=0.8, name="dense_bn")  # 2-D: not fused
+        h = tf.nn.relu(conv_bn(tf.keras.layers.Conv2D(4, 3)(x), training=is_training))
+        h = dense_bn(tf.keras.layers.Dense(5)(tf.keras.layers.Flatten()(h)), training=is_training)
+        loss = tf.reduce_mean(tf.square(h - 1.0))
+        updates = conv_bn.updates + dense_bn.updates if with_updates else []
+        with tf.control_dependencies(updates):
+            train_op = v1.train.GradientDescentOptimizer(0.01).minimize(loss)
+    x_data = digit_images()[0][:320] + 3.0
+    monitor, run = _fit_graph(graph, x, is_training, train_op, np.split(x_data, 10), tmp_path / "run")
+    assert sorted(run.layers) == ["conv_bn", "dense_bn"]
+    for name in ("conv_bn", "dense_bn"):
+        layer = run.layers[name]
+        assert layer.info.momentum == pytest.approx(0.8)
+        np.testing.assert_array_equal(layer.series["updates"], np.arange(1, 11) if with_updates else 0)
+    assert run.layers["conv_bn"].info.moving_var_unbiased and not run.layers["dense_bn"].info.moving_var_unbiased
+    if with_updates:
+        mm, bm = run.layers["dense_bn"].snapshots["moving_mean"], run.layers["dense_bn"].snapshots["batch_mean"]
+        np.testing.assert_allclose(mm[0], 0.2 * bm[0], rtol=1e-5, atol=1e-6)  # after the first update, from 0
+    else:
+        assert run.layers["dense_bn"].info.update_ops_left_out
+
+
+def test_fused_batch_norm_with_its_own_moving_averages_is_found(tmp_path):
+    graph = tf.Graph()
+    with graph.as_default():
+        x = v1.placeholder(tf.float32, [None, 8, 8, 1])
+        is_training = v1.placeholder_with_default(True, [])
+        h = v1.layers.conv2d(x, 4, 3, use_bias=False)
+        with v1.variable_scope("raw"):
+            scale = v1.get_variable("scale", [4], initializer=v1.ones_initializer())
+            offset = v1.get_variable("offset", [4], initializer=v1.zeros_initializer())
+            mean_avg = v1.get_variable("mean_avg", [4], initializer=v1.zeros_initializer(), trainable=False)
+            var_avg = v1.get_variable("var_avg", [4], initializer=v1.ones_initializer(), trainable=False)
+            out, new_mean, new_var = v1.nn.fused_batch_norm(h, scale, offset, mean=mean_avg, variance=var_avg,
+                                                            is_training=True, exponential_avg_factor=0.25)
+            updates = [v1.assign(mean_avg, new_mean), v1.assign(var_avg, new_var)]
+        loss = tf.reduce_mean(tf.square(out - 1.0))
+        with tf.control_dependencies(updates):
+            train_op = v1.train.GradientDescentOptimizer(0.01).minimize(loss)
+    x_data = digit_images()[0][:320]
+    monitor, run = _fit_graph(graph, x, is_training, train_op, np.split(x_data, 10), tmp_path / "run")
+    assert list(run.layers) == ["raw"]
+    layer = run.layers["raw"]
+    assert layer.info.momentum == pytest.approx(0.75) and layer.info.moving_var_unbiased
+    np.testing.assert_array_equal(layer.series["updates"], np.arange(1, 11))
+    mm, bm = layer.snapshots["moving_mean"], layer.snapshots["batch_mean"]
+    np.testing.assert_allclose(mm[1], 0.75 * mm[0] + 0.25 * bm[1], rtol=1e-5, atol=1e-6)
