@@ -61,6 +61,7 @@ class _GraphMonitor:
         self._hand_written = []
         self._recorder = recorder.Recorder(self.schedule)
         self.capture = None
+        self._updates_run = None  # {layer: whether the train call runs its update ops}, of the last fetches
         self._step = None
         self._epoch_start = 0
         self.closed = False
@@ -113,21 +114,26 @@ class _GraphMonitor:
 
         def make():
             found, skipped = graph_capture.find_layers(graph)
-            named = {layer.name for layer in self._hand_written}
+            # A layer named by hand is logged as the user named it, not also as found.
+            mine = {layer.moving_mean.name for layer in self._hand_written}
+            scopes = {name.rsplit("/", 1)[0] for name in mine}
             for name, why in skipped.items():
-                rec.warn_once(f"layer {name}", f"{name}: not logged, {why}")
-            return graph_capture.GraphCapture(graph, [layer for layer in found if layer.name not in named]
-                                              + self._hand_written, self._metrics)
+                if name not in scopes:
+                    rec.warn_once(f"layer {name}", f"{name}: not logged, {why}")
+            found = [layer for layer in found if layer.moving_mean.name not in mine]
+            return graph_capture.GraphCapture(graph, found + self._hand_written, self._metrics)
 
         self.capture = rec.guard("finding the BatchNormalization layers of the graph", make)
         rec.attach(self.capture, "graph")
 
     def _fetches_for(self, train_fetches):
+        """``(fetches, updates_run)``; ``({}, None)`` when the capture failed
+        (an empty fetch leaves the train call as it was)."""
         got = self._recorder.guard("preparing the fetches", self.capture.fetches, train_fetches)
-        return got if got is not None else (None, None)
+        return got if got is not None else ({}, None)
 
     def _log(self, results, updates_run, step, values):
-        if self.closed or self.capture is None or results is None:
+        if self.closed or self.capture is None or not results or updates_run is None:
             return
         rec = self._recorder
         if step is None:
@@ -218,14 +224,13 @@ class BNStatsFetches(_GraphMonitor):
         graph = graph or next((getattr(t, "graph", None) for t in tf.nest.flatten(train_op)), None)
         super().__init__(log_dir, graph=graph, metrics=metrics, **options)
         self._train_op = train_op
-        self._updates_run = None
 
     @property
     def fetches(self):
         """Add this to the train call's fetches (``sess.run([train_op,
         monitor.fetches], ...)``) and hand what it returns to :meth:`log`."""
         self._prepare(self._graph)
-        fetches, self._updates_run = self._fetches_for(self._train_op) if self.capture is not None else (None, None)
+        fetches, self._updates_run = self._fetches_for(self._train_op) if self.capture is not None else ({}, None)
         return fetches
 
     def log(self, results, step=None, **values):
@@ -262,7 +267,8 @@ class BNStatsHook(_GraphMonitor, _hook_base()):
 
     def __init__(self, log_dir, metrics=None, check_feed_dict=None, **options):
         super().__init__(log_dir, metrics=metrics, **options)
-        self._global_step = None
+        self._global_step = None  # a read of the graph's global step, made at begin()
+        self._first_step = None  # its value when the session was made
         self._check_feed_dict = check_feed_dict
 
     def begin(self):
@@ -287,11 +293,11 @@ class BNStatsHook(_GraphMonitor, _hook_base()):
         if self.closed or self.capture is None:
             return None
         fetches, self._updates_run = self._fetches_for(run_context.original_args.fetches)
-        return None if fetches is None else tf.compat.v1.train.SessionRunArgs(fetches)
+        return tf.compat.v1.train.SessionRunArgs(fetches) if fetches else None
 
     def after_run(self, run_context, run_values):
         step = None
-        if self._step is None and getattr(self, "_first_step", None) is not None:
+        if self._step is None and self._first_step is not None:
             step = self._first_step + 1
         self._log(run_values.results, self._updates_run, step, None)
 

@@ -261,3 +261,32 @@ def test_fused_batch_norm_with_its_own_moving_averages_is_found(tmp_path):
     np.testing.assert_array_equal(layer.series["updates"], np.arange(1, 11))
     mm, bm = layer.snapshots["moving_mean"], layer.snapshots["batch_mean"]
     np.testing.assert_allclose(mm[1], 0.75 * mm[0] + 0.25 * bm[1], rtol=1e-5, atol=1e-6)
+
+
+def test_a_graph_without_bn_or_a_failing_capture_never_breaks_the_train_call(tmp_path, monkeypatch):
+    graph = tf.Graph()
+    with graph.as_default():
+        x = v1.placeholder(tf.float32, [None, 64])
+        loss = tf.reduce_mean(tf.square(v1.layers.dense(x, 1)))
+        train_op = v1.train.GradientDescentOptimizer(0.01).minimize(loss)
+    data = digits()[0][:64]
+    with graph.as_default(), v1.Session(graph=graph) as sess:
+        sess.run(v1.global_variables_initializer())
+        monitor = BNStatsFetches(tmp_path / "plain", train_op, metrics={"loss": loss}, verbose=0)
+        for step in range(1, 4):
+            _, got = sess.run([train_op, monitor.fetches], {x: data})
+            monitor.log(got, step)
+        monitor.close()
+        assert tb_bnstats.load(tmp_path)["plain"].metrics["train/loss"][0].tolist() == [1, 2, 3]
+        from tb_bnstats.capture import graph as graph_capture
+
+        def broken(self, train_fetches):
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(graph_capture.GraphCapture, "fetches", broken)
+        failing = BNStatsFetches(tmp_path / "failing", train_op, verbose=0)
+        with pytest.warns(RuntimeWarning, match="boom"):
+            for step in range(1, 4):
+                _, got = sess.run([train_op, failing.fetches], {x: data})  # an empty fetch: the call runs
+                failing.log(got, step)
+        failing.close()

@@ -131,7 +131,10 @@ def instrument_layer(layer, slot):
         if hooks.in_train_step():
             # tf_keras resolves training before call; trainable=False runs the layer in inference mode.
             trains = training is not False and training is not None and bool(layer.trainable)
-            hooks.never_raise(slot.ran if trains else record_inference_mode, *(() if trains else (inputs,)))
+            if trains:
+                hooks.never_raise(slot.ran)
+            else:
+                hooks.never_raise(record_inference_mode, inputs)
         slot.training_call = trains
         try:
             return original_call(inputs, training=training, mask=mask)
