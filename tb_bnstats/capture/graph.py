@@ -41,7 +41,7 @@ mode and its update ops ran: a train op built without
 import dataclasses
 import math
 import warnings
-from typing import List, Optional
+from typing import Optional
 
 import numpy as np
 
