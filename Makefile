@@ -68,9 +68,11 @@ DEMO_LOGS ?= demo/logs
 PORT ?= 6006
 demo-logs: $(PY)
 	$(PIP) install --quiet -e ".[tensorflow,demo]" $(TORCH)
+	$(PIP) install --quiet --no-deps $(TF_KERAS)
 	$(PY) demo/train.py --logdir $(DEMO_LOGS)
 	$(PY) demo/train_torch.py --logdir $(DEMO_LOGS)
 	$(PY) demo/train_replicas.py --logdir $(DEMO_LOGS)
+	$(PY) demo/train_tf1.py --logdir $(DEMO_LOGS)
 
 demo: demo-logs
 	@echo "BN Convergence tab: http://localhost:$(PORT)/#bn_stats"

@@ -122,7 +122,8 @@ def _momentum_of(graph, scope, ops, functions):
     Non-fused: ``AssignMovingAvg/decay`` = 1 - momentum (a constant, also
     inside the update's ``tf.cond``). Fused: ``AssignMovingAvg/sub`` is
     ``1 - momentum`` with the momentum a constant, or with a ``training``
-    tensor the output of a ``tf.cond`` whose true branch is that constant."""
+    tensor the output of a ``tf.cond`` whose true branch is that constant
+    (an ``If`` op, or a ``Merge`` under control flow v1)."""
     for op in ops:
         if op.type == "Const" and op.name.endswith("AssignMovingAvg/decay"):
             return 1.0 - float(_const_value(op.node_def))
@@ -136,6 +137,10 @@ def _momentum_of(graph, scope, ops, functions):
     source = sub.inputs[1].op
     while source.type == "Identity":
         source = source.inputs[0].op
+    if source.type == "Merge":  # control flow v1 (disable_v2_behavior): Merge(false branch, true branch)
+        source = source.inputs[1].op
+        while source.type == "Identity":
+            source = source.inputs[0].op
     if source.type == "Const":
         return float(_const_value(source.node_def))
     if source.type in _IF:

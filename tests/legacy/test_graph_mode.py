@@ -290,3 +290,26 @@ def test_a_graph_without_bn_or_a_failing_capture_never_breaks_the_train_call(tmp
                 _, got = sess.run([train_op, failing.fetches], {x: data})  # an empty fetch: the call runs
                 failing.log(got, step)
         failing.close()
+
+
+def test_the_old_codes_disable_v2_behavior_graphs_are_captured_too(tmp_path):
+    """Ref variables and control flow v1 (Switch/Merge), in a process of its own."""
+    import json
+    import pathlib
+    import subprocess
+    import sys
+
+    script = pathlib.Path(__file__).with_name("v1_behavior_run.py")
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(next(ln for ln in done.stdout.splitlines() if ln.startswith("RESULT "))[len("RESULT "):])
+    with_updates, without = out["with_updates"], out["without"]
+    assert sorted(with_updates["layers"]) == ["batch_normalization", "batch_normalization_1"]
+    for name, momentum in (("batch_normalization", 0.9), ("batch_normalization_1", 0.8)):
+        layer = with_updates["layers"][name]
+        assert layer["momentum"] == pytest.approx(momentum)
+        assert layer["updates"] == list(range(1, 21))
+        np.testing.assert_allclose(layer["first_moving_mean"], (1 - momentum) * np.array(layer["first_batch_mean"]),
+                                   rtol=1e-4, atol=1e-6)  # read after the first update, from 0
+        assert without["layers"][name]["updates"] == [0] * 20
+    assert "BN002" not in with_updates["findings"] and without["findings"] == ["BN002"]
