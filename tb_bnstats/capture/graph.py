@@ -45,7 +45,7 @@ from typing import Optional
 
 import numpy as np
 
-from tb_bnstats.capture import Block, LayerBlock
+from tb_bnstats.capture import Block, LayerBlock, tf_moments
 from tb_bnstats.format.metadata import LayerInfo
 
 FRAMEWORK = "tf.compat.v1"
@@ -313,7 +313,9 @@ def hand_written(name, moving_mean, moving_var, momentum, inputs=None, batch_mea
             raise ValueError(f"{name}: {what} must be the variable holding the moving average, got {v!r}")
     return GraphLayer(name=name, moving_mean=moving_mean, moving_var=moving_var, momentum=float(momentum),
                       epsilon=float(epsilon), inputs=inputs, batch_mean=batch_mean, batch_var=batch_var,
-                      training=training, update_ops=None if update_ops is None else list(update_ops),
+                      training=training,
+                      # ops, whatever the assign returned (a tensor, or a resource variable's unread value)
+                      update_ops=None if update_ops is None else [getattr(u, "op", u) for u in update_ops],
                       moving_var_unbiased=bool(moving_var_unbiased), channel_axis=channel_axis,
                       layer_class="hand-written")
 
@@ -382,11 +384,8 @@ class GraphCapture:
 
         with tf.name_scope(layer.name.replace(":", "_")):
             if layer.inputs is not None:
-                x = tf.cast(layer.inputs, tf.float32)
-                rank = x.shape.rank
-                axis = layer.channel_axis % rank
-                mean, var = tf.nn.moments(x, [i for i in range(rank) if i != axis])
-                samples = tf.cast(tf.size(x), tf.float64) / tf.cast(tf.shape(x)[axis], tf.float64)
+                mean, var = tf_moments.channel_moments(layer.inputs, layer.channel_axis)
+                samples = tf_moments.values_per_channel(layer.inputs, layer.channel_axis)
             else:
                 mean, var = tf.cast(layer.batch_mean, tf.float32), tf.cast(layer.batch_var, tf.float32)
                 samples = tf.constant(float("nan"), tf.float64)

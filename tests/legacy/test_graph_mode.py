@@ -118,6 +118,12 @@ def test_hand_written_bn_with_decay_1e5_is_bn003(tmp_path):
     monitor, _ = train(net, tmp_path / "run", steps=60, data=(x, y), hand_written=True)
     assert "BN003" in codes(monitor.findings), [str(f) for f in monitor.findings]
     assert next(f for f in monitor.findings if f.code == "BN003").layers == ["my_bn"]
+    layer = tb_bnstats.load(tmp_path)["run"].layers["my_bn"]
+    assert layer.info.layer_class == "hand-written" and layer.info.momentum == pytest.approx(1e-5)
+    np.testing.assert_array_equal(layer.series["updates"], np.arange(1, 61))  # its update ops ran
+    # decay 1e-5: the moving statistics are the last batch's (read after this call's update).
+    np.testing.assert_allclose(layer.snapshots["moving_mean"][-1], layer.snapshots["batch_mean"][-1], rtol=1e-4,
+                               atol=1e-5)
 
 
 def test_dropout_before_bn_is_bn004_on_the_live_graph(tmp_path):

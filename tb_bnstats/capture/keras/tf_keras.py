@@ -34,6 +34,7 @@ the moments of what it saw, as "not updating", as under Keras 3.
 import functools
 import sys
 
+from tb_bnstats.capture import tf_moments
 from tb_bnstats.capture.keras import hooks
 from tb_bnstats.capture.keras import tensorflow as tf_capture
 from tb_bnstats.capture.keras.layers import channels_of, find_batchnorm_layers
@@ -62,14 +63,8 @@ def channel_axis(layer, rank):
 
 
 def channel_moments(layer, inputs):
-    """``(mean, variance)`` per channel of ``inputs`` as float32, the biased
-    variance (``tf.nn.moments`` over every axis but the channels')."""
-    import tensorflow as tf
-
-    x = tf.cast(inputs, tf.float32)
-    rank = x.shape.rank
-    axis = channel_axis(layer, rank)
-    return tf.nn.moments(x, [i for i in range(rank) if i != axis])
+    """:func:`tb_bnstats.capture.tf_moments.channel_moments` of ``inputs`` on ``layer``'s channel axis."""
+    return tf_moments.channel_moments(inputs, channel_axis(layer, inputs.shape.rank))
 
 
 def per_channel(layer, mean, variance):
