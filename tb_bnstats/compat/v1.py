@@ -253,9 +253,11 @@ def _hook_base():
 
 class BNStatsHook(_GraphMonitor, _hook_base()):
     """Logs a graph's BN layers from ``MonitoredTrainingSession`` (module
-    docstring): every ``sess.run`` through the session is a train call, at
-    the global step (``tf.compat.v1.train.get_global_step()``; counted from
-    0 without one).
+    docstring), at the global step (``tf.compat.v1.train.get_global_step()``;
+    counted from 0 without one). With a global step, the train calls are
+    the ``sess.run`` calls that increment it (``minimize(global_step=...)``):
+    an evaluation run through the same session is not logged. Without one,
+    every ``sess.run`` through the session is a train call.
 
     Args:
         log_dir, metrics, log_every_n_steps, snapshot_every_n_steps, layers,
@@ -269,6 +271,8 @@ class BNStatsHook(_GraphMonitor, _hook_base()):
         super().__init__(log_dir, metrics=metrics, **options)
         self._global_step = None  # a read of the graph's global step, made at begin()
         self._first_step = None  # its value when the session was made
+        self._increments = None  # the names of the ops that increment the global step (None: no global step)
+        self._trains = {}  # fetch key -> whether a sess.run of those fetches increments the global step
         self._check_feed_dict = check_feed_dict
 
     def begin(self):
@@ -280,6 +284,9 @@ class BNStatsHook(_GraphMonitor, _hook_base()):
         if step is not None:
             with graph.as_default():
                 self._global_step = tf.identity(step)
+            self._increments = {op.name for op in graph.get_operations()
+                                if op.type in ("AssignAddVariableOp", "AssignAdd") and op.inputs
+                                and op.inputs[0].op.name == step.op.name}
 
     def after_create_session(self, session, coord):
         if self._global_step is not None:
@@ -290,10 +297,24 @@ class BNStatsHook(_GraphMonitor, _hook_base()):
     def before_run(self, run_context):
         import tensorflow as tf
 
-        if self.closed or self.capture is None:
+        self._updates_run = None  # after_run logs nothing unless this call gets the fetches
+        if self.closed or self.capture is None or not self._is_train_call(run_context.original_args.fetches):
             return None
         fetches, self._updates_run = self._fetches_for(run_context.original_args.fetches)
         return tf.compat.v1.train.SessionRunArgs(fetches) if fetches else None
+
+    def _is_train_call(self, fetches):
+        """Whether a ``sess.run`` of ``fetches`` increments the global step
+        (any call without a global step)."""
+        if not self._increments:
+            return True
+        import tensorflow as tf
+
+        key = tuple(getattr(item, "name", item) for item in tf.nest.flatten(fetches))
+        if key not in self._trains:
+            graph = self.capture.model
+            self._trains[key] = bool(self._increments & graph_capture.ops_needed(fetches, graph))
+        return self._trains[key]
 
     def after_run(self, run_context, run_values):
         step = None

@@ -180,10 +180,13 @@ def test_monitored_training_session_hook_logs_at_the_global_step(tmp_path):
         hook = BNStatsHook(tmp_path / "run", metrics={"loss": net.loss}, verbose=0)
         with v1.train.MonitoredTrainingSession(hooks=[hook], save_checkpoint_steps=None,
                                                save_summaries_steps=None) as sess:
-            for xb, yb in batches(x, y, 32, 20):
+            for i, (xb, yb) in enumerate(batches(x, y, 32, 20)):
                 sess.run(net.train_op, {net.x: xb, net.y: yb, net.is_training: True})
+                if i % 5 == 4:  # an evaluation through the same session: not a train call, not logged
+                    sess.run(net.accuracy, {net.x: x[:256], net.y: y[:256]})
     run = tb_bnstats.load(tmp_path)["run"]
     assert list(run.layers["block1/batch_normalization"].steps) == list(range(1, 21))
+    np.testing.assert_array_equal(run.layers["block1/batch_normalization"].series["updates"], 0)
     assert codes(hook.findings) == {"BN002"}
 
 

@@ -96,6 +96,7 @@ class LayerSlot:
     # Whether the layer's moving variance averages Bessel-corrected batch variances (tf_keras' fused
     # kernel): its rows then carry the values per channel, n, for the comparison var_B * n / (n - 1).
     moving_var_unbiased = False
+    framework = "keras"  # LayerInfo.framework: "keras" (Keras 3) or "tf_keras"
 
     def __init__(self, layer):
         self._layer = weakref.ref(layer)  # registries' values must not keep their keys alive
@@ -424,7 +425,8 @@ class KerasCapture:
         infos = [layer_info(name, layer, order[id(layer)], self._slots[name].init_mean, self._slots[name].init_var,
                             graph_training_false=id(layer) in training_false, replicas=hook.replicas,
                             moving_per_replica=hook.moving_per_replica, global_moments=hook.global_moments,
-                            moving_var_unbiased=self._slots[name].moving_var_unbiased)
+                            moving_var_unbiased=self._slots[name].moving_var_unbiased,
+                            framework=self._slots[name].framework)
                  for name, layer in self._ran()]
         return sorted(infos, key=lambda info: info.depth)
 

@@ -106,7 +106,7 @@ def mean_metrics(model):
 
 
 def layer_info(name, layer, depth, init_mean, init_var, graph_training_false=False, replicas=1,
-               moving_per_replica=False, global_moments=False, moving_var_unbiased=False):
+               moving_per_replica=False, global_moments=False, moving_var_unbiased=False, framework="keras"):
     """The :class:`LayerInfo` of a Keras BatchNormalization layer.
 
     Args:
@@ -120,6 +120,7 @@ def layer_info(name, layer, depth, init_mean, init_var, graph_training_false=Fal
         moving_var_unbiased: its moving variance averages Bessel-corrected
             batch variances (tf_keras' fused kernel); Keras 3's averages the
             biased ones.
+        framework: ``"keras"`` (Keras 3) or ``"tf_keras"`` (Keras 2).
     """
     return metadata.LayerInfo(
         name=name,
@@ -132,7 +133,7 @@ def layer_info(name, layer, depth, init_mean, init_var, graph_training_false=Fal
         moving_var_unbiased=bool(moving_var_unbiased),
         depth=depth,
         layer_class=type(layer).__name__,
-        framework="keras",
+        framework=framework,
         trainable=bool(layer.trainable),
         synchronized=bool(getattr(layer, "synchronized", False)) or bool(global_moments),
         renorm=bool(getattr(layer, "renorm", False)),

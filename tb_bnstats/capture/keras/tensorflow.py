@@ -67,9 +67,10 @@ class _LayerSlot(LayerSlot):
         self.updates.assign(int(value))
 
     def keep(self, mean, variance, updating, inputs=None):
-        """Keeps this step's moments for the row the train step writes (and,
-        on several replicas, the values per channel of this replica's
-        slice). Inside a nested graph (a BN layer under ``ops.cond`` or a
+        """Keeps this step's moments for the row the train step writes, and
+        the values per channel of ``inputs`` (this replica's slice; the row
+        carries them on several replicas or for an unbiased moving
+        variance). Inside a nested graph (a BN layer under ``ops.cond`` or a
         loop) the tensors cannot leave it: they go through two variables
         instead, and the count is advanced there, where the layer ran."""
         import tensorflow as tf

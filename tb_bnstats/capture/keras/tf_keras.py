@@ -83,6 +83,8 @@ def per_channel(layer, mean, variance):
 class _LayerSlot(tf_capture._LayerSlot):
     """The TensorFlow slot; a fused layer's moving variance is unbiased."""
 
+    framework = "tf_keras"
+
     def __init__(self, layer):
         super().__init__(layer)
         self.moving_var_unbiased = bool(getattr(layer, "fused", False))
