@@ -43,18 +43,30 @@ test-frontend: install-test
 	cd frontend && npm test --silent
 
 # Everything under TensorFlow, then the tests of what depends on the backend once more in a pytest
-# process of its own per backend (Keras picks its backend once per process), then PyTorch's own, then
+# process of its own per backend (Keras picks its backend once per process), PyTorch's own, and
 # TensorFlow 1-style code and tf_keras (TF_USE_LEGACY_KERAS=1 must be set before TensorFlow is imported).
+# After the TensorFlow suite they run in two lanes at once, one per core (none of them serves TensorBoard
+# or drives a browser): Keras on JAX; Keras on torch, then PyTorch, then tests/legacy. Each lane's output
+# is printed when both are done, and the target fails when any suite failed.
+LANES := test-artifacts/lanes
 BACKEND_TESTS := tests/test_capture.py tests/test_resume.py tests/test_flush.py tests/test_probe.py \
 	tests/test_population.py tests/test_population_logging.py tests/test_memory_bounds.py tests/test_training_faults.py \
 	tests/test_transfer_learning.py
 
 test-python: install-test
 	$(PY) -m pytest -q tests --ignore=tests/pytorch --ignore=tests/legacy
-	KERAS_BACKEND=jax $(PY) -m pytest -q $(BACKEND_TESTS)
-	KERAS_BACKEND=torch $(PY) -m pytest -q $(BACKEND_TESTS)
-	$(PY) -m pytest -q tests/pytorch
-	TF_USE_LEGACY_KERAS=1 $(PY) -m pytest -q tests/legacy
+	@rm -rf $(LANES); mkdir -p $(LANES); \
+	( KERAS_BACKEND=jax $(PY) -m pytest -q --basetemp=$(LANES)/tmp-jax $(BACKEND_TESTS) \
+	  || echo "KERAS_BACKEND=jax" >> $(LANES)/failed ) > $(LANES)/1-jax.log 2>&1 & \
+	( KERAS_BACKEND=torch $(PY) -m pytest -q --basetemp=$(LANES)/tmp-torch $(BACKEND_TESTS) \
+	    || echo "KERAS_BACKEND=torch" >> $(LANES)/failed; \
+	  $(PY) -m pytest -q --basetemp=$(LANES)/tmp-pytorch tests/pytorch || echo "tests/pytorch" >> $(LANES)/failed; \
+	  TF_USE_LEGACY_KERAS=1 $(PY) -m pytest -q --basetemp=$(LANES)/tmp-legacy tests/legacy \
+	    || echo "tests/legacy" >> $(LANES)/failed \
+	) > $(LANES)/2-torch-pytorch-legacy.log 2>&1; \
+	wait; \
+	for log in $(LANES)/*.log; do echo "===== $$log"; cat $$log; done; \
+	if [ -s $(LANES)/failed ]; then echo "failed: $$(cat $(LANES)/failed | tr '\n' ' ')"; exit 1; fi
 
 test: frontend-check test-frontend test-python
 
