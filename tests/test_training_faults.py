@@ -192,9 +192,11 @@ def test_disk_full_mid_run_warns_once_and_keeps_what_was_written(tmp_path):
     assert problem is None and offset == size
     run = tb_bnstats.load(tmp_path)["run"]
     for name, layer in run.layers.items():
-        k = int(layer.steps[-1])
-        assert 2 <= k < 20, name
-        np.testing.assert_array_equal(layer.steps, np.arange(1, k + 1), err_msg=name)
+        # The steps written before the limit, from step 1 on; the block that hit it is lost whole. A later
+        # block small enough for what is left under the limit may still be written (which one depends on
+        # when the drains fell: seen on a busy machine, steps 1-8 and 16), so the steps increase, with gaps.
+        steps = layer.steps
+        assert steps[0] == 1 and steps[1] == 2 and len(steps) < 20 and np.all(np.diff(steps) > 0), (name, steps)
         np.testing.assert_array_equal(layer.series["updates"], layer.steps)
         assert all(np.isfinite(v).all() for k, v in layer.series.items() if k not in metadata.PROBE_SERIES)
 

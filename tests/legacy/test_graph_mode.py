@@ -121,9 +121,10 @@ def test_hand_written_bn_with_decay_1e5_is_bn003(tmp_path):
     layer = tb_bnstats.load(tmp_path)["run"].layers["my_bn"]
     assert layer.info.layer_class == "hand-written" and layer.info.momentum == pytest.approx(1e-5)
     np.testing.assert_array_equal(layer.series["updates"], np.arange(1, 61))  # its update ops ran
-    # decay 1e-5: the moving statistics are the last batch's (read after this call's update).
+    # decay 1e-5: the moving statistics are the last batch's (read after this call's update), up to
+    # 1e-5 of the previous average's distance from it (a few units here).
     np.testing.assert_allclose(layer.snapshots["moving_mean"][-1], layer.snapshots["batch_mean"][-1], rtol=1e-4,
-                               atol=1e-5)
+                               atol=1e-4)
 
 
 def test_dropout_before_bn_is_bn004_on_the_live_graph(tmp_path):
