@@ -27,10 +27,13 @@ TORCH := "torch==2.13.0"
 
 # tf_keras (Keras 2) for the TensorFlow 1-style tests: its wheel requires the "tensorflow" distribution,
 # which would install the full TensorFlow beside tensorflow-cpu; with --no-deps it runs on tensorflow-cpu.
+# It is made for one TensorFlow minor version: TensorFlow is held to that one where tf_keras is installed.
 TF_KERAS := "tf-keras>=2.21,<2.22"
+TF_FOR_TF_KERAS := "tensorflow-cpu>=2.21,<2.22; platform_machine=='x86_64'" \
+	"tensorflow>=2.21,<2.22; platform_machine!='x86_64'"
 
 install-test: $(PY) system-deps
-	$(PIP) install --quiet -e ".[test,tensorflow,jax]" $(TORCH)
+	$(PIP) install --quiet -e ".[test,tensorflow,jax]" $(TORCH) $(TF_FOR_TF_KERAS)
 	$(PIP) install --quiet --no-deps $(TF_KERAS)
 	cd frontend && npm ci --no-audit --no-fund --loglevel=error
 
@@ -47,7 +50,7 @@ test-frontend: install-test
 # TensorFlow 1-style code and tf_keras (TF_USE_LEGACY_KERAS=1 must be set before TensorFlow is imported).
 # After the TensorFlow suite they run in two lanes at once, one per core (none of them serves TensorBoard
 # or drives a browser): Keras on JAX; Keras on torch, then PyTorch, then tests/legacy. Each lane's output
-# is printed when both are done, and the target fails when any suite failed.
+# is printed when both are done, and the target fails when any suite failed (an interrupt stops both).
 LANES := test-artifacts/lanes
 BACKEND_TESTS := tests/test_capture.py tests/test_resume.py tests/test_flush.py tests/test_probe.py \
 	tests/test_population.py tests/test_population_logging.py tests/test_memory_bounds.py tests/test_training_faults.py \
@@ -58,13 +61,14 @@ test-python: install-test
 	@rm -rf $(LANES); mkdir -p $(LANES); \
 	( KERAS_BACKEND=jax $(PY) -m pytest -q --basetemp=$(LANES)/tmp-jax $(BACKEND_TESTS) \
 	  || echo "KERAS_BACKEND=jax" >> $(LANES)/failed ) > $(LANES)/1-jax.log 2>&1 & \
+	lane=$$!; trap 'pkill -P $$lane 2>/dev/null; kill $$lane 2>/dev/null' INT TERM; \
 	( KERAS_BACKEND=torch $(PY) -m pytest -q --basetemp=$(LANES)/tmp-torch $(BACKEND_TESTS) \
 	    || echo "KERAS_BACKEND=torch" >> $(LANES)/failed; \
 	  $(PY) -m pytest -q --basetemp=$(LANES)/tmp-pytorch tests/pytorch || echo "tests/pytorch" >> $(LANES)/failed; \
 	  TF_USE_LEGACY_KERAS=1 $(PY) -m pytest -q --basetemp=$(LANES)/tmp-legacy tests/legacy \
 	    || echo "tests/legacy" >> $(LANES)/failed \
 	) > $(LANES)/2-torch-pytorch-legacy.log 2>&1; \
-	wait; \
+	wait $$lane; \
 	for log in $(LANES)/*.log; do echo "===== $$log"; cat $$log; done; \
 	if [ -s $(LANES)/failed ]; then echo "failed: $$(cat $(LANES)/failed | tr '\n' ' ')"; exit 1; fi
 
@@ -79,7 +83,7 @@ bench: install
 DEMO_LOGS ?= demo/logs
 PORT ?= 6006
 demo-logs: $(PY)
-	$(PIP) install --quiet -e ".[tensorflow,demo]" $(TORCH)
+	$(PIP) install --quiet -e ".[tensorflow,demo]" $(TORCH) $(TF_FOR_TF_KERAS)
 	$(PIP) install --quiet --no-deps $(TF_KERAS)
 	$(PY) demo/train.py --logdir $(DEMO_LOGS)
 	$(PY) demo/train_torch.py --logdir $(DEMO_LOGS)

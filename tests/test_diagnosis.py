@@ -172,3 +172,20 @@ def test_a_finding_over_many_layers_names_a_few_and_counts_the_rest():
                                "block5_bn and 115 more (121 layers).")
     [two] = diagnosis.group("small", hits[:2])
     assert two.message == "block0_bn: not converged. Also: block1_bn."
+
+
+def test_fixes_speak_the_layers_framework_and_offer_recalibrate_only_where_it_works():
+    """tb_bnstats.recalibrate takes Keras 3 and PyTorch models: a tf_keras or
+    graph layer's fix says how to re-estimate the statistics by hand."""
+    from tb_bnstats.diagnosis import words
+    from tb_bnstats.format import metadata
+
+    offered = [code for code in diagnosis.CODES if "tb_bnstats.recalibrate(" in words.fix(code, metadata.KERAS)]
+    assert len(offered) >= 10
+    for framework in (metadata.TF_KERAS, metadata.TF1):
+        for code in diagnosis.CODES:
+            assert "tb_bnstats.recalibrate" not in words.fix(code, framework), (framework, code)
+        for code in offered:
+            assert "re-estimate the moving statistics" in words.fix(code, framework), (framework, code)
+    assert "tf.compat.v1.train.Saver()" in words.fix("BN008", metadata.TF1)
+    assert "tb_bnstats.recalibrate(model, loader)" in words.fix("BN001", metadata.PYTORCH)

@@ -46,13 +46,17 @@ from typing import Optional
 import numpy as np
 
 from tb_bnstats.capture import Block, LayerBlock, tf_moments
-from tb_bnstats.format.metadata import LayerInfo
+from tb_bnstats.format.metadata import TF1, LayerInfo
 
-FRAMEWORK = "tf.compat.v1"
 # A host buffer of at most this many train calls between drains.
 HOST_ROWS = 256
 _FUSED = ("FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3")
 _IF = ("If", "StatelessIf")
+_ASSIGN_SUB = ("AssignSubVariableOp", "AssignSub")  # a moving-average update (resource, reference variable)
+# Ops that take what a Session.run must be given or consumes: a fetch needing one the train call does not
+# need would fail (a placeholder not fed) or take a batch from the user's input pipeline.
+_INPUT_OPS = ("Placeholder", "PlaceholderV2", "IteratorGetNext", "IteratorGetNextSync", "QueueDequeueV2",
+              "QueueDequeueManyV2", "QueueDequeueUpToV2", "ReaderReadV2")
 
 
 @dataclasses.dataclass
@@ -166,6 +170,26 @@ def _is_fused(ops, functions):
     return any(op.type in _FUSED for op in ops) or any(n.op in _FUSED for n in _branch_nodes(ops, functions))
 
 
+def _channel_axis_of(ops, functions, inputs, channels):
+    """The channel axis of a layer's input: the fused kernel's
+    ``data_format`` (``NC..``: 1), else the axis the non-fused
+    ``moments/mean`` leaves out of its reduction, else the last axis of
+    that size (then the second)."""
+    rank = inputs.shape.rank
+    for op in ops:
+        if op.type in _FUSED:
+            return 1 if op.get_attr("data_format").decode().startswith("NC") else -1
+    for node in _branch_nodes(ops, functions):
+        if node.op in _FUSED:
+            return 1 if node.attr["data_format"].s.decode().startswith("NC") else -1
+    for op in ops:
+        if op.type == "Const" and op.name.endswith("moments/mean/reduction_indices"):
+            kept = sorted(set(range(rank)) - {int(a) % rank for a in np.ravel(_const_value(op.node_def))})
+            if len(kept) == 1:
+                return kept[0]
+    return -1 if inputs.shape[-1] == channels else 1
+
+
 def _layer_of_scope(graph, scope, moving_mean, moving_var, update_collection, functions):
     """A :class:`GraphLayer` for a tf_keras BN scope, or ``(None, why)``."""
     import tensorflow as tf
@@ -192,15 +216,14 @@ def _layer_of_scope(graph, scope, moving_mean, moving_var, update_collection, fu
     # its scope, or the tf.cond around them.
     update_ops = [op for op in update_collection if op.name.startswith(scope + "/")]
     if not update_ops:
-        update_ops = [op for op in ops if op.type in ("AssignSubVariableOp", "AssignSub")
-                      and "AssignMovingAvg" in op.name]
+        update_ops = [op for op in ops if op.type in _ASSIGN_SUB and "AssignMovingAvg" in op.name]
         update_ops += [op for op in ops if op.type in _IF and any(
-            n.op in ("AssignSubVariableOp", "AssignSub") for n in _branch_nodes([op], functions))]
+            n.op in _ASSIGN_SUB for n in _branch_nodes([op], functions))]
     if training is None:
         training = bool(update_ops)  # a constant training=True builds update ops, training=False none
     if momentum is None and training is not False:
         return None, "its momentum could not be read from the graph"
-    axis = -1 if inputs.shape[-1] == channels else 1
+    axis = _channel_axis_of(ops, functions, inputs, channels)
     renorm = any(v.name.startswith(scope + "/moving_stddev") for v in graph.get_collection("variables"))
     return GraphLayer(
         name=scope, moving_mean=moving_mean, moving_var=moving_var, momentum=0.99 if momentum is None else momentum,
@@ -299,12 +322,17 @@ def hand_written(name, moving_mean, moving_var, momentum, inputs=None, batch_mea
 
     Raises:
         ValueError: neither ``inputs`` nor both ``batch_mean`` and
-            ``batch_var``, a momentum outside [0, 1), or moving statistics
-            that are not variables of the graph.
+            ``batch_var``, ``moving_var_unbiased`` without ``inputs`` (the
+            values per channel ``n`` of ``var_B * n / (n - 1)`` are taken
+            from them), a momentum outside [0, 1), or moving statistics that
+            are not variables of the graph.
     """
     if inputs is None and (batch_mean is None or batch_var is None):
         raise ValueError(f"{name}: give inputs= (the tensor the layer normalizes) or both batch_mean= and "
                          "batch_var= (what it normalizes with, e.g. tf.nn.moments' outputs)")
+    if moving_var_unbiased and inputs is None:
+        raise ValueError(f"{name}: moving_var_unbiased=True needs inputs= (the tensor the layer normalizes): the "
+                         "batch variance is compared as var * n / (n - 1), with n the values per channel in it")
     if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
         raise ValueError(f"{name}: momentum (TF1's decay: moving = decay * moving + (1 - decay) * batch) must be "
                          f"in [0, 1), got {momentum!r}")
@@ -318,6 +346,14 @@ def hand_written(name, moving_mean, moving_var, momentum, inputs=None, batch_mea
                       update_ops=None if update_ops is None else [getattr(u, "op", u) for u in update_ops],
                       moving_var_unbiased=bool(moving_var_unbiased), channel_axis=channel_axis,
                       layer_class="hand-written")
+
+
+def fetch_key(fetches):
+    """A hashable key of ``Session.run`` fetches (their names), for what is
+    worked out once per set of fetches."""
+    import tensorflow as tf
+
+    return tuple(getattr(item, "name", item) for item in tf.nest.flatten(fetches))
 
 
 def ops_needed(fetches, graph):
@@ -367,6 +403,7 @@ class GraphCapture:
         self._counts = {layer.name: 0 for layer in self.layers}
         self._init = {}
         self._left_out = {}  # name -> True once a logged call ran it in training mode without its update ops
+        self._seen = set()  # the layers a logged call ran
         self._fetch_cache = {}
         self.reads = 0
         with graph.as_default(), tf.name_scope("tb_bnstats"):
@@ -385,7 +422,7 @@ class GraphCapture:
         with tf.name_scope(layer.name.replace(":", "_")):
             if layer.inputs is not None:
                 mean, var = tf_moments.channel_moments(layer.inputs, layer.channel_axis)
-                samples = tf_moments.values_per_channel(layer.inputs, layer.channel_axis)
+                samples = tf_moments.values_per_channel(layer.inputs, int(np.prod(layer.moving_mean.shape)))
             else:
                 mean, var = tf.cast(layer.batch_mean, tf.float32), tf.cast(layer.batch_var, tf.float32)
                 samples = tf.constant(float("nan"), tf.float64)
@@ -405,31 +442,63 @@ class GraphCapture:
     # -- per train call ------------------------------------------------------------
 
     def fetches(self, train_fetches):
-        """What to add to a train call of ``train_fetches``: per layer its
-        fetches, read after its update ops where those run (module
-        docstring), and the metrics. Returns ``(fetches, updates_run)``:
-        ``updates_run`` ``{layer: bool}`` goes to :meth:`keep`."""
-        import tensorflow as tf
+        """What to add to a train call of ``train_fetches``: per layer the
+        call runs, its fetches, read after its update ops where those run
+        (module docstring), and the metrics whose inputs the call is given.
 
-        key = tuple(getattr(item, "name", item) for item in tf.nest.flatten(train_fetches))
+        A layer the call does not run is left out (it is not logged at that
+        step): its fetches could need a placeholder the call does not feed,
+        or take a batch from an input pipeline the call does not read.
+
+        Returns:
+            ``(fetches, updates_run)``: ``updates_run`` ``{layer: bool}``
+            goes to :meth:`keep`; ``({}, None)`` when the graph has BN
+            layers and the call runs none (nothing to add).
+        """
+        key = fetch_key(train_fetches)
         cached = self._fetch_cache.get(key)
-        if cached is None:  # a new set of train fetches: which update ops it runs, found once
+        if cached is None:  # a new set of train fetches: which layers and update ops it runs, found once
             needed = ops_needed(train_fetches, self.model)
+            ran = [layer for layer in self.layers if self._runs_in(layer, needed)]
             runs = {layer.name: layer.update_ops is None or (bool(layer.update_ops) and all(
-                op.name in needed for op in layer.update_ops)) for layer in self.layers}
+                op.name in needed for op in layer.update_ops)) for layer in ran}
             fetches = {name: (self._after[name] if runs[name] and name in self._after else self._plain[name])
                        for name in runs}
-            cached = self._fetch_cache[key] = ({"layers": fetches, "metrics": self._metric_fetches}, runs)
+            metrics = {name: t for name, t in self._metric_fetches.items()
+                       if self._given(self.metrics[name], needed)}
+            # A graph without BN layers logs its metrics; one with them, the calls that run a layer.
+            cached = ({"layers": fetches, "metrics": metrics}, runs) if ran or not self.layers else ({}, None)
+            self._fetch_cache[key] = cached
             if len(self._fetch_cache) > 64:
                 self._fetch_cache.pop(next(iter(self._fetch_cache)))
         return cached
+
+    def _runs_in(self, layer, needed):
+        """Whether a call running the ops ``needed`` runs ``layer``: its
+        input (or its moments) and its ``training`` tensor are computed."""
+        import tensorflow as tf
+
+        computes = [layer.inputs] if layer.inputs is not None else [layer.batch_mean, layer.batch_var]
+        if tf.is_tensor(layer.training):
+            computes.append(layer.training)
+        return all(t.op.name in needed for t in computes)
+
+    def _given(self, tensor, needed):
+        """Whether every feed or input-pipeline op ``tensor`` needs is one
+        the call runs anyway (fetching it then changes nothing)."""
+        graph = self.model
+        return all(name in needed for name in ops_needed(tensor, graph)
+                   if graph.get_operation_by_name(name).type in _INPUT_OPS)
 
     def keep(self, step, results, updates_run, values=None):
         """Keeps one train call's ``results`` (of :meth:`fetches`) as the row
         of ``step``; ``values``: other numbers of the step (its loss...)."""
         layers = {}
         for layer in self.layers:
-            got = results["layers"][layer.name]
+            got = results["layers"].get(layer.name)
+            if got is None:  # not run by this call
+                continue
+            self._seen.add(layer.name)
             training = bool(got["training"])
             if training and not updates_run[layer.name]:
                 self._left_out[layer.name] = True
@@ -482,15 +551,19 @@ class GraphCapture:
     def names(self):
         return [layer.name for layer in self.layers]
 
+    def _ran(self):
+        """The layers a logged call ran (all of them before the first)."""
+        return [layer for layer in self.layers if layer.name in self._seen or not self._seen]
+
     def layer_infos(self):
         infos = []
-        for depth, layer in enumerate(self.layers):
+        for depth, layer in enumerate(self._ran()):
             init_mean, init_var = self._init[layer.name]
             infos.append(LayerInfo(
                 name=layer.name, channels=int(np.prod(layer.moving_mean.shape)), momentum=layer.momentum,
                 epsilon=layer.epsilon, init_mean=float(np.mean(init_mean)), init_var=float(np.mean(init_var)),
                 ema_of=layer.ema_of, moving_var_unbiased=layer.moving_var_unbiased, depth=depth,
-                layer_class=layer.layer_class, framework=FRAMEWORK,
+                layer_class=layer.layer_class, framework=TF1,
                 update_ops_left_out=self._left_out.get(layer.name, False)))
         return infos
 
@@ -505,6 +578,8 @@ class GraphCapture:
             return states
         _, layers, _ = self._rows[0]
         for layer in self.layers:
+            if layer.name not in layers:
+                continue
             got, updated = layers[layer.name]
             init_mean, init_var = self._init[layer.name]
             moving_mean = np.asarray(got["moving_mean"], np.float64)
@@ -522,20 +597,34 @@ class GraphCapture:
         return states
 
     def not_run(self):
-        return []
+        ran = {layer.name for layer in self._ran()}
+        return [layer.name for layer in self.layers if layer.name not in ran]
 
     @property
     def drain_every(self):
         return HOST_ROWS
 
     def drain(self):
+        """The kept train calls as blocks: one per run of consecutive calls
+        that ran the same layers (one block when every call runs them all)."""
         rows, self._rows = self._rows, []
         if not rows:
             return []
         self.reads += 1
+        blocks, start = [], 0
+        for i in range(1, len(rows) + 1):
+            if i == len(rows) or rows[i][1].keys() != rows[start][1].keys():
+                blocks.append(self._block(rows[start:i]))
+                start = i
+        return blocks
+
+    def _block(self, rows):
+        """One :class:`Block` of kept calls that ran the same layers."""
         steps = np.array([step for step, _, _ in rows], np.int64)
         layers = {}
         for layer in self.layers:
+            if layer.name not in rows[0][1]:
+                continue
             got = [r[1][layer.name] for r in rows]
             stack = lambda key: np.stack([np.asarray(g[key], np.float64) for g, _ in got])  # noqa: E731
             samples = np.array([float(g["samples"]) for g, _ in got])
@@ -550,7 +639,7 @@ class GraphCapture:
                 samples_per_channel=samples if layer.moving_var_unbiased and np.all(np.isfinite(samples)) else None)
         names = sorted({name for _, _, logs in rows for name in logs})
         logs = {name: np.array([r[2].get(name, math.nan) for r in rows], np.float64) for name in names}
-        return [Block(steps=steps, layers=layers, logs=logs)]
+        return Block(steps=steps, layers=layers, logs=logs)
 
 
 def _initial_value(variable, fill):

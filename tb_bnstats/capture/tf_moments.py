@@ -1,7 +1,8 @@
 """The batch moments a TensorFlow BN layer normalizes with, taken from its
 input, for the layers whose kernel does not hand them out: tf_keras' fused
 kernel (:mod:`tb_bnstats.capture.keras.tf_keras`) and a graph's layers
-(:mod:`tb_bnstats.capture.graph`)."""
+(:mod:`tb_bnstats.capture.graph`); and the values per channel that
+compare a batch variance with a moving average of Bessel-corrected ones."""
 
 
 def channel_moments(inputs, axis):
@@ -17,8 +18,9 @@ def channel_moments(inputs, axis):
     return tf.reshape(mean, [-1]), tf.reshape(variance, [-1])
 
 
-def values_per_channel(inputs, axis):
-    """``n``, the values per channel in ``inputs`` (float64 scalar tensor)."""
+def values_per_channel(inputs, channels):
+    """``n``, the values per channel in ``inputs`` of ``channels`` channels
+    (every axis but the channels'), as a float64 scalar tensor."""
     import tensorflow as tf
 
-    return tf.cast(tf.size(inputs), tf.float64) / tf.cast(tf.shape(inputs)[axis % inputs.shape.rank], tf.float64)
+    return tf.cast(tf.size(inputs), tf.float64) / float(channels)

@@ -35,6 +35,7 @@ import numpy as np
 
 from tb_bnstats import recorder
 from tb_bnstats.capture import graph as graph_capture
+from tb_bnstats.format.metadata import TF1
 from tb_bnstats.write import summary
 
 
@@ -61,6 +62,7 @@ class _GraphMonitor:
         self._hand_written = []
         self._recorder = recorder.Recorder(self.schedule)
         self.capture = None
+        self._capture_failed = False  # finding the layers failed (warned once): not tried again
         self._updates_run = None  # {layer: whether the train call runs its update ops}, of the last fetches
         self._step = None
         self._epoch_start = 0
@@ -89,11 +91,13 @@ class _GraphMonitor:
             epsilon: its epsilon.
             training: a boolean tensor (an ``is_training`` placeholder) or
                 bool: whether a train call runs it in training mode.
-            update_ops: the ops assigning its moving averages; the count
-                ``t`` advances in calls that run them. None: assumed to run
-                in every train call.
+            update_ops: the ops assigning its moving averages: the moving
+                statistics are read after them, and the count ``t``
+                advances in calls that run them. None: assumed to run in
+                every train call, the read then unordered against them (it
+                may see the value before this call's update).
             moving_var_unbiased: the moving variance averages
-                Bessel-corrected batch variances.
+                Bessel-corrected batch variances (needs ``inputs``).
 
         Raises:
             ValueError: see :func:`tb_bnstats.capture.graph.hand_written`, or
@@ -107,8 +111,9 @@ class _GraphMonitor:
             moving_var_unbiased=moving_var_unbiased))
 
     def _prepare(self, graph):
-        """Finds the layers of ``graph`` and builds their fetches (once)."""
-        if self.capture is not None:
+        """Finds the layers of ``graph`` and builds their fetches (once: a
+        failure is warned about and not tried again)."""
+        if self.capture is not None or self._capture_failed:
             return
         rec = self._recorder
 
@@ -116,15 +121,29 @@ class _GraphMonitor:
             found, skipped = graph_capture.find_layers(graph)
             # A layer named by hand is logged as the user named it, not also as found.
             mine = {layer.moving_mean.name for layer in self._hand_written}
-            scopes = {name.rsplit("/", 1)[0] for name in mine}
             for name, why in skipped.items():
-                if name not in scopes:
+                if not self._named_by_hand(graph, name):
                     rec.warn_once(f"layer {name}", f"{name}: not logged, {why}")
             found = [layer for layer in found if layer.moving_mean.name not in mine]
             return graph_capture.GraphCapture(graph, found + self._hand_written, self._metrics)
 
         self.capture = rec.guard("finding the BatchNormalization layers of the graph", make)
+        self._capture_failed = self.capture is None
         rec.attach(self.capture, "graph")
+
+    def _named_by_hand(self, graph, name):
+        """Whether the BN op or scope ``name`` that :func:`find_layers`
+        could not log is one of the :meth:`add_layer` layers: its scope holds
+        their moving mean, or the op normalizes their ``inputs`` or gives
+        their ``batch_mean`` / ``batch_var``."""
+        for layer in self._hand_written:
+            if layer.moving_mean.name.rsplit("/", 1)[0] in (name, name.rsplit("/", 1)[0]):
+                return True
+            if layer.inputs is not None and any(op.name == name for op in layer.inputs.consumers()):
+                return True
+            if any(t is not None and t.op.name == name for t in (layer.batch_mean, layer.batch_var)):
+                return True
+        return False
 
     def _fetches_for(self, train_fetches):
         """``(fetches, updates_run)``; ``({}, None)`` when the capture failed
@@ -139,8 +158,8 @@ class _GraphMonitor:
         if step is None:
             step = (self._step or 0) + 1
         elif isinstance(step, bool) or not isinstance(step, (int, np.integer)) or (
-                self._step is not None and step < self._step):
-            rec.warn_once("step", f"step must be an int that does not go back (after {self._step}), got {step!r}; "
+                self._step is not None and step <= self._step):
+            rec.warn_once("step", f"step must be an int larger than the last one ({self._step}), got {step!r}; "
                           "counting on")
             step = (self._step or 0) + 1
         step = int(step)
@@ -180,7 +199,7 @@ class _GraphMonitor:
                                feed_dict)
             if shifts:
                 rec.measure_with(live_findings=lambda run: live.variance_shift_findings(
-                    shifts, graph_capture.FRAMEWORK, run))
+                    shifts, TF1, run))
         rec.epoch_end({}, lambda: self._step)
         rec.end()
 
@@ -253,11 +272,12 @@ def _hook_base():
 
 class BNStatsHook(_GraphMonitor, _hook_base()):
     """Logs a graph's BN layers from ``MonitoredTrainingSession`` (module
-    docstring), at the global step (``tf.compat.v1.train.get_global_step()``;
-    counted from 0 without one). With a global step, the train calls are
-    the ``sess.run`` calls that increment it (``minimize(global_step=...)``):
-    an evaluation run through the same session is not logged. Without one,
-    every ``sess.run`` through the session is a train call.
+    docstring), at the global step (``tf.compat.v1.train.get_global_step()``,
+    read after each train call; counted from 0 without one). With a global
+    step, the train calls are the ``sess.run`` calls that increment it
+    (``minimize(global_step=...)``): an evaluation run through the same
+    session is not logged. Without one, every ``sess.run`` through the
+    session that runs a BN layer is a train call.
 
     Args:
         log_dir, metrics, log_every_n_steps, snapshot_every_n_steps, layers,
@@ -270,7 +290,6 @@ class BNStatsHook(_GraphMonitor, _hook_base()):
     def __init__(self, log_dir, metrics=None, check_feed_dict=None, **options):
         super().__init__(log_dir, metrics=metrics, **options)
         self._global_step = None  # a read of the graph's global step, made at begin()
-        self._first_step = None  # its value when the session was made
         self._increments = None  # the names of the ops that increment the global step (None: no global step)
         self._trains = {}  # fetch key -> whether a sess.run of those fetches increments the global step
         self._check_feed_dict = check_feed_dict
@@ -288,17 +307,12 @@ class BNStatsHook(_GraphMonitor, _hook_base()):
                                 if op.type in ("AssignAddVariableOp", "AssignAdd") and op.inputs
                                 and op.inputs[0].op.name == step.op.name}
 
-    def after_create_session(self, session, coord):
-        if self._global_step is not None:
-            step = self._recorder.guard("reading the global step", session.run, self._global_step)
-            if step is not None and self._step is None:
-                self._first_step = int(step)
-
     def before_run(self, run_context):
         import tensorflow as tf
 
         self._updates_run = None  # after_run logs nothing unless this call gets the fetches
-        if self.closed or self.capture is None or not self._is_train_call(run_context.original_args.fetches):
+        if self.closed or self.capture is None or not self._recorder.guard(
+                "telling a train call", self._is_train_call, run_context.original_args.fetches):
             return None
         fetches, self._updates_run = self._fetches_for(run_context.original_args.fetches)
         return tf.compat.v1.train.SessionRunArgs(fetches) if fetches else None
@@ -308,18 +322,20 @@ class BNStatsHook(_GraphMonitor, _hook_base()):
         (any call without a global step)."""
         if not self._increments:
             return True
-        import tensorflow as tf
-
-        key = tuple(getattr(item, "name", item) for item in tf.nest.flatten(fetches))
+        key = graph_capture.fetch_key(fetches)
         if key not in self._trains:
             graph = self.capture.model
             self._trains[key] = bool(self._increments & graph_capture.ops_needed(fetches, graph))
         return self._trains[key]
 
     def after_run(self, run_context, run_values):
+        if self._updates_run is None:
+            return
         step = None
-        if self._step is None and self._first_step is not None:
-            step = self._first_step + 1
+        if self._global_step is not None:
+            # Read after the call: a read fetched with it could come before or after the increment.
+            step = self._recorder.guard("reading the global step", run_context.session.run, self._global_step)
+            step = None if step is None else int(step)
         self._log(run_values.results, self._updates_run, step, None)
 
     def end(self, session):

@@ -10,9 +10,10 @@ weight of the new batch, ``1 - m``. :func:`momentum_text` says a momentum in
 the layer's own convention, and names the convention.
 """
 
-from tb_bnstats.diagnosis.codes import CODES
+import re
 
-PYTORCH = "pytorch"
+from tb_bnstats.diagnosis.codes import CODES
+from tb_bnstats.format.metadata import PYTORCH, TF1, TF_KERAS
 
 # The fixes in PyTorch's words, where they differ from CODES' (Keras').
 PYTORCH_FIXES = {
@@ -46,22 +47,27 @@ PYTORCH_FIXES = {
              "tb_bnstats.recalibrate(model, loader) after restoring",
 }
 
-
-TF1 = "tf.compat.v1"
+# The frameworks whose models tb_bnstats.recalibrate does not take: their fixes say how to do it by hand.
+REESTIMATE = ("re-estimate the moving statistics (assign each moving_mean / moving_variance the mean batch moments "
+              "of a few hundred batches: PreciseBN)")
+_NO_RECALIBRATE = (TF1, TF_KERAS)
+_RECALIBRATE_CALL = re.compile(r"(call )?tb_bnstats\.recalibrate\(model, [^)]*\)")
 
 # The fixes in TensorFlow 1-style graph code's words (tb_bnstats.compat.v1), where they differ from Keras'.
 TF1_FIXES = {
     "BN001": "lower the momentum (tf.compat.v1.layers.batch_normalization(momentum=0.9), the decay of a hand-written "
-             "average) for runs of a few hundred steps, train longer, or re-estimate the moving statistics after "
-             "training: assign each moving_mean / moving_variance the average batch moments of a few hundred "
-             "training batches (PreciseBN)",
+             f"average) for runs of a few hundred steps, train longer, or {REESTIMATE} after training",
     "BN002": "run the update ops with the train op: with tf.control_dependencies(tf.compat.v1.get_collection("
              "tf.compat.v1.GraphKeys.UPDATE_OPS)): train_op = optimizer.minimize(loss) (a tf.keras layer in a "
              "graph lists its update ops in layer.updates)",
     "BN003": "use momentum (TF1's decay) 0.9-0.99: moving = decay * moving + (1 - decay) * batch",
-    "BN004": "move the dropout after the BN layers (or before the last layer only), or re-estimate the moving "
-             "statistics with dropout off after training",
+    "BN004": "move the dropout after the BN layers (or before the last layer only), or, with dropout off, "
+             f"{REESTIMATE} after training",
+    "BN008": "save and restore every global variable (tf.compat.v1.train.Saver() with its default var_list; "
+             f"var_list=tf.compat.v1.trainable_variables() leaves out moving_mean and moving_variance), or {REESTIMATE} "
+             "after restoring",
 }
+
 # BN002 when the train calls feed the layer's training tensor False (the update ops did run).
 TF1_TRAINING_FALSE_FIX = ("feed is_training=True in the train calls (training=is_training in "
                           "tf.compat.v1.layers.batch_normalization) and False only for evaluation")
@@ -82,14 +88,15 @@ def fix(code, framework=None, info=None):
         if code == "BN002" and info is not None and not info.update_ops_left_out:
             return TF1_TRAINING_FALSE_FIX
         return TF1_FIXES[code]
+    if framework in _NO_RECALIBRATE:
+        return _RECALIBRATE_CALL.sub(REESTIMATE, CODES[code].fix)
     return CODES[code].fix
 
 
 def recalibrate_text(info):
     """How to recalibrate the layer's model, in its framework's words."""
-    if getattr(info, "framework", None) == TF1:
-        return ("re-estimate the moving statistics after training (assign each the average batch moments of a few "
-                "hundred training batches)")
+    if getattr(info, "framework", None) in _NO_RECALIBRATE:
+        return f"{REESTIMATE} after training"
     return f"call tb_bnstats.recalibrate(model, {data_name(info)})"
 
 

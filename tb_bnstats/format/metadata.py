@@ -159,6 +159,13 @@ LAYER_PREFIX = "bn/"
 METRIC_PREFIX = "metric/"
 
 
+# LayerInfo.framework: where a layer comes from (the diagnosis speaks its words, tb_bnstats.diagnosis.words).
+KERAS = "keras"  # Keras 3, any backend
+TF_KERAS = "tf_keras"  # Keras 2: the tf-keras package, tf.keras under TF_USE_LEGACY_KERAS=1
+PYTORCH = "pytorch"
+TF1 = "tf.compat.v1"  # a TensorFlow 1-style graph (tb_bnstats.compat.v1)
+
+
 @dataclasses.dataclass(frozen=True)
 class LayerInfo:
     """What is known about one batch-normalization layer, independent of the
@@ -221,7 +228,7 @@ class LayerInfo:
     moving_var_unbiased: bool = False
     depth: int = 0
     layer_class: str = "BatchNormalization"
-    framework: str = "keras"
+    framework: str = KERAS
     trainable: bool = True
     synchronized: bool = False
     renorm: bool = False

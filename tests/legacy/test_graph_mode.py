@@ -109,6 +109,7 @@ def test_a_restore_of_the_trainable_variables_only_is_bn008(tmp_path):
     bn008 = [f for f in monitor.findings if f.code == "BN008"]
     assert bn008 and set(bn008[0].layers) == set(net.bn_names), [str(f) for f in monitor.findings]
     assert "resumed at step 40" in bn008[0].message
+    assert "tf.compat.v1.train.Saver()" in bn008[0].message  # the fix in the graph's words
 
 
 def test_hand_written_bn_with_decay_1e5_is_bn003(tmp_path):
@@ -202,6 +203,8 @@ def test_bad_arguments_fail_at_construction(tmp_path):
         with net.graph.as_default():
             v = v1.get_variable("v", [2])
         monitor.add_layer("bad", v, v, momentum=1.5, inputs=net.x)
+    with pytest.raises(ValueError, match="moving_var_unbiased=True needs inputs="):
+        monitor.add_layer("bad", v, v, momentum=0.9, batch_mean=net.x, batch_var=net.x, moving_var_unbiased=True)
 
 
 def _fit_graph(graph, x_ph, is_training, train_op, feeds, log_dir, **monitor_kwargs):
@@ -323,3 +326,140 @@ def test_the_old_codes_disable_v2_behavior_graphs_are_captured_too(tmp_path):
                                    rtol=1e-4, atol=1e-6)  # read after the first update, from 0
         assert without["layers"][name]["updates"] == [0] * 20
     assert "BN002" not in with_updates["findings"] and without["findings"] == ["BN002"]
+
+
+def _two_towers():
+    """Two BN towers on their own placeholders, each with its own loss and
+    train op (a GAN's or a multi-task graph's shape)."""
+    graph = tf.Graph()
+    with graph.as_default():
+        is_training = v1.placeholder_with_default(False, [])
+        towers = {}
+        for name in ("a", "b"):
+            with v1.variable_scope(name):
+                x = v1.placeholder(tf.float32, [None, 64])
+                h = v1.layers.batch_normalization(v1.layers.dense(x, 8), momentum=0.9, training=is_training)
+                loss = tf.reduce_mean(tf.square(h - 1.0))
+                with tf.control_dependencies(v1.get_collection(v1.GraphKeys.UPDATE_OPS, scope=name)):
+                    train_op = v1.train.GradientDescentOptimizer(0.01).minimize(loss)
+            towers[name] = (x, loss, train_op)
+    return graph, is_training, towers
+
+
+def test_a_call_is_given_the_fetches_of_the_layers_it_runs_only(tmp_path):
+    """Fetching tower b's moments or loss with tower a's train call would need
+    b's placeholder: the call would fail. Only a's layer and loss are fetched;
+    b's layer is said not run."""
+    graph, is_training, towers = _two_towers()
+    (xa, loss_a, train_a), (_, loss_b, _) = towers["a"], towers["b"]
+    data = digits()[0][:64]
+    with graph.as_default(), v1.Session(graph=graph) as sess:
+        sess.run(v1.global_variables_initializer())
+        monitor = BNStatsFetches(tmp_path / "run", train_a, metrics={"loss_a": loss_a, "loss_b": loss_b}, verbose=0)
+        for step in range(1, 6):
+            _, got = sess.run([train_a, monitor.fetches], {xa: data, is_training: True})
+            monitor.log(got, step)
+        monitor.close()
+        assert monitor.capture.not_run() == ["b/batch_normalization"]
+    run = tb_bnstats.load(tmp_path)["run"]
+    assert list(run.layers) == ["a/batch_normalization"]
+    np.testing.assert_array_equal(run.layers["a/batch_normalization"].series["updates"], np.arange(1, 6))
+    assert sorted(run.metrics) == ["train/loss_a"]
+
+
+def test_the_hook_without_a_global_step_logs_the_calls_that_run_a_layer(tmp_path):
+    graph, is_training, towers = _two_towers()
+    (xa, loss_a, train_a) = towers["a"]
+    data = digits()[0][:64]
+    with graph.as_default():
+        probe_var = v1.trainable_variables()[0]
+        hook = BNStatsHook(tmp_path / "run", metrics={"loss_a": loss_a}, verbose=0)
+        with v1.train.MonitoredSession(hooks=[hook]) as sess:
+            for _ in range(4):
+                sess.run(train_a, {xa: data, is_training: True})
+                sess.run(probe_var)  # runs no BN layer and feeds nothing: not a train call, nothing added
+    run = tb_bnstats.load(tmp_path)["run"]
+    assert list(run.layers["a/batch_normalization"].steps) == [1, 2, 3, 4]
+
+
+def test_the_hook_logs_the_global_step_read_after_each_call(tmp_path):
+    """A train op that advances the global step by 2 per call: logged at 2, 4, ..."""
+    net = conv_net(momentum=0.9)
+    x, y = digit_images()
+    with net.graph.as_default():
+        step = v1.train.get_global_step()
+        train_op = tf.group(net.train_op, step.assign_add(1))
+        hook = BNStatsHook(tmp_path / "run", verbose=0)
+        with v1.train.MonitoredSession(hooks=[hook]) as sess:
+            for xb, yb in batches(x, y, 32, 5):
+                sess.run(train_op, {net.x: xb, net.y: yb, net.is_training: True})
+    assert list(tb_bnstats.load(tmp_path)["run"].layers["block1/batch_normalization"].steps) == [2, 4, 6, 8, 10]
+
+
+@pytest.mark.parametrize("fused", [None, False])
+def test_channels_first_with_as_many_channels_as_columns(tmp_path, fused):
+    """NCHW input [N, 4, 6, 4]: channels on axis 1, and the last axis has as many
+    values; the moments are per channel of axis 1 (the kernel's data_format,
+    or the axes the non-fused moments reduce)."""
+    graph = tf.Graph()
+    with graph.as_default():
+        x = v1.placeholder(tf.float32, [None, 4, 6, 4])
+        is_training = v1.placeholder_with_default(False, [])
+        h = v1.layers.batch_normalization(x, axis=1, momentum=0.9, training=is_training, fused=fused)
+        with tf.control_dependencies(v1.get_collection(v1.GraphKeys.UPDATE_OPS)):
+            train_op = v1.train.GradientDescentOptimizer(0.01).minimize(tf.reduce_mean(tf.square(h - 1.0)))
+    rng = np.random.default_rng(0)
+    feeds = [(rng.normal(size=(16, 4, 6, 4)) * np.arange(1, 5)[None, :, None, None] + np.arange(4)[None, :, None, None])
+             .astype("float32") for _ in range(3)]
+    _, run = _fit_graph(graph, x, is_training, train_op, feeds, tmp_path / "run")
+    layer = run.layers["batch_normalization"]
+    for i, xb in enumerate(feeds):
+        xb = xb.astype(np.float64)
+        n = xb.size / 4
+        var = xb.var(axis=(0, 2, 3)) * (n / (n - 1) if layer.info.moving_var_unbiased else 1.0)
+        np.testing.assert_allclose(layer.snapshots["batch_mean"][i], xb.mean(axis=(0, 2, 3)), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(layer.snapshots["batch_var"][i], var, rtol=1e-5)
+
+
+def test_a_repeated_step_is_counted_on_with_a_warning(tmp_path):
+    net = conv_net(momentum=0.9)
+    x, y = digit_images()
+    with net.graph.as_default(), v1.Session(graph=net.graph) as sess:
+        monitor = BNStatsFetches(tmp_path / "run", net.train_op, verbose=0)
+        sess.run(v1.global_variables_initializer())
+        with pytest.warns(RuntimeWarning, match="larger than the last one"):
+            for xb, yb in batches(x, y, 32, 3):
+                _, got = sess.run([net.train_op, monitor.fetches], {net.x: xb, net.y: yb, net.is_training: True})
+                monitor.log(got, 1)
+        monitor.close()
+    assert list(tb_bnstats.load(tmp_path)["run"].layers["block1/batch_normalization"].steps) == [1, 2, 3]
+
+
+def test_a_fused_op_named_by_hand_is_logged_without_a_warning(tmp_path, recwarn):
+    """fused_batch_norm without its own averages cannot be found; named with
+    add_layer it is logged, and the "not logged" warning is not given."""
+    graph = tf.Graph()
+    with graph.as_default():
+        x = v1.placeholder(tf.float32, [None, 8, 8, 1])
+        h = v1.layers.conv2d(x, 4, 3, use_bias=False)
+        with v1.variable_scope("raw"):
+            scale = v1.get_variable("scale", [4], initializer=v1.ones_initializer())
+            offset = v1.get_variable("offset", [4], initializer=v1.zeros_initializer())
+            mean_avg = v1.get_variable("mean_avg", [4], initializer=v1.zeros_initializer(), trainable=False)
+            var_avg = v1.get_variable("var_avg", [4], initializer=v1.ones_initializer(), trainable=False)
+            out, batch_mean, batch_var = v1.nn.fused_batch_norm(h, scale, offset, is_training=True)
+            updates = [v1.assign(mean_avg, 0.9 * mean_avg + 0.1 * batch_mean),
+                       v1.assign(var_avg, 0.9 * var_avg + 0.1 * batch_var)]
+        with tf.control_dependencies(updates):
+            train_op = v1.train.GradientDescentOptimizer(0.01).minimize(tf.reduce_mean(tf.square(out - 1.0)))
+    with graph.as_default(), v1.Session(graph=graph) as sess:
+        monitor = BNStatsFetches(tmp_path / "run", train_op, verbose=0)
+        monitor.add_layer("raw", mean_avg, var_avg, momentum=0.9, inputs=h, update_ops=updates,
+                          moving_var_unbiased=True)
+        sess.run(v1.global_variables_initializer())
+        for step, xb in enumerate(np.split(digit_images()[0][:96], 3), start=1):
+            _, got = sess.run([train_op, monitor.fetches], {x: xb})
+            monitor.log(got, step)
+        monitor.close()
+    assert not [w for w in recwarn if "not logged" in str(w.message)], [str(w.message) for w in recwarn]
+    np.testing.assert_array_equal(tb_bnstats.load(tmp_path)["run"].layers["raw"].series["updates"], [1, 2, 3])

@@ -110,14 +110,39 @@ def test_logged_moments_equal_numpy_moments_of_the_real_input(tmp_path, variant)
         np.testing.assert_array_equal(logged.series["updates"], [1, 2, 3, 4])
 
 
-def test_a_healthy_fused_run_shows_no_variance_gap_and_no_finding(tmp_path):
+class SubclassedNet(keras2.Model):
+    """:func:`conv_net` as a subclassed model: its layers are built (and
+    tf_keras picks the fused kernel) only at the first train step."""
+
+    def __init__(self, momentum):
+        super().__init__()
+        self.conv = keras2.layers.Conv2D(4, 3, name="conv")
+        self.bn_conv = keras2.layers.BatchNormalization(momentum=momentum, name="bn_conv")
+        self.dense = keras2.layers.Dense(6, name="dense")
+        self.bn_dense = keras2.layers.BatchNormalization(momentum=momentum, name="bn_dense")
+        self.head = keras2.layers.Dense(3, activation="softmax", name="head")
+
+    def call(self, x, training=None):
+        h = keras2.layers.Flatten()(tf.nn.relu(self.bn_conv(self.conv(x), training=training)))
+        return self.head(tf.nn.relu(self.bn_dense(self.dense(h), training=training)))
+
+
+@pytest.mark.parametrize("kind", ["functional", "subclassed"])
+def test_a_healthy_fused_run_shows_no_variance_gap_and_no_finding(tmp_path, kind):
     """Momentum 0.9, 2 epochs of 64-sample batches on one fixed distribution:
     the moving variance (of Bessel-corrected variances) matches the batches'
-    once compared like with like."""
+    once compared like with like -- also when the layers are built in the
+    first train step, after the callback found them (subclassed)."""
     rng = np.random.default_rng(0)
     x = rng.normal(1.5, 2.0, size=(1024, 8, 8, 3)).astype("float32")
     y = rng.integers(0, 3, size=1024)
-    model = conv_net(momentum=0.9)
+    if kind == "functional":
+        model = conv_net(momentum=0.9)
+    else:
+        keras2.utils.set_random_seed(0)
+        model = SubclassedNet(momentum=0.9)
+        model.compile(keras2.optimizers.SGD(0.05), "sparse_categorical_crossentropy", metrics=["accuracy"])
+        assert not model.built
     cb = tb_bnstats.BNStatsCallback(tmp_path / "run", verbose=0)
     model.fit(x, y, batch_size=64, epochs=3, verbose=0, callbacks=[cb])
     layer = tb_bnstats.load(tmp_path)["run"].layers["bn_conv"]
@@ -127,6 +152,47 @@ def test_a_healthy_fused_run_shows_no_variance_gap_and_no_finding(tmp_path):
     # Uncorrected, the gap would be log(n / (n - 1)) on every step; corrected it is noise around 0.
     assert abs(np.median(tail)) < 0.5 * np.log(n / (n - 1)) + 0.02
     assert cb.findings == [], [f.message for f in cb.findings]
+
+
+class CondNet(keras2.Model):
+    """conv -> BN (fused) called inside a ``tf.cond`` (a nested graph of the
+    train step) -> head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = keras2.layers.Conv2D(4, 3, name="conv")
+        self.bn = keras2.layers.BatchNormalization(momentum=0.9, name="bn")
+        self.head = keras2.layers.Dense(3, activation="softmax", name="head")
+        self.use_bn = tf.Variable(True, trainable=False)
+
+    def call(self, x, training=None):
+        h = self.conv(x)
+        h = tf.cond(self.use_bn, lambda: self.bn(h, training=training), lambda: tf.identity(h))
+        return self.head(keras2.layers.Flatten()(h))
+
+
+def test_a_fused_layer_inside_a_tf_cond_is_logged_with_its_values_per_channel(tmp_path):
+    """The moments and values per channel of a layer in a nested graph reach
+    the row through variables: each step's logged moments equal numpy moments
+    of the layer's input (learning rate 0: the same conv output every epoch)."""
+    x, y = data()
+    keras2.utils.set_random_seed(0)
+    model = CondNet()
+    model(x[:2])  # built eagerly (its variables made outside the cond)
+    model.compile(keras2.optimizers.SGD(0.0), "sparse_categorical_crossentropy")
+    assert model.bn.fused
+    cb = tb_bnstats.BNStatsCallback(tmp_path / "run", verbose=0, snapshot_every_n_steps=1)
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[cb])
+    logged = tb_bnstats.load(tmp_path)["run"].layers["bn"]
+    assert logged.info.moving_var_unbiased
+    np.testing.assert_array_equal(logged.series["updates"], [1, 2, 3, 4])
+    for i in range(4):
+        h = np.asarray(model.conv(x[i * BATCH:(i + 1) * BATCH]), np.float64)
+        n = h.size / h.shape[-1]
+        axes = (0, 1, 2)
+        np.testing.assert_allclose(logged.snapshots["batch_mean"][i], h.mean(axis=axes), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(logged.snapshots["batch_var"][i], h.var(axis=axes) * n / (n - 1), rtol=1e-5,
+                                   atol=1e-5)
 
 
 def test_the_callback_does_not_change_training(tmp_path):

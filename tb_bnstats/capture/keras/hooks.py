@@ -29,6 +29,7 @@ import weakref
 import numpy as np
 
 from tb_bnstats.capture import rows as ring_rows
+from tb_bnstats.format.metadata import KERAS
 from tb_bnstats.capture.keras.layers import (called_with_training_false, channels_of, find_batchnorm_layers,
                                              initializer_values, layer_info)
 
@@ -39,14 +40,6 @@ _state = threading.local()
 # Training samples kept for the default probe batch: the first this many the train step runs on, as many
 # as a probe uses (tb_bnstats.measure.gap.MAX_PROBE_SAMPLES; the capture does not import measure).
 FIRST_BATCH_ROWS = 256
-
-
-def values_per_channel(inputs, channels):
-    """Values per channel in ``inputs`` (every axis but the channels'), as a
-    float32 scalar tensor of the backend."""
-    from keras import ops
-
-    return ops.cast(ops.size(inputs), "float32") / float(channels)
 
 
 def _rows(structure):
@@ -96,7 +89,7 @@ class LayerSlot:
     # Whether the layer's moving variance averages Bessel-corrected batch variances (tf_keras' fused
     # kernel): its rows then carry the values per channel, n, for the comparison var_B * n / (n - 1).
     moving_var_unbiased = False
-    framework = "keras"  # LayerInfo.framework: "keras" (Keras 3) or "tf_keras"
+    framework = KERAS  # LayerInfo.framework: KERAS (Keras 3) or TF_KERAS
 
     def __init__(self, layer):
         self._layer = weakref.ref(layer)  # registries' values must not keep their keys alive

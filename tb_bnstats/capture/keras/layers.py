@@ -106,7 +106,7 @@ def mean_metrics(model):
 
 
 def layer_info(name, layer, depth, init_mean, init_var, graph_training_false=False, replicas=1,
-               moving_per_replica=False, global_moments=False, moving_var_unbiased=False, framework="keras"):
+               moving_per_replica=False, global_moments=False, moving_var_unbiased=False, framework=metadata.KERAS):
     """The :class:`LayerInfo` of a Keras BatchNormalization layer.
 
     Args:
@@ -120,7 +120,7 @@ def layer_info(name, layer, depth, init_mean, init_var, graph_training_false=Fal
         moving_var_unbiased: its moving variance averages Bessel-corrected
             batch variances (tf_keras' fused kernel); Keras 3's averages the
             biased ones.
-        framework: ``"keras"`` (Keras 3) or ``"tf_keras"`` (Keras 2).
+        framework: ``KERAS`` (Keras 3) or ``TF_KERAS`` (Keras 2), :mod:`tb_bnstats.format.metadata`.
     """
     return metadata.LayerInfo(
         name=name,

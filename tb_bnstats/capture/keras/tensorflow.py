@@ -24,6 +24,7 @@ import weakref
 
 import numpy as np
 
+from tb_bnstats.capture import tf_moments
 from tb_bnstats.capture.keras import hooks
 from tb_bnstats.capture.keras.hooks import FIRST_BATCH_ROWS, KerasCapture, LayerSlot, StepHook
 from tb_bnstats.capture.keras.layers import mean_metrics, steps_per_execution
@@ -49,7 +50,7 @@ class _LayerSlot(LayerSlot):
     def __init__(self, layer):
         super().__init__(layer)
         self.updates = None
-        self.moments = None  # batch_mean / batch_var variables, for moments of a nested graph
+        self.moments = None  # batch_mean / batch_var / samples variables, for what a nested graph keeps
 
     def remember_initial(self, moving_mean=None, moving_var=None):
         if self.updates is None:
@@ -79,19 +80,23 @@ class _LayerSlot(LayerSlot):
         channels = self.channels
         flat = lambda t: t if t.shape == (channels,) else tf.reshape(t, [channels])  # noqa: E731
         mean, variance = flat(tf.cast(mean, tf.float32)), flat(tf.cast(variance, tf.float32))
-        samples = None if inputs is None else hooks.values_per_channel(inputs, channels)
+        samples = None if inputs is None else tf_moments.values_per_channel(inputs, channels)
         if tf.executing_eagerly() or tf.compat.v1.get_default_graph() is getattr(hooks._state, "graph", None):
             kept = (mean, variance)
         else:
             if self.moments is None:
                 with tf.init_scope():
                     self.moments = (tf.Variable(tf.zeros([channels]), trainable=False, name="tb_bnstats_mean"),
-                                    tf.Variable(tf.zeros([channels]), trainable=False, name="tb_bnstats_var"))
+                                    tf.Variable(tf.zeros([channels]), trainable=False, name="tb_bnstats_var"),
+                                    tf.Variable(0.0, dtype=tf.float64, trainable=False, name="tb_bnstats_samples"))
             self.moments[0].assign(mean)
             self.moments[1].assign(variance)
+            if samples is not None:
+                self.moments[2].assign(samples)
+                samples = self.moments[2]
             if updating:
                 self.updates.assign_add(1)
-            kept = self.moments
+            kept = self.moments[:2]
         for hook in self.hooks:
             hook.kept[self.layer] = (kept, updating, samples)
 
@@ -265,8 +270,9 @@ class _TrainStepHook(StepHook):
         with_samples = replicas > 1 or any(slot.moving_var_unbiased for slot in slots)
         samples = None
         if with_samples:
-            samples = tf.stack([tf.zeros([]) if self.kept[layer][2] is None else self.kept[layer][2]
-                                for layer in layers]) if layers else tf.zeros([0])
+            samples = tf.stack([tf.zeros([], tf.float64) if self.kept[layer][2] is None
+                                else tf.convert_to_tensor(self.kept[layer][2]) for layer in layers]
+                               ) if layers else tf.zeros([0], tf.float64)
         if replicas == 1:
             write(floats, log_values, None if samples is None else tf.cast(samples, tf.float64))
             return

@@ -38,6 +38,7 @@ from tb_bnstats.capture import tf_moments
 from tb_bnstats.capture.keras import hooks
 from tb_bnstats.capture.keras import tensorflow as tf_capture
 from tb_bnstats.capture.keras.layers import channels_of, find_batchnorm_layers
+from tb_bnstats.format.metadata import TF_KERAS
 
 
 def is_tf_keras_model(model):
@@ -83,12 +84,18 @@ def per_channel(layer, mean, variance):
 class _LayerSlot(tf_capture._LayerSlot):
     """The TensorFlow slot; a fused layer's moving variance is unbiased."""
 
-    framework = "tf_keras"
+    framework = TF_KERAS
 
     def __init__(self, layer):
         super().__init__(layer)
-        self.moving_var_unbiased = bool(getattr(layer, "fused", False))
         self.training_call = False  # the layer's call being run trains it (set by the call wrapper)
+
+    @property
+    def moving_var_unbiased(self):
+        """Whether the layer runs the fused kernel: tf_keras decides in
+        ``build`` (a subclassed model's layers are built at the first train
+        step, after the slot is made), so it is read when the step is traced."""
+        return bool(getattr(self.layer, "fused", False))
 
 
 def instrument_layer(layer, slot):

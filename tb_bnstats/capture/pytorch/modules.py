@@ -23,9 +23,7 @@ PyTorch's conventions, and how the log format (Keras' conventions, see
 * The initial running statistics are 0 and 1 (``reset_running_stats``).
 """
 
-from tb_bnstats.format.metadata import LayerInfo
-
-FRAMEWORK = "pytorch"
+from tb_bnstats.format.metadata import PYTORCH, LayerInfo
 
 
 def is_batchnorm(module):
@@ -83,7 +81,7 @@ def layer_info(name, module, depth, updating, replicas=1, moving_per_replica=Fal
     return LayerInfo(
         name=name, channels=int(module.running_mean.numel()), momentum=keras_momentum(module.momentum),
         epsilon=float(module.eps), init_mean=0.0, init_var=1.0, moving_var_unbiased=True, depth=int(depth),
-        layer_class=type(module).__name__, framework=FRAMEWORK, trainable=bool(updating),
+        layer_class=type(module).__name__, framework=PYTORCH, trainable=bool(updating),
         synchronized=isinstance(module, torch.nn.SyncBatchNorm),
         frozen=not updating and not any(p.requires_grad for p in module.parameters(recurse=False)),
         replicas=int(replicas), moving_per_replica=bool(moving_per_replica))
