@@ -61,14 +61,16 @@ test-python: install-test
 	@rm -rf $(LANES); mkdir -p $(LANES); \
 	( KERAS_BACKEND=jax $(PY) -m pytest -q --basetemp=$(LANES)/tmp-jax $(BACKEND_TESTS) \
 	  || echo "KERAS_BACKEND=jax" >> $(LANES)/failed ) > $(LANES)/1-jax.log 2>&1 & \
-	lane=$$!; trap 'pkill -P $$lane 2>/dev/null; kill $$lane 2>/dev/null' INT TERM; \
+	jax=$$!; \
 	( KERAS_BACKEND=torch $(PY) -m pytest -q --basetemp=$(LANES)/tmp-torch $(BACKEND_TESTS) \
 	    || echo "KERAS_BACKEND=torch" >> $(LANES)/failed; \
 	  $(PY) -m pytest -q --basetemp=$(LANES)/tmp-pytorch tests/pytorch || echo "tests/pytorch" >> $(LANES)/failed; \
 	  TF_USE_LEGACY_KERAS=1 $(PY) -m pytest -q --basetemp=$(LANES)/tmp-legacy tests/legacy \
 	    || echo "tests/legacy" >> $(LANES)/failed \
-	) > $(LANES)/2-torch-pytorch-legacy.log 2>&1; \
-	wait $$lane; \
+	) > $(LANES)/2-torch-pytorch-legacy.log 2>&1 & \
+	rest=$$!; \
+	trap 'for lane in $$jax $$rest; do pkill -P $$lane; kill $$lane; done 2>/dev/null; exit 130' INT TERM; \
+	wait $$jax; wait $$rest; \
 	for log in $(LANES)/*.log; do echo "===== $$log"; cat $$log; done; \
 	if [ -s $(LANES)/failed ]; then echo "failed: $$(cat $(LANES)/failed | tr '\n' ' ')"; exit 1; fi
 

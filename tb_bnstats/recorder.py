@@ -212,6 +212,13 @@ class Recorder:
                 self.say(f"not called by the train step, not logged: {missing}")
         return self._infos
 
+    def layers_changed(self):
+        """The capture's layers or their descriptions changed (a graph layer
+        first run by a later train call): :attr:`layer_infos` is made again,
+        here, on the training thread."""
+        self._infos = None
+        _ = self.layer_infos
+
     # -- events ------------------------------------------------------------------
 
     def attach(self, capture, model_name):

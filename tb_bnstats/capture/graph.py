@@ -55,8 +55,9 @@ _IF = ("If", "StatelessIf")
 _ASSIGN_SUB = ("AssignSubVariableOp", "AssignSub")  # a moving-average update (resource, reference variable)
 # Ops that take what a Session.run must be given or consumes: a fetch needing one the train call does not
 # need would fail (a placeholder not fed) or take a batch from the user's input pipeline.
-_INPUT_OPS = ("Placeholder", "PlaceholderV2", "IteratorGetNext", "IteratorGetNextSync", "QueueDequeueV2",
-              "QueueDequeueManyV2", "QueueDequeueUpToV2", "ReaderReadV2")
+_INPUT_OPS = ("Placeholder", "PlaceholderV2", "IteratorGetNext", "IteratorGetNextSync", "IteratorGetNextAsOptional",
+              "MultiDeviceIteratorGetNextFromShard", "QueueDequeue", "QueueDequeueV2", "QueueDequeueMany",
+              "QueueDequeueManyV2", "QueueDequeueUpTo", "QueueDequeueUpToV2", "ReaderRead", "ReaderReadV2")
 
 
 @dataclasses.dataclass
@@ -172,9 +173,12 @@ def _is_fused(ops, functions):
 
 def _channel_axis_of(ops, functions, inputs, channels):
     """The channel axis of a layer's input: the fused kernel's
-    ``data_format`` (``NC..``: 1), else the axis the non-fused
-    ``moments/mean`` leaves out of its reduction, else the last axis of
-    that size (then the second)."""
+    ``data_format`` (``NC..``: 1), else the one axis the non-fused
+    ``moments/mean`` of the input itself leaves out of its reduction (not
+    that of a reshaped input: a virtual batch size adds an axis), else the
+    last axis of that size (then the second)."""
+    import tensorflow as tf
+
     rank = inputs.shape.rank
     for op in ops:
         if op.type in _FUSED:
@@ -183,9 +187,12 @@ def _channel_axis_of(ops, functions, inputs, channels):
         if node.op in _FUSED:
             return 1 if node.attr["data_format"].s.decode().startswith("NC") else -1
     for op in ops:
-        if op.type == "Const" and op.name.endswith("moments/mean/reduction_indices"):
-            kept = sorted(set(range(rank)) - {int(a) % rank for a in np.ravel(_const_value(op.node_def))})
-            if len(kept) == 1:
+        if op.type == "Mean" and op.name.endswith("moments/mean") and op.inputs[0].shape.rank == rank:
+            axes = tf.get_static_value(op.inputs[1])
+            if axes is None:
+                continue
+            kept = sorted(set(range(rank)) - {int(a) % rank for a in np.ravel(axes)})
+            if len(kept) == 1 and inputs.shape[kept[0]] in (channels, None):
                 return kept[0]
     return -1 if inputs.shape[-1] == channels else 1
 
@@ -441,10 +448,11 @@ class GraphCapture:
 
     # -- per train call ------------------------------------------------------------
 
-    def fetches(self, train_fetches):
+    def fetches(self, train_fetches, fed=()):
         """What to add to a train call of ``train_fetches``: per layer the
         call runs, its fetches, read after its update ops where those run
-        (module docstring), and the metrics whose inputs the call is given.
+        (module docstring), and the metrics whose inputs the call runs or is
+        fed (``fed``: the names of the ops of the call's feed keys).
 
         A layer the call does not run is left out (it is not logged at that
         step): its fetches could need a placeholder the call does not feed,
@@ -455,7 +463,7 @@ class GraphCapture:
             goes to :meth:`keep`; ``({}, None)`` when the graph has BN
             layers and the call runs none (nothing to add).
         """
-        key = fetch_key(train_fetches)
+        key = (fetch_key(train_fetches), frozenset(fed))
         cached = self._fetch_cache.get(key)
         if cached is None:  # a new set of train fetches: which layers and update ops it runs, found once
             needed = ops_needed(train_fetches, self.model)
@@ -465,7 +473,7 @@ class GraphCapture:
             fetches = {name: (self._after[name] if runs[name] and name in self._after else self._plain[name])
                        for name in runs}
             metrics = {name: t for name, t in self._metric_fetches.items()
-                       if self._given(self.metrics[name], needed)}
+                       if self._given(self.metrics[name], needed | set(fed))}
             # A graph without BN layers logs its metrics; one with them, the calls that run a layer.
             cached = ({"layers": fetches, "metrics": metrics}, runs) if ran or not self.layers else ({}, None)
             self._fetch_cache[key] = cached
@@ -492,20 +500,28 @@ class GraphCapture:
 
     def keep(self, step, results, updates_run, values=None):
         """Keeps one train call's ``results`` (of :meth:`fetches`) as the row
-        of ``step``; ``values``: other numbers of the step (its loss...)."""
-        layers = {}
+        of ``step``; ``values``: other numbers of the step (its loss...).
+
+        Returns:
+            True when :meth:`layer_infos` changed with this call (a layer
+            run for the first time, or first run without its update ops).
+        """
+        layers, changed = {}, False
         for layer in self.layers:
             got = results["layers"].get(layer.name)
             if got is None:  # not run by this call
                 continue
+            changed |= layer.name not in self._seen
             self._seen.add(layer.name)
             training = bool(got["training"])
             if training and not updates_run[layer.name]:
+                changed |= layer.name not in self._left_out
                 self._left_out[layer.name] = True
             layers[layer.name] = (got, training and updates_run[layer.name])
         logs = {name: float(v) for name, v in results["metrics"].items()}
         logs.update({name: float(v) for name, v in (values or {}).items()})
         self._rows.append((int(step), layers, logs))
+        return changed
 
     def variance_shift(self, session, feed_dict):
         """S5 on the live graph: each layer's input variance on one batch

@@ -118,6 +118,10 @@ class _GraphMonitor:
         rec = self._recorder
 
         def make():
+            for name, tensor in list(self._metrics.items()):
+                if tensor.graph is not graph:
+                    rec.warn_once(f"metric {name}", f"metric {name!r}: a tensor of another graph, not logged")
+                    del self._metrics[name]
             found, skipped = graph_capture.find_layers(graph)
             # A layer named by hand is logged as the user named it, not also as found.
             mine = {layer.moving_mean.name for layer in self._hand_written}
@@ -145,10 +149,14 @@ class _GraphMonitor:
                 return True
         return False
 
-    def _fetches_for(self, train_fetches):
+    def _fetches_for(self, train_fetches, feed_dict=None):
         """``(fetches, updates_run)``; ``({}, None)`` when the capture failed
         (an empty fetch leaves the train call as it was)."""
-        got = self._recorder.guard("preparing the fetches", self.capture.fetches, train_fetches)
+        def fetches():
+            fed = [getattr(key, "op", None) for key in (feed_dict or {})]
+            return self.capture.fetches(train_fetches, fed=[op.name for op in fed if op is not None])
+
+        got = self._recorder.guard("preparing the fetches", fetches)
         return got if got is not None else ({}, None)
 
     def _log(self, results, updates_run, step, values):
@@ -163,7 +171,9 @@ class _GraphMonitor:
                           "counting on")
             step = (self._step or 0) + 1
         step = int(step)
-        rec.guard("keeping the fetched statistics", self.capture.keep, step, results, updates_run, values)
+        changed = rec.guard("keeping the fetched statistics", self.capture.keep, step, results, updates_run, values)
+        if changed and self._step is not None:
+            rec.guard("describing the layers", rec.layers_changed)
         if self._step is None:  # the run begins at its first train call: a restored run is told by its values
             self._step = step - 1
             rec.begin(lambda: step - 1)
@@ -314,7 +324,8 @@ class BNStatsHook(_GraphMonitor, _hook_base()):
         if self.closed or self.capture is None or not self._recorder.guard(
                 "telling a train call", self._is_train_call, run_context.original_args.fetches):
             return None
-        fetches, self._updates_run = self._fetches_for(run_context.original_args.fetches)
+        args = run_context.original_args
+        fetches, self._updates_run = self._fetches_for(args.fetches, args.feed_dict)
         return tf.compat.v1.train.SessionRunArgs(fetches) if fetches else None
 
     def _is_train_call(self, fetches):

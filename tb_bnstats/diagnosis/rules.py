@@ -302,7 +302,7 @@ def pretrained_not_converged(view, **_):
              f"updates at {words.momentum_text(view.momentum, info)} they still hold {1 - conv:.0%} of the "
              f"pretrained values ({need} updates leave 5%), and the moving statistics are {view.shift}: "
              f"inference normalizes with a mix of the old data's statistics and the new. Train longer, or "
-             f"call tb_bnstats.recalibrate(model, {words.data_name(info)}) after fine-tuning.")]
+             f"{words.recalibrate_text(info)} after fine-tuning.")]
 
 
 def overridden_training_false(view):
@@ -348,7 +348,7 @@ def not_converged(view, **_):
              f"{view.name}: moving statistics are {conv:.0%} converged after {t} updates at "
              f"{words.momentum_text(m, info)}; 95% needs {need}. Batch means are {view.gap_mean:.2f} std from the "
              f"moving mean, variances {math.exp(view.gap_log_var):.2f}x apart. Use {suggested} for runs "
-             f"this short, or {words.recalibrate_text(info)}.")]
+             f"this short, or {words.recalibrate_text(info)} after training.")]
 
 
 STATE_RULES = (non_finite_moments, restored_at_initializer, never_updated, momentum_near_zero,

@@ -94,9 +94,10 @@ def fix(code, framework=None, info=None):
 
 
 def recalibrate_text(info):
-    """How to recalibrate the layer's model, in its framework's words."""
+    """How to recalibrate the layer's model, in its framework's words (a
+    verb phrase: "call tb_bnstats.recalibrate(model, data)")."""
     if getattr(info, "framework", None) in _NO_RECALIBRATE:
-        return f"{REESTIMATE} after training"
+        return REESTIMATE
     return f"call tb_bnstats.recalibrate(model, {data_name(info)})"
 
 

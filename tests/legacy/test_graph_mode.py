@@ -293,7 +293,7 @@ def test_a_graph_without_bn_or_a_failing_capture_never_breaks_the_train_call(tmp
         assert tb_bnstats.load(tmp_path)["plain"].metrics["train/loss"][0].tolist() == [1, 2, 3]
         from tb_bnstats.capture import graph as graph_capture
 
-        def broken(self, train_fetches):
+        def broken(self, train_fetches, fed=()):
             raise RuntimeError("boom")
 
         monkeypatch.setattr(graph_capture.GraphCapture, "fetches", broken)
@@ -463,3 +463,44 @@ def test_a_fused_op_named_by_hand_is_logged_without_a_warning(tmp_path, recwarn)
         monitor.close()
     assert not [w for w in recwarn if "not logged" in str(w.message)], [str(w.message) for w in recwarn]
     np.testing.assert_array_equal(tb_bnstats.load(tmp_path)["run"].layers["raw"].series["updates"], [1, 2, 3])
+
+
+def test_a_layer_first_run_by_a_later_call_is_logged_from_then_on(tmp_path):
+    """Tower a trains first, tower b later (drained at every call): b's layer
+    is described when it first runs, and its metric, fed only then, is logged
+    from then on."""
+    graph, is_training, towers = _two_towers()
+    (xa, loss_a, train_a), (xb, loss_b, train_b) = towers["a"], towers["b"]
+    data = digits()[0][:64]
+    with graph.as_default():
+        hook = BNStatsHook(tmp_path / "run", metrics={"loss_a": loss_a, "loss_b": loss_b}, verbose=0,
+                           flush_secs=1e-3)
+        with v1.train.MonitoredSession(hooks=[hook]) as sess:
+            for _ in range(3):
+                sess.run(train_a, {xa: data, is_training: True})
+            for _ in range(3):
+                sess.run(train_b, {xb: data, is_training: True})
+    run = tb_bnstats.load(tmp_path)["run"]
+    assert list(run.layers["a/batch_normalization"].steps) == [1, 2, 3]
+    assert list(run.layers["b/batch_normalization"].steps) == [4, 5, 6]
+    np.testing.assert_array_equal(run.layers["b/batch_normalization"].series["updates"], [1, 2, 3])
+    assert list(run.metrics["train/loss_a"][0]) == [1, 2, 3] and list(run.metrics["train/loss_b"][0]) == [4, 5, 6]
+
+
+def test_a_virtual_batch_layer_in_a_graph_is_logged_per_channel(tmp_path):
+    """virtual_batch_size reshapes the input before its moments: the channel
+    axis is still the input's last (not the axis the reshaped moments keep)."""
+    graph = tf.Graph()
+    with graph.as_default():
+        x = v1.placeholder(tf.float32, [None, 6, 5, 3])
+        is_training = v1.placeholder_with_default(False, [])
+        h = v1.layers.batch_normalization(x, momentum=0.9, training=is_training, virtual_batch_size=4)
+        with tf.control_dependencies(v1.get_collection(v1.GraphKeys.UPDATE_OPS)):
+            train_op = v1.train.GradientDescentOptimizer(0.01).minimize(tf.reduce_mean(tf.square(h - 1.0)))
+    rng = np.random.default_rng(0)
+    feeds = [(rng.normal(size=(16, 6, 5, 3)) + np.arange(3)).astype("float32") for _ in range(2)]
+    _, run = _fit_graph(graph, x, is_training, train_op, feeds, tmp_path / "run")
+    layer = run.layers["batch_normalization"]
+    for i, xb in enumerate(feeds):
+        np.testing.assert_allclose(layer.snapshots["batch_mean"][i], xb.astype(np.float64).mean(axis=(0, 1, 2)),
+                                   rtol=1e-5, atol=1e-5)
