@@ -15,9 +15,11 @@ from tb_bnstats.compat.v1 import BNStatsFetches, BNStatsHook
 v1 = tf.compat.v1
 
 
-def train(net, log_dir, steps, batch=32, data=None, monitor_kwargs=None, hand_written=False, close_feed=False):
-    """Trains ``net`` with a plain ``sess.run`` loop and the monitor; returns
-    (monitor, train-mode accuracy, inference-mode accuracy) on the data."""
+def train(net, log_dir, steps, batch=32, data=None, monitor_kwargs=None, hand_written=False, close_feed=False,
+          is_training=True, logged_step=lambda step: step):
+    """Trains ``net`` with a plain ``sess.run`` loop and the monitor (the
+    train calls fed ``is_training``, call n logged as ``logged_step(n)``);
+    returns (monitor, {mode: accuracy}) on the data."""
     x, y = data if data is not None else digit_images()
     with net.graph.as_default(), v1.Session(graph=net.graph) as sess:
         monitor = BNStatsFetches(log_dir, net.train_op, metrics={"loss": net.loss}, verbose=0,
@@ -26,8 +28,8 @@ def train(net, log_dir, steps, batch=32, data=None, monitor_kwargs=None, hand_wr
             monitor.add_layer("my_bn", momentum=net.hand_decay, **net.hand)
         sess.run(v1.global_variables_initializer())
         for step, (xb, yb) in enumerate(batches(x, y, batch, steps), start=1):
-            _, got = sess.run([net.train_op, monitor.fetches], {net.x: xb, net.y: yb, net.is_training: True})
-            monitor.log(got, step)
+            _, got = sess.run([net.train_op, monitor.fetches], {net.x: xb, net.y: yb, net.is_training: is_training})
+            monitor.log(got, logged_step(step))
         accuracy = {}
         if net.accuracy is not None:
             for mode in (True, False):
@@ -72,15 +74,7 @@ def test_update_ops_left_out_of_the_train_op_is_bn002_with_the_tf1_fix(tmp_path)
 
 
 def test_is_training_fed_false_in_the_train_calls_is_bn002_telling_to_feed_true(tmp_path):
-    net = conv_net(momentum=0.9)
-    x, y = digit_images()
-    with net.graph.as_default(), v1.Session(graph=net.graph) as sess:
-        monitor = BNStatsFetches(tmp_path / "run", net.train_op, verbose=0)
-        sess.run(v1.global_variables_initializer())
-        for step, (xb, yb) in enumerate(batches(x, y, 32, 20), start=1):
-            _, got = sess.run([net.train_op, monitor.fetches], {net.x: xb, net.y: yb, net.is_training: False})
-            monitor.log(got, step)
-        monitor.close()
+    monitor, _ = train(conv_net(momentum=0.9), tmp_path / "run", steps=20, is_training=False)
     bn002 = [f for f in monitor.findings if f.code == "BN002"]
     assert bn002 and "is_training" in bn002[0].message and "feed is_training=True" in bn002[0].message
     assert "UPDATE_OPS" not in bn002[0].message
@@ -422,16 +416,8 @@ def test_channels_first_with_as_many_channels_as_columns(tmp_path, fused):
 
 
 def test_a_repeated_step_is_counted_on_with_a_warning(tmp_path):
-    net = conv_net(momentum=0.9)
-    x, y = digit_images()
-    with net.graph.as_default(), v1.Session(graph=net.graph) as sess:
-        monitor = BNStatsFetches(tmp_path / "run", net.train_op, verbose=0)
-        sess.run(v1.global_variables_initializer())
-        with pytest.warns(RuntimeWarning, match="larger than the last one"):
-            for xb, yb in batches(x, y, 32, 3):
-                _, got = sess.run([net.train_op, monitor.fetches], {net.x: xb, net.y: yb, net.is_training: True})
-                monitor.log(got, 1)
-        monitor.close()
+    with pytest.warns(RuntimeWarning, match="larger than the last one"):
+        train(conv_net(momentum=0.9), tmp_path / "run", steps=3, logged_step=lambda step: 1)
     assert list(tb_bnstats.load(tmp_path)["run"].layers["block1/batch_normalization"].steps) == [1, 2, 3]
 
 
