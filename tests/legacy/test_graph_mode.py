@@ -243,6 +243,15 @@ def test_keras_layers_called_in_a_graph_are_found_with_their_own_update_ops(tmp_
         assert run.layers["dense_bn"].info.update_ops_left_out
 
 
+def _fused_variables(channels):
+    """A raw fused_batch_norm's scale, offset and moving-average variables."""
+    ones, zeros = v1.ones_initializer(), v1.zeros_initializer()
+    return (v1.get_variable("scale", [channels], initializer=ones),
+            v1.get_variable("offset", [channels], initializer=zeros),
+            v1.get_variable("mean_avg", [channels], initializer=zeros, trainable=False),
+            v1.get_variable("var_avg", [channels], initializer=ones, trainable=False))
+
+
 def test_fused_batch_norm_with_its_own_moving_averages_is_found(tmp_path):
     graph = tf.Graph()
     with graph.as_default():
@@ -250,10 +259,7 @@ def test_fused_batch_norm_with_its_own_moving_averages_is_found(tmp_path):
         is_training = v1.placeholder_with_default(True, [])
         h = v1.layers.conv2d(x, 4, 3, use_bias=False)
         with v1.variable_scope("raw"):
-            scale = v1.get_variable("scale", [4], initializer=v1.ones_initializer())
-            offset = v1.get_variable("offset", [4], initializer=v1.zeros_initializer())
-            mean_avg = v1.get_variable("mean_avg", [4], initializer=v1.zeros_initializer(), trainable=False)
-            var_avg = v1.get_variable("var_avg", [4], initializer=v1.ones_initializer(), trainable=False)
+            scale, offset, mean_avg, var_avg = _fused_variables(4)
             out, new_mean, new_var = v1.nn.fused_batch_norm(h, scale, offset, mean=mean_avg, variance=var_avg,
                                                             is_training=True, exponential_avg_factor=0.25)
             updates = [v1.assign(mean_avg, new_mean), v1.assign(var_avg, new_var)]
@@ -429,10 +435,7 @@ def test_a_fused_op_named_by_hand_is_logged_without_a_warning(tmp_path, recwarn)
         x = v1.placeholder(tf.float32, [None, 8, 8, 1])
         h = v1.layers.conv2d(x, 4, 3, use_bias=False)
         with v1.variable_scope("raw"):
-            scale = v1.get_variable("scale", [4], initializer=v1.ones_initializer())
-            offset = v1.get_variable("offset", [4], initializer=v1.zeros_initializer())
-            mean_avg = v1.get_variable("mean_avg", [4], initializer=v1.zeros_initializer(), trainable=False)
-            var_avg = v1.get_variable("var_avg", [4], initializer=v1.ones_initializer(), trainable=False)
+            scale, offset, mean_avg, var_avg = _fused_variables(4)
             out, batch_mean, batch_var = v1.nn.fused_batch_norm(h, scale, offset, is_training=True)
             updates = [v1.assign(mean_avg, 0.9 * mean_avg + 0.1 * batch_mean),
                        v1.assign(var_avg, 0.9 * var_avg + 0.1 * batch_var)]
