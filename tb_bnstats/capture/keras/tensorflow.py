@@ -274,13 +274,13 @@ class _TrainStepHook(StepHook):
                                 else tf.convert_to_tensor(self.kept[layer][2]) for layer in layers]
                                ) if layers else tf.zeros([0], tf.float64)
         if replicas == 1:
-            write(floats, log_values, None if samples is None else tf.cast(samples, tf.float64))
+            write(floats, log_values, samples)
             return
 
         def merged(strategy, floats, log_values, samples):
             local = lambda v: strategy.experimental_local_results(v)  # noqa: E731
             self.guarded(write, tf.concat(local(floats), axis=0), tf.reduce_mean(tf.stack(local(log_values)), axis=0),
-                         tf.cast(tf.concat(local(samples), axis=0), tf.float64))
+                         tf.concat(local(samples), axis=0))
         tf.distribute.get_replica_context().merge_call(merged, args=(floats, log_values, samples))
 
     def _write(self, model, layout, execution_steps, slots, in_graph, metrics, floats, log_values, samples):
