@@ -64,11 +64,17 @@ class BNStatsMonitor:
         log_dir: directory of this run's event files (TensorBoard's run).
             ``torch.utils.tensorboard.SummaryWriter(log_dir)`` may write its
             scalars there too: the tab's loss chart shows them.
-        log_every_n_steps, snapshot_every_n_steps, layers, log_metrics,
-        flush_secs, verbose, probe_every_n_steps, population_every_n_steps,
-        population_samples, population_batch_size: as in
-            :class:`tb_bnstats.BNStatsCallback` (``layers``: module paths or
-            glob patterns such as ``"layer1.*"``).
+        log_every_n_steps: as in :class:`tb_bnstats.BNStatsCallback`.
+        snapshot_every_n_steps: as in :class:`tb_bnstats.BNStatsCallback`.
+        layers: as in :class:`tb_bnstats.BNStatsCallback`, with module paths
+            or glob patterns such as ``"layer1.*"``.
+        log_metrics: as in :class:`tb_bnstats.BNStatsCallback`.
+        flush_secs: as in :class:`tb_bnstats.BNStatsCallback`.
+        verbose: as in :class:`tb_bnstats.BNStatsCallback`.
+        probe_every_n_steps: as in :class:`tb_bnstats.BNStatsCallback`.
+        population_every_n_steps: as in :class:`tb_bnstats.BNStatsCallback`.
+        population_samples: as in :class:`tb_bnstats.BNStatsCallback`.
+        population_batch_size: as in :class:`tb_bnstats.BNStatsCallback`.
         probe_data: a held-out batch source (arrays, tensors, a
             ``DataLoader``) for the train/inference probe: its first batch
             (cut to 256 rows) runs through the model in ``train()`` and in

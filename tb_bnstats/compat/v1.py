@@ -237,9 +237,10 @@ class BNStatsFetches(_GraphMonitor):
         graph: the graph (default: ``train_op``'s).
         metrics: ``{name: scalar tensor}`` to log with them (the loss...);
             or pass numbers to :meth:`log`.
-        log_every_n_steps, snapshot_every_n_steps, layers, log_metrics,
-        flush_secs, verbose: as in :class:`tb_bnstats.BNStatsCallback`
-            (``layers``: scope names or glob patterns).
+        **options: ``log_every_n_steps``, ``snapshot_every_n_steps``,
+            ``layers``, ``log_metrics``, ``flush_secs``, ``verbose``: as in
+            :class:`tb_bnstats.BNStatsCallback` (``layers``: scope names or
+            glob patterns).
 
     Raises:
         ValueError: an argument out of its range, or ``train_op`` is None.
@@ -290,11 +291,14 @@ class BNStatsHook(_GraphMonitor, _hook_base()):
     session that runs a BN layer is a train call.
 
     Args:
-        log_dir, metrics, log_every_n_steps, snapshot_every_n_steps, layers,
-        log_metrics, flush_secs, verbose: as :class:`BNStatsFetches`.
+        log_dir: as in :class:`BNStatsFetches`.
+        metrics: as in :class:`BNStatsFetches`.
         check_feed_dict: optional, the feed of one batch of training-like
             inputs: at the end the graph is checked for dropout before BN
             (BN004, :meth:`BNStatsFetches.close`).
+        **options: ``log_every_n_steps``, ``snapshot_every_n_steps``,
+            ``layers``, ``log_metrics``, ``flush_secs``, ``verbose``: as in
+            :class:`BNStatsFetches`.
     """
 
     def __init__(self, log_dir, metrics=None, check_feed_dict=None, **options):

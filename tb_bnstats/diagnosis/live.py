@@ -30,7 +30,8 @@ def diagnose_model(model, data, num_samples=2048, batch_size=32, run="model") ->
     Args:
         model: a built Keras model or a ``torch.nn.Module``.
         data: arrays or batches of training-like data.
-        num_samples, batch_size: as in :func:`tb_bnstats.population_stats`.
+        num_samples: as in :func:`tb_bnstats.population_stats`.
+        batch_size: as in :func:`tb_bnstats.population_stats`.
         run: the run the findings are about.
 
     Returns:

@@ -138,7 +138,8 @@ def population_stats(model, data, num_samples=DEFAULT_NUM_SAMPLES, batch_size=32
         batch_size: batch size used to cut arrays.
         training: mode of the non-BN layers (Dropout...). False (default):
             statistics of what inference sees. True: fvcore's choice.
-        shuffle, seed: permute array rows before batching.
+        shuffle: permute array rows before batching.
+        seed: the seed of that permutation.
 
     Returns:
         ``{name: LayerPopulation}`` keyed by the names tb_bnstats logs
@@ -195,8 +196,13 @@ def recalibrate(model, data, num_samples=DEFAULT_NUM_SAMPLES, batch_size=32, tra
     every variable or buffer is restored bit for bit.
 
     Args:
-        model, data, num_samples, batch_size, training, shuffle, seed: as in
-            :func:`population_stats`.
+        model: as in :func:`population_stats`.
+        data: as in :func:`population_stats`.
+        num_samples: as in :func:`population_stats`.
+        batch_size: as in :func:`population_stats`.
+        training: as in :func:`population_stats`.
+        shuffle: as in :func:`population_stats`.
+        seed: as in :func:`population_stats`.
         gap_data: batches to report the gap on (arrays or a dataset); by
             default the first ``gap_samples`` examples of ``data``.
         gap_samples: see ``gap_data``.

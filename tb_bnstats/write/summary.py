@@ -232,9 +232,14 @@ class Writer:
         Args:
             info: the layer.
             steps: [S] the step axis values (the optimizer's step after each update).
-            batch_mean, batch_var, moving_mean, moving_var: [S, C];
-                updates [S]; samples_per_channel, init_mean, init_var: as in
-                :func:`quantities.compute`.
+            batch_mean: [S, C].
+            batch_var: [S, C].
+            moving_mean: [S, C].
+            moving_var: [S, C].
+            updates: [S].
+            samples_per_channel: as in :func:`quantities.compute`.
+            init_mean: as in :func:`quantities.compute`.
+            init_var: as in :func:`quantities.compute`.
             wall_times: [S] when each step ended (seconds; default now).
             snapshot_steps: the steps whose per-channel snapshot is written.
             series: write the per-step series (False: the snapshots only).
@@ -292,9 +297,14 @@ class Writer:
         Args:
             info: the layer.
             step: the step axis value (the optimizer's step after the update).
-            batch_mean, batch_var, moving_mean, moving_var: one value per
-                channel (any shape); updates, samples_per_channel,
-                init_mean, init_var: as in :func:`quantities.compute`.
+            batch_mean: one value per channel (any shape).
+            batch_var: one value per channel (any shape).
+            moving_mean: one value per channel (any shape).
+            moving_var: one value per channel (any shape).
+            updates: as in :func:`quantities.compute`.
+            samples_per_channel: as in :func:`quantities.compute`.
+            init_mean: as in :func:`quantities.compute`.
+            init_var: as in :func:`quantities.compute`.
             snapshot: also write the per-channel snapshot.
             series: write the per-step series (False: the snapshot only).
 
