@@ -264,8 +264,8 @@ def serve(logdir, flags, layers, steps, browser):
 
 def bench_callback(tmp, steps, layers=20):
     sys.path.insert(0, str(ROOT / "tests"))
-    from test_memory_bounds import fit_with_checkpoints
     from tb_bnstats import recorder
+    from test_memory_bounds import fit_with_checkpoints
 
     every = max(steps // 10, 1)
     print(f"\n== callback memory: a {layers}-BN MLP, log_every_n_steps=1, {steps} steps, "

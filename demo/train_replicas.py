@@ -37,9 +37,8 @@ import keras  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tb_bnstats  # noqa: E402
 from demo_runs import train_missing  # noqa: E402
-from train import digits  # noqa: E402 - the demo's data
-
 from replica_runs import RUNS  # noqa: E402 - the runs (and their findings, for the tests)
+from train import digits  # noqa: E402 - the demo's data
 
 
 def make_model(synchronized):

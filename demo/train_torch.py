@@ -27,9 +27,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.tensorboard import SummaryWriter
 
 import tb_bnstats
-from tb_bnstats.torch import BNStatsMonitor
-
 from demo_runs import train_missing
+from tb_bnstats.torch import BNStatsMonitor
 
 
 class ConvNet(nn.Module):

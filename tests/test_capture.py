@@ -11,8 +11,16 @@ import numpy as np
 import pytest
 
 import tb_bnstats
-from keras_models import (BNInputRecorder, InferenceModeBN, bn_layers, conv_net, conv_net_bn_inputs, data,
-                          deterministic, to_numpy)
+from keras_models import (
+    BNInputRecorder,
+    InferenceModeBN,
+    bn_layers,
+    conv_net,
+    conv_net_bn_inputs,
+    data,
+    deterministic,
+    to_numpy,
+)
 
 BATCH = 16
 BACKEND = keras.backend.backend()
@@ -402,8 +410,8 @@ def test_an_unsupported_backend_fails_at_construction_not_in_fit(monkeypatch, tm
 def test_steps_overwritten_on_the_device_before_a_drain_are_counted(monkeypatch):
     """A ring of 4 steps drained only after 8: the last 4 are read, and the
     4 before them are reported lost (the recorder warns with that count)."""
-    from tb_bnstats.capture.keras import capture_for
     from tb_bnstats.capture import rows as ring_rows
+    from tb_bnstats.capture.keras import capture_for
 
     monkeypatch.setattr(ring_rows, "RING_MAX_STEPS", 4)
     x, y = data(n=8 * BATCH)

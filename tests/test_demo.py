@@ -18,11 +18,10 @@ from test_e2e_tab import SHOTS, browser, open_tab, tensorboard  # noqa: F401 - b
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "demo"))
-import train as demo  # noqa: E402
-import train_torch as torch_demo  # noqa: E402
-
 import replica_runs  # noqa: E402 - demo/train_replicas.py's runs (that script sets devices up on import)
 import tf1_runs  # noqa: E402 - demo/train_tf1.py's runs (that script sets TF_USE_LEGACY_KERAS on import)
+import train as demo  # noqa: E402
+import train_torch as torch_demo  # noqa: E402
 
 EXPECTED = {**demo.EXPECTED, **torch_demo.EXPECTED, **replica_runs.EXPECTED, **tf1_runs.EXPECTED}
 SCRIPTS = {"train.py": demo.RUNS, "train_torch.py": torch_demo.RUNS, "train_replicas.py": replica_runs.RUNS,

@@ -10,10 +10,10 @@ import keras
 import numpy as np
 import pytest
 
+import diagnosis_scenarios as scenarios
 import tb_bnstats
 from tb_bnstats import diagnosis
 from tb_bnstats.write import summary
-import diagnosis_scenarios as scenarios
 
 
 @pytest.fixture(scope="module")

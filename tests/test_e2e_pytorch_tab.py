@@ -12,6 +12,7 @@ import sys
 import textwrap
 
 import pytest
+
 from test_e2e_tab import CHROMIUM, SHOTS, browser, open_tab, points, tensorboard  # noqa: F401 (browser: the fixture)
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium not installed")

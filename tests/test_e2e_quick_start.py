@@ -5,8 +5,8 @@ first training samples, with the numbers the callback logged."""
 
 import keras
 
-import tb_bnstats
 import diagnosis_scenarios as scenarios
+import tb_bnstats
 from test_e2e_tab import browser, tensorboard  # noqa: F401 - browser is a fixture
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import tb_bnstats
-from tb_bnstats import quantities
 from keras_models import bn_layers, capture_state, conv_net, conv_net_bn_inputs, data
+from tb_bnstats import quantities
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "demo"))
 

@@ -9,11 +9,11 @@ import keras
 import numpy as np
 import pytest
 
-import tb_bnstats
-from tb_bnstats.format import metadata
-from tb_bnstats import BNStatsCallback
 import diagnosis_scenarios as scenarios
+import tb_bnstats
 from keras_models import deterministic
+from tb_bnstats import BNStatsCallback
+from tb_bnstats.format import metadata
 
 BATCH = 32
 

@@ -8,17 +8,16 @@ import keras
 import numpy as np
 import pytest
 
+import diagnosis_scenarios as scenarios
 import tb_bnstats
-from tb_bnstats import quantities
-from tb_bnstats.format import metadata
-from tb_bnstats.write import summary
+from keras_models import capture_state, deterministic
+from tb_bnstats import BNStatsCallback, quantities
 from tb_bnstats.capture.keras import hooks
 from tb_bnstats.capture.keras.layers import find_batchnorm_layers
+from tb_bnstats.format import metadata
 from tb_bnstats.measure import gap as probe
 from tb_bnstats.measure import keras_passes
-from tb_bnstats import BNStatsCallback
-import diagnosis_scenarios as scenarios
-from keras_models import capture_state, deterministic
+from tb_bnstats.write import summary
 
 BACKEND = keras.backend.backend()
 

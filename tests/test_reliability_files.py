@@ -14,9 +14,9 @@ import warnings
 import numpy as np
 
 import tb_bnstats
+from conftest import make_client
 from tb_bnstats.read import integrity
 from tb_bnstats.write import summary
-from conftest import make_client
 from test_e2e_tab import CHROMIUM, CHROMIUM_ARGS, SHOTS, open_tab, tensorboard
 
 STEPS = 30

@@ -9,12 +9,12 @@ import json
 import numpy as np
 import pytest
 
+from conftest import make_client
 from tb_bnstats import quantities
 from tb_bnstats.capture import ReplicaBlock
 from tb_bnstats.format import metadata
 from tb_bnstats.read import reader
 from tb_bnstats.write import summary
-from conftest import make_client
 
 STEPS, R, C, N = 12, 3, 5, 8  # steps, replicas, channels, values per channel per replica
 EPS = 1e-3

@@ -10,9 +10,9 @@ import textwrap
 import keras
 import numpy as np
 
+import diagnosis_scenarios as scenarios
 import tb_bnstats
 from tb_bnstats import BNStatsCallback
-import diagnosis_scenarios as scenarios
 
 M = 0.99  # 1 - m**t is 0.18 after 20 updates, 0.33 after 40: a restarted count shows
 STEPS = 20  # per fit: 640 samples, batch 32

@@ -12,9 +12,9 @@ import keras
 import numpy as np
 import pytest
 
+import diagnosis_scenarios as scenarios
 import tb_bnstats
 from tb_bnstats.capture.keras.layers import called_with_training_false
-import diagnosis_scenarios as scenarios
 
 BASE_LAYERS = ["conv0_bn", "conv1_bn"]
 

@@ -39,8 +39,8 @@ class ReplicaBlock:
     batch_mean: np.ndarray
     batch_var: np.ndarray
     samples: np.ndarray
-    moving_mean: Optional[np.ndarray] = None
-    moving_var: Optional[np.ndarray] = None
+    moving_mean: np.ndarray | None = None
+    moving_var: np.ndarray | None = None
 
     def rows(self, index):
         return ReplicaBlock(*(None if v is None else v[index]
@@ -76,7 +76,7 @@ class LayerBlock:
     init_mean: np.ndarray
     init_var: np.ndarray
     samples_per_channel: Optional["float | np.ndarray"] = None
-    replicas: Optional[ReplicaBlock] = None
+    replicas: ReplicaBlock | None = None
 
 
 @dataclasses.dataclass
@@ -92,9 +92,9 @@ class Block:
     """
 
     steps: np.ndarray
-    layers: Dict[str, LayerBlock]
-    logs: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-    metric_totals: Dict[str, Tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)
+    layers: dict[str, LayerBlock]
+    logs: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    metric_totals: dict[str, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)
     lost: int = 0
 
     def rows(self, index) -> "Block":
@@ -123,13 +123,13 @@ class Capture(Protocol):
     model: object
 
     @property
-    def names(self) -> List[str]:
+    def names(self) -> list[str]:
         """Every BN layer found in the model, in tracking order."""
 
-    def layer_infos(self) -> List[LayerInfo]:
+    def layer_infos(self) -> list[LayerInfo]:
         """The layers the training step ran, in execution order (``depth``)."""
 
-    def resume(self, step: int) -> Dict[str, str]:
+    def resume(self, step: int) -> dict[str, str]:
         """At the start of a training run at optimizer step ``step``:
         ``{layer: "resumed" | "at_initializer" | "pretrained"}`` for layers
         whose update count continues a restored run, whose moving statistics
@@ -137,11 +137,11 @@ class Capture(Protocol):
         restore), or that start from pretrained statistics with no update
         counted (their count starts at 0 from those values)."""
 
-    def not_run(self) -> List[str]:
+    def not_run(self) -> list[str]:
         """Layers found in the model that the training step never ran."""
 
     @property
-    def drain_every(self) -> Optional[int]:
+    def drain_every(self) -> int | None:
         """How many steps the device keeps: drain at least this often (None
         before the first training step was traced)."""
 
@@ -149,7 +149,7 @@ class Capture(Protocol):
     def reads(self) -> int:
         """Device-to-host reads made by :meth:`drain` so far."""
 
-    def drain(self) -> List[Block]:
+    def drain(self) -> list[Block]:
         """Every step kept since the last drain, in one read of the device
         (usually one block; one per layout when the training step was traced
         again with other layers)."""

@@ -43,7 +43,6 @@ import dataclasses
 import functools
 import math
 import warnings
-from typing import Optional
 
 import numpy as np
 
@@ -85,7 +84,7 @@ class GraphLayer:
     batch_mean: object = None
     batch_var: object = None
     training: object = True
-    update_ops: Optional[list] = None
+    update_ops: list | None = None
     moving_var_unbiased: bool = False
     channel_axis: int = -1
     layer_class: str = "BatchNormalization"

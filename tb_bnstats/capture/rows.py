@@ -25,7 +25,6 @@ batch's moments (:func:`tb_bnstats.quantities.pool_moments`).
 
 import dataclasses
 import weakref
-from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -54,11 +53,11 @@ class Layout:
     each replica's moving statistics are its own (else replica 0's stand for
     all)."""
 
-    layers: Tuple[weakref.ref, ...]
-    channels: Tuple[int, ...]
-    updating: Tuple[bool, ...]
-    log_names: Tuple[str, ...]
-    metric_names: Tuple[str, ...]
+    layers: tuple[weakref.ref, ...]
+    channels: tuple[int, ...]
+    updating: tuple[bool, ...]
+    log_names: tuple[str, ...]
+    metric_names: tuple[str, ...]
     replicas: int = 1
     moving_per_replica: bool = False
 
@@ -94,7 +93,7 @@ class Rows:
     counts: np.ndarray  # [R, L]
     values: np.ndarray  # [R, V]
     moments: np.ndarray  # [R, replicas * 4 * sum(C)] float32
-    samples: Optional[np.ndarray] = None  # [R, replicas * L] values per channel (always on several replicas)
+    samples: np.ndarray | None = None  # [R, replicas * L] values per channel (always on several replicas)
 
     @classmethod
     def from_arrays(cls, layout, ints, floats, samples=None):
@@ -146,7 +145,7 @@ class Rows:
         return Block(steps=self.step.astype(np.int64), layers=layers, logs=logs, metric_totals=totals)
 
 
-def drain(parts: List[Tuple[Rows, int]], drained, named, slots):
+def drain(parts: list[tuple[Rows, int]], drained, named, slots):
     """The rows of a drain as blocks in step order.
 
     Args:

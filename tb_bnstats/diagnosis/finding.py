@@ -2,7 +2,6 @@
 callback stores it and the tab shows it."""
 
 import dataclasses
-from typing import Dict, List
 
 from tb_bnstats.format.metadata import from_known_fields
 
@@ -24,10 +23,10 @@ class Finding:
     severity: str
     scenario: str
     run: str
-    layers: List[str]
-    evidence: Dict[str, Dict[str, float]]
+    layers: list[str]
+    evidence: dict[str, dict[str, float]]
     message: str
-    messages: Dict[str, str] = dataclasses.field(default_factory=dict)
+    messages: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def message_of(self, layer):
         """What the finding says about ``layer``: its own message, else the

@@ -6,17 +6,15 @@ shift of dropout before BN (Li et al., CVPR 2019). The callback calls it at
 the end of each ``fit`` when it has a probe batch.
 """
 
-from typing import List
 
 import numpy as np
 
-from tb_bnstats.diagnosis import group
-from tb_bnstats.diagnosis import words
+from tb_bnstats.diagnosis import group, words
 from tb_bnstats.diagnosis.codes import THRESHOLDS
 from tb_bnstats.diagnosis.finding import Finding
 
 
-def diagnose_model(model, data, num_samples=2048, batch_size=32, run="model") -> List[Finding]:
+def diagnose_model(model, data, num_samples=2048, batch_size=32, run="model") -> list[Finding]:
     """BN004 on the live model.
 
     For every trainable BN layer the population variance of its input is
@@ -46,7 +44,7 @@ def diagnose_model(model, data, num_samples=2048, batch_size=32, run="model") ->
                                    passes.framework_of(model), run)
 
 
-def variance_shift_findings(shifts, framework, run="model") -> List[Finding]:
+def variance_shift_findings(shifts, framework, run="model") -> list[Finding]:
     """BN004 from measured variance shifts.
 
     Args:

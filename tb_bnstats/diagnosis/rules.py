@@ -97,7 +97,6 @@ returns None when the layer is not in its state.
 
 import dataclasses
 import math
-from typing import Optional
 
 import numpy as np
 
@@ -137,11 +136,11 @@ class LayerView:
 
     name: str
     layer: object  # records.LayerData
-    momentum: Optional[float]
+    momentum: float | None
     updates: int
     gap_mean: float
     gap_log_var: float
-    pretrained_at: Optional[int] = None  # the fit start at which it started from pretrained statistics
+    pretrained_at: int | None = None  # the fit start at which it started from pretrained statistics
 
     @property
     def far(self):

@@ -65,7 +65,6 @@ This package imports nothing else of tb_bnstats.
 
 import dataclasses
 import json
-from typing import Optional
 
 from tensorboard.compat.proto import summary_pb2
 
@@ -220,7 +219,7 @@ class LayerInfo:
 
     name: str
     channels: int
-    momentum: Optional[float]
+    momentum: float | None
     epsilon: float
     init_mean: float = 0.0
     init_var: float = 1.0
@@ -339,7 +338,7 @@ def diagnosis_metadata():
 KINDS = (KIND_LAYER_SERIES, KIND_LAYER_CHANNELS, KIND_LAYER_REPLICAS, KIND_METRIC, KIND_DIAGNOSIS, KIND_TRAIN_BEGIN)
 
 
-def parse_content(content: bytes) -> Optional[dict]:
+def parse_content(content: bytes) -> dict | None:
     """Decodes a summary's plugin content.
 
     Args:

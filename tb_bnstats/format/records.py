@@ -7,13 +7,13 @@ on one step axis.
 """
 
 import dataclasses
-from typing import Dict, Mapping, Optional, Tuple
+from collections.abc import Mapping
 
 import numpy as np
 
 from tb_bnstats.format import metadata
 
-Series = Tuple[np.ndarray, np.ndarray]  # (steps int64 [n], values float64 [n])
+Series = tuple[np.ndarray, np.ndarray]  # (steps int64 [n], values float64 [n])
 
 
 @dataclasses.dataclass
@@ -29,11 +29,11 @@ class LayerData:
 
     info: metadata.LayerInfo
     steps: np.ndarray
-    series: Dict[str, np.ndarray]
+    series: dict[str, np.ndarray]
     snapshot_steps: np.ndarray
-    snapshots: Dict[str, np.ndarray]
+    snapshots: dict[str, np.ndarray]
     replica_steps: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
-    replica_snapshots: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    replica_snapshots: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -49,9 +49,9 @@ class RunData:
     run's records (read as far as possible).
     """
 
-    layers: Dict[str, LayerData]
-    metrics: Dict[str, Series]
-    stored_findings: Optional[list] = None
+    layers: dict[str, LayerData]
+    metrics: dict[str, Series]
+    stored_findings: list | None = None
     train_begins: list = dataclasses.field(default_factory=list)
     newer_format_versions: tuple = ()
 

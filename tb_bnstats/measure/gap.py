@@ -35,7 +35,6 @@ the calls).
 """
 
 import dataclasses
-from typing import Dict, Optional
 
 import numpy as np
 
@@ -68,9 +67,9 @@ class ProbeResult:
     each mode; ``output_norms``: ``(||y_train - y_inf||^2, ||y_train||^2)`` of
     it, to pool over batches."""
 
-    metrics_train: Dict[str, float]
-    metrics_inference: Dict[str, float]
-    layers: Dict[str, ProbeLayer]
+    metrics_train: dict[str, float]
+    metrics_inference: dict[str, float]
+    layers: dict[str, ProbeLayer]
     outputs_train: np.ndarray
     outputs_inference: np.ndarray
     output_norms: tuple
@@ -116,11 +115,11 @@ class GapReport:
     output pooled over all batches."""
 
     samples: int
-    loss_train_mode: Optional[float]
-    loss_inference_mode: Optional[float]
-    accuracy_train_mode: Optional[float]
-    accuracy_inference_mode: Optional[float]
-    agreement: Optional[float]
+    loss_train_mode: float | None
+    loss_inference_mode: float | None
+    accuracy_train_mode: float | None
+    accuracy_inference_mode: float | None
+    agreement: float | None
     output_drift: float
 
     @property

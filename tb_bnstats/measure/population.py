@@ -60,14 +60,12 @@ bit for bit.
 """
 
 import dataclasses
-from typing import Dict, List
 
 import numpy as np
 
 from tb_bnstats import quantities
 from tb_bnstats.measure import data as batches
-from tb_bnstats.measure import gap
-from tb_bnstats.measure import passes
+from tb_bnstats.measure import gap, passes
 
 # PreciseBN (Wu & Johnson 2021) finds 10^3-10^4 samples near-optimal.
 DEFAULT_NUM_SAMPLES = 4096
@@ -120,7 +118,7 @@ def _population_and_kept_batches(model, data, num_samples, batch_size, training,
 
 
 def population_stats(model, data, num_samples=DEFAULT_NUM_SAMPLES, batch_size=32, training=False,
-                     shuffle=False, seed=0) -> Dict[str, LayerPopulation]:
+                     shuffle=False, seed=0) -> dict[str, LayerPopulation]:
     """Population mean and variance of every BN layer's input ("PreciseBN").
 
     The model is not changed: no variable or buffer is written (module
@@ -165,8 +163,8 @@ class RecalibrationReport:
 
     before: gap.GapReport
     after: gap.GapReport
-    layers: Dict[str, LayerPopulation]
-    skipped: List[str]  # frozen or never run
+    layers: dict[str, LayerPopulation]
+    skipped: list[str]  # frozen or never run
     samples: int
 
     def __str__(self):

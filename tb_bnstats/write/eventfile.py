@@ -135,7 +135,7 @@ class EventFile:
         data = b"".join(tfrecord.frame(e) for e in events)
         with self._lock:
             if self._closed:
-                raise IOError(f"event file {self.path} is closed")
+                raise OSError(f"event file {self.path} is closed")
             start = os.fstat(self._file.fileno()).st_size if self._local else None
             view = memoryview(data)
             try:

@@ -11,8 +11,8 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import tb_bnstats
-from tb_bnstats import diagnosis
 import torch_scenarios as scenarios
+from tb_bnstats import diagnosis
 
 
 class BNInputs:

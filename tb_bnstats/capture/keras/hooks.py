@@ -29,8 +29,13 @@ import weakref
 import numpy as np
 
 from tb_bnstats.capture import rows as ring_rows
-from tb_bnstats.capture.keras.layers import (called_with_training_false, channels_of, find_batchnorm_layers,
-                                             initializer_values, layer_info)
+from tb_bnstats.capture.keras.layers import (
+    called_with_training_false,
+    channels_of,
+    find_batchnorm_layers,
+    initializer_values,
+    layer_info,
+)
 from tb_bnstats.format.metadata import KERAS
 
 logger = logging.getLogger("tb_bnstats")

@@ -18,7 +18,6 @@ the gather, as in DDP's own gradient all-reduce).
 """
 
 import dataclasses
-from typing import Optional
 
 
 @dataclasses.dataclass
@@ -34,7 +33,7 @@ class Ranks:
 
     world_size: int
     rank: int
-    sync_buffers: Optional[bool]
+    sync_buffers: bool | None
     group: object = None
     _pending: object = None  # the Work of the last gather, waited for before the next
 
