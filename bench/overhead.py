@@ -149,12 +149,12 @@ def bench(model_name, jit, args, root):
     n = args.steps * args.batch
     x = rng.normal(size=(n, *shape)).astype("float32")
     y = rng.integers(0, 10, n)
-    for variant, (model, callbacks, timer) in runs.items():  # warm-up: trace and compile
+    for model, callbacks, timer in runs.values():  # warm-up: trace and compile
         model.fit(x[: 4 * args.batch], y[: 4 * args.batch], batch_size=args.batch, epochs=1, verbose=0,
                   callbacks=callbacks)
         timer.clear()
     for _ in range(args.rounds):
-        for variant, (model, callbacks, timer) in runs.items():
+        for model, callbacks, _ in runs.values():
             model.fit(x, y, batch_size=args.batch, epochs=1, verbose=0, shuffle=False, callbacks=callbacks)
     timers = {v: runs[v][2] for v in VARIANTS}
     base = timers["none"]

@@ -134,7 +134,8 @@ def bench(compiled, args, root):
     for variant, run in runs.items():
         print(f"  {variant:12s} {med(run['step'], 0) * 1e3:10.2f} {med(run['step'], 1) * 1e3:11.2f} "
               f"{med(run['step'], 0) / med(base['step'], 0):10.3f} {med(run['step'], 1) / med(base['step'], 1):11.3f} "
-              f"{tot(run['total'], 0) / tot(base['total'], 0):10.3f} {tot(run['total'], 1) / tot(base['total'], 1):11.3f}")
+              f"{tot(run['total'], 0) / tot(base['total'], 0):10.3f} "
+              f"{tot(run['total'], 1) / tot(base['total'], 1):11.3f}")
     print(f"  tb_bnstats: {event_bytes / (steps * layers):.0f} event bytes per layer per step; "
           f"{100.0 * monitor.capture.reads / steps:.2f} device-to-host reads per 100 steps "
           f"({monitor.capture.reads} reads, ring of {monitor.capture.drain_every} steps)")

@@ -56,7 +56,8 @@ def main():
     for r in range(args.rounds + 1):  # round 0 warms up (traces)
         for model in (plain, probed):
             t = time.perf_counter()
-            model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[cbs[id(model)]] + ([timer] if model is plain else []))
+            model.fit(x, y, batch_size=32, epochs=1, verbose=0,
+                      callbacks=[cbs[id(model)]] + ([timer] if model is plain else []))
             if r:
                 epoch[id(model)].append(time.perf_counter() - t)
     step = statistics.median(timer.wall)

@@ -87,7 +87,8 @@ def layer_series(info, steps, rng, snap_index):
            "batch_var": bv.mean(1), "moving_var": mv.mean(1), "debiased_var": dv.mean(1)}
     for name, vals in (("mean_gap", gap), ("abs_log_var_ratio", np.abs(lvr)), ("sym_kl", kl)):
         p50, p90 = np.percentile(vals, [50, 90], axis=1)
-        out[f"{name}/mean"], out[f"{name}/p50"], out[f"{name}/p90"], out[f"{name}/max"] = vals.mean(1), p50, p90, vals.max(1)
+        out[f"{name}/mean"], out[f"{name}/p50"] = vals.mean(1), p50
+        out[f"{name}/p90"], out[f"{name}/max"] = p90, vals.max(1)
     out["log_var_ratio/mean"] = lvr.mean(1)
     out["convergence"] = 1 - m ** t[:, 0]
     out["updates"] = t[:, 0]
@@ -206,7 +207,8 @@ def time_routes(base, layers, repeat):
         ("/overview", "/overview?run=big"),
         ("/heatmap (200 bins)", "/heatmap?run=big&bins=200"),
         ("/series 1 layer, 21 series, 1200 pts", f"/series?run=big&layer={layer}&points=1200"),
-        ("/series 1 layer, mean_gap/max, 1200 pts", f"/series?run=big&layer={other}&quantities=mean_gap/max&points=1200"),
+        ("/series 1 layer, mean_gap/max, 1200 pts",
+         f"/series?run=big&layer={other}&quantities=mean_gap/max&points=1200"),
         ("/snapshot", f"/snapshot?run=big&layer={layer}&step=10000"),
         ("/bands", f"/bands?run=big&layer={layer}"),
         ("/loss", "/loss?run=big&points=1500"),
@@ -231,7 +233,8 @@ def time_routes(base, layers, repeat):
                 note = f"{stored} points stored per tag"
             note += " · sampled" if s.get("sampled") else " · all points"
             sampled_note = sampled_note or (s.get("message") if s.get("sampled") else None)
-        print(f"  {name:44s} {cold:8.1f} {statistics.median(warm):9.1f} {max(warm):9.1f} {len(body) / 1024:8.1f}  {note}")
+        print(f"  {name:44s} {cold:8.1f} {statistics.median(warm):9.1f} {max(warm):9.1f} "
+              f"{len(body) / 1024:8.1f}  {note}")
     if sampled_note:
         print(f"  the tab's banner: {sampled_note}")
 
@@ -251,7 +254,8 @@ def time_browser(port, repeat):
             frame.wait_for_selector("[data-role=heatmap] canvas", timeout=120000)
             total = time.perf_counter() - t0
             inside = frame.evaluate(
-                "(() => { const m = performance.getEntriesByName('bn-first-chart')[0]; return m ? m.startTime : null; })()")
+                "(() => { const m = performance.getEntriesByName('bn-first-chart')[0]; "
+                "return m ? m.startTime : null; })()")
             results.append((total, inside))
             page.close()
         browser.close()

@@ -60,7 +60,8 @@ def comparable_batch_var(batch_var, samples_per_channel, moving_var_unbiased):
 
 def mean_gap(batch_mean, batch_var, moving_mean, epsilon):
     """``|mu_B - mu_R| / sqrt(var_B + eps)``, in units of the train-time std."""
-    return np.abs(np.asarray(batch_mean, np.float64) - moving_mean) / np.sqrt(np.asarray(batch_var, np.float64) + epsilon)
+    return (np.abs(np.asarray(batch_mean, np.float64) - moving_mean)
+            / np.sqrt(np.asarray(batch_var, np.float64) + epsilon))
 
 
 def log_var_ratio(batch_var, moving_var, epsilon):
@@ -210,7 +211,8 @@ def compute(info, batch_mean, batch_var, moving_mean, moving_var, updates,
     """
     batch_mean, batch_var, moving_mean, moving_var = (
         np.asarray(a, np.float64) for a in (batch_mean, batch_var, moving_mean, moving_var))
-    for label, arr in (("batch_mean", batch_mean), ("batch_var", batch_var), ("moving_mean", moving_mean), ("moving_var", moving_var)):
+    for label, arr in (("batch_mean", batch_mean), ("batch_var", batch_var), ("moving_mean", moving_mean),
+                       ("moving_var", moving_var)):
         if arr.ndim == 0 or arr.shape[-1] != info.channels or arr.shape != batch_mean.shape:
             raise ValueError(f"{info.name}: {label} has shape {arr.shape}, the layer has {info.channels} channels"
                              + (f" (and batch_mean {batch_mean.shape})" if arr.shape != batch_mean.shape else ""))

@@ -49,12 +49,14 @@ def test_logged_moments_equal_numpy_moments_of_the_real_input(tmp_path, jit_comp
     assert list(steps) == list(range(1, 9))
     for layer_index, (name, layer) in enumerate(zip(names, bn_layers(model))):
         logged = run.layers[name]
-        for i, step in enumerate(steps):
+        for i in range(len(steps)):
             bn_input = recorder.inputs[i][layer_index]
             axes = tuple(range(bn_input.ndim - 1))
             scale = np.abs(bn_input).max()  # means near 0 are compared relative to the data's scale
-            np.testing.assert_allclose(logged.snapshots["batch_mean"][i], bn_input.mean(axis=axes), rtol=1e-5, atol=1e-5 * scale)
-            np.testing.assert_allclose(logged.snapshots["batch_var"][i], bn_input.var(axis=axes), rtol=1e-5, atol=1e-5 * scale**2)
+            np.testing.assert_allclose(logged.snapshots["batch_mean"][i], bn_input.mean(axis=axes),
+                                       rtol=1e-5, atol=1e-5 * scale)
+            np.testing.assert_allclose(logged.snapshots["batch_var"][i], bn_input.var(axis=axes),
+                                       rtol=1e-5, atol=1e-5 * scale**2)
             moving_mean, moving_var = recorder.moving[i][layer_index]
             np.testing.assert_allclose(logged.snapshots["moving_mean"][i], moving_mean, rtol=1e-6, atol=1e-7)
             np.testing.assert_allclose(logged.snapshots["moving_var"][i], moving_var, rtol=1e-6, atol=1e-7)
@@ -64,15 +66,16 @@ def test_logged_moments_equal_numpy_moments_of_the_real_input(tmp_path, jit_comp
         np.testing.assert_array_equal(t, np.arange(1, 9))
         np.testing.assert_allclose(logged.series["convergence"], 1 - m**t, rtol=1e-6)
         w = (m ** t)[:, None]
-        np.testing.assert_allclose(logged.snapshots["debiased_mean"], (logged.snapshots["moving_mean"] - w * 0.0) / (1 - w),
-                                   rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(logged.snapshots["debiased_var"], (logged.snapshots["moving_var"] - w * 1.0) / (1 - w),
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(logged.snapshots["debiased_mean"],
+                                   (logged.snapshots["moving_mean"] - w * 0.0) / (1 - w), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(logged.snapshots["debiased_var"],
+                                   (logged.snapshots["moving_var"] - w * 1.0) / (1 - w), rtol=1e-5, atol=1e-6)
         # Channel aggregates are aggregates of the per-channel rows.
         gap = np.abs(logged.snapshots["batch_mean"] - logged.snapshots["moving_mean"]) / np.sqrt(
             logged.snapshots["batch_var"] + layer.epsilon)
         np.testing.assert_allclose(logged.series["mean_gap/max"], gap.max(axis=1), rtol=1e-5)
-        np.testing.assert_allclose(logged.series["batch_mean"], logged.snapshots["batch_mean"].mean(axis=1), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(logged.series["batch_mean"], logged.snapshots["batch_mean"].mean(axis=1),
+                                   rtol=1e-5, atol=1e-6)
 
 
 def test_metrics_are_logged_per_step_on_the_same_axis(tmp_path):
@@ -228,8 +231,9 @@ def test_variants_capture_exact_moments(tmp_path, variant):
                           steps_per_execution=2)
         recorder = _fit(model, x, y, tmp_path / "run")
         if variant == "steps_per_execution":
-            recorder.inputs = [[np.asarray(h, np.float64) for h in conv_net_bn_inputs(model, x[i * BATCH:(i + 1) * BATCH])]
-                               for i in range(4)]
+            recorder.inputs = [
+                [np.asarray(h, np.float64) for h in conv_net_bn_inputs(model, x[i * BATCH:(i + 1) * BATCH])]
+                for i in range(4)]
     finally:
         keras.mixed_precision.set_global_policy("float32")
         keras.config.set_floatx("float32")

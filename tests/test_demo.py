@@ -1,6 +1,7 @@
 """The newcomer's path, end to end: ``demo/train.py`` (Keras) and
 ``demo/train_torch.py`` (PyTorch), ``demo/train_replicas.py`` (Keras over 4
-devices) and ``demo/train_tf1.py`` (TensorFlow 1-style graphs) train the demo runs in subprocesses, a real ``tensorboard --logdir`` serves them, and Debian's
+devices) and ``demo/train_tf1.py`` (TensorFlow 1-style graphs) train the
+demo runs in subprocesses, a real ``tensorboard --logdir`` serves them, and Debian's
 chromium opens the BN Convergence tab: every demo run is listed with exactly
 the findings ``demo/train.py`` promises (``EXPECTED``). The overview of each
 run is saved as ``docs/screenshots/demo-<run>.png`` for the README's
@@ -62,7 +63,8 @@ def test_tab_lists_each_demo_run_with_its_findings(demo_logdir, browser):  # noq
     layers = {run: len(data.layers) for run, data in tb_bnstats.load(demo_logdir).items()}
     findings = {run: [f for f in tb_bnstats.diagnose(demo_logdir) if f.run == run] for run in EXPECTED}
     rank = ("error", "warning", "info", "ok")
-    worst = {run: next((sev for sev in rank if any(f.severity == sev for f in fs)), "ok") for run, fs in findings.items()}
+    worst = {run: next((sev for sev in rank if any(f.severity == sev for f in fs)), "ok")
+             for run, fs in findings.items()}
     with tensorboard(demo_logdir) as base:
         page, frame, errors, _ = open_tab(browser, base)
         chips = frame.locator("button.bn-chip")
@@ -79,7 +81,8 @@ def test_tab_lists_each_demo_run_with_its_findings(demo_logdir, browser):  # noq
             banner.wait_for(state="visible")
             frame.wait_for_function(
                 "run => document.querySelector('[data-role=findings]')?.dataset.run === run", arg=run)
-            shown = set(frame.locator("[data-role=findings-list] li").evaluate_all("els => els.map(e => e.dataset.code)"))
+            shown = set(frame.locator("[data-role=findings-list] li").evaluate_all(
+                "els => els.map(e => e.dataset.code)"))
             assert shown == codes, run
             if not codes:
                 assert banner.get_attribute("data-level") == "ok"

@@ -69,7 +69,8 @@ def test_the_first_screen_of_a_120_layer_run(tmp_path, browser):  # noqa: F811 -
         heat = frame.locator("[data-role=heatmap] canvas").first.bounding_box()
         assert heat["height"] >= 40 + 7 * LAYERS
         # Sorting the layers table, worst first, then reversed, then back to depth order; against the logs.
-        latest = {name: layer.series["mean_gap/max"][-1] for name, layer in tb_bnstats.load(str(logdir))["wide"].layers.items()}
+        latest = {name: layer.series["mean_gap/max"][-1]
+                  for name, layer in tb_bnstats.load(str(logdir))["wide"].layers.items()}
         first_row = "(document.querySelector('[data-role=layers] tbody tr') || {dataset: {}}).dataset.layer"
         for expected in (max(latest, key=latest.get), min(latest, key=latest.get)):
             before = frame.evaluate("document.body.dataset.ready")

@@ -130,7 +130,8 @@ def test_pytorch_run_in_the_tab(tmp_path, browser):  # noqa: F811 (the fixture i
         assert points(frame, "[data-role=heatmap]") > 0 and points(frame, "[data-role=loss]") > 0
         legend = frame.locator("[data-role=loss] .u-legend").text_content()
         assert "train/loss" in legend and "loss/train (run's own scalars)" in legend
-        for label, tag in (("loss/train (run's own scalars)", "loss/train"), ("loss/val (run's own scalars)", "loss/val")):
+        for label, tag in (("loss/train (run's own scalars)", "loss/train"),
+                           ("loss/val (run's own scalars)", "loss/val")):
             shown = frame.evaluate("(label) => { const u = document.querySelector('[data-role=loss]').__uplot;"
                                    " const k = u.series.findIndex((s) => s.label === label);"
                                    " return k < 0 ? null : [u.data[0], u.data[k]]; }", label)

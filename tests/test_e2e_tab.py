@@ -112,7 +112,8 @@ def test_tab_overview_layer_channels_compare(server, browser):
     frame.click("button.bn-chip[data-run=synth]")
     frame.wait_for_selector("tr[data-layer=conv2_bn]")
     rows = frame.locator("[data-role=layers] tbody tr")
-    assert [rows.nth(i).get_attribute("data-layer") for i in range(rows.count())] == ["conv1_bn", "conv2_bn", "dense_bn"]
+    assert ([rows.nth(i).get_attribute("data-layer") for i in range(rows.count())]
+            == ["conv1_bn", "conv2_bn", "dense_bn"])
     frame.wait_for_selector("[data-role=heatmap] canvas")
     assert points(frame, "[data-role=heatmap]") > 0
     # A fixed colour scale (1 std for mean_gap/max, whatever the run's max), every row's warm-up dimmed
@@ -132,7 +133,8 @@ def test_tab_overview_layer_channels_compare(server, browser):
     finding = frame.locator("[data-role=findings-list] li[data-code=BN001]")
     assert finding.count() == 1 and finding.get_attribute("data-layer") == "conv2_bn"
     assert "95% needs 299" in finding.text_content()
-    assert frame.locator("[data-role=findings-list] li[data-code=BN001] .bn-layer-link").all_text_contents() == ["conv2_bn", "dense_bn"]
+    assert (frame.locator("[data-role=findings-list] li[data-code=BN001] .bn-layer-link").all_text_contents()
+            == ["conv2_bn", "dense_bn"])
     assert (frame.locator("[data-role=findings]").bounding_box()["y"]
             < frame.locator("[data-role=layers]").bounding_box()["y"])
     page.screenshot(path=str(SHOTS / "overview.png"))
@@ -145,8 +147,10 @@ def test_tab_overview_layer_channels_compare(server, browser):
     page.mouse.move(box["x"] + box["width"] * 0.5, y, steps=5)
     page.mouse.up()
     frame.wait_for_function("document.querySelector('[data-role=loss]').__uplot.scales.x.max < 100")
-    hm_x = frame.evaluate("(() => { const s = document.querySelector('[data-role=heatmap]').__uplot.scales.x; return [s.min, s.max]; })()")
-    loss_x = frame.evaluate("(() => { const s = document.querySelector('[data-role=loss]').__uplot.scales.x; return [s.min, s.max]; })()")
+    hm_x = frame.evaluate("(() => { const s = document.querySelector('[data-role=heatmap]').__uplot.scales.x; "
+                          "return [s.min, s.max]; })()")
+    loss_x = frame.evaluate("(() => { const s = document.querySelector('[data-role=loss]').__uplot.scales.x; "
+                            "return [s.min, s.max]; })()")
     assert hm_x == pytest.approx(loss_x) and 20 < loss_x[0] < loss_x[1] < 70
     frame.locator("[data-role=loss] .u-over").dblclick()  # double-click resets both
     frame.wait_for_function("document.querySelector('[data-role=heatmap]').__uplot.scales.x.max > 120")
@@ -169,7 +173,8 @@ def test_tab_overview_layer_channels_compare(server, browser):
     assert frame.locator("[data-role=facts]").text_content().count("100 steps") == 1
     # Axes named as in TensorBoard's Scalars: "step" under each time chart, the unit beside it.
     chart = frame.locator("[data-role=chart-gap]")
-    assert (chart.get_attribute("data-x-label"), chart.get_attribute("data-y-label")) == ("step", "gap (train-time std)")
+    assert ((chart.get_attribute("data-x-label"), chart.get_attribute("data-y-label"))
+            == ("step", "gap (train-time std)"))
     # Tooltips: 4 significant digits.
     frame.locator("[data-role=chart-gap] .u-over").hover()
     tip = frame.locator("[data-role=chart-gap] .bn-tip")
@@ -223,7 +228,8 @@ def test_tab_dark_theme_and_reload(server, browser):
     assert bg == "rgb(32, 33, 36)"
     frame.click("button.bn-chip[data-run=synth]")
     frame.locator("[data-role=findings-banner][data-level=error]").wait_for(state="visible")
-    assert frame.evaluate("getComputedStyle(document.querySelector('[data-role=findings-banner]')).backgroundColor") == "rgb(60, 28, 30)"
+    assert frame.evaluate(
+        "getComputedStyle(document.querySelector('[data-role=findings-banner]')).backgroundColor") == "rgb(60, 28, 30)"
     frame.wait_for_selector("[data-role=heatmap] canvas")
     page.screenshot(path=str(SHOTS / "overview-dark.png"))
     # TensorBoard's reload button reaches the tab (experimental.DataReloaded).
@@ -301,7 +307,8 @@ def test_smoothing_keeps_the_raw_line_faded_and_the_zoom(server, browser):
     page.mouse.down()
     page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] / 2, steps=5)
     page.mouse.up()
-    x_range = "(role) => { const u = document.querySelector(`[data-role=${role}]`).__uplot; return [u.scales.x.min, u.scales.x.max]; }"
+    x_range = ("(role) => { const u = document.querySelector(`[data-role=${role}]`).__uplot; "
+               "return [u.scales.x.min, u.scales.x.max]; }")
     zoomed = frame.evaluate(x_range, "chart-gap")
     assert 30 < zoomed[0] < zoomed[1] < 90, zoomed  # of steps 1-120
     assert frame.evaluate(x_range, "chart-mean") == zoomed  # the group follows

@@ -88,8 +88,8 @@ def test_hostile_names_show_literally_and_run_no_script(tmp_path):
         labels = [chips.nth(i).locator("[data-role=run-name]").text_content() for i in range(chips.count())]
         assert HOSTILE_RUN in labels, labels
         chips.nth(labels.index(HOSTILE_RUN)).click()
-        frame.wait_for_function("document.querySelectorAll('[data-role=layers] td.name').length === %d"
-                                % len(HOSTILE_LAYERS))
+        frame.wait_for_function(
+            f"document.querySelectorAll('[data-role=layers] td.name').length === {len(HOSTILE_LAYERS)}")
         cells = frame.locator("[data-role=layers] td.name").all_text_contents()
         assert cells == HOSTILE_LAYERS  # literally, in depth order, the 10,000 characters included
         rows = frame.locator("[data-role=layers] tbody tr")

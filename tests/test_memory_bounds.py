@@ -129,4 +129,5 @@ def test_callback_heap_is_flat_once_the_history_is_full(tmp_path, monkeypatch):
     # an unbounded history (~350 bytes per layer-step) 1.3 MB.
     growth = own[late] - own[mid]
     bound = 2 * (late - mid) * layers
-    assert growth < bound, f"the callback's heap grew {growth} bytes from step {mid} to {late} (bound {bound}): {points}"
+    assert growth < bound, (f"the callback's heap grew {growth} bytes from step {mid} to {late} "
+                            f"(bound {bound}): {points}")

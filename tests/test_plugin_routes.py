@@ -347,7 +347,8 @@ def test_compare_runs(client, keras_logdir):
         src = runs[r["run"]].layers["conv1_bn"]
         np.testing.assert_allclose(r["values"], np.mean(src.moving_var, axis=1), rtol=RTOL)
     rows = list(csv.reader(io.StringIO(get(
-        client, "/compare?run=synth&run=synth_b&layer=conv1_bn&quantity=moving_var&format=csv").get_data(as_text=True))))
+        client, "/compare?run=synth&run=synth_b&layer=conv1_bn&quantity=moving_var&format=csv"
+    ).get_data(as_text=True))))
     assert rows[0] == ["step", "synth", "synth_b"] and len(rows) == 121 and rows[-1][2] == ""
 
 

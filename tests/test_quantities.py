@@ -72,7 +72,8 @@ def test_renorm_debiases_the_stddev_average():
         ema_std = m * ema_std + (1 - m) * true_std
     moving_var = ema_std**2 - eps  # how Keras renorm derives moving_variance
     info = metadata.LayerInfo(name="bn", channels=1, momentum=m, epsilon=eps, ema_of="stddev", init_var=init_var)
-    assert quantities.debiased_variance(np.array([moving_var]), init_var, info, t)[0] == pytest.approx(true_std**2 - eps)
+    assert (quantities.debiased_variance(np.array([moving_var]), init_var, info, t)[0]
+            == pytest.approx(true_std**2 - eps))
 
 
 def test_compute_rejects_wrong_channel_count():

@@ -208,8 +208,9 @@ def test_real_tensorboard_serves_damaged_logs_and_reads_a_completed_record(tmp_p
             frame.wait_for_selector("tr[data-layer=bn]")
             assert f"last step {STEPS}" in frame.locator(".bn-card h3").first.text_content()
             frame.click("button.bn-chip[data-run=cut]")
-            frame.wait_for_function("document.querySelector('.bn-card h3') && "
-                                    f"document.querySelector('.bn-card h3').textContent.includes('last step {CUT - 1}')")
+            frame.wait_for_function(
+                "document.querySelector('.bn-card h3') && "
+                f"document.querySelector('.bn-card h3').textContent.includes('last step {CUT - 1}')")
             assert frame.locator("[data-role=file-problems] li").first.get_attribute("data-run") == "cut"
             page.screenshot(path=str(SHOTS / "damaged-files.png"))
             assert errors == []

@@ -80,7 +80,8 @@ def test_model_save_and_load_model_in_a_new_process_continue_the_counts(tmp_path
     _check_continued(run, 2 * STEPS)
     assert run.train_begins == [
         {"step": 0, "resumed": [], "moving_at_initializer": [], "pretrained": [], "probe": "first_training_batch"},
-        {"step": STEPS, "resumed": ["bn1", "bn2"], "moving_at_initializer": [], "pretrained": [], "probe": "first_training_batch"},
+        {"step": STEPS, "resumed": ["bn1", "bn2"], "moving_at_initializer": [], "pretrained": [],
+         "probe": "first_training_batch"},
     ]
     assert "BN008" not in {f.code for f in tb_bnstats.diagnose(tmp_path / "logs")}
 
@@ -131,7 +132,8 @@ def test_s3_only_trainable_weights_restored_is_bn008_from_the_logs(tmp_path):
     assert f"resumed at step {STEPS}" in f.message and "mean 0, variance 1" in f.message
     assert "model.save / save_weights include them" in f.message and "tb_bnstats.recalibrate" in f.message
     run = tb_bnstats.load(tmp_path)["resumed"]
-    assert run.train_begins == [{"step": STEPS, "resumed": [], "moving_at_initializer": ["bn1", "bn2"], "pretrained": [], "probe": "first_training_batch"}]
+    assert run.train_begins == [{"step": STEPS, "resumed": [], "moving_at_initializer": ["bn1", "bn2"],
+                                 "pretrained": [], "probe": "first_training_batch"}]
     # The update count restarted with the statistics: steps go on, updates from 1.
     assert run.layers["bn1"].steps.tolist() == list(range(STEPS + 1, 2 * STEPS + 1))
     assert run.layers["bn1"].series["updates"].tolist() == list(range(1, STEPS + 1))
@@ -148,7 +150,8 @@ def test_a_layer_never_updated_is_bn002_not_bn008_after_a_restore(tmp_path):
     cb = _fit(restored, str(tmp_path / "run"))
     assert _codes(cb.findings) == {("BN002", "error"): ["bn2/bn"]}
     run = tb_bnstats.load(tmp_path)["run"]
-    assert run.train_begins[-1] == {"step": STEPS, "resumed": ["bn1"], "moving_at_initializer": ["bn2/bn"], "pretrained": [], "probe": "first_training_batch"}
+    assert run.train_begins[-1] == {"step": STEPS, "resumed": ["bn1"], "moving_at_initializer": ["bn2/bn"],
+                                    "pretrained": [], "probe": "first_training_batch"}
     assert _codes(tb_bnstats.diagnose(tmp_path)) == {("BN002", "error"): ["bn2/bn"]}
 
 

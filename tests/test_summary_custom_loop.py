@@ -42,7 +42,8 @@ def test_custom_loop_hand_written_bn(tmp_path):
                                  updates=step, momentum=momentum, epsilon=eps, snapshot=True)
             writer.metrics("train", {"loss": float(loss)}, step)
             hb = h.numpy().astype(np.float64)
-            expected.append((hb.mean(0), hb.var(0), moving_mean.numpy().astype(np.float64), moving_var.numpy().astype(np.float64)))
+            expected.append((hb.mean(0), hb.var(0), moving_mean.numpy().astype(np.float64),
+                             moving_var.numpy().astype(np.float64)))
     layer = tb_bnstats.load(tmp_path)["custom"].layers["dense_bn"]
     assert layer.info.framework == "custom" and layer.info.momentum == pytest.approx(momentum)
     np.testing.assert_array_equal(layer.steps, np.arange(1, 6))
@@ -51,7 +52,8 @@ def test_custom_loop_hand_written_bn(tmp_path):
         np.testing.assert_allclose(layer.snapshots["batch_var"][i], bv, rtol=1e-5)
         np.testing.assert_allclose(layer.snapshots["moving_mean"][i], mm, rtol=1e-6)
         t = i + 1
-        np.testing.assert_allclose(layer.snapshots["debiased_var"][i], (mv - momentum**t) / (1 - momentum**t), rtol=1e-5)
+        np.testing.assert_allclose(layer.snapshots["debiased_var"][i], (mv - momentum**t) / (1 - momentum**t),
+                                   rtol=1e-5)
     np.testing.assert_allclose(layer.series["convergence"], 1 - momentum ** np.arange(1, 6), rtol=1e-6)
     assert len(tb_bnstats.load(tmp_path)["custom"].metrics["train/loss"][0]) == 5
 

@@ -90,7 +90,8 @@ def _recalibrated_by_hand(model, base, x, y):
     try:
         for name in BASE_LAYERS:
             layer = base.get_layer(name)
-            inputs = keras.ops.convert_to_numpy(keras.Model(base.inputs, layer.input)(x, training=False)).astype(np.float64)
+            inputs = keras.ops.convert_to_numpy(
+                keras.Model(base.inputs, layer.input)(x, training=False)).astype(np.float64)
             layer.moving_mean.assign(inputs.mean(axis=(0, 1, 2)).astype("float32"))
             layer.moving_variance.assign(inputs.var(axis=(0, 1, 2)).astype("float32"))
         return float(np.mean(np.argmax(model.predict(x, verbose=0), -1) == y))

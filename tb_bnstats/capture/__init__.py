@@ -16,7 +16,7 @@ merge into blocks). A new framework is one new module that implements
 """
 
 import dataclasses
-from typing import Dict, List, Optional, Protocol, Tuple, runtime_checkable
+from typing import Optional, Protocol, runtime_checkable
 
 import numpy as np
 

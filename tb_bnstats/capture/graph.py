@@ -574,7 +574,8 @@ class GraphCapture:
             train, inference = modes[True][layer.name], modes[False][layer.name]
             # The variances as the moving one averages them (Bessel-corrected for a fused kernel).
             c = layer.channels
-            comparable = lambda got: quantities.comparable_batch_var(  # noqa: E731
+            # c and layer bound as defaults (B023), though the lambda is only called in this iteration.
+            comparable = lambda got, c=c, layer=layer: quantities.comparable_batch_var(  # noqa: E731
                 _part(got, "batch_var", c), float(_samples(got, c)), layer.moving_var_unbiased)
             inference_var = comparable(inference)
             out[layer.name] = {
@@ -692,6 +693,7 @@ def _initial_value(variable, fill):
     except Exception:  # noqa: BLE001 - not every initializer is constant
         value = None
     if value is None:
-        warnings.warn(f"tb_bnstats: {variable.name}: initializer not constant, taken as {fill}", RuntimeWarning)
+        warnings.warn(f"tb_bnstats: {variable.name}: initializer not constant, taken as {fill}", RuntimeWarning,
+                      stacklevel=1)
         return np.full(int(np.prod(variable.shape)), fill)
     return np.broadcast_to(np.asarray(value, np.float64), tuple(variable.shape)).ravel().copy()

@@ -179,7 +179,8 @@ CODES = {
                    "save and restore the non-trainable variables too: model.save / save_weights include them "
                    "(load_weights restores them), with tf.train.Checkpoint track the model, not "
                    "model.trainable_variables; or call tb_bnstats.recalibrate(model, data) after restoring"),
-    "BN009": Code("BN009", "S8", "warning", "eval data differ from the training data (probe batch far from the moving statistics)",
+    "BN009": Code("BN009", "S8", "warning",
+                  "eval data differ from the training data (probe batch far from the moving statistics)",
                    "check the eval pipeline's preprocessing and normalization against the training pipeline's "
                    "(same scaling, same mean/std, same resizing); if the shift is real, recalibrate on data like "
                    "the eval data: tb_bnstats.recalibrate(model, eval_like_data)"),

@@ -394,7 +394,8 @@ def variance_shift(view, conv, **_):
         return []
     return [("BN004", "warning", ev,
              f"{view.name}: batches are persistently wider than the moving variance (median log ratio "
-             f"{signed:+.2f}, {math.exp(signed):.2f}x) although the average has converged. Fix: {_fix('BN004', view)}.")]
+             f"{signed:+.2f}, {math.exp(signed):.2f}x) although the average has converged. "
+             f"Fix: {_fix('BN004', view)}.")]
 
 
 def drifting_batches(view, conv, run_in_blocks=False, **_):

@@ -64,8 +64,8 @@ TF1_FIXES = {
     "BN004": "move the dropout after the BN layers (or before the last layer only), or, with dropout off, "
              f"{REESTIMATE} after training",
     "BN008": "save and restore every global variable (tf.compat.v1.train.Saver() with its default var_list; "
-             f"var_list=tf.compat.v1.trainable_variables() leaves out moving_mean and moving_variance), or {REESTIMATE} "
-             "after restoring",
+             "var_list=tf.compat.v1.trainable_variables() leaves out moving_mean and moving_variance), "
+             f"or {REESTIMATE} after restoring",
 }
 
 # BN002 when the train calls feed the layer's training tensor False (the update ops did run).

@@ -148,7 +148,8 @@ def population_stats(model, data, num_samples=DEFAULT_NUM_SAMPLES, batch_size=32
         ValueError: the model is not built, the data gave no batch, or the
             framework / backend is not supported.
     """
-    stats, _ = _population_and_kept_batches(model, data, num_samples, batch_size, training, shuffle, seed, keep_samples=0)
+    stats, _ = _population_and_kept_batches(model, data, num_samples, batch_size, training, shuffle, seed,
+                                            keep_samples=0)
     return stats
 
 
@@ -170,7 +171,8 @@ class RecalibrationReport:
     def __str__(self):
         def line(label, g):
             acc = ("" if g.accuracy_gap is None else
-                   f"accuracy train-mode {g.accuracy_train_mode:.3f} / inference-mode {g.accuracy_inference_mode:.3f}; ")
+                   f"accuracy train-mode {g.accuracy_train_mode:.3f} / "
+                   f"inference-mode {g.accuracy_inference_mode:.3f}; ")
             loss = ("" if g.loss_train_mode is None else
                     f"loss {g.loss_train_mode:.4f} / {g.loss_inference_mode:.4f}; ")
             return f"  {label}: {acc}{loss}output drift {g.output_drift:.3f}"

@@ -106,8 +106,8 @@ class EventFile:
                     ", ".join(f"pid {pid} on {host}" for host, pid in others))
         # The count zero-padded: TensorBoard reads a run's files in name order, and two files of one
         # process opened in the same second must sort as opened ("...9" would sort after "...10").
-        self.path = os.path.join(logdir, "events.out.tfevents.%010d.%s.%s.%06d" % (
-            time.time(), socket.gethostname(), os.getpid(), next(_uid)))
+        self.path = os.path.join(logdir, f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
+                                         f"{os.getpid()}.{next(_uid):06d}")
         self._file = _open_for_append(self.path)
         self._local = "://" not in self.path
         self._lock = threading.Lock()
