@@ -81,13 +81,16 @@ class _GraphMonitor:
 
         Args:
             name: the layer's name in the tab.
-            moving_mean, moving_var: the variables holding its moving averages.
+            moving_mean: the variable holding its moving mean.
+            moving_var: the variable holding its moving variance.
             momentum: the weight the average keeps on its old value, TF1's
                 ``decay``: ``moving = decay * moving + (1 - decay) * batch``.
             inputs: the tensor it normalizes (its batch moments are then
                 taken here, per channel on ``channel_axis``); or
-            batch_mean, batch_var: what it normalizes with
-                (``tf.nn.moments``' outputs).
+                ``batch_mean`` and ``batch_var``.
+            batch_mean: the mean it normalizes with (``tf.nn.moments``'
+                output), instead of ``inputs``.
+            batch_var: the variance it normalizes with, with ``batch_mean``.
             epsilon: its epsilon.
             training: a boolean tensor (an ``is_training`` placeholder) or
                 bool: whether a train call runs it in training mode.
@@ -189,11 +192,12 @@ class _GraphMonitor:
         closed. Idempotent.
 
         Args:
-            session, feed_dict: optional, a session and the feed of one
-                batch of training-like data (the inputs only): the graph is
-                then checked for dropout before BN (S5, BN004), which
-                training logs cannot show: each layer's input variance with
-                its ``training`` tensor fed True and fed False
+            session: optional, a session, with ``feed_dict``.
+            feed_dict: optional, the feed of one batch of training-like data
+                (the inputs only): with ``session``, the graph is then
+                checked for dropout before BN (S5, BN004), which training
+                logs cannot show: each layer's input variance with its
+                ``training`` tensor fed True and fed False
                 (:meth:`tb_bnstats.capture.graph.GraphCapture.variance_shift`).
         """
         if self.closed:
