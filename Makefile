@@ -33,7 +33,7 @@ TF_FOR_TF_KERAS := "tensorflow-cpu>=2.21,<2.22; platform_machine=='x86_64'" \
 	"tensorflow>=2.21,<2.22; platform_machine!='x86_64'"
 
 install-test: $(PY) system-deps
-	$(PIP) install --quiet -e ".[test,tensorflow,jax]" $(TORCH) $(TF_FOR_TF_KERAS)
+	$(PIP) install --quiet -e ".[test,tensorflow,jax,docs]" $(TORCH) $(TF_FOR_TF_KERAS)
 	$(PIP) install --quiet --no-deps $(TF_KERAS)
 	cd frontend && npm ci --no-audit --no-fund --loglevel=error
 

@@ -37,6 +37,11 @@ setup(
         "keras": ["keras>=3.10,<4"],
         "test": ["pytest>=8", "playwright>=1.45", "hypothesis>=6.100", "scikit-learn>=1.4"],
         "demo": ["scikit-learn>=1.4"],
+        # The documentation site (mkdocs.yml, docs/): mkdocs build --strict. mkdocstrings 0.30 fails with
+        # pymdown-extensions 13 (Highlight() without md); 1.0 works with it. Tested: mkdocs 1.6.1,
+        # mkdocs-material 9.8.2, mkdocstrings 1.0.8, mkdocstrings-python 2.0.9.
+        "docs": ["mkdocs>=1.6,<2", "mkdocs-material>=9.5,<10", "mkdocstrings[python]>=1.0,<2",
+                 "mkdocstrings-python>=2.0,<3"],
     },
     entry_points={
         "tensorboard_plugins": ["bn_stats = tb_bnstats.plugin.loader:BNStatsLoader"],
