@@ -2,59 +2,168 @@
 
     tb-bnstats diagnose LOGDIR [--run RUN] [--json] [--fail-on error|warning|never]
 
-prints the findings of :func:`tb_bnstats.diagnose` and exits 1 when one is at
-or above ``--fail-on`` (default: error), so that it can gate CI; 0 otherwise,
-2 on a usage error or an unreadable log directory.
+prints the findings of :func:`tb_bnstats.diagnose` for each run under
+``LOGDIR`` (a run's own directory, or a directory above runs) and exits
+
+* 1 when a finding printed is at or above ``--fail-on`` (default: error), so
+  that it can gate CI;
+* 0 otherwise;
+* 2 when there is nothing to diagnose: a usage error, a path that does not
+  exist or is a file, a directory without event files, event files without
+  bn_stats data (the callback or monitor never wrote there), or a ``--run``
+  that names no run.
+
+Runs are named by :mod:`tb_bnstats.format.names` (the log directory itself by
+its own name), so ``tb-bnstats diagnose logs/run1`` and ``tb-bnstats
+diagnose logs --run run1`` print the same lines.
+
+Standard output holds only the CLI's own lines (or, with ``--json``, one JSON
+document): event files are read with TensorBoard's own reader, without
+TensorFlow, and anything a library prints while reading goes to standard
+error.
 """
 
+from __future__ import annotations
+
 import argparse
+import contextlib
 import os
 import sys
+import types
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tb_bnstats.diagnosis.finding import Finding
+    from tb_bnstats.format.records import RunData
+
+EXIT_CLEAN, EXIT_FOUND, EXIT_NOTHING_TO_DIAGNOSE = 0, 1, 2
+FAIL_LEVELS = {"error": ("error",), "warning": ("error", "warning"), "never": ()}
 
 
-def _diagnose(args):
-    from tb_bnstats import diagnosis
+class NothingToDiagnose(Exception):
+    """The path given holds no run to diagnose; the message says why."""
+
+
+def read_without_tensorflow() -> None:
+    """Makes TensorBoard read event files with its own pure-Python reader
+    instead of importing TensorFlow (seconds, and its start-up log lines):
+    TensorBoard picks its TensorFlow stub when the module
+    ``tensorboard.compat.notf`` can be imported, the switch its own
+    TensorFlow-free builds use. Call before TensorBoard is first asked for
+    ``tensorboard.compat.tf``. A process that already imported TensorFlow
+    (``main`` called from a training script) keeps reading with it."""
+    if "tensorflow" not in sys.modules:
+        sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Sends whatever is written to standard output (by Python or by native
+    code, on file descriptor 1) to standard error while it is open."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no file descriptor 1 (an embedding host): Python's writes only
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+        return
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def load_runs(logdir: str, run: str | None) -> dict[str, RunData]:
+    """The runs under ``logdir`` (or just ``run``), as :func:`tb_bnstats.load`.
+
+    Raises:
+        NothingToDiagnose: ``logdir`` is missing, a file, holds no event
+            files or no bn_stats data, or ``run`` names no run.
+    """
     from tb_bnstats.read import reader
 
-    if not os.path.isdir(args.logdir):
-        print(f"tb-bnstats: no such directory: {args.logdir}", file=sys.stderr)
-        return 2
+    remote = "://" in logdir
+    if not remote:
+        if not os.path.exists(logdir):
+            raise NothingToDiagnose(f"no such directory: {logdir}")
+        if not os.path.isdir(logdir):
+            raise NothingToDiagnose(f"{logdir} is a file; give the run's directory (the log_dir it was written to) "
+                                    f"or a directory above it")
+        if not any("tfevents" in name for _, _, files in os.walk(logdir) for name in files):
+            raise NothingToDiagnose(f"no event files under {logdir}: nothing was logged there")
     try:
-        runs = reader.load(args.logdir, run=args.run)
+        runs = reader.load(logdir, run=run)
     except KeyError as exc:
-        print(f"tb-bnstats: {exc.args[0]}", file=sys.stderr)
-        return 2
-    findings = diagnosis.diagnose(runs)
-    if args.json:
-        print(diagnosis.to_json(findings))
+        raise NothingToDiagnose(exc.args[0]) from None
+    if not runs:
+        raise NothingToDiagnose(f"no bn_stats data under {logdir}: its event files were not written by "
+                                f"tb_bnstats (add BNStatsCallback or BNStatsMonitor with this log_dir)")
+    return runs
+
+
+def report_lines(findings_by_run: dict[str, list[Finding]]) -> list[str]:
+    """The text the CLI prints: per run (in name order) its finding count
+    and, per finding, severity, code, scenario, layers and message."""
+    lines = []
+    for name in sorted(findings_by_run):
+        mine = findings_by_run[name]
+        lines.append(f"{name}: {len(mine)} finding(s)" if mine else f"{name}: no BatchNormalization problem found")
+        for f in mine:
+            lines.append(f"  {f.severity.upper():7s} {f.code} [{f.scenario}] layers: {', '.join(f.layers)}")
+            lines.append(f"          {f.message}")
+    return lines
+
+
+def diagnose(logdir: str, run: str | None, as_json: bool, fail_on: str) -> int:
+    """``tb-bnstats diagnose``: prints the findings; returns the exit code
+    (module docstring), computed from exactly the findings printed."""
+    from tb_bnstats import diagnosis
+
+    try:
+        with stdout_to_stderr():
+            runs = load_runs(logdir, run)
+            findings_by_run = {name: [f for f, _ in diagnosis.findings_of(name, runs[name])] for name in sorted(runs)}
+    except NothingToDiagnose as exc:
+        print(f"tb-bnstats: {exc}", file=sys.stderr)
+        return EXIT_NOTHING_TO_DIAGNOSE
+    printed = [f for name in sorted(findings_by_run) for f in findings_by_run[name]]
+    if as_json:
+        print(diagnosis.to_json(printed))
     else:
-        if not runs:
-            print(f"no bn_stats data under {args.logdir}")
-        for name in sorted(runs):
-            mine = [f for f in findings if f.run == name]
-            print(f"{name}: {len(mine)} finding(s)" if mine else f"{name}: no BatchNormalization problem found")
-            for f in mine:
-                print(f"  {f.severity.upper():7s} {f.code} [{f.scenario}] layers: {', '.join(f.layers)}")
-                print(f"          {f.message}")
-    levels = {"error": ("error",), "warning": ("error", "warning"), "never": ()}[args.fail_on]
-    return 1 if any(f.severity in levels for f in findings) else 0
+        print("\n".join(report_lines(findings_by_run)))
+    return EXIT_FOUND if any(f.severity in FAIL_LEVELS[fail_on] for f in printed) else EXIT_CLEAN
 
 
-def main(argv=None):
-    """Runs ``tb-bnstats`` with ``argv`` (default: the process's); returns the exit code."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs ``tb-bnstats`` with ``argv`` (default: the process's).
+
+    Returns:
+        The exit code (module docstring).
+    """
     parser = argparse.ArgumentParser(prog="tb-bnstats", description="BatchNormalization statistics tools")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("diagnose", help="print what is wrong with the BN statistics of logged runs")
-    p.add_argument("logdir", help="a TensorBoard log directory written by tb_bnstats")
-    p.add_argument("--run", help="only this run (as TensorBoard names it)")
-    p.add_argument("--json", action="store_true", help="print the findings as a JSON list")
-    p.add_argument("--fail-on", choices=("error", "warning", "never"), default="error",
+    p = sub.add_parser("diagnose", help="print what is wrong with the BN statistics of logged runs",
+                       description="Prints the findings of each run under LOGDIR. Exit status: 1 when a finding "
+                                   "is at or above --fail-on, 0 when none is, 2 when there is nothing to diagnose.")
+    p.add_argument("logdir", help="a run's log directory, or a directory above runs (local, or a URL such as "
+                                  "s3://bucket/logs)")
+    p.add_argument("--run", help="only this run, named as the CLI prints it (the log directory itself: its own name)")
+    p.add_argument("--json", action="store_true", help="print the findings as a JSON list (nothing else on stdout)")
+    p.add_argument("--fail-on", choices=tuple(FAIL_LEVELS), default="error",
                    help="exit 1 when a finding of this severity or worse exists (default: error)")
-    args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on a usage error, 0 on --help
+        return int(exc.code or 0)
+    read_without_tensorflow()
     if args.command == "diagnose":
-        return _diagnose(args)
-    return 2
+        return diagnose(args.logdir, args.run, args.json, args.fail_on)
+    return EXIT_NOTHING_TO_DIAGNOSE
 
 
 if __name__ == "__main__":

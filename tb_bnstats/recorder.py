@@ -26,7 +26,7 @@ import numpy as np
 
 from tb_bnstats import quantities
 from tb_bnstats.diagnosis import words
-from tb_bnstats.format import metadata
+from tb_bnstats.format import metadata, names
 from tb_bnstats.measure import data as batches
 from tb_bnstats.write import background, summary
 
@@ -618,7 +618,7 @@ class Recorder:
         from tb_bnstats import diagnosis
 
         log_dir = self.schedule.log_dir
-        run = os.path.basename(os.path.normpath(log_dir)) or log_dir
+        run = names.own_name(log_dir)
         computed = diagnosis.diagnose_run(run, self.writer.run_data())
         live = self.guard("checking the model on the probe batch", self._live_findings, run) \
             if self._live_findings is not None else None
@@ -627,8 +627,9 @@ class Recorder:
         self.guard("writing the findings", self.writer.findings, self._last_logged_step,
                    [f.to_dict() for f in findings])
         if findings:
-            self.say(f"{len(findings)} finding(s) for {run} (tb-bnstats diagnose {log_dir}):")
-            for line in diagnosis.summary_lines(findings):
+            command = names.diagnose_command(log_dir)
+            self.say(f"{len(findings)} finding(s) for {run} ({command}):")
+            for line in diagnosis.summary_lines(findings, command=command):
                 self.say(f"  {line}")
         else:
             self.say(f"{run}: no BatchNormalization problem found")

@@ -105,7 +105,12 @@ def findings_of(run_name, run_data, computed=None):
     """
     if computed is None:
         computed = diagnose_run(run_name, run_data)
-    pairs = merging.merge(merging.parse_stored(run_data.stored_findings), computed)
+    stored = merging.parse_stored(run_data.stored_findings)
+    for f in stored or []:
+        # The writer named the run after its log_dir; the name it is read under is the one shown
+        # (tb_bnstats.format.names), so a run read from its own directory or its parent says the same.
+        f.run = run_name
+    pairs = merging.merge(stored, computed)
     return [(f, merging.STORED if stored else merging.COMPUTED) for f, stored in pairs]
 
 
@@ -143,11 +148,13 @@ def to_json(findings) -> str:
     return json.dumps([f.to_dict() for f in findings], indent=2, sort_keys=True)
 
 
-def summary_lines(findings, limit=10):
-    """Short human-readable lines (the callback prints these)."""
+def summary_lines(findings, limit=10, command="tb-bnstats diagnose LOGDIR"):
+    """Short human-readable lines (the callback prints these): the first
+    ``limit`` findings, then how many more and ``command``, which lists them
+    all (:func:`tb_bnstats.format.names.diagnose_command`)."""
     if not findings:
         return ["no BatchNormalization problem found"]
     lines = [str(f) for f in findings[:limit]]
     if len(findings) > limit:
-        lines.append(f"... and {len(findings) - limit} more (tb-bnstats diagnose LOGDIR)")
+        lines.append(f"... and {len(findings) - limit} more ({command})")
     return lines

@@ -93,6 +93,8 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         self._series_cache = cache.SeriesCache()
         self._findings_cache = cache.FindingsCache()
         logdir = getattr(context, "logdir", None)
+        # Names the run in the logdir itself after it, as tb_bnstats.load and the CLI do (format.names).
+        self._logdir = logdir or None
         self._file_check = integrity.EventFileCheck(logdir) if logdir and "://" not in logdir else None
         self._file_check_lock = threading.Lock()
         self._reported = set()
@@ -140,7 +142,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         if self._provider is None:
             raise BadRequest("TensorBoard has no data provider")
         ctx, eid = self._ctx(request)
-        return self._index_cache.get(eid, lambda: reader.index_runs(self._provider, ctx, eid)), ctx, eid
+        return self._index_cache.get(eid, lambda: reader.index_runs(self._provider, ctx, eid, self._logdir)), ctx, eid
 
     def _run_arg(self, args, indexes):
         run = one(args, "run")
@@ -168,7 +170,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
             else:
                 out[tag] = hit
         if missing:
-            fresh = reader.read_series(self._provider, ctx, run, missing, downsample, eid)
+            fresh = reader.read_series(self._provider, ctx, index.source, missing, downsample, eid)
             for tag, (steps, values) in fresh.items():
                 steps.setflags(write=False)
                 values.setflags(write=False)
@@ -280,7 +282,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
             latest[layer][q] = v if math.isfinite(v) else None
             s = int(steps[i])
             latest_step[layer] = s if latest_step[layer] is None else max(s, latest_step[layer])
-        pretrained = diagnosis.rules.pretrained_starts(reader.read_train_begins(self._provider, ctx, run, index, eid))
+        pretrained = diagnosis.rules.pretrained_starts(reader.read_train_begins(self._provider, ctx, index, eid))
         findings = [f for f, _ in self._diagnosis(ctx, eid, run, index)["pairs"]]
         layers = []
         for info in self._ordered_layers(index):
@@ -380,14 +382,15 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         layer = self._layer_arg(args, index, run)
         if layer not in index.channel_tags:
             raise BadRequest(f"layer {layer!r} of run {run!r} has no per-channel snapshots")
-        steps, tensor = self._sorted_snapshots(ctx, eid, run, index.channel_tags[layer], 3, metadata.SNAPSHOT_ROWS,
+        steps, tensor = self._sorted_snapshots(ctx, eid, index.source, index.channel_tags[layer], 3, metadata.SNAPSHOT_ROWS,
                                                f"layer {layer!r} of run {run!r} has no readable per-channel snapshot")
         return run, layer, index, steps, tensor
 
-    def _sorted_snapshots(self, ctx, eid, run, tag, ndim, rows, unreadable):
-        """``(steps, tensor)`` of a snapshot tag in step order; a 400 saying
-        ``unreadable`` when there is none of ``ndim`` dimensions with ``rows``."""
-        steps, tensor = reader.read_snapshots(self._provider, ctx, run, tag, READ_ALL, eid)
+    def _sorted_snapshots(self, ctx, eid, source, tag, ndim, rows, unreadable):
+        """``(steps, tensor)`` of a snapshot tag of the provider's run
+        ``source`` in step order; a 400 saying ``unreadable`` when there is
+        none of ``ndim`` dimensions with ``rows``."""
+        steps, tensor = reader.read_snapshots(self._provider, ctx, source, tag, READ_ALL, eid)
         if not len(steps) or tensor.ndim != ndim or tensor.shape[1] != len(rows):
             raise BadRequest(unreadable)
         order = np.argsort(steps, kind="stable")
@@ -431,14 +434,14 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         global batch's moments of that step's per-channel snapshot."""
         if layer not in index.replica_tags:
             raise BadRequest(f"layer {layer!r} of run {run!r} has no per-replica moments (it ran on one replica)")
-        steps, tensor = self._sorted_snapshots(ctx, eid, run, index.replica_tags[layer], 4, metadata.REPLICA_ROWS,
+        steps, tensor = self._sorted_snapshots(ctx, eid, index.source, index.replica_tags[layer], 4, metadata.REPLICA_ROWS,
                                                f"layer {layer!r} of run {run!r} has no readable per-replica snapshot")
         i = self._nearest(steps, requested)
         snap, step = tensor[i], int(steps[i])
         glob = {}
         if layer in index.channel_tags:
-            c_steps, c_tensor = reader.read_snapshots(self._provider, ctx, run, index.channel_tags[layer], READ_ALL,
-                                                      eid)
+            c_steps, c_tensor = reader.read_snapshots(self._provider, ctx, index.source, index.channel_tags[layer],
+                                                      READ_ALL, eid)
             at = np.flatnonzero(c_steps == step)
             if len(at) and c_tensor.ndim == 3:
                 glob = {row: data.finite_list(c_tensor[at[-1], metadata.SNAPSHOT_ROWS.index(row)])
@@ -504,8 +507,8 @@ class BNStatsPlugin(base_plugin.TBPlugin):
                            "name": key.split("/", 1)[1], "steps": steps, "values": values,
                            "aligned": "step"})
         listed = scalars.listing(self._provider, ctx, eid)  # once for both
-        series += scalars.own_series(self._provider, ctx, eid, run, listed)
-        series += scalars.keras_series(self._provider, ctx, eid, run, listed, val_steps,
+        series += scalars.own_series(self._provider, ctx, eid, index.source, listed)
+        series += scalars.keras_series(self._provider, ctx, eid, index.source, listed, val_steps,
                                        max(index.max_step.values(), default=0))
         out, samplings, full = [], [], {}
         for s in series:
@@ -568,8 +571,8 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         run_data = records.run_data(
             index.layer_infos, reader.series_by_layer(index, raw),
             metrics={key: raw[tag] for key, tag in metric_tags.items() if tag in raw},
-            stored_findings=reader.read_stored_findings(self._provider, ctx, run, index, eid),
-            train_begins=reader.read_train_begins(self._provider, ctx, run, index, eid),
+            stored_findings=reader.read_stored_findings(self._provider, ctx, index, eid),
+            train_begins=reader.read_train_begins(self._provider, ctx, index, eid),
             newer_format_versions=index.newer_versions)
         return run_data, raw
 
@@ -607,7 +610,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
             return worst_severity(f for f, _ in cached["pairs"])
         if index.diagnosis_tag is None:
             return None
-        stored = diagnosis.merging.parse_stored(reader.read_stored_findings(self._provider, ctx, run, index, eid))
+        stored = diagnosis.merging.parse_stored(reader.read_stored_findings(self._provider, ctx, index, eid))
         return None if stored is None else worst_severity(stored)
 
     def findings_impl(self, ctx, eid, run, index):

@@ -12,7 +12,7 @@ import time
 import warnings
 from typing import List
 
-from tb_bnstats.format import tfrecord
+from tb_bnstats.format import names, tfrecord
 
 # An event file that ends inside a record is being written, unless it has not
 # changed for this long: then it was cut off (a killed run, a full disk).
@@ -55,7 +55,8 @@ def check_records(path, offset=0, deadline=None):
 class FileProblem:
     """Part of an event file that TensorBoard cannot read (or not yet)."""
 
-    run: str  # TensorBoard's run name of the file's directory ("." for the logdir)
+    run: str  # the run's name (tb_bnstats.format.names: the logdir itself by its own name)
+    directory: str  # the file's directory relative to the logdir ("." for the logdir itself)
     file: str  # the file name
     kind: str  # "bad_length", "incomplete", "empty", "unreadable" (check_records), "bad_data" (load)
     offset: int  # bytes before this one were read
@@ -111,13 +112,15 @@ class EventFileCheck:
         return out
 
     def _problem(self, dirpath, name, kind, offset, size, message):
-        run = os.path.relpath(dirpath, self.logdir).replace(os.sep, "/")
-        return FileProblem(run, name, kind, offset, size, f"{run}/{name} {message}")
+        directory = os.path.relpath(dirpath, self.logdir).replace(os.sep, "/")
+        return FileProblem(names.run_name(directory, self.logdir), directory, name, kind, offset, size,
+                           f"{directory}/{name} {message}")
 
 
-def warn_file_problems(logdir, run=None, data_loss=()):
+def warn_file_problems(logdir, directory=None, data_loss=()):
     """Warns (``RuntimeWarning``) about each unreadable part of the event
-    files under a local ``logdir`` (of ``run`` only, when given): framing
+    files under a local ``logdir`` (of the run in ``directory``, relative to
+    ``logdir``, only, when given): framing
     problems (:class:`EventFileCheck`) and the ``(path, offset)`` of
     ``data_loss``, corrupted records the reader stopped at (a bad data
     checksum, which the framing check does not see)."""
@@ -125,7 +128,7 @@ def warn_file_problems(logdir, run=None, data_loss=()):
         return []
     check = EventFileCheck(logdir)
     found = check.problems()
-    framed = {os.path.normpath(os.path.join(check.logdir, p.run, p.file)) for p in found}
+    framed = {os.path.normpath(os.path.join(check.logdir, p.directory, p.file)) for p in found}
     for path, offset in data_loss:
         if path not in framed:
             framed.add(path)
@@ -133,7 +136,7 @@ def warn_file_problems(logdir, run=None, data_loss=()):
             found.append(check._problem(os.path.dirname(path), os.path.basename(path), "bad_data", offset, size,
                                         f"corrupted record at byte {offset} (bad data checksum): the reader stops "
                                         f"reading this file there, its last {size - offset} bytes are not shown"))
-    found = [p for p in found if run is None or p.run == run]
+    found = [p for p in found if directory is None or p.directory == directory]
     for p in found:
         warnings.warn(f"tb_bnstats: {p.message}", RuntimeWarning, stacklevel=3)
     return found

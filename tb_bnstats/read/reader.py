@@ -25,7 +25,7 @@ from typing import Dict, Optional
 import numpy as np
 from tensorboard.data import provider
 
-from tb_bnstats.format import metadata, records
+from tb_bnstats.format import metadata, names, records
 from tb_bnstats.read import integrity
 
 # A downsample that keeps every point the provider holds. Not much larger: with 2**62 the plugin's
@@ -48,19 +48,26 @@ class TagIndex:
     train_begin_tag: Optional[str] = None
     newer_versions: set = dataclasses.field(default_factory=set)
     replica_tags: Dict[str, str] = dataclasses.field(default_factory=dict)  # layer -> per-replica tensor tag
+    # The run as the data provider names it (what its reads take): "." for the log directory itself,
+    # which the index is keyed under its own name (tb_bnstats.format.names).
+    source: str = ""
 
 
-def index_runs(data_provider, ctx, experiment_id="") -> Dict[str, TagIndex]:
+def index_runs(data_provider, ctx, experiment_id: str = "", logdir: Optional[str] = None) -> Dict[str, TagIndex]:
     """Lists every run holding bn_stats data and what it holds.
 
     Args:
         data_provider: a TensorBoard data provider.
         ctx: a ``tensorboard.context.RequestContext``.
         experiment_id: the experiment ("" for a plain logdir).
+        logdir: the log directory the provider reads, when known: the run in
+            the log directory itself is then named after it
+            (:func:`tb_bnstats.format.names.run_name`) instead of ``"."``.
 
     Returns:
-        ``{run: TagIndex}``; tags whose metadata is not ours or unreadable are
-        left out.
+        ``{run name: TagIndex}``, each index's ``source`` the provider's name
+        of the run; tags whose metadata is not ours or unreadable are left
+        out.
     """
     out = collections.defaultdict(lambda: TagIndex({}, collections.defaultdict(dict), {}, {}, {}))
     listings = (
@@ -97,7 +104,12 @@ def index_runs(data_provider, ctx, experiment_id="") -> Dict[str, TagIndex]:
                     index.replica_tags[info.name] = tag
                 else:
                     index.layer_tags[info.name][content["quantity"]] = tag
-    return dict(out)
+    named = {}
+    for source, index in out.items():
+        index.source = source
+        name = source if logdir is None else names.run_name(source, logdir, frozenset(out) - {source})
+        named[name] = index
+    return named
 
 
 # Tags per data-provider read in read_series: the provider answers with Python
@@ -155,36 +167,37 @@ def layer_series_tags(index: TagIndex):
     return [tag for tags in index.layer_tags.values() for tag in tags.values()]
 
 
-def read_run(data_provider, ctx, run, index: TagIndex, downsample, experiment_id="",
+def read_run(data_provider, ctx, index: TagIndex, downsample, experiment_id="",
              snapshots=True) -> records.RunData:
     """One run's records (:func:`tb_bnstats.format.records.run_data`):
     ``downsample`` points per tag at most, the snapshots unless
     ``snapshots=False``."""
-    raw = read_series(data_provider, ctx, run, layer_series_tags(index) + list(index.metric_tags.values()),
+    source = index.source
+    raw = read_series(data_provider, ctx, source, layer_series_tags(index) + list(index.metric_tags.values()),
                       downsample, experiment_id)
-    snaps = {name: read_snapshots(data_provider, ctx, run, tag, downsample, experiment_id)
+    snaps = {name: read_snapshots(data_provider, ctx, source, tag, downsample, experiment_id)
              for name, tag in index.channel_tags.items()} if snapshots else None
-    replicas = {name: read_snapshots(data_provider, ctx, run, tag, downsample, experiment_id)
+    replicas = {name: read_snapshots(data_provider, ctx, source, tag, downsample, experiment_id)
                 for name, tag in index.replica_tags.items()} if snapshots else None
     return records.run_data(
         index.layer_infos, series_by_layer(index, raw),
         metrics={key: raw[tag] for key, tag in index.metric_tags.items() if tag in raw},
         snapshots_by_layer=snaps, replicas_by_layer=replicas,
-        stored_findings=read_stored_findings(data_provider, ctx, run, index, experiment_id),
-        train_begins=read_train_begins(data_provider, ctx, run, index, experiment_id),
+        stored_findings=read_stored_findings(data_provider, ctx, index, experiment_id),
+        train_begins=read_train_begins(data_provider, ctx, index, experiment_id),
         newer_format_versions=index.newer_versions)
 
 
-def read_stored_findings(data_provider, ctx, run, index: TagIndex, experiment_id=""):
-    """The last findings list the callback wrote for ``run``, or None."""
-    records = _json_records(data_provider, ctx, run, index.diagnosis_tag, 1, experiment_id)
+def read_stored_findings(data_provider, ctx, index: TagIndex, experiment_id=""):
+    """The last findings list the callback wrote for the run of ``index``, or None."""
+    records = _json_records(data_provider, ctx, index.source, index.diagnosis_tag, 1, experiment_id)
     return records[-1] if records and isinstance(records[-1], list) else None
 
 
-def read_train_begins(data_provider, ctx, run, index: TagIndex, experiment_id=""):
-    """Every record of :data:`metadata.TRAIN_BEGIN_TAG` for ``run`` (dicts,
-    in step order); unreadable ones are left out."""
-    records = _json_records(data_provider, ctx, run, index.train_begin_tag, READ_ALL, experiment_id)
+def read_train_begins(data_provider, ctx, index: TagIndex, experiment_id=""):
+    """Every record of :data:`metadata.TRAIN_BEGIN_TAG` for the run of
+    ``index`` (dicts, in step order); unreadable ones are left out."""
+    records = _json_records(data_provider, ctx, index.source, index.train_begin_tag, READ_ALL, experiment_id)
     return [r for r in records if isinstance(r, dict) and isinstance(r.get("step"), int)]
 
 
@@ -258,10 +271,13 @@ def load(logdir, run: Optional[str] = None) -> Dict[str, records.RunData]:
 
     Args:
         logdir: a TensorBoard log directory.
-        run: only this run (as TensorBoard names it).
+        run: only this run, by its name (:mod:`tb_bnstats.format.names`) or
+            as TensorBoard names it (``"."`` for ``logdir`` itself).
 
     Returns:
-        ``{run: RunData}``.
+        ``{run name: RunData}``, each run named by
+        :func:`tb_bnstats.format.names.run_name`: its directory's path
+        relative to ``logdir``, and ``logdir`` itself by its own name.
 
     Raises:
         KeyError: ``run`` is given and has no bn_stats data.
@@ -276,14 +292,17 @@ def load(logdir, run: Optional[str] = None) -> Dict[str, records.RunData]:
     data_loss = []
     data_provider = multiplexer_provider(logdir, data_loss)
     ctx = context.RequestContext()
-    indexes = index_runs(data_provider, ctx)
+    indexes = index_runs(data_provider, ctx, logdir=str(logdir))
     if run is not None:
+        by_source = {index.source: name for name, index in indexes.items()}
+        if run not in indexes and run in by_source:  # TensorBoard's name of it (".": the logdir itself)
+            run = by_source[run]
         if run not in indexes:
             raise KeyError(f"no bn_stats data for run {run!r} under {logdir}; runs: {sorted(indexes)}")
         indexes = {run: indexes[run]}
-    integrity.warn_file_problems(logdir, run, data_loss)
+    integrity.warn_file_problems(logdir, None if run is None else indexes[run].source, data_loss)
     for name, index in indexes.items():
         if index.newer_versions:
             warnings.warn(f"tb_bnstats: run {name!r} was {metadata.newer_version_message(index.newer_versions)}",
                           RuntimeWarning, stacklevel=2)
-    return {name: read_run(data_provider, ctx, name, index, READ_ALL) for name, index in indexes.items()}
+    return {name: read_run(data_provider, ctx, index, READ_ALL) for name, index in indexes.items()}
