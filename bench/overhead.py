@@ -20,7 +20,7 @@ XLA with TensorFlow and JAX (JAX's default), ``torch.compile`` with torch.
 Printed per model and XLA setting: median step times and their ratios to
 the baseline, the ratios of the epoch totals, tb_bnstats' event-file bytes
 per layer per step and its device-to-host reads per 100 steps. Not a
-pass/fail test: the figures go into the README.
+pass/fail test: the figures go into docs/performance.md.
 
     python bench/overhead.py [--models convnet,mobilenetv2] [--xla off,on] [--rounds 3] [--steps 100]
     python bench/overhead.py --models resnet50 --batch 64 --xla on     # on a GPU

@@ -7,7 +7,7 @@ asynchronous ``all_gather`` of each rank's row per step (waited for at the
 next step) and rank 0's writing.
 
 Printed by rank 0: the median step time of each, their ratio, and the ratio
-of the round totals. Not a pass/fail test: the figures go into the README.
+of the round totals. Not a pass/fail test: the figures go into docs/performance.md.
 
     python bench/overhead_ddp.py [--ranks 2] [--rounds 5] [--steps 60] [--batch 64]
 """

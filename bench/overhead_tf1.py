@@ -15,7 +15,7 @@
 
 Printed: median step times (graph), epoch totals (fit), their ratios to the
 baseline, wall clock and process CPU time (every thread: the writer's
-counts). Not a pass/fail test: the figures go into the README.
+counts). Not a pass/fail test: the figures go into docs/performance.md.
 
     python bench/overhead_tf1.py [--rounds 5] [--steps 100] [--batch 64]
 """

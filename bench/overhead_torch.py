@@ -15,7 +15,7 @@ included, and each round's totals (drains included).
 
 Printed: median step times, their ratios to the baseline, the ratios of the
 round totals, the event-file bytes per layer per step and the device-to-host
-reads per 100 steps. Not a pass/fail test: the figures go into the README.
+reads per 100 steps. Not a pass/fail test: the figures go into docs/performance.md.
 
     python bench/overhead.py --framework torch [--compile off,on] [--rounds 5] [--steps 60] [--batch 32]
 """

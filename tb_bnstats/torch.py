@@ -38,7 +38,7 @@ class BNStatsMonitor:
     into the graph then). The hooks add nothing to ``state_dict()``;
     :meth:`close` (or leaving the ``with`` block) removes them.
 
-    PyTorch's conventions (see README, "PyTorch"): the momentum is logged in
+    PyTorch's conventions (see docs/pytorch.md): the momentum is logged in
     Keras' convention (PyTorch's ``momentum=0.1`` is 0.9; messages and the
     tab say both); ``running_var`` averages Bessel-corrected variances, so
     the batch variance is compared as ``var_B * n / (n - 1)``;

@@ -1,7 +1,7 @@
 """The scenario suite of the diagnosis tests (DESIGN.md §4): small real Keras
 runs on scikit-learn's bundled digits (nothing downloaded), one per failure
 scenario, and healthy runs. ``python tests/diagnosis_scenarios.py LOGDIR``
-writes them all and prints the confusion table of the README."""
+writes them all and prints the confusion table of docs/scenarios.md."""
 
 import os
 

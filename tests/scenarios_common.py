@@ -1,6 +1,6 @@
 """What the two scenario suites (Keras' tests/diagnosis_scenarios.py,
 PyTorch's tests/pytorch/torch_scenarios.py) share: the data, the check that
-needs the trained model, and the confusion table the README prints.
+needs the trained model, and the confusion table of docs/scenarios.md.
 Imports no framework."""
 
 import numpy as np

@@ -4,8 +4,8 @@ devices) and ``demo/train_tf1.py`` (TensorFlow 1-style graphs) train the
 demo runs in subprocesses, a real ``tensorboard --logdir`` serves them, and Debian's
 chromium opens the BN Convergence tab: every demo run is listed with exactly
 the findings ``demo/train.py`` promises (``EXPECTED``). The overview of each
-run is saved as ``docs/screenshots/demo-<run>.png`` for the README's
-walkthrough, so those pictures are remade from the demo's data by every
+run is saved as ``docs/screenshots/demo-<run>.png`` for the walkthrough
+(docs/demo.md), so those pictures are remade from the demo's data by every
 test run."""
 
 import pathlib

@@ -1,8 +1,9 @@
 """The diagnosis' vocabulary: failure scenarios, finding codes with their
 fixes, severities and every threshold of the rules, with its reasoning.
 
-Scenarios (what goes wrong; the README's "Diagnostics" section tells each
-story): see :data:`SCENARIOS`. Codes are stable: a code's meaning never
+Scenarios (what goes wrong; docs/diagnostics.md tells each story, and the
+docs site's Diagnostics reference, docs/codes.md, is generated from this
+module): see :data:`SCENARIOS`. Codes are stable: a code's meaning never
 changes, new checks get new codes.
 """
 

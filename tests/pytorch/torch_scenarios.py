@@ -252,6 +252,6 @@ def dense_bn_inputs(model, x, batch_size=32):
 
 
 def tail(values):
-    """The last max(10, 10%) values (the diagnosis' "tail", README)."""
+    """The last max(10, 10%) values (the diagnosis' "tail", docs/diagnostics.md)."""
     values = list(values)
     return values[-max(10, int(np.ceil(0.1 * len(values)))):]
