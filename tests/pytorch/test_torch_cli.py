@@ -1,0 +1,73 @@
+"""``tb-bnstats diagnose`` on real PyTorch runs, as a user runs it: the
+command the monitor prints when it closes, run exactly as printed; every way
+of naming the run's directory giving the same findings under the same name
+and exit code (tests/cli_forms.py); and the tab naming the run the same way
+under a real ``tensorboard`` pointed at the run's own directory."""
+
+import contextlib
+import io
+import json
+import os
+import pathlib
+
+import pytest
+
+import cli_forms
+import torch_scenarios as scenarios
+
+BAD, HEALTHY = "s1_momentum_0.01", "healthy_dense_s0"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A BN001 run and a healthy one, logged with the monitor's relative
+    ``log_dir`` from ``base``; ``(base, {run: what training printed})``."""
+    base = tmp_path_factory.mktemp("torch_cli")
+    printed = {}
+    cwd = os.getcwd()
+    os.chdir(base)
+    try:
+        for name in (BAD, HEALTHY):
+            with contextlib.redirect_stdout(io.StringIO()) as out:
+                scenarios.run_scenario(name, "logs", verbose=1)
+            printed[name] = out.getvalue()
+    finally:
+        os.chdir(cwd)
+    return base, printed
+
+
+def test_the_printed_hint_runs_as_printed(runs):
+    """The line the monitor prints at close names the run and a command;
+    run exactly as printed from where training ran, it prints that run's
+    BN001 and exits 1."""
+    base, printed = runs
+    run, command = cli_forms.printed_hint(printed[BAD])
+    assert (run, command) == (BAD, f"tb-bnstats diagnose logs/{BAD}")
+    result = cli_forms.run_printed(command, cwd=base)
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.startswith(f"{BAD}: 1 finding(s)\n  ERROR   BN001 [S1] layers: bn1, bn2\n")
+    assert f"{HEALTHY}: no BatchNormalization problem found" in printed[HEALTHY]
+
+
+def test_every_path_form_says_the_same(runs):
+    """Own directory (relative, ./, trailing slash, absolute), parent with
+    --run, --run ".", nested tree: same findings and name; exit 1 for BN001,
+    exit 0 and "no problem" for the healthy run."""
+    base, _ = runs
+    findings = cli_forms.check_path_forms(base, BAD, {"BN001"}, exit_code=1)
+    assert findings[0]["layers"] == ["bn1", "bn2"]
+    cli_forms.check_path_forms(base, HEALTHY, set(), exit_code=0)
+
+
+def test_tab_names_the_run_the_same_under_a_real_tensorboard(runs):
+    """``tensorboard --logdir logs/RUN``: the tab lists the run by its name
+    and its /findings are the CLI's, under that name."""
+    from test_e2e_tab import get_json, tensorboard
+
+    base, _ = runs
+    cli = json.loads(cli_forms.diagnose(f"logs/{BAD}", "--json", cwd=base).stdout)
+    with tensorboard(str(pathlib.Path(base, "logs", BAD)), min_runs=1) as url:
+        assert [r["run"] for r in get_json(url + "/data/plugin/bn_stats/runs")["runs"]] == [BAD]
+        findings = get_json(url + f"/data/plugin/bn_stats/findings?run={BAD}")
+    assert findings["run"] == BAD
+    assert [{k: v for k, v in f.items() if k != "source"} for f in findings["findings"]] == cli
