@@ -24,7 +24,7 @@ ALLOWED = {
     "torch": {"recorder", "capture", "measure", "write", "diagnosis", "format"},  # the PyTorch monitor
     "compat": {"recorder", "capture", "write", "diagnosis", "format"},  # TensorFlow 1-style graphs
     "plugin": {"format", "quantities", "read", "diagnosis"},
-    "cli": {"read", "diagnosis"},
+    "cli": {"read", "diagnosis", "format"},
     "__init__": set(),
 }
 # Imports that only some modules of a component may make.
