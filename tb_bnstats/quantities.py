@@ -36,11 +36,38 @@ number is derived exactly once.
 """
 
 import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
 
 
-def comparable_batch_var(batch_var, samples_per_channel, moving_var_unbiased):
+class LayerLike(Protocol):
+    """The fields of a layer description read here (:class:`tb_bnstats.format.metadata.LayerInfo` has them)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def channels(self) -> int: ...
+    @property
+    def momentum(self) -> float | None: ...
+    @property
+    def epsilon(self) -> float: ...
+    @property
+    def init_mean(self) -> float: ...
+    @property
+    def init_var(self) -> float: ...
+    @property
+    def ema_of(self) -> str: ...
+    @property
+    def moving_var_unbiased(self) -> bool: ...
+
+
+def comparable_batch_var(batch_var: npt.ArrayLike, samples_per_channel: npt.ArrayLike | None,
+                         moving_var_unbiased: bool) -> FloatArray:
     """The batch variance in the convention of the moving variance.
 
     Keras 3 averages the biased batch variance; tf_keras' fused kernel and
@@ -58,18 +85,20 @@ def comparable_batch_var(batch_var, samples_per_channel, moving_var_unbiased):
     return batch_var * np.where(n > 1, n / np.maximum(n - 1.0, 1.0), 1.0)
 
 
-def mean_gap(batch_mean, batch_var, moving_mean, epsilon):
+def mean_gap(batch_mean: npt.ArrayLike, batch_var: npt.ArrayLike, moving_mean: npt.ArrayLike,
+             epsilon: float) -> FloatArray:
     """``|mu_B - mu_R| / sqrt(var_B + eps)``, in units of the train-time std."""
-    return (np.abs(np.asarray(batch_mean, np.float64) - moving_mean)
+    return (np.abs(np.asarray(batch_mean, np.float64) - np.asarray(moving_mean, np.float64))
             / np.sqrt(np.asarray(batch_var, np.float64) + epsilon))
 
 
-def log_var_ratio(batch_var, moving_var, epsilon):
+def log_var_ratio(batch_var: npt.ArrayLike, moving_var: npt.ArrayLike, epsilon: float) -> FloatArray:
     """``log((var_B + eps) / (var_R + eps))``; dropout 0.5 before BN gives ~0.69."""
     return np.log((np.asarray(batch_var, np.float64) + epsilon) / (np.asarray(moving_var, np.float64) + epsilon))
 
 
-def symmetric_kl(batch_mean, batch_var, moving_mean, moving_var, epsilon):
+def symmetric_kl(batch_mean: npt.ArrayLike, batch_var: npt.ArrayLike, moving_mean: npt.ArrayLike,
+                 moving_var: npt.ArrayLike, epsilon: float) -> FloatArray:
     """Symmetric KL of N(mu_B, var_B + eps) and N(mu_R, var_R + eps).
 
     With ``s1 = var_B + eps``, ``s2 = var_R + eps``, ``d = mu_B - mu_R``:
@@ -77,11 +106,11 @@ def symmetric_kl(batch_mean, batch_var, moving_mean, moving_var, epsilon):
     """
     s1 = np.asarray(batch_var, np.float64) + epsilon
     s2 = np.asarray(moving_var, np.float64) + epsilon
-    d = np.asarray(batch_mean, np.float64) - moving_mean
+    d = np.asarray(batch_mean, np.float64) - np.asarray(moving_mean, np.float64)
     return 0.25 * (s1 / s2 + s2 / s1 - 2.0) + 0.25 * d * d * (1.0 / s1 + 1.0 / s2)
 
 
-def initial_weight(momentum, updates):
+def initial_weight(momentum: float | None, updates: npt.ArrayLike) -> float | FloatArray:
     """``m**t``: the weight the moving average still puts on its initial value
     (a cumulative average, ``momentum=None``: 1 before the first update, 0
     after). ``updates`` may be an array (one ``t`` per step): so is the
@@ -94,12 +123,12 @@ def initial_weight(momentum, updates):
     return float(w) if w.ndim == 0 else w
 
 
-def convergence(momentum, updates):
+def convergence(momentum: float | None, updates: npt.ArrayLike) -> float | FloatArray:
     """``1 - m**t``; after 100 updates at m = 0.99 it is 0.634."""
     return 1.0 - initial_weight(momentum, updates)
 
 
-def debias(ema, initial, momentum, updates):
+def debias(ema: npt.ArrayLike, initial: npt.ArrayLike, momentum: float | None, updates: npt.ArrayLike) -> FloatArray:
     """``(ema_t - m**t * init) / (1 - m**t)``; returns ``ema`` unchanged at t = 0
     (nothing has been averaged yet, the ratio is 0/0). ``ema`` is [..., C]
     with ``updates`` of shape [...] (one ``t`` per row)."""
@@ -111,7 +140,8 @@ def debias(ema, initial, momentum, updates):
     return np.where(t <= 0, ema, out)
 
 
-def debiased_variance(moving_var, init_var, info, updates):
+def debiased_variance(moving_var: npt.ArrayLike, init_var: npt.ArrayLike, info: LayerLike,
+                      updates: npt.ArrayLike) -> FloatArray:
     """Debiased moving variance. With ``ema_of == "stddev"`` (Keras renorm) the
     average runs over ``sqrt(var + eps)``, started at ``sqrt(init_var)``:
     debias that, then square back."""
@@ -122,13 +152,13 @@ def debiased_variance(moving_var, init_var, info, updates):
     return debias(moving_var, init_var, info.momentum, updates)
 
 
-def effective_window(momentum):
+def effective_window(momentum: float | None) -> float:
     """``1 / (1 - m)`` steps: the EMA's memory (a cumulative average,
     ``momentum=None``, remembers everything: inf)."""
     return float("inf") if momentum is None or momentum >= 1.0 else 1.0 / (1.0 - momentum)
 
 
-def steps_to_converge(momentum, fraction):
+def steps_to_converge(momentum: float | None, fraction: float) -> int:
     """Updates needed for ``1 - m**t >= fraction``: ``ceil(log(1-fraction) / log(m))``
     (at 0.95: 0.9 needs 29, 0.99 299, 0.999 2995; the effective window
     ``1/(1-m)`` rounds these down). 1 for ``m = 0`` and for a cumulative
@@ -138,7 +168,7 @@ def steps_to_converge(momentum, fraction):
     return int(np.ceil(np.log1p(-fraction) / np.log(momentum)))
 
 
-def percentiles(rows, percents):
+def percentiles(rows: npt.ArrayLike, percents: Iterable[float]) -> list[FloatArray]:
     """Percentiles along the last axis with linear interpolation (numpy's
     default method), from one sort: ``np.percentile`` is ~30x slower on the
     few-hundred-channel rows logged every step. NaN sorts last and propagates."""
@@ -157,7 +187,7 @@ def percentiles(rows, percents):
     return out
 
 
-def channel_aggregates(rows):
+def channel_aggregates(rows: npt.ArrayLike) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
     """``(mean, p50, p90, max)`` over the last axis (channels) of ``rows``:
     how the per-channel gaps are summarized per layer and step."""
     rows = np.asarray(rows, np.float64)
@@ -185,8 +215,9 @@ class LayerQuantities:
     start_log_var_ratio: np.ndarray  # log((var_R + eps) / (var_0 + eps))
 
 
-def compute(info, batch_mean, batch_var, moving_mean, moving_var, updates,
-            samples_per_channel=None, init_mean=None, init_var=None):
+def compute(info: LayerLike, batch_mean: npt.ArrayLike, batch_var: npt.ArrayLike, moving_mean: npt.ArrayLike,
+            moving_var: npt.ArrayLike, updates: npt.ArrayLike, samples_per_channel: npt.ArrayLike | None = None,
+            init_mean: npt.ArrayLike | None = None, init_var: npt.ArrayLike | None = None) -> "LayerQuantities":
     """All quantities of one layer at one step, or at many steps at once,
     from its raw moments.
 
@@ -242,7 +273,8 @@ def compute(info, batch_mean, batch_var, moving_mean, moving_var, updates,
     )
 
 
-def pool_moments(counts, means, variances):
+def pool_moments(counts: npt.ArrayLike, means: npt.ArrayLike,
+                 variances: npt.ArrayLike) -> tuple[FloatArray, FloatArray, float | FloatArray]:
     """Population moments from per-batch moments (PreciseBN, law of total
     variance): with ``N = sum(n_b)``, ``mean = sum(n_b mu_b) / N`` and
     ``var = sum(n_b (mu_b**2 + var_b)) / N - mean**2``, the biased variance of
@@ -270,7 +302,7 @@ def pool_moments(counts, means, variances):
         raise ValueError(f"need [..., k] counts and [..., k, C] means and variances, got {counts.shape}, "
                          f"{means.shape}, {variances.shape}")
     lead = counts.shape[:-1]
-    total, mean, m2 = np.zeros(lead), np.zeros(means.shape[:-2] + means.shape[-1:]), 0.0
+    total, mean = np.zeros(lead), np.zeros(means.shape[:-2] + means.shape[-1:])
     m2 = np.zeros_like(mean)
     for b in range(counts.shape[-1]):
         n_b = np.maximum(counts[..., b], 0.0)
@@ -289,8 +321,9 @@ def pool_moments(counts, means, variances):
     return mean, var, (total if lead else float(total))
 
 
-def replica_spread(epsilon, global_mean, global_var, replica_mean, replica_var, replica_moving_mean=None,
-                   replica_moving_var=None):
+def replica_spread(epsilon: float, global_mean: npt.ArrayLike, global_var: npt.ArrayLike, replica_mean: npt.ArrayLike,
+                   replica_var: npt.ArrayLike, replica_moving_mean: npt.ArrayLike | None = None,
+                   replica_moving_var: npt.ArrayLike | None = None) -> dict[str, FloatArray]:
     """How several replicas' slices of one global batch differ, per channel
     (:data:`tb_bnstats.format.metadata.REPLICA_SERIES` gives the formulas).
 
@@ -329,7 +362,7 @@ def replica_spread(epsilon, global_mean, global_var, replica_mean, replica_var, 
     return out
 
 
-def lag1_autocorrelation(series):
+def lag1_autocorrelation(series: npt.ArrayLike) -> float:
     """Lag-1 autocorrelation ``sum(d_t d_{t+1}) / sum(d_t**2)`` of the
     deviations ``d`` from the series' mean (NaN dropped): ~0 for independent
     steps, near 1 for a slow drift or long runs of similar values. NaN when
@@ -345,7 +378,7 @@ def lag1_autocorrelation(series):
     return float(np.dot(d[1:], d[:-1]) / denom)
 
 
-def output_drift(diff_squared, train_squared):
+def output_drift(diff_squared: float, train_squared: float) -> float:
     """``||y_train - y_inf|| / ||y_train||`` (Frobenius norms over the whole
     batch, or over several batches pooled): how much an output changes
     between training and inference mode; 0 when the moving statistics equal
@@ -358,7 +391,7 @@ def output_drift(diff_squared, train_squared):
     return float(np.sqrt(diff_squared) / max(float(np.sqrt(train_squared)), 1e-12))
 
 
-def argmax_accuracy(labels, predictions):
+def argmax_accuracy(labels: npt.ArrayLike, predictions: npt.ArrayLike) -> float | None:
     """Fraction of rows whose argmax prediction is the label (integer labels,
     or one-hot labels of the predictions' shape); None when the predictions
     are not class scores (one column)."""
@@ -370,7 +403,8 @@ def argmax_accuracy(labels, predictions):
     return float(np.mean(np.argmax(pred, -1) == target))
 
 
-def probe_series(epsilon, probe_mean, probe_var, moving_mean, moving_var, output_drift):
+def probe_series(epsilon: float, probe_mean: npt.ArrayLike, probe_var: npt.ArrayLike, moving_mean: npt.ArrayLike,
+                 moving_var: npt.ArrayLike, output_drift: float) -> dict[str, float]:
     """The per-layer series of the train/inference probe
     (``PROBE_SERIES`` of the log format): the probe batch's moments against the
     moving ones with :func:`mean_gap` and :func:`log_var_ratio` (median and
@@ -386,7 +420,8 @@ def probe_series(epsilon, probe_mean, probe_var, moving_mean, moving_var, output
     }
 
 
-def population_series(epsilon, population_mean, population_var, moving_mean, moving_var):
+def population_series(epsilon: float, population_mean: npt.ArrayLike, population_var: npt.ArrayLike,
+                      moving_mean: npt.ArrayLike, moving_var: npt.ArrayLike) -> dict[str, float]:
     """The per-layer series of ``POPULATION_SERIES`` (log format): channel
     averages of the population moments, and the moving moments against them,
     ``|mu_R - mu_P| / sqrt(var_P + eps)`` (:func:`mean_gap`) and
@@ -406,7 +441,7 @@ def population_series(epsilon, population_mean, population_var, moving_mean, mov
     }
 
 
-def detrended_autocorrelation(series, window=9):
+def detrended_autocorrelation(series: npt.ArrayLike, window: int = 9) -> float:
     """:func:`lag1_autocorrelation` of ``series`` minus its centered moving
     average over ``window`` points (ends padded with the end values).
 
@@ -424,7 +459,8 @@ def detrended_autocorrelation(series, window=9):
     return lag1_autocorrelation(v - np.convolve(padded, np.ones(window) / window, mode="valid"))
 
 
-def suggested_momentum(updates, fraction, choices=(0.99, 0.98, 0.95, 0.9, 0.8, 0.5)):
+def suggested_momentum(updates: float, fraction: float,
+                       choices: Sequence[float] = (0.99, 0.98, 0.95, 0.9, 0.8, 0.5)) -> float:
     """The largest usual momentum whose average is ``fraction`` converged
     within half of ``updates`` (the other half averages with a converged
     window)."""

@@ -2,6 +2,8 @@
 callback stores it and the tab shows it."""
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 from tb_bnstats.format.metadata import from_known_fields
 
@@ -28,17 +30,17 @@ class Finding:
     message: str
     messages: dict[str, str] = dataclasses.field(default_factory=dict)
 
-    def message_of(self, layer):
+    def message_of(self, layer: str) -> str:
         """What the finding says about ``layer``: its own message, else the
         finding's."""
         return self.messages.get(layer, self.message)
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         """The finding as a JSON-able dict (the stored form)."""
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d):
+    def from_dict(cls, d: Mapping[str, Any]) -> "Finding":
         """A finding from its stored form; keys a newer writer added are ignored.
 
         Raises:
@@ -46,5 +48,5 @@ class Finding:
         """
         return from_known_fields(cls, d)
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{self.severity.upper():7s} {self.code} [{self.scenario}] {self.run}: {self.message}"

@@ -7,6 +7,9 @@ the end of each ``fit`` when it has a probe batch.
 """
 
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 
 from tb_bnstats.diagnosis import group, words
@@ -14,7 +17,8 @@ from tb_bnstats.diagnosis.codes import THRESHOLDS
 from tb_bnstats.diagnosis.finding import Finding
 
 
-def diagnose_model(model, data, num_samples=2048, batch_size=32, run="model") -> list[Finding]:
+def diagnose_model(model: Any, data: Any, num_samples: int = 2048, batch_size: int = 32,
+                   run: str = "model") -> list[Finding]:
     """BN004 on the live model.
 
     For every trainable BN layer the population variance of its input is
@@ -44,7 +48,8 @@ def diagnose_model(model, data, num_samples=2048, batch_size=32, run="model") ->
                                    passes.framework_of(model), run)
 
 
-def variance_shift_findings(shifts, framework, run="model") -> list[Finding]:
+def variance_shift_findings(shifts: Mapping[str, Mapping[str, float]], framework: str,
+                            run: str = "model") -> list[Finding]:
     """BN004 from measured variance shifts.
 
     Args:

@@ -97,35 +97,43 @@ returns None when the layer is not in its state.
 
 import dataclasses
 import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from tb_bnstats import quantities
 from tb_bnstats.diagnosis import words
 from tb_bnstats.diagnosis.codes import THRESHOLDS
 from tb_bnstats.format.metadata import PROBE_FIRST_TRAINING_BATCH
+from tb_bnstats.format.records import LayerData, RunData, Series
+
+# One rule's hit: (code, severity, evidence, message); a run's hit names its layer first (None: the run).
+Hit = tuple[str, str, dict[str, Any], str]
+RunHit = tuple[str | None, str, str, dict[str, Any], str]
 
 
-def median(values):
+def median(values: npt.ArrayLike) -> float:
     """Median of the finite values (NaN when none)."""
-    values = np.asarray(values, np.float64)
-    values = values[np.isfinite(values)]
-    return float(np.median(values)) if values.size else float("nan")
+    finite = np.asarray(values, np.float64)
+    finite = finite[np.isfinite(finite)]
+    return float(np.median(finite)) if finite.size else float("nan")
 
 
-def _tail(values):
+def _tail(values: np.ndarray) -> np.ndarray:
     """The last max(10, 10%) points: one noisy step is not a finding."""
     n = len(values)
     k = max(THRESHOLDS["tail_points"], int(math.ceil(THRESHOLDS["tail_fraction"] * n)))
     return values[-k:]
 
 
-def _far(gap_mean, gap_log_var):
+def _far(gap_mean: float, gap_log_var: float) -> bool:
     """Batch and moving moments "far apart" (:data:`THRESHOLDS` ``gap_*``)."""
     return gap_mean > THRESHOLDS["gap_mean"] or gap_log_var > THRESHOLDS["gap_log_var"]
 
 
-def _fix(code, view):
+def _fix(code: str, view: "LayerView") -> str:
     return words.fix(code, view.layer.info.framework, view.layer.info)
 
 
@@ -135,7 +143,7 @@ class LayerView:
     rules share (medians over the last steps, the base evidence)."""
 
     name: str
-    layer: object  # records.LayerData
+    layer: LayerData
     momentum: float | None
     updates: int
     gap_mean: float
@@ -143,17 +151,17 @@ class LayerView:
     pretrained_at: int | None = None  # the fit start at which it started from pretrained statistics
 
     @property
-    def far(self):
+    def far(self) -> bool:
         return _far(self.gap_mean, self.gap_log_var)
 
     @property
-    def base(self):
+    def base(self) -> dict[str, Any]:
         s = self.layer.series
         return {"momentum": self.momentum, "updates": self.updates, "convergence": float(s["convergence"][-1]),
                 "mean_gap_p50": self.gap_mean, "abs_log_var_ratio_p50": self.gap_log_var}
 
     @classmethod
-    def of(cls, name, layer, pretrained_at=None):
+    def of(cls, name: str, layer: LayerData, pretrained_at: int | None = None) -> "LayerView | None":
         """None for a layer without logged steps (nothing to diagnose)."""
         s = layer.series
         if len(layer.steps) == 0 or "updates" not in s:
@@ -163,7 +171,7 @@ class LayerView:
                    median(_tail(s["mean_gap/p50"])), median(_tail(s["abs_log_var_ratio/p50"])), pretrained_at)
 
     @property
-    def shift(self):
+    def shift(self) -> str:
         """The gap in words (median channel, last steps)."""
         return (f"{self.gap_mean:.2f} std from the means of the batches it sees and "
                 f"{math.exp(self.gap_log_var):.2f}x off their variances")
@@ -172,7 +180,7 @@ class LayerView:
 # -- rules that decide a layer's state ----------------------------------------------
 
 
-def non_finite_moments(view, **_):
+def non_finite_moments(view: LayerView, **_: object) -> list[Hit] | None:
     """BN007: NaN or Inf in a logged moment; every other number of the layer
     is unreliable then."""
     layer, s = view.layer, view.layer.series
@@ -189,7 +197,7 @@ def non_finite_moments(view, **_):
              f"({int(bad_steps.sum())} of {len(layer.steps)} logged steps). {_fix('BN007', view)}.")]
 
 
-def restored_at_initializer(view, lost_at=None, **_):
+def restored_at_initializer(view: LayerView, lost_at: int | None = None, **_: object) -> list[Hit] | None:
     """BN008 (S3): the run resumed at step ``lost_at`` with this layer's
     moving statistics at their initial values, and the layer updated since (a
     layer never updated is BN002's). The other numbers then describe an
@@ -219,7 +227,8 @@ def restored_at_initializer(view, lost_at=None, **_):
              f"{info.init_var:g}): they were not restored with the weights. {since} Fix: {_fix('BN008', view)}.")]
 
 
-def never_updated(view, recalibration=None, **_):
+def never_updated(view: LayerView, recalibration: Mapping[str, float] | None = None,
+                  **_: object) -> list[Hit] | None:
     """BN002 (S2): no update at any logged step of a layer meant to update.
     Error when the batches are far from the stale statistics, info when they
     still match. A layer frozen on purpose is :func:`frozen_statistics`'."""
@@ -243,7 +252,7 @@ def never_updated(view, recalibration=None, **_):
              f"(gap {view.gap_mean:.2f} std). Fine if frozen on purpose.")]
 
 
-def frozen_statistics(view, recalibration=None):
+def frozen_statistics(view: LayerView, recalibration: Mapping[str, float] | None = None) -> list[Hit]:
     """BN010 (S9) of a layer frozen on purpose: not an error for not
     updating (that is what freezing does), but how far its statistics are
     from the batches it sees -- the domain shift between the data they were
@@ -282,7 +291,7 @@ def frozen_statistics(view, recalibration=None):
     return [("BN010", "info", ev, f"{head}: {shift}, a little, and it costs no accuracy here ({measured}).")]
 
 
-def pretrained_not_converged(view, **_):
+def pretrained_not_converged(view: LayerView, **_: object) -> list[Hit] | None:
     """BN010 (S9) of a layer fine-tuned from pretrained statistics: not
     "not converged" (the start values are an estimate, not a bias), unless
     the new batches are still far from an average that holds much of
@@ -304,7 +313,7 @@ def pretrained_not_converged(view, **_):
              f"{words.recalibrate_text(info)} after fine-tuning.")]
 
 
-def overridden_training_false(view):
+def overridden_training_false(view: LayerView) -> list[Hit]:
     """BN011 (S10): written with ``training=False`` in the model's graph,
     yet updated: Keras' ``fit`` passes ``training=True`` down through a
     functional model and overrides it (keras-team/keras#20285)."""
@@ -318,7 +327,7 @@ def overridden_training_false(view):
              f"keras-team/keras#20285). Fix: {_fix('BN011', view)}.")]
 
 
-def momentum_near_zero(view, **_):
+def momentum_near_zero(view: LayerView, **_: object) -> list[Hit] | None:
     """BN003 (S4): momentum below ``low_momentum``: the "moving" statistics
     are essentially the last batch."""
     if view.momentum is None or view.momentum >= THRESHOLDS["low_momentum"]:
@@ -331,7 +340,7 @@ def momentum_near_zero(view, **_):
              f"depends on which batch came last). Fix: {_fix('BN003', view)}.")]
 
 
-def not_converged(view, **_):
+def not_converged(view: LayerView, **_: object) -> list[Hit] | None:
     """BN001 (S1): convergence below ``converged`` with the batches far from
     the moving statistics; a layer still warming up is checked for nothing
     else."""
@@ -350,8 +359,9 @@ def not_converged(view, **_):
              f"this short, or {words.recalibrate_text(info)} after training.")]
 
 
-STATE_RULES = (non_finite_moments, restored_at_initializer, never_updated, momentum_near_zero,
-               pretrained_not_converged, not_converged)
+STATE_RULES: tuple[Callable[..., list[Hit] | None], ...] = (
+    non_finite_moments, restored_at_initializer, never_updated, momentum_near_zero, pretrained_not_converged,
+    not_converged)
 
 
 # -- rules on the converged part -------------------------------------------------------
@@ -363,10 +373,10 @@ class Converged:
 
     mask: np.ndarray
     signed_log_var: np.ndarray  # log_var_ratio/mean at the converged steps
-    evidence: dict
+    evidence: dict[str, Any]
 
     @classmethod
-    def of(cls, view):
+    def of(cls, view: LayerView) -> "Converged | None":
         """None with fewer than ``converged_min_points`` converged steps."""
         s = view.layer.series
         mask = s["convergence"] >= THRESHOLDS["converged"]
@@ -374,7 +384,7 @@ class Converged:
             return None
         slv = s["log_var_ratio/mean"][mask]
         drift_ac = quantities.detrended_autocorrelation((s["batch_mean"] - s["moving_mean"])[mask],
-                                                        THRESHOLDS["block_window"])
+                                                        int(THRESHOLDS["block_window"]))
         ev = {**view.base, "mean_gap_p50": median(s["mean_gap/p50"][mask]),
               "abs_log_var_ratio_p50": median(s["abs_log_var_ratio/p50"][mask]), "log_var_ratio_mean": median(slv),
               "drift_autocorrelation": drift_ac, "block_autocorrelation": block_score(view.layer),
@@ -382,7 +392,7 @@ class Converged:
         return cls(mask, slv, ev)
 
 
-def variance_shift(view, conv, **_):
+def variance_shift(view: LayerView, conv: Converged, **_: object) -> list[Hit]:
     """BN004 (S5) from the logs: batches persistently wider than the
     converged moving variance."""
     ev, shift = conv.evidence, THRESHOLDS["variance_shift"]
@@ -398,7 +408,7 @@ def variance_shift(view, conv, **_):
              f"Fix: {_fix('BN004', view)}.")]
 
 
-def drifting_batches(view, conv, run_in_blocks=False, **_):
+def drifting_batches(view: LayerView, conv: Converged, run_in_blocks: bool = False, **_: object) -> list[Hit]:
     """BN006 (S7): batch means that wander in runs of alike batches, or gaps
     that come in blocks as in most layers of the run (sorted data)."""
     ev = conv.evidence
@@ -418,7 +428,7 @@ def drifting_batches(view, conv, run_in_blocks=False, **_):
              f"statistics describe the last batches, not the data. Fix: {_fix('BN006', view)}.")]
 
 
-def noisy_batches(view, conv, **_):
+def noisy_batches(view: LayerView, conv: Converged, **_: object) -> list[Hit]:
     """BN005 (S6): batch moments far from the converged average step after
     step, not as one systematic shift (too few samples per channel)."""
     ev = conv.evidence
@@ -432,7 +442,7 @@ def noisy_batches(view, conv, **_):
              f"channel). Fix: {_fix('BN005', view)}.")]
 
 
-def probe_shift(name, layer, probe_is_training_data=False):
+def probe_shift(name: str, layer: LayerData, probe_is_training_data: bool = False) -> list[Hit]:
     """BN009 (S8) from the probe series: the probe batch's moments far from
     converged moving statistics that fit the training batches; never when
     the probe batch is training data (:func:`probe_is_training_data`)."""
@@ -460,7 +470,7 @@ def probe_shift(name, layer, probe_is_training_data=False):
              f"than the training data. Fix: {words.fix('BN009', layer.info.framework)}.")]
 
 
-def block_score(layer):
+def block_score(layer: LayerData) -> float:
     """The smaller of the detrended lag-1 autocorrelations
     (:func:`quantities.detrended_autocorrelation`) of ``mean_gap/p50`` and
     ``abs_log_var_ratio/p50`` over the converged steps: sorted data keep both
@@ -472,17 +482,17 @@ def block_score(layer):
     converged = s["convergence"] >= THRESHOLDS["converged"]
     if converged.sum() < THRESHOLDS["converged_min_points"]:
         return float("nan")
-    w = THRESHOLDS["block_window"]
+    w = int(THRESHOLDS["block_window"])
     return float(np.minimum(quantities.detrended_autocorrelation(s["mean_gap/p50"][converged], w),
                             quantities.detrended_autocorrelation(s["abs_log_var_ratio/p50"][converged], w)))
 
 
-def lost_on_restore(run_data):
+def lost_on_restore(run_data: RunData) -> dict[str, int]:
     """``{layer: step}``: the last fit start (callback record
     ``run/train_begin``) at which a trainable layer's moving statistics were
     at their initial values although the optimizer had already taken
     ``step`` > 0 steps."""
-    lost = {}
+    lost: dict[str, int] = {}
     for record in getattr(run_data, "train_begins", None) or []:
         if record.get("step", 0) > 0:
             for name in record.get("moving_at_initializer") or []:
@@ -494,14 +504,14 @@ def lost_on_restore(run_data):
 METRICS_READ = ("probe_train/accuracy", "probe_inference/accuracy", "probe_recalibrated/accuracy")
 
 
-def _at_step(steps, values, step):
+def _at_step(steps: npt.ArrayLike, values: np.ndarray, step: int) -> float | None:
     """The last value of ``values`` logged at ``step`` (``steps`` aligned
     with it), or None when none was."""
     at = np.flatnonzero(np.asarray(steps) == step)
     return float(values[at[-1]]) if at.size else None
 
 
-def probe_is_training_data(train_begins):
+def probe_is_training_data(train_begins: Sequence[Mapping[str, Any]] | None) -> bool:
     """Whether the last fit's probe batch was the first training batch (the
     callback's default, ``run/train_begin`` "probe"), not held-out data:
     then the probe says nothing about eval data (no BN009)."""
@@ -509,7 +519,7 @@ def probe_is_training_data(train_begins):
     return bool(records) and records[-1].get("probe") == PROBE_FIRST_TRAINING_BATCH
 
 
-def unexplained_gap(run_data):
+def unexplained_gap(run_data: RunData) -> list[RunHit]:
     """BN012: at the last probe, training-mode accuracy at least
     ``unexplained_accuracy_gap`` above inference-mode accuracy on the same
     batch. Raised from the logs alone;
@@ -523,7 +533,7 @@ def unexplained_gap(run_data):
         moving statistics do not fit); one hit with layer None (about the
         run) when no layer does: the gap comes from elsewhere. ``[]``: no gap.
     """
-    metrics = getattr(run_data, "metrics", None) or {}
+    metrics: Mapping[str, Series] = getattr(run_data, "metrics", None) or {}
     train, inference = metrics.get("probe_train/accuracy"), metrics.get("probe_inference/accuracy")
     if train is None or inference is None or not len(inference[0]):
         return []
@@ -535,7 +545,7 @@ def unexplained_gap(run_data):
     gap = (f"on {source}, inference-mode accuracy is {acc_inference:.1%} against {acc_train:.1%} in training "
            f"mode at step {step} ({100 * (acc_train - acc_inference):.1f} points)")
     ev = {"step": step, "accuracy_training_mode": acc_train, "accuracy_inference_mode": acc_inference}
-    hits = []
+    hits: list[RunHit] = []
     for name, layer in sorted(run_data.layers.items(), key=lambda kv: (kv[1].info.depth, kv[0])):
         series = layer.series.get("probe_output_drift")
         drift = _at_step(layer.steps, series, step) if series is not None else None
@@ -553,12 +563,12 @@ def unexplained_gap(run_data):
              f"pass held-out data as probe_data= to compare with eval data.")]
 
 
-def frozen_recalibration_of(run_data):
+def frozen_recalibration_of(run_data: RunData) -> dict[str, float] | None:
     """The probe's inference-mode accuracy as it is and with the frozen
     layers recalibrated on it (metric splits ``probe_inference`` and
     ``probe_recalibrated`` at the last step of the latter), or None when
     not measured."""
-    metrics = getattr(run_data, "metrics", None) or {}
+    metrics: Mapping[str, Series] = getattr(run_data, "metrics", None) or {}
     recalibrated, as_is = metrics.get("probe_recalibrated/accuracy"), metrics.get("probe_inference/accuracy")
     if recalibrated is None or as_is is None or not len(recalibrated[0]):
         return None
@@ -570,19 +580,19 @@ def frozen_recalibration_of(run_data):
             "accuracy_recalibrated": float(recalibrated[1][-1])}
 
 
-def pretrained_starts(train_begins):
+def pretrained_starts(train_begins: Iterable[Mapping[str, Any]] | None) -> dict[str, int]:
     """``{layer: step}``: the last fit start (callback records
     ``run/train_begin``, ``RunData.train_begins``) at which the layer
     started from pretrained statistics (not its initializers' values, no
     update counted)."""
-    starts = {}
+    starts: dict[str, int] = {}
     for record in train_begins or []:
         for name in record.get("pretrained") or []:
             starts[name] = int(record["step"])
     return starts
 
 
-def replica_findings(view):
+def replica_findings(view: LayerView) -> list[Hit]:
     """BN013-BN015 (S11-S13), on several replicas: small per-replica batches
     of unsynchronized BN, a moving variance biased low by them, replicas'
     own moving statistics apart. Median over the last logged steps."""
@@ -595,7 +605,7 @@ def replica_findings(view):
           "replica_mean_gap_p50": at("replica_mean_gap/p50"),
           "replica_abs_log_var_ratio_p50": at("replica_abs_log_var_ratio/p50"),
           "replica_var_deficit": at("replica_var_deficit/mean"), "log_var_ratio_mean": at("log_var_ratio/mean")}
-    out = []
+    out: list[Hit] = []
     if not info.synchronized:
         g, alv = ev["replica_mean_gap_p50"], ev["replica_abs_log_var_ratio_p50"]
         if g > THRESHOLDS["noise_mean"] or alv > THRESHOLDS["noise_log_var"]:
@@ -634,7 +644,8 @@ def replica_findings(view):
     return out
 
 
-def layer_findings(name, layer, lost_at=None, run_in_blocks=False, pretrained_at=None, recalibration=None):
+def layer_findings(name: str, layer: LayerData, lost_at: int | None = None, run_in_blocks: bool = False,
+                   pretrained_at: int | None = None, recalibration: Mapping[str, float] | None = None) -> list[Hit]:
     """``[(code, severity, evidence, message)]`` for one layer.
 
     Args:
@@ -660,7 +671,8 @@ def layer_findings(name, layer, lost_at=None, run_in_blocks=False, pretrained_at
     return overridden_training_false(view) + replicas + rest
 
 
-def _state_or_converged_findings(view, lost_at, run_in_blocks, recalibration):
+def _state_or_converged_findings(view: LayerView, lost_at: int | None, run_in_blocks: bool,
+                                 recalibration: Mapping[str, float] | None) -> list[Hit]:
     for rule in STATE_RULES:
         hits = rule(view, lost_at=lost_at, recalibration=recalibration)
         if hits is not None:

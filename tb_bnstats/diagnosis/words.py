@@ -13,7 +13,7 @@ the layer's own convention, and names the convention.
 import re
 
 from tb_bnstats.diagnosis.codes import CODES
-from tb_bnstats.format.metadata import PYTORCH, TF1, TF_KERAS
+from tb_bnstats.format.metadata import PYTORCH, TF1, TF_KERAS, LayerInfo
 
 # The fixes in PyTorch's words, where they differ from CODES' (Keras').
 PYTORCH_FIXES = {
@@ -73,12 +73,12 @@ TF1_TRAINING_FALSE_FIX = ("feed is_training=True in the train calls (training=is
                           "tf.compat.v1.layers.batch_normalization) and False only for evaluation")
 
 
-def speaks_pytorch(info):
+def speaks_pytorch(info: LayerInfo) -> bool:
     """Whether a layer (a LayerInfo) comes from PyTorch."""
     return getattr(info, "framework", None) == PYTORCH
 
 
-def fix(code, framework=None, info=None):
+def fix(code: str, framework: str | None = None, info: LayerInfo | None = None) -> str:
     """The fix of ``code`` in ``framework``'s words (``info.framework``;
     Keras' by default); ``info``, the layer's LayerInfo, where the fix
     depends on what went wrong (BN002 in a TF1 graph)."""
@@ -93,7 +93,7 @@ def fix(code, framework=None, info=None):
     return CODES[code].fix
 
 
-def recalibrate_text(info):
+def recalibrate_text(info: LayerInfo) -> str:
     """How to recalibrate the layer's model, in its framework's words (a
     verb phrase: "call tb_bnstats.recalibrate(model, data)")."""
     if getattr(info, "framework", None) in _NO_RECALIBRATE:
@@ -101,12 +101,12 @@ def recalibrate_text(info):
     return f"call tb_bnstats.recalibrate(model, {data_name(info)})"
 
 
-def data_name(info):
+def data_name(info: LayerInfo) -> str:
     """What the training data is called in a call the message suggests."""
     return "loader" if speaks_pytorch(info) else "data"
 
 
-def momentum_text(momentum, info=None):
+def momentum_text(momentum: float | None, info: LayerInfo | None = None) -> str:
     """A momentum (Keras' convention, as logged) in the layer's convention:
     ``"momentum 0.99"`` for Keras, ``"momentum=0.01 (PyTorch's weight of the
     new batch; Keras' 0.99)"`` for PyTorch, ``"momentum=None (a cumulative
@@ -118,7 +118,7 @@ def momentum_text(momentum, info=None):
     return f"momentum {momentum:g}"
 
 
-def momentum_setting(momentum, info=None):
+def momentum_setting(momentum: float | None, info: LayerInfo | None = None) -> str:
     """The constructor argument that sets a momentum (Keras' convention) in
     the layer's framework: ``"momentum=0.95"`` (Keras), ``"momentum=0.05"``
     (PyTorch)."""
@@ -127,7 +127,7 @@ def momentum_setting(momentum, info=None):
     return f"momentum={1.0 - momentum:.4g}" if info is not None and speaks_pytorch(info) else f"momentum={momentum:g}"
 
 
-def not_updating(info):
+def not_updating(info: LayerInfo) -> str:
     """Why a layer's moving statistics did not update during training."""
     if speaks_pytorch(info):
         return "the module was in eval() mode during training"
@@ -139,14 +139,14 @@ def not_updating(info):
     return "trainable=False" if not info.trainable else "called with training=False during training"
 
 
-def frozen_how(info):
+def frozen_how(info: LayerInfo) -> str:
     """How a layer frozen on purpose was frozen, in its framework's words."""
     if speaks_pytorch(info):
         return "in eval() with requires_grad=False"
     return "trainable=False"
 
 
-def frozen(info):
+def frozen(info: LayerInfo) -> str:
     """A frozen layer, in its framework's words."""
     if speaks_pytorch(info):
         return "in eval() during training: running statistics not updated"

@@ -65,8 +65,12 @@ This package imports nothing else of tb_bnstats.
 
 import dataclasses
 import json
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
 
 from tensorboard.compat.proto import summary_pb2
+
+_T = TypeVar("_T")
 
 PLUGIN_NAME = "bn_stats"
 FORMAT_VERSION = 1
@@ -237,7 +241,7 @@ class LayerInfo:
     moving_per_replica: bool = False
     update_ops_left_out: bool = False
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"layer name must be a non-empty string, got {self.name!r}")
         if self.momentum is not None and not 0.0 <= float(self.momentum) < 1.0:
@@ -251,12 +255,12 @@ class LayerInfo:
         if self.ema_of not in ("variance", "stddev"):
             raise ValueError(f"{self.name}: ema_of must be 'variance' or 'stddev', got {self.ema_of!r}")
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         """The description as stored in a summary's metadata."""
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d):
+    def from_dict(cls, d: Mapping[str, Any]) -> "LayerInfo":
         """A description read from a log; fields a newer writer added are ignored.
 
         Raises:
@@ -265,24 +269,24 @@ class LayerInfo:
         return from_known_fields(cls, d)
 
 
-def from_known_fields(cls, d):
+def from_known_fields(cls: type[_T], d: Mapping[str, Any]) -> _T:
     """Builds dataclass ``cls`` from a dict read from a log, ignoring keys a
     newer writer added."""
-    known = {f.name for f in dataclasses.fields(cls)}
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]  # cls: a dataclass
     return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def layer_tag(layer_name, quantity):
+def layer_tag(layer_name: str, quantity: str) -> str:
     """``bn/<layer>/<quantity>``: the tag of one layer's series or snapshot."""
     return f"{LAYER_PREFIX}{layer_name}/{quantity}"
 
 
-def metric_tag(split, name):
+def metric_tag(split: str, name: str) -> str:
     """``metric/<split>/<name>``: the tag of one metric."""
     return f"{METRIC_PREFIX}{split}/{name}"
 
 
-def _metadata(content, data_class):
+def _metadata(content: dict[str, Any], data_class: int) -> summary_pb2.SummaryMetadata:
     return summary_pb2.SummaryMetadata(
         plugin_data=summary_pb2.SummaryMetadata.PluginData(
             plugin_name=PLUGIN_NAME,
@@ -292,7 +296,7 @@ def _metadata(content, data_class):
     )
 
 
-def layer_series_metadata(info: LayerInfo, quantity: str):
+def layer_series_metadata(info: LayerInfo, quantity: str) -> summary_pb2.SummaryMetadata:
     """SCALAR metadata of ``bn/<layer>/<quantity>``."""
     return _metadata(
         {"version": FORMAT_VERSION, "kind": KIND_LAYER_SERIES, "layer": info.to_dict(), "quantity": quantity},
@@ -300,22 +304,23 @@ def layer_series_metadata(info: LayerInfo, quantity: str):
     )
 
 
-def _layer_tensor_metadata(info, kind, quantity, rows):
+def _layer_tensor_metadata(info: LayerInfo, kind: str, quantity: str,
+                           rows: Iterable[str]) -> summary_pb2.SummaryMetadata:
     return _metadata({"version": FORMAT_VERSION, "kind": kind, "layer": info.to_dict(), "quantity": quantity,
                       "rows": list(rows)}, summary_pb2.DATA_CLASS_TENSOR)
 
 
-def layer_channels_metadata(info: LayerInfo):
+def layer_channels_metadata(info: LayerInfo) -> summary_pb2.SummaryMetadata:
     """TENSOR metadata of ``bn/<layer>/channels`` (rows: :data:`SNAPSHOT_ROWS`)."""
     return _layer_tensor_metadata(info, KIND_LAYER_CHANNELS, CHANNELS_QUANTITY, SNAPSHOT_ROWS)
 
 
-def layer_replicas_metadata(info: LayerInfo):
+def layer_replicas_metadata(info: LayerInfo) -> summary_pb2.SummaryMetadata:
     """TENSOR metadata of ``bn/<layer>/replicas`` (rows: :data:`REPLICA_ROWS`)."""
     return _layer_tensor_metadata(info, KIND_LAYER_REPLICAS, REPLICAS_QUANTITY, REPLICA_ROWS)
 
 
-def metric_metadata(split, name):
+def metric_metadata(split: str, name: str) -> summary_pb2.SummaryMetadata:
     """SCALAR metadata of ``metric/<split>/<name>``."""
     return _metadata(
         {"version": FORMAT_VERSION, "kind": KIND_METRIC, "split": split, "name": name},
@@ -323,13 +328,13 @@ def metric_metadata(split, name):
     )
 
 
-def train_begin_metadata():
+def train_begin_metadata() -> summary_pb2.SummaryMetadata:
     """TENSOR (JSON) metadata of :data:`TRAIN_BEGIN_TAG`."""
     return _metadata({"version": FORMAT_VERSION, "kind": KIND_TRAIN_BEGIN, "encoding": "json"},
                      summary_pb2.DATA_CLASS_TENSOR)
 
 
-def diagnosis_metadata():
+def diagnosis_metadata() -> summary_pb2.SummaryMetadata:
     """TENSOR (JSON) metadata of :data:`DIAGNOSIS_TAG`."""
     return _metadata({"version": FORMAT_VERSION, "kind": KIND_DIAGNOSIS, "encoding": "json"},
                      summary_pb2.DATA_CLASS_TENSOR)
@@ -338,7 +343,7 @@ def diagnosis_metadata():
 KINDS = (KIND_LAYER_SERIES, KIND_LAYER_CHANNELS, KIND_LAYER_REPLICAS, KIND_METRIC, KIND_DIAGNOSIS, KIND_TRAIN_BEGIN)
 
 
-def parse_content(content: bytes) -> dict | None:
+def parse_content(content: bytes) -> dict[str, Any] | None:
     """Decodes a summary's plugin content.
 
     Args:
@@ -364,13 +369,13 @@ def parse_content(content: bytes) -> dict | None:
     return parsed
 
 
-def is_newer(parsed: dict) -> bool:
+def is_newer(parsed: Mapping[str, Any]) -> bool:
     """Whether a record from :func:`parse_content` was written by a newer
     format version than this reader knows."""
     return parsed["version"] > FORMAT_VERSION
 
 
-def newer_version_message(versions) -> str:
+def newer_version_message(versions: Iterable[int]) -> str:
     """What readers say about records of newer format versions."""
     return (f"written by a newer tb_bnstats (log format version {max(versions)}; this one reads version "
             f"{FORMAT_VERSION}): shown as far as this version understands it; upgrade tb_bnstats "

@@ -7,7 +7,8 @@ on one step axis.
 """
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -56,13 +57,13 @@ class RunData:
     newer_format_versions: tuple = ()
 
 
-def aligned(series_by_quantity: Mapping[str, Series]):
+def aligned(series_by_quantity: Mapping[str, Series]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """``{quantity: (steps, values)}`` -> ``(steps, {quantity: values})`` on
     the union of the steps, NaN where a quantity has no point."""
     if not series_by_quantity:
         return np.zeros(0, np.int64), {}
     steps = np.unique(np.concatenate([np.asarray(s, np.int64) for s, _ in series_by_quantity.values()]))
-    out = {}
+    out: dict[str, np.ndarray] = {}
     for quantity, (s, v) in series_by_quantity.items():
         full = np.full(steps.shape, np.nan)
         full[np.searchsorted(steps, np.asarray(s, np.int64))] = v
@@ -70,7 +71,8 @@ def aligned(series_by_quantity: Mapping[str, Series]):
     return steps, out
 
 
-def with_layer_series(steps, series):
+def with_layer_series(steps: np.ndarray,
+                      series: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The aligned steps at which the layer's :data:`metadata.LAYER_SERIES`
     were logged. The probe's and the population's points fall on such steps;
     one at a step without them (its block dropped by a writer that fell
@@ -85,7 +87,7 @@ def with_layer_series(steps, series):
     return steps[keep], {q: v[keep] for q, v in series.items()}
 
 
-def complete_steps(series_by_quantity: Mapping[str, Series]):
+def complete_steps(series_by_quantity: Mapping[str, Series]) -> Mapping[str, Series]:
     """The series cut at the last step every logged one of
     :data:`metadata.LAYER_SERIES` has reached: all of them are written at
     every logged step, so a later step with some missing is one whose
@@ -95,7 +97,7 @@ def complete_steps(series_by_quantity: Mapping[str, Series]):
     if not ends or min(ends) == max(ends):
         return series_by_quantity
     last = min(ends)
-    out = {}
+    out: dict[str, Series] = {}
     for quantity, (s, v) in series_by_quantity.items():
         keep = np.asarray(s, np.int64) <= last
         out[quantity] = (np.asarray(s)[keep], np.asarray(v)[keep])
@@ -103,8 +105,11 @@ def complete_steps(series_by_quantity: Mapping[str, Series]):
 
 
 def run_data(layer_infos: Mapping[str, metadata.LayerInfo], series_by_layer: Mapping[str, Mapping[str, Series]],
-             metrics: Mapping[str, Series] = None, snapshots_by_layer=None, stored_findings=None,
-             train_begins=(), newer_format_versions=(), replicas_by_layer=None) -> RunData:
+             metrics: Mapping[str, Series] | None = None,
+             snapshots_by_layer: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+             stored_findings: list | None = None, train_begins: Iterable[dict[str, Any]] = (),
+             newer_format_versions: Iterable[int] = (),
+             replicas_by_layer: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> RunData:
     """Assembles a :class:`RunData`.
 
     Args:
@@ -125,10 +130,11 @@ def run_data(layer_infos: Mapping[str, metadata.LayerInfo], series_by_layer: Map
     Returns:
         The :class:`RunData`.
     """
-    layers = {}
+    layers: dict[str, LayerData] = {}
     for name, info in layer_infos.items():
         steps, series = with_layer_series(*aligned(complete_steps(series_by_layer.get(name, {}))))
-        snap_steps, snaps = np.zeros(0, np.int64), {}
+        snap_steps: np.ndarray = np.zeros(0, np.int64)
+        snaps: dict[str, np.ndarray] = {}
         if snapshots_by_layer and name in snapshots_by_layer:
             snap_steps, tensor = snapshots_by_layer[name]
             if tensor.ndim == 3 and tensor.shape[1] == len(metadata.SNAPSHOT_ROWS):

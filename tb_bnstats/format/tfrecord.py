@@ -31,7 +31,7 @@ def frame(data: bytes) -> bytes:
     return b"".join((length, struct.pack("<I", masked_crc32c(length)), data, struct.pack("<I", masked_crc32c(data))))
 
 
-def data_length(header: bytes):
+def data_length(header: bytes) -> int | None:
     """The data length a record's 12-byte ``header`` announces, or None when
     the length's checksum does not match (a corrupted record)."""
     length = header[:8]

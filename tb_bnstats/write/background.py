@@ -12,6 +12,8 @@ import collections
 import logging
 import threading
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 logger = logging.getLogger("tb_bnstats")
 
@@ -28,8 +30,8 @@ class JobQueue:
         name: the thread's name.
     """
 
-    def __init__(self, max_pending=MAX_PENDING, name="tb_bnstats-writer"):
-        self._jobs = collections.deque()
+    def __init__(self, max_pending: int = MAX_PENDING, name: str = "tb_bnstats-writer") -> None:
+        self._jobs: collections.deque[tuple[Callable[..., object], tuple[Any, ...], str]] = collections.deque()
         self._max = int(max_pending)
         self._cond = threading.Condition()
         self._running = False  # a job is being run now
@@ -38,7 +40,7 @@ class JobQueue:
         self._thread = threading.Thread(target=self._run, daemon=True, name=name)
         self._thread.start()
 
-    def submit(self, fn, *args, what="a job"):
+    def submit(self, fn: Callable[..., object], *args: Any, what: str = "a job") -> None:
         """Queues ``fn(*args)``; never blocks. With ``max_pending`` jobs
         waiting, the oldest is dropped (said once, naming ``what`` it was).
 
@@ -58,13 +60,13 @@ class JobQueue:
             self._jobs.append((fn, args, what))
             self._cond.notify_all()
 
-    def wait(self, timeout=None):
+    def wait(self, timeout: float | None = None) -> bool:
         """Blocks until every job submitted so far has run (or ``timeout``
         seconds passed); returns whether the queue is empty."""
         with self._cond:
             return self._cond.wait_for(lambda: not self._jobs and not self._running, timeout)
 
-    def close(self, timeout=None):
+    def close(self, timeout: float | None = None) -> None:
         """Runs what is queued, then stops the thread."""
         self.wait(timeout)
         with self._cond:
@@ -72,7 +74,7 @@ class JobQueue:
             self._cond.notify_all()
         self._thread.join(timeout)
 
-    def _run(self):
+    def _run(self) -> None:
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._jobs or self._closed)

@@ -18,6 +18,8 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Iterable
+from typing import Any
 
 from tensorboard.compat.proto import event_pb2
 
@@ -32,7 +34,7 @@ _NAME = re.compile(r"^events\.out\.tfevents\.(\d+)\.(.+?)\.(\d+)\.\d+(?:\.v2)?$"
 RECENT_WRITE_S = 120.0
 
 
-def other_writers(logdir, host=None, pid=None):
+def other_writers(logdir: str, host: str | None = None, pid: int | None = None) -> list[tuple[str, int]]:
     """Other processes writing event files into ``logdir`` now: ``[(host,
     pid)]`` of files named as TensorBoard names them by another process,
     modified in the last :data:`RECENT_WRITE_S` seconds, and on this host
@@ -40,7 +42,7 @@ def other_writers(logdir, host=None, pid=None):
     interleave their steps in one TensorBoard run."""
     host = socket.gethostname() if host is None else host
     pid = os.getpid() if pid is None else pid
-    found = set()
+    found: set[tuple[str, int]] = set()
     try:
         entries = list(os.scandir(logdir))
     except OSError:
@@ -61,7 +63,7 @@ def other_writers(logdir, host=None, pid=None):
     return sorted(found)
 
 
-def _alive(pid):
+def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -71,7 +73,7 @@ def _alive(pid):
     return True
 
 
-def _open_for_append(path):
+def _open_for_append(path: str) -> Any:
     """A binary file to append to: the local file system, or a
     ``scheme://`` path through TensorBoard's file-system layer (which uses
     TensorFlow's when TensorFlow is installed)."""
@@ -93,7 +95,7 @@ class EventFile:
         flush_secs: records reach the disk at least this often.
     """
 
-    def __init__(self, logdir, flush_secs):
+    def __init__(self, logdir: str | os.PathLike[str], flush_secs: float) -> None:
         logdir = os.fspath(logdir)
         if "://" not in logdir:
             others = other_writers(logdir)
@@ -118,7 +120,7 @@ class EventFile:
         threading.Thread(target=self._flush_every, args=(float(flush_secs),), daemon=True,
                          name="tb_bnstats-flush").start()
 
-    def add_event(self, event):
+    def add_event(self, event: event_pb2.Event) -> None:
         """Appends one ``Event``.
 
         Raises:
@@ -126,7 +128,7 @@ class EventFile:
         """
         self.add_serialized([event.SerializeToString()])
 
-    def add_serialized(self, events):
+    def add_serialized(self, events: Iterable[bytes]) -> None:
         """Appends serialized ``Event`` s (bytes), in order.
 
         Raises:
@@ -150,13 +152,13 @@ class EventFile:
                         pass
                 raise
 
-    def flush(self):
+    def flush(self) -> None:
         """Writes buffered records to disk."""
         with self._lock:
             if not self._closed:
                 self._file.flush()
 
-    def _flush_every(self, seconds):
+    def _flush_every(self, seconds: float) -> None:
         warned = False
         while not self._stop.wait(seconds):
             try:
@@ -167,7 +169,7 @@ class EventFile:
                     logger.warning("tb_bnstats: flushing %s failed (records are lost until it works "
                                    "again; said once): %s", self.path, exc)
 
-    def close(self):
+    def close(self) -> None:
         """Stops the flush thread, flushes and closes the file."""
         self._stop.set()
         with self._lock:

@@ -17,18 +17,20 @@ serialized differently would fail loudly there, not write wrong files.
 """
 
 import struct
+from collections.abc import Iterable
 
 import numpy as np
+import numpy.typing as npt
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
 
 
-def scalar_tensor(value):
+def scalar_tensor(value: float) -> tensor_pb2.TensorProto:
     """A scalar float ``TensorProto`` holding ``value``."""
     return tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_shape=tensor_shape_pb2.TensorShapeProto(),
                                   float_val=[value])
 
 
-def _varint(value):
+def _varint(value: int) -> bytes:
     """Protobuf's varint of an int64 (a negative one as its 64-bit two's complement, 10 bytes)."""
     value &= 0xFFFFFFFFFFFFFFFF
     out = bytearray()
@@ -49,7 +51,7 @@ class ScalarEvents:
         tags: the tags, in the order of the values' columns.
     """
 
-    def __init__(self, tags):
+    def __init__(self, tags: Iterable[str]) -> None:
         self.tags = tuple(tags)
         values = [summary_pb2.Summary.Value(tag=tag, tensor=scalar_tensor(0.0)) for tag in self.tags]
         pieces = [summary_pb2.Summary(value=[v]).SerializeToString() for v in values]
@@ -60,7 +62,7 @@ class ScalarEvents:
         self._summary_header = b"\x2a" + _varint(len(self._summary))
         self._check()
 
-    def _check(self):
+    def _check(self) -> None:
         values = np.arange(1, len(self.tags) + 1, dtype=np.float64) / 8.0
         (data,) = self.serialize(np.array([123456789]), np.array([1.5]), values[None, :])
         event = event_pb2.Event.FromString(data)
@@ -68,7 +70,7 @@ class ScalarEvents:
         if (event.step, event.wall_time, got) != (123456789, 1.5, list(zip(self.tags, values))):
             raise RuntimeError("tb_bnstats: this protobuf serializes Events differently than expected")
 
-    def serialize(self, steps, wall_times, values):
+    def serialize(self, steps: Iterable[int], wall_times: Iterable[float], values: npt.ArrayLike) -> list[bytes]:
         """``[bytes]``: one serialized ``Event`` per row.
 
         Args:

@@ -22,12 +22,17 @@ batch norm::
 """
 
 import collections
+import functools
 import json
 import logging
+import os
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
 
 from tb_bnstats import quantities
@@ -41,14 +46,19 @@ logger = logging.getLogger("tb_bnstats")
 # callback reads the device rarely (one read per 30 s at most, for slow steps).
 DEFAULT_FLUSH_SECS = 30.0
 
+# A step axis: [S] steps.
+Steps = Sequence[int] | np.ndarray
+# One value, or one per channel.
+Values = float | Sequence[float] | np.ndarray
 
-def _json_proto(obj):
+
+def _json_proto(obj: Any) -> tensor_pb2.TensorProto:
     """A scalar DT_STRING tensor holding ``obj`` as JSON."""
     return tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=tensor_shape_pb2.TensorShapeProto(),
                                   string_val=[json.dumps(obj, sort_keys=True).encode("utf-8")])
 
 
-def _tensor_proto(array):
+def _tensor_proto(array: npt.ArrayLike) -> tensor_pb2.TensorProto:
     array = np.ascontiguousarray(array, dtype=np.float32)
     return tensor_pb2.TensorProto(
         dtype=types_pb2.DT_FLOAT,
@@ -59,7 +69,7 @@ def _tensor_proto(array):
     )
 
 
-def layer_series(q: quantities.LayerQuantities) -> dict:
+def layer_series(q: quantities.LayerQuantities) -> dict[str, float] | dict[str, np.ndarray]:
     """The per-step values of :data:`metadata.LAYER_SERIES` of one layer: the
     channel means of the moments, the channel aggregates
     (:func:`quantities.channel_aggregates`) of each gap measure, and the
@@ -85,7 +95,8 @@ def snapshot_rows(q: quantities.LayerQuantities) -> np.ndarray:
     return np.stack([np.asarray(getattr(q, row), np.float64) for row in metadata.SNAPSHOT_ROWS])
 
 
-def replica_series(info: metadata.LayerInfo, batch_mean, batch_var, replicas) -> dict:
+def replica_series(info: metadata.LayerInfo, batch_mean: npt.ArrayLike, batch_var: npt.ArrayLike,
+                   replicas: Any) -> dict[str, np.ndarray]:
     """The per-step values of :data:`metadata.REPLICA_SERIES` of one layer on
     several replicas.
 
@@ -112,7 +123,7 @@ def replica_series(info: metadata.LayerInfo, batch_mean, batch_var, replicas) ->
     return {q: np.asarray(out[q], np.float64) for q in metadata.REPLICA_SERIES if q in out}
 
 
-def replica_rows(replicas, i):
+def replica_rows(replicas: Any, i: int | np.integer) -> np.ndarray:
     """The per-replica tensor of :data:`metadata.REPLICA_ROWS` at step ``i``
     of a :class:`tb_bnstats.capture.ReplicaBlock`, [rows, R, C] (replica 0's
     moving rows are NaN where the replicas share one copy of the moving
@@ -124,7 +135,7 @@ def replica_rows(replicas, i):
     return np.stack([mean, replicas.batch_var[i], moving_mean, moving_var])
 
 
-def _step_rows(q, i):
+def _step_rows(q: quantities.LayerQuantities, i: int | np.integer) -> quantities.LayerQuantities:
     """The quantities of step ``i`` of a block's :class:`LayerQuantities`."""
     pick = lambda v: v[i] if np.ndim(v) else v  # noqa: E731
     return quantities.LayerQuantities(**{f: pick(getattr(q, f)) for f in q.__dataclass_fields__})
@@ -144,25 +155,32 @@ class Writer:
             runs): each call writes at once, there is no queue.
     """
 
-    def __init__(self, logdir, flush_secs=DEFAULT_FLUSH_SECS, keep_history=0, max_queue=None):
+    def __init__(self, logdir: str | os.PathLike[str], flush_secs: float = DEFAULT_FLUSH_SECS, keep_history: int = 0,
+                 max_queue: int | None = None) -> None:
         self._writer = eventfile.EventFile(logdir, flush_secs)
         self._keep = int(keep_history)
-        self.history = {} if self._keep else None
-        self.metric_history = {} if self._keep else None
-        self.sparse_history = {} if self._keep else None  # probe and population points
-        self.replica_history = {} if self._keep else None  # replica series points, every logged step
-        self.train_begins = [] if self._keep else None
-        self._tags_with_metadata = set()
-        self._layers = {}
-        self._templates = {}  # tags -> events.ScalarEvents
+        # {layer: [LayerInfo, LAYER_SERIES, deque of (step, row)]}
+        self.history: dict[str, list[Any]] | None = {} if self._keep else None
+        self.metric_history: dict[str, collections.deque[tuple[int, float]]] | None = {} if self._keep else None
+        # probe and population points
+        self.sparse_history: dict[str, collections.deque[tuple[int, dict[str, float]]]] | None = (
+            {} if self._keep else None)
+        # replica series points, every logged step
+        self.replica_history: dict[str, collections.deque[tuple[int, dict[str, float]]]] | None = (
+            {} if self._keep else None)
+        self.train_begins: list[dict[str, Any]] | None = [] if self._keep else None
+        self._tags_with_metadata: set[str] = set()
+        self._layers: dict[str, metadata.LayerInfo] = {}
+        self._templates: dict[tuple[str, ...], events.ScalarEvents] = {}
         self._lock = threading.Lock()
 
     @property
-    def path(self):
+    def path(self) -> str:
         """The event file being written."""
         return self._writer.path
 
-    def _value(self, tag, make_metadata, **payload):
+    def _value(self, tag: str, make_metadata: Callable[[], summary_pb2.SummaryMetadata],
+               **payload: Any) -> summary_pb2.Summary.Value:
         value = summary_pb2.Summary.Value(tag=tag, **payload)
         if tag not in self._tags_with_metadata:
             # TensorBoard keeps the metadata of a tag's first record.
@@ -170,11 +188,12 @@ class Writer:
             self._tags_with_metadata.add(tag)
         return value
 
-    def _emit(self, step, values):
+    def _emit(self, step: int, values: list[summary_pb2.Summary.Value]) -> None:
         event = event_pb2.Event(step=int(step), wall_time=time.time(), summary=summary_pb2.Summary(value=values))
         self._writer.add_event(event)
 
-    def _emit_scalars(self, tags, make_metadata, steps, values, wall_times):
+    def _emit_scalars(self, tags: tuple[str, ...], make_metadata: Callable[[str], summary_pb2.SummaryMetadata],
+                      steps: npt.ArrayLike, values: np.ndarray, wall_times: npt.ArrayLike | None) -> None:
         """Events of scalar ``values`` [S, len(tags)] at ``steps``. A first
         event carrying the tags' metadata is made with protobuf; every other
         one is filled into a serialized template (:mod:`events`): building
@@ -185,7 +204,7 @@ class Writer:
         if any(tag not in self._tags_with_metadata for tag in tags):
             self._writer.add_event(event_pb2.Event(
                 step=int(steps[0]), wall_time=float(wall_times[0]), summary=summary_pb2.Summary(value=[
-                    self._value(tag, lambda tag=tag: make_metadata(tag), tensor=events.scalar_tensor(float(v)))
+                    self._value(tag, functools.partial(make_metadata, tag), tensor=events.scalar_tensor(float(v)))
                     for tag, v in zip(tags, values[0])])))
             first = 1
         if first < len(steps):
@@ -194,7 +213,7 @@ class Writer:
                 template = self._templates[tags] = events.ScalarEvents(tags)
             self._writer.add_serialized(template.serialize(steps[first:], wall_times[first:], values[first:]))
 
-    def _forget_layer_metadata(self, info):
+    def _forget_layer_metadata(self, info: metadata.LayerInfo) -> None:
         """A changed layer description goes into its tags' metadata again."""
         previous = self._layers.setdefault(info.name, info)
         if previous != info:
@@ -202,7 +221,8 @@ class Writer:
             prefix = metadata.layer_tag(info.name, "")
             self._tags_with_metadata = {t for t in self._tags_with_metadata if not t.startswith(prefix)}
 
-    def layer_series_rows(self, info: metadata.LayerInfo, steps, rows, wall_times=None):
+    def layer_series_rows(self, info: metadata.LayerInfo, steps: Steps, rows: npt.ArrayLike,
+                          wall_times: npt.ArrayLike | None = None) -> None:
         """Logs precomputed values of :data:`metadata.LAYER_SERIES` of one
         layer: ``rows`` [S, len(LAYER_SERIES)] at ``steps`` [S]
         (``wall_times`` [S], default now). :meth:`layer_block` computes them
@@ -220,9 +240,12 @@ class Writer:
                 entry[0] = info
                 entry[2].extend(zip(np.asarray(steps, np.int64).tolist(), rows))
 
-    def layer_block(self, info: metadata.LayerInfo, steps, batch_mean, batch_var, moving_mean, moving_var, updates,
-                    samples_per_channel=None, init_mean=None, init_var=None, wall_times=None, snapshot_steps=(),
-                    series=True, replicas=None):
+    def layer_block(self, info: metadata.LayerInfo, steps: Steps, batch_mean: npt.ArrayLike, batch_var: npt.ArrayLike,
+                    moving_mean: npt.ArrayLike, moving_var: npt.ArrayLike, updates: npt.ArrayLike,
+                    samples_per_channel: npt.ArrayLike | None = None, init_mean: npt.ArrayLike | None = None,
+                    init_var: npt.ArrayLike | None = None, wall_times: npt.ArrayLike | None = None,
+                    snapshot_steps: npt.ArrayLike = (), series: bool = True,
+                    replicas: Any = None) -> quantities.LayerQuantities:
         """Logs one layer at S steps at once: per step the aggregates of
         :data:`metadata.LAYER_SERIES` (unless ``series=False``) and, at the
         steps in ``snapshot_steps``, the per-channel rows; on several
@@ -259,8 +282,8 @@ class Writer:
         if q.batch_mean.shape[0] != len(steps):
             raise ValueError(f"{info.name}: {q.batch_mean.shape[0]} rows of moments for {len(steps)} steps")
         if series:
-            values = layer_series(q)
-            self.layer_series_rows(info, steps, np.stack([values[k] for k in metadata.LAYER_SERIES], axis=1),
+            by_quantity = layer_series(q)
+            self.layer_series_rows(info, steps, np.stack([by_quantity[k] for k in metadata.LAYER_SERIES], axis=1),
                                    wall_times)
             if replicas is not None:
                 self._replica_series(info, steps, replica_series(info, batch_mean, batch_var, replicas), wall_times)
@@ -277,7 +300,8 @@ class Writer:
                 self._emit(steps[i], values)
         return q
 
-    def _replica_series(self, info, steps, values, wall_times):
+    def _replica_series(self, info: metadata.LayerInfo, steps: np.ndarray, values: Mapping[str, np.ndarray],
+                        wall_times: npt.ArrayLike | None) -> None:
         """Logs :func:`replica_series` ``values`` ({quantity: [S]}) at ``steps``."""
         names = tuple(values)
         tags = tuple(metadata.layer_tag(info.name, q) for q in names)
@@ -290,8 +314,11 @@ class Writer:
                 points = self.replica_history.setdefault(info.name, collections.deque(maxlen=self._keep))
                 points.extend((int(step), dict(zip(names, row.tolist()))) for step, row in zip(steps, table))
 
-    def layer(self, info: metadata.LayerInfo, step, batch_mean, batch_var, moving_mean, moving_var, updates,
-              samples_per_channel=None, snapshot=False, init_mean=None, init_var=None, series=True):
+    def layer(self, info: metadata.LayerInfo, step: int, batch_mean: npt.ArrayLike, batch_var: npt.ArrayLike,
+              moving_mean: npt.ArrayLike, moving_var: npt.ArrayLike, updates: int,
+              samples_per_channel: npt.ArrayLike | None = None, snapshot: bool = False,
+              init_mean: npt.ArrayLike | None = None, init_var: npt.ArrayLike | None = None,
+              series: bool = True) -> quantities.LayerQuantities:
         """Logs one layer at one step: :meth:`layer_block` of that step.
 
         Args:
@@ -320,9 +347,12 @@ class Writer:
                              snapshot_steps=[step] if snapshot else (), series=series)
         return _step_rows(q, 0)
 
-    def layer_moments(self, name, step, *, batch_mean, batch_var, moving_mean, moving_var, updates,
-                      momentum, epsilon, init_mean=0.0, init_var=1.0, moving_var_unbiased=False,
-                      samples_per_channel=None, snapshot=False, depth=None, **layer_fields):
+    def layer_moments(self, name: str, step: int, *, batch_mean: npt.ArrayLike, batch_var: npt.ArrayLike,
+                      moving_mean: npt.ArrayLike, moving_var: npt.ArrayLike, updates: int, momentum: float,
+                      epsilon: float, init_mean: Values = 0.0, init_var: Values = 1.0,
+                      moving_var_unbiased: bool = False, samples_per_channel: npt.ArrayLike | None = None,
+                      snapshot: bool = False, depth: int | None = None,
+                      **layer_fields: Any) -> quantities.LayerQuantities:
         """:meth:`layer` for a custom loop: describe the layer by keywords.
 
         ``updates`` is how many times the moving averages were updated, this
@@ -344,7 +374,7 @@ class Writer:
                           init_mean=np.broadcast_to(np.asarray(init_mean, np.float64), (channels,)),
                           init_var=np.broadcast_to(np.asarray(init_var, np.float64), (channels,)))
 
-    def probe(self, info: metadata.LayerInfo, step, values):
+    def probe(self, info: metadata.LayerInfo, step: int, values: Mapping[str, float]) -> None:
         """Logs one layer's train/inference probe series
         (:data:`metadata.PROBE_SERIES`, e.g. from
         :func:`quantities.probe_series`) at ``step``. Log them at a step where
@@ -352,31 +382,33 @@ class Writer:
         series on the union of their steps."""
         self._sparse_series(info, step, values, metadata.PROBE_SERIES, "probe")
 
-    def population(self, info: metadata.LayerInfo, step, values):
+    def population(self, info: metadata.LayerInfo, step: int, values: Mapping[str, float]) -> None:
         """Logs one layer's population-statistics series
         (:data:`metadata.POPULATION_SERIES`, from
         :func:`quantities.population_series`) at ``step``, a step where
         :meth:`layer` logs the layer's series too."""
         self._sparse_series(info, step, values, metadata.POPULATION_SERIES, "population")
 
-    def _sparse_series(self, info, step, values, known, what):
+    def _sparse_series(self, info: metadata.LayerInfo, step: int, values: Mapping[str, float], known: tuple[str, ...],
+                       what: str) -> None:
         unknown = set(values) - set(known)
         if unknown:
             raise ValueError(f"unknown {what} series {sorted(unknown)}; known: {list(known)}")
         with self._lock:
             self._emit(step, [self._value(metadata.layer_tag(info.name, q),
-                                          lambda q=q: metadata.layer_series_metadata(info, q),
+                                          functools.partial(metadata.layer_series_metadata, info, q),
                                           tensor=events.scalar_tensor(float(v))) for q, v in values.items()])
             if self.sparse_history is not None:
                 points = self.sparse_history.setdefault(info.name, collections.deque(maxlen=self._keep))
                 points.append((int(step), {q: float(v) for q, v in values.items()}))
 
-    def metrics(self, split, values, step):
+    def metrics(self, split: str, values: Mapping[str, float], step: int) -> None:
         """Logs scalar metrics (``loss``, ``accuracy``...) for ``split`` in
         :data:`metadata.METRIC_SPLITS` at ``step``: ``{name: value}``."""
         self.metrics_block(split, [step], {name: [v] for name, v in values.items()})
 
-    def metrics_block(self, split, steps, values, wall_times=None):
+    def metrics_block(self, split: str, steps: Steps, values: Mapping[str, npt.ArrayLike],
+                      wall_times: npt.ArrayLike | None = None) -> None:
         """Logs scalar metrics for ``split`` at S ``steps``: ``values`` is
         ``{name: [S] values}``, ``wall_times`` [S] (default now).
 
@@ -400,14 +432,14 @@ class Writer:
                     points = self.metric_history.setdefault(f"{split}/{name}", collections.deque(maxlen=self._keep))
                     points.extend(zip(step_list, column.tolist()))
 
-    def findings(self, step, findings):
+    def findings(self, step: int, findings: Iterable[dict[str, Any]]) -> None:
         """Logs a diagnosis: ``findings`` is a list of JSON-able dicts (see
         :data:`metadata.DIAGNOSIS_TAG`)."""
         with self._lock:
             self._emit(step, [self._value(metadata.DIAGNOSIS_TAG, metadata.diagnosis_metadata,
                                           tensor=_json_proto(list(findings)))])
 
-    def train_begin(self, step, record):
+    def train_begin(self, step: int, record: Mapping[str, Any]) -> None:
         """Logs what the callback found at the start of a ``fit`` (see
         :data:`metadata.TRAIN_BEGIN_TAG`): a JSON-able dict with ``step``."""
         record = {**record, "step": int(step)}
@@ -426,13 +458,17 @@ class Writer:
         """
         if self.history is None:
             raise ValueError("Writer(keep_history=N) keeps what it writes; this one did not")
-        infos, by_layer = {}, {}
+        # Made with keep_history: every history is kept.
+        assert self.sparse_history is not None and self.replica_history is not None
+        assert self.metric_history is not None and self.train_begins is not None
+        infos: dict[str, metadata.LayerInfo] = {}
+        by_layer: dict[str, dict[str, records.Series]] = {}
         for name, (info, keys, rows) in self.history.items():
             infos[name] = info
             steps = np.array([step for step, _ in rows], np.int64)
             table = np.stack([row for _, row in rows]) if rows else np.zeros((0, len(keys)))
             series = by_layer[name] = {k: (steps, table[:, i]) for i, k in enumerate(keys)}
-            sparse = {}
+            sparse: dict[str, list[tuple[int, float]]] = {}
             for step, values in [*self.sparse_history.get(name, ()), *self.replica_history.get(name, ())]:
                 for q, v in values.items():
                     sparse.setdefault(q, []).append((step, v))
@@ -442,16 +478,16 @@ class Writer:
                    for k, pts in self.metric_history.items()}
         return records.run_data(infos, by_layer, metrics=metrics, train_begins=self.train_begins)
 
-    def flush(self):
+    def flush(self) -> None:
         """Writes pending records to disk."""
         self._writer.flush()
 
-    def close(self):
+    def close(self) -> None:
         """Flushes and closes the event file."""
         self._writer.close()
 
-    def __enter__(self):
+    def __enter__(self) -> "Writer":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
