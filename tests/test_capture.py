@@ -22,6 +22,8 @@ from keras_models import (
     to_numpy,
 )
 
+pytestmark = pytest.mark.backend  # runs again under each Keras backend (Makefile, test-python)
+
 BATCH = 16
 BACKEND = keras.backend.backend()
 no_steps_per_execution = pytest.mark.skipif(

@@ -12,6 +12,8 @@ import pytest
 import tb_bnstats
 from keras_models import conv_net, data
 
+pytestmark = pytest.mark.backend  # runs again under each Keras backend (Makefile, test-python)
+
 
 def test_records_are_readable_during_training(tmp_path):
     """Within one drain interval plus one flush interval (here: flush_secs,

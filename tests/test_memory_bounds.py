@@ -17,9 +17,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 from tb_bnstats import BNStatsCallback, recorder  # noqa: E402
 from tb_bnstats.capture import rows as ring_rows  # noqa: E402
+
+pytestmark = pytest.mark.backend  # runs again under each Keras backend (Makefile, test-python)
 
 
 def _rss_bytes():

@@ -12,6 +12,8 @@ import tb_bnstats
 from keras_models import bn_layers, capture_state, conv_net, conv_net_bn_inputs, data
 from tb_bnstats import quantities
 
+pytestmark = pytest.mark.backend  # runs again under each Keras backend (Makefile, test-python)
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "demo"))
 
 NAMES = ["bn1", "nested/bn2", "block/inner_bn"]

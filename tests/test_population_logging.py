@@ -15,6 +15,8 @@ from keras_models import deterministic
 from tb_bnstats import BNStatsCallback
 from tb_bnstats.format import metadata
 
+pytestmark = pytest.mark.backend  # runs again under each Keras backend (Makefile, test-python)
+
 BATCH = 32
 
 

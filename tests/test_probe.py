@@ -19,6 +19,8 @@ from tb_bnstats.measure import gap as probe
 from tb_bnstats.measure import keras_passes
 from tb_bnstats.write import summary
 
+pytestmark = pytest.mark.backend  # runs again under each Keras backend (Makefile, test-python)
+
 BACKEND = keras.backend.backend()
 
 

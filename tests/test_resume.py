@@ -9,10 +9,13 @@ import textwrap
 
 import keras
 import numpy as np
+import pytest
 
 import diagnosis_scenarios as scenarios
 import tb_bnstats
 from tb_bnstats import BNStatsCallback
+
+pytestmark = pytest.mark.backend  # runs again under each Keras backend (Makefile, test-python)
 
 M = 0.99  # 1 - m**t is 0.18 after 20 updates, 0.33 after 40: a restarted count shows
 STEPS = 20  # per fit: 640 samples, batch 32

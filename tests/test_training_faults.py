@@ -25,6 +25,8 @@ from keras_models import conv_net, data
 from tb_bnstats.format import metadata
 from tb_bnstats.read import integrity
 
+pytestmark = pytest.mark.backend  # runs again under each Keras backend (Makefile, test-python)
+
 TESTS = str(pathlib.Path(__file__).resolve().parent)
 P = "/data/plugin/bn_stats"
 BATCH = 16

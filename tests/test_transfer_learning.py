@@ -16,6 +16,8 @@ import diagnosis_scenarios as scenarios
 import tb_bnstats
 from tb_bnstats.capture.keras.layers import called_with_training_false
 
+pytestmark = pytest.mark.backend  # runs again under each Keras backend (Makefile, test-python)
+
 BASE_LAYERS = ["conv0_bn", "conv1_bn"]
 
 
