@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install install-test system-deps frontend-check test test-python test-frontend bench demo demo-logs bundle
+.PHONY: install install-test system-deps frontend-check lint test test-python test-frontend bench demo demo-logs bundle
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -45,16 +45,21 @@ frontend-check: install-test
 test-frontend: install-test
 	cd frontend && npm test --silent
 
+# ruff (pyflakes, pycodestyle, isort, bugbear, pyupgrade) over the repository and mypy over the typed
+# modules, both configured in pyproject.toml.
+lint: install-test
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
 # Everything under TensorFlow, then the tests of what depends on the backend once more in a pytest
 # process of its own per backend (Keras picks its backend once per process), PyTorch's own, and
 # TensorFlow 1-style code and tf_keras (TF_USE_LEGACY_KERAS=1 must be set before TensorFlow is imported).
 # After the TensorFlow suite they run in two lanes at once, one per core (none of them serves TensorBoard
 # or drives a browser): Keras on JAX; Keras on torch, then PyTorch, then tests/legacy. Each lane's output
 # is printed when both are done, and the target fails when any suite failed (an interrupt stops both).
+# The tests run again per backend are those marked `backend` (pytestmark = pytest.mark.backend in their file).
 LANES := test-artifacts/lanes
-BACKEND_TESTS := tests/test_capture.py tests/test_resume.py tests/test_flush.py tests/test_probe.py \
-	tests/test_population.py tests/test_population_logging.py tests/test_memory_bounds.py tests/test_training_faults.py \
-	tests/test_transfer_learning.py
+BACKEND_TESTS := -m backend tests --ignore=tests/pytorch --ignore=tests/legacy
 
 test-python: install-test
 	$(PY) -m pytest -q tests --ignore=tests/pytorch --ignore=tests/legacy
@@ -74,7 +79,7 @@ test-python: install-test
 	for log in $(LANES)/*.log; do echo "===== $$log"; cat $$log; done; \
 	if [ -s $(LANES)/failed ]; then echo "failed: $$(cat $(LANES)/failed | tr '\n' ' ')"; exit 1; fi
 
-test: frontend-check test-frontend test-python
+test: lint frontend-check test-frontend test-python
 
 bundle:
 	cd frontend && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build

@@ -35,7 +35,10 @@ setup(
         # machine (README, Install): a bare "torch" on Linux is a CUDA build of several GB.
         "torch": ["torch>=2.4,<3"],
         "keras": ["keras>=3.10,<4"],
-        "test": ["pytest>=8", "playwright>=1.45", "hypothesis>=6.100", "scikit-learn>=1.4"],
+        # ruff and mypy pinned to a minor version: a newer one adds rules and checks, and make lint would fail
+        # on code that did not change.
+        "test": ["pytest>=8", "playwright>=1.45", "hypothesis>=6.100", "scikit-learn>=1.4", "ruff>=0.17.6,<0.18",
+                 "mypy>=2.4,<2.5"],
         "demo": ["scikit-learn>=1.4"],
         # The documentation site (mkdocs.yml, docs/): mkdocs build --strict. mkdocstrings 0.30 fails with
         # pymdown-extensions 13 (Highlight() without md); 1.0 works with it. Tested: mkdocs 1.6.1,
