@@ -6,7 +6,10 @@ to log and logs it. It never stops training: a monitoring failure is a
 warning."""
 
 import functools
+import os
 import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import keras
 
@@ -15,6 +18,9 @@ from tb_bnstats.capture import keras as keras_capture
 from tb_bnstats.capture.keras import tf_keras
 from tb_bnstats.capture.keras.layers import steps_per_execution
 from tb_bnstats.write import summary
+
+if TYPE_CHECKING:
+    from tb_bnstats.diagnosis.finding import Finding
 
 
 def _compiled(model):
@@ -121,10 +127,12 @@ class BNStatsCallback(keras.callbacks.Callback):
             data, or a Keras backend tb_bnstats does not capture yet.
     """
 
-    def __init__(self, log_dir, log_every_n_steps=1, snapshot_every_n_steps=100, layers=None,
-                 log_metrics=True, flush_secs=summary.DEFAULT_FLUSH_SECS, verbose=1, probe_data=None,
-                 probe_every_n_steps=None, population_data=None, population_every_n_steps=None,
-                 population_samples=2048, population_batch_size=32):
+    def __init__(self, log_dir: str | os.PathLike[str], log_every_n_steps: int = 1, snapshot_every_n_steps: int = 100,
+                 layers: Sequence[str] | None = None, log_metrics: bool = True,
+                 flush_secs: float = summary.DEFAULT_FLUSH_SECS, verbose: int = 1, probe_data: Any = None,
+                 probe_every_n_steps: int | None = None, population_data: Any = None,
+                 population_every_n_steps: int | None = None, population_samples: int = 2048,
+                 population_batch_size: int = 32) -> None:
         super().__init__()
         keras_capture.check_backend()
         self.schedule = recorder.Schedule(
@@ -151,7 +159,7 @@ class BNStatsCallback(keras.callbacks.Callback):
         return False
 
     @property
-    def findings(self):
+    def findings(self) -> "list[Finding] | None":
         """The diagnosis of the last fit (a list of
         :class:`tb_bnstats.diagnosis.finding.Finding`), None before."""
         return self._recorder.findings

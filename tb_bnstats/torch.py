@@ -8,12 +8,19 @@ Nothing here imports TensorFlow or Keras. It never stops training: a
 monitoring failure is a warning.
 """
 
+import os
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from tb_bnstats import recorder
 from tb_bnstats.capture.pytorch import ranks as ddp_ranks
 from tb_bnstats.capture.pytorch.hooks import TorchCapture
 from tb_bnstats.write import summary
+
+if TYPE_CHECKING:
+    from tb_bnstats.diagnosis.finding import Finding
 
 
 class BNStatsMonitor:
@@ -91,10 +98,13 @@ class BNStatsMonitor:
         ValueError: an argument out of its range.
     """
 
-    def __init__(self, model, log_dir, log_every_n_steps=1, snapshot_every_n_steps=100, layers=None,
-                 log_metrics=True, flush_secs=summary.DEFAULT_FLUSH_SECS, verbose=1, probe_data=None,
-                 probe_every_n_steps=None, population_data=None, population_every_n_steps=None,
-                 population_samples=2048, population_batch_size=32, loss_fn=None, start_step=0):
+    def __init__(self, model: Any, log_dir: str | os.PathLike[str], log_every_n_steps: int = 1,
+                 snapshot_every_n_steps: int = 100, layers: Sequence[str] | None = None, log_metrics: bool = True,
+                 flush_secs: float = summary.DEFAULT_FLUSH_SECS, verbose: int = 1, probe_data: Any = None,
+                 probe_every_n_steps: int | None = None, population_data: Any = None,
+                 population_every_n_steps: int | None = None, population_samples: int = 2048,
+                 population_batch_size: int = 32, loss_fn: Callable[[Any, Any], Any] | None = None,
+                 start_step: int = 0) -> None:
         import torch
 
         if not isinstance(model, torch.nn.Module):
@@ -141,13 +151,13 @@ class BNStatsMonitor:
         self._epoch_start = self._step
 
     @property
-    def findings(self):
+    def findings(self) -> "list[Finding] | None":
         """The diagnosis made at :meth:`close` (a list of
         :class:`tb_bnstats.diagnosis.finding.Finding`), None before (and
         on ranks other than 0)."""
         return self._recorder.findings
 
-    def step(self, loss=None, step=None, **metrics):
+    def step(self, loss: Any = None, step: int | None = None, **metrics: Any) -> None:
         """Logs the training step just taken: the last training forward's
         batch moments, the running statistics now, and ``loss`` and
         ``metrics`` (tensors or numbers; tensors are not read back here).
@@ -181,7 +191,7 @@ class BNStatsMonitor:
         rec.execution_ended()
         rec.steps_done(self._step - self._epoch_start)
 
-    def epoch_end(self, **val_metrics):
+    def epoch_end(self, **val_metrics: float) -> None:
         """Optional: an epoch ended. Drains what was kept, runs the probe and
         population measurements, logs ``val_metrics`` (numbers, e.g.
         ``loss=0.3, accuracy=0.9``) as the validation split at this step."""
@@ -192,7 +202,7 @@ class BNStatsMonitor:
         rec.epoch_begin()
         self._epoch_start = self._step
 
-    def close(self):
+    def close(self) -> None:
         """Ends the run: everything drained and written, the probe and
         population measured once more, the diagnosis made (:attr:`findings`,
         printed with ``verbose=1``), the event file closed and every hook

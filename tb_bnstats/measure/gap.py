@@ -35,6 +35,8 @@ the calls).
 """
 
 import dataclasses
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -136,7 +138,8 @@ def _accuracy(metrics, y, outputs):
     return None if y is None else quantities.argmax_accuracy(y, outputs)
 
 
-def gap_report(model, batch_list, probe=None, loss_fn=None) -> GapReport:
+def gap_report(model: Any, batch_list: Iterable[tuple[Any, Any]], probe: Any = None,
+               loss_fn: Callable[[Any, Any], Any] | None = None) -> GapReport:
     """The train/inference gap on ``batch_list``, without changing the model.
 
     Args:

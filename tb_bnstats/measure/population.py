@@ -60,6 +60,8 @@ bit for bit.
 """
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -117,8 +119,8 @@ def _population_and_kept_batches(model, data, num_samples, batch_size, training,
     return out, kept
 
 
-def population_stats(model, data, num_samples=DEFAULT_NUM_SAMPLES, batch_size=32, training=False,
-                     shuffle=False, seed=0) -> dict[str, LayerPopulation]:
+def population_stats(model: Any, data: Any, num_samples: int = DEFAULT_NUM_SAMPLES, batch_size: int = 32,
+                     training: bool = False, shuffle: bool = False, seed: int = 0) -> dict[str, LayerPopulation]:
     """Population mean and variance of every BN layer's input ("PreciseBN").
 
     The model is not changed: no variable or buffer is written (module
@@ -182,8 +184,10 @@ class RecalibrationReport:
                           line("before", self.before), line("after", self.after)])
 
 
-def recalibrate(model, data, num_samples=DEFAULT_NUM_SAMPLES, batch_size=32, training=False, shuffle=False,
-                seed=0, gap_data=None, gap_samples=512, include_frozen=False, loss_fn=None) -> RecalibrationReport:
+def recalibrate(model: Any, data: Any, num_samples: int = DEFAULT_NUM_SAMPLES, batch_size: int = 32,
+                training: bool = False, shuffle: bool = False, seed: int = 0, gap_data: Any = None,
+                gap_samples: int = 512, include_frozen: bool = False,
+                loss_fn: Callable[[Any, Any], Any] | None = None) -> RecalibrationReport:
     """Replaces the moving averages of every BN layer with population
     statistics (:func:`population_stats`) and reports the train/inference gap
     before and after (:func:`tb_bnstats.measure.gap.gap_report`), on
@@ -223,7 +227,7 @@ def recalibrate(model, data, num_samples=DEFAULT_NUM_SAMPLES, batch_size=32, tra
     """
     framework = passes.for_model(model)
     named = dict(framework.bn_layers(model))
-    undo = []
+    undo: list[Callable[[], object]] = []  # what puts each written layer back
     try:
         # Recalibrated frozen layers will normalize with population moments: measured so, a frozen layer's
         # input is what it will be once the frozen layers before it are recalibrated too.
