@@ -31,8 +31,9 @@ import numpy as np  # noqa: E402
 
 from overhead import StepTimer, conv_net  # noqa: E402
 from tb_bnstats import BNStatsCallback  # noqa: E402
-from tb_bnstats.capture.keras import tensorflow as keras_capture  # noqa: E402
-from tb_bnstats.measure import keras_passes, population  # noqa: E402
+from tb_bnstats.frameworks.keras import passes as keras_passes  # noqa: E402
+from tb_bnstats.frameworks.keras.capture import tensorflow as keras_capture  # noqa: E402
+from tb_bnstats.measure import population  # noqa: E402
 
 
 def main():

@@ -3,7 +3,7 @@
 The public API, imported lazily so that TensorBoard can import the plugin
 without TensorFlow or Keras:
 
-* ``BNStatsCallback`` -- the Keras callback (:mod:`tb_bnstats.callback`);
+* ``BNStatsCallback`` -- the Keras callback (:mod:`tb_bnstats.frameworks.keras.callback`);
   for PyTorch, ``from tb_bnstats.torch import BNStatsMonitor`` (:mod:`tb_bnstats.torch`);
 * ``Writer`` -- log moments from any training loop (:mod:`tb_bnstats.write.summary`);
 * ``load`` -- read logs back as numpy (:mod:`tb_bnstats.read.reader`);
@@ -24,7 +24,7 @@ frontend; ``recorder`` runs the loop, ``measure`` measures a live model,
 __version__ = "0.1.0"
 
 _LAZY = {
-    "BNStatsCallback": ("tb_bnstats.callback", "BNStatsCallback"),
+    "BNStatsCallback": ("tb_bnstats.frameworks.keras.callback", "BNStatsCallback"),
     "Writer": ("tb_bnstats.write.summary", "Writer"),
     "load": ("tb_bnstats.read.reader", "load"),
     "diagnose": ("tb_bnstats.diagnosis", "diagnose"),

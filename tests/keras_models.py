@@ -94,7 +94,7 @@ def capture_state(model):
     """What the running backend's capture keeps for ``model`` (update counts,
     rows written, every ring's rows), as numpy arrays: a measurement must
     leave all of it unchanged."""
-    from tb_bnstats.capture.keras import backend_module
+    from tb_bnstats.frameworks.keras.capture import backend_module
 
     module = backend_module()
     hook = module._HOOKS[model]

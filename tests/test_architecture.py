@@ -10,6 +10,10 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "tb_bnstats"
 
+# The framework folders (tb_bnstats/frameworks/<name>/): each is a component "frameworks.<name>".
+FOLDERS = ("keras", "torch", "tf1")
+# What an adapter builds on: the neutral core and the registry.
+CORE = {"format", "quantities", "write", "capture", "measure", "diagnosis", "recorder", "frameworks"}
 # component -> the components it may import (itself always allowed).
 ALLOWED = {
     "format": set(),
@@ -17,20 +21,29 @@ ALLOWED = {
     "write": {"format", "quantities"},
     "read": {"format"},
     "capture": {"format", "quantities"},
-    "measure": {"format", "quantities", "capture"},
-    "diagnosis": {"format", "quantities", "read", "measure"},
+    "measure": {"format", "quantities", "capture", "frameworks"},
+    "diagnosis": {"format", "quantities", "read", "measure", "frameworks"},
     "recorder": {"format", "quantities", "write", "measure", "diagnosis", "capture"},
-    "callback": {"recorder", "capture", "measure", "write", "diagnosis", "format"},
-    "torch": {"recorder", "capture", "measure", "write", "diagnosis", "format"},  # the PyTorch monitor
-    "compat": {"recorder", "capture", "write", "diagnosis", "format"},  # TensorFlow 1-style graphs
     "plugin": {"format", "quantities", "read", "diagnosis"},
     "cli": {"read", "diagnosis", "format"},
     "__init__": set(),
+    # The registry imports its folders by name, when asked (importlib), never at import.
+    "frameworks": set(),
+    # TensorFlow helpers shared by the two TensorFlow-based folders.
+    "frameworks.tensorflow_ops": set(),
+    "frameworks.keras": CORE | {"frameworks.tensorflow_ops"},
+    "frameworks.tf1": CORE | {"frameworks.tensorflow_ops"},
+    "frameworks.torch": CORE,
+    # The public names of the adapters: tb_bnstats.torch, tb_bnstats.compat.v1.
+    "torch": {"frameworks.torch"},
+    "compat": {"frameworks.tf1"},
 }
 # Imports that only some modules of a component may make.
 ONLY_FROM = {
     ("diagnosis", "measure"): {"tb_bnstats.diagnosis.live"},  # the live-model checks
     ("diagnosis", "read"): {"tb_bnstats.diagnosis"},  # diagnose(logdir), inside the function
+    ("diagnosis", "frameworks"): {"tb_bnstats.diagnosis.words"},  # the words of a layer's framework
+    ("measure", "frameworks"): {"tb_bnstats.measure.passes"},  # the passes of a model's framework
 }
 FRAMEWORKS = ("tensorflow", "keras", "torch", "jax")
 
@@ -70,6 +83,8 @@ def _component(module):
     parts = module.split(".")
     if len(parts) == 1:
         return "__init__"
+    if parts[1] == "frameworks" and len(parts) > 2:
+        return f"frameworks.{parts[2]}"
     return parts[1]
 
 
@@ -139,11 +154,11 @@ def test_readers_of_logs_import_no_framework(entry):
     assert frameworks == [], f"{entry} imports {frameworks} at module level"
     ours = {_component(m) for m in reached if m.startswith("tb_bnstats.")}
     if entry.startswith("tb_bnstats.plugin"):
-        assert not ours & {"capture", "measure", "write", "recorder", "callback"}, ours
+        assert not ours & {"capture", "measure", "write", "recorder", *(f"frameworks.{f}" for f in FOLDERS)}, ours
 
 
-@pytest.mark.parametrize("entry", ["tb_bnstats.torch", "tb_bnstats.capture.pytorch.hooks",
-                                   "tb_bnstats.measure.torch_passes", "tb_bnstats.measure.population",
+@pytest.mark.parametrize("entry", ["tb_bnstats.torch", "tb_bnstats.frameworks.torch.capture.hooks",
+                                   "tb_bnstats.frameworks.torch.passes", "tb_bnstats.measure.population",
                                    "tb_bnstats.measure.gap", "tb_bnstats.diagnosis.live", "tb_bnstats.recorder"])
 def test_the_pytorch_side_imports_no_other_framework(entry):
     """A PyTorch process must not need TensorFlow, Keras or JAX (the run-time
@@ -165,3 +180,39 @@ def test_no_file_outside_the_repository_is_cited():
     root = PACKAGE.parent
     for path in [*PACKAGE.rglob("*.py"), root / "README.md", *root.glob("docs/*.md")]:
         assert "DESIGN.md" not in path.read_text(encoding="utf-8"), f"{path} cites DESIGN.md"
+
+
+def test_the_core_imports_no_framework_folder_and_no_folder_another():
+    """The core reaches a framework only through the registry
+    (tb_bnstats.frameworks), and a folder never imports another folder."""
+    folders = {f"frameworks.{f}" for f in FOLDERS}
+    for module, path in MODULES.items():
+        mine = _component(module)
+        for imported, line in _imports(path):
+            theirs = _component(imported) if imported.startswith("tb_bnstats.") else None
+            if theirs in folders and theirs != mine:
+                assert mine in ("torch", "compat"), f"{module}:{line} imports the folder {theirs}"
+
+
+def test_every_folder_is_registered_and_declares_what_the_core_asks():
+    """Each folder is in the registry, its FRAMEWORK names a words module
+    with words for each of its layer frameworks, and its passes module (read
+    from the source: importing it imports the framework) defines every
+    member of tb_bnstats.measure.passes.Passes."""
+    import inspect
+
+    from tb_bnstats import frameworks
+    from tb_bnstats.diagnosis.words import Words
+    from tb_bnstats.measure.passes import Passes
+
+    assert frameworks.REGISTRY == tuple(f"tb_bnstats.frameworks.{f}" for f in ("keras", "torch", "tf1"))
+    assert sorted(p.name for p in (PACKAGE / "frameworks").iterdir() if p.is_dir() and p.name != "__pycache__") \
+        == sorted(FOLDERS)
+    members = {name for name, _ in inspect.getmembers(Passes) if not name.startswith("_")} | {"GapProbe"}
+    for framework in frameworks.registered():
+        words = frameworks._words()
+        assert all(isinstance(words[lf], Words) for lf in framework.layer_frameworks), framework.name
+        if framework.passes is not None:
+            tree = ast.parse(MODULES[framework.passes].read_text(encoding="utf-8"))
+            defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+            assert members <= defined, (framework.passes, members - defined)

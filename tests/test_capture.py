@@ -417,7 +417,7 @@ def test_steps_overwritten_on_the_device_before_a_drain_are_counted(monkeypatch)
     """A ring of 4 steps drained only after 8: the last 4 are read, and the
     4 before them are reported lost (the recorder warns with that count)."""
     from tb_bnstats.capture import rows as ring_rows
-    from tb_bnstats.capture.keras import capture_for
+    from tb_bnstats.frameworks.keras.capture import capture_for
 
     monkeypatch.setattr(ring_rows, "RING_MAX_STEPS", 4)
     x, y = data(n=8 * BATCH)

@@ -178,14 +178,16 @@ def test_fixes_speak_the_layers_framework_and_offer_recalibrate_only_where_it_wo
     """tb_bnstats.recalibrate takes Keras 3 and PyTorch models: a tf_keras or
     graph layer's fix says how to re-estimate the statistics by hand."""
     from tb_bnstats.diagnosis import words
-    from tb_bnstats.format import metadata
+    from tb_bnstats.frameworks.keras import KERAS, TF_KERAS
+    from tb_bnstats.frameworks.tf1 import TF1
+    from tb_bnstats.frameworks.torch import PYTORCH
 
-    offered = [code for code in diagnosis.CODES if "tb_bnstats.recalibrate(" in words.fix(code, metadata.KERAS)]
+    offered = [code for code in diagnosis.CODES if "tb_bnstats.recalibrate(" in words.fix(code, KERAS)]
     assert len(offered) >= 10
-    for framework in (metadata.TF_KERAS, metadata.TF1):
+    for framework in (TF_KERAS, TF1):
         for code in diagnosis.CODES:
             assert "tb_bnstats.recalibrate" not in words.fix(code, framework), (framework, code)
         for code in offered:
             assert "re-estimate the moving statistics" in words.fix(code, framework), (framework, code)
-    assert "tf.compat.v1.train.Saver()" in words.fix("BN008", metadata.TF1)
-    assert "tb_bnstats.recalibrate(model, loader)" in words.fix("BN001", metadata.PYTORCH)
+    assert "tf.compat.v1.train.Saver()" in words.fix("BN008", TF1)
+    assert "tb_bnstats.recalibrate(model, loader)" in words.fix("BN001", PYTORCH)

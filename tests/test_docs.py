@@ -48,7 +48,7 @@ def test_mkdocs_build_strict(tmp_path):
         assert name in codes_page, name
     assert "<!-- generated from" not in codes_page
     api_page = (site / "api" / "index.html").read_text(encoding="utf-8")
-    for ident in ["tb_bnstats.callback.BNStatsCallback", "tb_bnstats.torch.BNStatsMonitor",
+    for ident in ["tb_bnstats.frameworks.keras.callback.BNStatsCallback", "tb_bnstats.torch.BNStatsMonitor",
                   "tb_bnstats.compat.v1.BNStatsFetches", "tb_bnstats.compat.v1.BNStatsHook",
                   "tb_bnstats.read.reader.load", "tb_bnstats.diagnosis.diagnose",
                   "tb_bnstats.diagnosis.finding.Finding", "tb_bnstats.diagnosis.live.diagnose_model",

@@ -12,11 +12,11 @@ import diagnosis_scenarios as scenarios
 import tb_bnstats
 from keras_models import capture_state, deterministic
 from tb_bnstats import BNStatsCallback, quantities
-from tb_bnstats.capture.keras import hooks
-from tb_bnstats.capture.keras.layers import find_batchnorm_layers
 from tb_bnstats.format import metadata
+from tb_bnstats.frameworks.keras import passes as keras_passes
+from tb_bnstats.frameworks.keras.capture import hooks
+from tb_bnstats.frameworks.keras.capture.layers import find_batchnorm_layers
 from tb_bnstats.measure import gap as probe
-from tb_bnstats.measure import keras_passes
 from tb_bnstats.write import summary
 
 pytestmark = pytest.mark.backend  # runs again under each Keras backend (Makefile, test-python)

@@ -14,7 +14,7 @@ import pytest
 
 import diagnosis_scenarios as scenarios
 import tb_bnstats
-from tb_bnstats.capture.keras.layers import called_with_training_false
+from tb_bnstats.frameworks.keras.capture.layers import called_with_training_false
 
 pytestmark = pytest.mark.backend  # runs again under each Keras backend (Makefile, test-python)
 

@@ -8,8 +8,8 @@ quantities, the writer, the reader, the diagnosis, the plugin -- sees only
 :class:`Block` and :class:`tb_bnstats.format.metadata.LayerInfo`, never the
 framework.
 
-Sources: :mod:`tb_bnstats.capture.keras` (Keras 3; one module per backend)
-and :mod:`tb_bnstats.capture.pytorch` (``torch.nn`` BN modules), on
+Sources: :mod:`tb_bnstats.frameworks.keras.capture` (Keras 3; one module per backend)
+and :mod:`tb_bnstats.frameworks.torch.capture` (``torch.nn`` BN modules), on
 :mod:`tb_bnstats.capture.rows` (a ring's rows on the host, the drain's
 merge into blocks). A new framework is one new module that implements
 :class:`Capture`.

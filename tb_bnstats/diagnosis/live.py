@@ -58,7 +58,7 @@ def variance_shift_findings(shifts: Mapping[str, Mapping[str, float]], framework
             :func:`tb_bnstats.quantities.log_var_ratio` against the
             inference-mode variance of the layer's input
             (:func:`tb_bnstats.measure.population.variance_shift`; for a
-            graph, :meth:`tb_bnstats.capture.graph.GraphCapture.variance_shift`).
+            graph, :meth:`tb_bnstats.frameworks.tf1.graph.GraphCapture.variance_shift`).
         framework: the layers' framework (the fix's words).
         run: the run the findings are about.
 

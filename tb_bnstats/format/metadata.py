@@ -162,11 +162,10 @@ LAYER_PREFIX = "bn/"
 METRIC_PREFIX = "metric/"
 
 
-# LayerInfo.framework: where a layer comes from (the diagnosis speaks its words, tb_bnstats.diagnosis.words).
-KERAS = "keras"  # Keras 3, any backend
-TF_KERAS = "tf_keras"  # Keras 2: the tf-keras package, tf.keras under TF_USE_LEGACY_KERAS=1
-PYTORCH = "pytorch"
-TF1 = "tf.compat.v1"  # a TensorFlow 1-style graph (tb_bnstats.compat.v1)
+# LayerInfo.framework: where a layer comes from, a name each framework folder defines
+# (tb_bnstats.frameworks; the diagnosis speaks its words). Logs written before the field existed came from
+# Keras 3, whose folder names its layers "keras".
+DEFAULT_FRAMEWORK = "keras"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,7 +230,7 @@ class LayerInfo:
     moving_var_unbiased: bool = False
     depth: int = 0
     layer_class: str = "BatchNormalization"
-    framework: str = KERAS
+    framework: str = DEFAULT_FRAMEWORK
     trainable: bool = True
     synchronized: bool = False
     renorm: bool = False

@@ -5,6 +5,6 @@
 * :mod:`~tb_bnstats.measure.population`: population statistics
   ("PreciseBN"), recalibration, the variance shift of dropout before BN;
 * :mod:`~tb_bnstats.measure.gap`: the one train/inference pass (the probe);
-* :mod:`~tb_bnstats.measure.keras_passes`: the Keras forward passes they
+* :mod:`~tb_bnstats.frameworks.keras.passes`: the Keras forward passes they
   run, where the backend shows.
 """

@@ -27,7 +27,7 @@ fresh (zero) metric state; every new value they return -- moving averages,
 dropout's seed generator state, metric totals -- is thrown away. No
 optimizer step, no moving-average update, the training run's RNG stream is
 untouched. The BN layers are tapped with
-:class:`tb_bnstats.measure.keras_passes.MomentTap` (which bypasses the
+:class:`tb_bnstats.frameworks.keras.passes.MomentTap` (which bypasses the
 capture's ``_moments`` wrapper, so the logged update counts do not move) and
 the two passes are one compiled graph, traced once per batch shape.
 Works for functional and subclassed models alike (outputs are taken inside

@@ -1,63 +1,83 @@
-"""Which framework's forward passes measure a model.
+"""The forward passes a measurement needs, as each framework provides them.
 
 Every measurement (:mod:`.population`, :mod:`.gap`) is written once over
-what a framework module provides; :func:`for_model` picks the module:
-
-* :mod:`tb_bnstats.measure.keras_passes` for a Keras 3 model (any backend;
-  a Keras model is also a ``torch.nn.Module`` under the torch backend, so
-  Keras is asked first);
-* :mod:`tb_bnstats.measure.torch_passes` for a ``torch.nn.Module``.
-
-Each provides ``bn_layers(model)``, ``is_frozen(layer)``,
-``moving_statistics(layer)``, ``moment_passes(model, named, training, frozen_batch_mode)``,
-``write_population(layer, pop)`` and ``GapProbe``. Neither framework is
+:class:`Passes`; each framework folder whose models are measured implements
+it in its ``passes.py`` (:mod:`tb_bnstats.frameworks`), and :func:`for_model`
+picks the one of a model's framework through the registry. No framework is
 imported unless the model comes from it.
 """
 
-import importlib
-import sys
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+import numpy as np
+
+from tb_bnstats import frameworks
+
+# What one pass over a batch measured, per BN layer: (mean [C], var [C], values per channel), float64.
+LayerMoments = dict[str, tuple[np.ndarray, np.ndarray, float]]
 
 
-def framework_of(model):
-    """``"keras"`` or ``"pytorch"``.
+class Passes(Protocol):
+    """What a framework's ``passes.py`` module provides (a module is checked
+    against it attribute by attribute: ``tests/test_architecture.py``)."""
+
+    def bn_layers(self, model: Any) -> list[tuple[str, Any]]:
+        """``[(name, layer)]``: every BN layer of ``model``, named as its
+        capture names it."""
+
+    def is_frozen(self, layer: Any) -> bool:
+        """Whether the layer normalizes with its moving statistics in training."""
+
+    def moving_statistics(self, layer: Any) -> tuple[np.ndarray, np.ndarray, float]:
+        """``(moving_mean, moving_var, epsilon)`` of a BN layer, float64."""
+
+    def moment_passes(self, model: Any, named: list[tuple[str, Any]], training: bool,
+                      frozen_batch_mode: bool = False) -> AbstractContextManager[Callable[[Any], LayerMoments]]:
+        """A context yielding ``run(x) -> {name: (mean, var, n)}``: the
+        ``named`` BN layers' input moments on batch ``x`` (frozen ones too
+        with ``frozen_batch_mode``), the other layers in ``training`` mode,
+        changing no state."""
+
+    def write_population(self, layer: Any, pop: Any) -> Callable[[], None]:
+        """Writes population statistics (``pop.mean``, ``pop.var``) into the
+        layer's moving statistics; returns ``undo()``."""
+
+    # GapProbe(model, x=None, y=None, named_layers=(), loss_fn=None): the
+    # train/inference probe (tb_bnstats.measure.gap), a class.
+    GapProbe: type
+
+
+def framework_of(model: Any) -> str:
+    """The ``LayerInfo.framework`` of ``model``'s layers (``"keras"``, ``"pytorch"``).
 
     Raises:
-        ValueError: ``model`` is neither a Keras model nor a ``torch.nn.Module``.
+        ValueError: no registered framework measures ``model``.
     """
-    keras = sys.modules.get("keras")
-    if keras is not None and isinstance(model, keras.layers.Layer):
-        return "keras"
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(model, torch.nn.Module):
-        return "pytorch"
-    raise ValueError(f"tb_bnstats measures Keras 3 models and torch.nn.Module; got {type(model).__name__}")
+    return frameworks.for_model(model).layer_frameworks[0]
 
 
-def for_model(model):
-    """The measurement module of ``model``'s framework (module docstring).
+def for_model(model: Any) -> Any:
+    """The :class:`Passes` module of ``model``'s framework.
 
     Raises:
-        ValueError: as :func:`framework_of`.
+        ValueError: no registered framework measures ``model``.
     """
-    name = {"keras": "keras_passes", "pytorch": "torch_passes"}[framework_of(model)]
-    return importlib.import_module(f"tb_bnstats.measure.{name}")
+    return frameworks.passes_for(model)
 
 
-def gap_probe(model, x=None, y=None, named_layers=None, loss_fn=None):
+def gap_probe(model: Any, x: Any = None, y: Any = None, named_layers: Iterator[tuple[str, Any]] | None = None,
+              loss_fn: Callable[[Any, Any], Any] | None = None) -> Any:
     """A ``GapProbe`` of ``model`` (its framework's), measuring ``named_layers``
     (default: none, the model's outputs only).
 
     Args:
-        loss_fn: PyTorch only: ``loss_fn(output, y)`` (Keras uses the
-            compiled loss).
+        loss_fn: ``loss_fn(output, y)``, for frameworks whose models carry
+            no loss (PyTorch); Keras uses the compiled loss.
 
     Raises:
-        ValueError: as :func:`framework_of`, or ``loss_fn`` for a Keras model.
+        ValueError: as :func:`for_model`, or a ``loss_fn`` the framework
+            does not take.
     """
-    module = for_model(model)
-    named = list(named_layers or ())
-    if framework_of(model) == "pytorch":
-        return module.GapProbe(model, x, y, named, loss_fn=loss_fn)
-    if loss_fn is not None:
-        raise ValueError("loss_fn is for PyTorch models; a Keras model's probe uses its compiled loss")
-    return module.GapProbe(model, x, y, named)
+    return for_model(model).GapProbe(model, x, y, list(named_layers or ()), loss_fn=loss_fn)

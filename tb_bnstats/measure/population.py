@@ -27,12 +27,12 @@ passes, :mod:`tb_bnstats.measure.passes`):
   assignment -- moving averages, RNG seed state -- goes into a scope that is
   thrown away), each BN layer temporarily wrapped to run in training mode
   and to hand out the exact ``(mean, variance)`` Keras' own ``_moments``
-  computes from its input (:mod:`tb_bnstats.measure.keras_passes`);
+  computes from its input (:mod:`tb_bnstats.frameworks.keras.passes`);
 * PyTorch: BN modules in ``train()`` with ``track_running_stats`` off for
   the pass (batch moments, no buffer written), a forward hook taking the
   moments of their input, under ``torch.no_grad()`` with the random
   generators forked; every mode flag is restored
-  (:mod:`tb_bnstats.measure.torch_passes`).
+  (:mod:`tb_bnstats.frameworks.torch.passes`).
 
 Upstream BN layers normalize with batch moments, as in training and in
 PreciseBN. Other layers (Dropout, GaussianNoise...) run in inference mode by

@@ -139,8 +139,7 @@ def derived(info):
     window = quantities.effective_window(m)
     return {
         "momentum_label": words.momentum_setting(m, info),
-        "momentum_convention": ("PyTorch: the weight of the new batch" if words.speaks_pytorch(info)
-                                else "Keras: the weight kept on the old average"),
+        "momentum_convention": words.momentum_convention(info),
         "effective_window": window if math.isfinite(window) else None,
         "steps_to_95": quantities.steps_to_converge(m, THRESHOLDS["converged"]),
         "steps_to_99": quantities.steps_to_converge(m, 0.99),

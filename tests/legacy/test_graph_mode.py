@@ -291,7 +291,7 @@ def test_a_graph_without_bn_or_a_failing_capture_never_breaks_the_train_call(tmp
             monitor.log(got, step)
         monitor.close()
         assert tb_bnstats.load(tmp_path)["plain"].metrics["train/loss"][0].tolist() == [1, 2, 3]
-        from tb_bnstats.capture import graph as graph_capture
+        from tb_bnstats.frameworks.tf1 import graph as graph_capture
 
         def broken(self, train_fetches, fed=()):
             raise RuntimeError("boom")

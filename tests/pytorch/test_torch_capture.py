@@ -231,7 +231,7 @@ def test_explicit_steps_metrics_and_a_restored_run(tmp_path):
 
 
 def test_a_failing_capture_warns_once_and_training_goes_on(tmp_path, monkeypatch, caplog):
-    from tb_bnstats.capture.pytorch import modules
+    from tb_bnstats.frameworks.torch.capture import modules
 
     x, y = data(n=64)
     expected = train(_dense(), x, y, batch=16)

@@ -46,8 +46,10 @@ import warnings
 
 import numpy as np
 
-from tb_bnstats.capture import Block, LayerBlock, tf_moments
-from tb_bnstats.format.metadata import TF1, LayerInfo
+from tb_bnstats.capture import Block, LayerBlock
+from tb_bnstats.format.metadata import LayerInfo
+from tb_bnstats.frameworks import tensorflow_ops
+from tb_bnstats.frameworks.tf1 import TF1
 
 # A host buffer of at most this many train calls between drains.
 HOST_ROWS = 256
@@ -451,8 +453,8 @@ class GraphCapture:
 
         with tf.name_scope(layer.name.replace(":", "_")):
             if layer.inputs is not None:
-                mean, var = tf_moments.channel_moments(layer.inputs, layer.channel_axis)
-                samples = tf_moments.values_per_channel(layer.inputs, layer.channels)
+                mean, var = tensorflow_ops.channel_moments(layer.inputs, layer.channel_axis)
+                samples = tensorflow_ops.values_per_channel(layer.inputs, layer.channels)
             else:
                 mean, var = tf.cast(layer.batch_mean, tf.float32), tf.cast(layer.batch_var, tf.float32)
                 samples = tf.constant(float("nan"), tf.float64)

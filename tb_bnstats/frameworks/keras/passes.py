@@ -19,8 +19,8 @@ import functools
 import numpy as np
 
 from tb_bnstats import quantities
-from tb_bnstats.capture.keras import check_backend
-from tb_bnstats.capture.keras.layers import find_batchnorm_layers, index_by_identity
+from tb_bnstats.frameworks.keras.capture import check_backend
+from tb_bnstats.frameworks.keras.capture.layers import find_batchnorm_layers, index_by_identity
 from tb_bnstats.measure import data as batches
 from tb_bnstats.measure.gap import ProbeLayer, ProbeResult
 
@@ -229,16 +229,22 @@ class GapProbe:
     Args:
         model: a built Keras model.
         named_layers: ``[(name, bn_layer)]`` to measure
-            (:func:`tb_bnstats.capture.keras.layers.find_batchnorm_layers`).
+            (:func:`tb_bnstats.frameworks.keras.capture.layers.find_batchnorm_layers`).
         x, y: an optional fixed batch for :meth:`run` without arguments
             (the callback's probe batch).
         batch_source: instead of ``x, y``: a callable returning ``(x, y)``
             once the batch exists, None before (the first training batch,
-            :meth:`tb_bnstats.capture.keras.hooks.KerasCapture.first_batch`);
+            :meth:`tb_bnstats.frameworks.keras.capture.hooks.KerasCapture.first_batch`);
             asked until it answers.
+        loss_fn: not taken: a Keras model's probe uses its compiled loss.
+
+    Raises:
+        ValueError: a ``loss_fn`` is given.
     """
 
-    def __init__(self, model, x=None, y=None, named_layers=(), batch_source=None):
+    def __init__(self, model, x=None, y=None, named_layers=(), loss_fn=None, batch_source=None):
+        if loss_fn is not None:
+            raise ValueError("loss_fn is for PyTorch models; a Keras model's probe uses its compiled loss")
         self.model = model
         self._x = None if x is None else to_tensors(x)
         self._y = None if y is None else to_tensors(y)

@@ -1,7 +1,7 @@
 """The batch moments a TensorFlow BN layer normalizes with, taken from its
 input, for the layers whose kernel does not hand them out: tf_keras' fused
-kernel (:mod:`tb_bnstats.capture.keras.tf_keras`) and a graph's layers
-(:mod:`tb_bnstats.capture.graph`); and the values per channel that
+kernel (:mod:`tb_bnstats.frameworks.keras.capture.tf_keras`) and a graph's layers
+(:mod:`tb_bnstats.frameworks.tf1.graph`); and the values per channel that
 compare a batch variance with a moving average of Bessel-corrected ones."""
 
 

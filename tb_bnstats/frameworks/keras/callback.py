@@ -1,5 +1,5 @@
 """``BNStatsCallback``: the Keras hooks of tb_bnstats. It makes the Keras
-capture (:mod:`tb_bnstats.capture.keras`) and the Keras measurements
+capture (:mod:`tb_bnstats.frameworks.keras.capture`) and the Keras measurements
 (:mod:`tb_bnstats.measure`), and hands Keras' training events to the
 framework-neutral :class:`tb_bnstats.recorder.Recorder`, which decides what
 to log and logs it. It never stops training: a monitoring failure is a
@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 import keras
 
 from tb_bnstats import recorder
-from tb_bnstats.capture import keras as keras_capture
-from tb_bnstats.capture.keras import tf_keras
-from tb_bnstats.capture.keras.layers import steps_per_execution
+from tb_bnstats.frameworks.keras import capture as keras_capture
+from tb_bnstats.frameworks.keras.capture import tf_keras
+from tb_bnstats.frameworks.keras.capture.layers import steps_per_execution
 from tb_bnstats.write import summary
 
 if TYPE_CHECKING:
@@ -105,9 +105,9 @@ class BNStatsCallback(keras.callbacks.Callback):
     training steps is recorded and diagnosed (BN008).
 
     Works under Keras' TensorFlow, JAX and torch backends (one capture
-    module each, :mod:`tb_bnstats.capture.keras`), and for tf_keras (Keras
+    module each, :mod:`tb_bnstats.frameworks.keras.capture`), and for tf_keras (Keras
     2) models: ``tf.keras`` under ``TF_USE_LEGACY_KERAS=1``, or ``import
-    tf_keras`` (:mod:`tb_bnstats.capture.keras.tf_keras`; the probe and
+    tf_keras`` (:mod:`tb_bnstats.frameworks.keras.capture.tf_keras`; the probe and
     population statistics are Keras 3's only, and off there).
 
     Cost: each training step writes its moments into a ring buffer on the
@@ -232,8 +232,9 @@ class BNStatsCallback(keras.callbacks.Callback):
         return int(self.model.optimizer.iterations.numpy())
 
     def _make_probe(self):
-        from tb_bnstats.capture.keras.layers import find_batchnorm_layers
-        from tb_bnstats.measure import gap, keras_passes
+        from tb_bnstats.frameworks.keras import passes as keras_passes
+        from tb_bnstats.frameworks.keras.capture.layers import find_batchnorm_layers
+        from tb_bnstats.measure import gap
 
         named = [(n, layer) for n, layer in find_batchnorm_layers(self.model) if self.schedule.selected(n)]
         if self.schedule.probe_data is not None:

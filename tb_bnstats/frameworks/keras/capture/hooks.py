@@ -29,14 +29,14 @@ import weakref
 import numpy as np
 
 from tb_bnstats.capture import rows as ring_rows
-from tb_bnstats.capture.keras.layers import (
+from tb_bnstats.frameworks.keras import KERAS
+from tb_bnstats.frameworks.keras.capture.layers import (
     called_with_training_false,
     channels_of,
     find_batchnorm_layers,
     initializer_values,
     layer_info,
 )
-from tb_bnstats.format.metadata import KERAS
 
 logger = logging.getLogger("tb_bnstats")
 

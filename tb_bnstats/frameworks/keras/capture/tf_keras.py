@@ -3,7 +3,7 @@
 
 A tf_keras model trains on TensorFlow as a Keras 3 model on the TensorFlow
 backend does: ``model.train_step`` traced into a ``tf.function``. So it uses
-the TensorFlow capture (:mod:`tb_bnstats.capture.keras.tensorflow`: the
+the TensorFlow capture (:mod:`tb_bnstats.frameworks.keras.capture.tensorflow`: the
 train-step wrapper, the ring on the device, the drain) and differs only in
 how a layer hands over its moments, because tf_keras' BatchNormalization
 has its own kernels:
@@ -34,11 +34,11 @@ the moments of what it saw, as "not updating", as under Keras 3.
 import functools
 import sys
 
-from tb_bnstats.capture import tf_moments
-from tb_bnstats.capture.keras import hooks
-from tb_bnstats.capture.keras import tensorflow as tf_capture
-from tb_bnstats.capture.keras.layers import channels_of, find_batchnorm_layers
-from tb_bnstats.format.metadata import TF_KERAS
+from tb_bnstats.frameworks import tensorflow_ops
+from tb_bnstats.frameworks.keras import TF_KERAS
+from tb_bnstats.frameworks.keras.capture import hooks
+from tb_bnstats.frameworks.keras.capture import tensorflow as tf_capture
+from tb_bnstats.frameworks.keras.capture.layers import channels_of, find_batchnorm_layers
 
 
 def is_tf_keras_model(model):
@@ -64,8 +64,8 @@ def channel_axis(layer, rank):
 
 
 def channel_moments(layer, inputs):
-    """:func:`tb_bnstats.capture.tf_moments.channel_moments` of ``inputs`` on ``layer``'s channel axis."""
-    return tf_moments.channel_moments(inputs, channel_axis(layer, inputs.shape.rank))
+    """:func:`tb_bnstats.frameworks.tensorflow_ops.channel_moments` of ``inputs`` on ``layer``'s channel axis."""
+    return tensorflow_ops.channel_moments(inputs, channel_axis(layer, inputs.shape.rank))
 
 
 def per_channel(layer, mean, variance):

@@ -38,7 +38,7 @@ def backend_module():
     Raises:
         ValueError: the backend is not supported (:func:`check_backend`).
     """
-    return importlib.import_module(f"tb_bnstats.capture.keras.{check_backend()}")
+    return importlib.import_module(f"tb_bnstats.frameworks.keras.capture.{check_backend()}")
 
 
 def capture_for(model):
@@ -48,7 +48,7 @@ def capture_for(model):
     Raises:
         ValueError: the backend is not supported (:func:`check_backend`).
     """
-    from tb_bnstats.capture.keras import tf_keras
+    from tb_bnstats.frameworks.keras.capture import tf_keras
 
     if tf_keras.is_tf_keras_model(model):
         return tf_keras.TfKerasCapture(model)

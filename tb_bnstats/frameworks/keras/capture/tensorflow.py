@@ -2,7 +2,7 @@
 TensorFlow backend, and keeps every step's moments on the device until the host
 drains them.
 
-The BN layers get the shared wrappers of :mod:`tb_bnstats.capture.keras.hooks`.
+The BN layers get the shared wrappers of :mod:`tb_bnstats.frameworks.keras.capture.hooks`.
 ``model.train_step`` is wrapped to mark "inside a training step" while Keras
 traces it, and to write, at the end of each step, everything the callback
 reads -- the optimizer's iteration count, each layer's update count,
@@ -17,18 +17,18 @@ row. The variables are untracked: ``model.weights``, ``save`` and
 ``load_weights`` are unchanged.
 
 Resuming: the update counts live in this process, not in the checkpoint
-(:meth:`tb_bnstats.capture.keras.hooks.LayerSlot.resume`).
+(:meth:`tb_bnstats.frameworks.keras.capture.hooks.LayerSlot.resume`).
 """
 
 import weakref
 
 import numpy as np
 
-from tb_bnstats.capture import tf_moments
-from tb_bnstats.capture.keras import hooks
-from tb_bnstats.capture.keras.hooks import FIRST_BATCH_ROWS, KerasCapture, LayerSlot, StepHook
-from tb_bnstats.capture.keras.layers import mean_metrics, steps_per_execution
 from tb_bnstats.capture.rows import Layout, Rows, ring_steps
+from tb_bnstats.frameworks import tensorflow_ops
+from tb_bnstats.frameworks.keras.capture import hooks
+from tb_bnstats.frameworks.keras.capture.hooks import FIRST_BATCH_ROWS, KerasCapture, LayerSlot, StepHook
+from tb_bnstats.frameworks.keras.capture.layers import mean_metrics, steps_per_execution
 
 _SLOTS = weakref.WeakKeyDictionary()  # BN layer -> _LayerSlot
 _HOOKS = weakref.WeakKeyDictionary()  # model -> _TrainStepHook
@@ -80,7 +80,7 @@ class _LayerSlot(LayerSlot):
         channels = self.channels
         flat = lambda t: t if t.shape == (channels,) else tf.reshape(t, [channels])  # noqa: E731
         mean, variance = flat(tf.cast(mean, tf.float32)), flat(tf.cast(variance, tf.float32))
-        samples = None if inputs is None else tf_moments.values_per_channel(inputs, channels)
+        samples = None if inputs is None else tensorflow_ops.values_per_channel(inputs, channels)
         if tf.executing_eagerly() or tf.compat.v1.get_default_graph() is getattr(hooks._state, "graph", None):
             kept = (mean, variance)
         else:

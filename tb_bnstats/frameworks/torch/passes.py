@@ -15,7 +15,7 @@ module's ``track_running_stats`` exactly:
   off).
 
 A forward hook per BN module hands out the biased moments of its input
-(:func:`tb_bnstats.capture.pytorch.modules.channel_moments`) and its output.
+(:func:`tb_bnstats.frameworks.torch.capture.modules.channel_moments`) and its output.
 Passes run under ``torch.no_grad()`` and with torch's random generators
 forked (``torch.random.fork_rng``), so training goes on with the random
 numbers it would have had.
@@ -34,7 +34,7 @@ import contextlib
 import numpy as np
 
 from tb_bnstats import quantities
-from tb_bnstats.capture.pytorch import modules as bn_modules
+from tb_bnstats.frameworks.torch.capture import modules as bn_modules
 from tb_bnstats.measure import data as batches
 from tb_bnstats.measure.gap import ProbeLayer, ProbeResult
 

@@ -6,12 +6,12 @@ module's own forward) keeps the biased per-channel mean and variance the
 module normalized with, the number of values per channel and whether the
 module updated its running statistics, as the module's *pending* moments.
 When the module updated its running statistics with a momentum of at least
-:data:`tb_bnstats.capture.pytorch.modules.MIN_MOMENTUM_TO_INVERT`, the
+:data:`tb_bnstats.frameworks.torch.capture.modules.MIN_MOMENTUM_TO_INVERT`, the
 moments are read off the update itself
-(:func:`~tb_bnstats.capture.pytorch.modules.moments_of_update`, from the
+(:func:`~tb_bnstats.frameworks.torch.capture.modules.moments_of_update`, from the
 running statistics a pre-forward hook copied): a few operations on C
 values, no second pass over the activations. Otherwise they are computed
-from the input (:func:`~tb_bnstats.capture.pytorch.modules.channel_moments`).
+from the input (:func:`~tb_bnstats.frameworks.torch.capture.modules.channel_moments`).
 Forwards without gradients in ``eval()`` mode (validation,
 ``torch.no_grad()``) are not training forwards and keep nothing;
 nor are tb_bnstats' own measurement passes (the probe, population
@@ -41,7 +41,7 @@ import logging
 import numpy as np
 
 from tb_bnstats.capture import rows as ring_rows
-from tb_bnstats.capture.pytorch import modules as bn_modules
+from tb_bnstats.frameworks.torch.capture import modules as bn_modules
 
 logger = logging.getLogger("tb_bnstats")
 
@@ -133,7 +133,7 @@ class TorchCapture:
 
     Args:
         model: a ``torch.nn.Module``.
-        ranks: the :class:`tb_bnstats.capture.pytorch.ranks.Ranks` it
+        ranks: the :class:`tb_bnstats.frameworks.torch.capture.ranks.Ranks` it
             trains in (DDP), None in one process: every rank's moments are
             gathered at each step.
 

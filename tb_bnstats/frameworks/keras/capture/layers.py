@@ -6,6 +6,7 @@ metrics. Backend-free (``keras`` and ``keras.ops`` only)."""
 import numpy as np
 
 from tb_bnstats.format import metadata
+from tb_bnstats.frameworks.keras import KERAS
 
 
 def find_batchnorm_layers(model, classes=None):
@@ -106,7 +107,7 @@ def mean_metrics(model):
 
 
 def layer_info(name, layer, depth, init_mean, init_var, graph_training_false=False, replicas=1,
-               moving_per_replica=False, global_moments=False, moving_var_unbiased=False, framework=metadata.KERAS):
+               moving_per_replica=False, global_moments=False, moving_var_unbiased=False, framework=KERAS):
     """The :class:`LayerInfo` of a Keras BatchNormalization layer.
 
     Args:
@@ -120,7 +121,7 @@ def layer_info(name, layer, depth, init_mean, init_var, graph_training_false=Fal
         moving_var_unbiased: its moving variance averages Bessel-corrected
             batch variances (tf_keras' fused kernel); Keras 3's averages the
             biased ones.
-        framework: ``KERAS`` (Keras 3) or ``TF_KERAS`` (Keras 2), :mod:`tb_bnstats.format.metadata`.
+        framework: ``KERAS`` (Keras 3) or ``TF_KERAS`` (Keras 2), :mod:`tb_bnstats.frameworks.keras`.
     """
     return metadata.LayerInfo(
         name=name,

@@ -13,7 +13,7 @@ assigns to the model:
 
 * ``model.stateless_call`` is wrapped: inside a training step it appends
   the moments the BN layers handed over (the shared wrappers of
-  :mod:`tb_bnstats.capture.keras.hooks`, inside ``jax.value_and_grad``) to
+  :mod:`tb_bnstats.frameworks.keras.capture.hooks`, inside ``jax.value_and_grad``) to
   the non-trainable values it returns; ``model.stateless_compute_loss``
   passes them on (it rebuilds that list from the model's variables);
 * ``model.train_step`` is wrapped: it takes the ring (the carry) off the end
@@ -57,9 +57,9 @@ import weakref
 
 import numpy as np
 
-from tb_bnstats.capture.keras.hooks import KerasCapture, LayerSlot, StepHook, train_step_scope
-from tb_bnstats.capture.keras.layers import index_by_identity, mean_metrics, steps_per_execution
 from tb_bnstats.capture.rows import Layout, Rows, ring_steps
+from tb_bnstats.frameworks.keras.capture.hooks import KerasCapture, LayerSlot, StepHook, train_step_scope
+from tb_bnstats.frameworks.keras.capture.layers import index_by_identity, mean_metrics, steps_per_execution
 
 _SLOTS = weakref.WeakKeyDictionary()  # BN layer -> _LayerSlot
 _HOOKS = weakref.WeakKeyDictionary()  # model -> _TrainStepHook

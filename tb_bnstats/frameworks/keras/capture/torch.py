@@ -5,7 +5,7 @@ drains them.
 Keras' torch train step runs eagerly (``train_step(data)``, one step per
 call: the torch backend has no ``steps_per_execution``), so the Python of
 each step runs each step. The BN layers get the shared wrappers of
-:mod:`tb_bnstats.capture.keras.hooks`; ``model.train_step`` is wrapped to
+:mod:`tb_bnstats.frameworks.keras.capture.hooks`; ``model.train_step`` is wrapped to
 mark "inside a training step" and, when the step returns, to write its row
 (:mod:`tb_bnstats.capture.rows`): the float columns -- logs, metric
 totals, batch and moving moments -- with one ``copy_`` into a float32 ring
@@ -22,9 +22,9 @@ import weakref
 
 import numpy as np
 
-from tb_bnstats.capture.keras.hooks import KerasCapture, LayerSlot, StepHook
-from tb_bnstats.capture.keras.layers import mean_metrics
 from tb_bnstats.capture.rows import Layout, Rows, ring_steps
+from tb_bnstats.frameworks.keras.capture.hooks import KerasCapture, LayerSlot, StepHook
+from tb_bnstats.frameworks.keras.capture.layers import mean_metrics
 
 _SLOTS = weakref.WeakKeyDictionary()  # BN layer -> _LayerSlot
 _HOOKS = weakref.WeakKeyDictionary()  # model -> _TrainStepHook

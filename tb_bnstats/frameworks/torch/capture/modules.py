@@ -23,7 +23,8 @@ PyTorch's conventions, and how the log format (Keras' conventions, see
 * The initial running statistics are 0 and 1 (``reset_running_stats``).
 """
 
-from tb_bnstats.format.metadata import PYTORCH, LayerInfo
+from tb_bnstats.format.metadata import LayerInfo
+from tb_bnstats.frameworks.torch import PYTORCH
 
 
 def is_batchnorm(module):
