@@ -71,7 +71,7 @@ def test_stdout_is_only_the_clis_own_and_tensorflow_is_not_imported(runs):
     lines, --json one JSON document."""
     base, _ = runs
     code = ("import sys; from tb_bnstats import cli; rc = cli.main(sys.argv[1:]); "
-            "assert not {'tensorflow', 'keras'} & set(sys.modules), sorted(m for m in sys.modules if 'tensorflow' in m)[:5]; "
+            "assert not {'tensorflow', 'keras'} & set(sys.modules), sorted(sys.modules); "
             "sys.exit(rc)")
     for extra in ([], ["--json"]):
         result = subprocess.run([sys.executable, "-c", code, "diagnose", "logs", *extra], cwd=base,

@@ -15,7 +15,6 @@ TensorFlow nor Keras.
 
 import json
 import math
-from typing import List, Optional
 
 from tb_bnstats.diagnosis import merge as merging
 from tb_bnstats.diagnosis import rules
@@ -47,7 +46,7 @@ def _message(items):
     return f"{first} Also: {', '.join(others[:ALSO_NAMED])}{more}."
 
 
-def group(run_name, hits) -> List[Finding]:
+def group(run_name, hits) -> list[Finding]:
     """Findings from per-layer rule hits, one per code and severity naming
     every layer concerned (in the order given), each layer's own message
     kept, errors first.
@@ -70,7 +69,7 @@ def group(run_name, hits) -> List[Finding]:
     return sorted(findings, key=merging.sort_key)
 
 
-def diagnose_run(run_name, run_data) -> List[Finding]:
+def diagnose_run(run_name, run_data) -> list[Finding]:
     """Findings of one run's logged series.
 
     Args:
@@ -114,7 +113,7 @@ def findings_of(run_name, run_data, computed=None):
     return [(f, merging.STORED if stored else merging.COMPUTED) for f, stored in pairs]
 
 
-def diagnose(logdir_or_runs, run: Optional[str] = None) -> List[Finding]:
+def diagnose(logdir_or_runs, run: str | None = None) -> list[Finding]:
     """Findings of every run under ``logdir`` (or of ``run``), errors first.
 
     Args:

@@ -15,7 +15,6 @@ It is used twice, the same way:
   then the live-model checks.
 """
 
-from typing import List, Optional, Tuple
 
 from tb_bnstats.diagnosis.codes import CODES, SEVERITIES
 from tb_bnstats.diagnosis.finding import Finding
@@ -24,7 +23,7 @@ STORED, COMPUTED = "stored", "computed"
 UNEXPLAINED_GAP = "BN012"
 
 
-def parse_stored(records) -> Optional[List[Finding]]:
+def parse_stored(records) -> list[Finding] | None:
     """The well-formed findings of what the callback stored.
 
     Args:
@@ -60,7 +59,7 @@ def sort_key(finding: Finding):
     return SEVERITIES.index(finding.severity), finding.code
 
 
-def merge(first: Optional[List[Finding]], then: Optional[List[Finding]]) -> List[Tuple[Finding, bool]]:
+def merge(first: list[Finding] | None, then: list[Finding] | None) -> list[tuple[Finding, bool]]:
     """``[(finding, from_first)]``: every finding of ``first``, then those of
     ``then`` whose ``(code, severity)`` none of ``first`` has; errors first.
     None counts as no findings. A train/inference gap "no BN statistic

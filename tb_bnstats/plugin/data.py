@@ -208,7 +208,8 @@ def badges(info, latest, pretrained_at=None):
                               f"moving mean (flagged above {MEAN_GAP_P90_WARN})"})
     lvr = latest.get("log_var_ratio/mean")
     if lvr is not None and abs(lvr) > LOG_VAR_RATIO_WARN:
-        out.append({"id": "var_gap", "tone": "warn", "hint": True, "label": "variance " + ("wider" if lvr > 0 else "narrower"),
+        out.append({"id": "var_gap", "tone": "warn", "hint": True,
+                    "label": "variance " + ("wider" if lvr > 0 else "narrower"),
                     "detail": f"batch variance is {math.exp(lvr):.2f}x the moving variance on average"
                               + (" (dropout before BN does this)" if lvr > 0 else "")})
     return out

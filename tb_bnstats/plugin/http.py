@@ -3,8 +3,8 @@ names checked, JSON or CSV answers, 400 with a reason for a bad request) and
 the query-parameter parsers."""
 
 import functools
-import logging
 import json
+import logging
 import re
 
 from tensorboard import errors

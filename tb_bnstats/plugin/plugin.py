@@ -16,7 +16,8 @@ Routes (GET, relative to ``data/plugin/bn_stats/``):
 route      parameters                                            answer
 ========== ===================================================== ==========================
 /index.js                                                        the tab's ES module
-/runs                                                            runs (worst severity), layers (depth order), file_problems,
+/runs                                                            runs (worst severity), layers (depth order),
+                                                                 file_problems,
                                                                  thresholds, newer_format
 /overview  run                                                   latest values, badges (findings', then state and hints)
 /heatmap   run, measure=mean_gap/max, bins=200, format            layers x step bins, max
@@ -218,7 +219,8 @@ class BNStatsPlugin(base_plugin.TBPlugin):
             with open(path, "rb") as f:
                 body = f.read()
         except OSError:
-            body = b'export function render(){document.body.textContent="tb_bnstats: the frontend bundle is missing (run make bundle)";}'
+            body = (b'export function render(){document.body.textContent='
+                    b'"tb_bnstats: the frontend bundle is missing (run make bundle)";}')
         return http_util.Respond(request, body, "text/javascript")
 
     @route(())
@@ -382,7 +384,8 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         layer = self._layer_arg(args, index, run)
         if layer not in index.channel_tags:
             raise BadRequest(f"layer {layer!r} of run {run!r} has no per-channel snapshots")
-        steps, tensor = self._sorted_snapshots(ctx, eid, index.source, index.channel_tags[layer], 3, metadata.SNAPSHOT_ROWS,
+        steps, tensor = self._sorted_snapshots(ctx, eid, index.source, index.channel_tags[layer], 3,
+                                               metadata.SNAPSHOT_ROWS,
                                                f"layer {layer!r} of run {run!r} has no readable per-channel snapshot")
         return run, layer, index, steps, tensor
 
@@ -434,7 +437,8 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         global batch's moments of that step's per-channel snapshot."""
         if layer not in index.replica_tags:
             raise BadRequest(f"layer {layer!r} of run {run!r} has no per-replica moments (it ran on one replica)")
-        steps, tensor = self._sorted_snapshots(ctx, eid, index.source, index.replica_tags[layer], 4, metadata.REPLICA_ROWS,
+        steps, tensor = self._sorted_snapshots(ctx, eid, index.source, index.replica_tags[layer], 4,
+                                               metadata.REPLICA_ROWS,
                                                f"layer {layer!r} of run {run!r} has no readable per-replica snapshot")
         i = self._nearest(steps, requested)
         snap, step = tensor[i], int(steps[i])

@@ -10,7 +10,6 @@ import dataclasses
 import os
 import time
 import warnings
-from typing import List
 
 from tb_bnstats.format import names, tfrecord
 
@@ -77,7 +76,7 @@ class EventFileCheck:
         self.logdir = os.fspath(logdir)
         self._state = {}  # path -> (offset, size, problem)
 
-    def problems(self, budget_s=None) -> List[FileProblem]:
+    def problems(self, budget_s=None) -> list[FileProblem]:
         """The files' problems now; with ``budget_s`` the scan stops after
         that long and goes on at the next call (unscanned bytes: no problem yet)."""
         deadline = None if budget_s is None else time.monotonic() + budget_s
@@ -102,7 +101,8 @@ class EventFileCheck:
                 if problem == "bad_length":
                     out.append(self._problem(dirpath, name, problem, offset, size,
                                              f"corrupted record at byte {offset} (bad length checksum): TensorBoard "
-                                             f"stops reading this file there, its last {size - offset} bytes are not shown"))
+                                             f"stops reading this file there, its last {size - offset} bytes are "
+                                             f"not shown"))
                 elif problem == "incomplete" and stale:
                     out.append(self._problem(dirpath, name, problem, offset, size,
                                              f"ends inside a record (cut off: a killed run, a full disk?): its last "

@@ -20,7 +20,6 @@ import logging
 import os
 import re
 import warnings
-from typing import Dict, Optional
 
 import numpy as np
 from tensorboard.data import provider
@@ -39,21 +38,21 @@ class TagIndex:
     ``newer_versions``: format versions newer than this reader's that its
     records carry (read as far as possible, :func:`metadata.parse_content`)."""
 
-    layer_infos: Dict[str, metadata.LayerInfo]
-    layer_tags: Dict[str, Dict[str, str]]  # layer -> quantity -> tag
-    channel_tags: Dict[str, str]  # layer -> tag
-    metric_tags: Dict[str, str]  # "train/loss" -> tag
-    max_step: Dict[str, int]  # tag -> max step
-    diagnosis_tag: Optional[str] = None
-    train_begin_tag: Optional[str] = None
+    layer_infos: dict[str, metadata.LayerInfo]
+    layer_tags: dict[str, dict[str, str]]  # layer -> quantity -> tag
+    channel_tags: dict[str, str]  # layer -> tag
+    metric_tags: dict[str, str]  # "train/loss" -> tag
+    max_step: dict[str, int]  # tag -> max step
+    diagnosis_tag: str | None = None
+    train_begin_tag: str | None = None
     newer_versions: set = dataclasses.field(default_factory=set)
-    replica_tags: Dict[str, str] = dataclasses.field(default_factory=dict)  # layer -> per-replica tensor tag
+    replica_tags: dict[str, str] = dataclasses.field(default_factory=dict)  # layer -> per-replica tensor tag
     # The run as the data provider names it (what its reads take): "." for the log directory itself,
     # which the index is keyed under its own name (tb_bnstats.format.names).
     source: str = ""
 
 
-def index_runs(data_provider, ctx, experiment_id: str = "", logdir: Optional[str] = None) -> Dict[str, TagIndex]:
+def index_runs(data_provider, ctx, experiment_id: str = "", logdir: str | None = None) -> dict[str, TagIndex]:
     """Lists every run holding bn_stats data and what it holds.
 
     Args:
@@ -265,7 +264,7 @@ def multiplexer_provider(logdir, data_loss=None):
     return mdp.MultiplexerDataProvider(multiplexer, str(logdir))
 
 
-def load(logdir, run: Optional[str] = None) -> Dict[str, records.RunData]:
+def load(logdir, run: str | None = None) -> dict[str, records.RunData]:
     """Every run under ``logdir`` with bn_stats data (or just ``run``), all
     points, as numpy arrays. See the module docstring for the layout.
 
