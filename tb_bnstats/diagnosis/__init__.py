@@ -15,17 +15,21 @@ TensorFlow nor Keras.
 
 import json
 import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from tb_bnstats.diagnosis import merge as merging
 from tb_bnstats.diagnosis import rules
 from tb_bnstats.diagnosis.codes import CODES, SCENARIOS, SEVERITIES, THRESHOLDS, Code
 from tb_bnstats.diagnosis.finding import Finding
+from tb_bnstats.format.records import RunData
 
 __all__ = ["CODES", "SCENARIOS", "SEVERITIES", "THRESHOLDS", "Code", "Finding", "diagnose", "diagnose_run",
            "findings_of", "group", "summary_lines", "to_json"]
 
 
-def _num(x):
+def _num(x: float) -> float | None:
     x = float(x)
     return x if math.isfinite(x) else None
 
@@ -34,7 +38,7 @@ def _num(x):
 ALSO_NAMED = 5
 
 
-def _message(items):
+def _message(items: Sequence[tuple[str | None, dict[str, Any], str]]) -> str:
     """One message for a code over several layers: the first layer's, plus
     the other layers' names -- the first :data:`ALSO_NAMED` of them and how
     many more (``Finding.layers`` lists them all)."""
@@ -46,7 +50,7 @@ def _message(items):
     return f"{first} Also: {', '.join(others[:ALSO_NAMED])}{more}."
 
 
-def group(run_name, hits) -> list[Finding]:
+def group(run_name: str, hits: Iterable[tuple[str | None, str, str, Mapping[str, Any], str]]) -> list[Finding]:
     """Findings from per-layer rule hits, one per code and severity naming
     every layer concerned (in the order given), each layer's own message
     kept, errors first.
@@ -56,7 +60,7 @@ def group(run_name, hits) -> list[Finding]:
         hits: ``[(layer, code, severity, evidence, message)]``; layer None:
             a finding about the run as a whole (evidence under "run").
     """
-    grouped = {}
+    grouped: dict[tuple[str, str], list[tuple[str | None, dict[str, Any], str]]] = {}
     for name, code, severity, evidence, message in hits:
         ev = {k: (_num(v) if isinstance(v, float) else v) for k, v in evidence.items()}
         grouped.setdefault((code, severity), []).append((name, ev, message))
@@ -69,7 +73,7 @@ def group(run_name, hits) -> list[Finding]:
     return sorted(findings, key=merging.sort_key)
 
 
-def diagnose_run(run_name, run_data) -> list[Finding]:
+def diagnose_run(run_name: str, run_data: RunData) -> list[Finding]:
     """Findings of one run's logged series.
 
     Args:
@@ -85,7 +89,7 @@ def diagnose_run(run_name, run_data) -> list[Finding]:
     in_blocks = rules.median([rules.block_score(layer) for layer in run_data.layers.values()]) >= \
         THRESHOLDS["block_autocorrelation"]
     training_probe = rules.probe_is_training_data(run_data.train_begins)
-    hits = []
+    hits: list[rules.RunHit] = []
     for name, layer in sorted(run_data.layers.items(), key=lambda kv: (kv[1].info.depth, kv[0])):
         for hit in (rules.layer_findings(name, layer, lost.get(name), in_blocks, pretrained.get(name), recalibration)
                     + rules.probe_shift(name, layer, training_probe)):
@@ -93,7 +97,7 @@ def diagnose_run(run_name, run_data) -> list[Finding]:
     return group(run_name, hits + rules.unexplained_gap(run_data))
 
 
-def findings_of(run_name, run_data, computed=None):
+def findings_of(run_name: str, run_data: RunData, computed: list[Finding] | None = None) -> list[tuple[Finding, str]]:
     """``[(finding, source)]`` of one run, ``source`` being ``"stored"`` or
     ``"computed"``: the findings the callback stored, then those computed now
     that they lack (:func:`tb_bnstats.diagnosis.merge.merge`).
@@ -113,7 +117,7 @@ def findings_of(run_name, run_data, computed=None):
     return [(f, merging.STORED if stored else merging.COMPUTED) for f, stored in pairs]
 
 
-def diagnose(logdir_or_runs, run: str | None = None) -> list[Finding]:
+def diagnose(logdir_or_runs: str | os.PathLike[str] | dict[str, RunData], run: str | None = None) -> list[Finding]:
     """Findings of every run under ``logdir`` (or of ``run``), errors first.
 
     Args:
@@ -142,12 +146,13 @@ def diagnose(logdir_or_runs, run: str | None = None) -> list[Finding]:
     return [f for name in sorted(runs) for f, _ in findings_of(name, runs[name])]
 
 
-def to_json(findings) -> str:
+def to_json(findings: Iterable[Finding]) -> str:
     """The findings as a JSON list (the CLI's ``--json``)."""
     return json.dumps([f.to_dict() for f in findings], indent=2, sort_keys=True)
 
 
-def summary_lines(findings, limit=10, command="tb-bnstats diagnose LOGDIR"):
+def summary_lines(findings: Sequence[Finding], limit: int = 10,
+                  command: str = "tb-bnstats diagnose LOGDIR") -> list[str]:
     """Short human-readable lines (the callback prints these): the first
     ``limit`` findings, then how many more and ``command``, which lists them
     all (:func:`tb_bnstats.format.names.diagnose_command`)."""

@@ -15,6 +15,7 @@ It is used twice, the same way:
   then the live-model checks.
 """
 
+from typing import Any
 
 from tb_bnstats.diagnosis.codes import CODES, SEVERITIES
 from tb_bnstats.diagnosis.finding import Finding
@@ -23,7 +24,7 @@ STORED, COMPUTED = "stored", "computed"
 UNEXPLAINED_GAP = "BN012"
 
 
-def parse_stored(records) -> list[Finding] | None:
+def parse_stored(records: list[Any] | None) -> list[Finding] | None:
     """The well-formed findings of what the callback stored.
 
     Args:
@@ -36,7 +37,7 @@ def parse_stored(records) -> list[Finding] | None:
     """
     if records is None:
         return None
-    out = []
+    out: list[Finding] = []
     for d in records if isinstance(records, list) else []:
         if not isinstance(d, dict):
             continue
@@ -54,7 +55,7 @@ def parse_stored(records) -> list[Finding] | None:
     return out
 
 
-def sort_key(finding: Finding):
+def sort_key(finding: Finding) -> tuple[int, str]:
     """Errors first, then warnings, then info; by code within a severity."""
     return SEVERITIES.index(finding.severity), finding.code
 

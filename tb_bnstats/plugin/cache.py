@@ -2,9 +2,18 @@
 short while) and the series read from the data provider (while their tags'
 ``max_step`` is unchanged), both bounded."""
 
+from __future__ import annotations
+
 import collections
 import threading
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from tb_bnstats.read.reader import TagIndex
 
 # A run's tag index (list_scalars + list_tensors, a JSON parse per tag) is
 # reused this long: a page load asks for it 3-4 times at once, and with 100
@@ -15,17 +24,19 @@ INDEX_TTL_S = 2.0
 # unchanged) up to this many points in all: the heat map, the overview and a
 # layer's charts read the same tags again on every view change and reload.
 SERIES_CACHE_POINTS = 4_000_000
+# A series' key in that cache: (experiment, run, tag, downsample).
+SeriesKey = tuple[str, str, str, int]
 
 
 class IndexCache:
     """``experiment -> {run: TagIndex}`` for :data:`INDEX_TTL_S` seconds."""
 
-    def __init__(self, ttl_s=INDEX_TTL_S):
+    def __init__(self, ttl_s: float = INDEX_TTL_S) -> None:
         self._ttl = ttl_s
-        self._entries = {}
+        self._entries: dict[str, tuple[float, dict[str, TagIndex]]] = {}
         self._lock = threading.Lock()
 
-    def get(self, experiment_id, make):
+    def get(self, experiment_id: str, make: Callable[[], dict[str, TagIndex]]) -> dict[str, TagIndex]:
         """The cached index, or ``make()``'s (then cached)."""
         now = time.monotonic()
         with self._lock:
@@ -43,13 +54,14 @@ class SeriesCache:
     bounded by the number of points held. An entry is used only while the
     tag's ``max_step`` in the current index is the one it was read at."""
 
-    def __init__(self, budget_points=SERIES_CACHE_POINTS):
+    def __init__(self, budget_points: int = SERIES_CACHE_POINTS) -> None:
         self._budget = budget_points
         self._held = 0
-        self._entries = collections.OrderedDict()
+        self._entries: collections.OrderedDict[SeriesKey, tuple[int | None, np.ndarray, np.ndarray]] = \
+            collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key, max_step):
+    def get(self, key: SeriesKey, max_step: int | None) -> tuple[np.ndarray, np.ndarray] | None:
         """``(steps, values)`` cached for ``key`` at ``max_step``, or None."""
         with self._lock:
             hit = self._entries.get(key)
@@ -58,7 +70,7 @@ class SeriesCache:
             self._entries.move_to_end(key)
             return hit[1], hit[2]
 
-    def put(self, key, max_step, steps, values):
+    def put(self, key: SeriesKey, max_step: int | None, steps: np.ndarray, values: np.ndarray) -> None:
         """Keeps a series (not one larger than the whole budget), evicting the least recently used."""
         n = int(len(steps))
         if n > self._budget:
@@ -76,6 +88,8 @@ class SeriesCache:
 
 # Runs whose diagnosis is kept (each a few kB of findings).
 FINDINGS_CACHE_RUNS = 256
+# What a run's diagnosis depends on: ((tag, max_step), ...).
+Signature = tuple[tuple[str, int], ...]
 
 
 class FindingsCache:
@@ -84,13 +98,14 @@ class FindingsCache:
     once per request -- ``/findings``, ``/overview``'s badges and ``/runs``'
     severities share it."""
 
-    def __init__(self, max_runs=FINDINGS_CACHE_RUNS):
+    def __init__(self, max_runs: int = FINDINGS_CACHE_RUNS) -> None:
         self._max = max_runs
-        self._entries = collections.OrderedDict()
-        self._computing = {}  # key -> the lock its diagnosis is made under
+        self._entries: collections.OrderedDict[tuple[str, str], tuple[Signature, dict[str, Any]]] = \
+            collections.OrderedDict()
+        self._computing: dict[tuple[str, str], threading.Lock] = {}  # key -> the lock its diagnosis is made under
         self._lock = threading.Lock()
 
-    def peek(self, key, signature):
+    def peek(self, key: tuple[str, str], signature: Signature) -> dict[str, Any] | None:
         """The findings cached for ``key`` at ``signature``, or None."""
         with self._lock:
             hit = self._entries.get(key)
@@ -99,7 +114,8 @@ class FindingsCache:
             self._entries.move_to_end(key)
             return hit[1]
 
-    def get(self, key, signature, make):
+    def get(self, key: tuple[str, str], signature: Signature,
+            make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """The cached findings, or ``make()``'s (then cached). Concurrent
         requests for one run (a page load asks ``/overview`` and
         ``/findings`` at once) wait for one diagnosis."""

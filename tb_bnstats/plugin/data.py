@@ -6,12 +6,18 @@ badges and CSV encoding. numpy only; no TensorBoard, no TensorFlow.
 import csv
 import io
 import math
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from tb_bnstats import quantities
 from tb_bnstats.diagnosis import words
 from tb_bnstats.diagnosis.codes import THRESHOLDS
+from tb_bnstats.diagnosis.finding import Finding
+from tb_bnstats.format.metadata import LayerInfo
+from tb_bnstats.format.records import Series
 
 # Points per tag that TensorBoard keeps unless told otherwise: the data server
 # keeps 1000 per SCALAR tag and 100 per TENSOR tag; the Python loader
@@ -24,7 +30,7 @@ LIFT_SAMPLING_HINT = "--samples_per_plugin=bn_stats=0"
 
 # -- downsampling ------------------------------------------------------------
 
-def minmax_downsample(steps, values, points):
+def minmax_downsample(steps: npt.ArrayLike, values: npt.ArrayLike, points: int) -> tuple[np.ndarray, np.ndarray]:
     """At most about ``points`` points of a series, keeping its spikes.
 
     The step range is cut into ``points // 2`` buckets of equal width; in each
@@ -58,7 +64,7 @@ def minmax_downsample(steps, values, points):
     return steps[keep], values[keep]
 
 
-def bin_max(steps, values, edges):
+def bin_max(steps: npt.ArrayLike, values: npt.ArrayLike, edges: np.ndarray) -> np.ndarray:
     """Max of ``values`` in each step bin ``[edges[i], edges[i+1])`` (the last
     bin includes its right edge); NaN where a bin holds no finite value."""
     steps = np.asarray(steps, np.int64)
@@ -73,7 +79,7 @@ def bin_max(steps, values, edges):
     return out
 
 
-def step_edges(first, last, bins):
+def step_edges(first: int, last: int, bins: int) -> np.ndarray:
     """``bins + 1`` integer-valued edges covering ``[first, last]``; fewer bins
     when there are fewer steps than bins."""
     first, last = int(first), int(last)
@@ -83,7 +89,7 @@ def step_edges(first, last, bins):
 
 # -- sampling signal ---------------------------------------------------------
 
-def sampling_info(steps, cap_hint=None):
+def sampling_info(steps: npt.ArrayLike, cap_hint: int | None = None) -> dict[str, Any]:
     """Says whether TensorBoard kept only a sample of a series.
 
     The writer logs on a regular stride (every N steps, the last step of each
@@ -98,7 +104,7 @@ def sampling_info(steps, cap_hint=None):
     """
     steps = np.unique(np.asarray(steps, np.int64))
     n = int(steps.size)
-    info = {"points": n, "first_step": int(steps[0]) if n else None,
+    info: dict[str, Any] = {"points": n, "first_step": int(steps[0]) if n else None,
             "last_step": int(steps[-1]) if n else None, "stride": None,
             "expected_points": n, "sampled": False}
     if n < 3 or cap_hint == 0:
@@ -114,11 +120,11 @@ def sampling_info(steps, cap_hint=None):
     return info
 
 
-def merge_sampling(infos):
+def merge_sampling(infos: Iterable[dict[str, Any] | None]) -> dict[str, Any]:
     """One summary over several series: sampled if any is."""
-    infos = [i for i in infos if i]
-    sampled = [i for i in infos if i["sampled"]]
-    out = {"sampled": bool(sampled), "series": len(infos), "sampled_series": len(sampled)}
+    present = [i for i in infos if i]
+    sampled = [i for i in present if i["sampled"]]
+    out: dict[str, Any] = {"sampled": bool(sampled), "series": len(present), "sampled_series": len(sampled)}
     if sampled:
         kept = min(i["points"] for i in sampled)
         expected = max(i["expected_points"] for i in sampled)
@@ -132,7 +138,7 @@ def merge_sampling(infos):
 
 # -- layer-level numbers -------------------------------------------------------
 
-def derived(info):
+def derived(info: LayerInfo) -> dict[str, Any]:
     """Numbers the tab shows next to a layer, from :mod:`tb_bnstats.quantities`
     (the frontend never re-derives them)."""
     m = info.momentum
@@ -152,7 +158,7 @@ def derived(info):
 TONE_OF_SEVERITY = {"error": "bad", "warning": "warn", "info": "info"}
 
 
-def finding_badges(findings, layer):
+def finding_badges(findings: Iterable[Finding], layer: str) -> list[dict[str, Any]]:
     """One badge per finding that names ``layer`` (``id`` ``finding-<code>``,
     the tone of its severity, its message about this layer as the detail):
     the badges and the findings are one source."""
@@ -164,7 +170,8 @@ MEAN_GAP_P90_WARN = 0.5  # |mu_B - mu_R| / sigma_B, 90th percentile over channel
 LOG_VAR_RATIO_WARN = 0.25  # |mean log((var_B+eps)/(var_R+eps))|, exp(0.25) = 1.28x
 
 
-def badges(info, latest, pretrained_at=None):
+def badges(info: LayerInfo, latest: Mapping[str, float | None],
+           pretrained_at: int | None = None) -> list[dict[str, Any]]:
     """State and hint badges of one layer from its latest values, each
     ``{"id", "tone", "label", "detail"}`` (``tone`` "bad", "warn" or "info";
     ``hint`` on the threshold ones, which are not the diagnosis).
@@ -175,7 +182,7 @@ def badges(info, latest, pretrained_at=None):
         pretrained_at: the step of the fit start at which it started from
             pretrained statistics (:func:`tb_bnstats.diagnosis.rules.pretrained_starts`).
     """
-    out = []
+    out: list[dict[str, Any]] = []
     conv, updates = latest.get("convergence"), latest.get("updates")
     start_gap, start_lvr = latest.get("start_mean_gap/p50"), latest.get("start_abs_log_var_ratio/p50")
     if info.frozen:
@@ -217,13 +224,13 @@ def badges(info, latest, pretrained_at=None):
 
 # -- output encoding -------------------------------------------------------------
 
-def finite_list(values):
+def finite_list(values: npt.ArrayLike) -> list[float | None]:
     """A JSON-safe list: NaN and infinities become None."""
     arr = np.asarray(values, np.float64)
     return [float(v) if math.isfinite(v) else None for v in arr.tolist()]
 
 
-def csv_text(header, rows):
+def csv_text(header: Iterable[Any], rows: Iterable[Iterable[Any]]) -> str:
     """CSV with text cells guarded against spreadsheet formula injection."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -233,7 +240,7 @@ def csv_text(header, rows):
     return buf.getvalue()
 
 
-def _cell(c):
+def _cell(c: object) -> object:
     if c is None:
         return ""
     if isinstance(c, float):
@@ -243,7 +250,7 @@ def _cell(c):
     return c
 
 
-def wide_rows(series):
+def wide_rows(series: Mapping[str, Series]) -> tuple[list[str], list[list[Any]]]:
     """``{name: (steps, values)}`` -> header and rows aligned on the union of steps."""
     names = list(series)
     all_steps = sorted({int(s) for steps, _ in series.values() for s in steps})
@@ -253,7 +260,7 @@ def wide_rows(series):
     return ["step"] + names, rows
 
 
-def channel_spread(values):
+def channel_spread(values: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(p10, p90, min, max)`` over channels of each row of ``values``
     ``[snapshots, channels]``, ignoring NaN; NaN for a row of NaN only
     (without numpy's "All-NaN slice" warning in the server log)."""

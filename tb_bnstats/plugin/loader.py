@@ -7,13 +7,15 @@ imported inside :meth:`BNStatsLoader.load`, where TensorBoard logs failures
 instead of dying. Nothing here or there imports TensorFlow or Keras.
 """
 
+from typing import Any
+
 from tensorboard.plugins import base_plugin
 
 
 class BNStatsLoader(base_plugin.TBLoader):
     """Builds :class:`tb_bnstats.plugin.plugin.BNStatsPlugin`."""
 
-    def load(self, context):
+    def load(self, context: Any) -> Any:
         from tb_bnstats.plugin.plugin import BNStatsPlugin
 
         return BNStatsPlugin(context)

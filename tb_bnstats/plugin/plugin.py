@@ -38,8 +38,11 @@ import logging
 import math
 import os
 import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from tensorboard import context as tb_context
 from tensorboard import plugin_util
 from tensorboard.backend import http_util
@@ -47,11 +50,12 @@ from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
 from tb_bnstats import diagnosis
+from tb_bnstats.diagnosis.finding import Finding
 from tb_bnstats.format import metadata, records
 from tb_bnstats.plugin import cache, data, scalars
-from tb_bnstats.plugin.http import BadRequest, int_arg, one, route, safe_name
+from tb_bnstats.plugin.http import Answer, Args, BadRequest, int_arg, one, route, safe_name
 from tb_bnstats.read import integrity, reader
-from tb_bnstats.read.reader import READ_ALL
+from tb_bnstats.read.reader import READ_ALL, TagIndex
 
 logger = logging.getLogger("tb_bnstats")
 
@@ -75,7 +79,7 @@ DEFAULT_SERIES = metadata.LAYER_SERIES
 SERVED_SERIES = metadata.LAYER_SERIES + metadata.PROBE_SERIES + metadata.POPULATION_SERIES + metadata.REPLICA_SERIES
 
 
-def worst_severity(findings):
+def worst_severity(findings: Iterable[Finding]) -> str:
     """The worst severity of ``findings`` ("ok" for none)."""
     found = {f.severity for f in findings}
     return next((sev for sev in diagnosis.SEVERITIES if sev in found), "ok")
@@ -86,7 +90,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
 
     plugin_name = metadata.PLUGIN_NAME
 
-    def __init__(self, context):
+    def __init__(self, context: Any) -> None:
         self._provider = context.data_provider
         hints = getattr(context, "sampling_hints", None) or {}
         self._cap_hint = hints.get(metadata.PLUGIN_NAME)
@@ -98,17 +102,17 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         self._logdir = logdir or None
         self._file_check = integrity.EventFileCheck(logdir) if logdir and "://" not in logdir else None
         self._file_check_lock = threading.Lock()
-        self._reported = set()
+        self._reported: set[tuple[Any, ...]] = set()  # what was logged once
 
     # -- TensorBoard interface -------------------------------------------------
 
-    def frontend_metadata(self):
+    def frontend_metadata(self) -> Any:
         # The tab follows TensorBoard's reload button through the
         # experimental.DataReloaded message (see frontend/src/ui/reload.js).
         return base_plugin.FrontendMetadata(es_module_path="/index.js", tab_name="BN Convergence",
                                             disable_reload=False)
 
-    def is_active(self):
+    def is_active(self) -> bool:
         # TensorBoard first checks data_plugin_names() against the provider's
         # list_plugins(); this answers for providers without that listing.
         if self._provider is None:
@@ -119,7 +123,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
             logger.exception("bn_stats: listing runs failed")
             return False
 
-    def get_plugin_apps(self):
+    def get_plugin_apps(self) -> dict[str, Callable[..., Any]]:
         return {
             "/index.js": self._serve_js,
             "/runs": self._serve_runs,
@@ -136,16 +140,16 @@ class BNStatsPlugin(base_plugin.TBPlugin):
 
     # -- helpers -------------------------------------------------------------------
 
-    def _ctx(self, request):
+    def _ctx(self, request: wrappers.Request) -> tuple[Any, str]:
         return plugin_util.context(request.environ), plugin_util.experiment_id(request.environ)
 
-    def _index(self, request):
+    def _index(self, request: wrappers.Request) -> tuple[dict[str, TagIndex], Any, str]:
         if self._provider is None:
             raise BadRequest("TensorBoard has no data provider")
         ctx, eid = self._ctx(request)
         return self._index_cache.get(eid, lambda: reader.index_runs(self._provider, ctx, eid, self._logdir)), ctx, eid
 
-    def _run_arg(self, args, indexes):
+    def _run_arg(self, args: Args, indexes: Mapping[str, TagIndex]) -> str:
         run = one(args, "run")
         if run is None:
             raise BadRequest("missing parameter 'run'")
@@ -153,7 +157,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
             raise BadRequest(f"unknown run {run!r}: no bn_stats data in it")
         return run
 
-    def _layer_arg(self, args, index, run):
+    def _layer_arg(self, args: Args, index: TagIndex, run: str) -> str:
         layer = one(args, "layer")
         if layer is None:
             raise BadRequest("missing parameter 'layer'")
@@ -161,9 +165,11 @@ class BNStatsPlugin(base_plugin.TBPlugin):
             raise BadRequest(f"unknown layer {layer!r} in run {run!r}")
         return layer
 
-    def _read(self, ctx, eid, run, index, tags, downsample):
+    def _read(self, ctx: Any, eid: str, run: str, index: TagIndex, tags: Iterable[str],
+              downsample: int) -> dict[str, records.Series]:
         """:func:`reader.read_series` through the per-tag cache."""
-        out, missing = {}, []
+        out: dict[str, records.Series] = {}
+        missing: list[str] = []
         for tag in dict.fromkeys(tags):
             hit = self._series_cache.get((eid, run, tag, downsample), index.max_step.get(tag))
             if hit is None:
@@ -179,10 +185,10 @@ class BNStatsPlugin(base_plugin.TBPlugin):
                 out[tag] = (steps, values)
         return out
 
-    def _sampling(self, steps):
+    def _sampling(self, steps: npt.ArrayLike) -> dict[str, Any]:
         return data.sampling_info(steps, self._cap_hint)
 
-    def _file_problems(self):
+    def _file_problems(self) -> list[dict[str, Any]]:
         """What the local event files hold that TensorBoard cannot read (a
         corrupted record, a file cut off), each logged once as a warning."""
         if self._file_check is None or not os.path.isdir(self._file_check.logdir):
@@ -196,7 +202,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         return [p.to_dict() for p in found]
 
     @staticmethod
-    def _layer_json(info, index):
+    def _layer_json(info: metadata.LayerInfo, index: TagIndex) -> dict[str, Any]:
         d = info.to_dict()
         d.update(data.derived(info))
         d["has_snapshots"] = info.name in index.channel_tags
@@ -207,13 +213,13 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         return d
 
     @staticmethod
-    def _ordered_layers(index):
+    def _ordered_layers(index: TagIndex) -> list[metadata.LayerInfo]:
         return sorted(index.layer_infos.values(), key=lambda i: (i.depth, i.name))
 
     # -- routes --------------------------------------------------------------------
 
-    @wrappers.Request.application
-    def _serve_js(self, request):
+    @wrappers.Request.application  # type: ignore[arg-type]  # a method: see http.route
+    def _serve_js(self, request: wrappers.Request) -> Any:
         path = os.path.join(STATIC_DIR, "index.js")
         try:
             with open(path, "rb") as f:
@@ -224,7 +230,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         return http_util.Respond(request, body, "text/javascript")
 
     @route(())
-    def _serve_runs(self, request, args):
+    def _serve_runs(self, request: wrappers.Request, args: Args) -> Answer:
         indexes, ctx, eid = self._index(request)
         runs = []
         for run in sorted(indexes):
@@ -259,22 +265,22 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         }, None
 
     @route(("run",))
-    def _serve_overview(self, request, args):
+    def _serve_overview(self, request: wrappers.Request, args: Args) -> Answer:
         indexes, ctx, eid = self._index(request)
         run = self._run_arg(args, indexes)
         return self.overview_impl(ctx, eid, run, indexes[run]), None
 
-    def overview_impl(self, ctx, eid, run, index):
+    def overview_impl(self, ctx: Any, eid: str, run: str, index: TagIndex) -> dict[str, Any]:
         """Each layer's latest values and badges."""
-        tags = {}
+        tags: dict[str, tuple[str, str]] = {}  # tag -> (layer, quantity)
         for layer, by_q in index.layer_tags.items():
             for q in OVERVIEW_QUANTITIES:
                 if q in by_q:
                     tags[by_q[q]] = (layer, q)
         # downsample=1 keeps each tag's latest point (the provider contract).
         raw = self._read(ctx, eid, run, index, list(tags), 1)
-        latest = {layer: {} for layer in index.layer_infos}
-        latest_step = {layer: None for layer in index.layer_infos}
+        latest: dict[str, dict[str, float | None]] = {layer: {} for layer in index.layer_infos}
+        latest_step: dict[str, int | None] = {layer: None for layer in index.layer_infos}
         for tag, (steps, values) in raw.items():
             if not len(steps):
                 continue
@@ -282,8 +288,8 @@ class BNStatsPlugin(base_plugin.TBPlugin):
             i = int(np.argmax(steps))
             v = float(values[i])
             latest[layer][q] = v if math.isfinite(v) else None
-            s = int(steps[i])
-            latest_step[layer] = s if latest_step[layer] is None else max(s, latest_step[layer])
+            s, before = int(steps[i]), latest_step[layer]
+            latest_step[layer] = s if before is None else max(s, before)
         pretrained = diagnosis.rules.pretrained_starts(reader.read_train_begins(self._provider, ctx, index, eid))
         findings = [f for f, _ in self._diagnosis(ctx, eid, run, index)["pairs"]]
         layers = []
@@ -297,7 +303,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         return {"run": run, "layers": layers, "max_step": max(index.max_step.values(), default=None)}
 
     @route(("run", "measure", "bins"), csv_ok=True)
-    def _serve_heatmap(self, request, args):
+    def _serve_heatmap(self, request: wrappers.Request, args: Args) -> Answer:
         indexes, ctx, eid = self._index(request)
         run = self._run_arg(args, indexes)
         index = indexes[run]
@@ -307,7 +313,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         bins = int_arg(args, "bins", 200, 1, MAX_BINS)
         return self.heatmap_impl(ctx, eid, run, index, measure, bins)
 
-    def heatmap_impl(self, ctx, eid, run, index, measure, bins):
+    def heatmap_impl(self, ctx: Any, eid: str, run: str, index: TagIndex, measure: str, bins: int) -> Answer:
         """Layers x step bins of ``measure`` (the max in each bin)."""
         infos = self._ordered_layers(index)
         tag_of = {info.name: index.layer_tags.get(info.name, {}).get(measure) for info in infos}
@@ -341,7 +347,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
                                  ["layer", "step_from", "step_to", measure], rows())
 
     @route(("run", "layer", "quantities", "points"), csv_ok=True)
-    def _serve_series(self, request, args):
+    def _serve_series(self, request: wrappers.Request, args: Args) -> Answer:
         indexes, ctx, eid = self._index(request)
         run = self._run_arg(args, indexes)
         index = indexes[run]
@@ -356,7 +362,8 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         points = int_arg(args, "points", 1000, 2, MAX_POINTS)
         return self.series_impl(ctx, eid, run, index, layer, wanted, points)
 
-    def series_impl(self, ctx, eid, run, index, layer, wanted, points):
+    def series_impl(self, ctx: Any, eid: str, run: str, index: TagIndex, layer: str, wanted: Sequence[str],
+                    points: int) -> Answer:
         """One layer's series ``wanted``, min/max downsampled to ``points``."""
         tags = index.layer_tags.get(layer, {})
         tag_of = {q: tags[q] for q in dict.fromkeys(wanted) if q in tags}
@@ -378,7 +385,8 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         return payload, lambda: (f"{safe_name(run)}_{safe_name(layer)}_{'-'.join(map(safe_name, full))}.csv",
                                  *data.wide_rows(full))
 
-    def _snapshots(self, request, args, ctx, eid, indexes):
+    def _snapshots(self, request: wrappers.Request, args: Args, ctx: Any, eid: str,
+                   indexes: Mapping[str, TagIndex]) -> tuple[str, str, TagIndex, np.ndarray, np.ndarray]:
         run = self._run_arg(args, indexes)
         index = indexes[run]
         layer = self._layer_arg(args, index, run)
@@ -389,7 +397,8 @@ class BNStatsPlugin(base_plugin.TBPlugin):
                                                f"layer {layer!r} of run {run!r} has no readable per-channel snapshot")
         return run, layer, index, steps, tensor
 
-    def _sorted_snapshots(self, ctx, eid, source, tag, ndim, rows, unreadable):
+    def _sorted_snapshots(self, ctx: Any, eid: str, source: str, tag: str, ndim: int, rows: Sequence[str],
+                          unreadable: str) -> tuple[np.ndarray, np.ndarray]:
         """``(steps, tensor)`` of a snapshot tag of the provider's run
         ``source`` in step order; a 400 saying ``unreadable`` when there is
         none of ``ndim`` dimensions with ``rows``."""
@@ -400,12 +409,12 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         return steps[order], tensor[order]
 
     @staticmethod
-    def _nearest(steps, requested):
+    def _nearest(steps: np.ndarray, requested: int | None) -> int:
         """The index of the step nearest ``requested`` (ties: the earlier), the last for None."""
         return len(steps) - 1 if requested is None else int(np.argmin(np.abs(steps - requested)))
 
     @route(("run", "layer", "step"), csv_ok=True)
-    def _serve_snapshot(self, request, args):
+    def _serve_snapshot(self, request: wrappers.Request, args: Args) -> Answer:
         indexes, ctx, eid = self._index(request)
         requested = int_arg(args, "step", None, 0, 2**62)
         run, layer, index, steps, tensor = self._snapshots(request, args, ctx, eid, indexes)
@@ -424,14 +433,15 @@ class BNStatsPlugin(base_plugin.TBPlugin):
                                  ["channel"] + list(metadata.SNAPSHOT_ROWS), csv_rows())
 
     @route(("run", "layer", "step"), csv_ok=True)
-    def _serve_replicas(self, request, args):
+    def _serve_replicas(self, request: wrappers.Request, args: Args) -> Answer:
         indexes, ctx, eid = self._index(request)
         requested = int_arg(args, "step", None, 0, 2**62)
         run = self._run_arg(args, indexes)
         layer = self._layer_arg(args, indexes[run], run)
         return self.replicas_impl(ctx, eid, run, indexes[run], layer, requested)
 
-    def replicas_impl(self, ctx, eid, run, index, layer, requested):
+    def replicas_impl(self, ctx: Any, eid: str, run: str, index: TagIndex, layer: str,
+                      requested: int | None) -> Answer:
         """Each replica's batch (and own moving) moments per channel at the
         snapshot step nearest ``requested`` (the latest by default), with the
         global batch's moments of that step's per-channel snapshot."""
@@ -442,7 +452,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
                                                f"layer {layer!r} of run {run!r} has no readable per-replica snapshot")
         i = self._nearest(steps, requested)
         snap, step = tensor[i], int(steps[i])
-        glob = {}
+        glob: dict[str, list[float | None]] = {}
         if layer in index.channel_tags:
             c_steps, c_tensor = reader.read_snapshots(self._provider, ctx, index.source, index.channel_tags[layer],
                                                       READ_ALL, eid)
@@ -462,13 +472,14 @@ class BNStatsPlugin(base_plugin.TBPlugin):
                                  ["replica", "channel"] + list(metadata.REPLICA_ROWS), csv_rows())
 
     @route(("run", "layer"), csv_ok=True)
-    def _serve_bands(self, request, args):
+    def _serve_bands(self, request: wrappers.Request, args: Args) -> Answer:
         """Spread over channels (10th and 90th percentiles, min, max) of each
         snapshot row at every snapshot step: the band around the channel
         averages of the layer view."""
         indexes, ctx, eid = self._index(request)
         run, layer, index, steps, tensor = self._snapshots(request, args, ctx, eid, indexes)
-        out, rows = {}, []
+        out: dict[str, dict[str, list[float | None]]] = {}
+        rows: list[list[Any]] = []
         for k, row in enumerate(metadata.SNAPSHOT_ROWS):
             values = tensor[:, k, :]
             p10, p90, lo, hi = data.channel_spread(values)
@@ -482,7 +493,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
                          ["row", "step", "min", "p10", "p90", "max"], rows)
 
     @route(("run", "points"), csv_ok=True)
-    def _serve_loss(self, request, args):
+    def _serve_loss(self, request: wrappers.Request, args: Args) -> Answer:
         """The run's own metrics (``metric/train/*`` per step, ``metric/val/*``
         per epoch); the scalars another writer put into the run's directory
         (``torch.utils.tensorboard.SummaryWriter(log_dir)`` beside
@@ -497,12 +508,12 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         points = int_arg(args, "points", 1000, 2, MAX_POINTS)
         return self.loss_impl(ctx, eid, run, indexes[run], points)
 
-    def loss_impl(self, ctx, eid, run, index, points):
+    def loss_impl(self, ctx: Any, eid: str, run: str, index: TagIndex, points: int) -> Answer:
         """The run's metrics, the scalars in its directory and Keras' own
         scalars beside it, on one step axis."""
         raw = self._read(ctx, eid, run, index, list(index.metric_tags.values()), READ_ALL)
-        series = []
-        val_steps = None
+        series: list[dict[str, Any]] = []
+        val_steps: np.ndarray | None = None
         for key in sorted(index.metric_tags):
             steps, values = raw.get(index.metric_tags[key], (np.zeros(0, np.int64), np.zeros(0)))
             if key.startswith("val/") and val_steps is None and len(steps):
@@ -514,7 +525,9 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         series += scalars.own_series(self._provider, ctx, eid, index.source, listed)
         series += scalars.keras_series(self._provider, ctx, eid, index.source, listed, val_steps,
                                        max(index.max_step.values(), default=0))
-        out, samplings, full = [], [], {}
+        out: list[dict[str, Any]] = []
+        samplings: list[dict[str, Any] | None] = []
+        full: dict[str, records.Series] = {}
         for s in series:
             samplings.append(self._sampling(s["steps"]) if s["aligned"] == "step" else None)
             st, v = data.minmax_downsample(s["steps"], s["values"], points)
@@ -524,7 +537,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         return payload, lambda: (f"{safe_name(run)}_metrics.csv", *data.wide_rows(full))
 
     @route(("run", "layer", "quantity", "points"), csv_ok=True)
-    def _serve_compare(self, request, args):
+    def _serve_compare(self, request: wrappers.Request, args: Args) -> Answer:
         indexes, ctx, eid = self._index(request)
         runs = args.getlist("run")
         if not runs:
@@ -546,9 +559,13 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         points = int_arg(args, "points", 1000, 2, MAX_POINTS)
         return self.compare_impl(ctx, eid, indexes, runs, layer, quantity, points)
 
-    def compare_impl(self, ctx, eid, indexes, runs, layer, quantity, points):
+    def compare_impl(self, ctx: Any, eid: str, indexes: Mapping[str, TagIndex], runs: Sequence[str], layer: str,
+                     quantity: str, points: int) -> Answer:
         """One quantity of one layer from several runs."""
-        out, missing, samplings, full = [], [], [], {}
+        out: list[dict[str, Any]] = []
+        missing: list[str] = []
+        samplings: list[dict[str, Any] | None] = []
+        full: dict[str, records.Series] = {}
         for r in runs:
             index = indexes[r]
             tag = index.layer_tags.get(layer, {}).get(quantity)
@@ -566,7 +583,8 @@ class BNStatsPlugin(base_plugin.TBPlugin):
                    "sampling": data.merge_sampling(samplings)}
         return payload, lambda: (f"compare_{safe_name(layer)}_{safe_name(quantity)}.csv", *data.wide_rows(full))
 
-    def _run_data(self, ctx, eid, run, index):
+    def _run_data(self, ctx: Any, eid: str, run: str,
+                  index: TagIndex) -> tuple[records.RunData, dict[str, records.Series]]:
         """The run's layer series (every stored point, through the series
         cache) and stored records, for :mod:`tb_bnstats.diagnosis`."""
         # The metrics a rule reads (the frozen layers' recalibration, BN010), not every metric.
@@ -581,16 +599,16 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         return run_data, raw
 
     @route(("run",))
-    def _serve_findings(self, request, args):
+    def _serve_findings(self, request: wrappers.Request, args: Args) -> Answer:
         indexes, ctx, eid = self._index(request)
         run = self._run_arg(args, indexes)
         return self.findings_impl(ctx, eid, run, indexes[run]), None
 
-    def _diagnosis(self, ctx, eid, run, index):
+    def _diagnosis(self, ctx: Any, eid: str, run: str, index: TagIndex) -> dict[str, Any]:
         """The run's diagnosis, once per new data (:class:`cache.FindingsCache`):
         ``{"pairs": [(finding, source)], "stored": bool, "computed": n, "sampling": ...}``
         (:func:`tb_bnstats.diagnosis.findings_of`)."""
-        def diagnose():
+        def diagnose() -> dict[str, Any]:
             run_data, raw = self._run_data(ctx, eid, run, index)
             computed = diagnosis.diagnose_run(run, run_data)
             return {"pairs": diagnosis.findings_of(run, run_data, computed),
@@ -600,11 +618,11 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         return self._findings_cache.get((eid, run), self._signature(index), diagnose)
 
     @staticmethod
-    def _signature(index):
+    def _signature(index: TagIndex) -> cache.Signature:
         """What a run's diagnosis depends on: every tag's last step."""
         return tuple(sorted(index.max_step.items()))
 
-    def _severity(self, ctx, eid, run, index):
+    def _severity(self, ctx: Any, eid: str, run: str, index: TagIndex) -> str | None:
         """A run's worst severity ("error", "warning", "info", "ok") for the
         run selector: from its cached diagnosis, else from the findings the
         callback stored (one small read); None when neither is at hand (the
@@ -617,7 +635,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         stored = diagnosis.merging.parse_stored(reader.read_stored_findings(self._provider, ctx, index, eid))
         return None if stored is None else worst_severity(stored)
 
-    def findings_impl(self, ctx, eid, run, index):
+    def findings_impl(self, ctx: Any, eid: str, run: str, index: TagIndex) -> dict[str, Any]:
         """The run's findings as :func:`tb_bnstats.diagnose` gives them
         (:func:`tb_bnstats.diagnosis.findings_of`: those the callback stored
         in the logs first, then those computed now over every stored point
@@ -633,7 +651,8 @@ class BNStatsPlugin(base_plugin.TBPlugin):
             "run": run, "findings": findings,
             "counts": {sev: sum(f["severity"] == sev for f in findings) for sev in diagnosis.SEVERITIES},
             "source": "+".join(sources) or ("stored" if stored else "computed"),
-            "stored": stored, "stored_step": index.max_step.get(index.diagnosis_tag) if stored else None,
+            "stored": stored, "stored_step": (index.max_step.get(index.diagnosis_tag)
+                                             if stored and index.diagnosis_tag is not None else None),
             "computed": found["computed"],
             "severity": worst_severity(f for f, _ in pairs),
             "titles": {code: c.title for code, c in diagnosis.CODES.items()},

@@ -18,12 +18,18 @@ BNStatsMonitor's ``log_metrics``) are of the bn_stats plugin, never of
 
 import posixpath
 import re
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from tensorboard import errors
 from tensorboard.data import provider
 
+from tb_bnstats.format.records import Series
 from tb_bnstats.read.reader import READ_ALL
+
+# {run: {tag: TensorBoard's time series of it}}, as list_scalars answers.
+Listing = Mapping[str, Mapping[str, Any]]
 
 SCALARS_PLUGIN = "scalars"
 # The source of scalars written into the run itself (the legend says it).
@@ -33,13 +39,13 @@ OWN_SOURCE = "run's own scalars"
 _VAL_WORD = re.compile(r"(?:^|[/_\-. ])(?:val|valid|validation|test|eval)(?:$|[/_\-. ])", re.IGNORECASE)
 
 
-def split_of(tag):
+def split_of(tag: str) -> str:
     """``"val"`` when a tag names validation (``val``, ``valid``,
     ``validation``, ``test``, ``eval`` as a word of it), else ``"train"``."""
     return "val" if _VAL_WORD.search(tag) else "train"
 
 
-def listing(data_provider, ctx, eid):
+def listing(data_provider: Any, ctx: Any, eid: str) -> Listing:
     """``{run: {tag: ...}}`` of every "scalars" tag (empty when there are none)."""
     try:
         return data_provider.list_scalars(ctx, experiment_id=eid, plugin_name=SCALARS_PLUGIN)
@@ -47,7 +53,7 @@ def listing(data_provider, ctx, eid):
         return {}
 
 
-def _read(data_provider, ctx, eid, run, tags):
+def _read(data_provider: Any, ctx: Any, eid: str, run: str, tags: list[str]) -> dict[str, Series]:
     """``{tag: (steps, values)}``: every point of ``run``'s scalars ``tags``, tags in order."""
     result = data_provider.read_scalars(
         ctx, experiment_id=eid, plugin_name=SCALARS_PLUGIN, downsample=READ_ALL,
@@ -56,7 +62,7 @@ def _read(data_provider, ctx, eid, run, tags):
                   np.array([p.value for p in result[tag]], np.float64)) for tag in sorted(result)}
 
 
-def own_series(data_provider, ctx, eid, run, listed):
+def own_series(data_provider: Any, ctx: Any, eid: str, run: str, listed: Listing) -> list[dict[str, Any]]:
     """The scalars written into ``run``'s directory itself (e.g. by
     ``torch.utils.tensorboard.SummaryWriter(log_dir)``): every tag, its step
     the writer's global step (aligned ``"step"``), split ``"val"`` when the
@@ -70,7 +76,8 @@ def own_series(data_provider, ctx, eid, run, listed):
             for tag, (steps, values) in _read(data_provider, ctx, eid, run, tags).items() if len(steps)]
 
 
-def keras_series(data_provider, ctx, eid, run, listed, val_steps, max_step):
+def keras_series(data_provider: Any, ctx: Any, eid: str, run: str, listed: Listing, val_steps: np.ndarray | None,
+                 max_step: int) -> list[dict[str, Any]]:
     """The scalars Keras' TensorBoard callback wrote next to ``run``
     (``<run>/train``, ``<run>/validation`` or siblings of the run's parent):
     ``batch_*`` (step = batch counter) and ``epoch_*`` (step = epoch, mapped to
@@ -82,7 +89,9 @@ def keras_series(data_provider, ctx, eid, run, listed, val_steps, max_step):
         for base in (run, parent) if parent else (run,):
             for n in names:
                 candidates.append((split, posixpath.join(base, n) if base and base != "." else n))
-    out, seen = [], set()
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    steps: np.ndarray | None  # None: an epoch series with no step to map it to
     for split, krun in candidates:
         if krun in seen or krun == run or krun not in listed:
             continue
@@ -91,7 +100,7 @@ def keras_series(data_provider, ctx, eid, run, listed, val_steps, max_step):
         if not tags:
             continue
         for tag, (steps, values) in _read(data_provider, ctx, eid, krun, tags).items():
-            aligned = "step"
+            aligned: str | None = "step"
             if tag.startswith("epoch_"):
                 steps, aligned = epoch_to_step(steps, val_steps, max_step)
                 if steps is None:
@@ -101,7 +110,8 @@ def keras_series(data_provider, ctx, eid, run, listed, val_steps, max_step):
     return out
 
 
-def epoch_to_step(epochs, val_steps, max_step):
+def epoch_to_step(epochs: np.ndarray, val_steps: np.ndarray | None,
+                  max_step: int) -> tuple[np.ndarray, str] | tuple[None, None]:
     """Maps Keras' epoch index to the optimizer step where that epoch ended:
     the step of the k-th ``metric/val`` point when there are enough of them,
     else ``(epoch + 1) * max_step / epochs`` (marked "estimated")."""

@@ -10,6 +10,8 @@ import dataclasses
 import os
 import time
 import warnings
+from collections.abc import Iterable
+from typing import Any
 
 from tb_bnstats.format import names, tfrecord
 
@@ -18,7 +20,8 @@ from tb_bnstats.format import names, tfrecord
 STALE_S = 30.0
 
 
-def check_records(path, offset=0, deadline=None):
+def check_records(path: str | os.PathLike[str], offset: int = 0,
+                  deadline: float | None = None) -> tuple[int, int, str | None]:
     """Walks the record framing of the event file ``path`` from byte
     ``offset`` (the start of a record), checking each length against its
     checksum (:mod:`tb_bnstats.format.tfrecord`). The data checksums are not
@@ -62,7 +65,7 @@ class FileProblem:
     size: int
     message: str
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         """The problem as JSON (the ``/runs`` route's ``file_problems``)."""
         return dataclasses.asdict(self)
 
@@ -72,15 +75,15 @@ class EventFileCheck:
     (:func:`check_records`), incrementally: each file is read on
     from where the last call stopped, so a live run costs only its new bytes."""
 
-    def __init__(self, logdir):
+    def __init__(self, logdir: str | os.PathLike[str]) -> None:
         self.logdir = os.fspath(logdir)
-        self._state = {}  # path -> (offset, size, problem)
+        self._state: dict[str, tuple[int, int, str | None]] = {}  # path -> (offset, size, problem)
 
-    def problems(self, budget_s=None) -> list[FileProblem]:
+    def problems(self, budget_s: float | None = None) -> list[FileProblem]:
         """The files' problems now; with ``budget_s`` the scan stops after
         that long and goes on at the next call (unscanned bytes: no problem yet)."""
         deadline = None if budget_s is None else time.monotonic() + budget_s
-        out = []
+        out: list[FileProblem] = []
         for dirpath, _, files in os.walk(self.logdir):
             for name in sorted(f for f in files if "tfevents" in f):
                 path = os.path.join(dirpath, name)
@@ -111,13 +114,14 @@ class EventFileCheck:
                     out.append(self._problem(dirpath, name, "empty", 0, 0, "is empty (0 bytes): nothing to show"))
         return out
 
-    def _problem(self, dirpath, name, kind, offset, size, message):
+    def _problem(self, dirpath: str, name: str, kind: str, offset: int, size: int, message: str) -> FileProblem:
         directory = os.path.relpath(dirpath, self.logdir).replace(os.sep, "/")
         return FileProblem(names.run_name(directory, self.logdir), directory, name, kind, offset, size,
                            f"{directory}/{name} {message}")
 
 
-def warn_file_problems(logdir, directory=None, data_loss=()):
+def warn_file_problems(logdir: str | os.PathLike[str], directory: str | None = None,
+                       data_loss: Iterable[tuple[str, int]] = ()) -> list[FileProblem]:
     """Warns (``RuntimeWarning``) about each unreadable part of the event
     files under a local ``logdir`` (of the run in ``directory``, relative to
     ``logdir``, only, when given): framing

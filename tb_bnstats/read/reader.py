@@ -20,6 +20,8 @@ import logging
 import os
 import re
 import warnings
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 from tensorboard.data import provider
@@ -45,14 +47,15 @@ class TagIndex:
     max_step: dict[str, int]  # tag -> max step
     diagnosis_tag: str | None = None
     train_begin_tag: str | None = None
-    newer_versions: set = dataclasses.field(default_factory=set)
+    newer_versions: set[int] = dataclasses.field(default_factory=set)
     replica_tags: dict[str, str] = dataclasses.field(default_factory=dict)  # layer -> per-replica tensor tag
     # The run as the data provider names it (what its reads take): "." for the log directory itself,
     # which the index is keyed under its own name (tb_bnstats.format.names).
     source: str = ""
 
 
-def index_runs(data_provider, ctx, experiment_id: str = "", logdir: str | None = None) -> dict[str, TagIndex]:
+def index_runs(data_provider: Any, ctx: Any, experiment_id: str = "",
+               logdir: str | None = None) -> dict[str, TagIndex]:
     """Lists every run holding bn_stats data and what it holds.
 
     Args:
@@ -68,7 +71,8 @@ def index_runs(data_provider, ctx, experiment_id: str = "", logdir: str | None =
         of the run; tags whose metadata is not ours or unreadable are left
         out.
     """
-    out = collections.defaultdict(lambda: TagIndex({}, collections.defaultdict(dict), {}, {}, {}))
+    out: collections.defaultdict[str, TagIndex] = collections.defaultdict(
+        lambda: TagIndex({}, collections.defaultdict(dict), {}, {}, {}))
     listings = (
         data_provider.list_scalars(ctx, experiment_id=experiment_id, plugin_name=metadata.PLUGIN_NAME),
         data_provider.list_tensors(ctx, experiment_id=experiment_id, plugin_name=metadata.PLUGIN_NAME),
@@ -103,7 +107,7 @@ def index_runs(data_provider, ctx, experiment_id: str = "", logdir: str | None =
                     index.replica_tags[info.name] = tag
                 else:
                     index.layer_tags[info.name][content["quantity"]] = tag
-    named = {}
+    named: dict[str, TagIndex] = {}
     for source, index in out.items():
         index.source = source
         name = source if logdir is None else names.run_name(source, logdir, frozenset(out) - {source})
@@ -118,10 +122,11 @@ def index_runs(data_provider, ctx, experiment_id: str = "", logdir: str | None =
 READ_CHUNK_TAGS = 32
 
 
-def read_series(data_provider, ctx, run, tags, downsample, experiment_id=""):
+def read_series(data_provider: Any, ctx: Any, run: str, tags: Iterable[str], downsample: int,
+                experiment_id: str = "") -> dict[str, records.Series]:
     """``{tag: (steps, values)}`` for scalar tags of one run."""
     tags = list(tags)
-    out = {}
+    out: dict[str, records.Series] = {}
     for start in range(0, len(tags), READ_CHUNK_TAGS):
         result = data_provider.read_scalars(
             ctx, experiment_id=experiment_id, plugin_name=metadata.PLUGIN_NAME, downsample=downsample,
@@ -132,7 +137,8 @@ def read_series(data_provider, ctx, run, tags, downsample, experiment_id=""):
     return out
 
 
-def read_snapshots(data_provider, ctx, run, tag, downsample, experiment_id=""):
+def read_snapshots(data_provider: Any, ctx: Any, run: str, tag: str, downsample: int,
+                   experiment_id: str = "") -> tuple[np.ndarray, np.ndarray]:
     """``(steps [k], tensor [k, ...])`` of one layer's snapshots: ``[k, rows,
     channels]`` of ``bn/<layer>/channels``, ``[k, rows, replicas, channels]``
     of ``bn/<layer>/replicas``."""
@@ -150,10 +156,10 @@ def read_snapshots(data_provider, ctx, run, tag, downsample, experiment_id=""):
     return steps, (np.stack(arrays) if arrays else np.zeros((0, 0, 0)))
 
 
-def series_by_layer(index: TagIndex, raw):
+def series_by_layer(index: TagIndex, raw: Mapping[str, records.Series]) -> dict[str, dict[str, records.Series]]:
     """``{layer: {quantity: (steps, values)}}`` from ``raw`` ``{tag: (steps,
     values)}`` (what :func:`read_series` read of the index's layer tags)."""
-    out = collections.defaultdict(dict)
+    out: collections.defaultdict[str, dict[str, records.Series]] = collections.defaultdict(dict)
     for layer, tags in index.layer_tags.items():
         for quantity, tag in tags.items():
             if tag in raw:
@@ -161,13 +167,13 @@ def series_by_layer(index: TagIndex, raw):
     return out
 
 
-def layer_series_tags(index: TagIndex):
+def layer_series_tags(index: TagIndex) -> list[str]:
     """Every layer series tag of the index."""
     return [tag for tags in index.layer_tags.values() for tag in tags.values()]
 
 
-def read_run(data_provider, ctx, index: TagIndex, downsample, experiment_id="",
-             snapshots=True) -> records.RunData:
+def read_run(data_provider: Any, ctx: Any, index: TagIndex, downsample: int, experiment_id: str = "",
+             snapshots: bool = True) -> records.RunData:
     """One run's records (:func:`tb_bnstats.format.records.run_data`):
     ``downsample`` points per tag at most, the snapshots unless
     ``snapshots=False``."""
@@ -187,25 +193,27 @@ def read_run(data_provider, ctx, index: TagIndex, downsample, experiment_id="",
         newer_format_versions=index.newer_versions)
 
 
-def read_stored_findings(data_provider, ctx, index: TagIndex, experiment_id=""):
+def read_stored_findings(data_provider: Any, ctx: Any, index: TagIndex, experiment_id: str = "") -> list[Any] | None:
     """The last findings list the callback wrote for the run of ``index``, or None."""
     records = _json_records(data_provider, ctx, index.source, index.diagnosis_tag, 1, experiment_id)
     return records[-1] if records and isinstance(records[-1], list) else None
 
 
-def read_train_begins(data_provider, ctx, index: TagIndex, experiment_id=""):
+def read_train_begins(data_provider: Any, ctx: Any, index: TagIndex,
+                      experiment_id: str = "") -> list[dict[str, Any]]:
     """Every record of :data:`metadata.TRAIN_BEGIN_TAG` for the run of
     ``index`` (dicts, in step order); unreadable ones are left out."""
     records = _json_records(data_provider, ctx, index.source, index.train_begin_tag, READ_ALL, experiment_id)
     return [r for r in records if isinstance(r, dict) and isinstance(r.get("step"), int)]
 
 
-def _json_records(data_provider, ctx, run, tag, downsample, experiment_id):
+def _json_records(data_provider: Any, ctx: Any, run: str, tag: str | None, downsample: int,
+                  experiment_id: str) -> list[Any]:
     """The JSON values of a scalar DT_STRING tensor tag (the last
     ``downsample`` of them), in step order; [] when none or unreadable."""
     if tag is None:
         return []
-    out = []
+    out: list[Any] = []
     data = data_provider.read_tensors(
         ctx, experiment_id=experiment_id, plugin_name=metadata.PLUGIN_NAME, downsample=downsample,
         run_tag_filter=provider.RunTagFilter(runs=[run], tags=[tag]),
@@ -227,18 +235,19 @@ class _DataLossNotes(logging.Filter):
 
     PATTERN = re.compile(r"^Truncated record in (.*) \(corrupted record at (\d+)\)$")
 
-    def __init__(self, level):
+    def __init__(self, level: int) -> None:
         super().__init__()
-        self.level, self.seen = level, []
+        self.level = level
+        self.seen: list[tuple[str, int]] = []
 
-    def filter(self, record):
+    def filter(self, record: logging.LogRecord) -> bool:
         match = self.PATTERN.match(record.getMessage())
         if match:
             self.seen.append((os.path.normpath(match.group(1)), int(match.group(2))))
         return record.levelno >= self.level
 
 
-def multiplexer_provider(logdir, data_loss=None):
+def multiplexer_provider(logdir: str | os.PathLike[str], data_loss: list[tuple[str, int]] | None = None) -> Any:
     """An in-process TensorBoard data provider over ``logdir`` that keeps every
     point of this plugin (TensorBoard's defaults keep 10 per tag for it).
     ``data_loss``, a list, receives ``(path, offset)`` of each corrupted
@@ -264,7 +273,7 @@ def multiplexer_provider(logdir, data_loss=None):
     return mdp.MultiplexerDataProvider(multiplexer, str(logdir))
 
 
-def load(logdir, run: str | None = None) -> dict[str, records.RunData]:
+def load(logdir: str | os.PathLike[str], run: str | None = None) -> dict[str, records.RunData]:
     """Every run under ``logdir`` with bn_stats data (or just ``run``), all
     points, as numpy arrays. See the module docstring for the layout.
 
@@ -288,7 +297,7 @@ def load(logdir, run: str | None = None) -> dict[str, records.RunData]:
     """
     from tensorboard import context
 
-    data_loss = []
+    data_loss: list[tuple[str, int]] = []
     data_provider = multiplexer_provider(logdir, data_loss)
     ctx = context.RequestContext()
     indexes = index_runs(data_provider, ctx, logdir=str(logdir))
