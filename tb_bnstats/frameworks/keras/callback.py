@@ -7,6 +7,7 @@ warning."""
 
 import functools
 import os
+import warnings
 import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ import keras
 
 from tb_bnstats import recorder
 from tb_bnstats.frameworks.keras import capture as keras_capture
+from tb_bnstats.frameworks.keras import internals
 from tb_bnstats.frameworks.keras.capture import tf_keras
 from tb_bnstats.frameworks.keras.capture.layers import steps_per_execution
 from tb_bnstats.write import summary
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
 def _compiled(model):
     """What a compiled pass of the probe depends on besides shapes: the
     model's compiled loss and metrics (``compile`` makes new ones)."""
-    return (id(getattr(model, "_compile_loss", None)), id(getattr(model, "_compile_metrics", None)))
+    return (id(internals.compiled_loss(model)), id(internals.compiled_metrics(model)))
 
 
 class BNStatsCallback(keras.callbacks.Callback):
@@ -166,8 +168,29 @@ class BNStatsCallback(keras.callbacks.Callback):
 
     # -- Keras hooks -----------------------------------------------------------
 
+    # Monitoring off for the current model: the installed Keras lacks private API the capture uses
+    # (_internals_changed); every hook then returns at once and fit runs unchanged.
+    _off = False
+
+    def _internals_changed(self, model):
+        """Checks the private Keras API the capture relies on
+        (:mod:`tb_bnstats.frameworks.keras.internals`) for ``model``'s kind
+        (Keras 3 on the running backend, or tf_keras), once per kind: when
+        some is missing or changed, warns once (``RuntimeWarning``) and
+        turns monitoring off."""
+        framework = internals.TF_KERAS if tf_keras.is_tf_keras_model(model) else internals.KERAS3
+        checked = self.__dict__.setdefault("_internals_missing", {})
+        if framework not in checked:
+            checked[framework] = internals.check(framework)
+            if checked[framework]:
+                warnings.warn(internals.missing_message(checked[framework], framework), RuntimeWarning, stacklevel=3)
+        self._off = bool(checked[framework])
+        return self._off
+
     def set_model(self, model):
         super().set_model(model)
+        if self._internals_changed(model):
+            return
         # Keras calls this before it makes the train function: instrument now.
         capture = self._recorder.guard("instrumenting the model", keras_capture.capture_for, model)
         if self._probe is not None and (self._probe.model is not model or self._probe.compiled != _compiled(model)):
@@ -175,6 +198,8 @@ class BNStatsCallback(keras.callbacks.Callback):
         self._recorder.attach(capture, model.name)
 
     def on_train_begin(self, logs=None):
+        if self._off:
+            return
         schedule, rec = self.schedule, self._recorder
         index, count = rec.guard("asking for the processes", keras_capture.processes) or (0, 1)
         rec.writes = index == 0
@@ -247,6 +272,8 @@ class BNStatsCallback(keras.callbacks.Callback):
         return probe
 
     def on_epoch_begin(self, epoch, logs=None):
+        if self._off:
+            return
         self._recorder.epoch_begin()
 
     # Not on_train_batch_end: a callback that defines it makes Keras convert
@@ -256,12 +283,16 @@ class BNStatsCallback(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         # Keras passes the index of the first step of the next execution:
         # the steps this epoch has done.
-        if batch > 0:
+        if batch > 0 and not self._off:
             self._recorder.steps_done(batch)
 
     def on_epoch_end(self, epoch, logs=None):
+        if self._off:
+            return
         val = {k[len("val_"):]: v for k, v in (logs or {}).items() if k.startswith("val_")}
         self._recorder.epoch_end(val, self._optimizer_step)
 
     def on_train_end(self, logs=None):
+        if self._off:
+            return
         self._recorder.end()

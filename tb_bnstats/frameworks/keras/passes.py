@@ -19,6 +19,7 @@ import functools
 import numpy as np
 
 from tb_bnstats import quantities
+from tb_bnstats.frameworks.keras import internals
 from tb_bnstats.frameworks.keras.capture import check_backend
 from tb_bnstats.frameworks.keras.capture.layers import find_batchnorm_layers, index_by_identity
 from tb_bnstats.measure import data as batches
@@ -48,10 +49,10 @@ class MomentTap:
         from keras import backend, ops
 
         for name, layer in self.named:
-            saved = {attr: layer.__dict__[attr] for attr in ("call", "_moments") if attr in layer.__dict__}
+            saved = {attr: layer.__dict__[attr] for attr in ("call", internals.MOMENTS) if attr in layer.__dict__}
             self._saved.append((layer, saved))
             previous_call = layer.call
-            class_moments = type(layer)._moments
+            class_moments = internals.class_moments(layer)
 
             def call(inputs, training=None, mask=None, _name=name, _layer=layer, _call=previous_call,
                      _moments=class_moments):
@@ -74,12 +75,12 @@ class MomentTap:
 
             layer.call = call
             # The training branch calls self._moments: bypass instance wrappers.
-            layer._moments = class_moments.__get__(layer)
+            internals.set_moments(layer, class_moments.__get__(layer))
         return self
 
     def __exit__(self, *exc):
         for layer, saved in self._saved:
-            for attr in ("call", "_moments"):
+            for attr in ("call", internals.MOMENTS):
                 if attr in saved:
                     layer.__dict__[attr] = saved[attr]
                 else:
@@ -218,9 +219,7 @@ def sync_variables(model):
     reads or assigns them: with JAX, ``fit`` keeps the state apart from the
     variables during an epoch (it syncs them at each epoch's end) (Keras' ``jax_state_sync``, a no-op when they
     hold it already)."""
-    sync = getattr(model, "jax_state_sync", None)
-    if sync is not None:
-        sync()
+    internals.state_sync(model)
 
 
 class GapProbe:
@@ -310,11 +309,11 @@ class GapProbe:
 
         model = self.model
         out = {}
-        if getattr(model, "_compile_loss", None) is not None:
+        if internals.compiled_loss(model) is not None:
             loss, _ = model.stateless_compute_loss(trainable, non_trainable, metrics_variables,
                                                    x, y, y_pred, training=training)
             out["loss"] = loss
-        compiled = getattr(model, "_compile_metrics", None)
+        compiled = internals.compiled_metrics(model)
         if compiled is not None and compiled.built:
             state = compiled.stateless_update_state([ops.zeros_like(v.value) for v in compiled.variables], y, y_pred)
             for k, v in compiled.stateless_result(state).items():

@@ -29,7 +29,7 @@ import weakref
 import numpy as np
 
 from tb_bnstats.capture import rows as ring_rows
-from tb_bnstats.frameworks.keras import KERAS
+from tb_bnstats.frameworks.keras import KERAS, internals
 from tb_bnstats.frameworks.keras.capture.layers import (
     called_with_training_false,
     channels_of,
@@ -189,7 +189,7 @@ def instrument_layer(layer, slot):
     moments to ``slot``."""
     from keras import backend, ops
 
-    original_moments = layer._moments
+    original_moments = internals.moments(layer)
     original_call = layer.call
 
     def _moments(inputs, mask):
@@ -213,7 +213,7 @@ def instrument_layer(layer, slot):
                 never_raise(_record_inference_mode, inputs, mask)
         return original_call(inputs, training=training, mask=mask)
 
-    layer._moments = _moments
+    internals.set_moments(layer, _moments)
     layer.call = call
 
 

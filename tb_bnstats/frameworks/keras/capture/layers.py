@@ -6,7 +6,7 @@ metrics. Backend-free (``keras`` and ``keras.ops`` only)."""
 import numpy as np
 
 from tb_bnstats.format import metadata
-from tb_bnstats.frameworks.keras import KERAS
+from tb_bnstats.frameworks.keras import KERAS, internals
 
 
 def find_batchnorm_layers(model, classes=None):
@@ -20,7 +20,7 @@ def find_batchnorm_layers(model, classes=None):
 
     classes = classes or (keras.layers.BatchNormalization,)
     found, seen, used = [], set(), set()
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in internals.flatten_layers(model):
         if isinstance(layer, classes) and id(layer) not in seen:
             seen.add(id(layer))
             name = getattr(layer, "path", None) or layer.name
@@ -43,16 +43,13 @@ def called_with_training_false(model):
     import keras
 
     marked = set()
-    graphs = [model] + list(model._flatten_layers(include_self=False, recursive=True))
+    graphs = [model] + internals.flatten_layers(model)
     for graph in graphs:
-        by_depth = getattr(graph, "_nodes_by_depth", None) or {}  # a functional model's own calls
-        for node in (node for nodes in by_depth.values() for node in nodes):
-            arguments = getattr(node, "arguments", None)
-            if arguments is None or arguments.kwargs.get("training") is not False:
+        for node in internals.graph_nodes(graph):  # a functional model's own calls
+            if internals.node_kwargs(node).get("training") is not False:
                 continue
             called = node.operation
-            for layer in [called] + list(getattr(called, "_flatten_layers", lambda **_: [])(
-                    include_self=False, recursive=True)):
+            for layer in [called] + internals.nested_layers(called):
                 if isinstance(layer, keras.layers.BatchNormalization):
                     marked.add(id(layer))
     return marked

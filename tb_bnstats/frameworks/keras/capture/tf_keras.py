@@ -35,7 +35,7 @@ import functools
 import sys
 
 from tb_bnstats.frameworks import tensorflow_ops
-from tb_bnstats.frameworks.keras import TF_KERAS
+from tb_bnstats.frameworks.keras import TF_KERAS, internals
 from tb_bnstats.frameworks.keras.capture import hooks
 from tb_bnstats.frameworks.keras.capture import tensorflow as tf_capture
 from tb_bnstats.frameworks.keras.capture.layers import channels_of, find_batchnorm_layers
@@ -51,9 +51,7 @@ def is_tf_keras_model(model):
 def batchnorm_classes():
     """tf_keras' BN classes: the base of ``tf.keras.layers.BatchNormalization``
     and of the ``tf.compat.v1.layers`` one."""
-    from tf_keras.src.layers.normalization.batch_normalization import BatchNormalizationBase
-
-    return (BatchNormalizationBase,)
+    return internals.tf_keras_batchnorm_classes()
 
 
 def channel_axis(layer, rank):
@@ -105,7 +103,8 @@ def instrument_layer(layer, slot):
     on Python values only."""
     import tensorflow as tf
 
-    original_call, original_moments, original_fused = layer.call, layer._moments, layer._fused_batch_norm
+    original_call, original_moments = layer.call, internals.moments(layer)
+    original_fused = internals.fused_batch_norm(layer)
     ag = tf.autograph.experimental.do_not_convert
 
     def keep(mean, variance, inputs):
@@ -145,7 +144,9 @@ def instrument_layer(layer, slot):
         finally:
             slot.training_call = False
 
-    layer.call, layer._moments, layer._fused_batch_norm = call, _moments, _fused_batch_norm
+    layer.call = call
+    internals.set_moments(layer, _moments)
+    internals.set_fused_batch_norm(layer, _fused_batch_norm)
 
 
 class TfKerasCapture(tf_capture.TensorFlowCapture):
