@@ -5,6 +5,7 @@ without TensorFlow or Keras:
 
 * ``BNStatsCallback`` -- the Keras callback (:mod:`tb_bnstats.frameworks.keras.callback`);
   for PyTorch, ``from tb_bnstats.torch import BNStatsMonitor`` (:mod:`tb_bnstats.torch`);
+* ``Options`` -- the recording options every adapter takes (:mod:`tb_bnstats.options`);
 * ``Writer`` -- log moments from any training loop (:mod:`tb_bnstats.write.summary`);
 * ``load`` -- read logs back as numpy (:mod:`tb_bnstats.read.reader`);
 * ``diagnose``, ``Finding`` -- what is wrong (:mod:`tb_bnstats.diagnosis`);
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "BNStatsCallback": ("tb_bnstats.frameworks.keras.callback", "BNStatsCallback"),
+    "Options": ("tb_bnstats.options", "Options"),
     "Writer": ("tb_bnstats.write.summary", "Writer"),
     "load": ("tb_bnstats.read.reader", "load"),
     "diagnose": ("tb_bnstats.diagnosis", "diagnose"),

@@ -13,7 +13,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "tb_bnstats"
 # The framework folders (tb_bnstats/frameworks/<name>/): each is a component "frameworks.<name>".
 FOLDERS = ("keras", "torch", "tf1")
 # What an adapter builds on: the neutral core and the registry.
-CORE = {"format", "quantities", "write", "capture", "measure", "diagnosis", "recorder", "frameworks"}
+CORE = {"format", "quantities", "write", "capture", "measure", "diagnosis", "options", "recorder", "loop",
+        "frameworks"}
 # component -> the components it may import (itself always allowed).
 ALLOWED = {
     "format": set(),
@@ -23,7 +24,10 @@ ALLOWED = {
     "capture": {"format", "quantities"},
     "measure": {"format", "quantities", "capture", "frameworks"},
     "diagnosis": {"format", "quantities", "read", "measure", "frameworks"},
-    "recorder": {"format", "quantities", "write", "measure", "diagnosis", "capture"},
+    # The options, defined once; the recorder; the base of the step-loop adapters.
+    "options": {"format", "write", "measure"},
+    "recorder": {"format", "quantities", "write", "measure", "diagnosis", "capture", "options"},
+    "loop": {"options", "recorder", "diagnosis"},
     "plugin": {"format", "quantities", "read", "diagnosis"},
     "cli": {"read", "diagnosis", "format"},
     "__init__": set(),

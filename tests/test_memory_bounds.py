@@ -61,7 +61,7 @@ class MemoryCheckpoints(keras.callbacks.Callback):
             gc.collect()
             tracemalloc.start()
         if self._step in self.steps:
-            self.bn._recorder._jobs.wait()  # the background writer is done with what was drained
+            self.bn._recorder.run.jobs.wait()  # the background writer is done with what was drained
             gc.collect()
             own = tracemalloc.take_snapshot().filter_traces([OWN_CODE])
             self.points.append((self._step, tracemalloc.get_traced_memory()[0],

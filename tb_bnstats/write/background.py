@@ -9,6 +9,8 @@ said once, so training is never held up by its monitor.
 """
 
 import collections
+import dataclasses
+import functools
 import logging
 import threading
 import warnings
@@ -22,6 +24,20 @@ logger = logging.getLogger("tb_bnstats")
 MAX_PENDING = 4
 
 
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One job for the writer thread.
+
+    Attributes:
+        run: what to run (its failures are its own to report; one that
+            escapes is logged and the thread goes on).
+        what: what it writes, for the message should it be dropped.
+    """
+
+    run: Callable[[], object]
+    what: str = "a job"
+
+
 class JobQueue:
     """Runs submitted jobs one after another on a daemon thread.
 
@@ -31,7 +47,7 @@ class JobQueue:
     """
 
     def __init__(self, max_pending: int = MAX_PENDING, name: str = "tb_bnstats-writer") -> None:
-        self._jobs: collections.deque[tuple[Callable[..., object], tuple[Any, ...], str]] = collections.deque()
+        self._jobs: collections.deque[Job] = collections.deque()
         self._max = int(max_pending)
         self._cond = threading.Condition()
         self._running = False  # a job is being run now
@@ -41,8 +57,16 @@ class JobQueue:
         self._thread.start()
 
     def submit(self, fn: Callable[..., object], *args: Any, what: str = "a job") -> None:
-        """Queues ``fn(*args)``; never blocks. With ``max_pending`` jobs
-        waiting, the oldest is dropped (said once, naming ``what`` it was).
+        """Queues ``fn(*args)``: :meth:`put` of a :class:`Job`.
+
+        Raises:
+            RuntimeError: the queue is closed.
+        """
+        self.put(Job(functools.partial(fn, *args), what))
+
+    def put(self, job: Job) -> None:
+        """Queues ``job``; never blocks. With ``max_pending`` jobs waiting,
+        the oldest is dropped (said once, naming ``what`` it was).
 
         Raises:
             RuntimeError: the queue is closed.
@@ -51,13 +75,13 @@ class JobQueue:
             if self._closed:
                 raise RuntimeError("tb_bnstats: the writer queue is closed")
             if len(self._jobs) >= self._max:
-                _, _, dropped_what = self._jobs.popleft()
+                dropped_what = self._jobs.popleft().what
                 self.dropped += 1
                 if self.dropped == 1:
                     warnings.warn(f"tb_bnstats: the event-file writer fell behind training; dropped "
                                   f"{dropped_what} (and will drop the oldest waiting block again if it "
-                                  f"stays behind; said once)", RuntimeWarning, stacklevel=2)
-            self._jobs.append((fn, args, what))
+                                  f"stays behind; said once)", RuntimeWarning, stacklevel=3)
+            self._jobs.append(job)
             self._cond.notify_all()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -80,10 +104,10 @@ class JobQueue:
                 self._cond.wait_for(lambda: self._jobs or self._closed)
                 if not self._jobs:
                     return
-                fn, args, _ = self._jobs.popleft()
+                job = self._jobs.popleft()
                 self._running = True
             try:
-                fn(*args)
+                job.run()
             except Exception:  # noqa: BLE001 - the caller's fn reports its own failures; the thread goes on
                 logger.exception("tb_bnstats: a write job failed")
             finally:

@@ -421,10 +421,16 @@ def test_channels_first_with_as_many_channels_as_columns(tmp_path, fused):
         np.testing.assert_allclose(layer.snapshots["batch_var"][i], var, rtol=1e-5)
 
 
-def test_a_repeated_step_is_counted_on_with_a_warning(tmp_path):
-    with pytest.warns(RuntimeWarning, match="larger than the last one"):
-        train(conv_net(momentum=0.9), tmp_path / "run", steps=3, logged_step=lambda step: 1)
-    assert list(tb_bnstats.load(tmp_path)["run"].layers["block1/batch_normalization"].steps) == [1, 2, 3]
+def test_a_repeated_step_stands_and_one_that_goes_back_is_counted_on_with_a_warning(tmp_path, recwarn):
+    """The step rule of every step-loop monitor (tb_bnstats.loop.StepLoopMonitor, the PyTorch monitor's too):
+    a step given again is the same optimizer step (the last call's moments stand); a smaller one warns and
+    counts on."""
+    train(conv_net(momentum=0.9), tmp_path / "same", steps=3, logged_step=lambda step: 1)
+    assert not [w for w in recwarn if "smaller than the last one" in str(w.message)]
+    assert list(tb_bnstats.load(tmp_path)["same"].layers["block1/batch_normalization"].steps) == [1]
+    with pytest.warns(RuntimeWarning, match="never smaller than the last one"):
+        train(conv_net(momentum=0.9), tmp_path / "back", steps=3, logged_step=lambda step: 4 - step)
+    assert list(tb_bnstats.load(tmp_path)["back"].layers["block1/batch_normalization"].steps) == [3, 4, 5]
 
 
 def test_a_fused_op_named_by_hand_is_logged_without_a_warning(tmp_path, recwarn):

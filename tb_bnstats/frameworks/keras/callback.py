@@ -9,7 +9,6 @@ import functools
 import os
 import warnings
 import weakref
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import keras
@@ -19,7 +18,8 @@ from tb_bnstats.frameworks.keras import capture as keras_capture
 from tb_bnstats.frameworks.keras import internals
 from tb_bnstats.frameworks.keras.capture import tf_keras
 from tb_bnstats.frameworks.keras.capture.layers import steps_per_execution
-from tb_bnstats.write import summary
+from tb_bnstats.options import PROBE_OFF, Options
+from tb_bnstats.recorder import Capabilities
 
 if TYPE_CHECKING:
     from tb_bnstats.diagnosis.finding import Finding
@@ -42,59 +42,14 @@ class BNStatsCallback(keras.callbacks.Callback):
 
     Args:
         log_dir: directory of this run's event files (TensorBoard's run).
-        log_every_n_steps: log every N optimizer steps (1 = every step). The
-            moments logged are those of the step logged; the train loss and
-            mean-type metrics are the mean over the steps since the last log.
-        snapshot_every_n_steps: write the full per-channel snapshot every N
-            steps (0 = only at the end of each ``fit``).
-        layers: optional list of layer names or glob patterns (``"block1/*"``)
-            to monitor; default all BN layers.
-        log_metrics: also log training loss/metrics per step and validation
-            metrics per epoch on the same step axis.
-        flush_secs: what the device kept is read and written at least this
-            often (default 30 s): TensorBoard shows a step within about
-            this, plus its reload interval.
-        verbose: 1 prints what was found and which layers are frozen; 0 is quiet.
-        probe_data: the batch of the train/inference gap probe
-            (:mod:`tb_bnstats.measure.gap`). None (default): the first 256
-            training samples the train step runs on (copied inside the step,
-            over its first batches: the data pipeline is not touched), kept
-            for the whole run -- the gap on training data, the "99% in
-            training mode, 20% in inference mode" symptom. Better, held-out (validation) data:
-            arrays ``(x, y)`` (or ``x``) of which the first 256 rows are
-            used, or a ``tf.data.Dataset`` / ``PyDataset`` / iterable of
-            batches of which the first batch (cut to 256 rows) is taken once
-            at train begin; with it the probe also tells eval data that
-            differ from the training data (BN009; Keras 3 does not hand
-            ``fit``'s validation data to callbacks). False: no probe. The
-            batch runs through the model in training and in inference mode
-            without changing any state (two forward passes, one compiled
-            graph); logged are loss and compiled metrics of both modes
-            (metric splits ``probe_train`` / ``probe_inference``) and per BN
-            layer :data:`tb_bnstats.format.metadata.PROBE_SERIES`. Sample
-            weights are ignored. A probe step is always a logged step (the
-            layer series are logged there too). A probe that fails (e.g.
-            data of the wrong shape) warns once and is turned off.
-        probe_every_n_steps: run the probe at the first step, every N
-            optimizer steps and at each epoch end; None or 0 (default): at
-            each epoch end only.
-            Each probe is two forward passes of the probe batch.
-        population_data: data to measure each BN input's population mean
-            and variance on ("PreciseBN",
-            :func:`tb_bnstats.population_stats`; training data,
-            as arrays or a re-iterable dataset): logged per layer as
-            :data:`tb_bnstats.format.metadata.POPULATION_SERIES`, a third line next
-            to the moving and debiased averages and how far the moving
-            averages are from it. Nothing in the model changes. None
-            (default): not measured.
-        population_every_n_steps: measure at the first step, every N steps
-            and at each epoch end; None or 0 (default): at each epoch end.
-        population_samples: examples per measurement (whole batches);
-            PreciseBN finds 10**3-10**4 near-optimal. Costs about
-            ``population_samples / batch`` forward passes.
-        population_batch_size: batch size to cut arrays into; use the
-            training batch size (upstream BN layers normalize each batch with
-            its own moments, as in training).
+        **options: the recording options, each a field of
+            :class:`tb_bnstats.Options`, where each is described:
+            ``log_every_n_steps``, ``snapshot_every_n_steps``, ``layers``,
+            ``log_metrics``, ``flush_secs``, ``verbose``, ``probe_data``
+            (None, the default: the first 256 training samples the train
+            step runs on), ``probe_every_n_steps``, ``population_data``,
+            ``population_every_n_steps``, ``population_samples``,
+            ``population_batch_size``.
 
     The step is the optimizer's iteration count after the step, so it goes on
     across ``fit`` calls and after restoring a checkpoint (``model.save`` /
@@ -125,26 +80,17 @@ class BNStatsCallback(keras.callbacks.Callback):
     when the interpreter exits.
 
     Raises:
+        TypeError: an unknown keyword argument.
         ValueError: an argument out of its range, a stride given without its
             data, or a Keras backend tb_bnstats does not capture yet.
     """
 
-    def __init__(self, log_dir: str | os.PathLike[str], log_every_n_steps: int = 1, snapshot_every_n_steps: int = 100,
-                 layers: Sequence[str] | None = None, log_metrics: bool = True,
-                 flush_secs: float = summary.DEFAULT_FLUSH_SECS, verbose: int = 1, probe_data: Any = None,
-                 probe_every_n_steps: int | None = None, population_data: Any = None,
-                 population_every_n_steps: int | None = None, population_samples: int = 2048,
-                 population_batch_size: int = 32) -> None:
+    def __init__(self, log_dir: str | os.PathLike[str], **options: Any) -> None:
         super().__init__()
         keras_capture.check_backend()
-        self.schedule = recorder.Schedule(
-            log_dir, log_every_n_steps=log_every_n_steps, snapshot_every_n_steps=snapshot_every_n_steps,
-            layers=layers, log_metrics=log_metrics, flush_secs=flush_secs, verbose=verbose, probe_data=probe_data,
-            probe_every_n_steps=probe_every_n_steps, population_data=population_data,
-            population_every_n_steps=population_every_n_steps, population_samples=population_samples,
-            population_batch_size=population_batch_size)
-        self.log_dir = self.schedule.log_dir
-        self._recorder = recorder.Recorder(self.schedule)
+        self.options = self.schedule = Options.of("BNStatsCallback", log_dir, options)
+        self.log_dir = self.options.log_dir
+        self._recorder = recorder.Recorder(self.options)
         self._probe = None  # the GapProbe, kept (traced) across fits of the same model
 
     # tf_keras' CallbackList asks these of every callback (a Keras 3 callback has none): the one batch
@@ -200,26 +146,25 @@ class BNStatsCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         if self._off:
             return
-        schedule, rec = self.schedule, self._recorder
+        options, rec = self.options, self._recorder
         index, count = rec.guard("asking for the processes", keras_capture.processes) or (0, 1)
-        rec.writes = index == 0
-        if tf_keras.is_tf_keras_model(self.model) and (schedule.probe_source is not recorder.PROBE_OFF
-                                                       or schedule.population_data is not None):
-            schedule.probe_source, schedule.probe_data, schedule.population_data = recorder.PROBE_OFF, None, None
+        measures = options.probe_source is not PROBE_OFF or options.population_data is not None
+        # A tf_keras model has no measurement passes; with several processes every one runs the same
+        # instrumented step and process 0 alone writes: a measurement pass on one would wait for the others.
+        passes = not tf_keras.is_tf_keras_model(self.model) and count == 1
+        if measures and tf_keras.is_tf_keras_model(self.model):
             rec.say("a tf_keras model: the train/inference probe and population statistics are off (Keras 3 "
                     "models only); tb_bnstats.recalibrate and gap_report take Keras 3 or PyTorch models")
         if count > 1:
-            # Every process runs the same instrumented step; process 0 alone writes. A measurement pass
-            # on one process would wait for the others: the probe and the population statistics are off.
-            schedule.probe_source, schedule.probe_data, schedule.population_data = recorder.PROBE_OFF, None, None
             rec.say(f"process {index} of {count}: " + ("writes the run" if index == 0 else "process 0 writes the run")
                     + "; the probe and population statistics are off with several processes")
-        rec.begin(self._optimizer_step, steps_per_execution(self.model))
+        run = rec.begin(self._optimizer_step, steps_per_execution(self.model),
+                        Capabilities(writes=index == 0, probe=passes, population=passes))
         if rec.writer is not None:
             rec.guard("watching the train function for exceptions", self._drain_when_training_raises)
-        if schedule.probe_source is not recorder.PROBE_OFF and self._probe is None and rec.writer is not None:
+        if run.probe_source is not PROBE_OFF and self._probe is None and rec.writer is not None:
             self._probe = rec.guard("preparing the train/inference probe", self._make_probe)
-        rec.measure_model(self.model, self._probe)
+        rec.measure_model(self.model, self._probe if run.probe_source is not PROBE_OFF else None)
 
     def _drain_when_training_raises(self):
         """Wraps the model's train function (Keras made it before

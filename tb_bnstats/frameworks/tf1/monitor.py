@@ -31,27 +31,23 @@ call, and whether its update ops ran in it: a train op built without
 becomes finding BN002 with that fix.
 """
 
-import numpy as np
-
-from tb_bnstats import recorder
 from tb_bnstats.frameworks.tf1 import TF1
 from tb_bnstats.frameworks.tf1 import graph as graph_capture
-from tb_bnstats.write import summary
+from tb_bnstats.loop import StepLoopMonitor
+from tb_bnstats.options import GRAPH_OPTIONS, Options
 
 
-class _GraphMonitor:
-    """What both ways share: the schedule, the graph's layers, the recorder
+class _GraphMonitor(StepLoopMonitor):
+    """What both ways share: the options, the graph's layers, the recorder
     and the capture (made at the first :meth:`_prepare`, so that
-    :meth:`add_layer` can come first)."""
+    :meth:`add_layer` can come first). The run begins at the first train
+    call; the step rule and closing are
+    :class:`tb_bnstats.loop.StepLoopMonitor`'s."""
 
-    def __init__(self, log_dir, graph=None, metrics=None, log_every_n_steps=1, snapshot_every_n_steps=100,
-                 layers=None, log_metrics=True, flush_secs=summary.DEFAULT_FLUSH_SECS, verbose=1):
+    def __init__(self, log_dir, graph=None, metrics=None, owner="BNStatsFetches", **options):
         import tensorflow as tf
 
-        self.schedule = recorder.Schedule(
-            log_dir, log_every_n_steps=log_every_n_steps, snapshot_every_n_steps=snapshot_every_n_steps,
-            layers=layers, log_metrics=log_metrics, flush_secs=flush_secs, verbose=verbose, default_probe=False)
-        self.log_dir = self.schedule.log_dir
+        super().__init__(Options.of(owner, log_dir, options, accepted=GRAPH_OPTIONS, default_probe=False))
         if graph is not None and not isinstance(graph, tf.Graph):
             raise ValueError(f"graph must be a tf.Graph, got {type(graph).__name__}")
         if metrics is not None and (not isinstance(metrics, dict) or not all(
@@ -60,19 +56,9 @@ class _GraphMonitor:
         self._graph = graph
         self._metrics = dict(metrics or {})
         self._hand_written = []
-        self._recorder = recorder.Recorder(self.schedule)
         self.capture = None
         self._capture_failed = False  # finding the layers failed (warned once): not tried again
         self._updates_run = None  # {layer: whether the train call runs its update ops}, of the last fetches
-        self._step = None
-        self._epoch_start = 0
-        self.closed = False
-
-    @property
-    def findings(self):
-        """The diagnosis made at :meth:`close` (a list of
-        :class:`tb_bnstats.diagnosis.finding.Finding`), None before."""
-        return self._recorder.findings
 
     def add_layer(self, name, moving_mean, moving_var, momentum, inputs=None, batch_mean=None, batch_var=None,
                   epsilon=1e-3, training=True, update_ops=None, channel_axis=-1, moving_var_unbiased=False):
@@ -166,25 +152,14 @@ class _GraphMonitor:
         if self.closed or self.capture is None or not results or updates_run is None:
             return
         rec = self._recorder
-        if step is None:
-            step = (self._step or 0) + 1
-        elif isinstance(step, bool) or not isinstance(step, (int, np.integer)) or (
-                self._step is not None and step <= self._step):
-            rec.warn_once("step", f"step must be an int larger than the last one ({self._step}), got {step!r}; "
-                          "counting on")
-            step = (self._step or 0) + 1
-        step = int(step)
+        step = self._next_step(step)
         changed = rec.guard("keeping the fetched statistics", self.capture.keep, step, results, updates_run, values)
-        if changed and self._step is not None:
+        if changed and self.begun:
             rec.guard("describing the layers", rec.layers_changed)
-        if self._step is None:  # the run begins at its first train call: a restored run is told by its values
-            self._step = step - 1
-            rec.begin(lambda: step - 1)
+        if not self.begun:  # the run begins at its first train call: a restored run is told by its values
+            self._begin(step - 1)
             rec.epoch_begin()
-            self._epoch_start = step - 1
-        self._step = step
-        rec.execution_ended()
-        rec.steps_done(self._step - self._epoch_start)
+        self._step_taken(step)
 
     def close(self, session=None, feed_dict=None):
         """Ends the run: everything written, the diagnosis made
@@ -202,11 +177,8 @@ class _GraphMonitor:
         """
         if self.closed:
             return
-        self.closed = True
-        if self._step is None:
-            return
         rec = self._recorder
-        if session is not None and feed_dict is not None and self.capture is not None:
+        if self.begun and session is not None and feed_dict is not None and self.capture is not None:
             from tb_bnstats.diagnosis import live
 
             shifts = rec.guard("checking the graph for a variance shift", self.capture.variance_shift, session,
@@ -214,19 +186,7 @@ class _GraphMonitor:
             if shifts:
                 rec.measure_with(live_findings=lambda run: live.variance_shift_findings(
                     shifts, TF1, run))
-        rec.epoch_end({}, lambda: self._step)
-        rec.end()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.close()
-        else:
-            self.closed = True
-            self._recorder.abandon()  # training raised: write what was kept, no diagnosis
-        return False
+        super().close()
 
 
 class BNStatsFetches(_GraphMonitor):
@@ -242,11 +202,11 @@ class BNStatsFetches(_GraphMonitor):
         metrics: ``{name: scalar tensor}`` to log with them (the loss...);
             or pass numbers to :meth:`log`.
         **options: ``log_every_n_steps``, ``snapshot_every_n_steps``,
-            ``layers``, ``log_metrics``, ``flush_secs``, ``verbose``: as in
-            :class:`tb_bnstats.BNStatsCallback` (``layers``: scope names or
-            glob patterns).
+            ``layers`` (scope names or glob patterns), ``log_metrics``,
+            ``flush_secs``, ``verbose``: fields of :class:`tb_bnstats.Options`.
 
     Raises:
+        TypeError: an unknown keyword argument.
         ValueError: an argument out of its range, or ``train_op`` is None.
     """
 
@@ -256,7 +216,7 @@ class BNStatsFetches(_GraphMonitor):
         if train_op is None:
             raise ValueError("train_op is needed: it tells whether each layer's update ops run in the train call")
         graph = graph or next((getattr(t, "graph", None) for t in tf.nest.flatten(train_op)), None)
-        super().__init__(log_dir, graph=graph, metrics=metrics, **options)
+        super().__init__(log_dir, graph=graph, metrics=metrics, owner="BNStatsFetches", **options)
         self._train_op = train_op
 
     @property
@@ -303,10 +263,14 @@ class BNStatsHook(_GraphMonitor, _hook_base()):
         **options: ``log_every_n_steps``, ``snapshot_every_n_steps``,
             ``layers``, ``log_metrics``, ``flush_secs``, ``verbose``: as in
             :class:`BNStatsFetches`.
+
+    Raises:
+        TypeError: an unknown keyword argument.
+        ValueError: an argument out of its range.
     """
 
     def __init__(self, log_dir, metrics=None, check_feed_dict=None, **options):
-        super().__init__(log_dir, metrics=metrics, **options)
+        super().__init__(log_dir, metrics=metrics, owner="BNStatsHook", **options)
         self._global_step = None  # a read of the graph's global step, made at begin()
         self._increments = None  # the names of the ops that increment the global step (None: no global step)
         self._trains = {}  # fetch key -> whether a sess.run of those fetches increments the global step

@@ -9,21 +9,17 @@ monitoring failure is a warning.
 """
 
 import os
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
-import numpy as np
-
-from tb_bnstats import recorder
 from tb_bnstats.frameworks.torch.capture import ranks as ddp_ranks
 from tb_bnstats.frameworks.torch.capture.hooks import TorchCapture
-from tb_bnstats.write import summary
+from tb_bnstats.loop import StepLoopMonitor
+from tb_bnstats.options import PROBE_OFF, Options, positive_int
+from tb_bnstats.recorder import Capabilities
 
-if TYPE_CHECKING:
-    from tb_bnstats.diagnosis.finding import Finding
 
-
-class BNStatsMonitor:
+class BNStatsMonitor(StepLoopMonitor):
     """Logs every BatchNorm module's batch moments against its running
     statistics, every training step, for TensorBoard's BN Convergence tab.
 
@@ -64,6 +60,10 @@ class BNStatsMonitor:
     (what ``torch.save(model.state_dict())`` on rank 0 keeps). The other
     ranks write nothing.
 
+    The step rule, closing and the ``with`` block are those of
+    :class:`tb_bnstats.loop.StepLoopMonitor`: a step given to :meth:`step`
+    may repeat the last one but never go back.
+
     Args:
         model: the ``torch.nn.Module`` being trained (or its
             ``torch.compile`` wrapper, or its ``DistributedDataParallel``
@@ -71,40 +71,27 @@ class BNStatsMonitor:
         log_dir: directory of this run's event files (TensorBoard's run).
             ``torch.utils.tensorboard.SummaryWriter(log_dir)`` may write its
             scalars there too: the tab's loss chart shows them.
-        log_every_n_steps: as in :class:`tb_bnstats.BNStatsCallback`.
-        snapshot_every_n_steps: as in :class:`tb_bnstats.BNStatsCallback`.
-        layers: as in :class:`tb_bnstats.BNStatsCallback`, with module paths
-            or glob patterns such as ``"layer1.*"``.
-        log_metrics: as in :class:`tb_bnstats.BNStatsCallback`.
-        flush_secs: as in :class:`tb_bnstats.BNStatsCallback`.
-        verbose: as in :class:`tb_bnstats.BNStatsCallback`.
-        probe_every_n_steps: as in :class:`tb_bnstats.BNStatsCallback`.
-        population_every_n_steps: as in :class:`tb_bnstats.BNStatsCallback`.
-        population_samples: as in :class:`tb_bnstats.BNStatsCallback`.
-        population_batch_size: as in :class:`tb_bnstats.BNStatsCallback`.
-        probe_data: a held-out batch source (arrays, tensors, a
-            ``DataLoader``) for the train/inference probe: its first batch
-            (cut to 256 rows) runs through the model in ``train()`` and in
-            ``eval()`` mode, changing nothing, at the probe steps and at
-            :meth:`epoch_end` / :meth:`close`.
-        population_data: data (a re-iterable ``DataLoader`` or arrays) to
-            measure each BN input's population statistics on (PreciseBN).
         loss_fn: ``loss_fn(output, y)``, for the probe's loss in both modes.
         start_step: the optimizer steps taken before this run (a resumed
             run); :meth:`step` without ``step=`` counts on from here.
+        **options: the recording options, each a field of
+            :class:`tb_bnstats.Options` (``log_every_n_steps``,
+            ``snapshot_every_n_steps``, ``layers`` -- module paths or glob
+            patterns such as ``"layer1.*"`` --, ``log_metrics``,
+            ``flush_secs``, ``verbose``, ``probe_data`` -- a held-out batch
+            source: arrays, tensors, a ``DataLoader``; None, the default, is
+            no probe --, ``probe_every_n_steps``, ``population_data``,
+            ``population_every_n_steps``, ``population_samples``,
+            ``population_batch_size``).
 
     Raises:
-        TypeError: ``model`` is not a ``torch.nn.Module``.
+        TypeError: ``model`` is not a ``torch.nn.Module``, or an unknown
+            keyword argument.
         ValueError: an argument out of its range.
     """
 
-    def __init__(self, model: Any, log_dir: str | os.PathLike[str], log_every_n_steps: int = 1,
-                 snapshot_every_n_steps: int = 100, layers: Sequence[str] | None = None, log_metrics: bool = True,
-                 flush_secs: float = summary.DEFAULT_FLUSH_SECS, verbose: int = 1, probe_data: Any = None,
-                 probe_every_n_steps: int | None = None, population_data: Any = None,
-                 population_every_n_steps: int | None = None, population_samples: int = 2048,
-                 population_batch_size: int = 32, loss_fn: Callable[[Any, Any], Any] | None = None,
-                 start_step: int = 0) -> None:
+    def __init__(self, model: Any, log_dir: str | os.PathLike[str], *,
+                 loss_fn: Callable[[Any, Any], Any] | None = None, start_step: int = 0, **options: Any) -> None:
         import torch
 
         if not isinstance(model, torch.nn.Module):
@@ -112,29 +99,23 @@ class BNStatsMonitor:
                             "model use tb_bnstats.BNStatsCallback)")
         if loss_fn is not None and not callable(loss_fn):
             raise ValueError(f"loss_fn must be callable as loss_fn(output, y), got {loss_fn!r}")
-        self.schedule = recorder.Schedule(
-            log_dir, log_every_n_steps=log_every_n_steps, snapshot_every_n_steps=snapshot_every_n_steps,
-            layers=layers, log_metrics=log_metrics, flush_secs=flush_secs, verbose=verbose, probe_data=probe_data,
-            probe_every_n_steps=probe_every_n_steps, population_data=population_data,
-            population_every_n_steps=population_every_n_steps, population_samples=population_samples,
-            population_batch_size=population_batch_size, default_probe=False)
-        self.log_dir = self.schedule.log_dir
+        super().__init__(Options.of("BNStatsMonitor", log_dir, options, default_probe=False))
+        steps_before = positive_int("start_step", start_step, allow_zero=True)
         self.ranks = ddp_ranks.of(model)
         model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper holds the module
         if isinstance(model, torch.nn.parallel.DistributedDataParallel):
             model = getattr(model.module, "_orig_mod", model.module)  # measured without DDP's collectives
         self.model = model
         self.loss_fn = loss_fn
-        self._step = recorder.positive_int("start_step", start_step, allow_zero=True)
-        self.closed = False
-        self._recorder = rec = recorder.Recorder(self.schedule)
+        rec = self._recorder
+        capabilities = Capabilities()
         if self.ranks is not None:
             # Every rank captures and joins the gather at each step; rank 0 alone writes (and measures).
-            rec.writes = self.ranks.chief
+            capabilities = Capabilities(writes=self.ranks.chief)
             rec.say(f"rank {self.ranks.rank} of {self.ranks.world_size}: "
                     + ("writes the run" if self.ranks.chief else "rank 0 writes the run"))
             if any(isinstance(m, torch.nn.SyncBatchNorm) for m in self.model.modules()):
-                self.schedule.probe_data = self.schedule.population_data = None  # their passes would sync alone
+                capabilities = Capabilities(writes=self.ranks.chief, probe=False, population=False)
                 rec.warn_once("SyncBatchNorm", "SyncBatchNorm under DDP: the probe and population measurements "
                               "are off (a pass on rank 0 alone would wait for the other ranks)")
         self.capture = rec.guard("instrumenting the model", TorchCapture, self.model, self.ranks)
@@ -142,20 +123,12 @@ class BNStatsMonitor:
         if self.capture is not None and self.capture.untracked:
             rec.say(f"track_running_stats=False (no running statistics, batch moments in eval() too), not "
                     f"logged: {self.capture.untracked}")
-        rec.begin(lambda: self._step)
+        self._begin(steps_before, capabilities)
         self._probe = None
-        if self.schedule.probe_data is not None and rec.writer is not None:
+        if rec.run.probe_source is not PROBE_OFF and rec.writer is not None:
             self._probe = rec.guard("preparing the train/inference probe", self._make_probe)
         rec.measure_model(self.model, self._probe)
         rec.epoch_begin()
-        self._epoch_start = self._step
-
-    @property
-    def findings(self) -> "list[Finding] | None":
-        """The diagnosis made at :meth:`close` (a list of
-        :class:`tb_bnstats.diagnosis.finding.Finding`), None before (and
-        on ranks other than 0)."""
-        return self._recorder.findings
 
     def step(self, loss: Any = None, step: int | None = None, **metrics: Any) -> None:
         """Logs the training step just taken: the last training forward's
@@ -171,78 +144,39 @@ class BNStatsMonitor:
         if self.closed:
             return
         rec = self._recorder
-        if step is None:
-            self._step += 1
-        elif isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < self._step:
-            rec.warn_once("step", f"step= must be an int that does not go back (after {self._step}), got "
-                          f"{step!r}; counting on from {self._step}")
-            self._step += 1
-        else:
-            self._step = int(step)
+        step = self._next_step(step)
         values = ({"loss": loss} if loss is not None else {}) | metrics
         if self.capture is not None and self.capture.failed is None:
-            ran = rec.guard("capturing the batch moments", self.capture.write_step, self._step, values)
+            ran = rec.guard("capturing the batch moments", self.capture.write_step, step, values)
             if ran is False and self.capture.names:
                 rec.warn_once("finding BN forwards", "no BatchNorm module ran a training forward before step(): "
                               "was the model torch.compile'd and run before the monitor was made (make the "
                               "monitor first), or a model of the same class compiled earlier in this process "
                               "without it (torch.compiler.reset() before compiling this one)? Or is every BN "
                               "module in eval() under torch.no_grad()?")
-        rec.execution_ended()
-        rec.steps_done(self._step - self._epoch_start)
+        self._step_taken(step)
 
     def epoch_end(self, **val_metrics: float) -> None:
         """Optional: an epoch ended. Drains what was kept, runs the probe and
         population measurements, logs ``val_metrics`` (numbers, e.g.
         ``loss=0.3, accuracy=0.9``) as the validation split at this step."""
-        if self.closed:
-            return
-        rec = self._recorder
-        rec.epoch_end({k: float(v) for k, v in val_metrics.items()}, lambda: self._step)
-        rec.epoch_begin()
-        self._epoch_start = self._step
+        if not self.closed:
+            self._epoch_end(val_metrics)
 
-    def close(self) -> None:
-        """Ends the run: everything drained and written, the probe and
-        population measured once more, the diagnosis made (:attr:`findings`,
-        printed with ``verbose=1``), the event file closed and every hook
-        removed. Idempotent."""
-        if self.closed:
-            return
-        self.closed = True
-        rec = self._recorder
-        try:
-            rec.epoch_end({}, lambda: self._step)
-            rec.end()
-        finally:
-            if self.capture is not None:
-                self.capture.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.close()
-            return False
-        self.closed = True  # training raised: write what was kept, no diagnosis
-        try:
-            self._recorder.abandon()
-        finally:
-            if self.capture is not None:
-                self.capture.close()
-        return False
+    def _release(self) -> None:
+        if self.capture is not None:
+            self.capture.close()  # every hook removed
 
     # -- measurements --------------------------------------------------------------
 
     def _named(self):
         from tb_bnstats.frameworks.torch import passes as torch_passes
 
-        return [(n, m) for n, m in torch_passes.bn_layers(self.model) if self.schedule.selected(n)]
+        return [(n, m) for n, m in torch_passes.bn_layers(self.model) if self.options.selected(n)]
 
     def _make_probe(self):
         from tb_bnstats.frameworks.torch import passes as torch_passes
         from tb_bnstats.measure import gap
 
-        x, y = gap.take_probe_batch(self.schedule.probe_data)
+        x, y = gap.take_probe_batch(self.options.probe_data)
         return torch_passes.GapProbe(self.model, x, y, self._named(), loss_fn=self.loss_fn)
