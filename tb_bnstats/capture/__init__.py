@@ -11,8 +11,9 @@ framework.
 Sources: :mod:`tb_bnstats.frameworks.keras.capture` (Keras 3; one module per backend)
 and :mod:`tb_bnstats.frameworks.torch.capture` (``torch.nn`` BN modules), on
 :mod:`tb_bnstats.capture.rows` (a ring's rows on the host, the drain's
-merge into blocks). A new framework is one new module that implements
-:class:`Capture`.
+merge into blocks) and :mod:`tb_bnstats.capture.ring` (the row's columns,
+their storage, pack and unpack: defined once). A new framework is one new
+module that implements :class:`Capture`.
 """
 
 import dataclasses

@@ -1,8 +1,9 @@
 """The rows of a capture's ring, on the host: what one training step kept,
 and how a drain turns the rows read from the device into
 :class:`tb_bnstats.capture.Block` s. numpy only; every Keras backend and
-the PyTorch capture write the same columns in their own device containers
-(each module says how).
+the PyTorch capture write the same columns, defined once in
+:mod:`tb_bnstats.capture.ring` (where each column lives and as what dtype,
+the pack and the unpack into :class:`Rows`).
 
 A row, for the layers of one :class:`Layout`:
 
@@ -14,8 +15,9 @@ A row, for the layers of one :class:`Layout`:
   running-mean metric;
 * ``moments`` [4 * sum(C)] -- per layer ``batch_mean, batch_var,
   moving_mean, moving_var`` as float32;
-* ``samples`` [L] -- optional, each layer's values per channel in the batch
-  (for moving variances of Bessel-corrected batch variances, PyTorch's).
+* ``samples`` [L] -- when ``Layout.samples``, each layer's values per
+  channel in the batch (for moving variances of Bessel-corrected batch
+  variances, PyTorch's).
 
 On R > 1 replicas (``Layout.replicas``) a row holds ``moments`` and
 ``samples`` of every replica, replica after replica ([R * 4 * sum(C)] and
@@ -51,7 +53,8 @@ class Layout:
     PyTorch's may change from step to step (a new ring then). ``replicas``:
     how many replicas' moments a row holds; ``moving_per_replica``: whether
     each replica's moving statistics are its own (else replica 0's stand for
-    all)."""
+    all); ``samples``: whether a row holds each layer's values per channel
+    (always on several replicas)."""
 
     layers: tuple[weakref.ref, ...]
     channels: tuple[int, ...]
@@ -60,18 +63,20 @@ class Layout:
     metric_names: tuple[str, ...]
     replicas: int = 1
     moving_per_replica: bool = False
+    samples: bool = False
 
     @classmethod
-    def of(cls, layers, channels, updating, log_names, metric_names, replicas=1, moving_per_replica=False):
+    def of(cls, layers, channels, updating, log_names, metric_names, replicas=1, moving_per_replica=False,
+           samples=False):
         return cls(tuple(weakref.ref(layer) for layer in layers), tuple(int(c) for c in channels),
                    tuple(bool(u) for u in updating), tuple(log_names), tuple(metric_names), int(replicas),
-                   bool(moving_per_replica))
+                   bool(moving_per_replica), bool(samples) or int(replicas) > 1)
 
     @property
     def key(self):
         """Equal for layouts of the same rows (a retrace with the same layers)."""
         return (tuple(id(ref()) for ref in self.layers), self.channels, self.updating, self.log_names,
-                self.metric_names, self.replicas, self.moving_per_replica)
+                self.metric_names, self.replicas, self.moving_per_replica, self.samples)
 
     @property
     def num_values(self):
@@ -82,10 +87,16 @@ class Layout:
         """Moment columns of a row (every replica's)."""
         return 4 * sum(self.channels) * self.replicas
 
+    @property
+    def num_samples(self):
+        """Values-per-channel columns of a row (every replica's; 0 without)."""
+        return len(self.layers) * self.replicas if self.samples else 0
+
 
 @dataclasses.dataclass
 class Rows:
-    """Rows read from one ring (R rows, any order): see the module docstring."""
+    """Rows read from one ring (R rows, any order): see the module docstring
+    (made by :meth:`tb_bnstats.capture.ring.RingFormat.rows`)."""
 
     layout: Layout
     n: np.ndarray  # [R]
@@ -94,15 +105,6 @@ class Rows:
     values: np.ndarray  # [R, V]
     moments: np.ndarray  # [R, replicas * 4 * sum(C)] float32
     samples: np.ndarray | None = None  # [R, replicas * L] values per channel (always on several replicas)
-
-    @classmethod
-    def from_arrays(cls, layout, ints, floats, samples=None):
-        """Rows from ``ints`` [R, 2 + L] (``n, step, counts``), ``floats``
-        [R, V + 4 sum(C)] (``values, moments``) and optionally ``samples``
-        [R, L]."""
-        values = layout.num_values
-        return cls(layout, n=ints[:, 0], step=ints[:, 1], counts=ints[:, 2:], values=floats[:, :values],
-                   moments=floats[:, values:], samples=samples)
 
     def take(self, index):
         return Rows(self.layout, self.n[index], self.step[index], self.counts[index], self.values[index],

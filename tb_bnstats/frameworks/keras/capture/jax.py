@@ -46,8 +46,10 @@ once for the global batch, sharded over the devices along its first axis
 the global batch's (XLA all-reduces them): synchronized by construction.
 Each device's own slice's moments are computed next to them by reshaping the
 batch axis into ``[R, B/R]`` (no data moves between devices for that) and
-go into the row replica after replica; the ring is replicated on every
-device (the train function's output shardings get one entry per ring array,
+go into the row replica after replica; the ring (the row's columns in
+:data:`tb_bnstats.capture.ring.INT32` storage: JAX has no 64-bit types
+without ``jax_enable_x64``) is replicated on every device (the train
+function's output shardings get one entry per ring array,
 :func:`_with_ring_shardings`).
 """
 
@@ -57,8 +59,8 @@ import weakref
 
 import numpy as np
 
-from tb_bnstats.capture.rows import Layout, Rows, ring_steps
-from tb_bnstats.frameworks.keras import internals
+from tb_bnstats.capture import ring
+from tb_bnstats.capture.rows import Layout, ring_steps
 from tb_bnstats.frameworks.keras.capture.hooks import KerasCapture, LayerSlot, StepHook, train_step_scope
 from tb_bnstats.frameworks.keras.capture.layers import index_by_identity, mean_metrics, steps_per_execution
 
@@ -128,7 +130,7 @@ def _with_ring_shardings(model):
     makes the train function's output shardings of under a distribution)
     to add a replicated sharding for each array of the ring carried in the
     non-trainable state."""
-    original = internals.state_sharding_spec(model)
+    original = model._get_state_sharding_spec
 
     @functools.wraps(original)
     def sharding_spec():
@@ -140,15 +142,14 @@ def _with_ring_shardings(model):
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         return (trainable, list(non_trainable) + [replicated] * _Ring.ARRAYS, *rest)
 
-    internals.set_state_sharding_spec(model, sharding_spec)
+    model._get_state_sharding_spec = sharding_spec
 
 
 class _Ring:
-    """The carry: K rows on the device as ``ints`` [K, 2 + L] int32 (``n,
-    step, counts``) and ``floats`` [K, V + 4 sum(C)] float32 (``values,
-    moments``; on R devices ``values``, every replica's moments, then each
-    replica's values per channel [R * L]), the running ``counts`` [L] and
-    ``seq`` (rows written)."""
+    """The carry: K rows on the device, the arrays of the layout's row in
+    :data:`tb_bnstats.capture.ring.INT32` storage (``ints`` [K, 2 + L]
+    int32, ``floats`` [K, V + 4 sum(C) (+ R * L)] float32; ``format``), then
+    the running ``counts`` [L] and ``seq`` (rows written)."""
 
     ARRAYS = 4
 
@@ -156,20 +157,39 @@ class _Ring:
         import jax.numpy as jnp
 
         self.layout = layout
-        self.samples = len(layout.layers) * layout.replicas if layout.replicas > 1 else 0
-        ints, floats = 2 + len(layout.layers), layout.num_values + layout.num_moments + self.samples
-        self.steps = ring_steps(4 * (ints + floats), steps_per_execution)
-        self.arrays = [jnp.zeros([self.steps, ints], jnp.int32), jnp.zeros([self.steps, floats], jnp.float32),
-                       jnp.asarray(counts, jnp.int32), jnp.asarray(seq, jnp.int32)]
+        self.format = ring.RingFormat(layout, ring.INT32)
+        self.names = [array.name for array in self.format.storage.arrays]
+        self.steps = ring_steps(self.format.row_bytes, steps_per_execution)
+        counter = self.format.dtype(ring.COUNTS)
+        self.arrays = [jnp.zeros(self.format.shape(array.name, self.steps), array.dtype)
+                       for array in self.format.storage.arrays] + [jnp.asarray(counts, counter),
+                                                                   jnp.asarray(seq, counter)]
         self.stale = False  # the step now runs with another layout: a new ring before the next execution
 
     def read(self):
         """The whole ring (two device-to-host copies, one per array: the
         device buffers are donated to the next step), as :class:`Rows`."""
-        ints, floats = (np.array(a) for a in self.arrays[:2])
-        if not self.samples:
-            return Rows.from_arrays(self.layout, ints, floats)
-        return Rows.from_arrays(self.layout, ints, floats[:, :-self.samples], floats[:, -self.samples:])
+        return self.format.rows({name: np.array(a) for name, a in zip(self.names, self.arrays)})
+
+
+class _JaxOps:
+    """:class:`tb_bnstats.capture.ring.Ops` in ``jax.numpy`` (traced: XLA fuses them)."""
+
+    def vector(self, parts, dtype, out=None):
+        import jax.numpy as jnp
+
+        if not parts:
+            return jnp.zeros([0], dtype)
+        return jnp.concatenate([jnp.reshape(jnp.asarray(p, dtype), [-1]) for p in parts])
+
+    def bitcast_pairs(self, vector):
+        import jax
+        import jax.numpy as jnp
+
+        return jax.lax.bitcast_convert_type(jnp.reshape(vector, [-1, 2]), jnp.float64)
+
+
+_OPS = _JaxOps()
 
 
 def _empty_carry():
@@ -190,7 +210,11 @@ def _unsupported(model):
     current = distribution.distribution()
     if current is not None and getattr(current, "batch_dim_name", None) is None:
         return "this keras.distribution splits no batch axis"
-    return "flax NNX is enabled (Keras calls the class's train_step)" if internals.nnx_enabled() else None
+    try:
+        from keras.src.backend.config import is_nnx_enabled
+    except ImportError:  # pragma: no cover - a Keras without NNX
+        return None
+    return "flax NNX is enabled (Keras calls the class's train_step)" if is_nnx_enabled() else None
 
 
 class _TrainStepHook(StepHook):
@@ -215,7 +239,7 @@ class _TrainStepHook(StepHook):
 
     def _wrap(self, model):
         original_step, original_call = model.train_step, model.stateless_call
-        original_loss, original_make = model.stateless_compute_loss, internals.make_train_function(model)
+        original_loss, original_make = model.stateless_compute_loss, model.make_train_function
 
         @functools.wraps(original_call)
         def stateless_call(*args, **kwargs):
@@ -264,7 +288,7 @@ class _TrainStepHook(StepHook):
             if model.train_function is None or force:
                 model.train_step = new_train_step()
                 self._sized = False  # the new step is sized again (one eval_shape)
-                if _distributed() and not hasattr(internals.state_sharding_spec(model), "__wrapped__"):
+                if _distributed() and not hasattr(model._get_state_sharding_spec, "__wrapped__"):
                     _with_ring_shardings(model)
             made = original_make(force=force)
             fn = model.train_function
@@ -274,8 +298,7 @@ class _TrainStepHook(StepHook):
 
         self._collecting = False
         model.stateless_call, model.stateless_compute_loss = stateless_call, stateless_compute_loss
-        model.train_step = new_train_step()
-        internals.set_make_train_function(model, make_train_function)
+        model.train_step, model.make_train_function = new_train_step(), make_train_function
 
     @property
     def collecting_moments(self):
@@ -444,30 +467,28 @@ class _TrainStepHook(StepHook):
         if not carry:
             self._discovered = layout
             return carry
-        ring = self.active
-        if ring is None or ring.layout.key != layout.key or len(carry) != 4:
-            if ring is not None:
-                ring.stale = True
+        active = self.active
+        if active is None or active.layout.key != layout.key or len(carry) != 4:
+            if active is not None:
+                active.stale = True
             return carry
         if layout.layers and not moments:
             return carry  # the step did not pass them on (warned in _run_step)
         rows_int, rows_float, counts, seq = carry
         n = seq + 1
-        counts = counts + jnp.asarray([1 if updating else 0 for updating in layout.updating], jnp.int32)
+        counts = counts + jnp.asarray([1 if updating else 0 for updating in layout.updating], counts.dtype)
         optimizer_index = index_by_identity(model.optimizer.variables)
         iterations = optimizer[optimizer_index[id(model.optimizer.iterations)]] \
             if id(model.optimizer.iterations) in optimizer_index else n
-        ints = jnp.concatenate([jnp.stack([n, jnp.asarray(iterations, jnp.int32)]), counts])
         state_index = index_by_identity(model.non_trainable_variables)
         metric_index = index_by_identity(model.metrics_variables)
-        floats = [jnp.asarray(v, jnp.float32).reshape([1]) for v in scalar_logs.values()]
+        values = list(scalar_logs.values())
         for _, metric in named_metrics:
-            floats += [jnp.asarray(metrics[metric_index[id(v)]], jnp.float32).reshape([1])
-                       for v in (metric.total, metric.count)]
+            values += [metrics[metric_index[id(v)]] for v in (metric.total, metric.count)]
         flat, start = (moments[0] if moments else None), 0
         by_replica = [[] for _ in range(replicas)]  # the row's moments, replica after replica
         for layer, channels in zip(layers, layout.channels):
-            moving = [jnp.asarray(non_trainable[state_index[id(v)]], jnp.float32).reshape([-1])
+            moving = [jnp.asarray(non_trainable[state_index[id(v)]], ring.MOMENTS_DTYPE).reshape([-1])
                       for v in (layer.moving_mean, layer.moving_variance)]
             if replicas == 1:
                 by_replica[0] += [flat[start:start + 2 * channels]] + moving
@@ -479,12 +500,12 @@ class _TrainStepHook(StepHook):
             start += 2 * replicas * channels
             for r in range(replicas):
                 by_replica[r] += [means[r], variances[r]] + moving
-        floats += [part for parts in by_replica for part in parts]
-        if replicas > 1:
-            floats.append(jnp.asarray([p[2] for _ in range(replicas) for p in per_replica], jnp.float32))
-        at = (n - 1) % ring.steps
-        rows_int = rows_int.at[at].set(ints)
-        rows_float = rows_float.at[at].set(jnp.concatenate(floats))
+        columns = {ring.N: [n], ring.STEP: [iterations], ring.COUNTS: [counts], ring.VALUES: values,
+                   ring.MOMENTS: [part for parts in by_replica for part in parts],
+                   ring.SAMPLES: [[p[2] for _ in range(replicas) for p in per_replica]] if replicas > 1 else []}
+        at = (n - 1) % active.steps
+        rows_int = rows_int.at[at].set(active.format.row("ints", _OPS, columns))
+        rows_float = rows_float.at[at].set(active.format.row("floats", _OPS, columns))
         return [rows_int, rows_float, counts, n]
 
     # -- what the capture asks -----------------------------------------------------

@@ -8,8 +8,8 @@ traces it, and to write, at the end of each step, everything the callback
 reads -- the optimizer's iteration count, each layer's update count,
 captured and moving moments, the step's logs and the running-mean metrics'
 totals -- as one row of a ring buffer variable on the device: row
-``(n - 1) % K`` at the n-th step (:class:`_Ring`; the columns:
-:mod:`tb_bnstats.capture.rows`). The host reads the whole ring in one
+``(n - 1) % K`` at the n-th step (:class:`_Ring`; the columns and their
+float64 storage: :mod:`tb_bnstats.capture.ring`). The host reads the whole ring in one
 device-to-host read every up to K steps (:meth:`KerasCapture.drain`);
 nothing is read per step, so the step runs on without waiting for the host,
 and with ``steps_per_execution`` > 1 every step of an execution has its own
@@ -22,9 +22,8 @@ Resuming: the update counts live in this process, not in the checkpoint
 
 import weakref
 
-import numpy as np
-
-from tb_bnstats.capture.rows import Layout, Rows, ring_steps
+from tb_bnstats.capture import ring
+from tb_bnstats.capture.rows import Layout, ring_steps
 from tb_bnstats.frameworks import tensorflow_ops
 from tb_bnstats.frameworks.keras.capture import hooks
 from tb_bnstats.frameworks.keras.capture.hooks import FIRST_BATCH_ROWS, KerasCapture, LayerSlot, StepHook
@@ -113,34 +112,51 @@ def replicas_in_sync():
 
 
 class _Ring:
-    """K rows on the device, each one training step: ``[n, step, counts...,
-    values..., samples...]`` as float64 (``samples``: on several replicas,
-    or with a layer whose moving variance is unbiased, each replica's values
-    per channel of each layer), then the moments as float32, two to a
-    float64 slot (``tf.bitcast``); read back by :meth:`read`."""
+    """K rows on the device in one float64 variable, the layout's row in
+    :data:`tb_bnstats.capture.ring.FLOAT64` storage (``row_format``), written
+    with one ``scatter_update`` per step; read back by :meth:`read`."""
 
-    def __init__(self, layout, steps_per_execution, with_samples):
+    def __init__(self, row_format, steps_per_execution):
         import tensorflow as tf
 
-        self.layout = layout
-        self.samples = len(layout.layers) * layout.replicas if with_samples else 0
-        self.head = 2 + len(layout.layers) + layout.num_values + self.samples
-        self.packed = (layout.num_moments + 1) // 2
-        self.width = self.head + self.packed
-        self.steps = ring_steps(8 * self.width, steps_per_execution)
+        self.layout, self.row_format = row_format.layout, row_format
+        self.steps = ring_steps(row_format.row_bytes, steps_per_execution)
         with tf.init_scope():
-            self.rows = tf.Variable(tf.zeros([self.steps, self.width], tf.float64), trainable=False,
-                                    name="tb_bnstats_ring")
+            self.rows = tf.Variable(tf.zeros(row_format.shape("rows", self.steps), row_format.arrays["rows"].dtype),
+                                    trainable=False, name="tb_bnstats_ring")
 
     def read(self):
         """The whole ring, in one device-to-host read, as :class:`Rows`."""
-        rows = self.rows.numpy()
-        layers = len(self.layout.layers)
-        moments = np.ascontiguousarray(rows[:, self.head:]).view(np.float32)[:, :self.layout.num_moments]
-        values_end = self.head - self.samples
-        return Rows(self.layout, n=rows[:, 0], step=rows[:, 1], counts=rows[:, 2:2 + layers],
-                    values=rows[:, 2 + layers:values_end], moments=moments,
-                    samples=rows[:, values_end:self.head] if self.samples else None)
+        return self.row_format.rows({"rows": self.rows.numpy()})
+
+
+class _TensorFlowOps:
+    """:class:`tb_bnstats.capture.ring.Ops` in TensorFlow: a run of scalars
+    is one ``tf.stack``, the parts one ``tf.concat``."""
+
+    def vector(self, parts, dtype, out=None):
+        import tensorflow as tf
+
+        joined, run = [], []
+        for part in parts:
+            part = tf.cast(tf.convert_to_tensor(part), dtype)
+            if part.shape.rank == 0:
+                run.append(part)
+                continue
+            if run:
+                joined, run = joined + [tf.stack(run)], []
+            joined.append(part)
+        if run:
+            joined.append(tf.stack(run))
+        return tf.concat(joined, axis=0) if len(joined) > 1 else joined[0] if joined else tf.zeros([0], dtype)
+
+    def bitcast_pairs(self, vector):
+        import tensorflow as tf
+
+        return tf.bitcast(tf.reshape(vector, [-1, 2]), tf.float64)
+
+
+_OPS = _TensorFlowOps()
 
 
 class _FirstBatch:
@@ -253,26 +269,31 @@ class _TrainStepHook(StepHook):
         metrics = mean_metrics(model)
         replicas = self.replicas = replicas_in_sync()
         self.moving_per_replica = replicas > 1  # Keras' moving statistics: one copy per replica (aggregation none)
+        with_samples = replicas > 1 or any(slot.moving_var_unbiased for slot in slots)
         layout = Layout.of(layers, [slot.channels for slot in slots], [self.kept[layer][1] for layer in layers],
-                           logs, [name for name, _ in metrics], replicas=replicas, moving_per_replica=replicas > 1)
+                           logs, [name for name, _ in metrics], replicas=replicas, moving_per_replica=replicas > 1,
+                           samples=with_samples)
+        row_format = ring.RingFormat(layout, ring.FLOAT64)
         in_graph = [not isinstance(self.kept[layer][0][0], tf.Variable) for layer in layers]
         floats = []
         for layer in layers:
             (mean, variance), _, _ = self.kept[layer]
-            # float32 whatever the layer's dtype (a float64 model, a float16 policy): the row's layout.
-            floats += [mean, variance, tf.reshape(tf.cast(layer.moving_mean, tf.float32), [-1]),
-                       tf.reshape(tf.cast(layer.moving_variance, tf.float32), [-1])]
+            # float32 whatever the layer's dtype (a float64 model, a float16 policy): the row's moments.
+            floats += [mean, variance, tf.reshape(tf.cast(layer.moving_mean, ring.MOMENTS_DTYPE), [-1]),
+                       tf.reshape(tf.cast(layer.moving_variance, ring.MOMENTS_DTYPE), [-1])]
         floats = tf.concat([tf.convert_to_tensor(v) for v in floats], axis=0) if floats else tf.zeros([0])
-        log_values = tf.stack([tf.cast(v, tf.float64) for v in logs.values()]) if logs else tf.zeros([0], tf.float64)
+        values_dtype = row_format.dtype(ring.VALUES)  # each replica's, then their mean, in the row's dtype
+        log_values = (tf.stack([tf.cast(v, values_dtype) for v in logs.values()]) if logs
+                      else tf.zeros([0], values_dtype))
         execution_steps = steps_per_execution(model)  # K >= steps_per_execution
         write = lambda floats, log_values, samples: self._write(  # noqa: E731
-            model, layout, execution_steps, slots, in_graph, metrics, floats, log_values, samples)
-        with_samples = replicas > 1 or any(slot.moving_var_unbiased for slot in slots)
+            model, row_format, execution_steps, slots, in_graph, metrics, floats, log_values, samples)
         samples = None
         if with_samples:
-            samples = tf.stack([tf.zeros([], tf.float64) if self.kept[layer][2] is None
+            samples_dtype = row_format.dtype(ring.SAMPLES)
+            samples = tf.stack([tf.zeros([], samples_dtype) if self.kept[layer][2] is None
                                 else tf.convert_to_tensor(self.kept[layer][2]) for layer in layers]
-                               ) if layers else tf.zeros([0], tf.float64)
+                               ) if layers else tf.zeros([0], samples_dtype)
         if replicas == 1:
             write(floats, log_values, samples)
             return
@@ -283,29 +304,25 @@ class _TrainStepHook(StepHook):
                          tf.concat(local(samples), axis=0))
         tf.distribute.get_replica_context().merge_call(merged, args=(floats, log_values, samples))
 
-    def _write(self, model, layout, execution_steps, slots, in_graph, metrics, floats, log_values, samples):
-        """Writes the row: the counters advanced here, once per step."""
+    def _write(self, model, row_format, execution_steps, slots, in_graph, metrics, floats, log_values, samples):
+        """Writes the row (:meth:`tb_bnstats.capture.ring.RingFormat.row`):
+        the counters advanced here, once per step."""
         import tensorflow as tf
 
-        ring = self.rings.get((layout.key, execution_steps))
-        if ring is None:
-            ring = self.rings[(layout.key, execution_steps)] = _Ring(layout, execution_steps, samples is not None)
+        layout = row_format.layout
+        ring_ = self.rings.get((layout.key, execution_steps))
+        if ring_ is None:
+            ring_ = self.rings[(layout.key, execution_steps)] = _Ring(row_format, execution_steps)
         n = self.seq.assign_add(1)
-        head = [n, model.optimizer.iterations]
-        for slot, updating, graph in zip(slots, layout.updating, in_graph):
-            head.append(slot.updates.assign_add(1) if updating and graph else slot.updates.read_value())
-        for _, metric in metrics:
-            head += [metric.total, metric.count]
-        head = tf.stack([tf.cast(tf.convert_to_tensor(v), tf.float64) for v in head])
-        parts = [head[:2 + len(slots)], log_values, head[2 + len(slots):]]
-        if samples is not None:
-            parts.append(samples)
-        if int(floats.shape[0]):
-            if ring.packed * 2 != int(floats.shape[0]):
-                floats = tf.concat([floats, tf.zeros([1], tf.float32)], axis=0)
-            parts.append(tf.bitcast(tf.reshape(floats, [ring.packed, 2]), tf.float64))
-        row = tf.concat(parts, axis=0)
-        ring.rows.scatter_update(tf.IndexedSlices(row[None, :], tf.reshape(tf.math.floormod(n - 1, ring.steps), [1])))
+        counts = [slot.updates.assign_add(1) if updating and graph else slot.updates.read_value()
+                  for slot, updating, graph in zip(slots, layout.updating, in_graph)]
+        totals = [v for _, metric in metrics for v in (metric.total, metric.count)]
+        row = ring_.row_format.row("rows", _OPS, {
+            ring.N: [n], ring.STEP: [model.optimizer.iterations], ring.COUNTS: counts,
+            ring.VALUES: [log_values] + totals, ring.SAMPLES: [] if samples is None else [samples],
+            ring.MOMENTS: [floats]})
+        at = tf.reshape(tf.math.floormod(n - 1, ring_.steps), [1])
+        ring_.rows.scatter_update(tf.IndexedSlices(row[None, :], at))
 
 
 class TensorFlowCapture(KerasCapture):

@@ -7,11 +7,12 @@ call: the torch backend has no ``steps_per_execution``), so the Python of
 each step runs each step. The BN layers get the shared wrappers of
 :mod:`tb_bnstats.frameworks.keras.capture.hooks`; ``model.train_step`` is wrapped to
 mark "inside a training step" and, when the step returns, to write its row
-(:mod:`tb_bnstats.capture.rows`): the float columns -- logs, metric
-totals, batch and moving moments -- with one ``copy_`` into a float32 ring
-tensor on the layers' device, the optimizer's step into an int64 ring
-tensor there; the row number and update counts are Python integers kept in
-a host array (the step runs in Python anyway). Nothing is read from the
+(its columns in :data:`tb_bnstats.capture.ring.STEP_ON_DEVICE` storage):
+the float columns -- logs, metric totals, batch and moving moments -- with
+one ``torch.cat`` into a float32 ring tensor on the layers' device, the
+optimizer's step into an int64 ring tensor there; the row number and update
+counts are Python integers kept in a host array (the step runs in Python
+anyway). Nothing is read from the
 device per step: with a GPU the copies are queued behind the step's own
 kernels and the step does not wait. The host reads both ring tensors once
 per drain. With ``jit_compile=True`` (``torch.compile``) the row writing is
@@ -22,7 +23,8 @@ import weakref
 
 import numpy as np
 
-from tb_bnstats.capture.rows import Layout, Rows, ring_steps
+from tb_bnstats.capture import ring
+from tb_bnstats.capture.rows import Layout, ring_steps
 from tb_bnstats.frameworks.keras.capture.hooks import KerasCapture, LayerSlot, StepHook
 from tb_bnstats.frameworks.keras.capture.layers import mean_metrics
 
@@ -66,25 +68,47 @@ class _LayerSlot(LayerSlot):
 
 
 class _Ring:
-    """K rows: ``floats`` [K, V + 4 sum(C)] float32 and ``steps`` [K] int64
-    on the device, ``ints`` [K, 2 + L] (``n, step, counts``) on the host."""
+    """K rows of the layout's row in
+    :data:`tb_bnstats.capture.ring.STEP_ON_DEVICE` storage (``format``):
+    ``device`` tensors ``floats`` [K, V + 4 sum(C)] float32 and ``steps``
+    [K, 1] int64, ``host`` array ``ints`` [K, 1 + L] (``n, counts``)."""
 
     def __init__(self, layout, device):
         import torch
 
         self.layout = layout
-        width = layout.num_values + layout.num_moments
-        self.steps = ring_steps(4 * width + 8, 1)
-        self.floats = torch.zeros([self.steps, width], dtype=torch.float32, device=device)
-        self.optimizer_steps = torch.zeros([self.steps], dtype=torch.int64, device=device)
-        self.ints = np.zeros([self.steps, 2 + len(layout.layers)], np.int64)
+        self.format = ring.RingFormat(layout, ring.STEP_ON_DEVICE)
+        self.steps = ring_steps(self.format.row_bytes, 1)
+        self.device = {array.name: torch.zeros(self.format.shape(array.name, self.steps),
+                                               dtype=getattr(torch, array.dtype), device=device)
+                       for array in self.format.device_arrays()}
+        self.host = self.format.host_arrays(self.steps)
+        self.ops = _TorchOps(device)
 
     def read(self):
         """Both device tensors, one read each, as :class:`Rows`."""
-        floats = self.floats.cpu().numpy()
-        ints = self.ints.copy()
-        ints[:, 1] = self.optimizer_steps.cpu().numpy()
-        return Rows.from_arrays(self.layout, ints, floats)
+        return self.format.rows({**{name: t.cpu().numpy() for name, t in self.device.items()}, **self.host})
+
+
+class _TorchOps:
+    """:class:`tb_bnstats.capture.ring.Ops` in torch, on the ring's device."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def vector(self, parts, dtype, out=None):
+        import torch
+
+        dtype = getattr(torch, dtype)
+        flat = [torch.as_tensor(p, device=self.device).detach().reshape([-1]).to(dtype) for p in parts]
+        if not flat:
+            return out if out is not None else torch.zeros([0], dtype=dtype, device=self.device)
+        return torch.cat(flat) if out is None else torch.cat(flat, out=out)
+
+    def bitcast_pairs(self, vector):
+        import torch
+
+        return vector.view(torch.float64)
 
 
 class _TrainStepHook(StepHook):
@@ -108,31 +132,30 @@ class _TrainStepHook(StepHook):
         metrics = mean_metrics(model)
         layout = Layout.of(layers, [_SLOTS[layer].channels for layer in layers],
                            [self.kept[layer][2] for layer in layers], scalar_logs, [name for name, _ in metrics])
-        ring = self.rings.get(layout.key)
-        if ring is None:
+        ring_ = self.rings.get(layout.key)
+        if ring_ is None:
             device = layers[0].moving_mean.value.device if layers else "cpu"
-            ring = self.rings[layout.key] = _Ring(layout, device)
+            ring_ = self.rings[layout.key] = _Ring(layout, device)
         counts = []  # the layers did update, whether or not the row below can be written
         for layer, updating in zip(layers, layout.updating):
             slot = _SLOTS[layer]
             slot.updates += 1 if updating else 0
             counts.append(slot.updates)
-        at = self.seq % ring.steps  # row n - 1 of the n-th step, numbered once the row is complete
+        at = self.seq % ring_.steps  # row n - 1 of the n-th step, numbered once the row is complete
+        row_format = ring_.format
         with torch.no_grad():
-            device = ring.floats.device
-            scalar = lambda v: torch.as_tensor(v, device=device).detach().reshape([1]).float()  # noqa: E731
-            floats = [scalar(v) for v in scalar_logs.values()]
+            values = list(scalar_logs.values())
             for _, metric in metrics:
-                floats += [scalar(metric.total.value), scalar(metric.count.value)]
+                values += [metric.total.value, metric.count.value]
+            moments = []
             for layer in layers:
                 mean, variance, _ = self.kept[layer]
-                floats += [mean, variance, layer.moving_mean.value.detach().reshape([-1]).float(),
-                           layer.moving_variance.value.detach().reshape([-1]).float()]
-            if floats:
-                ring.floats[at].copy_(torch.cat(floats))
-            ring.optimizer_steps[at].copy_(model.optimizer.iterations.value.detach().reshape([]))
+                moments += [mean, variance, layer.moving_mean.value, layer.moving_variance.value]
+            columns = {ring.VALUES: values, ring.MOMENTS: moments, ring.STEP: [model.optimizer.iterations.value]}
+            for name, tensor in ring_.device.items():
+                row_format.row(name, ring_.ops, columns, out=tensor[at])
         self.seq += 1
-        ring.ints[at, 0], ring.ints[at, 2:] = self.seq, counts
+        row_format.row("ints", ring.NUMPY, {ring.N: [self.seq], ring.COUNTS: counts}, out=ring_.host["ints"][at])
 
 
 class TorchCapture(KerasCapture):

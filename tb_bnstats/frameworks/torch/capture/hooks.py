@@ -21,8 +21,9 @@ With gradient accumulation the last micro-batch's moments are the step's;
 
 When the training loop says a step is done
 (:meth:`TorchCapture.write_step`), the pending moments, the running
-statistics and the step's metrics become one row of a ring
-(:mod:`tb_bnstats.capture.rows`): the floats with one ``torch.cat`` into a
+statistics and the step's metrics become one row of a ring (its columns in
+:data:`tb_bnstats.capture.ring.COUNTS_ON_DEVICE` storage, on several ranks
+:data:`~tb_bnstats.capture.ring.GATHERED`): the floats with one ``torch.cat`` into a
 float32 ring tensor on the modules' device, each module's
 ``num_batches_tracked`` with one ``torch.stack`` into an int64 ring tensor
 there; the row number, the step, Python-number metrics and the values per
@@ -40,6 +41,7 @@ import logging
 
 import numpy as np
 
+from tb_bnstats.capture import ring
 from tb_bnstats.capture import rows as ring_rows
 from tb_bnstats.frameworks.torch.capture import modules as bn_modules
 
@@ -85,46 +87,58 @@ class _ModuleSlot:
 
 
 class _Ring:
-    """K rows of one layout: ``floats`` [K, V_dev + 4 sum(C)] float32 and
-    ``counts`` [K, L] int64 on the device; ``ints`` [K, 2] (``n, step``),
-    ``host_values`` [K, V_host] and ``samples`` [K, L] on the host. On R
-    ranks (``ranks``) the moments and values per channel of every rank are
-    gathered into ``gathered`` [K, R, 4 sum(C) + L] instead."""
+    """K rows of one layout in :data:`tb_bnstats.capture.ring.COUNTS_ON_DEVICE`
+    storage (``format``): ``device`` tensors ``floats`` [K, V_dev + 4 sum(C)]
+    float32 and ``counts`` [K, L] int64, ``host`` arrays ``ints`` [K, 2]
+    (``n, step``), ``host_values`` [K, V_host] (the metrics given as Python
+    numbers) and ``samples`` [K, L]. On R ranks (``ranks``,
+    :data:`~tb_bnstats.capture.ring.GATHERED`) the moments and values per
+    channel of every rank are gathered into ``gathered`` [K, R, 4 sum(C) + L]
+    instead."""
 
     def __init__(self, layout, device, on_device, ranks=None):
         import torch
 
-        self.layout, self.on_device, self.ranks = layout, tuple(on_device), ranks
-        moments = layout.num_moments // layout.replicas  # one rank's
-        width = sum(self.on_device) + (0 if ranks else moments)
-        gathered = layout.replicas * (moments + len(layout.layers)) if ranks else 0
-        self.steps = ring_rows.ring_steps(4 * (width + gathered) + 8 * len(layout.layers))
-        self.floats = torch.zeros([self.steps, width], dtype=torch.float32, device=device)
-        self.gathered = torch.zeros([self.steps, layout.replicas, moments + len(layout.layers)],
-                                    dtype=torch.float32, device=device) if ranks else None
-        self.counts = torch.zeros([self.steps, len(layout.layers)], dtype=torch.int64, device=device)
-        self.ints = np.zeros([self.steps, 2], np.int64)
-        self.host_values = np.zeros([self.steps, len(self.on_device) - sum(self.on_device)])
-        self.samples = np.zeros([self.steps, len(layout.layers)])
+        self.layout, self.ranks = layout, ranks
+        self.format = ring.RingFormat(layout, ring.GATHERED if ranks else ring.COUNTS_ON_DEVICE,
+                                      host_values=[not d for d in on_device])
+        self.steps = ring_rows.ring_steps(self.format.row_bytes)
+        self.device = {array.name: torch.zeros(self.format.shape(array.name, self.steps),
+                                               dtype=getattr(torch, array.dtype), device=device)
+                       for array in self.format.device_arrays()}
+        self.host = self.format.host_arrays(self.steps)
+        self.ops = _TorchOps(device)
 
     def read(self):
-        """Both device tensors, one read each, as :class:`~tb_bnstats.capture.rows.Rows`."""
-        device_part = self.floats.cpu().numpy()
-        counts = self.counts.cpu().numpy()
-        on_device = np.array(self.on_device, bool)
-        values = np.zeros([self.steps, len(on_device)], np.float32)
-        values[:, on_device] = device_part[:, :on_device.sum()]
-        values[:, ~on_device] = self.host_values
-        ints = np.concatenate([self.ints, counts], axis=1)
-        if self.ranks is None:
-            floats = np.concatenate([values, device_part[:, on_device.sum():]], axis=1)
-            return ring_rows.Rows.from_arrays(self.layout, ints, floats, samples=self.samples.copy())
-        self.ranks.wait()
-        gathered = self.gathered.cpu().numpy()
-        layers = len(self.layout.layers)
-        moments = gathered[:, :, :gathered.shape[2] - layers].reshape(self.steps, -1)
-        samples = gathered[:, :, gathered.shape[2] - layers:].reshape(self.steps, -1)
-        return ring_rows.Rows.from_arrays(self.layout, ints, np.concatenate([values, moments], axis=1), samples)
+        """The device tensors, one read each, as :class:`~tb_bnstats.capture.rows.Rows`."""
+        if self.ranks is not None:
+            self.ranks.wait()
+        return self.format.rows({**{name: t.cpu().numpy() for name, t in self.device.items()}, **self.host})
+
+
+class _TorchOps:
+    """:class:`tb_bnstats.capture.ring.Ops` in torch, on the ring's device:
+    0-d tensors are one ``torch.stack``, other parts one ``torch.cat``."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def vector(self, parts, dtype, out=None):
+        import torch
+
+        dtype = getattr(torch, dtype)
+        if parts and all(isinstance(p, torch.Tensor) and p.dim() == 0 for p in parts):
+            stacked = [p.detach().to(self.device, dtype) for p in parts]
+            return torch.stack(stacked) if out is None else torch.stack(stacked, out=out)
+        flat = [torch.as_tensor(p, device=self.device).detach().reshape([-1]).to(dtype) for p in parts]
+        if not flat:
+            return out if out is not None else torch.zeros([0], dtype=dtype, device=self.device)
+        return torch.cat(flat) if out is None else torch.cat(flat, out=out)
+
+    def bitcast_pairs(self, vector):
+        import torch
+
+        return vector.view(torch.float64)
 
 
 class TorchCapture:
@@ -223,39 +237,34 @@ class TorchCapture:
         updating = tuple(pending[n][3] for n in names)
         # A module path is one module of fixed width: the names and flags say which ring (no Layout per step).
         key = self._written_key = (tuple(names), updating, tuple(metrics), on_device)
-        ring = self._rings.get(key)
+        ring_ = self._rings.get(key)
         ranks = self.ranks
-        if ring is None:
+        if ring_ is None:
             layout = ring_rows.Layout.of([s.module for s in slots], [s.channels for s in slots], updating,
                                          list(metrics), (), replicas=ranks.world_size if ranks else 1,
-                                         moving_per_replica=bool(ranks and ranks.moving_per_replica))
+                                         moving_per_replica=bool(ranks and ranks.moving_per_replica), samples=True)
             device = slots[0].module.running_mean.device if slots else next(
                 (v.device for v in metrics.values() if isinstance(v, torch.Tensor)), "cpu")
-            ring = self._rings[key] = _Ring(layout, device, on_device, ranks)
-        at = self._seq % ring.steps
+            ring_ = self._rings[key] = _Ring(layout, device, on_device, ranks)
+        at = self._seq % ring_.steps
+        row_format = ring_.format
+        columns = {ring.VALUES: [v for v, here in zip(metrics.values(), on_device) if here],
+                   ring.HOST_VALUES: [float(v) for v, here in zip(metrics.values(), on_device) if not here],
+                   ring.COUNTS: [s.module.num_batches_tracked for s in slots],
+                   ring.SAMPLES: [[float(pending[n][2]) for n in names]], ring.MOMENTS: []}
+        for slot, name in zip(slots, names):
+            mean, var = pending[name][:2]
+            columns[ring.MOMENTS] += [mean, var, slot.module.running_mean, slot.module.running_var]
         with torch.no_grad():
-            device = ring.floats.device
-            floats = [v.detach().reshape([1]).to(device, torch.float32) for v in metrics.values()
-                      if isinstance(v, torch.Tensor)]
-            moments = []
-            for slot, name in zip(slots, names):
-                mean, var = pending[name][:2]
-                moments += [mean, var, slot.module.running_mean.detach().float(),
-                            slot.module.running_var.detach().float()]
-            if ranks is not None:  # this rank's moments and values per channel, gathered from every rank
-                row = torch.cat([f.reshape([-1]).to(device, torch.float32) for f in moments]
-                                + [torch.tensor([float(pending[n][2]) for n in names], device=device)])
-                ranks.gather(row, ring.gathered[at])
-            else:
-                floats += moments
-            if floats:
-                torch.cat([f.reshape([-1]).to(device) for f in floats], out=ring.floats[at])
-            if slots:
-                torch.stack([s.module.num_batches_tracked for s in slots], out=ring.counts[at])
-        ring.host_values[at] = [float(v) for v in metrics.values() if not isinstance(v, torch.Tensor)]
-        ring.samples[at] = [pending[n][2] for n in names]
+            for name, tensor in ring_.device.items():
+                if row_format.arrays[name].per_replica:  # this rank's part, gathered from every rank
+                    ranks.gather(row_format.row(name, ring_.ops, columns), tensor[at])
+                else:
+                    row_format.row(name, ring_.ops, columns, out=tensor[at])
         self._seq += 1
-        ring.ints[at] = (self._seq, int(step))
+        columns[ring.N], columns[ring.STEP] = [self._seq], [int(step)]
+        for name, array in ring_.host.items():
+            row_format.row(name, ring.NUMPY, columns, out=array[at])
         return bool(slots)
 
     # -- the Capture protocol --------------------------------------------------------
@@ -304,8 +313,8 @@ class TorchCapture:
 
     def drain(self):
         parts = []
-        for ring in self._rings.values():
-            parts.append((ring.read(), ring.steps))
+        for ring_ in self._rings.values():
+            parts.append((ring_.read(), ring_.steps))
             self._reads += 2
         named = {id(slot.module): name for name, slot in self._slots.items()}
         blocks, self._drained = ring_rows.drain(parts, self._drained, named, self._slots)
