@@ -61,6 +61,7 @@ import numpy as np
 
 from tb_bnstats.capture import ring
 from tb_bnstats.capture.rows import Layout, ring_steps
+from tb_bnstats.frameworks.keras import internals
 from tb_bnstats.frameworks.keras.capture.hooks import KerasCapture, LayerSlot, StepHook, train_step_scope
 from tb_bnstats.frameworks.keras.capture.layers import index_by_identity, mean_metrics, steps_per_execution
 
@@ -130,7 +131,7 @@ def _with_ring_shardings(model):
     makes the train function's output shardings of under a distribution)
     to add a replicated sharding for each array of the ring carried in the
     non-trainable state."""
-    original = model._get_state_sharding_spec
+    original = internals.state_sharding_spec(model)
 
     @functools.wraps(original)
     def sharding_spec():
@@ -142,7 +143,7 @@ def _with_ring_shardings(model):
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         return (trainable, list(non_trainable) + [replicated] * _Ring.ARRAYS, *rest)
 
-    model._get_state_sharding_spec = sharding_spec
+    internals.set_state_sharding_spec(model, sharding_spec)
 
 
 class _Ring:
@@ -210,11 +211,7 @@ def _unsupported(model):
     current = distribution.distribution()
     if current is not None and getattr(current, "batch_dim_name", None) is None:
         return "this keras.distribution splits no batch axis"
-    try:
-        from keras.src.backend.config import is_nnx_enabled
-    except ImportError:  # pragma: no cover - a Keras without NNX
-        return None
-    return "flax NNX is enabled (Keras calls the class's train_step)" if is_nnx_enabled() else None
+    return "flax NNX is enabled (Keras calls the class's train_step)" if internals.nnx_enabled() else None
 
 
 class _TrainStepHook(StepHook):
@@ -239,7 +236,7 @@ class _TrainStepHook(StepHook):
 
     def _wrap(self, model):
         original_step, original_call = model.train_step, model.stateless_call
-        original_loss, original_make = model.stateless_compute_loss, model.make_train_function
+        original_loss, original_make = model.stateless_compute_loss, internals.make_train_function(model)
 
         @functools.wraps(original_call)
         def stateless_call(*args, **kwargs):
@@ -288,7 +285,7 @@ class _TrainStepHook(StepHook):
             if model.train_function is None or force:
                 model.train_step = new_train_step()
                 self._sized = False  # the new step is sized again (one eval_shape)
-                if _distributed() and not hasattr(model._get_state_sharding_spec, "__wrapped__"):
+                if _distributed() and not hasattr(internals.state_sharding_spec(model), "__wrapped__"):
                     _with_ring_shardings(model)
             made = original_make(force=force)
             fn = model.train_function
@@ -298,7 +295,8 @@ class _TrainStepHook(StepHook):
 
         self._collecting = False
         model.stateless_call, model.stateless_compute_loss = stateless_call, stateless_compute_loss
-        model.train_step, model.make_train_function = new_train_step(), make_train_function
+        model.train_step = new_train_step()
+        internals.set_make_train_function(model, make_train_function)
 
     @property
     def collecting_moments(self):
