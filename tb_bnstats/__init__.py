@@ -19,7 +19,8 @@ The measurements and ``diagnose_model`` take a Keras model or a
 The package layout follows the data: ``capture`` -> ``quantities`` ->
 ``write`` -> event files -> ``read`` -> ``diagnosis`` / ``plugin`` -> the
 frontend; ``recorder`` runs the loop, ``measure`` measures a live model,
-``format`` describes the log format (docs/ARCHITECTURE.md).
+``format`` describes the log format; each framework is one folder of
+``frameworks``, registered there (docs/ARCHITECTURE.md).
 """
 
 __version__ = "0.1.0"

@@ -24,7 +24,7 @@ The core (format, quantities, write, read, diagnosis, plugin, recorder,
 capture, measure) imports no framework folder, and no folder imports another
 (``tests/test_architecture.py``); the core asks :func:`for_model` and
 :func:`words_for`. Adding a framework is one folder and one line of
-:data:`REGISTRY` (docs/ARCHITECTURE.md, "Adding a framework").
+:data:`REGISTRY` (docs/adding-a-framework.md).
 """
 
 import dataclasses
