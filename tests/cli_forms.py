@@ -3,6 +3,8 @@ script in a subprocess, with every way of naming a run's directory. Shared by
 the Keras checks (tests/test_cli.py) and the PyTorch ones
 (tests/pytorch/test_torch_cli.py), which train the runs."""
 
+import contextlib
+import io
 import json
 import os
 import pathlib
@@ -18,6 +20,23 @@ HINT = re.compile(r"^tb_bnstats: \d+ finding\(s\) for (\S+) \((tb-bnstats diagno
 OWN_LINE = re.compile(r"^(\S.*: (\d+ finding\(s\)|no BatchNormalization problem found)"
                       r"|  (ERROR|WARNING|INFO) +BN\d{3} \[S\d+\] layers: .*"
                       r"|          \S.*)$")
+
+
+def train_in(base, run_scenario, names):
+    """Trains each scenario of ``names`` with ``run_scenario(name, "logs",
+    verbose=1)`` from ``base``, as a user in their project directory (a
+    relative ``log_dir``); returns ``{name: what training printed}``."""
+    printed = {}
+    cwd = os.getcwd()
+    os.chdir(base)
+    try:
+        for name in names:
+            with contextlib.redirect_stdout(io.StringIO()) as out:
+                run_scenario(name, "logs", verbose=1)
+            printed[name] = out.getvalue()
+    finally:
+        os.chdir(cwd)
+    return printed
 
 
 def env():

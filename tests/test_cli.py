@@ -6,10 +6,7 @@ imported, clear exit-2 messages on bad input, and the tab naming the run the
 same way under a real ``tensorboard``, whose sampling hint works as printed.
 The PyTorch side is tests/pytorch/test_torch_cli.py."""
 
-import contextlib
-import io
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -28,17 +25,7 @@ def runs(tmp_path_factory):
     ``log_dir`` from ``base`` (as a user in their project directory);
     ``(base, {run: what its fit printed})``."""
     base = tmp_path_factory.mktemp("cli")
-    printed = {}
-    cwd = os.getcwd()
-    os.chdir(base)
-    try:
-        for name in (BAD, HEALTHY):
-            with contextlib.redirect_stdout(io.StringIO()) as out:
-                scenarios.run_scenario(name, "logs", verbose=1)
-            printed[name] = out.getvalue()
-    finally:
-        os.chdir(cwd)
-    return base, printed
+    return base, cli_forms.train_in(base, scenarios.run_scenario, (BAD, HEALTHY))
 
 
 def test_the_printed_hint_runs_as_printed(runs):

@@ -4,10 +4,7 @@ of naming the run's directory giving the same findings under the same name
 and exit code (tests/cli_forms.py); and the tab naming the run the same way
 under a real ``tensorboard`` pointed at the run's own directory."""
 
-import contextlib
-import io
 import json
-import os
 import pathlib
 
 import pytest
@@ -23,17 +20,7 @@ def runs(tmp_path_factory):
     """A BN001 run and a healthy one, logged with the monitor's relative
     ``log_dir`` from ``base``; ``(base, {run: what training printed})``."""
     base = tmp_path_factory.mktemp("torch_cli")
-    printed = {}
-    cwd = os.getcwd()
-    os.chdir(base)
-    try:
-        for name in (BAD, HEALTHY):
-            with contextlib.redirect_stdout(io.StringIO()) as out:
-                scenarios.run_scenario(name, "logs", verbose=1)
-            printed[name] = out.getvalue()
-    finally:
-        os.chdir(cwd)
-    return base, printed
+    return base, cli_forms.train_in(base, scenarios.run_scenario, (BAD, HEALTHY))
 
 
 def test_the_printed_hint_runs_as_printed(runs):
