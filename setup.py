@@ -51,7 +51,7 @@ setup(
     },
     entry_points={
         "tensorboard_plugins": ["bn_stats = tb_bnstats.plugin.loader:BNStatsLoader"],
-        "console_scripts": ["tb-bnstats = tb_bnstats.cli:main"],
+        "console_scripts": ["tb-bnstats = tb_bnstats.cli:console_main"],
     },
     classifiers=["Programming Language :: Python :: 3", "Framework :: TensorFlow"],
 )

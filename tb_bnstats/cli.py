@@ -18,9 +18,9 @@ its own name), so ``tb-bnstats diagnose logs/run1`` and ``tb-bnstats
 diagnose logs --run run1`` print the same lines.
 
 Standard output holds only the CLI's own lines (or, with ``--json``, one JSON
-document): event files are read with TensorBoard's own reader, without
+document): local event files are read with TensorBoard's own reader, without
 TensorFlow, and anything a library prints while reading goes to standard
-error.
+error. A directory that cannot be read at all exits 2 with the reason.
 """
 
 from __future__ import annotations
@@ -131,6 +131,9 @@ def diagnose(logdir: str, run: str | None, as_json: bool, fail_on: str) -> int:
     except NothingToDiagnose as exc:
         print(f"tb-bnstats: {exc}", file=sys.stderr)
         return EXIT_NOTHING_TO_DIAGNOSE
+    except Exception as exc:  # noqa: BLE001 - an unreadable directory is nothing diagnosed, never "found"
+        print(f"tb-bnstats: reading {logdir} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_NOTHING_TO_DIAGNOSE
     printed = [f for name in sorted(findings_by_run) for f in findings_by_run[name]]
     if as_json:
         print(diagnosis.to_json(printed))
@@ -139,8 +142,16 @@ def diagnose(logdir: str, run: str | None, as_json: bool, fail_on: str) -> int:
     return EXIT_FOUND if any(f.severity in FAIL_LEVELS[fail_on] for f in printed) else EXIT_CLEAN
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, without_tensorflow: bool = False) -> int:
     """Runs ``tb-bnstats`` with ``argv`` (default: the process's).
+
+    Args:
+        argv: the arguments after the program's name.
+        without_tensorflow: read local event files without importing
+            TensorFlow (:func:`read_without_tensorflow`), for the rest of the
+            process: what the ``tb-bnstats`` command does. Remote directories
+            are read as TensorBoard reads them (with TensorFlow where it is
+            installed).
 
     Returns:
         The exit code (module docstring).
@@ -160,11 +171,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on a usage error, 0 on --help
         return int(exc.code or 0)
-    read_without_tensorflow()
+    if without_tensorflow and "://" not in args.logdir:
+        read_without_tensorflow()
     if args.command == "diagnose":
         return diagnose(args.logdir, args.run, args.json, args.fail_on)
     return EXIT_NOTHING_TO_DIAGNOSE
 
 
+def console_main() -> int:
+    """The ``tb-bnstats`` command (and ``python -m tb_bnstats.cli``): :func:`main`
+    on the process's arguments, reading local event files without
+    TensorFlow, and TensorFlow's own start-up log lines off if a remote
+    directory needs it."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return main(without_tensorflow=True)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

@@ -220,3 +220,12 @@ def test_every_folder_is_registered_and_declares_what_the_core_asks():
             tree = ast.parse(MODULES[framework.passes].read_text(encoding="utf-8"))
             defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
             assert members <= defined, (framework.passes, members - defined)
+
+
+def test_logs_without_a_framework_are_read_as_keras():
+    """Logs written before LayerInfo.framework existed came from Keras 3: the
+    format's default is the Keras folder's name for its layers."""
+    from tb_bnstats.format import metadata
+    from tb_bnstats.frameworks.keras import KERAS
+
+    assert metadata.DEFAULT_FRAMEWORK == KERAS == metadata.LayerInfo("bn", 1, 0.9, 1e-3).framework

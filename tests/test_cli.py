@@ -57,7 +57,7 @@ def test_stdout_is_only_the_clis_own_and_tensorflow_is_not_imported(runs):
     TensorFlow or Keras, and prints nothing of theirs: text mode only its own
     lines, --json one JSON document."""
     base, _ = runs
-    code = ("import sys; from tb_bnstats import cli; rc = cli.main(sys.argv[1:]); "
+    code = ("import sys; from tb_bnstats import cli; sys.argv[0] = 'tb-bnstats'; rc = cli.console_main(); "
             "assert not {'tensorflow', 'keras'} & set(sys.modules), sorted(sys.modules); "
             "sys.exit(rc)")
     for extra in ([], ["--json"]):

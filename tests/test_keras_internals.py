@@ -245,3 +245,17 @@ def test_setup_pins_keras_to_the_tested_range_and_the_installed_release_is_in_it
     pins = set(re.findall(r'"keras([<>=!~][^"]*)"', setup))
     assert pins == {internals.TESTED_KERAS}
     assert SpecifierSet(internals.TESTED_KERAS).contains(keras.version())
+
+
+def test_the_check_leaves_keras_automatic_names_alone(monkeypatch):
+    """The check's own small model is named: the layers and models a user
+    makes after it get the automatic names they would get without
+    tb_bnstats (identity_3 after identity_2, not identity_4)."""
+    def suffix(name):
+        return int(name.rsplit("_", 1)[1]) if name.rsplit("_", 1)[-1].isdigit() else 0
+
+    monkeypatch.setattr(internals, "_INSTANCES", {})
+    before = [suffix(keras.layers.Identity().name), suffix(keras.Sequential().name)]
+    assert internals._instance("keras.Model") is not None
+    after = [suffix(keras.layers.Identity().name), suffix(keras.Sequential().name)]
+    assert after == [before[0] + 1, before[1] + 1]

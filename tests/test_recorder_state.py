@@ -28,6 +28,9 @@ def test_every_step_is_logged_once():
 
 def test_a_repeated_step_is_logged_at_its_last_row():
     assert _choose([1, 2, 2, 3]) == ([0, 2, 3], [], False)
+    # The stride counts kept steps, not rows: a repeated step does not push the next one out (before the
+    # recorder's state was written down, [5, 5, 6] after step 4 logged step 6 alone).
+    assert _choose([5, 5, 6], last=4) == ([1, 2], [], False)
 
 
 def test_steps_logged_before_are_not_logged_again():

@@ -98,7 +98,7 @@ def test_losses_identical_with_and_without_the_callback(exact_runs):
 def test_one_writer(exact_runs):
     """One process writes one event file, whatever the number of devices."""
     _, (_, runs, _), _, logs = exact_runs
-    assert list(runs) == ["."]
+    assert list(runs) == ["logs"]  # the log directory itself, by its own name (tb_bnstats.format.names)
     files = glob.glob(os.path.join(str(logs), "**", "events.out.tfevents.*"), recursive=True)
     assert len(files) == 1, files
 
@@ -153,7 +153,7 @@ def test_several_steps_per_execution(tmp_path):
     placeholder tensor 'while/body/.../Placeholder'"), with or without the callback (measured)."""
     backend = "jax"
     result, runs, _ = train(tmp_path, backend, "--monitor", "--replicas", "2", "--steps-per-execution", "4")
-    layer = runs["."].layers["bn"]
+    layer = runs["logs"].layers["bn"]
     np.testing.assert_array_equal(layer.replica_steps, np.arange(1, 9))
     for k, step in enumerate(layer.replica_steps):
         _, parts = slices(result, int(step))

@@ -14,6 +14,7 @@ without a trailing slash.
 import os
 import posixpath
 import shlex
+from collections.abc import Iterable
 
 # TensorBoard's name for events written directly into the log directory.
 LOGDIR_ITSELF = "."
@@ -59,6 +60,17 @@ def run_name(relative: str, log_dir: str | os.PathLike[str], taken: frozenset[st
         return relative.replace(os.sep, "/")
     name = own_name(log_dir)
     return LOGDIR_ITSELF if name in taken else name
+
+
+def run_names(relatives: Iterable[str], log_dir: str | os.PathLike[str]) -> dict[str, str]:
+    """Every run's name at once: :func:`run_name` of each directory in
+    ``relatives`` (relative to ``log_dir``, ``"."`` for ``log_dir`` itself),
+    the others as ``taken``. The reader and the integrity check name runs
+    through this, over every directory holding event files, so they agree.
+    """
+    given = list(relatives)
+    others = frozenset(r.replace(os.sep, "/") for r in given if r not in (LOGDIR_ITSELF, ""))
+    return {r: run_name(r, log_dir, others) for r in given}
 
 
 def diagnose_command(log_dir: str | os.PathLike[str]) -> str:

@@ -24,8 +24,10 @@ INDEX_TTL_S = 2.0
 # unchanged) up to this many points in all: the heat map, the overview and a
 # layer's charts read the same tags again on every view change and reload.
 SERIES_CACHE_POINTS = 4_000_000
-# A series' key in that cache: (experiment, run, tag, downsample).
+# A series' key in that cache: (experiment, run as the data provider names it, tag, downsample).
 SeriesKey = tuple[str, str, str, int]
+# A diagnosis' key: (experiment, run as the data provider names it, run as shown: the findings carry it).
+FindingsKey = tuple[str, str, str]
 
 
 class IndexCache:
@@ -100,12 +102,12 @@ class FindingsCache:
 
     def __init__(self, max_runs: int = FINDINGS_CACHE_RUNS) -> None:
         self._max = max_runs
-        self._entries: collections.OrderedDict[tuple[str, str], tuple[Signature, dict[str, Any]]] = \
+        self._entries: collections.OrderedDict[FindingsKey, tuple[Signature, dict[str, Any]]] = \
             collections.OrderedDict()
-        self._computing: dict[tuple[str, str], threading.Lock] = {}  # key -> the lock its diagnosis is made under
+        self._computing: dict[FindingsKey, threading.Lock] = {}  # key -> the lock its diagnosis is made under
         self._lock = threading.Lock()
 
-    def peek(self, key: tuple[str, str], signature: Signature) -> dict[str, Any] | None:
+    def peek(self, key: FindingsKey, signature: Signature) -> dict[str, Any] | None:
         """The findings cached for ``key`` at ``signature``, or None."""
         with self._lock:
             hit = self._entries.get(key)
@@ -114,7 +116,7 @@ class FindingsCache:
             self._entries.move_to_end(key)
             return hit[1]
 
-    def get(self, key: tuple[str, str], signature: Signature,
+    def get(self, key: FindingsKey, signature: Signature,
             make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """The cached findings, or ``make()``'s (then cached). Concurrent
         requests for one run (a page load asks ``/overview`` and

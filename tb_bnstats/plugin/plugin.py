@@ -171,7 +171,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         out: dict[str, records.Series] = {}
         missing: list[str] = []
         for tag in dict.fromkeys(tags):
-            hit = self._series_cache.get((eid, run, tag, downsample), index.max_step.get(tag))
+            hit = self._series_cache.get((eid, index.source, tag, downsample), index.max_step.get(tag))
             if hit is None:
                 missing.append(tag)
             else:
@@ -181,7 +181,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
             for tag, (steps, values) in fresh.items():
                 steps.setflags(write=False)
                 values.setflags(write=False)
-                self._series_cache.put((eid, run, tag, downsample), index.max_step.get(tag), steps, values)
+                self._series_cache.put((eid, index.source, tag, downsample), index.max_step.get(tag), steps, values)
                 out[tag] = (steps, values)
         return out
 
@@ -615,7 +615,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
                     "stored": run_data.stored_findings is not None, "computed": len(computed),
                     "sampling": data.merge_sampling([self._sampling(s) for s, _ in raw.values()])}
 
-        return self._findings_cache.get((eid, run), self._signature(index), diagnose)
+        return self._findings_cache.get((eid, index.source, run), self._signature(index), diagnose)
 
     @staticmethod
     def _signature(index: TagIndex) -> cache.Signature:
@@ -627,7 +627,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         run selector: from its cached diagnosis, else from the findings the
         callback stored (one small read); None when neither is at hand (the
         tab asks ``/findings``)."""
-        cached = self._findings_cache.peek((eid, run), self._signature(index))
+        cached = self._findings_cache.peek((eid, index.source, run), self._signature(index))
         if cached is not None:
             return worst_severity(f for f, _ in cached["pairs"])
         if index.diagnosis_tag is None:

@@ -78,14 +78,17 @@ class EventFileCheck:
     def __init__(self, logdir: str | os.PathLike[str]) -> None:
         self.logdir = os.fspath(logdir)
         self._state: dict[str, tuple[int, int, str | None]] = {}  # path -> (offset, size, problem)
+        self._event_dirs: set[str] = set()  # every directory holding event files at the last scan (relative)
 
     def problems(self, budget_s: float | None = None) -> list[FileProblem]:
         """The files' problems now; with ``budget_s`` the scan stops after
         that long and goes on at the next call (unscanned bytes: no problem yet)."""
         deadline = None if budget_s is None else time.monotonic() + budget_s
         out: list[FileProblem] = []
+        self._event_dirs = set()
         for dirpath, _, files in os.walk(self.logdir):
             for name in sorted(f for f in files if "tfevents" in f):
+                self._event_dirs.add(self._relative(dirpath))
                 path = os.path.join(dirpath, name)
                 try:
                     stat = os.stat(path)
@@ -114,10 +117,13 @@ class EventFileCheck:
                     out.append(self._problem(dirpath, name, "empty", 0, 0, "is empty (0 bytes): nothing to show"))
         return out
 
+    def _relative(self, dirpath: str) -> str:
+        return os.path.relpath(dirpath, self.logdir).replace(os.sep, "/")
+
     def _problem(self, dirpath: str, name: str, kind: str, offset: int, size: int, message: str) -> FileProblem:
-        directory = os.path.relpath(dirpath, self.logdir).replace(os.sep, "/")
-        return FileProblem(names.run_name(directory, self.logdir), directory, name, kind, offset, size,
-                           f"{directory}/{name} {message}")
+        directory = self._relative(dirpath)
+        run = names.run_names(self._event_dirs | {directory}, self.logdir)[directory]
+        return FileProblem(run, directory, name, kind, offset, size, f"{directory}/{name} {message}")
 
 
 def warn_file_problems(logdir: str | os.PathLike[str], directory: str | None = None,

@@ -107,11 +107,15 @@ def index_runs(data_provider: Any, ctx: Any, experiment_id: str = "",
                     index.replica_tags[info.name] = tag
                 else:
                     index.layer_tags[info.name][content["quantity"]] = tag
+    # Named over every run the provider has (bn_stats data or not), as the integrity check names them.
+    naming = {source: source for source in out}
+    if logdir is not None:
+        every = set(out) | {r.run_name for r in data_provider.list_runs(ctx, experiment_id=experiment_id)}
+        naming = names.run_names(every, logdir)
     named: dict[str, TagIndex] = {}
     for source, index in out.items():
         index.source = source
-        name = source if logdir is None else names.run_name(source, logdir, frozenset(out) - {source})
-        named[name] = index
+        named[naming[source]] = index
     return named
 
 

@@ -88,7 +88,7 @@ class BNStatsCallback(keras.callbacks.Callback):
     def __init__(self, log_dir: str | os.PathLike[str], **options: Any) -> None:
         super().__init__()
         keras_capture.check_backend()
-        self.options = self.schedule = Options.of("BNStatsCallback", log_dir, options)
+        self.options = Options.of("BNStatsCallback", log_dir, options)
         self.log_dir = self.options.log_dir
         self._recorder = recorder.Recorder(self.options)
         self._probe = None  # the GapProbe, kept (traced) across fits of the same model
@@ -151,8 +151,9 @@ class BNStatsCallback(keras.callbacks.Callback):
         measures = options.probe_source is not PROBE_OFF or options.population_data is not None
         # A tf_keras model has no measurement passes; with several processes every one runs the same
         # instrumented step and process 0 alone writes: a measurement pass on one would wait for the others.
-        passes = not tf_keras.is_tf_keras_model(self.model) and count == 1
-        if measures and tf_keras.is_tf_keras_model(self.model):
+        legacy = tf_keras.is_tf_keras_model(self.model)
+        passes = not legacy and count == 1
+        if measures and legacy:
             rec.say("a tf_keras model: the train/inference probe and population statistics are off (Keras 3 "
                     "models only); tb_bnstats.recalibrate and gap_report take Keras 3 or PyTorch models")
         if count > 1:
@@ -206,9 +207,9 @@ class BNStatsCallback(keras.callbacks.Callback):
         from tb_bnstats.frameworks.keras.capture.layers import find_batchnorm_layers
         from tb_bnstats.measure import gap
 
-        named = [(n, layer) for n, layer in find_batchnorm_layers(self.model) if self.schedule.selected(n)]
-        if self.schedule.probe_data is not None:
-            x, y = gap.take_probe_batch(self.schedule.probe_data)
+        named = [(n, layer) for n, layer in find_batchnorm_layers(self.model) if self.options.selected(n)]
+        if self.options.probe_batches is not None:
+            x, y = gap.take_probe_batch(self.options.probe_batches)
             probe = keras_passes.GapProbe(self.model, x, y, named)
         else:  # the default: the first batch the train step runs on, kept by the capture
             probe = keras_passes.GapProbe(self.model, named_layers=named,

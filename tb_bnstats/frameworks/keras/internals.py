@@ -145,8 +145,10 @@ def _instance(owner: str) -> Any:
     if not _INSTANCES:
         import keras
 
-        inputs = keras.Input((1,))
-        model = keras.Model(inputs, keras.layers.Identity()(inputs))
+        # Named, so that Keras' automatic names (dense_1, functional_2...) of the user's models do not move.
+        inputs = keras.Input((1,), name="tb_bnstats_internals_input")
+        outputs = keras.layers.Identity(name="tb_bnstats_internals_identity")(inputs)
+        model = keras.Model(inputs, outputs, name="tb_bnstats_internals_model")
         _INSTANCES["keras.Model"] = model
         calls = [node for node in graph_nodes(model) if not getattr(node, "is_input", False)]
         _INSTANCES["keras.src.ops.node.Node"] = calls[0] if calls else None
