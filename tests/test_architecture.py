@@ -33,11 +33,13 @@ ALLOWED = {
     "__init__": set(),
     # The registry imports its folders by name, when asked (importlib), never at import.
     "frameworks": set(),
-    # TensorFlow helpers shared by the two TensorFlow-based folders.
+    # TensorFlow helpers shared by the two TensorFlow-based folders; the ring in torch tensors by the two
+    # torch-based ones.
     "frameworks.tensorflow_ops": set(),
-    "frameworks.keras": CORE | {"frameworks.tensorflow_ops"},
+    "frameworks.torch_ops": {"capture"},
+    "frameworks.keras": CORE | {"frameworks.tensorflow_ops", "frameworks.torch_ops"},
     "frameworks.tf1": CORE | {"frameworks.tensorflow_ops"},
-    "frameworks.torch": CORE,
+    "frameworks.torch": CORE | {"frameworks.torch_ops"},
     # The public names of the adapters: tb_bnstats.torch, tb_bnstats.compat.v1.
     "torch": {"frameworks.torch"},
     "compat": {"frameworks.tf1"},

@@ -25,6 +25,7 @@ import numpy as np
 
 from tb_bnstats.capture import ring
 from tb_bnstats.capture.rows import Layout, ring_steps
+from tb_bnstats.frameworks import torch_ops
 from tb_bnstats.frameworks.keras.capture.hooks import KerasCapture, LayerSlot, StepHook
 from tb_bnstats.frameworks.keras.capture.layers import mean_metrics
 
@@ -74,41 +75,16 @@ class _Ring:
     [K, 1] int64, ``host`` array ``ints`` [K, 1 + L] (``n, counts``)."""
 
     def __init__(self, layout, device):
-        import torch
-
         self.layout = layout
         self.format = ring.RingFormat(layout, ring.STEP_ON_DEVICE)
         self.steps = ring_steps(self.format.row_bytes, 1)
-        self.device = {array.name: torch.zeros(self.format.shape(array.name, self.steps),
-                                               dtype=getattr(torch, array.dtype), device=device)
-                       for array in self.format.device_arrays()}
+        self.device = torch_ops.device_tensors(self.format, self.steps, device)
         self.host = self.format.host_arrays(self.steps)
-        self.ops = _TorchOps(device)
+        self.ops = torch_ops.TorchOps(device)
 
     def read(self):
         """Both device tensors, one read each, as :class:`Rows`."""
-        return self.format.rows({**{name: t.cpu().numpy() for name, t in self.device.items()}, **self.host})
-
-
-class _TorchOps:
-    """:class:`tb_bnstats.capture.ring.Ops` in torch, on the ring's device."""
-
-    def __init__(self, device):
-        self.device = device
-
-    def vector(self, parts, dtype, out=None):
-        import torch
-
-        dtype = getattr(torch, dtype)
-        flat = [torch.as_tensor(p, device=self.device).detach().reshape([-1]).to(dtype) for p in parts]
-        if not flat:
-            return out if out is not None else torch.zeros([0], dtype=dtype, device=self.device)
-        return torch.cat(flat) if out is None else torch.cat(flat, out=out)
-
-    def bitcast_pairs(self, vector):
-        import torch
-
-        return vector.view(torch.float64)
+        return torch_ops.read(self.format, self.device, self.host)
 
 
 class _TrainStepHook(StepHook):

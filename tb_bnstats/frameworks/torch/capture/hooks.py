@@ -43,6 +43,7 @@ import numpy as np
 
 from tb_bnstats.capture import ring
 from tb_bnstats.capture import rows as ring_rows
+from tb_bnstats.frameworks import torch_ops
 from tb_bnstats.frameworks.torch.capture import modules as bn_modules
 
 logger = logging.getLogger("tb_bnstats")
@@ -97,48 +98,19 @@ class _Ring:
     instead."""
 
     def __init__(self, layout, device, on_device, ranks=None):
-        import torch
-
         self.layout, self.ranks = layout, ranks
         self.format = ring.RingFormat(layout, ring.GATHERED if ranks else ring.COUNTS_ON_DEVICE,
                                       host_values=[not d for d in on_device])
         self.steps = ring_rows.ring_steps(self.format.row_bytes)
-        self.device = {array.name: torch.zeros(self.format.shape(array.name, self.steps),
-                                               dtype=getattr(torch, array.dtype), device=device)
-                       for array in self.format.device_arrays()}
+        self.device = torch_ops.device_tensors(self.format, self.steps, device)
         self.host = self.format.host_arrays(self.steps)
-        self.ops = _TorchOps(device)
+        self.ops = torch_ops.TorchOps(device)
 
     def read(self):
         """The device tensors, one read each, as :class:`~tb_bnstats.capture.rows.Rows`."""
         if self.ranks is not None:
             self.ranks.wait()
-        return self.format.rows({**{name: t.cpu().numpy() for name, t in self.device.items()}, **self.host})
-
-
-class _TorchOps:
-    """:class:`tb_bnstats.capture.ring.Ops` in torch, on the ring's device:
-    0-d tensors are one ``torch.stack``, other parts one ``torch.cat``."""
-
-    def __init__(self, device):
-        self.device = device
-
-    def vector(self, parts, dtype, out=None):
-        import torch
-
-        dtype = getattr(torch, dtype)
-        if parts and all(isinstance(p, torch.Tensor) and p.dim() == 0 for p in parts):
-            stacked = [p.detach().to(self.device, dtype) for p in parts]
-            return torch.stack(stacked) if out is None else torch.stack(stacked, out=out)
-        flat = [torch.as_tensor(p, device=self.device).detach().reshape([-1]).to(dtype) for p in parts]
-        if not flat:
-            return out if out is not None else torch.zeros([0], dtype=dtype, device=self.device)
-        return torch.cat(flat) if out is None else torch.cat(flat, out=out)
-
-    def bitcast_pairs(self, vector):
-        import torch
-
-        return vector.view(torch.float64)
+        return torch_ops.read(self.format, self.device, self.host)
 
 
 class TorchCapture:
