@@ -4,12 +4,12 @@ charts with data are there, walk through the layer, per-channel and compare
 views, and save screenshots into docs/screenshots/."""
 
 import contextlib
+import itertools
 import json
 import os
 import pathlib
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,10 +26,9 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium not installed")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# How tensorboard says where it serves; a counter for its log files' names.
+_SERVING = re.compile(r"TensorBoard \S+ at (http://127\.0\.0\.1:\d+)/")
+_STARTS = itertools.count()
 
 
 def get_json(url):
@@ -40,20 +39,25 @@ def get_json(url):
 @contextlib.contextmanager
 def tensorboard(logdir, *flags, min_runs=3):
     """A real ``tensorboard --logdir`` subprocess, yielded (as its base URL)
-    once the plugin lists ``min_runs`` runs."""
-    port = free_port()
+    once the plugin lists ``min_runs`` runs. It binds a port of its own
+    choosing (``--port 0``), read from the line it prints: a port picked here
+    and bound there could be taken in between (seen: "could not bind")."""
     exe = pathlib.Path(sys.executable).with_name("tensorboard")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    log = open(os.path.join(logdir, f"..tensorboard-{port}.log"), "w")
-    proc = subprocess.Popen([str(exe), "--logdir", logdir, "--port", str(port), "--host", "127.0.0.1", *flags],
+    log_path = os.path.join(logdir, f"..tensorboard-{next(_STARTS)}-{os.getpid()}.log")
+    log = open(log_path, "w")
+    proc = subprocess.Popen([str(exe), "--logdir", logdir, "--port", "0", "--host", "127.0.0.1", *flags],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 90
+        base = None
         while True:
-            assert proc.poll() is None, "tensorboard exited early"
+            assert proc.poll() is None, "tensorboard exited early: " + pathlib.Path(log_path).read_text()[-2000:]
+            if base is None:
+                found = _SERVING.search(pathlib.Path(log_path).read_text())
+                base = found.group(1) if found else None
             try:
-                runs = get_json(base + "/data/plugin/bn_stats/runs")["runs"]
+                runs = get_json(base + "/data/plugin/bn_stats/runs")["runs"] if base else []
                 if len(runs) >= min_runs:
                     break
             except (OSError, ValueError, KeyError):
