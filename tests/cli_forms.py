@@ -62,6 +62,19 @@ def printed_hint(stdout):
     return match.group(1), match.group(2)
 
 
+def check_printed_hint(base, printed, bad, healthy):
+    """The end-of-training line of run ``bad`` names it and a command; run
+    exactly as printed from ``base`` (where training ran), the command prints
+    that run's BN001 on bn1 and bn2 and exits 1; ``healthy`` printed that it
+    has no problem."""
+    run, command = printed_hint(printed[bad])
+    assert (run, command) == (bad, f"tb-bnstats diagnose logs/{bad}")
+    result = run_printed(command, cwd=base)
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.startswith(f"{bad}: 1 finding(s)\n  ERROR   BN001 [S1] layers: bn1, bn2\n")
+    assert f"{healthy}: no BatchNormalization problem found" in printed[healthy]
+
+
 def assert_only_own_lines(stdout):
     assert stdout.strip(), "nothing printed"
     strays = [line for line in stdout.splitlines() if not OWN_LINE.match(line)]

@@ -27,13 +27,7 @@ def test_the_printed_hint_runs_as_printed(runs):
     """The line the monitor prints at close names the run and a command;
     run exactly as printed from where training ran, it prints that run's
     BN001 and exits 1."""
-    base, printed = runs
-    run, command = cli_forms.printed_hint(printed[BAD])
-    assert (run, command) == (BAD, f"tb-bnstats diagnose logs/{BAD}")
-    result = cli_forms.run_printed(command, cwd=base)
-    assert result.returncode == 1, result.stderr
-    assert result.stdout.startswith(f"{BAD}: 1 finding(s)\n  ERROR   BN001 [S1] layers: bn1, bn2\n")
-    assert f"{HEALTHY}: no BatchNormalization problem found" in printed[HEALTHY]
+    cli_forms.check_printed_hint(*runs, BAD, HEALTHY)
 
 
 def test_every_path_form_says_the_same(runs):
