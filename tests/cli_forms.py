@@ -75,6 +75,20 @@ def check_printed_hint(base, printed, bad, healthy):
     assert f"{healthy}: no BatchNormalization problem found" in printed[healthy]
 
 
+def check_tab_names_the_run(base, run):
+    """``tensorboard --logdir logs/RUN`` (the run's own directory, which
+    TensorBoard calls "."): the tab lists the run under its name, and its
+    /findings name it so, with the CLI's findings."""
+    from test_e2e_tab import get_json, tensorboard
+
+    cli = json.loads(diagnose(f"logs/{run}", "--json", cwd=base).stdout)
+    with tensorboard(str(pathlib.Path(base, "logs", run)), min_runs=1) as url:
+        assert [r["run"] for r in get_json(url + "/data/plugin/bn_stats/runs")["runs"]] == [run]
+        findings = get_json(url + f"/data/plugin/bn_stats/findings?run={run}")
+    assert findings["run"] == run
+    assert [{k: v for k, v in f.items() if k != "source"} for f in findings["findings"]] == cli
+
+
 def assert_only_own_lines(stdout):
     assert stdout.strip(), "nothing printed"
     strays = [line for line in stdout.splitlines() if not OWN_LINE.match(line)]

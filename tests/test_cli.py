@@ -95,15 +95,7 @@ def test_tab_names_the_run_the_same_under_a_real_tensorboard(runs):
     """``tensorboard --logdir logs/RUN`` (the run's own directory, which
     TensorBoard calls "."): the tab lists the run under its name, and its
     /findings name it so, with the CLI's findings."""
-    from test_e2e_tab import get_json, tensorboard
-
-    base, _ = runs
-    cli = json.loads(cli_forms.diagnose(f"logs/{BAD}", "--json", cwd=base).stdout)
-    with tensorboard(str(pathlib.Path(base, "logs", BAD)), min_runs=1) as url:
-        assert [r["run"] for r in get_json(url + "/data/plugin/bn_stats/runs")["runs"]] == [BAD]
-        findings = get_json(url + f"/data/plugin/bn_stats/findings?run={BAD}")
-        assert findings["run"] == BAD
-        assert [{k: v for k, v in f.items() if k != "source"} for f in findings["findings"]] == cli
+    cli_forms.check_tab_names_the_run(runs[0], BAD)
 
 
 def test_the_tabs_sampling_hint_works_as_printed(runs):

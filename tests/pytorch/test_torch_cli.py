@@ -4,8 +4,6 @@ of naming the run's directory giving the same findings under the same name
 and exit code (tests/cli_forms.py); and the tab naming the run the same way
 under a real ``tensorboard`` pointed at the run's own directory."""
 
-import json
-import pathlib
 
 import pytest
 
@@ -43,12 +41,4 @@ def test_every_path_form_says_the_same(runs):
 def test_tab_names_the_run_the_same_under_a_real_tensorboard(runs):
     """``tensorboard --logdir logs/RUN``: the tab lists the run by its name
     and its /findings are the CLI's, under that name."""
-    from test_e2e_tab import get_json, tensorboard
-
-    base, _ = runs
-    cli = json.loads(cli_forms.diagnose(f"logs/{BAD}", "--json", cwd=base).stdout)
-    with tensorboard(str(pathlib.Path(base, "logs", BAD)), min_runs=1) as url:
-        assert [r["run"] for r in get_json(url + "/data/plugin/bn_stats/runs")["runs"]] == [BAD]
-        findings = get_json(url + f"/data/plugin/bn_stats/findings?run={BAD}")
-    assert findings["run"] == BAD
-    assert [{k: v for k, v in f.items() if k != "source"} for f in findings["findings"]] == cli
+    cli_forms.check_tab_names_the_run(runs[0], BAD)
