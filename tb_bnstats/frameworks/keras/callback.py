@@ -92,6 +92,7 @@ class BNStatsCallback(keras.callbacks.Callback):
         self.log_dir = self.options.log_dir
         self._recorder = recorder.Recorder(self.options)
         self._probe = None  # the GapProbe, kept (traced) across fits of the same model
+        self._internals_missing: dict[str, list] = {}  # what internals.check found, per kind of model
 
     # tf_keras' CallbackList asks these of every callback (a Keras 3 callback has none): the one batch
     # hook used is on_train_batch_begin, and the logs may stay tensors (no per-step device-to-host sync).
@@ -125,7 +126,7 @@ class BNStatsCallback(keras.callbacks.Callback):
         some is missing or changed, warns once (``RuntimeWarning``) and
         turns monitoring off."""
         framework = internals.TF_KERAS if tf_keras.is_tf_keras_model(model) else internals.KERAS3
-        checked = self.__dict__.setdefault("_internals_missing", {})
+        checked = self._internals_missing
         if framework not in checked:
             checked[framework] = internals.check(framework)
             if checked[framework]:
