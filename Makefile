@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install install-test system-deps frontend-check lint test test-python test-frontend bench demo demo-logs bundle
+.PHONY: install install-vision install-test system-deps frontend-check lint test test-python test-frontend bench demo demo-logs bundle
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -36,6 +36,22 @@ install-test: $(PY) system-deps
 	$(PIP) install --quiet -e ".[test,tensorflow,jax,docs]" $(TORCH) $(TF_FOR_TF_KERAS)
 	$(PIP) install --quiet --no-deps $(TF_KERAS)
 	cd frontend && npm ci --no-audit --no-fund --loglevel=error
+
+# The PyTorch ecosystem lane (Lightning, the Hugging Face Trainer, timm, torchvision, remote directories on
+# a local S3 server) in a venv of its own without TensorFlow: torchvision needs torch 2.14.1, which pip takes
+# from this machine's disk (PyPI's torchvision does not import beside the 2.13.0 CPU build).
+VISION_VENV ?= .venv-vision
+VISION_PY := $(VISION_VENV)/bin/python
+VISION_TORCH := "torch==2.14.1" "torchvision==0.29.1"
+
+$(VISION_PY):
+	python3 -m venv $(VISION_VENV)
+	$(VISION_PY) -m pip install --quiet --upgrade pip
+
+install-vision: $(VISION_PY)
+	$(VISION_PY) -m pip install --quiet $(VISION_TORCH)
+	$(VISION_PY) -m pip install --quiet -e ".[lightning,transformers,s3]" $(VISION_TORCH) timm "moto[server]>=5,<6" \
+	  "pytest>=8" "playwright>=1.45"
 
 # Rebuilds the committed bundle and fails if it differs from what is committed.
 frontend-check: install-test

@@ -38,6 +38,12 @@ setup(
         # machine (README, Install): a bare "torch" on Linux is a CUDA build of several GB.
         "torch": ["torch>=2.4,<3"],
         "keras": ["keras>=3.10,<3.16"],
+        # The training loops over PyTorch (tb_bnstats.lightning, tb_bnstats.transformers); torch as above.
+        "lightning": ["lightning>=2.4,<3"],
+        "transformers": ["transformers>=4.40,<6"],
+        # Remote log directories without TensorFlow, through fsspec: s3:// and gs://.
+        "s3": ["fsspec>=2024.6", "s3fs>=2024.6"],
+        "gcs": ["fsspec>=2024.6", "gcsfs>=2024.6"],
         # ruff and mypy pinned to a minor version: a newer one adds rules and checks, and make lint would fail
         # on code that did not change.
         "test": ["pytest>=8", "playwright>=1.45", "hypothesis>=6.100", "scikit-learn>=1.4", "ruff>=0.17.6,<0.18",
