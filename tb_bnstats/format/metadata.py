@@ -189,7 +189,15 @@ class LayerInfo:
     when a Keras functional graph calls the layer, or a model around it,
     with ``training=False`` (``base(x, training=False)``): ``fit`` overrides
     that (keras-team/keras#20285), so such a layer still trains unless it is
-    frozen.
+    frozen. ``affine_frozen`` is True for a layer that updated its moving
+    statistics in training while its scale and offset were not trained
+    (PyTorch: ``requires_grad=False`` on a module left in ``train()``, the
+    usual way to "freeze" BN there, which does not stop the running
+    statistics from moving).
+
+    ``batch_samples`` is the number of examples in a training batch (the
+    first one logged; 0 when unknown): the rules derive the sampling noise
+    of the batch moments from it.
 
     ``momentum`` is in Keras' convention, the weight the average keeps on its
     old value: ``moving = m * moving + (1 - m) * batch`` (PyTorch's
@@ -239,6 +247,8 @@ class LayerInfo:
     replicas: int = 1
     moving_per_replica: bool = False
     update_ops_left_out: bool = False
+    affine_frozen: bool = False
+    batch_samples: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
