@@ -44,6 +44,24 @@ THRESHOLDS = {
     "noise_mean": 0.25,
     "noise_log_var": 0.35,
     "systematic_fraction": 0.8,
+    # S6, each layer's own noise (where the log says its batch size N,
+    # LayerInfo.batch_samples): sampling alone puts the batch mean of a
+    # channel N(0, sigma^2 / n_eff) from the true mean, and a converged
+    # exponential average with weight p on the new batch is itself N(0,
+    # p / (2 - p) sigma^2 / n_eff) from it, so the median over channels of
+    # |mu_B - mu_R| / sqrt(var_B + eps) is 0.674 sqrt(2 / ((2 - p) n_eff))
+    # sqrt(var / (var + eps)), and the median |log var_B / var_R| 0.674
+    # sqrt(2 / (n_eff - 1)) sqrt(2 / (2 - p)) (chi-square). Neighbouring
+    # values of a feature map are correlated, so n_eff lies between N (one
+    # value per example) and n (values per channel): N gives the most noise
+    # sampling can make. A gap above noise_explained x that is not sampling
+    # noise (a median of >= 8 channels over >= 10 steps varies by less than
+    # 25% around its expectation; 1.6 leaves room for heavier tails): it is
+    # left to the other rules (lagging averages, drifting batches). Measured:
+    # batch 4 dense 0.44 against a floor of 0.35 (BN005); batch 32, global
+    # pooling then BatchNorm1d (PyTorch, eps 1e-5) 0.24-0.39 against 0.12
+    # (the averages lag a variance that falls 2.7x: not noise).
+    "noise_explained": 1.6,
     # S7: neighbouring batches alike (sorted data: runs of one class) give a
     # lag-1 autocorrelation of batch_mean - moving_mean well above 0, also
     # once a slow trend is taken out (detrended over block_window steps:
@@ -143,6 +161,9 @@ SCENARIOS = {
            "the spread between replicas (biased low)",
     "S13": "several replicas keep their own moving statistics and they drift apart; the checkpoint holds "
            "replica 0's",
+    "S14": "scale and offset frozen while the layer still trains: the moving statistics follow the new data "
+           "(PyTorch's requires_grad=False on a BN module left in train())",
+    "S15": "an averaged copy of the model (SWA, EMA) evaluated with statistics that do not belong to its weights",
 }
 
 
@@ -208,6 +229,12 @@ CODES = {
                    "BatchNormalization(synchronized=True) keeps every replica's statistics equal; otherwise "
                    "average them across replicas before evaluating and saving, or tb_bnstats.recalibrate(model, "
                    "data) after training: the checkpoint holds replica 0's"),
+    "BN016": Code("BN016", "S14", "warning", "frozen scale and offset, moving statistics still updated",
+                   "put the layer in inference mode while training, or keep its statistics fixed by construction; "
+                   "nothing to do if the statistics were meant to follow the new data"),
+    "BN017": Code("BN017", "S15", "warning", "an averaged model's statistics do not belong to its weights",
+                   "recompute the averaged model's statistics with its own weights: tb_bnstats.recalibrate("
+                   "averaged_model, data), or average the statistics along with the weights"),
     "BN007": Code("BN007", "-", "error", "NaN or Inf in the batch or moving moments",
                    "find the first bad step (inputs, learning rate, float16 overflow); the moving statistics "
                    "are NaN from then on: recalibrate or restore a checkpoint"),

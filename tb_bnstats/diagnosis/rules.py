@@ -11,6 +11,13 @@ reliable, one never updated has no convergence, and so on):
 code   scenario  severity  rule (per layer)
 =====  ========  ========  ====================================================
 BN007  --        error     NaN or Inf in a logged batch or moving moment
+BN016  S14       warning   besides the above: a layer whose scale and offset
+                           are not trained (``info.affine_frozen``) updated
+                           its moving statistics; warning when they moved
+                           "far" from where the run started (last
+                           ``start_mean_gap/p50`` > 0.25 or
+                           ``start_abs_log_var_ratio/p50`` > 0.25), info
+                           otherwise
 BN008  S3        error     at a fit's start the optimizer had taken steps (a
                            restored run) but the layer's moving statistics were
                            at their initializers' values (recorded by the
@@ -45,7 +52,10 @@ BN005  S6        warning   converged, not BN006, and either median
                            ``mean_gap/p50`` > 0.25, or median
                            ``abs_log_var_ratio/p50`` > 0.35 that is not one
                            systematic shift (``|median log_var_ratio/mean|`` <
-                           0.8 of it)
+                           0.8 of it); where the batch size is logged
+                           (``info.batch_samples``), the gap must also be
+                           within 1.6x of what sampling noise of that many
+                           examples gives (:func:`sampling_floor`)
 BN009  S8        warning   with a probe batch of held-out data (``probe_data=``,
                            not the default probe's training samples):
                            converged, the training gaps small (not "far"), and
@@ -313,6 +323,31 @@ def pretrained_not_converged(view: LayerView, **_: object) -> list[Hit] | None:
              f"{words.recalibrate_text(info)} after fine-tuning.")]
 
 
+def statistics_move_while_frozen(view: LayerView) -> list[Hit]:
+    """BN016 (S14): the layer's scale and offset are not trained
+    (``info.affine_frozen``: PyTorch's ``requires_grad=False``) but it ran
+    in training mode and updated its moving statistics: "frozen" the way
+    that leaves them following the new data's batches. How far they moved
+    from where the run started (``start_*`` series, last step): a warning
+    when far (:func:`_far`), info when close."""
+    info, s = view.layer.info, view.layer.series
+    if not info.affine_frozen or view.updates <= 0 or "start_mean_gap/p50" not in s:
+        return []
+    moved_mean = float(s["start_mean_gap/p50"][-1])
+    moved_lv = float(s.get("start_abs_log_var_ratio/p50", np.full(1, np.nan))[-1])
+    ev = {**view.base, "affine_frozen": True, "start_mean_gap_p50": moved_mean,
+          "start_abs_log_var_ratio_p50": moved_lv, "pretrained": view.pretrained_at is not None}
+    origin = "the pretrained values" if view.pretrained_at is not None else "where the run started"
+    head = (f"{view.name}: {words.affine_frozen(info)}; it updated its moving statistics {view.updates} "
+            f"times, and they moved {moved_mean:.2f} std from {origin} on the median channel and "
+            f"{math.exp(moved_lv):.2f}x in variance")
+    if not _far(moved_mean, moved_lv):
+        return [("BN016", "info", ev, f"{head}: little so far. Fix, if they were meant to stay: "
+                                      f"{_fix('BN016', view)}.")]
+    return [("BN016", "warning", ev, f"{head}: inference now normalizes with the new batches' statistics, not "
+                                     f"the ones the frozen weights were trained with. Fix: {_fix('BN016', view)}.")]
+
+
 def overridden_training_false(view: LayerView) -> list[Hit]:
     """BN011 (S10): written with ``training=False`` in the model's graph,
     yet updated: Keras' ``fit`` passes ``training=True`` down through a
@@ -428,18 +463,56 @@ def drifting_batches(view: LayerView, conv: Converged, run_in_blocks: bool = Fal
              f"statistics describe the last batches, not the data. Fix: {_fix('BN006', view)}.")]
 
 
+def sampling_floor(view: LayerView, conv: Converged) -> tuple[float, float] | None:
+    """The median gaps sampling noise alone gives a converged layer whose
+    batches hold ``info.batch_samples`` examples (N): ``(mean gap, |log var
+    ratio|)``, :data:`THRESHOLDS` ``noise_explained``'s reasoning; None when
+    the batch size is not logged.
+
+        mean gap      0.674 sqrt(2 / ((2 - p) N)) sqrt(var / (var + eps))
+        log var gap   0.674 sqrt(2 / (N - 1)) sqrt(2 / (2 - p))
+
+    with ``p = 1 - momentum`` (0 for a cumulative average) and ``var`` the
+    median channel-mean batch variance over the converged steps."""
+    info, s = view.layer.info, view.layer.series
+    n = int(info.batch_samples)
+    if n < 2:
+        return None
+    p = 0.0 if view.momentum is None else 1.0 - view.momentum
+    var = median(s["batch_var"][conv.mask]) if "batch_var" in s else float("nan")
+    shrink = math.sqrt(var / (var + info.epsilon)) if np.isfinite(var) and var > 0 else 1.0
+    return (0.674 * math.sqrt(2.0 / ((2.0 - p) * n)) * shrink,
+            0.674 * math.sqrt(2.0 / (n - 1)) * math.sqrt(2.0 / (2.0 - p)))
+
+
 def noisy_batches(view: LayerView, conv: Converged, **_: object) -> list[Hit]:
     """BN005 (S6): batch moments far from the converged average step after
-    step, not as one systematic shift (too few samples per channel)."""
+    step, not as one systematic shift, and (batch size logged) no larger
+    than sampling noise explains (:func:`sampling_floor`): too few samples
+    per channel."""
     ev = conv.evidence
     g, alv, signed = ev["mean_gap_p50"], ev["abs_log_var_ratio_p50"], ev["log_var_ratio_mean"]
-    if not (g > THRESHOLDS["noise_mean"]
-            or (alv > THRESHOLDS["noise_log_var"] and abs(signed) < THRESHOLDS["systematic_fraction"] * alv)):
+    floor = sampling_floor(view, conv)
+    k = THRESHOLDS["noise_explained"]
+    noisy_mean = g > THRESHOLDS["noise_mean"] and (floor is None or g <= k * floor[0])
+    noisy_var = (alv > THRESHOLDS["noise_log_var"] and abs(signed) < THRESHOLDS["systematic_fraction"] * alv
+                 and (floor is None or alv <= k * floor[1]))
+    if not (noisy_mean or noisy_var):
         return []
+    if floor is not None:
+        ev = {**ev, "sampling_floor_mean_gap": floor[0], "sampling_floor_abs_log_var_ratio": floor[1],
+              "batch_samples": int(view.layer.info.batch_samples)}
     return [("BN005", "warning", ev,
              f"{view.name}: batch moments are noisy: on the median channel the batch mean is {g:.2f} std from "
              f"the moving mean and the variance {math.exp(alv):.2f}x off, step after step (too few samples per "
-             f"channel). Fix: {_fix('BN005', view)}.")]
+             f"channel{_floor_text(floor, view)}). Fix: {_fix('BN005', view)}.")]
+
+
+def _floor_text(floor: tuple[float, float] | None, view: LayerView) -> str:
+    if floor is None:
+        return ""
+    return (f": sampling {view.layer.info.batch_samples} examples alone gives about {floor[0]:.2f} std and "
+            f"{math.exp(floor[1]):.2f}x")
 
 
 def probe_shift(name: str, layer: LayerData, probe_is_training_data: bool = False) -> list[Hit]:
@@ -668,7 +741,7 @@ def layer_findings(name: str, layer: LayerData, lost_at: int | None = None, run_
         # Unsynchronized replicas explain batches off the moving statistics better than noise of the
         # global batch: the moving statistics average per-replica moments (or rank 0's alone).
         rest = [hit for hit in rest if hit[0] != "BN005"]
-    return overridden_training_false(view) + replicas + rest
+    return overridden_training_false(view) + statistics_move_while_frozen(view) + replicas + rest
 
 
 def _state_or_converged_findings(view: LayerView, lost_at: int | None, run_in_blocks: bool,

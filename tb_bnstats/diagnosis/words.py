@@ -82,6 +82,11 @@ class Words:
         """A frozen layer, described."""
         return "frozen (trainable=False): moving averages not updated"
 
+    def affine_frozen(self, info: LayerInfo) -> str:
+        """A layer whose scale and offset are not trained while it updates
+        its moving statistics (``LayerInfo.affine_frozen``), described."""
+        return "its scale and offset are not trained"
+
 
 GENERIC = Words()
 
@@ -146,3 +151,9 @@ def frozen_how(info: LayerInfo) -> str:
 def frozen(info: LayerInfo) -> str:
     """A frozen layer, in its framework's words."""
     return words_of(info.framework).frozen(info)
+
+
+def affine_frozen(info: LayerInfo) -> str:
+    """A layer whose scale and offset are not trained while its moving
+    statistics update, in its framework's words."""
+    return words_of(info.framework).affine_frozen(info)

@@ -44,6 +44,8 @@ class Passes(Protocol):
         """Writes population statistics (``pop.mean``, ``pop.var``) into the
         layer's moving statistics; returns ``undo()``."""
 
+    # Optional: averaged_model(model) -> dict | None, what the framework knows of ``model`` as an averaged
+    # copy of another (SWA's AveragedModel): {"kind", "why", ...}; tb_bnstats.diagnose_model reads it.
     # GapProbe(model, x=None, y=None, named_layers=(), loss_fn=None): the
     # train/inference probe (tb_bnstats.measure.gap), a class.
     GapProbe: type

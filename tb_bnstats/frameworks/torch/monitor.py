@@ -74,6 +74,11 @@ class BNStatsMonitor(StepLoopMonitor):
         loss_fn: ``loss_fn(output, y)``, for the probe's loss in both modes.
         start_step: the optimizer steps taken before this run (a resumed
             run); :meth:`step` without ``step=`` counts on from here.
+        training_batch: for a loop that hands the monitor its first
+            training batch (the Lightning callback): ``(x, y)`` or ``x``;
+            with ``probe_data=None`` the probe runs on it (the run's probe is
+            then the first training batch's, as with the Keras callback).
+            None (default): ``probe_data=None`` is no probe.
         **options: the recording options, each a field of
             :class:`tb_bnstats.Options` (``log_every_n_steps``,
             ``snapshot_every_n_steps``, ``layers`` -- module paths or glob
@@ -91,7 +96,8 @@ class BNStatsMonitor(StepLoopMonitor):
     """
 
     def __init__(self, model: Any, log_dir: str | os.PathLike[str], *,
-                 loss_fn: Callable[[Any, Any], Any] | None = None, start_step: int = 0, **options: Any) -> None:
+                 loss_fn: Callable[[Any, Any], Any] | None = None, start_step: int = 0,
+                 training_batch: Any = None, **options: Any) -> None:
         import torch
 
         if not isinstance(model, torch.nn.Module):
@@ -99,7 +105,8 @@ class BNStatsMonitor(StepLoopMonitor):
                             "model use tb_bnstats.BNStatsCallback)")
         if loss_fn is not None and not callable(loss_fn):
             raise ValueError(f"loss_fn must be callable as loss_fn(output, y), got {loss_fn!r}")
-        super().__init__(Options.of("BNStatsMonitor", log_dir, options, default_probe=False))
+        super().__init__(Options.of("BNStatsMonitor", log_dir, options, default_probe=training_batch is not None))
+        self._training_batch = training_batch
         steps_before = positive_int("start_step", start_step, allow_zero=True)
         self.ranks = ddp_ranks.of(model)
         model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper holds the module
@@ -127,6 +134,7 @@ class BNStatsMonitor(StepLoopMonitor):
         self._probe = None
         if rec.run.probe_source is not PROBE_OFF and rec.writer is not None:
             self._probe = rec.guard("preparing the train/inference probe", self._make_probe)
+        self._training_batch = None  # the probe keeps what it takes
         rec.measure_model(self.model, self._probe)
         rec.epoch_begin()
 
@@ -178,5 +186,6 @@ class BNStatsMonitor(StepLoopMonitor):
         from tb_bnstats.frameworks.torch import passes as torch_passes
         from tb_bnstats.measure import gap
 
-        x, y = gap.take_probe_batch(self.options.probe_data)
+        given = self.options.probe_batches
+        x, y = gap.take_probe_batch(given if given is not None else self._training_batch)
         return torch_passes.GapProbe(self.model, x, y, self._named(), loss_fn=self.loss_fn)

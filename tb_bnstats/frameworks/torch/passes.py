@@ -53,6 +53,32 @@ def bn_layers(model):
     return [(n, m) for n, m in bn_modules.find_batchnorm_modules(model) if bn_modules.tracks_running_stats(m)]
 
 
+def averaged_model(model):
+    """What tb_bnstats knows of ``model`` as an averaged copy of another
+    model, or None: ``torch.optim.swa_utils.AveragedModel`` (SWA, and EMA
+    through its ``multi_avg_fn``) copies the model's buffers when it is made
+    and, unless ``use_buffers=True``, never updates them: its BN statistics
+    are those of the weights at construction until
+    ``torch.optim.swa_utils.update_bn`` recomputes them.
+
+    Returns:
+        ``{"kind": "AveragedModel", "use_buffers": bool, "averaged": int,
+        "why": str}`` (``averaged``: ``n_averaged``), or None for another
+        model (an EMA copy is a plain module: :func:`tb_bnstats.diagnose_model`
+        takes ``averaged=True`` for it).
+    """
+    import torch
+
+    if not isinstance(model, torch.optim.swa_utils.AveragedModel):
+        return None
+    use_buffers = bool(getattr(model, "use_buffers", False))
+    averaged = int(model.n_averaged) if hasattr(model, "n_averaged") else 0
+    why = ("AveragedModel(use_buffers=True) averages the buffers with the weights" if use_buffers else
+           f"AveragedModel keeps the buffers it copied when it was made ({averaged} models averaged since); "
+           f"only update_bn recomputes them")
+    return {"kind": "AveragedModel", "use_buffers": use_buffers, "averaged": averaged, "why": why}
+
+
 def is_frozen(module):
     """Whether the module's affine parameters are frozen (``requires_grad=False``)."""
     weight = getattr(module, "weight", None)
@@ -70,7 +96,7 @@ def kept_in_eval(model, module):
 def moving_statistics(module):
     """``(running_mean, running_var, eps)`` of a BN module (float64)."""
     return (module.running_mean.detach().double().cpu().numpy(), module.running_var.detach().double().cpu().numpy(),
-            float(module.eps))
+            bn_modules.eps_of(module))
 
 
 def model_device(model):
@@ -137,7 +163,7 @@ class ModePasses:
 
         model = self.model
         modes = [(m, m.training) for m in model.modules()]
-        tracking = [(m, m.track_running_stats) for m in self.bn_modules]
+        tracking = [(m, m.track_running_stats) for m in self.bn_modules if not bn_modules.is_frozen_batchnorm(m)]
         kept = {id(m) for m in self.bn_modules if kept_in_eval(model, m) and not frozen_batch_mode}
         self.moments, self.outputs = {}, {}
         handles = [m.register_forward_hook(self._hook(name)) for name, m in self.named]
@@ -146,7 +172,7 @@ class ModePasses:
             with torch.no_grad(), torch.random.fork_rng(devices=devices):
                 model.train(bool(training))
                 for m in self.bn_modules:
-                    if bn_batch and id(m) not in kept:
+                    if bn_batch and id(m) not in kept and not bn_modules.is_frozen_batchnorm(m):
                         m.train()
                         m.track_running_stats = False  # batch moments, no running buffer written
                     else:

@@ -34,10 +34,29 @@ PYTORCH_FIXES = {
              "buffers copied to every rank at each forward), or average "
              "running_mean / running_var with torch.distributed.all_reduce (divided by the world size) before "
              "evaluating and saving; or tb_bnstats.recalibrate(model, loader): rank 0's are what gets saved",
+    "BN016": "put the BN modules in eval() after every model.train() (or override the model's train() to do "
+             "it), or replace them with torchvision.ops.misc.FrozenBatchNorm2d (statistics fixed by "
+             "construction); requires_grad_(False) alone freezes the scale and offset, not the running "
+             "statistics. Nothing to do if they were meant to follow the new data",
+    "BN017": "torch.optim.swa_utils.update_bn(loader, averaged_model) after the last update_parameters, or "
+             "AveragedModel(model, use_buffers=True) (the buffers averaged with the weights), or "
+             "tb_bnstats.recalibrate(averaged_model, loader); an EMA copy needs the same before it is "
+             "evaluated",
     "BN008": "save and load the whole model.state_dict() (running_mean, running_var and num_batches_tracked are "
              "buffers in it; load_state_dict(strict=True) names any that are missing), or call "
              "tb_bnstats.recalibrate(model, loader) after restoring",
 }
+
+
+# PyTorch's own BN classes: a frozen layer of another class without a momentum is frozen by construction
+# (torchvision's FrozenBatchNorm2d, tb_bnstats.frameworks.torch.capture.modules.is_frozen_batchnorm).
+TORCH_BN_CLASSES = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "LazyBatchNorm1d",
+                    "LazyBatchNorm2d", "LazyBatchNorm3d")
+
+
+def by_construction(info: LayerInfo) -> bool:
+    """Whether a frozen layer is frozen by construction (no momentum, not one of PyTorch's BN classes)."""
+    return info.frozen and info.momentum is None and info.layer_class not in TORCH_BN_CLASSES
 
 
 class PyTorchWords(Words):
@@ -57,7 +76,12 @@ class PyTorchWords(Words):
         return "the module was in eval() mode during training"
 
     def frozen_how(self, info: LayerInfo) -> str:
+        if by_construction(info):
+            return f"a {info.layer_class}: fixed statistics, never updated"
         return "in eval() with requires_grad=False"
+
+    def affine_frozen(self, info: LayerInfo) -> str:
+        return "requires_grad=False on its weight and bias, but the module was left in train()"
 
     def frozen(self, info: LayerInfo) -> str:
         return "in eval() during training: running statistics not updated"

@@ -17,7 +17,10 @@ Forwards without gradients in ``eval()`` mode (validation,
 nor are tb_bnstats' own measurement passes (the probe, population
 statistics: ``train()`` with ``track_running_stats`` off for the pass).
 With gradient accumulation the last micro-batch's moments are the step's;
-``num_batches_tracked`` counts every forward's update.
+``num_batches_tracked`` counts every forward's update. A module frozen by
+construction (``FrozenBatchNorm2d``,
+:func:`~tb_bnstats.frameworks.torch.capture.modules.is_frozen_batchnorm`) keeps
+its input's moments in every forward with gradients, and counts no update.
 
 When the training loop says a step is done
 (:meth:`TorchCapture.write_step`), the pending moments, the running
@@ -62,16 +65,25 @@ class _ModuleSlot:
 
         self.name, self.module = name, module
         self.channels = None
+        self.batch_samples = 0  # examples in its first training batch seen
         self.start_updates, self.started_at_initializer = 0, True
+        # The update count's column: num_batches_tracked, or a constant 0 for a frozen-by-construction module.
+        self.updates = getattr(module, "num_batches_tracked", None)
+        if bn_modules.is_frozen_batchnorm(module):
+            self.updates = torch.zeros((), dtype=torch.int64, device=module.running_mean.device)
         self._pretrained = None
         if bn_modules.tracks_running_stats(module):  # a lazy module before its first forward: fresh
             with torch.no_grad():
-                self.start_updates = int(module.num_batches_tracked) if module.num_batches_tracked is not None else 0
+                self.start_updates = int(self.updates) if self.updates is not None else 0
                 self.started_at_initializer = bool(torch.all(module.running_mean == 0)) and bool(
                     torch.all(module.running_var == 1))
                 if self.start_updates == 0 and not self.started_at_initializer:
                     self._pretrained = (module.running_mean.double().cpu().numpy(),
                                         module.running_var.double().cpu().numpy())
+
+    @property
+    def frozen_by_construction(self):
+        return bn_modules.is_frozen_batchnorm(self.module)
 
     @property
     def pretrained(self):
@@ -135,7 +147,8 @@ class TorchCapture:
         self.model, self.ranks = model, ranks
         found = bn_modules.find_batchnorm_modules(model)
         self._slots = {name: _ModuleSlot(name, module) for name, module in found}
-        self.untracked = [name for name, module in found if not module.track_running_stats]
+        self.untracked = [name for name, module in found
+                          if not bn_modules.is_frozen_batchnorm(module) and not module.track_running_stats]
         self._pending = {}  # name -> (mean, var, values per channel, updating): this step's training forward
         self._order = []  # names in the order training forwards first ran them
         self._updating = {}  # name -> whether its last training forward updated its running statistics
@@ -164,7 +177,8 @@ class TorchCapture:
         def keep_moments(module, args, output):
             if self.failed is not None or not (module.training or _grad_enabled()):
                 return  # validation / inference forwards are not part of a training step
-            if module.training and not module.track_running_stats:
+            if module.training and not bn_modules.updates_running_stats(module) \
+                    and not bn_modules.is_frozen_batchnorm(module):
                 return  # tb_bnstats' own measurement passes (batch moments, nothing tracked)
             try:
                 x, running_before = args[0], before.pop(name, None)
@@ -172,7 +186,8 @@ class TorchCapture:
                     mean, var, n = bn_modules.moments_of_update(module, *running_before, x)
                 else:
                     mean, var, n = bn_modules.channel_moments(x)
-                pending[name] = (mean, var, n, bool(module.training))
+                updating = bool(module.training) and not bn_modules.is_frozen_batchnorm(module)
+                pending[name] = (mean, var, n, updating, int(x.shape[0]) if x.dim() > 0 else 0)
             except Exception as exc:  # noqa: BLE001 - the forward pass must go on
                 self._fail(exc)
 
@@ -205,6 +220,7 @@ class TorchCapture:
         slots = [self._slots[n] for n in names]
         for slot, name in zip(slots, names):
             slot.channels = int(pending[name][0].numel())
+            slot.batch_samples = slot.batch_samples or pending[name][4]
         on_device = tuple(isinstance(v, torch.Tensor) for v in metrics.values())
         updating = tuple(pending[n][3] for n in names)
         # A module path is one module of fixed width: the names and flags say which ring (no Layout per step).
@@ -222,7 +238,7 @@ class TorchCapture:
         row_format = ring_.format
         columns = {ring.VALUES: [v for v, here in zip(metrics.values(), on_device) if here],
                    ring.HOST_VALUES: [float(v) for v, here in zip(metrics.values(), on_device) if not here],
-                   ring.COUNTS: [s.module.num_batches_tracked for s in slots],
+                   ring.COUNTS: [s.updates for s in slots],
                    ring.SAMPLES: [[float(pending[n][2]) for n in names]], ring.MOMENTS: []}
         for slot, name in zip(slots, names):
             mean, var = pending[name][:2]
@@ -249,7 +265,8 @@ class TorchCapture:
         ranks = self.ranks
         return [bn_modules.layer_info(name, self._slots[name].module, depth, self._updating[name],
                                       replicas=ranks.world_size if ranks else 1,
-                                      moving_per_replica=bool(ranks and ranks.moving_per_replica))
+                                      moving_per_replica=bool(ranks and ranks.moving_per_replica),
+                                      batch_samples=self._slots[name].batch_samples)
                 for depth, name in enumerate(self._order)]
 
     def resume(self, step):

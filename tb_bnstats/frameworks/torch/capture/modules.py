@@ -21,20 +21,49 @@ PyTorch's conventions, and how the log format (Keras' conventions, see
   statistics and normalizes with batch moments in ``eval()`` too: nothing to
   compare, such a module is not logged.
 * The initial running statistics are 0 and 1 (``reset_running_stats``).
+* Frozen by construction: ``torchvision.ops.misc.FrozenBatchNorm2d`` (the BN
+  of torchvision's detection models, detectron2-style backbones, timm's
+  ``freeze_batch_norm_2d``) is no ``_BatchNorm``. It is found by duck typing
+  (:func:`is_frozen_batchnorm`): a module whose *buffers* are ``weight``,
+  ``bias``, ``running_mean`` and ``running_var`` (1-D, one value per
+  channel), with no ``momentum`` attribute and no ``num_batches_tracked``.
+  It always normalizes with those buffers and never changes them: it is
+  logged as frozen on purpose (``frozen=True``, no update, momentum None),
+  its batch moments computed from its input.
 """
 
 from tb_bnstats.format.metadata import LayerInfo
 from tb_bnstats.frameworks.torch import PYTORCH
 
+FROZEN_BN_BUFFERS = ("weight", "bias", "running_mean", "running_var")
+
+
+def is_frozen_batchnorm(module):
+    """Whether ``module`` is a BN module frozen by construction, such as
+    ``torchvision.ops.misc.FrozenBatchNorm2d``: not a ``_BatchNorm``, its
+    ``weight``, ``bias``, ``running_mean`` and ``running_var`` are buffers
+    (not parameters) of one shape ``[C]``, and it has no ``momentum`` (it
+    never updates them)."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    if isinstance(module, _BatchNorm) or hasattr(module, "momentum"):
+        return False
+    buffers = getattr(module, "_buffers", {})
+    tensors = [buffers.get(name) for name in FROZEN_BN_BUFFERS]
+    if any(t is None for t in tensors):
+        return False
+    return all(t.dim() == 1 and t.shape == tensors[0].shape for t in tensors)
+
 
 def is_batchnorm(module):
     """Whether ``module`` is a BatchNorm module: any subclass of
     ``torch.nn.modules.batchnorm._BatchNorm`` (``BatchNorm1d/2d/3d``,
-    ``SyncBatchNorm``, the lazy ones, timm-style subclasses). Instance and
-    group norms are not (they keep no batch statistics)."""
+    ``SyncBatchNorm``, the lazy ones, timm-style subclasses), or one frozen
+    by construction (:func:`is_frozen_batchnorm`). Instance and group norms
+    are not (they keep no batch statistics)."""
     from torch.nn.modules.batchnorm import _BatchNorm
 
-    return isinstance(module, _BatchNorm)
+    return isinstance(module, _BatchNorm) or is_frozen_batchnorm(module)
 
 
 def find_batchnorm_modules(model):
@@ -43,6 +72,29 @@ def find_batchnorm_modules(model):
     one, is ``"bn"``), in registration order, each module once (a module
     shared by two paths keeps the first, as ``named_modules`` does)."""
     return [(name or "bn", module) for name, module in model.named_modules() if is_batchnorm(module)]
+
+
+def momentum_of(module):
+    """The module's ``momentum`` (None for one frozen by construction)."""
+    return getattr(module, "momentum", None)
+
+
+def eps_of(module):
+    """The module's ``eps`` (torchvision's ``FrozenBatchNorm2d`` default,
+    1e-5, for a frozen one without the attribute)."""
+    return float(getattr(module, "eps", 1e-5))
+
+
+def updates_running_stats(module):
+    """Whether a forward in ``train()`` updates the module's running
+    statistics (False for one frozen by construction)."""
+    return not is_frozen_batchnorm(module) and bool(module.track_running_stats)
+
+
+def affine_requires_grad(module):
+    """Whether any of the module's own parameters requires a gradient (a
+    frozen-by-construction module has none: its affine values are buffers)."""
+    return any(p.requires_grad for p in module.parameters(recurse=False))
 
 
 def keras_momentum(momentum):
@@ -57,10 +109,12 @@ def tracks_running_stats(module):
     from torch.nn.parameter import UninitializedBuffer
 
     mean = getattr(module, "running_mean", None)
+    if is_frozen_batchnorm(module):
+        return True
     return bool(module.track_running_stats) and mean is not None and not isinstance(mean, UninitializedBuffer)
 
 
-def layer_info(name, module, depth, updating, replicas=1, moving_per_replica=False):
+def layer_info(name, module, depth, updating, replicas=1, moving_per_replica=False, batch_samples=0):
     """The :class:`~tb_bnstats.format.metadata.LayerInfo` of one BN module.
 
     Args:
@@ -76,16 +130,25 @@ def layer_info(name, module, depth, updating, replicas=1, moving_per_replica=Fal
         replicas: the DDP ranks it trains on (1 in one process).
         moving_per_replica: each rank keeps its own running statistics
             (DDP without its buffer sync: ``broadcast_buffers=False``).
+        batch_samples: examples in its training batch (0: unknown).
+
+    ``affine_frozen`` is set when the module updated its running
+    statistics while none of its parameters required a gradient: "frozen"
+    with ``requires_grad_(False)`` but left in ``train()``. A module frozen
+    by construction (:func:`is_frozen_batchnorm`) is ``frozen``.
     """
     import torch
 
+    trains_affine = affine_requires_grad(module)
     return LayerInfo(
-        name=name, channels=int(module.running_mean.numel()), momentum=keras_momentum(module.momentum),
-        epsilon=float(module.eps), init_mean=0.0, init_var=1.0, moving_var_unbiased=True, depth=int(depth),
+        name=name, channels=int(module.running_mean.numel()), momentum=keras_momentum(momentum_of(module)),
+        epsilon=eps_of(module), init_mean=0.0, init_var=1.0, moving_var_unbiased=True, depth=int(depth),
         layer_class=type(module).__name__, framework=PYTORCH, trainable=bool(updating),
         synchronized=isinstance(module, torch.nn.SyncBatchNorm),
-        frozen=not updating and not any(p.requires_grad for p in module.parameters(recurse=False)),
-        replicas=int(replicas), moving_per_replica=bool(moving_per_replica))
+        frozen=is_frozen_batchnorm(module) or (not updating and not trains_affine),
+        replicas=int(replicas), moving_per_replica=bool(moving_per_replica),
+        affine_frozen=bool(updating) and not trains_affine and not is_frozen_batchnorm(module),
+        batch_samples=int(batch_samples))
 
 
 # Below this momentum (PyTorch's p), the moments are computed from the input:
@@ -101,8 +164,9 @@ def moments_from_update(module):
     :data:`MIN_MOMENTUM_TO_INVERT`, in float32 or float64 buffers."""
     import torch
 
-    p = module.momentum
-    return (module.training and tracks_running_stats(module) and p is not None and p >= MIN_MOMENTUM_TO_INVERT
+    p = momentum_of(module)
+    return (module.training and updates_running_stats(module) and tracks_running_stats(module)
+            and p is not None and p >= MIN_MOMENTUM_TO_INVERT
             and module.running_mean.dtype in (torch.float32, torch.float64))
 
 
