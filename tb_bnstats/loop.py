@@ -5,6 +5,7 @@ themselves: :class:`StepLoopMonitor` (the PyTorch monitor,
 ones). It holds what they share: the options, the recorder, the step
 numbering, the epochs, and closing."""
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
@@ -44,10 +45,14 @@ class StepLoopMonitor:
         options: the :class:`tb_bnstats.Options`.
     """
 
+    # Where the messages of ``verbose=1`` go (the diagnosis, what was found): print by default; an adapter in
+    # a framework's own training loop routes them into that framework's logging.
+    say_to: Callable[[str], None] = print
+
     def __init__(self, options: Options) -> None:
         self.options = options
         self.log_dir = options.log_dir
-        self._recorder = Recorder(options)
+        self._recorder = Recorder(options, out=self.say_to)
         self._step = 0  # the last step taken
         self._epoch_start = 0  # the step at the epoch's start
         self.begun = False  # the run has begun (at construction, or at the first step)

@@ -12,6 +12,9 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "tb_bnstats"
 
 # The framework folders (tb_bnstats/frameworks/<name>/): each is a component "frameworks.<name>".
 FOLDERS = ("keras", "torch", "tf1")
+# The folders of training loops over one framework's models (Lightning, the Hugging Face Trainer): adapters
+# over that framework's folder, not in the registry (their models are that framework's).
+LOOP_FOLDERS = {"lightning": "torch", "transformers": "torch"}
 # What an adapter builds on: the neutral core and the registry.
 CORE = {"format", "quantities", "write", "capture", "measure", "diagnosis", "options", "recorder", "loop",
         "frameworks"}
@@ -40,9 +43,12 @@ ALLOWED = {
     "frameworks.keras": CORE | {"frameworks.tensorflow_ops", "frameworks.torch_ops"},
     "frameworks.tf1": CORE | {"frameworks.tensorflow_ops"},
     "frameworks.torch": CORE | {"frameworks.torch_ops"},
+    **{f"frameworks.{loop}": CORE | {f"frameworks.{over}"} for loop, over in LOOP_FOLDERS.items()},
     # The public names of the adapters: tb_bnstats.torch, tb_bnstats.compat.v1.
     "torch": {"frameworks.torch"},
     "compat": {"frameworks.tf1"},
+    # tb_bnstats.lightning, tb_bnstats.transformers.
+    **{loop: {f"frameworks.{loop}"} for loop in LOOP_FOLDERS},
 }
 # Imports that only some modules of a component may make.
 ONLY_FROM = {
@@ -160,12 +166,14 @@ def test_readers_of_logs_import_no_framework(entry):
     assert frameworks == [], f"{entry} imports {frameworks} at module level"
     ours = {_component(m) for m in reached if m.startswith("tb_bnstats.")}
     if entry.startswith("tb_bnstats.plugin"):
-        assert not ours & {"capture", "measure", "write", "recorder", *(f"frameworks.{f}" for f in FOLDERS)}, ours
+        assert not ours & {"capture", "measure", "write", "recorder",
+                           *(f"frameworks.{f}" for f in (*FOLDERS, *LOOP_FOLDERS))}, ours
 
 
 @pytest.mark.parametrize("entry", ["tb_bnstats.torch", "tb_bnstats.frameworks.torch.capture.hooks",
                                    "tb_bnstats.frameworks.torch.passes", "tb_bnstats.measure.population",
-                                   "tb_bnstats.measure.gap", "tb_bnstats.diagnosis.live", "tb_bnstats.recorder"])
+                                   "tb_bnstats.measure.gap", "tb_bnstats.diagnosis.live", "tb_bnstats.recorder",
+                                   "tb_bnstats.lightning", "tb_bnstats.transformers"])
 def test_the_pytorch_side_imports_no_other_framework(entry):
     """A PyTorch process must not need TensorFlow, Keras or JAX (the run-time
     check is tests/pytorch/test_torch_capture.py)."""
@@ -190,14 +198,16 @@ def test_no_file_outside_the_repository_is_cited():
 
 def test_the_core_imports_no_framework_folder_and_no_folder_another():
     """The core reaches a framework only through the registry
-    (tb_bnstats.frameworks), and a folder never imports another folder."""
-    folders = {f"frameworks.{f}" for f in FOLDERS}
+    (tb_bnstats.frameworks), and a folder never imports another folder, but
+    a loop's folder the folder of the framework it trains."""
+    folders = {f"frameworks.{f}" for f in (*FOLDERS, *LOOP_FOLDERS)}
+    loops = {f"frameworks.{loop}": f"frameworks.{over}" for loop, over in LOOP_FOLDERS.items()}
     for module, path in MODULES.items():
         mine = _component(module)
         for imported, line in _imports(path):
             theirs = _component(imported) if imported.startswith("tb_bnstats.") else None
-            if theirs in folders and theirs != mine:
-                assert mine in ("torch", "compat"), f"{module}:{line} imports the folder {theirs}"
+            if theirs in folders and theirs != mine and loops.get(mine) != theirs:
+                assert mine in ("torch", "compat", *LOOP_FOLDERS), f"{module}:{line} imports the folder {theirs}"
 
 
 def test_every_folder_is_registered_and_declares_what_the_core_asks():
@@ -213,7 +223,7 @@ def test_every_folder_is_registered_and_declares_what_the_core_asks():
 
     assert frameworks.REGISTRY == tuple(f"tb_bnstats.frameworks.{f}" for f in ("keras", "torch", "tf1"))
     assert sorted(p.name for p in (PACKAGE / "frameworks").iterdir() if p.is_dir() and p.name != "__pycache__") \
-        == sorted(FOLDERS)
+        == sorted((*FOLDERS, *LOOP_FOLDERS))
     members = {name for name, _ in inspect.getmembers(Passes) if not name.startswith("_")} | {"GapProbe"}
     for framework in frameworks.registered():
         words = frameworks._words()

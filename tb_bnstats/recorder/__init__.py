@@ -82,10 +82,13 @@ class Recorder:
     the frozen layers on the probe batch (or None: no frozen layer).
     """
 
-    def __init__(self, options: Options) -> None:
+    def __init__(self, options: Options, out: Callable[[str], None] = print) -> None:
         """Args:
-            options: the :class:`tb_bnstats.Options`."""
+            options: the :class:`tb_bnstats.Options`.
+            out: where :meth:`say` writes a line (``print``; an adapter in a
+                framework's own loop hands its framework's logging)."""
         self.options = options
+        self.out = out
         self.capture: Any = None
         self.findings: list[Any] | None = None  # the diagnosis of the last run (Finding list)
         self.run = Run()  # the current training run (one that writes nothing before the first begin)
@@ -100,9 +103,9 @@ class Recorder:
     # -- helpers -----------------------------------------------------------------
 
     def say(self, message: str) -> None:
-        """Prints ``message`` with ``verbose=1``."""
+        """Prints ``message`` with ``verbose=1``, through :attr:`out`."""
         if self.options.verbose:
-            print(f"tb_bnstats: {message}")
+            self.out(f"tb_bnstats: {message}")
 
     def warn_once(self, where: str, message: str) -> None:
         """A ``RuntimeWarning``, once per ``where``."""
