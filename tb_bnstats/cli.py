@@ -18,7 +18,7 @@ its own name), so ``tb-bnstats diagnose logs/run1`` and ``tb-bnstats
 diagnose logs --run run1`` print the same lines.
 
 Standard output holds only the CLI's own lines (or, with ``--json``, one JSON
-document): local event files are read with TensorBoard's own reader, without
+document): event files, local or at a URL, are read with TensorBoard's own reader, without
 TensorFlow, and anything a library prints while reading goes to standard
 error. A directory that cannot be read at all exits 2 with the reason.
 """
@@ -29,9 +29,10 @@ import argparse
 import contextlib
 import os
 import sys
-import types
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
+
+from tb_bnstats.format.filesystem import read_without_tensorflow
 
 if TYPE_CHECKING:
     from tb_bnstats.diagnosis.finding import Finding
@@ -43,18 +44,6 @@ FAIL_LEVELS = {"error": ("error",), "warning": ("error", "warning"), "never": ()
 
 class NothingToDiagnose(Exception):
     """The path given holds no run to diagnose; the message says why."""
-
-
-def read_without_tensorflow() -> None:
-    """Makes TensorBoard read event files with its own pure-Python reader
-    instead of importing TensorFlow (seconds, and its start-up log lines):
-    TensorBoard picks its TensorFlow stub when the module
-    ``tensorboard.compat.notf`` can be imported, the switch its own
-    TensorFlow-free builds use. Call before TensorBoard is first asked for
-    ``tensorboard.compat.tf``. A process that already imported TensorFlow
-    (``main`` called from a training script) keeps reading with it."""
-    if "tensorflow" not in sys.modules:
-        sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
 
 
 @contextlib.contextmanager
@@ -147,11 +136,12 @@ def main(argv: Sequence[str] | None = None, without_tensorflow: bool = False) ->
 
     Args:
         argv: the arguments after the program's name.
-        without_tensorflow: read local event files without importing
-            TensorFlow (:func:`read_without_tensorflow`), for the rest of the
-            process: what the ``tb-bnstats`` command does. Remote directories
-            are read as TensorBoard reads them (with TensorFlow where it is
-            installed).
+        without_tensorflow: read event files without importing TensorFlow
+            (:func:`tb_bnstats.format.filesystem.read_without_tensorflow`:
+            local files, and URLs through TensorBoard's own file systems,
+            boto3 for ``s3://`` and fsspec for the others), for the rest of
+            the process: what the ``tb-bnstats`` command does. A process that
+            imported TensorFlow reads with it.
 
     Returns:
         The exit code (module docstring).
@@ -171,7 +161,7 @@ def main(argv: Sequence[str] | None = None, without_tensorflow: bool = False) ->
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on a usage error, 0 on --help
         return int(exc.code or 0)
-    if without_tensorflow and "://" not in args.logdir:
+    if without_tensorflow:
         read_without_tensorflow()
     if args.command == "diagnose":
         return diagnose(args.logdir, args.run, args.json, args.fail_on)
@@ -180,9 +170,7 @@ def main(argv: Sequence[str] | None = None, without_tensorflow: bool = False) ->
 
 def console_main() -> int:
     """The ``tb-bnstats`` command (and ``python -m tb_bnstats.cli``): :func:`main`
-    on the process's arguments, reading local event files without
-    TensorFlow, and TensorFlow's own start-up log lines off if a remote
-    directory needs it."""
+    on the process's arguments, reading event files without TensorFlow."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return main(without_tensorflow=True)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from tb_bnstats.format import metadata
+from tb_bnstats.format import filesystem, metadata
 from tb_bnstats.measure import data as batches
 from tb_bnstats.write import summary
 
@@ -39,7 +39,9 @@ class Options:
     normalized (``layers`` a tuple, the strides ints, ``None`` strides 0).
 
     Attributes:
-        log_dir: directory of this run's event files (TensorBoard's run).
+        log_dir: directory of this run's event files (TensorBoard's run): a
+            local path or a URL (``s3://bucket/run``, ``gs://...``, any
+            fsspec protocol; :mod:`tb_bnstats.format.filesystem`).
         log_every_n_steps: log every N optimizer steps (1 = every step). The
             moments logged are those of the step logged; the train loss and
             mean-type metrics are the mean over the steps since the last log.
@@ -104,7 +106,11 @@ class Options:
 
     Raises:
         ValueError: an option out of its range, or a stride given without
-            the data it needs.
+            the data it needs; a ``log_dir`` URL of a protocol fsspec does
+            not know.
+        ImportError: a ``log_dir`` URL (``s3://``, ``gs://``...) whose file
+            system's package is not installed (the message says what to
+            install).
     """
 
     log_dir: str | os.PathLike[str]
@@ -130,6 +136,7 @@ class Options:
         if not isinstance(log_dir, (str, os.PathLike)) or not os.fspath(log_dir):
             raise ValueError(f"log_dir must be a non-empty path, got {log_dir!r}")
         put("log_dir", os.fspath(log_dir))
+        filesystem.check(os.fspath(log_dir))  # a URL whose file system's package is missing: said now, not mid-training
         put("log_every_n_steps", positive_int("log_every_n_steps", self.log_every_n_steps))
         put("snapshot_every_n_steps", positive_int("snapshot_every_n_steps", self.snapshot_every_n_steps,
                                                    allow_zero=True))

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from tensorboard.data import provider
 
-from tb_bnstats.format import metadata, names, records
+from tb_bnstats.format import filesystem, metadata, names, records
 from tb_bnstats.read import integrity
 
 # A downsample that keeps every point the provider holds. Not much larger: with 2**62 the plugin's
@@ -255,7 +255,11 @@ def multiplexer_provider(logdir: str | os.PathLike[str], data_loss: list[tuple[s
     """An in-process TensorBoard data provider over ``logdir`` that keeps every
     point of this plugin (TensorBoard's defaults keep 10 per tag for it).
     ``data_loss``, a list, receives ``(path, offset)`` of each corrupted
-    record the reader stopped at."""
+    record the reader stopped at. A URL (``s3://...``) is read through
+    TensorBoard's own file systems unless this process imported TensorFlow
+    (:func:`tb_bnstats.format.filesystem.read_url_without_tensorflow`)."""
+    if filesystem.is_url(str(logdir)):
+        filesystem.read_url_without_tensorflow(str(logdir))
     from tensorboard.backend.event_processing import data_provider as mdp
     from tensorboard.backend.event_processing import plugin_event_multiplexer as pem
     from tensorboard.util import tb_logging
