@@ -1,9 +1,10 @@
 """The recorder's state and its pure choices: which steps of a drained
 block to log (:func:`choose_rows`, :func:`stride_due`), what an adapter can
 do in a run (:class:`Capabilities`), one run's state (:class:`Run`, made by
-:meth:`tb_bnstats.recorder.Recorder.begin`), and the writer thread's part of
-a drain (:class:`BlockWrite`). No framework, no I/O: unit-tested on their
-own (tests/test_recorder_state.py)."""
+:meth:`tb_bnstats.recorder.Recorder.begin`), the writer thread's part of
+a drain (:class:`BlockWrite`) and the measurements' time budget
+(:func:`within_budget`, :class:`TimeBudget`). No framework, no I/O:
+unit-tested on their own (tests/test_recorder_state.py)."""
 
 import dataclasses
 import time
@@ -198,3 +199,86 @@ class Run:
     def population(self) -> bool:
         """Population statistics may be measured in this run."""
         return self.capabilities.population
+
+
+# -- the measurements' time budget ------------------------------------------------------
+
+
+def within_budget(spent: float, last: float | None, trained: float, fraction: float | None) -> bool:
+    """Whether a due measurement may run under the time budget.
+
+    The measurements of an account (the probe's, the population's) may take
+    ``fraction`` of the training time: a due one runs when what the account
+    has spent plus what this measurement took last time stays within
+    ``fraction`` of the training time so far; else it is skipped, and runs
+    at the next due point that fits. A measurement that has not run yet
+    runs at once (its cost is not known).
+
+    Args:
+        spent: seconds the measurement's account has spent so far.
+        last: seconds the measurement took the last time it ran (None: it
+            has not run yet).
+        trained: seconds of training so far (measurements excluded).
+        fraction: the budget (:attr:`tb_bnstats.Options.measure_budget`;
+            None: no budget, every due measurement runs).
+
+    Returns:
+        True: run it now.
+    """
+    if fraction is None or last is None:
+        return True
+    return spent + last <= fraction * trained
+
+
+@dataclasses.dataclass
+class TimeBudget:
+    """What the measurements on the model cost against the training time,
+    across the training runs of one recorder (:func:`within_budget`).
+
+    Training time is the wall time from each run's begin to its close, less
+    the measurements' own time. Each measurement (``kind``: the probe, the
+    checks on the model at the end of a run...) is charged to an
+    ``account``; the measurements of one account share its budget.
+
+    Attributes:
+        fraction: the budget (None: none).
+        wall: seconds inside the runs that have closed.
+        since: when the open run began (monotonic; None: no run open).
+        measured: seconds measured in all (every account).
+        spent: ``{account: seconds}``.
+        last: ``{kind: seconds}`` of each measurement's last run.
+    """
+
+    fraction: float | None
+    wall: float = 0.0
+    since: float | None = None
+    measured: float = 0.0
+    spent: dict[str, float] = dataclasses.field(default_factory=dict)
+    last: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def start(self, now: float) -> None:
+        """A run begins at ``now`` (one still open is closed first)."""
+        self.stop(now)
+        self.since = now
+
+    def stop(self, now: float) -> None:
+        """The open run closes at ``now`` (nothing when none is open)."""
+        if self.since is not None:
+            self.wall += max(0.0, now - self.since)
+            self.since = None
+
+    def trained(self, now: float) -> float:
+        """Seconds of training up to ``now``, measurements excluded."""
+        open_run = 0.0 if self.since is None else max(0.0, now - self.since)
+        return max(0.0, self.wall + open_run - self.measured)
+
+    def allows(self, kind: str, account: str, now: float) -> bool:
+        """Whether measurement ``kind`` of ``account`` may run at ``now``."""
+        return within_budget(self.spent.get(account, 0.0), self.last.get(kind), self.trained(now), self.fraction)
+
+    def charge(self, kind: str, account: str, seconds: float) -> None:
+        """Measurement ``kind`` of ``account`` took ``seconds``."""
+        seconds = max(0.0, seconds)
+        self.spent[account] = self.spent.get(account, 0.0) + seconds
+        self.last[kind] = seconds
+        self.measured += seconds
