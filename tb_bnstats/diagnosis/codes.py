@@ -233,8 +233,9 @@ CODES = {
                    "put the layer in inference mode while training, or keep its statistics fixed by construction; "
                    "nothing to do if the statistics were meant to follow the new data"),
     "BN017": Code("BN017", "S15", "warning", "an averaged model's statistics do not belong to its weights",
-                   "recompute the averaged model's statistics with its own weights: tb_bnstats.recalibrate("
-                   "averaged_model, data), or average the statistics along with the weights"),
+                   "recompute the averaged model's statistics with its own weights (call "
+                   "tb_bnstats.recalibrate(model, data) on the averaged model), or average the statistics along "
+                   "with the weights"),
     "BN007": Code("BN007", "-", "error", "NaN or Inf in the batch or moving moments",
                    "find the first bad step (inputs, learning rate, float16 overflow); the moving statistics "
                    "are NaN from then on: recalibrate or restore a checkpoint"),

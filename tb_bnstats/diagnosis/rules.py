@@ -243,7 +243,9 @@ def never_updated(view: LayerView, recalibration: Mapping[str, float] | None = N
     Error when the batches are far from the stale statistics, info when they
     still match. A layer frozen on purpose is :func:`frozen_statistics`'."""
     s, info = view.layer.series, view.layer.info
-    if not np.all(s["updates"] == 0):
+    # No update at any logged step: a count of 0 throughout, or, for a layer logged as not updating, a
+    # count that never moved (a pretrained module kept in eval(): its num_batches_tracked was loaded).
+    if not (np.all(s["updates"] == 0) or (not info.trainable and np.all(s["updates"] == s["updates"][0]))):
         return None
     steps = len(view.layer.steps)
     if steps < THRESHOLDS["not_updated_min_points"]:

@@ -56,10 +56,11 @@ def bn_layers(model):
 def averaged_model(model):
     """What tb_bnstats knows of ``model`` as an averaged copy of another
     model, or None: ``torch.optim.swa_utils.AveragedModel`` (SWA, and EMA
-    through its ``multi_avg_fn``) copies the model's buffers when it is made
-    and, unless ``use_buffers=True``, never updates them: its BN statistics
-    are those of the weights at construction until
-    ``torch.optim.swa_utils.update_bn`` recomputes them.
+    through its ``multi_avg_fn``) averages the parameters only, unless
+    ``use_buffers=True``; its BN buffers are copies of the trained model's
+    (made at construction; recent PyTorch copies them again at each
+    ``update_parameters``): statistics of other weights than the averaged
+    ones, until ``torch.optim.swa_utils.update_bn`` recomputes them.
 
     Returns:
         ``{"kind": "AveragedModel", "use_buffers": bool, "averaged": int,
@@ -74,8 +75,9 @@ def averaged_model(model):
     use_buffers = bool(getattr(model, "use_buffers", False))
     averaged = int(model.n_averaged) if hasattr(model, "n_averaged") else 0
     why = ("AveragedModel(use_buffers=True) averages the buffers with the weights" if use_buffers else
-           f"AveragedModel keeps the buffers it copied when it was made ({averaged} models averaged since); "
-           f"only update_bn recomputes them")
+           f"AveragedModel averages the parameters of {averaged} models but keeps copies of the trained "
+           f"model's buffers, statistics of the weights last trained, not of the averaged ones; only update_bn "
+           f"recomputes them")
     return {"kind": "AveragedModel", "use_buffers": use_buffers, "averaged": averaged, "why": why}
 
 

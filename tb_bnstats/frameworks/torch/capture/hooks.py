@@ -58,7 +58,9 @@ class _ModuleSlot:
 
     ``init_mean`` / ``init_var`` are what ``num_batches_tracked`` counts
     from: 0 and 1, or the statistics found with no update counted
-    (pretrained values loaded without ``num_batches_tracked``)."""
+    (pretrained values loaded without ``num_batches_tracked``), or those
+    found on a module whose affine parameters do not require gradients
+    (a fine-tuning start from a checkpoint)."""
 
     def __init__(self, name, module):
         import torch
@@ -77,7 +79,12 @@ class _ModuleSlot:
                 self.start_updates = int(self.updates) if self.updates is not None else 0
                 self.started_at_initializer = bool(torch.all(module.running_mean == 0)) and bool(
                     torch.all(module.running_var == 1))
-                if self.start_updates == 0 and not self.started_at_initializer:
+                # Statistics other than 0 / 1 with no update counted (loaded without num_batches_tracked),
+                # or any statistics of a module whose scale and offset are frozen (fine-tuning from a
+                # checkpoint that counted its updates): what BN016 and BN010 measure the move from.
+                affine_frozen = any(True for _ in module.parameters(recurse=False)) and not \
+                    bn_modules.affine_requires_grad(module)
+                if not self.started_at_initializer and (self.start_updates == 0 or affine_frozen):
                     self._pretrained = (module.running_mean.double().cpu().numpy(),
                                         module.running_var.double().cpu().numpy())
 
