@@ -11,7 +11,7 @@ import pytest
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "tb_bnstats"
 
 # The framework folders (tb_bnstats/frameworks/<name>/): each is a component "frameworks.<name>".
-FOLDERS = ("keras", "torch", "tf1")
+FOLDERS = ("keras", "torch", "tf1", "flax")
 # The folders of training loops over one framework's models (Lightning, the Hugging Face Trainer): adapters
 # over that framework's folder, not in the registry (their models are that framework's).
 LOOP_FOLDERS = {"lightning": "torch", "transformers": "torch"}
@@ -40,6 +40,8 @@ ALLOWED = {
     # torch-based ones.
     "frameworks.tensorflow_ops": set(),
     "frameworks.torch_ops": {"capture"},
+    "frameworks.jax_ops": set(),  # the ring's Ops in jax.numpy (the Flax capture)
+    "frameworks.flax": CORE | {"frameworks.jax_ops"},
     "frameworks.keras": CORE | {"frameworks.tensorflow_ops", "frameworks.torch_ops"},
     "frameworks.tf1": CORE | {"frameworks.tensorflow_ops"},
     "frameworks.torch": CORE | {"frameworks.torch_ops"},
@@ -47,6 +49,7 @@ ALLOWED = {
     # The public names of the adapters: tb_bnstats.torch, tb_bnstats.compat.v1.
     "torch": {"frameworks.torch"},
     "compat": {"frameworks.tf1"},
+    "flax": {"frameworks.flax"},
     # tb_bnstats.lightning, tb_bnstats.transformers.
     **{loop: {f"frameworks.{loop}"} for loop in LOOP_FOLDERS},
 }
@@ -182,6 +185,15 @@ def test_the_pytorch_side_imports_no_other_framework(entry):
     assert others == [], f"{entry} imports {others} at module level"
 
 
+@pytest.mark.parametrize("entry", ["tb_bnstats.flax", "tb_bnstats.frameworks.flax.capture"])
+def test_the_flax_side_imports_no_other_framework(entry):
+    """A Flax process must not need TensorFlow, Keras or PyTorch (the run-time
+    check is tests/flax/test_flax_capture.py)."""
+    reached = _closure(entry)
+    others = sorted(m for m in reached if m.split(".")[0] in ("tensorflow", "keras", "torch"))
+    assert others == [], f"{entry} imports {others} at module level"
+
+
 def test_format_and_quantities_import_nothing_of_the_package():
     for module, path in MODULES.items():
         if _component(module) in ("format", "quantities"):
@@ -207,7 +219,7 @@ def test_the_core_imports_no_framework_folder_and_no_folder_another():
         for imported, line in _imports(path):
             theirs = _component(imported) if imported.startswith("tb_bnstats.") else None
             if theirs in folders and theirs != mine and loops.get(mine) != theirs:
-                assert mine in ("torch", "compat", *LOOP_FOLDERS), f"{module}:{line} imports the folder {theirs}"
+                assert mine in ("torch", "compat", "flax", *LOOP_FOLDERS), f"{module}:{line} imports the folder {theirs}"
 
 
 def test_every_folder_is_registered_and_declares_what_the_core_asks():
@@ -221,7 +233,7 @@ def test_every_folder_is_registered_and_declares_what_the_core_asks():
     from tb_bnstats.diagnosis.words import Words
     from tb_bnstats.measure.passes import Passes
 
-    assert frameworks.REGISTRY == tuple(f"tb_bnstats.frameworks.{f}" for f in ("keras", "torch", "tf1"))
+    assert frameworks.REGISTRY == tuple(f"tb_bnstats.frameworks.{f}" for f in ("keras", "torch", "tf1", "flax"))
     assert sorted(p.name for p in (PACKAGE / "frameworks").iterdir() if p.is_dir() and p.name != "__pycache__") \
         == sorted((*FOLDERS, *LOOP_FOLDERS))
     members = {name for name, _ in inspect.getmembers(Passes) if not name.startswith("_")} | {"GapProbe"}

@@ -39,6 +39,7 @@ REGISTRY = (
     "tb_bnstats.frameworks.keras",
     "tb_bnstats.frameworks.torch",
     "tb_bnstats.frameworks.tf1",
+    "tb_bnstats.frameworks.flax",
 )
 
 
