@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install install-vision install-test system-deps frontend-check lint test test-python test-frontend bench demo demo-logs bundle
+.PHONY: install install-vision install-test system-deps frontend-check lint test test-python test-remote test-frontend bench demo demo-logs bundle
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -75,10 +75,10 @@ lint: install-test
 # is printed when both are done, and the target fails when any suite failed (an interrupt stops both).
 # The tests run again per backend are those marked `backend` (pytestmark = pytest.mark.backend in their file).
 LANES := test-artifacts/lanes
-BACKEND_TESTS := -m backend tests --ignore=tests/pytorch --ignore=tests/legacy
+BACKEND_TESTS := -m backend tests --ignore=tests/pytorch --ignore=tests/legacy --ignore=tests/remote
 
 test-python: install-test
-	$(PY) -m pytest -q tests --ignore=tests/pytorch --ignore=tests/legacy
+	$(PY) -m pytest -q tests --ignore=tests/pytorch --ignore=tests/legacy --ignore=tests/remote
 	@rm -rf $(LANES); mkdir -p $(LANES); \
 	( KERAS_BACKEND=jax $(PY) -m pytest -q --basetemp=$(LANES)/tmp-jax $(BACKEND_TESTS) \
 	  || echo "KERAS_BACKEND=jax" >> $(LANES)/failed ) > $(LANES)/1-jax.log 2>&1 & \
@@ -95,7 +95,12 @@ test-python: install-test
 	for log in $(LANES)/*.log; do echo "===== $$log"; cat $$log; done; \
 	if [ -s $(LANES)/failed ]; then echo "failed: $$(cat $(LANES)/failed | tr '\n' ' ')"; exit 1; fi
 
-test: lint frontend-check test-frontend test-python
+# Log directories at a URL, without TensorFlow: a real S3-compatible server (moto's standalone server, started
+# by the tests on a port of its own) in the PyTorch ecosystem's venv, in a pytest process of its own.
+test-remote: install-vision
+	$(VISION_PY) -m pytest -q --basetemp=test-artifacts/tmp-remote tests/remote
+
+test: lint frontend-check test-frontend test-python test-remote
 
 bundle:
 	cd frontend && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build
