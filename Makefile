@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install install-vision install-test system-deps frontend-check lint test test-python test-remote test-frontend bench demo demo-logs bundle
+.PHONY: install install-vision install-test system-deps frontend-check lint test test-python test-remote test-vision test-frontend bench bench-lightning demo demo-logs bundle
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -53,6 +53,11 @@ install-vision: $(VISION_PY)
 	$(VISION_PY) -m pip install --quiet -e ".[lightning,transformers,s3]" $(VISION_TORCH) timm "moto[server]>=5,<6" \
 	  "pytest>=8" "playwright>=1.45"
 
+# The training loops over PyTorch (tb_bnstats.lightning, tb_bnstats.transformers; timm and torchvision
+# models) in their own pytest process, in the venv above.
+test-vision: install-vision
+	$(VISION_PY) -m pytest -q tests/vision
+
 # Rebuilds the committed bundle and fails if it differs from what is committed.
 frontend-check: install-test
 	cd frontend && npm run --silent build
@@ -75,10 +80,10 @@ lint: install-test
 # is printed when both are done, and the target fails when any suite failed (an interrupt stops both).
 # The tests run again per backend are those marked `backend` (pytestmark = pytest.mark.backend in their file).
 LANES := test-artifacts/lanes
-BACKEND_TESTS := -m backend tests --ignore=tests/pytorch --ignore=tests/legacy --ignore=tests/remote
+BACKEND_TESTS := -m backend tests --ignore=tests/pytorch --ignore=tests/legacy --ignore=tests/remote --ignore=tests/vision
 
 test-python: install-test
-	$(PY) -m pytest -q tests --ignore=tests/pytorch --ignore=tests/legacy --ignore=tests/remote
+	$(PY) -m pytest -q tests --ignore=tests/pytorch --ignore=tests/legacy --ignore=tests/remote --ignore=tests/vision
 	@rm -rf $(LANES); mkdir -p $(LANES); \
 	( KERAS_BACKEND=jax $(PY) -m pytest -q --basetemp=$(LANES)/tmp-jax $(BACKEND_TESTS) \
 	  || echo "KERAS_BACKEND=jax" >> $(LANES)/failed ) > $(LANES)/1-jax.log 2>&1 & \
@@ -100,13 +105,16 @@ test-python: install-test
 test-remote: install-vision
 	$(VISION_PY) -m pytest -q --basetemp=test-artifacts/tmp-remote tests/remote
 
-test: lint frontend-check test-frontend test-python test-remote
+test: lint frontend-check test-frontend test-python test-remote test-vision
 
 bundle:
 	cd frontend && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build
 
 bench: install
 	$(PY) bench/overhead.py
+
+bench-lightning: install-vision
+	$(VISION_PY) bench/overhead_lightning.py
 
 DEMO_LOGS ?= demo/logs
 PORT ?= 6006

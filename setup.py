@@ -39,8 +39,9 @@ setup(
         "torch": ["torch>=2.4,<3"],
         "keras": ["keras>=3.10,<3.16"],
         # The training loops over PyTorch (tb_bnstats.lightning, tb_bnstats.transformers); torch as above.
+        # Tested with lightning 2.6 and transformers 5.25 (its Trainer needs accelerate).
         "lightning": ["lightning>=2.4,<3"],
-        "transformers": ["transformers>=4.40,<6"],
+        "transformers": ["transformers>=5,<6", "accelerate>=1.1"],
         # Remote log directories without TensorFlow, through fsspec: s3:// and gs://.
         "s3": ["fsspec>=2024.6", "s3fs>=2024.6"],
         "gcs": ["fsspec>=2024.6", "gcsfs>=2024.6"],
