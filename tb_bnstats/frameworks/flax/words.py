@@ -56,6 +56,9 @@ class FlaxWords(Words):
     def momentum_text(self, momentum: float) -> str:
         return f"momentum={momentum:g}"
 
+    def momentum_setting(self, momentum: float) -> str:
+        return f"momentum={momentum:.4g} (nnx.BatchNorm(..., momentum=...) / nn.BatchNorm(momentum=...))"
+
     def not_updating(self, info: LayerInfo) -> str:
         if info.trainable:
             return ("the train step computed the update but did not store it: batch_stats was not returned or "
