@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install install-vision install-test system-deps frontend-check lint test test-python test-remote test-vision test-frontend bench bench-lightning demo demo-logs bundle
+.PHONY: install install-vision install-test test-flax system-deps frontend-check lint test test-python test-remote test-vision test-frontend bench bench-lightning demo demo-logs bundle
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -33,7 +33,7 @@ TF_FOR_TF_KERAS := "tensorflow-cpu>=2.21,<2.22; platform_machine=='x86_64'" \
 	"tensorflow>=2.21,<2.22; platform_machine!='x86_64'"
 
 install-test: $(PY) system-deps
-	$(PIP) install --quiet -e ".[test,tensorflow,jax,docs]" $(TORCH) $(TF_FOR_TF_KERAS)
+	$(PIP) install --quiet -e ".[test,tensorflow,jax,flax,docs]" $(TORCH) $(TF_FOR_TF_KERAS)
 	$(PIP) install --quiet --no-deps $(TF_KERAS)
 	cd frontend && npm ci --no-audit --no-fund --loglevel=error
 
@@ -80,10 +80,12 @@ lint: install-test
 # is printed when both are done, and the target fails when any suite failed (an interrupt stops both).
 # The tests run again per backend are those marked `backend` (pytestmark = pytest.mark.backend in their file).
 LANES := test-artifacts/lanes
-BACKEND_TESTS := -m backend tests --ignore=tests/pytorch --ignore=tests/legacy --ignore=tests/remote --ignore=tests/vision
+BACKEND_TESTS := -m backend tests --ignore=tests/pytorch --ignore=tests/legacy --ignore=tests/remote --ignore=tests/vision \
+  --ignore=tests/flax
 
 test-python: install-test
-	$(PY) -m pytest -q tests --ignore=tests/pytorch --ignore=tests/legacy --ignore=tests/remote --ignore=tests/vision
+	$(PY) -m pytest -q tests --ignore=tests/pytorch --ignore=tests/legacy --ignore=tests/remote --ignore=tests/vision \
+	  --ignore=tests/flax
 	@rm -rf $(LANES); mkdir -p $(LANES); \
 	( KERAS_BACKEND=jax $(PY) -m pytest -q --basetemp=$(LANES)/tmp-jax $(BACKEND_TESTS) \
 	  || echo "KERAS_BACKEND=jax" >> $(LANES)/failed ) > $(LANES)/1-jax.log 2>&1 & \
@@ -105,7 +107,12 @@ test-python: install-test
 test-remote: install-vision
 	$(VISION_PY) -m pytest -q --basetemp=test-artifacts/tmp-remote tests/remote
 
-test: lint frontend-check test-frontend test-python test-remote test-vision
+# Flax NNX and Linen (tb_bnstats.flax) in a pytest process of its own: its conftest forces two host devices
+# (XLA_FLAGS) before JAX is imported, for the multi-device tests.
+test-flax: install-test
+	$(PY) -m pytest -q --basetemp=test-artifacts/tmp-flax tests/flax
+
+test: lint frontend-check test-frontend test-python test-remote test-vision test-flax
 
 bundle:
 	cd frontend && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build

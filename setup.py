@@ -34,6 +34,8 @@ setup(
                        "tensorflow-cpu>=2.21,<3; platform_machine=='x86_64'"],
         # Keras 3 on JAX (KERAS_BACKEND=jax).
         "jax": ["keras>=3.10,<3.16", "jax>=0.4.30,<1"],
+        # Flax NNX and Linen (tb_bnstats.flax); tested with flax 0.12.8 on jax 0.10.2 (CPU).
+        "flax": ["flax>=0.11,<0.13", "jax>=0.4.30,<1"],
         # PyTorch (tb_bnstats.torch), and Keras on torch with [keras,torch]. Pick the torch build for your
         # machine (README, Install): a bare "torch" on Linux is a CUDA build of several GB.
         "torch": ["torch>=2.4,<3"],
