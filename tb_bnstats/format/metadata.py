@@ -6,8 +6,24 @@ reads this module, at start-up).
 
 Tags (one TensorBoard time series each, all under plugin name ``bn_stats``):
 
-* ``bn/<layer>/<quantity>``  SCALAR data class, one point per logged step;
-  quantities are listed in :data:`LAYER_SERIES`.
+* ``bn/<layer>/steps/<segment>`` TENSOR data class (version 2): a float32
+  tensor of the layer's full-resolution rows, ``[1 + n, 1 + Q]``: a header
+  row (:data:`RECORD_HEADER`), then per kept step its offset below the
+  record's step and the values of the Q quantities named in the metadata's
+  ``quantities`` (:data:`LAYER_SERIES`, and :data:`REPLICA_SERIES` on several
+  replicas). Which steps are kept: :mod:`tb_bnstats.write.resolution`.
+* ``bn/<layer>/envelope/<segment>`` TENSOR data class (version 2): a float32
+  tensor ``[1 + m, len(ENVELOPE_HEAD) + len(ENVELOPE_STATS) Q]`` of interval
+  envelopes: a header row, then per interval :data:`ENVELOPE_HEAD` (its
+  first and last step as offsets below the record's step, how many logged
+  steps it holds, how many had a non-finite value) and per quantity
+  :data:`ENVELOPE_STATS` (``argmin`` / ``argmax``: offsets of the steps of
+  the extremes). ``<segment>`` is the step of the segment's first record;
+  a segment holds at most 64 records, fewer than TensorBoard keeps of a
+  tensor tag, so none is sampled away.
+* ``bn/<layer>/<quantity>``  SCALAR data class, one point per logged step
+  (version 1: the per-step series before the packed records above; still
+  read); quantities are listed in :data:`LAYER_SERIES`.
 * ``bn/<layer>/channels``    TENSOR data class, a float32 tensor of shape
   ``[len(SNAPSHOT_ROWS), channels]`` every ``snapshot_every`` steps.
 * ``metric/<split>/<name>``  SCALAR data class, ``split`` is ``train`` (per
@@ -51,9 +67,10 @@ Tags (one TensorBoard time series each, all under plugin name ``bn_stats``):
   absent in logs of older versions).
 
 Every summary carries, in ``plugin_data.content``, a JSON object with
-``version`` (:data:`FORMAT_VERSION`), ``kind`` (``layer_series``,
-``layer_channels``, ``metric``, ``diagnosis`` or ``train_begin``) and, for layer tags, ``layer`` (a
-:class:`LayerInfo` as a dict) and ``quantity``.
+``version`` (:data:`FORMAT_VERSION`), ``kind`` (``layer_log``, ``layer_series``,
+``layer_channels``, ``layer_replicas``, ``metric``, ``diagnosis`` or ``train_begin``) and, for layer
+tags, ``layer`` (a :class:`LayerInfo` as a dict) and ``quantity`` (``layer_log``: ``part`` and
+``quantities``).
 
 Versions: a reader of version :data:`FORMAT_VERSION` reads records of a newer
 version as far as it can (the fields it knows; a newer writer only adds) and
@@ -73,9 +90,21 @@ from tensorboard.compat.proto import summary_pb2
 _T = TypeVar("_T")
 
 PLUGIN_NAME = "bn_stats"
-FORMAT_VERSION = 1
+# 2: the per-step series are packed, full-resolution rows and interval envelopes (KIND_LAYER_LOG).
+FORMAT_VERSION = 2
 
 KIND_LAYER_SERIES = "layer_series"
+KIND_LAYER_LOG = "layer_log"
+# The two parts of a layer log (KIND_LAYER_LOG's "part").
+PART_STEPS = "steps"
+PART_ENVELOPE = "envelope"
+# The first row of every layer log record: its number in its segment (0, 1, ...: a gap means the reader
+# was given a sample), then zeros.
+RECORD_HEADER = ("record",)
+# An envelope row: its interval's first and last step, logged steps, steps with a non-finite value; then
+# per quantity the mean, min and max over the interval's logged steps and the steps of the min and the max.
+ENVELOPE_HEAD = ("first_step", "last_step", "count", "nonfinite")
+ENVELOPE_STATS = ("mean", "min", "max", "argmin", "argmax")
 KIND_LAYER_CHANNELS = "layer_channels"
 KIND_METRIC = "metric"
 KIND_DIAGNOSIS = "diagnosis"
@@ -290,6 +319,11 @@ def layer_tag(layer_name: str, quantity: str) -> str:
     return f"{LAYER_PREFIX}{layer_name}/{quantity}"
 
 
+def layer_log_tag(layer_name: str, part: str, segment: int) -> str:
+    """``bn/<layer>/<part>/<segment>``: the tag of one segment of a layer log."""
+    return f"{LAYER_PREFIX}{layer_name}/{part}/{int(segment)}"
+
+
 def metric_tag(split: str, name: str) -> str:
     """``metric/<split>/<name>``: the tag of one metric."""
     return f"{METRIC_PREFIX}{split}/{name}"
@@ -311,6 +345,13 @@ def layer_series_metadata(info: LayerInfo, quantity: str) -> summary_pb2.Summary
         {"version": FORMAT_VERSION, "kind": KIND_LAYER_SERIES, "layer": info.to_dict(), "quantity": quantity},
         summary_pb2.DATA_CLASS_SCALAR,
     )
+
+
+def layer_log_metadata(info: LayerInfo, part: str, quantities: Iterable[str]) -> summary_pb2.SummaryMetadata:
+    """TENSOR metadata of a layer log segment (:data:`PART_STEPS` or
+    :data:`PART_ENVELOPE`) whose columns follow ``quantities``."""
+    return _metadata({"version": FORMAT_VERSION, "kind": KIND_LAYER_LOG, "layer": info.to_dict(), "part": part,
+                      "quantities": list(quantities)}, summary_pb2.DATA_CLASS_TENSOR)
 
 
 def _layer_tensor_metadata(info: LayerInfo, kind: str, quantity: str,
@@ -349,7 +390,8 @@ def diagnosis_metadata() -> summary_pb2.SummaryMetadata:
                      summary_pb2.DATA_CLASS_TENSOR)
 
 
-KINDS = (KIND_LAYER_SERIES, KIND_LAYER_CHANNELS, KIND_LAYER_REPLICAS, KIND_METRIC, KIND_DIAGNOSIS, KIND_TRAIN_BEGIN)
+KINDS = (KIND_LAYER_LOG, KIND_LAYER_SERIES, KIND_LAYER_CHANNELS, KIND_LAYER_REPLICAS, KIND_METRIC, KIND_DIAGNOSIS,
+         KIND_TRAIN_BEGIN)
 
 
 def parse_content(content: bytes) -> dict[str, Any] | None:

@@ -18,6 +18,69 @@ Series = tuple[np.ndarray, np.ndarray]  # (steps int64 [n], values float64 [n])
 
 
 @dataclasses.dataclass
+class Envelope:
+    """A layer's interval envelopes (:mod:`tb_bnstats.write.resolution`), in
+    order of their first step: each interval's ``first_step``, ``last_step``
+    (int64 [n]), ``count`` of logged steps and of steps with a non-finite
+    value (``nonfinite``), and per quantity ``stats[q][s]`` [n] for ``s`` in
+    :data:`metadata.ENVELOPE_STATS` (``argmin`` / ``argmax`` are steps)."""
+
+    first_step: np.ndarray
+    last_step: np.ndarray
+    count: np.ndarray
+    nonfinite: np.ndarray
+    stats: dict[str, dict[str, np.ndarray]]
+
+    @classmethod
+    def empty(cls) -> "Envelope":
+        """No interval (a log of version 1, or a run shorter than the first level)."""
+        none = np.zeros(0, np.int64)
+        return cls(none, none, none, none, {})
+
+    def __len__(self) -> int:
+        return len(self.first_step)
+
+    def extremes(self, quantity: str) -> Series:
+        """Each interval's min and max of ``quantity`` at the steps they were
+        reached, in step order: the points that draw the envelope."""
+        stats = self.stats.get(quantity)
+        if stats is None or not len(self):
+            return np.zeros(0, np.int64), np.zeros(0)
+        steps = np.concatenate([stats["argmin"], stats["argmax"]]).astype(np.int64)
+        values = np.concatenate([stats["min"], stats["max"]])
+        order = np.argsort(steps, kind="stable")
+        return steps[order], values[order]
+
+
+def drawn(full: Series | None, envelope: Envelope, quantity: str) -> Series:
+    """The points that show ``quantity`` of a layer over the whole run: its
+    full-resolution points ``full`` and the extremes of each interval of its
+    ``envelope``, in step order (what the tab downsamples and bins: every
+    extreme is in)."""
+    steps, values = envelope.extremes(quantity)
+    if full is not None:
+        steps = np.concatenate([np.asarray(full[0], np.int64), steps])
+        values = np.concatenate([np.asarray(full[1], np.float64), values])
+        order = np.argsort(steps, kind="stable")
+        steps, values = steps[order], values[order]
+    return steps, values
+
+
+def latest(full: Series | None, envelope: Envelope, quantity: str) -> tuple[int, float] | None:
+    """The newest ``(step, value)`` of ``quantity``: the last full-resolution
+    point, or the mean of the last interval when that one ends later; None
+    when there is neither."""
+    candidates = []
+    if full is not None and len(full[0]):
+        candidates.append((int(full[0][-1]), float(full[1][-1])))
+    stats = envelope.stats.get(quantity)
+    if stats is not None and len(envelope):
+        last = int(np.argmax(envelope.last_step))
+        candidates.append((int(envelope.last_step[last]), float(stats["mean"][last])))
+    return max(candidates, key=lambda c: c[0]) if candidates else None
+
+
+@dataclasses.dataclass
 class LayerData:
     """One layer's records.
 
@@ -26,6 +89,9 @@ class LayerData:
     ``[len(snapshot_steps), channels]`` for each :data:`metadata.SNAPSHOT_ROWS`.
     On several replicas ``replica_snapshots[row]`` is ``[len(replica_steps),
     replicas, channels]`` for each :data:`metadata.REPLICA_ROWS` (empty on one).
+    In a log of version 2, ``steps`` are the steps kept at full resolution
+    and ``envelope`` summarizes every logged step past the first level
+    (:func:`drawn` puts the two together).
     """
 
     info: metadata.LayerInfo
@@ -35,6 +101,7 @@ class LayerData:
     snapshots: dict[str, np.ndarray]
     replica_steps: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
     replica_snapshots: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    envelope: Envelope = dataclasses.field(default_factory=Envelope.empty)
 
 
 @dataclasses.dataclass
@@ -109,7 +176,8 @@ def run_data(layer_infos: Mapping[str, metadata.LayerInfo], series_by_layer: Map
              snapshots_by_layer: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
              stored_findings: list | None = None, train_begins: Iterable[dict[str, Any]] = (),
              newer_format_versions: Iterable[int] = (),
-             replicas_by_layer: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> RunData:
+             replicas_by_layer: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+             envelopes: Mapping[str, Envelope] | None = None) -> RunData:
     """Assembles a :class:`RunData`.
 
     Args:
@@ -126,6 +194,7 @@ def run_data(layer_infos: Mapping[str, metadata.LayerInfo], series_by_layer: Map
             :class:`RunData`.
         replicas_by_layer: ``{layer: (steps [k], tensor [k, rows, replicas,
             channels])}`` with rows in :data:`metadata.REPLICA_ROWS` order.
+        envelopes: ``{layer: Envelope}`` of a log of version 2.
 
     Returns:
         The :class:`RunData`.
@@ -140,6 +209,8 @@ def run_data(layer_infos: Mapping[str, metadata.LayerInfo], series_by_layer: Map
             if tensor.ndim == 3 and tensor.shape[1] == len(metadata.SNAPSHOT_ROWS):
                 snaps = {row: tensor[:, i, :] for i, row in enumerate(metadata.SNAPSHOT_ROWS)}
         layers[name] = LayerData(info, steps, series, snap_steps, snaps)
+        if envelopes and name in envelopes:
+            layers[name].envelope = envelopes[name]
         if replicas_by_layer and name in replicas_by_layer:
             replica_steps, tensor = replicas_by_layer[name]
             if tensor.ndim == 4 and tensor.shape[1] == len(metadata.REPLICA_ROWS):

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import numpy as np
 
     from tb_bnstats.read.reader import TagIndex
 
@@ -52,40 +51,42 @@ class IndexCache:
 
 
 class SeriesCache:
-    """LRU of ``(experiment, run, tag, downsample) -> (max_step, steps, values)``,
-    bounded by the number of points held. An entry is used only while the
-    tag's ``max_step`` in the current index is the one it was read at."""
+    """LRU of ``(experiment, run, tag, downsample) -> (version, value)``,
+    bounded by the number of points held: a series ``(steps, values)``, or
+    a layer log (:class:`tb_bnstats.read.logs.LayerLogData`) under its
+    layer's key, of ``size`` points. An entry is used only while its
+    ``version`` (a tag's ``max_step``, a layer log's tags' ``max_step``) is
+    the current index's."""
 
     def __init__(self, budget_points: int = SERIES_CACHE_POINTS) -> None:
         self._budget = budget_points
         self._held = 0
-        self._entries: collections.OrderedDict[SeriesKey, tuple[int | None, np.ndarray, np.ndarray]] = \
-            collections.OrderedDict()
+        self._entries: collections.OrderedDict[SeriesKey, tuple[Any, Any, int]] = collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: SeriesKey, max_step: int | None) -> tuple[np.ndarray, np.ndarray] | None:
-        """``(steps, values)`` cached for ``key`` at ``max_step``, or None."""
+    def get(self, key: SeriesKey, version: Any) -> Any:
+        """The value cached for ``key`` at ``version``, or None."""
         with self._lock:
             hit = self._entries.get(key)
-            if hit is None or hit[0] != max_step:
+            if hit is None or hit[0] != version:
                 return None
             self._entries.move_to_end(key)
-            return hit[1], hit[2]
+            return hit[1]
 
-    def put(self, key: SeriesKey, max_step: int | None, steps: np.ndarray, values: np.ndarray) -> None:
-        """Keeps a series (not one larger than the whole budget), evicting the least recently used."""
-        n = int(len(steps))
-        if n > self._budget:
+    def put(self, key: SeriesKey, version: Any, value: Any, size: int) -> None:
+        """Keeps ``value`` of ``size`` points (not one larger than the whole
+        budget), evicting the least recently used."""
+        if size > self._budget:
             return
         with self._lock:
             old = self._entries.pop(key, None)
             if old is not None:
-                self._held -= len(old[1])
-            self._entries[key] = (max_step, steps, values)
-            self._held += n
+                self._held -= old[2]
+            self._entries[key] = (version, value, size)
+            self._held += size
             while self._held > self._budget and self._entries:
-                _, (_, s, _) = self._entries.popitem(last=False)
-                self._held -= len(s)
+                _, (_, _, held) = self._entries.popitem(last=False)
+                self._held -= held
 
 
 # Runs whose diagnosis is kept (each a few kB of findings).

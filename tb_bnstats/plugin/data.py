@@ -120,6 +120,13 @@ def sampling_info(steps: npt.ArrayLike, cap_hint: int | None = None) -> dict[str
     return info
 
 
+def log_sampling(records: int, expected_records: int) -> dict[str, Any]:
+    """:func:`sampling_info` of a layer log (format version 2): sampled
+    when fewer records were read than its segments numbered."""
+    return {"points": records, "expected_points": max(records, expected_records),
+            "sampled": records < expected_records}
+
+
 def merge_sampling(infos: Iterable[dict[str, Any] | None]) -> dict[str, Any]:
     """One summary over several series: sampled if any is."""
     present = [i for i in infos if i]

@@ -54,7 +54,7 @@ from tb_bnstats.diagnosis.finding import Finding
 from tb_bnstats.format import metadata, records
 from tb_bnstats.plugin import cache, data, scalars
 from tb_bnstats.plugin.http import Answer, Args, BadRequest, int_arg, one, route, safe_name
-from tb_bnstats.read import integrity, reader
+from tb_bnstats.read import integrity, logs, reader
 from tb_bnstats.read.reader import READ_ALL, TagIndex
 
 logger = logging.getLogger("tb_bnstats")
@@ -77,6 +77,8 @@ DEFAULT_SERIES = metadata.LAYER_SERIES
 # population statistics' (the last two only at the steps they were measured).
 # and, on several replicas, the replica series.
 SERVED_SERIES = metadata.LAYER_SERIES + metadata.PROBE_SERIES + metadata.POPULATION_SERIES + metadata.REPLICA_SERIES
+# The series cache's key of a layer's log: a prefix no tag has (tags start with bn/ or metric/).
+LOG_KEY = "log:"
 
 
 def worst_severity(findings: Iterable[Finding]) -> str:
@@ -181,9 +183,58 @@ class BNStatsPlugin(base_plugin.TBPlugin):
             for tag, (steps, values) in fresh.items():
                 steps.setflags(write=False)
                 values.setflags(write=False)
-                self._series_cache.put((eid, index.source, tag, downsample), index.max_step.get(tag), steps, values)
+                self._series_cache.put((eid, index.source, tag, downsample), index.max_step.get(tag), (steps, values),
+                                       len(steps))
                 out[tag] = (steps, values)
         return out
+
+    def _logs(self, ctx: Any, eid: str, index: TagIndex, layers: Iterable[str]) -> dict[str, logs.LayerLogData]:
+        """The layer logs (format version 2) of ``layers`` that have one,
+        through the cache (kept while none of the layer's tags has grown)."""
+        out: dict[str, logs.LayerLogData] = {}
+        missing: dict[str, list[logs.LogTag]] = {}
+        version = lambda tags: tuple(index.max_step.get(t.tag) for t in tags)  # noqa: E731
+        for layer in layers:
+            tags = index.log_tags.get(layer)
+            if tags:
+                hit = self._series_cache.get((eid, index.source, LOG_KEY + layer, READ_ALL), version(tags))
+                if hit is None:
+                    missing[layer] = tags
+                else:
+                    out[layer] = hit
+        if missing:
+            for layer, log in logs.read_logs(self._provider, ctx, index.source, missing, READ_ALL, eid).items():
+                size = sum(len(s) for s, _ in log.series.values()) + len(log.envelope) * max(len(log.envelope.stats), 1)
+                self._series_cache.put((eid, index.source, LOG_KEY + layer, READ_ALL), version(missing[layer]), log,
+                                       size)
+                out[layer] = log
+        return out
+
+    def _layer_series(self, ctx: Any, eid: str, run: str, index: TagIndex, wanted: Mapping[str, Sequence[str]],
+                      ) -> tuple[dict[str, dict[str, records.Series]], list[dict[str, Any]]]:
+        """``{layer: {quantity: (steps, values)}}`` of the ``wanted``
+        quantities of each layer, every point that draws them: a layer log's
+        full-resolution points and envelope extremes (:func:`records.drawn`),
+        or a scalar tag's points (version 1, and the probe's and the
+        population's series); with how each was sampled."""
+        layer_logs = self._logs(ctx, eid, index, wanted)
+        out: dict[str, dict[str, records.Series]] = {layer: {} for layer in wanted}
+        samplings: list[dict[str, Any]] = []
+        tags: dict[str, tuple[str, str]] = {}
+        for layer, quantities in wanted.items():
+            log = layer_logs.get(layer)
+            for q in quantities:
+                if log is not None and (q in log.series or q in log.envelope.stats):
+                    out[layer][q] = records.drawn(log.series.get(q), log.envelope, q)
+                elif q in index.layer_tags.get(layer, {}):
+                    tags[index.layer_tags[layer][q]] = (layer, q)
+            if log is not None:
+                samplings.append(data.log_sampling(log.records, log.expected_records))
+        for tag, series in self._read(ctx, eid, run, index, list(tags), READ_ALL).items():
+            layer, q = tags[tag]
+            out[layer][q] = series
+            samplings.append(self._sampling(series[0]))
+        return out, samplings
 
     def _sampling(self, steps: npt.ArrayLike) -> dict[str, Any]:
         return data.sampling_info(steps, self._cap_hint)
@@ -207,9 +258,11 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         d.update(data.derived(info))
         d["has_snapshots"] = info.name in index.channel_tags
         d["has_replica_snapshots"] = info.name in index.replica_tags
-        tags = index.layer_tags.get(info.name, {})
-        d["quantities"] = [q for q in SERVED_SERIES if q in tags]
-        d["max_step"] = max((index.max_step.get(t, 0) for t in tags.values()), default=None)
+        tags = list(index.layer_tags.get(info.name, {}).values())
+        log_tags = index.log_tags.get(info.name, [])
+        served = set(index.layer_tags.get(info.name, {})) | {q for t in log_tags for q in t.quantities}
+        d["quantities"] = [q for q in SERVED_SERIES if q in served]
+        d["max_step"] = max((index.max_step.get(t, 0) for t in tags + [t.tag for t in log_tags]), default=None)
         return d
 
     @staticmethod
@@ -273,22 +326,32 @@ class BNStatsPlugin(base_plugin.TBPlugin):
     def overview_impl(self, ctx: Any, eid: str, run: str, index: TagIndex) -> dict[str, Any]:
         """Each layer's latest values and badges."""
         tags: dict[str, tuple[str, str]] = {}  # tag -> (layer, quantity)
+        layer_logs = self._logs(ctx, eid, index, index.layer_infos)
+        newest: list[tuple[str, str, tuple[int, float] | None]] = []
         for layer, by_q in index.layer_tags.items():
             for q in OVERVIEW_QUANTITIES:
-                if q in by_q:
+                log = layer_logs.get(layer)
+                if log is not None and (q in log.series or q in log.envelope.stats):
+                    newest.append((layer, q, records.latest(log.series.get(q), log.envelope, q)))
+                elif q in by_q:
                     tags[by_q[q]] = (layer, q)
+        for layer, log in layer_logs.items():
+            if layer not in index.layer_tags:
+                newest += [(layer, q, records.latest(log.series.get(q), log.envelope, q)) for q in OVERVIEW_QUANTITIES
+                           if q in log.series or q in log.envelope.stats]
         # downsample=1 keeps each tag's latest point (the provider contract).
-        raw = self._read(ctx, eid, run, index, list(tags), 1)
+        for tag, (steps, values) in self._read(ctx, eid, run, index, list(tags), 1).items():
+            if len(steps):
+                i = int(np.argmax(steps))
+                newest.append((*tags[tag], (int(steps[i]), float(values[i]))))
         latest: dict[str, dict[str, float | None]] = {layer: {} for layer in index.layer_infos}
         latest_step: dict[str, int | None] = {layer: None for layer in index.layer_infos}
-        for tag, (steps, values) in raw.items():
-            if not len(steps):
+        for layer, q, point in newest:
+            if point is None:
                 continue
-            layer, q = tags[tag]
-            i = int(np.argmax(steps))
-            v = float(values[i])
+            s, v = point
             latest[layer][q] = v if math.isfinite(v) else None
-            s, before = int(steps[i]), latest_step[layer]
+            before = latest_step[layer]
             latest_step[layer] = s if before is None else max(s, before)
         pretrained = diagnosis.rules.pretrained_starts(reader.read_train_begins(self._provider, ctx, index, eid))
         findings = [f for f, _ in self._diagnosis(ctx, eid, run, index)["pairs"]]
@@ -316,9 +379,8 @@ class BNStatsPlugin(base_plugin.TBPlugin):
     def heatmap_impl(self, ctx: Any, eid: str, run: str, index: TagIndex, measure: str, bins: int) -> Answer:
         """Layers x step bins of ``measure`` (the max in each bin)."""
         infos = self._ordered_layers(index)
-        tag_of = {info.name: index.layer_tags.get(info.name, {}).get(measure) for info in infos}
-        raw = self._read(ctx, eid, run, index, [t for t in tag_of.values() if t], READ_ALL)
-        series = {name: raw.get(tag, (np.zeros(0, np.int64), np.zeros(0))) for name, tag in tag_of.items() if tag}
+        by_layer, samplings = self._layer_series(ctx, eid, run, index, {info.name: [measure] for info in infos})
+        series = {name: got[measure] for name, got in by_layer.items() if measure in got}
         nonempty = [s for s, _ in series.values() if len(s)]
         if nonempty:
             first = min(int(s.min()) for s in nonempty)
@@ -330,7 +392,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         matrix = [data.bin_max(*series[n], edges) if n in series else np.full(len(edges) - 1, np.nan) for n in names]
         flat = np.concatenate(matrix) if matrix else np.zeros(0)
         finite = flat[np.isfinite(flat)]
-        sampling = data.merge_sampling([self._sampling(s) for s, _ in series.values()])
+        sampling = data.merge_sampling(samplings)
         payload = {
             "run": run,
             "measure": measure,
@@ -365,20 +427,20 @@ class BNStatsPlugin(base_plugin.TBPlugin):
     def series_impl(self, ctx: Any, eid: str, run: str, index: TagIndex, layer: str, wanted: Sequence[str],
                     points: int) -> Answer:
         """One layer's series ``wanted``, min/max downsampled to ``points``."""
-        tags = index.layer_tags.get(layer, {})
-        tag_of = {q: tags[q] for q in dict.fromkeys(wanted) if q in tags}
-        raw = self._read(ctx, eid, run, index, list(tag_of.values()), READ_ALL)
-        out, samplings, full = {}, [], {}
-        for q, tag in tag_of.items():
-            steps, values = raw.get(tag, (np.zeros(0, np.int64), np.zeros(0)))
-            samplings.append(self._sampling(steps))
+        by_layer, samplings = self._layer_series(ctx, eid, run, index, {layer: list(dict.fromkeys(wanted))})
+        got = by_layer[layer]
+        out, full = {}, {}
+        for q in dict.fromkeys(wanted):
+            if q not in got:
+                continue
+            steps, values = got[q]
             s, v = data.minmax_downsample(steps, values, points)
             full[q] = (s, v)
             out[q] = {"steps": s.tolist(), "values": data.finite_list(v), "stored_points": int(len(steps))}
         info = index.layer_infos[layer]
         payload = {
             "run": run, "layer": layer, "info": self._layer_json(info, index), "points": points,
-            "series": out, "missing": [q for q in wanted if q not in tag_of],
+            "series": out, "missing": [q for q in wanted if q not in got],
             "sampling": data.merge_sampling(samplings),
         }
         # Named by its quantities too: each chart of a layer downloads under its own name.
@@ -568,13 +630,13 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         full: dict[str, records.Series] = {}
         for r in runs:
             index = indexes[r]
-            tag = index.layer_tags.get(layer, {}).get(quantity)
-            if layer not in index.layer_infos or tag is None:
+            got, sampled = (self._layer_series(ctx, eid, r, index, {layer: [quantity]})
+                            if layer in index.layer_infos else ({}, []))
+            if quantity not in got.get(layer, {}):
                 missing.append(r)
                 continue
-            steps, values = self._read(ctx, eid, r, index, [tag], READ_ALL).get(
-                tag, (np.zeros(0, np.int64), np.zeros(0)))
-            samplings.append(self._sampling(steps))
+            steps, values = got[layer][quantity]
+            samplings += sampled
             s, v = data.minmax_downsample(steps, values, points)
             full[r] = (s, v)
             out.append({"run": r, "info": self._layer_json(index.layer_infos[layer], index),
@@ -590,8 +652,10 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         # The metrics a rule reads (the frozen layers' recalibration, BN010), not every metric.
         metric_tags = {key: tag for key, tag in index.metric_tags.items() if key in diagnosis.rules.METRICS_READ}
         raw = self._read(ctx, eid, run, index, reader.layer_series_tags(index) + list(metric_tags.values()), READ_ALL)
+        series = reader.series_by_layer(index, raw)
+        envelopes = reader.with_logs(series, self._logs(ctx, eid, index, index.log_tags))
         run_data = records.run_data(
-            index.layer_infos, reader.series_by_layer(index, raw),
+            index.layer_infos, series, envelopes=envelopes,
             metrics={key: raw[tag] for key, tag in metric_tags.items() if tag in raw},
             stored_findings=reader.read_stored_findings(self._provider, ctx, index, eid),
             train_begins=reader.read_train_begins(self._provider, ctx, index, eid),

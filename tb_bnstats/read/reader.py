@@ -27,7 +27,7 @@ import numpy as np
 from tensorboard.data import provider
 
 from tb_bnstats.format import filesystem, metadata, names, records
-from tb_bnstats.read import integrity
+from tb_bnstats.read import integrity, logs
 
 # A downsample that keeps every point the provider holds. Not much larger: with 2**62 the plugin's
 # routes answered 500 under TensorBoard's data server (measured; the in-process reader accepts it).
@@ -49,6 +49,8 @@ class TagIndex:
     train_begin_tag: str | None = None
     newer_versions: set[int] = dataclasses.field(default_factory=set)
     replica_tags: dict[str, str] = dataclasses.field(default_factory=dict)  # layer -> per-replica tensor tag
+    # layer -> the segment tags of its log (format version 2)
+    log_tags: dict[str, list[logs.LogTag]] = dataclasses.field(default_factory=dict)
     # The run as the data provider names it (what its reads take): "." for the log directory itself,
     # which the index is keyed under its own name (tb_bnstats.format.names).
     source: str = ""
@@ -101,7 +103,11 @@ def index_runs(data_provider: Any, ctx: Any, experiment_id: str = "",
                 except (TypeError, ValueError, KeyError):
                     continue
                 index.layer_infos.setdefault(info.name, info)
-                if content["kind"] == metadata.KIND_LAYER_CHANNELS:
+                if content["kind"] == metadata.KIND_LAYER_LOG:
+                    log = logs.log_tag(content, tag)
+                    if log is not None:
+                        index.log_tags.setdefault(info.name, []).append(log)
+                elif content["kind"] == metadata.KIND_LAYER_CHANNELS:
                     index.channel_tags[info.name] = tag
                 elif content["kind"] == metadata.KIND_LAYER_REPLICAS:
                     index.replica_tags[info.name] = tag
@@ -171,6 +177,16 @@ def series_by_layer(index: TagIndex, raw: Mapping[str, records.Series]) -> dict[
     return out
 
 
+def with_logs(series: dict[str, dict[str, records.Series]],
+              layer_logs: Mapping[str, logs.LayerLogData]) -> dict[str, records.Envelope]:
+    """Adds each layer log's full-resolution series to ``series`` (``{layer:
+    {quantity: (steps, values)}}``, the scalar tags' as
+    :func:`series_by_layer` gives them) and returns the logs' envelopes."""
+    for name, log in layer_logs.items():
+        series[name] = {**series.get(name, {}), **log.series}
+    return {name: log.envelope for name, log in layer_logs.items()}
+
+
 def layer_series_tags(index: TagIndex) -> list[str]:
     """Every layer series tag of the index."""
     return [tag for tags in index.layer_tags.values() for tag in tags.values()]
@@ -184,12 +200,15 @@ def read_run(data_provider: Any, ctx: Any, index: TagIndex, downsample: int, exp
     source = index.source
     raw = read_series(data_provider, ctx, source, layer_series_tags(index) + list(index.metric_tags.values()),
                       downsample, experiment_id)
+    series = series_by_layer(index, raw)
+    envelopes = with_logs(series, logs.read_logs(data_provider, ctx, source, index.log_tags, downsample,
+                                                 experiment_id))
     snaps = {name: read_snapshots(data_provider, ctx, source, tag, downsample, experiment_id)
              for name, tag in index.channel_tags.items()} if snapshots else None
     replicas = {name: read_snapshots(data_provider, ctx, source, tag, downsample, experiment_id)
                 for name, tag in index.replica_tags.items()} if snapshots else None
     return records.run_data(
-        index.layer_infos, series_by_layer(index, raw),
+        index.layer_infos, series, envelopes=envelopes,
         metrics={key: raw[tag] for key, tag in index.metric_tags.items() if tag in raw},
         snapshots_by_layer=snaps, replicas_by_layer=replicas,
         stored_findings=read_stored_findings(data_provider, ctx, index, experiment_id),

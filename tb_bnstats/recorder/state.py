@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 
 from tb_bnstats.capture import Block
 from tb_bnstats.options import PROBE_OFF
-from tb_bnstats.write import background, summary
+from tb_bnstats.write import background, resolution, summary
 
 
 def stride_due(step: int, every: int, last_step: int | None) -> bool:
@@ -36,6 +36,19 @@ def stride_starts(steps: Any, every: int, last_step: int | None) -> NDArray[np.b
     stride = steps // every
     before = np.concatenate([[-1 if last_step is None else last_step // every], stride[:-1]])
     return np.asarray(stride != before)
+
+
+def snapshot_starts(steps: Any, every: int, last_step: int | None) -> NDArray[np.bool_]:
+    """:func:`stride_starts` with the stride that doubles at each level of the
+    log (:func:`tb_bnstats.write.resolution.snapshot_strides`): a step
+    begins a new stride when the step before it (``last_step``, the last
+    snapshot, for the first) is in an earlier one, counted in this step's."""
+    steps = np.asarray(steps, np.int64)
+    if every <= 0 or not len(steps):
+        return np.zeros(len(steps), bool)
+    stride = resolution.snapshot_strides(steps, every)
+    before = np.concatenate([[-1 if last_step is None else last_step], steps[:-1]])
+    return np.asarray(steps // stride != before // stride)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +99,7 @@ def choose_rows(steps: Any, log_every: int, snapshot_every: int, last_logged: in
         chosen[-1] = True
     rows = np.flatnonzero(chosen).astype(np.int64)
     logged = steps[rows]
-    snapshot = stride_starts(logged, snapshot_every, last_snapshot)
+    snapshot = snapshot_starts(logged, snapshot_every, last_snapshot)
     if final and len(rows):
         snapshot[-1] = True
     return Choice(rows, logged[snapshot], bool(keep[-1] and not chosen[-1]))

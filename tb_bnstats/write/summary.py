@@ -1,6 +1,8 @@
 """Writes the log format of :mod:`tb_bnstats.format.metadata` into TensorBoard
-event files, without TensorFlow ops: one ``Event`` per layer per logged step,
-appended to an event file of :mod:`tb_bnstats.write.eventfile`.
+event files, without TensorFlow ops, appended to an event file of
+:mod:`tb_bnstats.write.eventfile`. A layer's per-step series go through its
+:class:`tb_bnstats.write.resolution.LayerLog`: the steps kept one by one and
+the envelopes of the others, packed into a few tensor records.
 
 The Keras callback uses it, and so can a custom training loop or a hand-written
 batch norm::
@@ -37,7 +39,7 @@ from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_
 
 from tb_bnstats import quantities
 from tb_bnstats.format import metadata, records
-from tb_bnstats.write import eventfile, events
+from tb_bnstats.write import eventfile, events, resolution
 
 logger = logging.getLogger("tb_bnstats")
 
@@ -171,6 +173,10 @@ class Writer:
         self.train_begins: list[dict[str, Any]] | None = [] if self._keep else None
         self._tags_with_metadata: set[str] = set()
         self._layers: dict[str, metadata.LayerInfo] = {}
+        self._flush_secs = float(flush_secs)
+        # Each layer's log of its per-step series, and its open segment per part: (first step, records).
+        self._logs: dict[str, resolution.LayerLog] = {}
+        self._segments: dict[tuple[str, str], tuple[int, int]] = {}
         self._templates: dict[tuple[str, ...], events.ScalarEvents] = {}
         self._lock = threading.Lock()
 
@@ -229,11 +235,7 @@ class Writer:
         from moments; this is for values computed elsewhere."""
         rows = np.asarray(rows, np.float64).reshape(len(steps), len(metadata.LAYER_SERIES))
         with self._lock:
-            self._forget_layer_metadata(info)
-            tags = tuple(metadata.layer_tag(info.name, q) for q in metadata.LAYER_SERIES)
-            quantity_of = dict(zip(tags, metadata.LAYER_SERIES))
-            self._emit_scalars(tags, lambda tag: metadata.layer_series_metadata(info, quantity_of[tag]),
-                               steps, rows, wall_times)
+            self._log_rows(info, steps, metadata.LAYER_SERIES, rows)
             if self.history is not None:
                 entry = self.history.setdefault(info.name, [info, metadata.LAYER_SERIES,
                                                             collections.deque(maxlen=self._keep)])
@@ -283,10 +285,11 @@ class Writer:
             raise ValueError(f"{info.name}: {q.batch_mean.shape[0]} rows of moments for {len(steps)} steps")
         if series:
             by_quantity = layer_series(q)
-            self.layer_series_rows(info, steps, np.stack([by_quantity[k] for k in metadata.LAYER_SERIES], axis=1),
-                                   wall_times)
-            if replicas is not None:
-                self._replica_series(info, steps, replica_series(info, batch_mean, batch_var, replicas), wall_times)
+            if replicas is None:
+                self.layer_series_rows(info, steps,
+                                       np.stack([by_quantity[k] for k in metadata.LAYER_SERIES], axis=1), wall_times)
+            else:
+                self._with_replicas(info, steps, by_quantity, replica_series(info, batch_mean, batch_var, replicas))
         with self._lock:
             self._forget_layer_metadata(info)
             for i in np.flatnonzero(np.isin(steps, np.asarray(snapshot_steps, np.int64))):
@@ -300,19 +303,70 @@ class Writer:
                 self._emit(steps[i], values)
         return q
 
-    def _replica_series(self, info: metadata.LayerInfo, steps: np.ndarray, values: Mapping[str, np.ndarray],
-                        wall_times: npt.ArrayLike | None) -> None:
-        """Logs :func:`replica_series` ``values`` ({quantity: [S]}) at ``steps``."""
-        names = tuple(values)
-        tags = tuple(metadata.layer_tag(info.name, q) for q in names)
-        quantity_of = dict(zip(tags, names))
-        table = np.stack([values[q] for q in names], axis=1)
+    def _with_replicas(self, info: metadata.LayerInfo, steps: np.ndarray, layer: Mapping[str, Any],
+                       replicas: Mapping[str, np.ndarray]) -> None:
+        """Logs a layer's series ``layer`` and its :func:`replica_series`
+        ``replicas`` ({quantity: [S]}) at ``steps``, as one log."""
+        names = metadata.LAYER_SERIES + tuple(replicas)
+        table = np.stack([layer[q] for q in metadata.LAYER_SERIES] + [replicas[q] for q in replicas], axis=1)
         with self._lock:
-            self._emit_scalars(tags, lambda tag: metadata.layer_series_metadata(info, quantity_of[tag]), steps,
-                               table, wall_times)
+            self._log_rows(info, steps, names, table)
+            if self.history is not None:
+                entry = self.history.setdefault(info.name, [info, metadata.LAYER_SERIES,
+                                                            collections.deque(maxlen=self._keep)])
+                entry[0] = info
+                entry[2].extend(zip(steps.tolist(), table[:, :len(metadata.LAYER_SERIES)]))
             if self.replica_history is not None:
                 points = self.replica_history.setdefault(info.name, collections.deque(maxlen=self._keep))
-                points.extend((int(step), dict(zip(names, row.tolist()))) for step, row in zip(steps, table))
+                points.extend((int(step), dict(zip(replicas, row.tolist())))
+                              for step, row in zip(steps, table[:, len(metadata.LAYER_SERIES):]))
+
+    def _log_rows(self, info: metadata.LayerInfo, steps: Steps, quantities_: tuple[str, ...],
+                  rows: np.ndarray) -> None:
+        """Hands a layer's rows [S, Q] of ``quantities_`` at ``steps`` to its
+        :class:`resolution.LayerLog` and writes what is due (with the lock held)."""
+        self._forget_layer_metadata(info)
+        log = self._logs.get(info.name)
+        if log is not None and log.quantities != quantities_:  # other columns (replicas came or went)
+            self._write_log(info, log, final=True)
+            log = None
+        if log is None:
+            log = self._logs[info.name] = resolution.LayerLog(quantities_)
+        log.add(steps, rows)
+        if log.due(self._flush_secs):
+            self._write_log(info, log)
+
+    def _write_log(self, info: metadata.LayerInfo, log: resolution.LayerLog, final: bool = False) -> None:
+        """Writes what ``log`` has waiting as a record of each part (with the
+        lock held); ``final`` closes it (:meth:`resolution.LayerLog.take`)."""
+        pending = log.take(final)
+        if len(pending.steps):
+            at = int(pending.steps[-1])
+            self._log_record(info, log, metadata.PART_STEPS, at,
+                             np.column_stack([at - pending.steps, pending.rows]))
+        if len(pending.intervals):
+            table = pending.intervals.copy()
+            at = int(table[:, 1].max())
+            offsets = [0, 1] + [len(metadata.ENVELOPE_HEAD) + q * len(metadata.ENVELOPE_STATS) + i
+                                for q in range(len(log.quantities))
+                                for i, stat in enumerate(metadata.ENVELOPE_STATS) if stat in ("argmin", "argmax")]
+            table[:, offsets] = at - table[:, offsets]
+            self._log_record(info, log, metadata.PART_ENVELOPE, at, table)
+
+    def _log_record(self, info: metadata.LayerInfo, log: resolution.LayerLog, part: str, step: int,
+                    table: np.ndarray) -> None:
+        """One record of a layer log's ``part`` at ``step``: a header row (its
+        number in its segment) over ``table``, in the open segment's tag or
+        a new one's (:data:`resolution.SEGMENT_RECORDS` records each)."""
+        first, records_ = self._segments.get((info.name, part), (step, resolution.SEGMENT_RECORDS))
+        if records_ >= resolution.SEGMENT_RECORDS:
+            first, records_ = step, 0
+        self._segments[(info.name, part)] = (first, records_ + 1)
+        header = np.zeros((1, table.shape[1]))
+        header[0, 0] = records_
+        self._emit(step, [self._value(metadata.layer_log_tag(info.name, part, first),
+                                      lambda: metadata.layer_log_metadata(info, part, log.quantities),
+                                      tensor=_tensor_proto(np.concatenate([header, table])))])
 
     def layer(self, info: metadata.LayerInfo, step: int, batch_mean: npt.ArrayLike, batch_var: npt.ArrayLike,
               moving_mean: npt.ArrayLike, moving_var: npt.ArrayLike, updates: int,
@@ -478,12 +532,21 @@ class Writer:
                    for k, pts in self.metric_history.items()}
         return records.run_data(infos, by_layer, metrics=metrics, train_begins=self.train_begins)
 
+    def _write_logs(self, final: bool) -> None:
+        with self._lock:
+            for name, log in self._logs.items():
+                self._write_log(self._layers[name], log, final)
+
     def flush(self) -> None:
-        """Writes pending records to disk."""
+        """Writes what the layer logs hold back and pending records to disk."""
+        self._write_logs(final=False)
         self._writer.flush()
 
     def close(self) -> None:
-        """Flushes and closes the event file."""
+        """Writes the layer logs' last rows (:meth:`resolution.LayerLog.take`
+        with ``final``), flushes and closes the event file."""
+        self._write_logs(final=True)
+        self._logs.clear()
         self._writer.close()
 
     def __enter__(self) -> "Writer":
