@@ -14,6 +14,10 @@ from tb_bnstats.format import filesystem, metadata
 from tb_bnstats.measure import data as batches
 from tb_bnstats.write import summary
 
+# The measurements' time budget by default (Options.measure_budget): the probe (with the checks on its batch)
+# and the population measurement may each take 1% of the training time.
+MEASURE_BUDGET = 0.01
+
 # ``Options.probe_source`` without a probe (else metadata.PROBE_GIVEN / PROBE_FIRST_TRAINING_BATCH, logged in
 # ``run/train_begin`` as "probe").
 PROBE_OFF = None
@@ -81,7 +85,8 @@ class Options:
             data of the wrong shape) warns once and is turned off.
         probe_every_n_steps: run the probe at the first step, every N
             optimizer steps and at each epoch end; None or 0 (default): at
-            each epoch end only. Each probe is two forward passes of the
+            each epoch end only; in either case skipped while over
+            ``measure_budget``. Each probe is two forward passes of the
             probe batch.
         population_data: data to measure each BN input's population mean
             and variance on ("PreciseBN",
@@ -92,13 +97,24 @@ class Options:
             the moving averages are from it. Nothing in the model changes.
             None (default): not measured.
         population_every_n_steps: measure at the first step, every N steps
-            and at each epoch end; None or 0 (default): at each epoch end.
+            and at each epoch end; None or 0 (default): at each epoch end;
+            skipped while over ``measure_budget``.
         population_samples: examples per measurement (whole batches);
             PreciseBN finds 10**3-10**4 near-optimal. Costs about
             ``population_samples / batch`` forward passes.
         population_batch_size: batch size to cut arrays into; use the
             training batch size (upstream BN layers normalize each batch with
             its own moments, as in training).
+        measure_budget: the share of the training time the measurements on
+            the model may take (default :data:`MEASURE_BUDGET`, 0.01: 1%):
+            the probe and the checks on the probe batch at the end of a run
+            together, and the population measurement on its own. A due
+            measurement is skipped while its time so far plus what it took
+            last time would exceed this share of the training time so far
+            (wall time inside training runs, across ``fit`` calls), and
+            runs at the next due point that fits; the first of each runs at
+            once. A check on the model skipped at a run's end repeats its
+            last findings. None: no budget, every due measurement runs.
         default_probe: the adapter's, not the user's: whether
             ``probe_data=None`` probes the first training batch (True, the
             Keras callback) or means no probe (False: the PyTorch and graph
@@ -126,6 +142,7 @@ class Options:
     population_every_n_steps: int | None = None
     population_samples: int = 2048
     population_batch_size: int = 32
+    measure_budget: float | None = MEASURE_BUDGET
     default_probe: bool = dataclasses.field(default=True, repr=False)
 
     def __post_init__(self) -> None:
@@ -172,6 +189,12 @@ class Options:
             raise ValueError("population_every_n_steps needs population_data (the data to measure on)")
         put("population_samples", positive_int("population_samples", self.population_samples))
         put("population_batch_size", positive_int("population_batch_size", self.population_batch_size))
+        budget = self.measure_budget
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float, np.number))
+                                   or not 0 < budget <= 1):
+            raise ValueError(f"measure_budget must be a share of the training time in (0, 1] (0.01: 1%) or None "
+                             f"(no budget), got {budget!r}")
+        put("measure_budget", None if budget is None else float(budget))
         put("default_probe", bool(self.default_probe))
 
     @classmethod

@@ -41,7 +41,7 @@ def test_logged_population_statistics_match_numpy_precise_bn(tmp_path):
     samples = 200  # not a multiple of the batch: whole batches, 224 rows
     model = scenarios.dense_model(momentum=0.99)  # moving averages far from the population: gaps to measure
     cb = BNStatsCallback(tmp_path / "run", verbose=0, population_data=(x, y), population_samples=samples,
-                         population_batch_size=BATCH, population_every_n_steps=5)
+                         population_batch_size=BATCH, population_every_n_steps=5, measure_budget=None)
     model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0, callbacks=[cb])
     layers = tb_bnstats.load(tmp_path)["run"].layers
     # At the first step, every 5 steps and at the epoch ends (16, 32).
@@ -87,7 +87,8 @@ def test_training_is_bit_identical_with_population_logging(tmp_path):
             def on_train_batch_end(self, batch, logs=None):
                 seen.append(float(logs["loss"]))
 
-        kwargs = dict(population_data=x, population_every_n_steps=3, population_samples=96) if with_population else {}
+        kwargs = dict(population_data=x, population_every_n_steps=3, population_samples=96,
+                      measure_budget=None) if with_population else {}
         keras.utils.set_random_seed(11)
         model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0,
                   callbacks=[BNStatsCallback(tmp_path / f"run_{with_population}", verbose=0, **kwargs), Losses()])
@@ -119,7 +120,8 @@ def test_population_data_that_runs_out_warns_once_and_training_goes_on(tmp_path)
     x, y = scenarios.digits(n=128)
     batches = ((x[i:i + BATCH], y[i:i + BATCH]) for i in range(0, 128, BATCH))  # one-shot generator
     model = scenarios.dense_model()
-    cb = BNStatsCallback(tmp_path / "run", verbose=0, population_data=batches, population_samples=128)
+    cb = BNStatsCallback(tmp_path / "run", verbose=0, population_data=batches, population_samples=128,
+                         measure_budget=None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         history = model.fit(x, y, batch_size=BATCH, epochs=3, verbose=0, callbacks=[cb])

@@ -79,7 +79,8 @@ def test_training_is_bit_identical_with_the_probe(tmp_path):
             def on_train_batch_end(self, batch, logs=None):
                 seen.append(float(logs["loss"]))
 
-        kwargs = dict(probe_data=(xv, yv), probe_every_n_steps=2) if with_probe else dict(probe_data=False)
+        kwargs = dict(probe_data=(xv, yv), probe_every_n_steps=2, measure_budget=None) if with_probe else dict(
+            probe_data=False)
         cb = BNStatsCallback(tmp_path / f"run_{with_probe}", verbose=0, **kwargs)
         keras.utils.set_random_seed(7)
         model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[cb, Losses()])
@@ -142,7 +143,8 @@ def test_the_default_probe_changes_nothing_and_costs_two_passes_per_epoch(tmp_pa
 
                 probe._fn, model.stateless_call = executed, forward
 
-        cb = BNStatsCallback(tmp_path / f"run_{probe_data is None}", verbose=0, probe_data=probe_data)
+        cb = BNStatsCallback(tmp_path / f"run_{probe_data is None}", verbose=0, probe_data=probe_data,
+                             measure_budget=None)  # a probe at every epoch end
         keras.utils.set_random_seed(7)
         model.fit(x, y, batch_size=32, epochs=epochs, verbose=0, callbacks=[cb, Count()])
         return seen, model, _random_states(), counted, cb
@@ -172,7 +174,7 @@ def test_the_default_probe_batch_is_the_first_training_samples_and_its_accuracie
     both modes."""
     (x, y), _ = _digits_split()
     model = scenarios.dense_model()
-    cb = BNStatsCallback(tmp_path / "quick_start", verbose=0)
+    cb = BNStatsCallback(tmp_path / "quick_start", verbose=0, measure_budget=None)  # probed at the last epoch end too
     model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[cb])
     kept_x, kept_y = cb._recorder.capture.first_batch()
     assert hooks.FIRST_BATCH_ROWS == probe.MAX_PROBE_SAMPLES == 256  # as many as a probe uses
@@ -222,7 +224,7 @@ def _ce_and_accuracy(logits, y):
 def test_logged_metrics_and_layer_series_match_numpy(tmp_path):
     (x, y), (xv, yv) = _digits_split()
     model = scenarios.dense_model()
-    cb = BNStatsCallback(tmp_path / "run", verbose=0, probe_data=(xv, yv))
+    cb = BNStatsCallback(tmp_path / "run", verbose=0, probe_data=(xv, yv), measure_budget=None)
     model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[cb])
     run = tb_bnstats.load(tmp_path)["run"]
     last = 32  # the last probe: end of epoch 2, the model as it is now

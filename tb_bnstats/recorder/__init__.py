@@ -41,7 +41,7 @@ from tb_bnstats.capture import Block
 from tb_bnstats.diagnosis import words
 from tb_bnstats.format import names
 from tb_bnstats.options import PROBE_OFF, Options
-from tb_bnstats.recorder.state import BlockWrite, Capabilities, Measurements, Run, choose_rows, stride_due
+from tb_bnstats.recorder.state import BlockWrite, Capabilities, Measurements, Run, TimeBudget, choose_rows, stride_due
 from tb_bnstats.write import background, summary
 
 __all__ = ["DIAGNOSIS_HISTORY", "Capabilities", "Recorder", "Run"]
@@ -53,6 +53,10 @@ _OPEN_RECORDERS: "weakref.WeakSet[Recorder]" = weakref.WeakSet()
 # logged steps, kept in memory by the writer (~350 bytes per layer per step:
 # 14 MB for 20 layers, 140 MB for 200; measured by bench/scale.py).
 DIAGNOSIS_HISTORY = 2000
+# The measurements on the model, each charged to an account of the time budget (Options.measure_budget): the
+# probe and the checks on its batch at a run's end share one, the population measurement has its own.
+PROBE, MODEL_CHECKS, FROZEN_RECALIBRATION, POPULATION = "probe", "model checks", "frozen recalibration", "population"
+ACCOUNTS = {PROBE: PROBE, MODEL_CHECKS: PROBE, FROZEN_RECALIBRATION: PROBE, POPULATION: POPULATION}
 
 
 @atexit.register
@@ -92,6 +96,8 @@ class Recorder:
         self.capture: Any = None
         self.findings: list[Any] | None = None  # the diagnosis of the last run (Finding list)
         self.run = Run()  # the current training run (one that writes nothing before the first begin)
+        self.budget = TimeBudget(options.measure_budget)  # the measurements' time, across runs
+        self._live: tuple[Any, Any] | None = None  # (model, findings) of the last checks on the model
         self._infos: dict[str, Any] | None = None
         self._failures: set[str] = set()
 
@@ -192,6 +198,7 @@ class Recorder:
                 self.guard("checking for a restored run", self._log_train_begin)
         run.epoch_start_step = run.step
         run.drained_at = time.monotonic()
+        self.budget.start(run.drained_at)
         return run
 
     def measure_with(self, probe: Callable[[], Any] | None = None, population: Callable[[], Any] | None = None,
@@ -292,10 +299,10 @@ class Recorder:
         run.step = step = run.epoch_start_step + steps_in_epoch
         run.undrained = True
         run.step_times.append((step, time.time()))
-        probe_due = run.measure.probe is not None and stride_due(step, options.probe_every_n_steps or 0,
-                                                                 run.last_probe_step)
+        probe_due = run.measure.probe is not None and stride_due(
+            step, options.probe_every_n_steps or 0, run.last_probe_step) and self._within_budget(PROBE)
         population_due = run.measure.population is not None and stride_due(
-            step, options.population_every_n_steps or 0, run.last_population_step)
+            step, options.population_every_n_steps or 0, run.last_population_step) and self._within_budget(POPULATION)
         every = self.capture.drain_every
         # Counted in training steps run (not optimizer steps: a train step may take several).
         ring_full = every is not None and steps_in_epoch - run.epoch_steps_drained + run.execution_steps > every
@@ -321,11 +328,12 @@ class Recorder:
         run = self.run
         if run.writer is None:
             return
-        measured = run.measure.probe is not None or run.measure.population is not None
-        self.guard("logging batch statistics", self._drain, measured, False)
-        if run.measure.probe is not None:
+        probe = run.measure.probe is not None and self._within_budget(PROBE)
+        population = run.measure.population is not None and self._within_budget(POPULATION)
+        self.guard("logging batch statistics", self._drain, probe or population, False)
+        if probe:
             self._run_probe()
-        if run.measure.population is not None:
+        if population:
             self._run_population()
         if not self.options.log_metrics or not val_logs:
             return
@@ -341,8 +349,10 @@ class Recorder:
             return
         self.guard("logging the final statistics", self._drain, False, True)
         if run.last_logged_step is not None:
-            if run.measure.frozen_recalibration is not None and any(i.frozen for i in self.layer_infos.values()):
-                self.guard("measuring what recalibrating the frozen layers gives", self._log_frozen_recalibration)
+            if run.measure.frozen_recalibration is not None and any(i.frozen for i in self.layer_infos.values()) \
+                    and self._within_budget(FROZEN_RECALIBRATION):
+                self._measured(FROZEN_RECALIBRATION, self.guard, "measuring what recalibrating the frozen layers gives",
+                               self._log_frozen_recalibration)
             self.findings = self.guard("diagnosing the run", self._diagnose)
         self._close()
 
@@ -377,6 +387,7 @@ class Recorder:
 
     def _close(self) -> None:
         run = self.run
+        self.budget.stop(time.monotonic())
         if run.jobs is not None:
             run.jobs.close()
             run.jobs = None
@@ -497,13 +508,42 @@ class Recorder:
             out[name] = value
         return out
 
+    # -- the measurements' time budget ---------------------------------------------
+
+    def _within_budget(self, kind: str) -> bool:
+        """Whether measurement ``kind`` (:data:`ACCOUNTS`) may run now under
+        the options' ``measure_budget`` (:func:`tb_bnstats.recorder.state.within_budget`)."""
+        return self.budget.allows(kind, ACCOUNTS[kind], time.monotonic())
+
+    def _measured(self, kind: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)``, its wall time charged to measurement ``kind``."""
+        began = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.budget.charge(kind, ACCOUNTS[kind], time.perf_counter() - began)
+
+    def _live_findings(self, name: str) -> Any:
+        """The checks on the model at a run's end (``live_findings``): run
+        when within the budget or not yet run on this model, else the
+        findings of their last run."""
+        run, model = self.run, getattr(self.capture, "model", None)
+        assert run.measure.live_findings is not None
+        if self._live is not None and self._live[0] is model and not self._within_budget(MODEL_CHECKS):
+            return self._live[1]
+        live = self._measured(MODEL_CHECKS, self.guard, "checking the model on the probe batch",
+                              run.measure.live_findings, name)
+        self._live = (model, live) if live is not None else None
+        return live
+
     def _run_probe(self) -> None:
         """The probe at the last logged step (logged first, so the probe's
         points fall on steps of the layer series); a failure turns it off."""
         run = self.run
         if run.last_logged_step is None or run.last_logged_step == run.last_probe_step:
             return
-        if self.guard("running the train/inference probe", self._log_probe, run.last_logged_step) is None:
+        if self._measured(PROBE, self.guard, "running the train/inference probe", self._log_probe,
+                          run.last_logged_step) is None:
             # The live checks use the same batch.
             run.measure.probe = run.measure.live_findings = run.measure.frozen_recalibration = None
 
@@ -531,7 +571,8 @@ class Recorder:
         run = self.run
         if run.last_logged_step is None or run.last_logged_step == run.last_population_step:
             return
-        if self.guard("measuring population statistics", self._log_population, run.last_logged_step) is None:
+        if self._measured(POPULATION, self.guard, "measuring population statistics", self._log_population,
+                          run.last_logged_step) is None:
             run.measure.population = None
 
     def _log_population(self, step: int) -> bool:
@@ -559,8 +600,7 @@ class Recorder:
         log_dir = self.options.log_dir
         name = names.own_name(log_dir)
         computed = diagnosis.diagnose_run(name, run.writer.run_data())
-        live = self.guard("checking the model on the probe batch", run.measure.live_findings, name) \
-            if run.measure.live_findings is not None else None
+        live = self._live_findings(name) if run.measure.live_findings is not None else None
         findings = [f for f, _ in diagnosis.merging.merge(computed, live)]  # logs first, then the model
         # A write that fails (a full disk) loses the stored copy, not the diagnosis.
         self.guard("writing the findings", run.writer.findings, run.last_logged_step,

@@ -15,6 +15,7 @@
 
 import contextlib
 import functools
+import weakref
 
 import numpy as np
 
@@ -104,27 +105,18 @@ def _batch_normalized(layer, inputs, moments):
 class StatelessRunner:
     """Runs ``model`` on batches through ``stateless_call``, threading the
     non-trainable state (seed generators, BN averages) from batch to batch in
-    host-side tensors that are never assigned to the model."""
+    host-side tensors that are never assigned to the model.
 
-    def __init__(self, model, training, tap=None):
+    ``forward``: a pass made before by :func:`stateless_forward` for the
+    same model, mode and tap, to reuse its trace (default: a new one)."""
+
+    def __init__(self, model, training, tap=None, forward=None):
         from keras import ops
 
         self.model, self.training, self.tap = model, bool(training), tap
         self.trainable = [v.value for v in model.trainable_variables]
         self.state = [ops.copy(v.value) for v in model.non_trainable_variables]
-
-        def forward(x, trainable, state):
-            if tap is not None:
-                tap.sink = {}
-            try:
-                out, new_state = model.stateless_call(list(trainable), list(state), x, training=self.training)
-                moments = dict(tap.sink) if tap is not None else {}
-            finally:
-                if tap is not None:
-                    tap.sink = None
-            return out, new_state, moments
-
-        self._forward = compile_pass(forward, reduce_retracing=True)
+        self._forward = forward or stateless_forward(weakref.ref(model), self.training, tap)
 
     def __call__(self, x):
         x = to_tensors(x)
@@ -132,6 +124,48 @@ class StatelessRunner:
             out, new_state, moments = self._forward(x, self.trainable, self.state)
         self.state = list(new_state)
         return out, moments
+
+
+def stateless_forward(model_ref, training, tap=None):
+    """The compiled pass of :class:`StatelessRunner`: ``forward(x,
+    trainable, state) -> (output, new state, {name: moments})`` through
+    ``model_ref()``'s ``stateless_call`` in ``training`` mode, ``tap``
+    (a :class:`MomentTap`, or None) handing out the BN layers' moments. The
+    model is held by a weak reference: a pass kept in :data:`_KEPT` does not
+    keep its model alive."""
+
+    def forward(x, trainable, state):
+        if tap is not None:
+            tap.sink = {}
+        try:
+            out, new_state = model_ref().stateless_call(list(trainable), list(state), x, training=training)
+            moments = dict(tap.sink) if tap is not None else {}
+        finally:
+            if tap is not None:
+                tap.sink = None
+        return out, new_state, moments
+
+    return compile_pass(forward, reduce_retracing=True)
+
+
+# {model: {key: what kept(model, key, make) made}}: compiled passes kept while their model lives, so that
+# each is traced once, not at each measurement (the population measurement of every epoch, the checks on
+# the model at the end of every fit).
+_KEPT = weakref.WeakKeyDictionary()
+
+
+def kept(model, key, make):
+    """``make()``, made once per ``model`` and ``key`` and kept while the
+    model lives (made anew each time for a model weak references cannot
+    point at). What ``make`` returns must not hold the model but through a
+    weak reference."""
+    try:
+        per_model = _KEPT.setdefault(model, {})
+    except TypeError:
+        return make()
+    if key not in per_model:
+        per_model[key] = make()
+    return per_model[key]
 
 
 class quiet_retracing:
@@ -365,11 +399,25 @@ def moment_passes(model, named, training, frozen_batch_mode=False):
     (:class:`MomentTap`; frozen ones too with ``frozen_batch_mode``), the
     others in ``training`` mode, through :class:`StatelessRunner`.
 
+    The tap and its compiled pass are kept per model (:func:`kept`), keyed
+    by the mode, the layers tapped and whether each is trainable, and the
+    model's compiled loss and metrics: measuring again (every epoch, every
+    ``fit``) reuses the trace.
+
     Yields:
         ``run(x) -> {name: (mean [C], var [C], n)}`` as numpy float64.
     """
-    with MomentTap(named, frozen_batch_mode=frozen_batch_mode) as tap:
-        runner = StatelessRunner(model, training=training, tap=tap)
+    key = ("moment_passes", bool(training), bool(frozen_batch_mode),
+           tuple((name, id(layer), bool(layer.trainable)) for name, layer in named),
+           id(internals.compiled_loss(model)), id(internals.compiled_metrics(model)))
+
+    def make():
+        tap = MomentTap(named, frozen_batch_mode=frozen_batch_mode)
+        return tap, stateless_forward(weakref.ref(model), bool(training), tap)
+
+    tap, forward = kept(model, key, make)
+    with tap:
+        runner = StatelessRunner(model, training=training, tap=tap, forward=forward)
 
         def run(x):
             _, moments = runner(x)
