@@ -1,12 +1,13 @@
 """Log directories at a URL, without TensorFlow: a PyTorch run written to
 ``s3://`` on a real S3-compatible server (moto's, see conftest), read back
 through TensorBoard's data provider and checked against numpy moments of each
-module's real input; the command line on the URL; the other-writers check on
-the bucket; a run past the size at which an event file is left for a new
+module's real input; the command line and a real ``tensorboard`` on the URL;
+the other-writers check on the bucket; a run past the size at which an event file is left for a new
 one; and a missing file-system package said at construction."""
 
 import json
 import pathlib
+import re
 import subprocess
 import sys
 import textwrap
@@ -181,3 +182,47 @@ def test_a_missing_file_system_package_fails_at_construction(scheme, package, ex
         f"pip install 'tb_bnstats[{extra}]'",
         "ERROR tb_bnstats: log_dir nosuchfs://bucket/run: fsspec knows no file system for nosuchfs://; give a "
         "local path or a URL such as s3://bucket/run"], done.stdout
+
+
+def test_tensorboard_serves_the_tab_from_s3(bucket, s3_env, tmp_path):
+    """``tensorboard --logdir s3://bucket/logs`` (a prefix under the bucket:
+    TensorBoard's own boto3 reader cannot list a bucket's root), without
+    TensorFlow: the tab lists the run and serves the CLI's findings."""
+    import urllib.request
+
+    url = f"s3://{bucket}/logs"
+    torch.manual_seed(0)
+    model = SmallResNet()
+    x, y = data(n=64)
+    with BNStatsMonitor(model, f"{url}/run", verbose=0) as monitor:
+        train(model, x, y, batch=16, epochs=2, monitor=monitor)
+    cli = json.loads(subprocess.run([str(TB_BNSTATS), "diagnose", url, "--json"], capture_output=True, text=True,
+                                    timeout=300, env=s3_env).stdout)
+
+    def get(address):
+        with urllib.request.urlopen(address, timeout=5) as answer:
+            return json.loads(answer.read().decode("utf-8"))
+
+    log_path = tmp_path / "tensorboard.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([str(pathlib.Path(sys.executable).with_name("tensorboard")), "--logdir", url,
+                                 "--port", "0", "--host", "127.0.0.1"], stdout=log, stderr=subprocess.STDOUT,
+                                env=s3_env)
+        try:
+            deadline, runs = time.time() + 90, []
+            while not runs:
+                assert proc.poll() is None, log_path.read_text()[-2000:]
+                assert time.time() < deadline, "tensorboard listed no run in 90 s: " + log_path.read_text()[-2000:]
+                found = re.search(r"TensorBoard \S+ at (http://127\.0\.0\.1:\d+)/", log_path.read_text())
+                try:
+                    runs = get(found.group(1) + "/data/plugin/bn_stats/runs")["runs"] if found else []
+                except (OSError, ValueError):
+                    pass
+                time.sleep(0.3)
+            findings = get(found.group(1) + "/data/plugin/bn_stats/findings?run=run")
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    assert [r["run"] for r in runs] == ["run"]
+    assert [{k: v for k, v in f.items() if k != "source"} for f in findings["findings"]] == cli
+    assert [f["code"] for f in cli] == ["BN001"]
