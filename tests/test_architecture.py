@@ -219,7 +219,8 @@ def test_the_core_imports_no_framework_folder_and_no_folder_another():
         for imported, line in _imports(path):
             theirs = _component(imported) if imported.startswith("tb_bnstats.") else None
             if theirs in folders and theirs != mine and loops.get(mine) != theirs:
-                assert mine in ("torch", "compat", "flax", *LOOP_FOLDERS), f"{module}:{line} imports the folder {theirs}"
+                assert mine in ("torch", "compat", "flax", *LOOP_FOLDERS), \
+                    f"{module}:{line} imports the folder {theirs}"
 
 
 def test_every_folder_is_registered_and_declares_what_the_core_asks():

@@ -6,9 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax.training import train_state
+
 from flax import linen as nn
 from flax import nnx
-from flax.training import train_state
 
 BN = ["bn1", "block.bn2"]
 

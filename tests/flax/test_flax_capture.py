@@ -9,8 +9,20 @@ import textwrap
 import jax
 import numpy as np
 import pytest
-from flax_models import (BN, LinenNet, NnxNet, batches, data, linen_recorded_inputs, linen_state, make_linen_step,
-                         nnx_optimizer, nnx_recorded_inputs, nnx_step, numpy_moments)
+from flax_models import (
+    BN,
+    LinenNet,
+    NnxNet,
+    batches,
+    data,
+    linen_recorded_inputs,
+    linen_state,
+    make_linen_step,
+    nnx_optimizer,
+    nnx_recorded_inputs,
+    nnx_step,
+    numpy_moments,
+)
 
 import tb_bnstats
 from tb_bnstats.flax import BNStatsMonitor

@@ -2,7 +2,7 @@
 made at close from the logs written."""
 
 import numpy as np
-from flax_models import (LinenNet, NnxNet, batches, data, linen_state, make_linen_step, nnx_optimizer, nnx_step)
+from flax_models import LinenNet, NnxNet, batches, data, linen_state, make_linen_step, nnx_optimizer, nnx_step
 
 import tb_bnstats
 from tb_bnstats.flax import BNStatsMonitor

@@ -59,6 +59,7 @@ import itertools
 import threading
 import warnings
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -93,7 +94,7 @@ def _differentiated(x: Any) -> bool:
 
 
 def _tracer_chain(x: Any) -> list[Any]:
-    out = []
+    out: list[Any] = []
     while x is not None and len(out) < 16:
         out.append(x)
         x = getattr(x, "primal", None) if type(x).__name__ in ("JVPTracer", "LinearizeTracer") else getattr(
@@ -221,15 +222,16 @@ def _batch_devices(x: Any) -> int:
 def _install_nnx() -> None:
     if "nnx" in _INSTALLED:
         return
-    from flax import nnx
     from flax.nnx.nn import normalization
+
+    from flax import nnx
 
     _wrap_compute_stats(normalization)
     original = nnx.BatchNorm.__call__
 
     @functools.wraps(original)
     def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
-        channel = vars(self).get(ATTRIBUTE)
+        channel: Any = vars(self).get(ATTRIBUTE)  # a BNMoments variable on a monitored layer
         if not isinstance(channel, _moments_class()):
             return original(self, *args, **kwargs)
         frozen = bool(_call_arg(args, kwargs, self.use_running_average))
@@ -276,7 +278,7 @@ def _linen_interceptor(next_fun: Any, args: tuple[Any, ...], kwargs: dict[str, A
         out = next_fun(*args, **kwargs)
     finally:
         frame = frames.pop()
-    x = args[0] if args else kwargs.get("x")
+    x: Any = args[0] if args else kwargs.get("x")
     if frozen and not _differentiated(x):
         return out
     name = ".".join(str(p) for p in module.scope.path)
@@ -304,11 +306,11 @@ def _install_linen() -> None:
 
 
 @functools.cache
-def _moments_class() -> type:
+def _moments_class() -> Any:
     """:class:`BNMoments`, the ``nnx.Variable`` type of the side channel (made when Flax is first used)."""
     from flax import nnx
 
-    class BNMoments(nnx.Variable):  # type: ignore[misc]
+    class BNMoments(nnx.Variable):
         """tb_bnstats' side channel on a monitored ``nnx.BatchNorm``: the
         last training call's batch mean and variance ([2, C], float32;
         [1 + R, 2, C] with each device's slice's after the global batch's)."""
@@ -370,7 +372,7 @@ def _writer(row_format: ring.RingFormat, steps: int, replicas: int) -> Any:
             else:
                 for r in range(replicas):
                     parts[r] += [layer_moments[1 + r, 0], layer_moments[1 + r, 1], mean, var]
-        columns = {ring.N: [n], ring.STEP: [step], ring.COUNTS: [counts], ring.VALUES: values,
+        columns: dict[str, Sequence[Any]] = {ring.N: [n], ring.STEP: [step], ring.COUNTS: [counts], ring.VALUES: values,
                    ring.MOMENTS: [p for part in parts for p in part], ring.SAMPLES: samples}
         at = (n - 1) % steps
         return {"ints": carry["ints"].at[at].set(row_format.row("ints", JAX_OPS, columns)),
@@ -426,6 +428,7 @@ class FlaxCapture:
 
     def _install_nnx(self, model: Any) -> None:
         import jax.numpy as jnp
+
         from flax import nnx
 
         _install_nnx()
@@ -578,8 +581,9 @@ class FlaxCapture:
             self._reads += 1
         for ring_ in self._rings.values():
             for ref, count in zip(ring_.layout.layers, ring_.counts()):
-                if ref() is not None:
-                    self._counts[ref().name] = max(self._counts.get(ref().name, 0), count)
+                slot = ref()
+                if slot is not None:
+                    self._counts[slot.name] = max(self._counts.get(slot.name, 0), count)
         named = {id(slot): name for name, slot in self._slots.items()}
         blocks, self._drained = ring_rows.drain(parts, self._drained, named, self._slots)
         self._rings = {k: r for k, r in self._rings.items() if k == self._written_key}
