@@ -184,3 +184,26 @@ def test_the_watch_sees_an_import_attempt(tmp_path):
             pass
     """, cwd=tmp_path)
     assert attempted == ["tensorflow"]
+
+
+def test_the_older_pytorch_lightning_trainer_takes_it(tmp_path):
+    import pytorch_lightning as PL
+
+    class Old(PL.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = Net().net
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            return nn.functional.cross_entropy(self(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    fit = PL.Trainer(default_root_dir=str(tmp_path), max_epochs=1, accelerator="cpu", enable_progress_bar=False,
+                     enable_model_summary=False, callbacks=[BNStatsCallback(verbose=0)])
+    fit.fit(Old(), loader())
+    assert list(tb_bnstats.load(fit.logger.log_dir)["version_0"].layers["net.1"].steps) == list(range(1, 9))
