@@ -214,33 +214,37 @@ def restore_trainable_only(trained):
     return model
 
 
-def run_scenario(name, logdir, callbacks=None, verbose=0):
-    """Trains scenario ``name``, logging into ``logdir/name``; returns
-    ``(model, callback)``."""
+def run_scenario(name, logdir, callbacks=None, verbose=0, seed=None, run=None):
+    """Trains scenario ``name``, logging into ``logdir/name`` (or
+    ``logdir/run``); returns ``(model, callback)``. ``seed``: the model's
+    initialization and the data order of the healthy, S1, S2, S4-S7
+    scenarios (by default the name's seed, or 0)."""
     from tb_bnstats import BNStatsCallback
 
-    run_dir = os.path.join(logdir, name)
+    run_dir = os.path.join(logdir, run or name)
+    s = 0 if seed is None else int(seed)
+    named_seed = int(name[-1]) if seed is None and name[-1].isdigit() else s
     cb = BNStatsCallback(run_dir, snapshot_every_n_steps=0, verbose=verbose)
     cbs = [cb] + list(callbacks or [])
     fit = dict(batch_size=32, epochs=3, shuffle=True, verbose=0, callbacks=cbs)
     x, y = digits(n=896)
     if name.startswith("healthy_dense"):
-        model = dense_model(seed=int(name[-1]))
+        model = dense_model(seed=named_seed)
     elif name == "healthy_masked":
         model = masked_model()
         x = x.reshape(-1, 8, 8)
         x[:, 5:, :] = 0.0  # masked timesteps
     elif name.startswith("healthy_conv"):
-        model = conv_model(seed=int(name[-1]), lr=1e-3)
+        model = conv_model(seed=named_seed, lr=1e-3)
         x = x.reshape(-1, 8, 8, 1)
         fit.update(epochs=12)
     elif name == "s11_lagging_averages":
         model = conv_model(seed=0)
         x = x.reshape(-1, 8, 8, 1)
     elif name == "s1_momentum_0.99":
-        model = dense_model(momentum=0.99)
+        model = dense_model(momentum=0.99, seed=s)
     elif name == "s2_inference_mode":
-        model = dense_model(inference_mode="bn2")
+        model = dense_model(inference_mode="bn2", seed=s)
     elif name == "s3_lost_on_restore":
         trained = dense_model()
         trained.fit(x, y, batch_size=32, epochs=1, shuffle=True, verbose=0,
@@ -248,17 +252,17 @@ def run_scenario(name, logdir, callbacks=None, verbose=0):
         model = restore_trainable_only(trained)
         fit.update(epochs=1)
     elif name == "s2_frozen":
-        model = dense_model(frozen="bn2")
+        model = dense_model(frozen="bn2", seed=s)
     elif name == "s4_momentum_0.1":
-        model = dense_model(momentum=0.1)
+        model = dense_model(momentum=0.1, seed=s)
     elif name == "s5_dropout_before_bn":
-        model = dense_model(dropout_before="bn2")
+        model = dense_model(dropout_before="bn2", seed=s)
     elif name == "s6_batch_4":
-        model = dense_model()
+        model = dense_model(seed=s)
         x, y = x[:256], y[:256]
         fit.update(batch_size=4, epochs=2)
     elif name == "s7_sorted":
-        model = dense_model()
+        model = dense_model(seed=s)
         x, y = digits(n=None, sort=True)
         fit.update(shuffle=False, epochs=2)
     elif name == "s8_shifted_eval":
