@@ -158,6 +158,12 @@ def effective_window(momentum: float | None) -> float:
     return float("inf") if momentum is None or momentum >= 1.0 else 1.0 / (1.0 - momentum)
 
 
+# Convergence 1 - m**t from which the moving averages count as converged: less than 5% of their weight
+# left on the initial values. The diagnosis' threshold (diagnosis.codes THRESHOLDS["converged"]) and the
+# end of the log's full-resolution warm-up (write.resolution).
+CONVERGED = 0.95
+
+
 def steps_to_converge(momentum: float | None, fraction: float) -> int:
     """Updates needed for ``1 - m**t >= fraction``: ``ceil(log(1-fraction) / log(m))``
     (at 0.95: 0.9 needs 29, 0.99 299, 0.999 2995; the effective window

@@ -9,12 +9,14 @@ changes, new checks get new codes.
 
 import dataclasses
 
+from tb_bnstats import quantities
+
 SEVERITIES = ("error", "warning", "info")
 
 # Every threshold of the rules, in one place, with its reasoning.
 THRESHOLDS = {
     # 1 - m**t >= 0.95: less than 5% of the weight left on the initial (0, 1).
-    "converged": 0.95,
+    "converged": quantities.CONVERGED,
     # Median over the last max(10, 10%) logged steps: one noisy step is not a finding.
     "tail_points": 10,
     "tail_fraction": 0.1,

@@ -9,8 +9,8 @@ shown. This module decides, per layer, what is written instead:
 
 * **Full-resolution rows** (``steps`` records): every logged step of the
   first :data:`FULL_RESOLUTION_STEPS` steps; the steps after that while the
-  layer's moving averages have not converged (``convergence`` below the
-  diagnosis' threshold), up to :data:`WARMUP_MAX_STEPS`; the
+  layer's moving averages have not converged (``convergence`` below
+  :data:`tb_bnstats.quantities.CONVERGED`), up to :data:`WARMUP_MAX_STEPS`; the
   :data:`EVENT_WINDOW` steps before and after an *event* (a non-finite value,
   or a gap far above its recent neighbours, :func:`outliers`), at most
   :data:`EVENTS_MAX` events per writer; and the last :data:`FINAL_WINDOW`
@@ -43,7 +43,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from tb_bnstats.diagnosis.codes import THRESHOLDS
+from tb_bnstats import quantities
 from tb_bnstats.format import metadata
 
 # M: the first M steps are kept one by one, and each level holds M intervals.
@@ -217,7 +217,7 @@ class LayerLog:
         rows before it still in memory, queued here)."""
         keep = steps < FULL_RESOLUTION_STEPS
         if self._warming and self._convergence is not None:
-            warming = (rows[:, self._convergence] < THRESHOLDS["converged"]) & (steps < WARMUP_MAX_STEPS)
+            warming = (rows[:, self._convergence] < quantities.CONVERGED) & (steps < WARMUP_MAX_STEPS)
             # Warm-up ends at the first converged step past M, for good.
             ended = ~warming & (steps >= FULL_RESOLUTION_STEPS)
             if ended.any():
