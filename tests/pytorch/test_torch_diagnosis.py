@@ -124,7 +124,9 @@ def test_each_scenario_produces_exactly_its_finding(suite, run):
         assert layer.info.framework == "pytorch" and layer.info.moving_var_unbiased
 
 
-@pytest.mark.parametrize("run", [r for r in scenarios.EXPECTED if r.startswith("healthy")])
+# healthy_gap's pooled features' variance falls ~2.7x while it trains and the average lags it (a real signed
+# gap, log ratio ~-0.14 on bn3, that must not read as noise: BN005's noise floor), not a Bessel artefact.
+@pytest.mark.parametrize("run", [r for r in scenarios.EXPECTED if r.startswith("healthy") and "gap" not in r])
 def test_healthy_runs_have_no_variance_gap_from_bessel(suite, run):
     """PyTorch's running_var averages var_B * n / (n - 1): compared as such,
     a healthy converged run shows no variance gap, and the logged momentum is
