@@ -133,12 +133,13 @@ bench-lightning: install-vision
 DEMO_LOGS ?= demo/logs
 PORT ?= 6006
 demo-logs: $(PY)
-	$(PIP) install --quiet -e ".[tensorflow,demo]" $(TORCH) $(TF_FOR_TF_KERAS)
+	$(PIP) install --quiet -e ".[tensorflow,demo,flax]" $(TORCH) $(TF_FOR_TF_KERAS)
 	$(PIP) install --quiet --no-deps $(TF_KERAS)
 	$(PY) demo/train.py --logdir $(DEMO_LOGS)
 	$(PY) demo/train_torch.py --logdir $(DEMO_LOGS)
 	$(PY) demo/train_replicas.py --logdir $(DEMO_LOGS)
 	$(PY) demo/train_tf1.py --logdir $(DEMO_LOGS)
+	$(PY) demo/train_flax.py --logdir $(DEMO_LOGS)
 
 demo: demo-logs
 	@echo "BN Convergence tab: http://localhost:$(PORT)/#bn_stats"
