@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: test-traps install install-vision install-test test-flax system-deps frontend-check lint test test-python test-remote test-vision test-frontend bench bench-lightning demo demo-logs bundle
+.PHONY: test-budget test-traps install install-vision install-test test-flax system-deps frontend-check lint test test-python test-remote test-vision test-frontend bench bench-lightning demo demo-logs bundle
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -81,11 +81,11 @@ lint: install-test
 # The tests run again per backend are those marked `backend` (pytestmark = pytest.mark.backend in their file).
 LANES := test-artifacts/lanes
 BACKEND_TESTS := -m backend tests --ignore=tests/pytorch --ignore=tests/legacy --ignore=tests/remote --ignore=tests/vision \
-  --ignore=tests/flax
+  --ignore=tests/flax --ignore=tests/budget
 
 test-python: install-test
 	$(PY) -m pytest -q tests --ignore=tests/pytorch --ignore=tests/legacy --ignore=tests/remote --ignore=tests/vision \
-	  --ignore=tests/flax
+	  --ignore=tests/flax --ignore=tests/budget
 	@rm -rf $(LANES); mkdir -p $(LANES); \
 	( KERAS_BACKEND=jax $(PY) -m pytest -q --basetemp=$(LANES)/tmp-jax $(BACKEND_TESTS) \
 	  || echo "KERAS_BACKEND=jax" >> $(LANES)/failed ) > $(LANES)/1-jax.log 2>&1 & \
@@ -119,7 +119,11 @@ test-traps: install-test
 test-flax: install-test
 	$(PY) -m pytest -q --basetemp=test-artifacts/tmp-flax tests/flax
 
-test: lint frontend-check test-frontend test-python test-remote test-vision test-flax test-traps
+# The probe's time budget and its traces (issue #33): a pytest process of its own, about a minute.
+test-budget: install-test
+	$(PY) -m pytest -q -p no:cacheprovider tests/budget
+
+test: lint frontend-check test-frontend test-python test-remote test-vision test-flax test-traps test-budget
 
 bundle:
 	cd frontend && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build

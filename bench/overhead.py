@@ -18,14 +18,23 @@ measured with the TensorFlow backend only. ``--xla on`` is ``jit_compile=True``:
 XLA with TensorFlow and JAX (JAX's default), ``torch.compile`` with torch.
 
 Printed per model and XLA setting: median step times and their ratios to
-the baseline, the ratios of the epoch totals, tb_bnstats' event-file bytes
-per layer per step and its device-to-host reads per 100 steps. Not a
-pass/fail test: the figures go into docs/performance.md.
+the baseline, the ratios of the epoch totals, the ratios of whole ``fit``
+calls (from ``fit``'s call to its return: the work at train begin and end,
+the probe and the checks on the model included; the median of the rounds'
+ratios and the ratio of the totals), tb_bnstats' event-file bytes per layer
+per step and its device-to-host reads per 100 steps. Not a pass/fail test:
+the figures go into docs/performance.md.
+
+``--epochs-per-fit 1`` (default) is a user who calls ``fit`` once per epoch
+in a loop: every round is one ``fit`` call of one epoch; ``--epochs-per-fit
+5`` makes each round one ``fit`` of 5 epochs. ``--variants`` picks the
+variants (``tb_bnstats_no_probe``: ``probe_data=False``).
 
     python bench/overhead.py [--models convnet,mobilenetv2] [--xla off,on] [--rounds 3] [--steps 100]
     python bench/overhead.py --models resnet50 --batch 64 --xla on     # on a GPU
     python bench/overhead.py --backend jax --xla on                     # Keras on JAX
     python bench/overhead.py --framework torch [--compile off,on]       # PyTorch: bench/overhead_torch.py
+    python bench/overhead.py --models convnet --xla on --steps 80 --rounds 7 --variants none,tb_bnstats  # 80-step fits
 """
 
 import argparse
@@ -68,6 +77,7 @@ import tb_bnstats  # noqa: E402
 
 VARIANTS = ("none", "keras_tensorboard", "tb_bnstats") if keras.backend.backend() == "tensorflow" else (
     "none", "tb_bnstats")
+ALL_VARIANTS = ("none", "keras_tensorboard", "tb_bnstats", "tb_bnstats_no_probe")
 
 
 def conv_net(n_blocks=8, width=16):
@@ -131,10 +141,11 @@ class StepTimer(keras.callbacks.Callback):
 
 
 def bench(model_name, jit, args, root):
-    """Trains the three variants alternately; returns the printed lines' figures."""
+    """Trains the variants alternately and prints their figures."""
     builders, runs = MODELS[model_name], {}
     rng = np.random.default_rng(0)
-    for variant in VARIANTS:
+    variants = args.variants
+    for variant in variants:
         keras.utils.set_random_seed(0)
         model, shape = builders()
         model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit)
@@ -145,6 +156,9 @@ def bench(model_name, jit, args, root):
                                                             update_freq="batch"))
         elif variant == "tb_bnstats":
             callbacks.insert(0, tb_bnstats.BNStatsCallback(root / f"{model_name}-{jit}-bnstats", verbose=0))
+        elif variant == "tb_bnstats_no_probe":
+            callbacks.insert(0, tb_bnstats.BNStatsCallback(root / f"{model_name}-{jit}-noprobe", verbose=0,
+                                                           probe_data=False))
         runs[variant] = (model, callbacks, timer)
     n = args.steps * args.batch
     x = rng.normal(size=(n, *shape)).astype("float32")
@@ -153,10 +167,16 @@ def bench(model_name, jit, args, root):
         model.fit(x[: 4 * args.batch], y[: 4 * args.batch], batch_size=args.batch, epochs=1, verbose=0,
                   callbacks=callbacks)
         timer.clear()
+    fit_wall = {v: [] for v in variants}
+    fit_cpu = {v: [] for v in variants}
     for _ in range(args.rounds):
-        for model, callbacks, _ in runs.values():
-            model.fit(x, y, batch_size=args.batch, epochs=1, verbose=0, shuffle=False, callbacks=callbacks)
-    timers = {v: runs[v][2] for v in VARIANTS}
+        for variant, (model, callbacks, _) in runs.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            model.fit(x, y, batch_size=args.batch, epochs=args.epochs_per_fit, verbose=0, shuffle=False,
+                      callbacks=callbacks)
+            fit_wall[variant].append(time.perf_counter() - wall)
+            fit_cpu[variant].append(time.process_time() - cpu)
+    timers = {v: runs[v][2] for v in variants}
     base = timers["none"]
     monitored, cb = runs["tb_bnstats"][0], runs["tb_bnstats"][1][0]
     layers = len(cb._recorder.layer_infos)
@@ -164,7 +184,7 @@ def bench(model_name, jit, args, root):
     event_bytes = sum(p.stat().st_size for p in (root / f"{model_name}-{jit}-bnstats").glob("events.out.tfevents.*"))
     reads = cb._recorder.capture.reads
     print(f"\n{model_name} on {keras.backend.backend()}: {layers} BN layers, batch {args.batch}, jit_compile={jit}, "
-          f"{args.rounds} alternated rounds x {args.steps} steps")
+          f"{args.rounds} alternated rounds x {args.epochs_per_fit} epoch(s) of {args.steps} steps per fit call")
     print(f"  {'variant':18s} {'median step':>22s} {'ratio (median step)':>22s} {'ratio (epoch total)':>22s}")
     print(f"  {'':18s} {'wall ms':>10s} {'cpu ms':>11s} {'wall':>10s} {'cpu':>11s} {'wall':>10s} {'cpu':>11s}")
     for variant, t in timers.items():
@@ -172,6 +192,14 @@ def bench(model_name, jit, args, root):
         print(f"  {variant:18s} {wall * 1e3:10.2f} {cpu * 1e3:11.2f} "
               f"{wall / statistics.median(base.step_wall):10.3f} {cpu / statistics.median(base.step_cpu):11.3f} "
               f"{sum(t.epoch_wall) / sum(base.epoch_wall):10.3f} {sum(t.epoch_cpu) / sum(base.epoch_cpu):11.3f}")
+    print(f"  {'whole fit calls':18s} {'median of rounds':>22s} {'ratio of totals':>22s}")
+    print(f"  {'':18s} {'wall':>10s} {'cpu':>11s} {'wall':>10s} {'cpu':>11s}")
+    for variant in variants:
+        rounds_wall = [a / b for a, b in zip(fit_wall[variant], fit_wall["none"])]
+        rounds_cpu = [a / b for a, b in zip(fit_cpu[variant], fit_cpu["none"])]
+        print(f"  {variant:18s} {statistics.median(rounds_wall):10.3f} {statistics.median(rounds_cpu):11.3f} "
+              f"{sum(fit_wall[variant]) / sum(fit_wall['none']):10.3f} "
+              f"{sum(fit_cpu[variant]) / sum(fit_cpu['none']):11.3f}")
     print(f"  tb_bnstats: {event_bytes / (steps_logged * layers):.0f} event bytes per layer per step "
           f"({event_bytes} bytes, {steps_logged} steps x {layers} layers, snapshots and metrics included); "
           f"{100.0 * reads / steps_logged:.2f} device-to-host reads per 100 steps "
@@ -189,7 +217,17 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=100, help="steps per epoch")
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--epochs-per-fit", type=int, default=1,
+                        help="epochs per fit call (1: fit once per epoch, in a loop)")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated, of {list(ALL_VARIANTS)} (none and tb_bnstats always)")
     args = parser.parse_args()
+    asked = args.variants.split(",")
+    unknown = sorted(set(asked) - set(ALL_VARIANTS))
+    if unknown or ("keras_tensorboard" in asked and keras.backend.backend() != "tensorflow"):
+        parser.error(f"--variants: {unknown or 'keras_tensorboard'} not measurable here; of {list(VARIANTS)} "
+                     "and tb_bnstats_no_probe")
+    args.variants = ["none", "tb_bnstats"] + [v for v in ALL_VARIANTS if v in asked and v not in ("none", "tb_bnstats")]
     root = pathlib.Path(tempfile.mkdtemp(prefix="tb_bnstats_bench_"))
     for model_name in args.models.split(","):
         for xla in args.xla.split(","):

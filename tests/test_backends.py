@@ -35,7 +35,8 @@ SCRIPT = textwrap.dedent("""
     x = rng.normal(2.0, 1.5, (128, 8, 8, 3)).astype("float32")
     y = rng.integers(0, 3, 128)
     cb = tb_bnstats.BNStatsCallback(sys.argv[1], verbose=0, probe_data=(x[:64], y[:64]), probe_every_n_steps=4,
-                                    population_data=x, population_every_n_steps=4, population_samples=64)
+                                    population_data=x, population_every_n_steps=4, population_samples=64,
+                                    measure_budget=None)  # every due measurement
     model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[cb])
     stats = tb_bnstats.population_stats(model, x, batch_size=16)
     report = tb_bnstats.recalibrate(model, (x, y), batch_size=16)
