@@ -57,7 +57,7 @@ class FlaxWords(Words):
         return f"momentum={momentum:g}"
 
     def momentum_setting(self, momentum: float) -> str:
-        return f"momentum={momentum:.4g} (nnx.BatchNorm(..., momentum=...) / nn.BatchNorm(momentum=...))"
+        return f"momentum={momentum:.4g}"  # as nnx.BatchNorm(..., momentum=...) / nn.BatchNorm(momentum=...) take it
 
     def not_updating(self, info: LayerInfo) -> str:
         if info.trainable:
