@@ -49,9 +49,12 @@ class Options:
         log_every_n_steps: log every N optimizer steps (1 = every step). The
             moments logged are those of the step logged; the train loss and
             mean-type metrics are the mean over the steps since the last log.
+            Every logged step is kept, one by one or in its interval's
+            envelope (:mod:`tb_bnstats.write.resolution`).
         snapshot_every_n_steps: write the full per-channel snapshot every N
-            steps (0 = only at the end of each run: each ``fit``, or
-            ``close()``).
+            steps over the first 1,000, twice as far apart at each level of
+            the log after that (0 = only at the end of each run: each
+            ``fit``, or ``close()``).
         layers: optional list of layer names or glob patterns (``"block1/*"``;
             PyTorch module paths such as ``"layer1.*"``; graph scope names)
             to monitor; default all BN layers.
