@@ -44,13 +44,15 @@ Nothing is read from the device per step; a drain reads the ring's two
 arrays once.
 
 Several devices. Under ``jax.jit`` with the batch sharded over a mesh the
-layer's moments are the global batch's (XLA reduces across devices:
-synchronized by construction); each device's own slice's moments are
-computed next to them (the batch axis reshaped to ``[R, B/R]``, as the
-Keras JAX capture does) and the ring holds both. Under ``shard_map`` the
-layer's ``axis_name`` decides: given, the moments are averaged over the
-devices (synchronized); not given, each device normalized with its own
-slice and keeps its own running statistics.
+layer's moments are the global batch's (XLA reduces across devices), logged
+as one batch. A Linen step under ``jax.pmap`` returns every device's
+``bn_stats`` and ``batch_stats`` stacked on a leading device axis; the
+ring then holds each device's slice's moments and its own running
+statistics (the replica series), and the global batch's moments are the
+devices' pooled. The layer's ``axis_name`` decides what the layer
+normalized with: given, the devices' moments averaged (synchronized; the
+capture keeps the moments of the device's own slice beside them); not
+given, each device its own slice's (unsynchronized, what is kept).
 """
 
 import dataclasses
@@ -115,18 +117,6 @@ def _input_moments(x: Any, axis: Any) -> tuple[Any, Any]:
     return mean, jnp.square(x - jnp.expand_dims(mean, reduce)).mean(reduce)
 
 
-def _per_device(x: Any, axis: Any, replicas: int) -> tuple[Any, Any] | None:
-    """Each device's slice's moments ([R, C] each), the batch axis (0) split
-    into ``replicas`` contiguous slices, channels last."""
-    import jax.numpy as jnp
-
-    if replicas <= 1 or x.shape[0] % replicas:
-        return None
-    x = jnp.moveaxis(jnp.asarray(x, jnp.float32), axis if isinstance(axis, int) else axis[0], -1)
-    x = x.reshape(replicas, -1, x.shape[-1])
-    return x.mean(1), x.var(1)
-
-
 @dataclasses.dataclass
 class _Seen:
     """What a trace of the train step showed of one layer."""
@@ -137,8 +127,8 @@ class _Seen:
     updating: bool
     axis_name: Any
     layer_class: str
-    replicas: int = 1
-    samples: float = 0.0  # values per channel in one device's slice (several devices)
+    samples: float = 0.0  # values per channel of the call's input (one device's slice under pmap)
+    replicas: int = 1  # devices of a pmapped step (set by write_step from its outputs)
 
 
 class _LayerSlot:
@@ -181,42 +171,24 @@ def _call_arg(args: tuple[Any, ...], kwargs: dict[str, Any], default: Any) -> An
 
 
 def _keep(capture: "FlaxCapture | None", name: str, x: Any, frame: dict[str, Any], frozen: bool,
-          seen: _Seen, axis: Any) -> Any:
-    """The [2, C] (or [1 + R, 2, C] with per-device slices) moments of one
-    training call, and the trace's record of the layer."""
+          seen: _Seen, axis: Any, local: bool = False) -> Any:
+    """The [2, C] moments of one training call, and the trace's record of the
+    layer. ``local``: a Linen layer with ``axis_name`` (inside ``pmap``),
+    whose own statistics are the devices' averaged: this device's slice's
+    moments are kept (the global ones are their pool)."""
     import jax
     import jax.numpy as jnp
 
-    if frozen or "stats" not in frame:
+    if frozen or "stats" not in frame or local:
         mean, var = _input_moments(x, axis)
     else:
         mean, var = frame["stats"]
     moments = jnp.stack([jnp.reshape(jnp.asarray(mean, jnp.float32), [-1]),
                          jnp.reshape(jnp.asarray(var, jnp.float32), [-1])])
-    replicas = _batch_devices(x) if seen.axis_name is None or capture is None else 1
-    if capture is not None and replicas > 1:
-        slices = _per_device(x, axis, replicas)
-        if slices is not None:
-            moments = jnp.concatenate([moments[None], jnp.stack(slices, axis=1)], axis=0)
-            seen.replicas, seen.samples = replicas, float(np.prod(x.shape)) / seen.channels / replicas
+    seen.samples = float(np.prod(x.shape)) / max(seen.channels, 1)
     if capture is not None:
         capture._traced(name, seen)
     return jax.lax.stop_gradient(moments)
-
-
-def _batch_devices(x: Any) -> int:
-    """How many devices the batch axis of ``x`` is split over (jit with a
-    sharded batch; 1 on one device or inside ``shard_map``)."""
-    sharding = getattr(getattr(x, "aval", None), "sharding", None)
-    spec = getattr(sharding, "spec", None)
-    mesh = getattr(sharding, "mesh", None)
-    if not spec or mesh is None or spec[0] is None:
-        return 1
-    names = spec[0] if isinstance(spec[0], tuple) else (spec[0],)
-    try:
-        return int(np.prod([mesh.shape[n] for n in names]))
-    except Exception:  # noqa: BLE001 - an abstract mesh without sizes: one device as far as we know
-        return 1
 
 
 def _install_nnx() -> None:
@@ -249,12 +221,7 @@ def _install_nnx() -> None:
         try:
             seen = _Seen(int(self.num_features), float(self.momentum), float(self.epsilon), not frozen,
                          self.axis_name, type(self).__name__)
-            moments = _keep(capture, meta.get("layer", "?"), x, frame, frozen, seen, self.axis)
-            if tuple(moments.shape) != tuple(channel[...].shape):
-                if capture is not None:
-                    capture._reshaped(meta.get("layer", "?"), tuple(moments.shape))
-            else:
-                channel[...] = moments
+            channel[...] = _keep(capture, meta.get("layer", "?"), x, frame, frozen, seen, self.axis)
         except Exception as exc:  # noqa: BLE001 - the user's step goes on
             if capture is not None:
                 capture.warn_once("keep", f"cannot keep the BN moments of this step: {type(exc).__name__}: {exc}")
@@ -286,7 +253,8 @@ def _linen_interceptor(next_fun: Any, args: tuple[Any, ...], kwargs: dict[str, A
     seen = _Seen(int(x.shape[module.axis if isinstance(module.axis, int) else module.axis[0]]),
                  float(module.momentum), float(module.epsilon),
                  not frozen and module.is_mutable_collection("batch_stats"), module.axis_name, type(module).__name__)
-    module.put_variable(COLLECTION, "moments", _keep(capture, name, x, frame, frozen, seen, module.axis))
+    module.put_variable(COLLECTION, "moments", _keep(capture, name, x, frame, frozen, seen, module.axis,
+                                                     local=module.axis_name is not None))
     return out
 
 
@@ -312,8 +280,7 @@ def _moments_class() -> Any:
 
     class BNMoments(nnx.Variable):
         """tb_bnstats' side channel on a monitored ``nnx.BatchNorm``: the
-        last training call's batch mean and variance ([2, C], float32;
-        [1 + R, 2, C] with each device's slice's after the global batch's)."""
+        last training call's batch mean and variance ([2, C], float32)."""
 
     BNMoments.__module__ = __name__
     return BNMoments
@@ -366,12 +333,12 @@ def _writer(row_format: ring.RingFormat, steps: int, replicas: int) -> Any:
         counts = carry["counts"] + changed
         parts: list[list[Any]] = [[] for _ in range(replicas)]
         for layer_moments, (mean, var) in zip(moments, running):
-            mean, var = jnp.reshape(mean, [-1]), jnp.reshape(var, [-1])
-            if replicas == 1:
-                parts[0] += [layer_moments[0], layer_moments[1], mean, var]
-            else:
-                for r in range(replicas):
-                    parts[r] += [layer_moments[1 + r, 0], layer_moments[1 + r, 1], mean, var]
+            # One device: [2, C] and [C]; a pmapped step: [R, 2, C] and [R, C] (each device's).
+            layer_moments = jnp.reshape(layer_moments, [replicas, 2, -1])
+            mean, var = jnp.reshape(mean, [replicas, -1]), jnp.reshape(var, [replicas, -1])
+            for r in range(replicas):
+                parts[r] += [layer_moments[r, 0], layer_moments[r, 1], mean[r], var[r]]
+        values = [jnp.mean(v) for v in values]  # a pmapped step's per-device scalars: their mean
         columns: dict[str, Sequence[Any]] = {ring.N: [n], ring.STEP: [step], ring.COUNTS: [counts], ring.VALUES: values,
                    ring.MOMENTS: [p for part in parts for p in part], ring.SAMPLES: samples}
         at = (n - 1) % steps
@@ -459,16 +426,6 @@ class FlaxCapture:
             self._seen.pop(name, None)
             self._seen[name] = seen  # trace order: the latest trace's
 
-    def _reshaped(self, name: str, shape: tuple[int, ...]) -> None:
-        """The side channel of ``name`` must hold ``shape`` (per-device slices): remade before the next trace."""
-        import jax.numpy as jnp
-
-        self.warn_once("retrace", "the BN moments' shape changed (the batch is split over devices now): the "
-                       "step is traced once more to carry them")
-        module = self._modules.get(name)
-        if module is not None:
-            getattr(module, ATTRIBUTE)[...] = jnp.zeros(shape, jnp.float32)
-
     # -- between steps ---------------------------------------------------------------------------
 
     def write_step(self, step: int, values: dict[str, Any], state: Any = None, moments: Any = None) -> bool:
@@ -505,20 +462,27 @@ class FlaxCapture:
             layer_moments = [_at(moments, n)["moments"] for n in names]
             running = [(_at(stats, n)["mean"], _at(stats, n)["var"]) for n in names]
         seen = [self._seen[n] for n in names]
-        replicas = min(s.replicas for s in seen)
-        if any(tuple(m.shape[-2:]) != (2, s.channels) for m, s in zip(layer_moments, seen)):
+        # A pmapped step (Linen) returns each device's moments and statistics on a leading device axis.
+        replicas = int(layer_moments[0].shape[0]) if layer_moments[0].ndim == 3 else 1
+        if any(tuple(m.shape) != ((replicas, 2, s.channels) if replicas > 1 else (2, s.channels))
+               or int(np.prod(r[0].shape)) != replicas * s.channels
+               for m, r, s in zip(layer_moments, running, seen)):
             return False
-        if replicas > 1 and any(m.ndim != 3 or m.shape[0] != replicas + 1 for m in layer_moments):
-            replicas = 1
-        if replicas == 1:
-            layer_moments = [m[0] if m.ndim == 3 else m for m in layer_moments]
+        for s in seen:
+            s.replicas = replicas
         key = self._written_key = (tuple(names), tuple(s.updating for s in seen), tuple(values), replicas)
         ring_ = self._rings.get(key)
         if ring_ is None:
             layout = ring_rows.Layout.of([self._slots[n] for n in names], [s.channels for s in seen],
-                                         [s.updating for s in seen], list(values), (), replicas=replicas)
-            last = [self._last.get(n, np.concatenate([self._slots[n].init_mean, self._slots[n].init_var]))
-                    for n in names]
+                                         [s.updating for s in seen], list(values), (), replicas=replicas,
+                                         moving_per_replica=replicas > 1)
+            last = []  # the running statistics of the row before, as `now` in the row write lays them out
+            for n, s in zip(names, seen):
+                before = self._last.get(n)
+                if before is None or int(np.prod(before.shape)) != 2 * replicas * s.channels:
+                    slot = self._slots[n]
+                    before = np.concatenate([np.tile(slot.init_mean, replicas), np.tile(slot.init_var, replicas)])
+                last.append(before)
             ring_ = self._rings[key] = _Ring(layout, last, [self._counts.get(n, 0) for n in names], self._seq)
         samples = []
         if replicas > 1:
@@ -547,8 +511,8 @@ class FlaxCapture:
                 init_mean=float(np.mean(self._slots[name].init_mean)),
                 init_var=float(np.mean(self._slots[name].init_var)), moving_var_unbiased=False, depth=depth,
                 layer_class=seen.layer_class, framework=FLAX, trainable=seen.updating,
-                synchronized=seen.axis_name is not None or seen.replicas > 1, replicas=seen.replicas,
-                moving_per_replica=False))
+                synchronized=seen.axis_name is not None, replicas=seen.replicas,
+                moving_per_replica=seen.replicas > 1))
         return out
 
     def resume(self, step: int) -> dict[str, str]:

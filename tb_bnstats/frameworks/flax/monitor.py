@@ -55,8 +55,13 @@ class BNStatsMonitor(StepLoopMonitor):
     batch variances.
 
     Several devices: a step under ``jax.jit`` with the batch sharded over a
-    mesh logs the global batch's moments (what the layer normalized with)
-    and each device's slice's (the replica series).
+    mesh logs the global batch's moments (what the layer normalized with),
+    as one batch. A Linen step under ``jax.pmap`` (its ``bn_stats`` and the
+    state's ``batch_stats`` stacked on a leading device axis) logs each
+    device's slice's moments and running statistics (the replica series),
+    the global batch's moments as the devices' pooled, and the layers as
+    synchronized when they have ``axis_name``. A metric returned per device
+    (a vector) is logged as its mean.
 
     The step rule, closing and the ``with`` block are those of
     :class:`tb_bnstats.loop.StepLoopMonitor`.
@@ -121,8 +126,9 @@ class BNStatsMonitor(StepLoopMonitor):
         rec = self._recorder
         step = self._next_step(step)
         moments = metrics.pop(COLLECTION, None)
+        # Scalars; a pmapped step's per-device vector of a scalar is logged as its mean.
         values = ({"loss": loss} if loss is not None else {}) | {k: v for k, v in metrics.items()
-                                                                   if getattr(v, "shape", ()) == ()}
+                                                                   if len(getattr(v, "shape", ())) <= 1}
         capture = self.capture
         if capture is not None:
             if capture.api == "linen" and moments is None:
