@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: test-budget test-traps install install-vision install-test test-flax system-deps frontend-check lint test test-python test-remote test-vision test-frontend bench bench-lightning demo demo-logs bundle
+.PHONY: install install-vision install-test system-deps frontend-check lint test test-python test-lane1 test-lane2 test-frontend bench bench-lightning demo demo-logs bundle
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -55,9 +55,6 @@ install-vision: $(VISION_PY)
 
 # The training loops over PyTorch (tb_bnstats.lightning, tb_bnstats.transformers; timm and torchvision
 # models) in their own pytest process, in the venv above.
-test-vision: install-vision
-	$(VISION_PY) -m pytest -q tests/vision
-
 # Rebuilds the committed bundle and fails if it differs from what is committed.
 frontend-check: install-test
 	cd frontend && npm run --silent build
@@ -72,58 +69,47 @@ lint: install-test
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 
-# Everything under TensorFlow, then the tests of what depends on the backend once more in a pytest
-# process of its own per backend (Keras picks its backend once per process), PyTorch's own, and
-# TensorFlow 1-style code and tf_keras (TF_USE_LEGACY_KERAS=1 must be set before TensorFlow is imported).
-# After the TensorFlow suite they run in two lanes at once, one per core (none of them serves TensorBoard
-# or drives a browser): Keras on JAX; Keras on torch, then PyTorch, then tests/legacy. Each lane's output
-# is printed when both are done, and the target fails when any suite failed (an interrupt stops both).
-# The tests run again per backend are those marked `backend` (pytestmark = pytest.mark.backend in their file).
+# Everything under TensorFlow first (it serves TensorBoard and drives a browser), then the rest in two lanes
+# at once, one per core, each suite in a pytest process of its own:
+#   lane 1: Keras on JAX, Flax (tb_bnstats.flax; its conftest forces two host devices before JAX is
+#           imported), the probe's time budget, log directories at a URL (a real S3-compatible server:
+#           moto's standalone server, in the PyTorch ecosystem's venv, which has no TensorFlow);
+#   lane 2: Keras on torch, PyTorch (its fine-tuning traps included), TensorFlow 1-style code and tf_keras
+#           (TF_USE_LEGACY_KERAS=1 must be set before TensorFlow is imported), then Lightning, the Hugging
+#           Face Trainer, timm and torchvision in the PyTorch ecosystem's venv.
+# Keras picks its backend once per process: the tests run again per backend are those marked `backend`
+# (pytestmark = pytest.mark.backend in their file). Each lane's output is printed when both are done, and
+# the target fails when any suite failed (an interrupt stops both). `make test-lane1` / `test-lane2` run one.
 LANES := test-artifacts/lanes
-BACKEND_TESTS := -m backend tests --ignore=tests/pytorch --ignore=tests/legacy --ignore=tests/remote --ignore=tests/vision \
-  --ignore=tests/flax --ignore=tests/budget
+OWN_PROCESS := tests/pytorch tests/legacy tests/remote tests/vision tests/flax tests/budget
+BACKEND_TESTS := -m backend tests $(addprefix --ignore=,$(OWN_PROCESS))
+suite = $(1) -m pytest -q -p no:cacheprovider --basetemp=$(LANES)/tmp-$(2) $(3) || echo "$(2)" >> $(LANES)/failed
+LANE1 := $(call suite,KERAS_BACKEND=jax $(PY),jax,$(BACKEND_TESTS)); \
+	$(call suite,$(PY),flax,tests/flax); \
+	$(call suite,$(PY),budget,tests/budget); \
+	$(call suite,$(VISION_PY),remote,tests/remote)
+LANE2 := $(call suite,KERAS_BACKEND=torch $(PY),torch,$(BACKEND_TESTS)); \
+	$(call suite,$(PY),pytorch,tests/pytorch); \
+	$(call suite,TF_USE_LEGACY_KERAS=1 $(PY),legacy,tests/legacy); \
+	$(call suite,$(VISION_PY),vision,tests/vision)
 
-test-python: install-test
-	$(PY) -m pytest -q tests --ignore=tests/pytorch --ignore=tests/legacy --ignore=tests/remote --ignore=tests/vision \
-	  --ignore=tests/flax --ignore=tests/budget
+test-python: install-test install-vision
+	$(PY) -m pytest -q tests $(addprefix --ignore=,$(OWN_PROCESS))
 	@rm -rf $(LANES); mkdir -p $(LANES); \
-	( KERAS_BACKEND=jax $(PY) -m pytest -q --basetemp=$(LANES)/tmp-jax $(BACKEND_TESTS) \
-	  || echo "KERAS_BACKEND=jax" >> $(LANES)/failed ) > $(LANES)/1-jax.log 2>&1 & \
-	jax=$$!; \
-	( KERAS_BACKEND=torch $(PY) -m pytest -q --basetemp=$(LANES)/tmp-torch $(BACKEND_TESTS) \
-	    || echo "KERAS_BACKEND=torch" >> $(LANES)/failed; \
-	  $(PY) -m pytest -q --basetemp=$(LANES)/tmp-pytorch tests/pytorch --ignore=tests/pytorch/test_torch_traps.py \
-	    || echo "tests/pytorch" >> $(LANES)/failed; \
-	  TF_USE_LEGACY_KERAS=1 $(PY) -m pytest -q --basetemp=$(LANES)/tmp-legacy tests/legacy \
-	    || echo "tests/legacy" >> $(LANES)/failed \
-	) > $(LANES)/2-torch-pytorch-legacy.log 2>&1 & \
-	rest=$$!; \
-	trap 'for lane in $$jax $$rest; do pkill -P $$lane; kill $$lane; done 2>/dev/null; exit 130' INT TERM; \
-	wait $$jax; wait $$rest; \
+	( $(LANE1) ) > $(LANES)/1.log 2>&1 & \
+	one=$$!; \
+	( $(LANE2) ) > $(LANES)/2.log 2>&1 & \
+	two=$$!; \
+	trap 'for lane in $$one $$two; do pkill -P $$lane; kill $$lane; done 2>/dev/null; exit 130' INT TERM; \
+	wait $$one; wait $$two; \
 	for log in $(LANES)/*.log; do echo "===== $$log"; cat $$log; done; \
 	if [ -s $(LANES)/failed ]; then echo "failed: $$(cat $(LANES)/failed | tr '\n' ' ')"; exit 1; fi
 
-# Log directories at a URL, without TensorFlow: a real S3-compatible server (moto's standalone server, started
-# by the tests on a port of its own) in the PyTorch ecosystem's venv, in a pytest process of its own.
-test-remote: install-vision
-	$(VISION_PY) -m pytest -q --basetemp=test-artifacts/tmp-remote tests/remote
+test-lane1 test-lane2: install-test install-vision
+	@rm -rf $(LANES); mkdir -p $(LANES); ( $(if $(filter test-lane1,$@),$(LANE1),$(LANE2)) ); \
+	if [ -s $(LANES)/failed ]; then echo "failed: $$(cat $(LANES)/failed | tr '\n' ' ')"; exit 1; fi
 
-# PyTorch's fine-tuning traps (issue #34: requires_grad=False in train(), FrozenBatchNorm2d, averaged models,
-# gradient accumulation) in a pytest process of its own; torchvision's FrozenBatchNorm2d and the healthy
-# torchvision / timm models run in the vision lane (tests/vision/test_frozen_bn.py).
-test-traps: install-test
-	$(PY) -m pytest -q --basetemp=test-artifacts/tmp-traps tests/pytorch/test_torch_traps.py
-
-# Flax NNX and Linen (tb_bnstats.flax) in a pytest process of its own: its conftest forces two host devices
-# (XLA_FLAGS) before JAX is imported, for the multi-device tests.
-test-flax: install-test
-	$(PY) -m pytest -q --basetemp=test-artifacts/tmp-flax tests/flax
-
-# The probe's time budget and its traces (issue #33): a pytest process of its own, about a minute.
-test-budget: install-test
-	$(PY) -m pytest -q -p no:cacheprovider tests/budget
-
-test: lint frontend-check test-frontend test-python test-remote test-vision test-flax test-traps test-budget
+test: lint frontend-check test-frontend test-python
 
 bundle:
 	cd frontend && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build

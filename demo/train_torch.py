@@ -84,6 +84,8 @@ def train(name, run_dir, data, epochs):
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     scalars = SummaryWriter(str(run_dir))
     monitor = BNStatsMonitor(model, run_dir, snapshot_every_n_steps=20, probe_data=(x_val, y_val),
+                             # measure_budget=None: every probe when due, findings independent of this machine's speed
+                             measure_budget=None,
                              probe_every_n_steps=10, population_data=loader, population_samples=1024,
                              loss_fn=nn.functional.cross_entropy)
     with monitor:

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 
 import scenarios_common  # noqa: E402
 from keras_models import InferenceModeBN  # noqa: E402
-from scenarios_common import digits, live_findings  # noqa: E402 - also scenarios.digits for the tests
+from scenarios_common import EVERY_MEASUREMENT, digits, live_findings  # noqa: E402 - also scenarios.digits for the tests
 
 
 def dense_model(momentum=0.9, seed=0, dropout_before="", inference_mode="", frozen="", lr=3e-3, training_false=""):
@@ -224,7 +224,7 @@ def run_scenario(name, logdir, callbacks=None, verbose=0, seed=None, run=None):
     run_dir = os.path.join(logdir, run or name)
     s = 0 if seed is None else int(seed)
     named_seed = int(name[-1]) if seed is None and name[-1].isdigit() else s
-    cb = BNStatsCallback(run_dir, snapshot_every_n_steps=0, verbose=verbose)
+    cb = BNStatsCallback(run_dir, snapshot_every_n_steps=0, verbose=verbose, **EVERY_MEASUREMENT)
     cbs = [cb] + list(callbacks or [])
     fit = dict(batch_size=32, epochs=3, shuffle=True, verbose=0, callbacks=cbs)
     x, y = digits(n=896)
@@ -248,7 +248,8 @@ def run_scenario(name, logdir, callbacks=None, verbose=0, seed=None, run=None):
     elif name == "s3_lost_on_restore":
         trained = dense_model()
         trained.fit(x, y, batch_size=32, epochs=1, shuffle=True, verbose=0,
-                    callbacks=[BNStatsCallback(run_dir, snapshot_every_n_steps=0, verbose=verbose)])
+                    callbacks=[BNStatsCallback(run_dir, snapshot_every_n_steps=0, verbose=verbose,
+                                               **EVERY_MEASUREMENT)])
         model = restore_trainable_only(trained)
         fit.update(epochs=1)
     elif name == "s2_frozen":
@@ -269,14 +270,15 @@ def run_scenario(name, logdir, callbacks=None, verbose=0, seed=None, run=None):
         model = dense_model()
         xa, ya = digits()
         xv, yv = xa[896:1152], ya[896:1152]  # held out from the 896 trained on
-        cbs[0] = cb = BNStatsCallback(run_dir, snapshot_every_n_steps=0, verbose=verbose,
+        cbs[0] = cb = BNStatsCallback(run_dir, snapshot_every_n_steps=0, verbose=verbose, **EVERY_MEASUREMENT,
                                       probe_data=(xv * 1.5 + 0.5, yv))
     elif name.startswith("s9_"):
         (x, y), probe = new_task(*((1.0, 0.0) if name == "s9_frozen_base" else (1.5, 0.5)))
         base = pretrained_base()
         base.trainable = False
         model = on_base(base, 5, training=False)
-        first = BNStatsCallback(run_dir, snapshot_every_n_steps=0, verbose=verbose, probe_data=probe)
+        first = BNStatsCallback(run_dir, snapshot_every_n_steps=0, verbose=verbose, probe_data=probe,
+                                **EVERY_MEASUREMENT)
         model.fit(x, y, batch_size=32, epochs=3, shuffle=True, verbose=0,
                   callbacks=[first] if name != "s9_fine_tune" else [])  # that head phase is s9_frozen_base
         if name != "s9_fine_tune":
@@ -284,7 +286,8 @@ def run_scenario(name, logdir, callbacks=None, verbose=0, seed=None, run=None):
         base.trainable = True  # the guide's second phase: unfreeze, compile again, a small learning rate
         model.compile(keras.optimizers.Adam(1e-4), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       metrics=["accuracy"])
-        cbs[0] = cb = BNStatsCallback(run_dir, snapshot_every_n_steps=0, verbose=verbose, probe_data=probe)
+        cbs[0] = cb = BNStatsCallback(run_dir, snapshot_every_n_steps=0, verbose=verbose, probe_data=probe,
+                                      **EVERY_MEASUREMENT)
         fit.update(epochs=2)
     elif name == "s10_training_false":
         model = dense_model(training_false="bn2")

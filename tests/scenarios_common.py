@@ -5,6 +5,10 @@ Imports no framework."""
 
 import numpy as np
 
+# Every probe and population measurement when due, whatever it costs: the scenarios' findings must not depend
+# on this machine's speed (the default spaces them to 1% of the training time: measure_budget).
+EVERY_MEASUREMENT = {"measure_budget": None}
+
 
 def digits(n=None, sort=False):
     """scikit-learn's bundled digits (nothing downloaded) as float32 ``x``

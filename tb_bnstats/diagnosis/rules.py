@@ -597,7 +597,8 @@ def probe_is_training_data(train_begins: Sequence[Mapping[str, Any]] | None) -> 
 def unexplained_gap(run_data: RunData) -> list[RunHit]:
     """BN012: at the last probe, training-mode accuracy at least
     ``unexplained_accuracy_gap`` above inference-mode accuracy on the same
-    batch. Raised from the logs alone;
+    batch, every BN layer's moving averages converged by then. Raised from
+    the logs alone;
     :func:`tb_bnstats.diagnosis.merge.merge` drops it when another warning
     or error explains the gap.
 
@@ -616,6 +617,10 @@ def unexplained_gap(run_data: RunData) -> list[RunHit]:
     acc_train, acc_inference = _at_step(*train, step), float(inference[1][-1])
     if acc_train is None or not acc_train - acc_inference >= THRESHOLDS["unexplained_accuracy_gap"]:
         return []
+    convergence = [_at_step(layer.steps, layer.series["convergence"], step) for layer in run_data.layers.values()
+                   if "convergence" in layer.series]
+    if any(c is not None and c < THRESHOLDS["converged"] for c in convergence):
+        return []  # the moving averages had not caught up yet at that probe: that explains it (BN001 if it lasts)
     source = "the first training samples" if probe_is_training_data(run_data.train_begins) else "the probe batch"
     gap = (f"on {source}, inference-mode accuracy is {acc_inference:.1%} against {acc_train:.1%} in training "
            f"mode at step {step} ({100 * (acc_train - acc_inference):.1f} points)")

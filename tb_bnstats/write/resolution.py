@@ -13,9 +13,10 @@ shown. This module decides, per layer, what is written instead:
   :data:`tb_bnstats.quantities.CONVERGED`), up to :data:`WARMUP_MAX_STEPS`; the
   :data:`EVENT_WINDOW` steps before and after an *event* (a non-finite value,
   or a gap far above its recent neighbours, :func:`outliers`), at most
-  :data:`EVENTS_MAX` events per writer; and the last :data:`FINAL_WINDOW`
-  logged steps when the writer closes (the steps the end-of-run diagnosis
-  reads).
+  :data:`EVENTS_MAX` events per writer; the steps of a measurement (the
+  probe's, the population statistics', :meth:`LayerLog.keep`); and the last
+  :data:`FINAL_WINDOW` logged steps when the writer closes (the steps the
+  end-of-run diagnosis reads).
 * **Envelopes** (``envelope`` records) of every logged step from
   :data:`FULL_RESOLUTION_STEPS` on: intervals whose length doubles with each
   *level*. Level ``k >= 1`` covers steps ``[M (2^k - 1), M (2^(k+1) - 1))``
@@ -192,6 +193,7 @@ class LayerLog:
         self._detail_until = -1  # steps up to this one are kept (an event's window after it)
         self._last_detail = -1  # the last step kept one by one
         self._warming = True
+        self._kept: set[int] = set()  # steps asked for (keep()) that have not come yet
         self.events = 0
         self._open: _OpenInterval | None = None
         self._pending_steps: list[np.ndarray] = []
@@ -225,6 +227,10 @@ class LayerLog:
                 self._warming = False
             keep |= warming
         keep |= steps <= self._detail_until
+        if self._kept:
+            asked = np.isin(steps, list(self._kept))
+            keep |= asked
+            self._kept.difference_update(steps[asked].tolist())
         if self._watched and self.events < EVENTS_MAX:
             reference = self._recent[-REFERENCE_ROWS:][:, self._watched]
             events = outliers(rows[:, self._watched], reference) & (steps >= FULL_RESOLUTION_STEPS)
@@ -240,6 +246,20 @@ class LayerLog:
                 keep[(steps >= steps[i] - EVENT_WINDOW) & (steps <= steps[i] + EVENT_WINDOW)] = True
                 self._detail_until = max(self._detail_until, int(steps[i]) + EVENT_WINDOW)
         return keep & (steps > self._last_detail)
+
+    def keep(self, step: int) -> None:
+        """Keeps ``step`` one by one: a measurement (the probe, the
+        population statistics) was taken there, and its points are read
+        beside the layer's. A step already given is queued now if it is
+        still in memory and after the last one kept; a later one when it
+        comes."""
+        if step <= self._last_detail:
+            return
+        here = self._recent_steps == step
+        if here.any():
+            self._queue_detail(self._recent_steps[here][-1:], self._recent[here][-1:])
+        elif not len(self._recent_steps) or step > self._recent_steps[-1]:
+            self._kept.add(int(step))
 
     def _queue_detail(self, steps: np.ndarray, rows: np.ndarray) -> None:
         if len(steps):

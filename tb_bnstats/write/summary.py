@@ -177,6 +177,7 @@ class Writer:
         # Each layer's log of its per-step series, and its open segment per part: (first step, records).
         self._logs: dict[str, resolution.LayerLog] = {}
         self._segments: dict[tuple[str, str], tuple[int, int]] = {}
+        self._keep_later: dict[str, set[int]] = {}  # steps to keep of layers whose log has not begun
         self._templates: dict[tuple[str, ...], events.ScalarEvents] = {}
         self._lock = threading.Lock()
 
@@ -332,6 +333,8 @@ class Writer:
             log = None
         if log is None:
             log = self._logs[info.name] = resolution.LayerLog(quantities_)
+            for step in sorted(self._keep_later.pop(info.name, ())):
+                log.keep(step)
         log.add(steps, rows)
         if log.due(self._flush_secs):
             self._write_log(info, log)
@@ -449,6 +452,11 @@ class Writer:
         if unknown:
             raise ValueError(f"unknown {what} series {sorted(unknown)}; known: {list(known)}")
         with self._lock:
+            # The layer's own values at that step, to compare with, are kept one by one.
+            if info.name in self._logs:
+                self._logs[info.name].keep(int(step))
+            else:
+                self._keep_later.setdefault(info.name, set()).add(int(step))
             self._emit(step, [self._value(metadata.layer_tag(info.name, q),
                                           functools.partial(metadata.layer_series_metadata, info, q),
                                           tensor=events.scalar_tensor(float(v))) for q, v in values.items()])

@@ -18,7 +18,7 @@ from tb_bnstats.torch import BNStatsMonitor
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # tests/, also when run as a script
 import scenarios_common  # noqa: E402
-from scenarios_common import digits, live_findings  # noqa: E402 - also scenarios.digits for the tests
+from scenarios_common import EVERY_MEASUREMENT, digits, live_findings  # noqa: E402 - also scenarios.digits for the tests
 
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -209,7 +209,7 @@ def run_scenario(name, logdir, verbose=0, on_model=None, seed=None, run=None):
         fit.update(eval_modules=("bn2",))
     elif name == "s3_buffers_not_restored":
         trained = dense_model(seed=s)
-        with BNStatsMonitor(trained, run_dir, snapshot_every_n_steps=0, verbose=verbose) as first:
+        with BNStatsMonitor(trained, run_dir, snapshot_every_n_steps=0, verbose=verbose, **EVERY_MEASUREMENT) as first:
             first_opt = train(trained, x, y, first, epochs=1, seed=s)
         assert first._step == S3_FIRST_STEPS
         model = dense_model(seed=s + 1)
@@ -241,7 +241,8 @@ def run_scenario(name, logdir, verbose=0, on_model=None, seed=None, run=None):
         raise KeyError(name)
     if on_model is not None:
         on_model(model)
-    monitor = BNStatsMonitor(model, run_dir, snapshot_every_n_steps=0, verbose=verbose, start_step=start_step)
+    monitor = BNStatsMonitor(model, run_dir, snapshot_every_n_steps=0, verbose=verbose, start_step=start_step,
+                             **EVERY_MEASUREMENT)
     with monitor:
         train(model, x, y, monitor, opt=opt, **fit)
     return model, monitor
