@@ -296,6 +296,32 @@ def test_every_step_of_an_execution_is_logged_with_its_own_batch(tmp_path, jit_c
     assert np.std(loss) > 0
 
 
+@pytest.mark.parametrize("how", ["arrays", "steps_per_execution", "generator"])
+def test_the_batch_size_the_train_step_saw_is_logged(tmp_path, how):
+    """LayerInfo.batch_samples is the number of examples in a training batch
+    (what the noise floor of BN005 derives from): 32 for batch_size=32, also
+    when the epoch ends on a partial batch (100 = 3 x 32 + 4), with several
+    steps per execution, and from a generator of batches of unknown size."""
+    if how == "steps_per_execution" and BACKEND == "torch":
+        pytest.skip("Keras' torch backend refuses steps_per_execution > 1 (its own ValueError)")
+    x, y = data(n=100)
+    model = conv_net()
+    if how == "steps_per_execution":
+        model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), steps_per_execution=2)
+    cb = tb_bnstats.BNStatsCallback(tmp_path / "run", verbose=0)
+    if how == "generator":
+        def batches():
+            for _ in range(2):
+                for i in range(0, 100, 32):
+                    yield x[i:i + 32], y[i:i + 32]
+        model.fit(batches(), steps_per_epoch=4, epochs=2, verbose=0, callbacks=[cb])
+    else:
+        model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[cb])
+    layers = tb_bnstats.load(tmp_path)["run"].layers
+    assert {name: layer.info.batch_samples for name, layer in layers.items()} == {
+        "bn1": 32, "nested/bn2": 32, "block/inner_bn": 32}
+
+
 def test_masked_inputs_use_the_masked_moments(tmp_path):
     keras.utils.set_random_seed(0)
     inp = keras.Input((5, 3))

@@ -53,6 +53,18 @@ def _rows(structure):
     return int(np.shape(tree.flatten(structure)[0])[0])
 
 
+def static_rows(structure):
+    """The batch axis' size of the first tensor of ``structure`` when its
+    shape says it (an eager step, a JAX trace), else 0 (a TensorFlow trace
+    of batches of any size)."""
+    from keras import tree
+
+    leaves = tree.flatten(structure)
+    shape = getattr(leaves[0], "shape", None) if leaves else None
+    rows = shape[0] if shape is not None and len(shape) else None
+    return int(rows) if isinstance(rows, (int, np.integer)) and rows > 0 else 0
+
+
 
 def in_train_step():
     """Whether a training step is being run (or traced) on this thread."""
@@ -241,6 +253,7 @@ class StepHook:
         self._first_batch = None  # numpy copy of the first training samples (the default probe batch)
         self._first_parts = []  # the batches' rows kept so far, until FIRST_BATCH_ROWS
         self.first_batch_failed = False  # they could not be kept: no default probe
+        self.batch_rows = 0  # examples in the first training batch a step ran on (0: not known yet)
 
     @property
     def kept(self):
@@ -284,6 +297,19 @@ class StepHook:
             self.first_batch_failed = True
             self.warn_once("first_batch", f"cannot keep the first training batch for the default probe "
                            f"(pass probe_data=): {type(exc).__name__}: {exc}")
+
+    def note_batch(self, data):
+        """Remembers how many examples the first training batch ``data``
+        holds, the batch the step's BN layers normalize
+        (``LayerInfo.batch_samples``), from its static shape. A backend whose
+        traced step has no static batch axis (TensorFlow) keeps it on the
+        device instead (its override of this and :meth:`batch_samples`)."""
+        if not self.batch_rows:
+            self.batch_rows = static_rows(data)
+
+    def batch_samples(self):
+        """Examples in the first training batch (0: unknown)."""
+        return int(self.batch_rows)
 
     def first_batch(self):
         """``(x, y_or_None)`` of the kept first training batch (numpy, the
@@ -346,8 +372,9 @@ class StepHook:
                 self.warn_once("row", f"cannot keep BN statistics from this train step: {exc}")
 
         keep = self.guarded_keep_first_batch
+        note = functools.partial(never_raise, self.note_batch)
         if outside is not None:
-            write, keep = outside(write), outside(keep)
+            write, keep, note = outside(write), outside(keep), outside(note)
 
         @functools.wraps(original)
         def train_step(*args, **kwargs):
@@ -358,6 +385,8 @@ class StepHook:
                         on_begin()
                     if args and self.wants_first_batch():
                         keep(args[0])
+                    if args:
+                        note(args[0])
                 logs = original(*args, **kwargs)
             if scope.outermost:
                 write(logs)
@@ -424,7 +453,7 @@ class KerasCapture:
                             graph_training_false=id(layer) in training_false, replicas=hook.replicas,
                             moving_per_replica=hook.moving_per_replica, global_moments=hook.global_moments,
                             moving_var_unbiased=self._slots[name].moving_var_unbiased,
-                            framework=self._slots[name].framework)
+                            framework=self._slots[name].framework, batch_samples=hook.batch_samples())
                  for name, layer in self._ran()]
         return sorted(infos, key=lambda info: info.depth)
 

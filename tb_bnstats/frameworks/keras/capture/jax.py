@@ -62,7 +62,7 @@ import numpy as np
 from tb_bnstats.capture import ring
 from tb_bnstats.capture.rows import Layout, ring_steps
 from tb_bnstats.frameworks.keras import internals
-from tb_bnstats.frameworks.keras.capture.hooks import KerasCapture, LayerSlot, StepHook, train_step_scope
+from tb_bnstats.frameworks.keras.capture.hooks import KerasCapture, LayerSlot, StepHook, never_raise, train_step_scope
 from tb_bnstats.frameworks.keras.capture.layers import index_by_identity, mean_metrics, steps_per_execution
 
 _SLOTS = weakref.WeakKeyDictionary()  # BN layer -> _LayerSlot
@@ -266,6 +266,7 @@ class _TrainStepHook(StepHook):
                     trainable, non_trainable, optimizer, metrics = state
                 except (TypeError, ValueError):
                     return original_step(state, data)  # not Keras' state: left alone
+                never_raise(self.note_batch, data)  # shapes are static in a JAX trace
                 n = self._num_state()
                 carry, non_trainable = list(non_trainable[n:]), list(non_trainable[:n])
                 with train_step_scope():

@@ -104,7 +104,8 @@ def mean_metrics(model):
 
 
 def layer_info(name, layer, depth, init_mean, init_var, graph_training_false=False, replicas=1,
-               moving_per_replica=False, global_moments=False, moving_var_unbiased=False, framework=KERAS):
+               moving_per_replica=False, global_moments=False, moving_var_unbiased=False, framework=KERAS,
+               batch_samples=0):
     """The :class:`LayerInfo` of a Keras BatchNormalization layer.
 
     Args:
@@ -119,6 +120,11 @@ def layer_info(name, layer, depth, init_mean, init_var, graph_training_false=Fal
             batch variances (tf_keras' fused kernel); Keras 3's averages the
             biased ones.
         framework: ``KERAS`` (Keras 3) or ``TF_KERAS`` (Keras 2), :mod:`tb_bnstats.frameworks.keras`.
+        batch_samples: examples in a training batch, as the train step got
+            it (0: unknown).
+
+    Returns:
+        Its :class:`tb_bnstats.format.metadata.LayerInfo`.
     """
     return metadata.LayerInfo(
         name=name,
@@ -139,4 +145,5 @@ def layer_info(name, layer, depth, init_mean, init_var, graph_training_false=Fal
         graph_training_false=bool(graph_training_false),
         replicas=int(replicas),
         moving_per_replica=bool(moving_per_replica),
+        batch_samples=int(batch_samples),
     )

@@ -225,7 +225,32 @@ class _TrainStepHook(StepHook):
             hooks._state.graph = tf.compat.v1.get_default_graph()
 
         self._device_batch = None
+        self._batch_rows = None  # the first batch's size on the device, when the trace's batch axis is not static
         self.wrap_train_step(model, self._write_row, on_begin=remember_graph)
+
+    def note_batch(self, data):
+        """The first batch's size: its static shape when the trace has one,
+        else one ``tf.Variable`` that the step sets while it is still 0 (a
+        scalar op per step, read once by :meth:`batch_samples`). Left
+        unknown on several replicas (each normalizes its own slice)."""
+        import tensorflow as tf
+
+        if self.batch_rows or replicas_in_sync() > 1:
+            return
+        rows = hooks.static_rows(data)
+        if rows or tf.executing_eagerly():
+            self.batch_rows = rows
+            return
+        if self._batch_rows is None:
+            with tf.init_scope():
+                self._batch_rows = tf.Variable(0, dtype=tf.int64, trainable=False, name="tb_bnstats_batch_rows")
+        n = tf.cast(tf.shape(tf.nest.flatten(data)[0])[0], tf.int64)
+        self._batch_rows.assign(tf.where(self._batch_rows > 0, self._batch_rows, n))
+
+    def batch_samples(self):
+        if not self.batch_rows and self._batch_rows is not None:
+            self.batch_rows = int(self._batch_rows.numpy())
+        return int(self.batch_rows)
 
     def keep_first_batch(self, data):
         """Copies the batch in (:class:`_FirstBatch`); on several replicas the
