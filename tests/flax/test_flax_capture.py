@@ -161,5 +161,5 @@ def test_bad_input_is_refused_at_construction(tmp_path):
         BNStatsMonitor(object(), tmp_path / "run")
     with pytest.raises(TypeError):
         BNStatsMonitor(NnxNet(), tmp_path / "run", no_such_option=1)
-    with pytest.raises(ValueError, match="probe_data"):
-        BNStatsMonitor(NnxNet(), tmp_path / "run", probe_data=data())
+    with pytest.raises(ValueError, match="loss_fn"):
+        BNStatsMonitor(NnxNet(), tmp_path / "run", loss_fn=1)

@@ -4,6 +4,8 @@ loop, through :class:`.monitor.BNStatsMonitor` (``tb_bnstats.flax.BNStatsMonitor
 * :mod:`.monitor`: the adapter, the loop's ``step()`` over the recorder;
 * :mod:`.capture`: the capture (the moments from inside the compiled step, a
   ring on the device);
+* :mod:`.passes`: the measurements' forward passes (population statistics,
+  recalibration, the train/inference gap);
 * :mod:`.words`: how findings speak of Flax layers.
 
 Importing this package imports no JAX or Flax.
@@ -36,4 +38,5 @@ def owns(model: Any) -> bool:
     return is_nnx(model) or is_linen_pair(model)
 
 
-FRAMEWORK = Framework(name="Flax", layer_frameworks=(FLAX,), words="tb_bnstats.frameworks.flax.words")
+FRAMEWORK = Framework(name="Flax", layer_frameworks=(FLAX,), words="tb_bnstats.frameworks.flax.words", owns=owns,
+                      passes="tb_bnstats.frameworks.flax.passes")

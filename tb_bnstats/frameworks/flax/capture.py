@@ -191,6 +191,14 @@ def _keep(capture: "FlaxCapture | None", name: str, x: Any, frame: dict[str, Any
     return jax.lax.stop_gradient(moments)
 
 
+def tapping(taps: "dict[int, Any] | None") -> None:
+    """Sets this thread's measurement taps: ``{id(nnx.BatchNorm): tap(layer,
+    x, out)}``, called after each call of those layers; while set, no layer
+    keeps moments for a capture. None ends it."""
+    _install_nnx()
+    _LOCAL.tap = taps
+
+
 def _install_nnx() -> None:
     if "nnx" in _INSTALLED:
         return
@@ -203,6 +211,12 @@ def _install_nnx() -> None:
 
     @functools.wraps(original)
     def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
+        tap = getattr(_LOCAL, "tap", None)  # a measurement pass (tb_bnstats.frameworks.flax.passes)
+        if tap is not None:
+            out = original(self, *args, **kwargs)
+            if id(self) in tap:
+                tap[id(self)](self, args[0] if args else kwargs.get("x"), out)
+            return out
         channel: Any = vars(self).get(ATTRIBUTE)  # a BNMoments variable on a monitored layer
         if not isinstance(channel, _moments_class()):
             return original(self, *args, **kwargs)

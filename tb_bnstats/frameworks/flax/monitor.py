@@ -8,11 +8,12 @@ Keras or PyTorch. It never stops training: a monitoring failure is a warning.
 """
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from tb_bnstats.frameworks.flax.capture import COLLECTION, FlaxCapture
 from tb_bnstats.loop import StepLoopMonitor
-from tb_bnstats.options import Options, positive_int
+from tb_bnstats.options import PROBE_OFF, Options, positive_int
 from tb_bnstats.recorder import Capabilities
 
 
@@ -76,36 +77,61 @@ class BNStatsMonitor(StepLoopMonitor):
         **options: the recording options, each a field of
             :class:`tb_bnstats.Options` (``log_every_n_steps``,
             ``snapshot_every_n_steps``, ``layers`` -- layer paths or glob
-            patterns --, ``log_metrics``, ``flush_secs``, ``verbose``).
-            The probe and the population statistics are not measured for
-            Flax models: ``probe_data`` and ``population_data`` are refused.
+            patterns --, ``log_metrics``, ``flush_secs``, ``verbose``; NNX
+            also ``probe_data`` -- a held-out batch ``(x, y)`` for the
+            train/inference probe --, ``probe_every_n_steps``,
+            ``population_data``, ``population_every_n_steps``,
+            ``population_samples``, ``population_batch_size``).
+        loss_fn: ``loss_fn(output, y)``, for the probe's loss in both modes
+            (NNX).
 
     Raises:
         TypeError: ``model`` is neither an ``nnx.Module`` nor a Linen pair,
             or an unknown keyword argument.
         ValueError: an argument out of its range, or ``probe_data`` /
-            ``population_data`` given.
+            ``population_data`` for a Linen pair (the monitor does not hold
+            the train state between steps: measure it with
+            ``tb_bnstats.gap_report`` / ``population_stats``).
     """
 
     def __init__(self, model: Any, log_dir: str | os.PathLike[str], *, start_step: int = 0,
-                 **options: Any) -> None:
-        from tb_bnstats.frameworks.flax import owns
+                 loss_fn: Callable[[Any, Any], Any] | None = None, **options: Any) -> None:
+        from tb_bnstats.frameworks.flax import is_linen_pair, owns
 
         if not owns(model):
             raise TypeError(f"BNStatsMonitor needs an nnx.Module or a Linen (module, variables) pair, got "
                             f"{type(model).__name__} (import flax before making the monitor)")
+        if loss_fn is not None and not callable(loss_fn):
+            raise ValueError(f"loss_fn must be callable as loss_fn(output, y), got {loss_fn!r}")
+        linen = is_linen_pair(model)
         for name in ("probe_data", "population_data"):
-            if options.get(name) is not None:
-                raise ValueError(f"{name}: the probe and population measurements do not take Flax models yet")
+            if linen and options.get(name) is not None:
+                raise ValueError(f"{name}: the monitor measures NNX models only; for a Linen pair call "
+                                 "tb_bnstats.gap_report / population_stats((module, variables), ...) on the "
+                                 "train state's variables")
         super().__init__(Options.of("BNStatsMonitor", log_dir, options, default_probe=False))
         steps_before = positive_int("start_step", start_step, allow_zero=True)
         self.model = model
+        self.loss_fn = loss_fn
         rec = self._recorder
         self.capture = rec.guard("instrumenting the model", FlaxCapture, model, rec.warn_once)
         name = type(model[0] if isinstance(model, tuple) else model).__name__
         rec.attach(self.capture, name)
-        self._begin(steps_before, Capabilities(probe=False, population=False))
+        self._begin(steps_before, Capabilities(probe=not linen, population=not linen))
+        self._probe = None
+        if not linen:
+            if rec.run.probe_source is not PROBE_OFF and rec.writer is not None:
+                self._probe = rec.guard("preparing the train/inference probe", self._make_probe)
+            rec.measure_model(self.model, self._probe)
         rec.epoch_begin()
+
+    def _make_probe(self) -> Any:
+        from tb_bnstats.frameworks.flax import passes
+        from tb_bnstats.measure import gap
+
+        x, y = gap.take_probe_batch(self.options.probe_batches)
+        named = [(n, layer) for n, layer in passes.bn_layers(self.model) if self.options.selected(n)]
+        return passes.GapProbe(self.model, x, y, named, loss_fn=self.loss_fn)
 
     def step(self, state: Any = None, *, loss: Any = None, step: int | None = None, **metrics: Any) -> None:
         """Logs the training step just taken: its batch moments, the running

@@ -1,31 +1,33 @@
 """How findings speak of Flax BatchNorm layers: ``use_running_average``,
 ``momentum`` (Flax's is the weight kept on the old average, as the log's),
-``batch_stats`` and the train state; and, since :func:`tb_bnstats.recalibrate`
-does not take Flax models, how to re-estimate the statistics by hand."""
+``batch_stats`` and the train state; :func:`tb_bnstats.recalibrate` takes an
+``nnx.Module`` or a Linen ``(module, variables)`` pair."""
 
-from tb_bnstats.diagnosis.words import REESTIMATE, Words
+from tb_bnstats.diagnosis.words import Words
 from tb_bnstats.format.metadata import LayerInfo
 from tb_bnstats.frameworks.flax import FLAX
 
+# Recalibration, as the fixes say it (Linen: the model is the (module, variables) pair).
+RECALIBRATE = "call tb_bnstats.recalibrate(model, batches) (Linen: model = (module, variables))"
 # The fixes in Flax's words, where they differ from the codes' own.
 FLAX_FIXES = {
     "BN001": "lower the momentum (nnx.BatchNorm(..., momentum=0.9) / nn.BatchNorm(momentum=0.9): Flax's default "
-             f"0.99 needs ~300 steps to forget its initial 0 / 1), train longer, or {REESTIMATE} after training",
+             f"0.99 needs ~300 steps to forget its initial 0 / 1), train longer, or {RECALIBRATE} after training",
     "BN003": "use momentum=0.9-0.99 (Flax's momentum is the weight kept on the old average: "
              "ra = momentum * ra + (1 - momentum) * batch)",
     "BN004": "move nnx.Dropout / nn.Dropout after the BN layers (or before the last layer only), or "
-             f"{REESTIMATE} with dropout off after training",
+             f"{RECALIBRATE} with dropout off after training",
     "BN005": "use batches of 16+ samples per device (or GroupNorm, or axis_name= to average the statistics over "
-             f"devices), then {REESTIMATE}",
-    "BN006": f"shuffle the training data, then {REESTIMATE}",
+             f"devices), then {RECALIBRATE}",
+    "BN006": f"shuffle the training data, then {RECALIBRATE}",
     "BN013": "give the BatchNorm axis_name= (the mapped axis of pmap / shard_map) so that each device normalizes with "
-             f"the global batch's statistics, or use 16+ samples per device; then {REESTIMATE}",
+             f"the global batch's statistics, or use 16+ samples per device; then {RECALIBRATE}",
     "BN014": "give the BatchNorm axis_name= (the mapped axis) so that the running variance averages the global batch's "
-             f"variance, or {REESTIMATE} on global-size batches after training",
+             f"variance, or {RECALIBRATE} on global-size batches after training",
     "BN015": "average batch_stats over the devices (jax.lax.pmean(batch_stats, axis_name) in the step) before "
              "evaluating and saving, or give the BatchNorm axis_name=",
     "BN008": "save and restore batch_stats with the params (nnx.state(model) / the whole TrainState in the "
-             f"checkpoint, not nnx.state(model, nnx.Param) or state.params alone), or {REESTIMATE} after restoring",
+             f"checkpoint, not nnx.state(model, nnx.Param) or state.params alone), or {RECALIBRATE} after restoring",
 }
 
 # BN002's fixes: the step computed the update but did not store it; or the layer ran with running averages.
@@ -44,7 +46,6 @@ class FlaxWords(Words):
     """Flax's words (NNX and Linen)."""
 
     fixes = FLAX_FIXES
-    recalibrates = False
     data_name = "batches"
     momentum_convention = "Flax: the weight kept on the old average"
 
