@@ -145,9 +145,12 @@ def test_a_flax_process_imports_no_other_framework(tmp_path):
         from flax_models import NnxNet, nnx_optimizer, nnx_step, data, batches
         from tb_bnstats.flax import BNStatsMonitor
         model = NnxNet(); opt = nnx_optimizer(model); x, y = data()
-        with BNStatsMonitor(model, {str(tmp_path / "run")!r}, verbose=0) as monitor:
+        with BNStatsMonitor(model, {str(tmp_path / "run")!r}, verbose=0, probe_data=(x[:16], y[:16]),
+                            probe_every_n_steps=1, measure_budget=None) as monitor:
             for xb, yb in batches(x, y, steps=3):
                 monitor.step(loss=nnx_step(model, opt, xb, yb))
+        import tb_bnstats
+        tb_bnstats.recalibrate(model, (x, y), num_samples=32, batch_size=16)
         bad = sorted(m for m in ("tensorflow", "keras", "torch", "tf_keras") if m in sys.modules)
         assert not bad, bad
         print("clean")
