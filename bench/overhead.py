@@ -34,6 +34,7 @@ variants (``tb_bnstats_no_probe``: ``probe_data=False``).
     python bench/overhead.py --models resnet50 --batch 64 --xla on     # on a GPU
     python bench/overhead.py --backend jax --xla on                     # Keras on JAX
     python bench/overhead.py --framework torch [--compile off,on]       # PyTorch: bench/overhead_torch.py
+    python bench/overhead.py --framework flax                           # Flax NNX: bench/overhead_flax.py
     python bench/overhead.py --models convnet --xla on --steps 80 --rounds 7 --variants none,tb_bnstats  # 80-step fits
 """
 
@@ -65,6 +66,14 @@ if "--framework" in sys.argv and sys.argv[sys.argv.index("--framework") + 1:][:1
     import overhead_torch
 
     overhead_torch.main(sys.argv[1:])
+    sys.exit(0)
+if "--framework" in sys.argv and sys.argv[sys.argv.index("--framework") + 1:][:1] == ["flax"] or (
+        "--framework=flax" in sys.argv):
+    # An NNX nnx.jit loop: measured without importing Keras, TensorFlow or PyTorch.
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+    import overhead_flax
+
+    overhead_flax.main(sys.argv[1:])
     sys.exit(0)
 
 os.environ["KERAS_BACKEND"] = _backend_argument(sys.argv) or os.environ.get("KERAS_BACKEND", "tensorflow")
@@ -208,8 +217,8 @@ def bench(model_name, jit, args, root):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--framework", choices=["keras", "torch"], default="keras",
-                        help="keras (this file) or torch (bench/overhead_torch.py)")
+    parser.add_argument("--framework", choices=["keras", "torch", "flax"], default="keras",
+                        help="keras (this file), torch (bench/overhead_torch.py) or flax (bench/overhead_flax.py)")
     parser.add_argument("--backend", choices=BACKENDS, default=os.environ["KERAS_BACKEND"],
                         help="Keras' backend (default: KERAS_BACKEND, else tensorflow)")
     parser.add_argument("--models", default="convnet,mobilenetv2", help=f"comma-separated, of {sorted(MODELS)}")

@@ -15,7 +15,7 @@ Printed: the ratios of the round totals to the baseline's (median over
 rounds), the event-file bytes per layer per step and the device-to-host
 reads per 100 steps. Not a pass/fail test.
 
-    python bench/overhead_flax.py [--rounds 5] [--steps 100] [--batch 32]
+    python bench/overhead.py --framework flax [--rounds 5] [--steps 100] [--batch 32]   # or this file directly
 """
 
 import argparse
@@ -61,12 +61,13 @@ def train_step(model, optimizer, x, y):
     return loss
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--framework", choices=["flax"], default="flax")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch", type=int, default=32)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
     xs = rng.normal(size=(8, args.batch, 32, 32, 3)).astype(np.float32)
     ys = rng.integers(0, 10, (8, args.batch)).astype(np.int32)
