@@ -47,7 +47,12 @@ BN006  S7        warning   converged, and either median ``mean_gap/p50`` > 0.25
                            0.4), or batches in runs of alike ones: the smaller
                            of the detrended lag-1 autocorrelations of
                            ``mean_gap/p50`` and ``abs_log_var_ratio/p50`` >= 0.2
-                           on the layer and in the median over the run's layers
+                           on the layer and in the median over the run's layers;
+                           or, where the batch size is logged, median
+                           ``mean_gap/p50`` > 0.25 and beyond 1.6x the sampling
+                           floor (:func:`sampling_floor`), the variance gap not
+                           one systematic shift: batches differ from each other
+                           more than sampling can make them
 BN005  S6        warning   converged, not BN006, and either median
                            ``mean_gap/p50`` > 0.25, or median
                            ``abs_log_var_ratio/p50`` > 0.35 that is not one
@@ -67,8 +72,10 @@ BN011  S10       warning   besides the above: the model's graph calls the layer
                            (``info.graph_training_false``), yet it updated
                            (``updates`` > 0): ``fit`` overrode the ``False``
 BN012  --        warning   per run, when no other warning or error: at the last
-                           probe, training-mode accuracy >= 3 points above
-                           inference-mode accuracy on the same batch; named
+                           probe, every layer converged, training-mode accuracy
+                           above inference-mode accuracy on the same batch by 3
+                           points and by 3 standard errors of the probe's
+                           sampling noise (:func:`accuracy_gap_noise`); named
                            are the BN layers whose output differs by >= 25%
                            between the modes (``probe_output_drift``), none
                            when the gap comes from other layers
@@ -453,16 +460,34 @@ def drifting_batches(view: LayerView, conv: Converged, run_in_blocks: bool = Fal
     autocorrelated = np.isfinite(drift_ac) and drift_ac >= THRESHOLDS["drift_autocorrelation"]
     wandering = g > THRESHOLDS["noise_mean"] and autocorrelated
     in_blocks = run_in_blocks and ev["block_autocorrelation"] >= THRESHOLDS["block_autocorrelation"]
-    if not (wandering or in_blocks):
+    floor = sampling_floor(view, conv)
+    beyond = floor is not None and g > THRESHOLDS["noise_mean"] and g > THRESHOLDS["noise_explained"] * floor[0] \
+        and not _systematic_variance(ev, floor)
+    if not (wandering or in_blocks or beyond):
         return []
+    if beyond and not wandering:
+        ev = {**ev, "sampling_floor_mean_gap": floor[0], "batch_samples": int(view.layer.info.batch_samples)}
     why = (f"batch means wander {g:.2f} std from the moving mean in runs of similar batches (detrended "
            f"step-to-step autocorrelation {drift_ac:.2f}; shuffled batches give -0.14)" if wandering else
+           f"batch means sit {g:.2f} std from the converged moving mean on the median channel, "
+           f"{g / floor[0]:.1f}x what sampling {view.layer.info.batch_samples} examples gives ({floor[0]:.2f}), "
+           f"and not as one systematic shift: the batches differ from each other more than independent draws "
+           f"of the data can" if beyond else
            f"with the slow trend taken out, its batch mean and variance stay off the moving ones for several "
            f"steps in a row, as in most layers of the run (detrended autocorrelation "
            f"{ev['block_autocorrelation']:.2f}; independent batches give -0.14)")
     return [("BN006", "warning", ev,
              f"{view.name}: {why}: consecutive batches are alike (unshuffled or sorted data), so the moving "
              f"statistics describe the last batches, not the data. Fix: {_fix('BN006', view)}.")]
+
+
+def _systematic_variance(ev: Mapping[str, Any], floor: tuple[float, float]) -> bool:
+    """Whether the variance gap is one systematic shift beyond sampling noise
+    (the signed channel mean carries ``systematic_fraction`` of it): an
+    average lagging a variance that keeps falling or rising, not batches
+    that differ from each other."""
+    alv, signed = ev["abs_log_var_ratio_p50"], ev["log_var_ratio_mean"]
+    return alv > THRESHOLDS["noise_explained"] * floor[1] and abs(signed) >= THRESHOLDS["systematic_fraction"] * alv
 
 
 def sampling_floor(view: LayerView, conv: Converged) -> tuple[float, float] | None:
@@ -576,7 +601,8 @@ def lost_on_restore(run_data: RunData) -> dict[str, int]:
 
 
 # The run metrics (``RunData.metrics`` keys) the rules read.
-METRICS_READ = ("probe_train/accuracy", "probe_inference/accuracy", "probe_recalibrated/accuracy")
+METRICS_READ = ("probe_train/accuracy", "probe_inference/accuracy", "probe_recalibrated/accuracy",
+                "probe_train/samples")
 
 
 def _at_step(steps: npt.ArrayLike, values: np.ndarray, step: int) -> float | None:
@@ -594,10 +620,22 @@ def probe_is_training_data(train_begins: Sequence[Mapping[str, Any]] | None) -> 
     return bool(records) and records[-1].get("probe") == PROBE_FIRST_TRAINING_BATCH
 
 
+def accuracy_gap_noise(acc_train: float, acc_inference: float, samples: float | None) -> float:
+    """The standard error sampling gives the difference of two accuracies
+    measured on ``samples`` probe examples (:data:`THRESHOLDS`
+    ``accuracy_gap_noise``): ``sqrt(2 p (1 - p) / n)`` with ``p`` their mean
+    (``probe_samples_unknown`` examples when the log does not say)."""
+    n = float(samples) if samples else THRESHOLDS["probe_samples_unknown"]
+    p = min(max((acc_train + acc_inference) / 2.0, 0.0), 1.0)
+    return math.sqrt(2.0 * p * (1.0 - p) / max(n, 1.0))
+
+
 def unexplained_gap(run_data: RunData) -> list[RunHit]:
     """BN012: at the last probe, training-mode accuracy at least
     ``unexplained_accuracy_gap`` above inference-mode accuracy on the same
-    batch, every BN layer's moving averages converged by then. Raised from
+    batch and ``accuracy_gap_noise`` standard errors of the probe's sampling
+    noise (:func:`accuracy_gap_noise`), every BN layer's moving averages
+    converged by then. Raised from
     the logs alone;
     :func:`tb_bnstats.diagnosis.merge.merge` drops it when another warning
     or error explains the gap.
@@ -615,7 +653,13 @@ def unexplained_gap(run_data: RunData) -> list[RunHit]:
         return []
     step = int(inference[0][-1])
     acc_train, acc_inference = _at_step(*train, step), float(inference[1][-1])
-    if acc_train is None or not acc_train - acc_inference >= THRESHOLDS["unexplained_accuracy_gap"]:
+    if acc_train is None:
+        return []
+    samples = metrics.get("probe_train/samples")
+    n = _at_step(*samples, step) if samples is not None else None
+    noise = accuracy_gap_noise(acc_train, acc_inference, n)
+    if not acc_train - acc_inference >= max(THRESHOLDS["unexplained_accuracy_gap"],
+                                            THRESHOLDS["accuracy_gap_noise"] * noise):
         return []
     convergence = [_at_step(layer.steps, layer.series["convergence"], step) for layer in run_data.layers.values()
                    if "convergence" in layer.series]
@@ -624,7 +668,8 @@ def unexplained_gap(run_data: RunData) -> list[RunHit]:
     source = "the first training samples" if probe_is_training_data(run_data.train_begins) else "the probe batch"
     gap = (f"on {source}, inference-mode accuracy is {acc_inference:.1%} against {acc_train:.1%} in training "
            f"mode at step {step} ({100 * (acc_train - acc_inference):.1f} points)")
-    ev = {"step": step, "accuracy_training_mode": acc_train, "accuracy_inference_mode": acc_inference}
+    ev = {"step": step, "accuracy_training_mode": acc_train, "accuracy_inference_mode": acc_inference,
+          "probe_samples": int(n or THRESHOLDS["probe_samples_unknown"]), "accuracy_gap_noise": noise}
     hits: list[RunHit] = []
     for name, layer in sorted(run_data.layers.items(), key=lambda kv: (kv[1].info.depth, kv[0])):
         series = layer.series.get("probe_output_drift")

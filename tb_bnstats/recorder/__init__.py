@@ -554,7 +554,9 @@ class Recorder:
         if result is None:
             return True  # its batch is not there yet (the first training batch, before the first step)
         if self.options.log_metrics:
-            run.writer.metrics("probe_train", result.metrics_train, step)
+            # How many samples the accuracies are over: BN012 tells a gap from the probe's sampling noise by it.
+            samples = {"samples": float(len(result.outputs_train))} if "accuracy" in result.metrics_train else {}
+            run.writer.metrics("probe_train", {**result.metrics_train, **samples}, step)
             run.writer.metrics("probe_inference", result.metrics_inference, step)
         for name, info in self.layer_infos.items():
             layer = result.layers.get(name)
