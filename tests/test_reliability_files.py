@@ -24,11 +24,13 @@ CUT = 15  # the damage is in the record of this step
 
 
 def write_run(logdir, run, steps=STEPS):
-    """One layer whose batch mean is the step number (recomputable)."""
+    """One layer whose batch mean is the step number (recomputable), a
+    record per step (flushed after each: its layer log's record of it)."""
     with summary.Writer(os.path.join(logdir, run), flush_secs=60) as w:
         for s in range(1, steps + 1):
             w.layer_moments("bn", s, batch_mean=np.full(3, float(s)), batch_var=np.ones(3),
                             moving_mean=np.zeros(3), moving_var=np.ones(3), updates=s, momentum=0.9, epsilon=1e-3)
+            w.flush()
     (path,) = glob.glob(os.path.join(logdir, run, "*tfevents*"))
     return path
 

@@ -172,7 +172,7 @@ def test_disk_full_mid_run_warns_once_and_keeps_what_was_written(tmp_path):
     on_begin = """
         import resource, signal
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        limit = os.path.getsize(w.path) + 70000
+        limit = os.path.getsize(w.path) + 16000
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
     """
     proc = child(logdir, epochs=5, sleep=0.25, on_begin=on_begin)
@@ -193,12 +193,15 @@ def test_disk_full_mid_run_warns_once_and_keeps_what_was_written(tmp_path):
     offset, size, problem = integrity.check_records(str(path))
     assert problem is None and offset == size
     run = tb_bnstats.load(tmp_path)["run"]
+    assert any(len(layer.steps) for layer in run.layers.values())
     for name, layer in run.layers.items():
-        # The steps written before the limit, from step 1 on; the block that hit it is lost whole. A later
-        # block small enough for what is left under the limit may still be written (which one depends on
-        # when the drains fell: seen on a busy machine, steps 1-8 and 16), so the steps increase, with gaps.
+        # What was written before the limit reads back; a record that hit it is lost whole. A later record
+        # small enough for what is left under the limit may still be written (which one depends on when the
+        # writes fell), so the steps increase, with gaps, and fewer than the run's.
         steps = layer.steps
-        assert steps[0] == 1 and steps[1] == 2 and len(steps) < 20 and np.all(np.diff(steps) > 0), (name, steps)
+        assert len(steps) < 20 and np.all(np.diff(steps) > 0), (name, steps)
+        if "updates" not in layer.series:  # none of its own records was written (only a probe's points)
+            continue
         np.testing.assert_array_equal(layer.series["updates"], layer.steps)
         assert all(np.isfinite(v).all() for k, v in layer.series.items() if k not in metadata.PROBE_SERIES)
 
