@@ -27,10 +27,11 @@ shown. This module decides, per layer, what is written instead:
   logged steps and the steps where the min and the max were (:data:`STATS`),
   so no extreme is lost and the tab can place it on its step.
 
-Records are written when :data:`PENDING_ROWS` rows or intervals wait or when
-the writer flushes, and each record goes to a *segment* tag that takes at
-most :data:`SEGMENT_RECORDS` records: fewer than TensorBoard's reservoir
-keeps, so nothing is sampled away at its default flags.
+Records are written when :data:`PENDING_ROWS` rows or intervals wait, and
+every layer's at least every ``flush_secs`` and when the writer flushes;
+each record goes to a *segment* tag that takes at most
+:data:`SEGMENT_RECORDS` records: fewer than TensorBoard's reservoir keeps,
+so nothing is sampled away at its default flags.
 
 :class:`LayerLog` is pure (numpy in, rows out): the writer
 (:class:`tb_bnstats.write.summary.Writer`) turns its :class:`Pending` rows
@@ -38,8 +39,7 @@ into events.
 """
 
 import dataclasses
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -179,15 +179,13 @@ class LayerLog:
 
     Args:
         quantities: the names of the Q columns of the rows it is given.
-        clock: seconds, for :meth:`due` (tests pass their own).
     """
 
-    def __init__(self, quantities: Sequence[str], clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, quantities: Sequence[str]) -> None:
         self.quantities = tuple(quantities)
         width = len(self.quantities)
         self._watched = [i for i, q in enumerate(self.quantities) if q in WATCHED]
         self._convergence = self.quantities.index("convergence") if "convergence" in self.quantities else None
-        self._clock = clock
         self._recent_steps = np.zeros(0, np.int64)
         self._recent = np.zeros((0, width))
         self._detail_until = -1  # steps up to this one are kept (an event's window after it)
@@ -199,7 +197,6 @@ class LayerLog:
         self._pending_steps: list[np.ndarray] = []
         self._pending_rows: list[np.ndarray] = []
         self._pending_intervals: list[np.ndarray] = []
-        self._pending_since: float | None = None
 
     def add(self, steps: npt.ArrayLike, rows: npt.ArrayLike) -> None:
         """Takes the logged ``steps`` [S] (increasing, each after the last
@@ -266,7 +263,6 @@ class LayerLog:
             self._pending_steps.append(steps)
             self._pending_rows.append(rows)
             self._last_detail = int(steps[-1])
-            self._touch()
 
     def _fold(self, steps: np.ndarray, rows: np.ndarray) -> None:
         """Adds the rows at or past :data:`FULL_RESOLUTION_STEPS` to their
@@ -288,18 +284,11 @@ class LayerLog:
         assert self._open is not None
         self._pending_intervals.append(self._open.row())
         self._open = None
-        self._touch()
 
-    def _touch(self) -> None:
-        if self._pending_since is None:
-            self._pending_since = self._clock()
-
-    def due(self, flush_secs: float) -> bool:
-        """Whether a record should be written now: :data:`PENDING_ROWS` rows
-        or intervals wait, or the oldest has waited ``flush_secs``."""
-        waiting = sum(map(len, self._pending_steps)) + len(self._pending_intervals)
-        return waiting >= PENDING_ROWS or (
-            waiting > 0 and self._pending_since is not None and self._clock() - self._pending_since >= flush_secs)
+    def full(self) -> bool:
+        """Whether :data:`PENDING_ROWS` rows or intervals wait (a record is
+        due; the writer also writes every log at least every ``flush_secs``)."""
+        return sum(map(len, self._pending_steps)) + len(self._pending_intervals) >= PENDING_ROWS
 
     def take(self, final: bool = False) -> Pending:
         """What is waiting, taken out. ``final``: the writer closes: the open
@@ -317,5 +306,4 @@ class LayerLog:
             np.stack(self._pending_intervals) if self._pending_intervals
             else np.zeros((0, len(metadata.ENVELOPE_HEAD) + len(STATS) * width)))
         self._pending_steps, self._pending_rows, self._pending_intervals = [], [], []
-        self._pending_since = None
         return out

@@ -178,6 +178,8 @@ class Writer:
         self._logs: dict[str, resolution.LayerLog] = {}
         self._segments: dict[tuple[str, str], tuple[int, int]] = {}
         self._keep_later: dict[str, set[int]] = {}  # steps to keep of layers whose log has not begun
+        # Every layer log is written at least every flush_secs (and when it fills, PENDING_ROWS).
+        self._logs_written_at = time.monotonic()
         self._templates: dict[tuple[str, ...], events.ScalarEvents] = {}
         self._lock = threading.Lock()
 
@@ -336,7 +338,9 @@ class Writer:
             for step in sorted(self._keep_later.pop(info.name, ())):
                 log.keep(step)
         log.add(steps, rows)
-        if log.due(self._flush_secs):
+        if time.monotonic() - self._logs_written_at >= self._flush_secs:
+            self._write_pending_logs()
+        elif log.full():
             self._write_log(info, log)
 
     def _write_log(self, info: metadata.LayerInfo, log: resolution.LayerLog, final: bool = False) -> None:
@@ -540,21 +544,24 @@ class Writer:
                    for k, pts in self.metric_history.items()}
         return records.run_data(infos, by_layer, metrics=metrics, train_begins=self.train_begins)
 
-    def _write_logs(self, final: bool) -> None:
-        with self._lock:
-            for name, log in self._logs.items():
-                self._write_log(self._layers[name], log, final)
+    def _write_pending_logs(self, final: bool = False) -> None:
+        """Writes what every layer log holds back (with the lock held)."""
+        for name, log in self._logs.items():
+            self._write_log(self._layers[name], log, final)
+        self._logs_written_at = time.monotonic()
 
     def flush(self) -> None:
         """Writes what the layer logs hold back and pending records to disk."""
-        self._write_logs(final=False)
+        with self._lock:
+            self._write_pending_logs()
         self._writer.flush()
 
     def close(self) -> None:
         """Writes the layer logs' last rows (:meth:`resolution.LayerLog.take`
         with ``final``), flushes and closes the event file."""
-        self._write_logs(final=True)
-        self._logs.clear()
+        with self._lock:
+            self._write_pending_logs(final=True)
+            self._logs.clear()
         self._writer.close()
 
     def __enter__(self) -> "Writer":
