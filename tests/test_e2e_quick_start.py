@@ -3,11 +3,23 @@
 opens on the symptom, training-mode against inference-mode accuracy on the
 first training samples, with the numbers the callback logged."""
 
+from decimal import ROUND_HALF_UP, Decimal
+
 import keras
 
 import diagnosis_scenarios as scenarios
 import tb_bnstats
 from test_e2e_tab import browser, tensorboard  # noqa: F401 - browser is a fixture
+
+
+def js_precision(value, digits):
+    """``String(Number(value.toPrecision(digits)))`` as the tab formats a number: JavaScript rounds the
+    float's exact value half up (0.15625 -> 0.1563), where Python's format rounds half to even (0.1562)."""
+    exact = Decimal(value)
+    if exact == 0:
+        return "0"
+    rounded = exact.quantize(Decimal(1).scaleb(exact.adjusted() - digits + 1), rounding=ROUND_HALF_UP)
+    return format(rounded.normalize(), "f")
 
 
 def test_a_quick_start_run_shows_both_accuracies_without_probe_data(tmp_path, browser):  # noqa: F811
@@ -24,7 +36,8 @@ def test_a_quick_start_run_shows_both_accuracies_without_probe_data(tmp_path, br
         frame = page.wait_for_selector("iframe", timeout=30000).content_frame()
         frame.wait_for_selector("[data-role=probe-accuracy] canvas", timeout=30000)
         note = frame.locator("[data-role=probe-note-accuracy]").text_content()
-        assert f"training mode {train:.4g}" in note and f"inference mode {inference:.4g}" in note, note
+        assert f"training mode {js_precision(train, 4)}" in note, note
+        assert f"inference mode {js_precision(inference, 4)}" in note, note
         card = frame.locator("[data-role=probe-gap]").text_content()
         assert "by default the first 256 training samples" in card
         box = frame.locator("[data-role=probe-accuracy]").bounding_box()
