@@ -1,7 +1,7 @@
 """The scenario suites over several seeds: per finding code, how often the
 diagnosis finds what a scenario expects (recall) and how often what it finds
 was expected (precision), in each framework. The table of
-docs/pytorch-traps.md ("Calibrated on both frameworks").
+docs/scenarios.md ("Calibrated on both frameworks").
 
     python bench/scenario_seeds.py LOGDIR --framework pytorch [--seeds 5]
     python bench/scenario_seeds.py LOGDIR --framework keras [--seeds 5]

@@ -92,9 +92,11 @@ RUNS = {
 
 # name -> the finding codes the tab must show for it (tests/test_demo.py checks this in a browser).
 EXPECTED = {
-    # Every statistic converged and close, yet inference mode is a few points lower: dense_bn's averages lag
-    # the weights (BN012); tb_bnstats.recalibrate closes it.
-    "healthy_m0.9": {"BN012"},
+    # Every statistic converged and close. Inference mode ends a few points lower on the probe (dense_bn's
+    # averages lag the weights a little), but 3.9-4.7 points on 256 probe samples at ~97% accuracy is
+    # 2.5-2.9 standard errors of the probe's own sampling noise: not enough for BN012 (3), as for the
+    # scenario suite's healthy conv runs (up to 2.6).
+    "healthy_m0.9": set(),
     "momentum_0.99": {"BN001"},
     "inference_mode_bn": {"BN002"},
     "dropout_before_bn": {"BN004"},

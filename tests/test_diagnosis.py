@@ -151,7 +151,7 @@ def test_a_gap_without_a_bn_cause_says_so_and_where_else_to_look(tmp_path):
     model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
     model.fit(x, y, batch_size=32, epochs=6, verbose=0,
-              callbacks=[tb_bnstats.BNStatsCallback(str(tmp_path / "flip"), verbose=0)])
+              callbacks=[tb_bnstats.BNStatsCallback(str(tmp_path / "flip"), verbose=0, **scenarios.EVERY_MEASUREMENT)])
     [finding] = tb_bnstats.diagnose(str(tmp_path))
     assert (finding.code, finding.severity, finding.layers) == ("BN012", "warning", [])
     ev = finding.evidence["run"]
