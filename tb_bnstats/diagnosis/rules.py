@@ -465,12 +465,13 @@ def drifting_batches(view: LayerView, conv: Converged, run_in_blocks: bool = Fal
         and not _systematic_variance(ev, floor)
     if not (wandering or in_blocks or beyond):
         return []
+    floor_mean = floor[0] if floor is not None else float("nan")
     if beyond and not wandering:
-        ev = {**ev, "sampling_floor_mean_gap": floor[0], "batch_samples": int(view.layer.info.batch_samples)}
+        ev = {**ev, "sampling_floor_mean_gap": floor_mean, "batch_samples": int(view.layer.info.batch_samples)}
     why = (f"batch means wander {g:.2f} std from the moving mean in runs of similar batches (detrended "
            f"step-to-step autocorrelation {drift_ac:.2f}; shuffled batches give -0.14)" if wandering else
            f"batch means sit {g:.2f} std from the converged moving mean on the median channel, "
-           f"{g / floor[0]:.1f}x what sampling {view.layer.info.batch_samples} examples gives ({floor[0]:.2f}), "
+           f"{g / floor_mean:.1f}x what sampling {view.layer.info.batch_samples} examples gives ({floor_mean:.2f}), "
            f"and not as one systematic shift: the batches differ from each other more than independent draws "
            f"of the data can" if beyond else
            f"with the slow trend taken out, its batch mean and variance stay off the moving ones for several "
