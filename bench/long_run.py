@@ -109,6 +109,29 @@ def check_outliers(base, infos, gaps):
     return results, heatmap["sampling"]
 
 
+def screenshot(base, layer, path):
+    """The tab's overview and the layer's detail of ``layer`` in Debian's chromium (Playwright), saved as
+    ``path`` (the overview) and ``path`` with ``-layer`` before its suffix."""
+    from playwright.sync_api import sync_playwright
+
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    root = base.split("/data/plugin/")[0]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium", args=args)
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        page.goto(root + "/#bn_stats")
+        frame = page.wait_for_selector("iframe", timeout=60000).content_frame()
+        frame.wait_for_selector("[data-role=heatmap] canvas", timeout=60000)
+        frame.wait_for_selector("[data-role=loss] canvas", timeout=60000)
+        page.screenshot(path=str(path))
+        frame.click(f"tr[data-layer='{layer}']")
+        frame.wait_for_selector("[data-role=chart-mean] canvas", timeout=60000)
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(path.with_name(path.stem + "-layer" + path.suffix)))
+        browser.close()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=53)
@@ -118,6 +141,8 @@ def main():
     parser.add_argument("--outliers", type=int, default=5)
     parser.add_argument("--shift", type=float, default=40.0, help="an outlier's batch mean shift, in std")
     parser.add_argument("--keep", action="store_true", help="keep the run's directory")
+    parser.add_argument("--screenshot", type=pathlib.Path, help="save the tab's overview and the first outlier's "
+                        "layer there (PNG; the layer view with -layer before the suffix)")
     args = parser.parse_args()
 
     rng = np.random.default_rng()
@@ -142,6 +167,8 @@ def main():
         first_chart = time.perf_counter() - first_chart
         memory, parts = scale.tree_memory(proc.pid)
         results, sampling = check_outliers(base, infos, gaps)
+        if args.screenshot:
+            screenshot(base, results[0][0], args.screenshot)
     finally:
         proc.terminate()
         proc.wait(30)

@@ -89,7 +89,7 @@ def test_event_file_records_are_what_tensorflow_frames(tmp_path):
         for step in range(1, 4):
             writer.layer_moments("bn", step, batch_mean=[step, 0.0], batch_var=[1.0, 2.0], moving_mean=[0.5, 0.0],
                                  moving_var=[1.0, 1.0], updates=step, momentum=0.9, epsilon=1e-3, snapshot=True)
-            writer.metrics("train", {"loss": step / 2}, step)
+            writer.metrics("val", {"loss": step / 2}, step)
         path = writer.path
     ours = list(tf.data.TFRecordDataset(path).as_numpy_iterator())  # TensorFlow checks every CRC
     again = tmp_path / "again.tfrecord"
@@ -98,7 +98,7 @@ def test_event_file_records_are_what_tensorflow_frames(tmp_path):
             tf_writer.write(record)
     assert again.read_bytes() == open(path, "rb").read()
     events = [event_pb2.Event.FromString(r) for r in ours]
-    series = [e for e in events if e.summary.value and e.summary.value[0].tag == "metric/train/loss"]
+    series = [e for e in events if e.summary.value and e.summary.value[0].tag == "metric/val/loss"]
     assert [e.step for e in series] == [1, 2, 3]
     assert not series[1].summary.value[0].HasField("metadata")  # a refilled template...
     assert series[1].SerializeToString() == ours[events.index(series[1])]  # ...is protobuf's own bytes

@@ -26,8 +26,11 @@ Tags (one TensorBoard time series each, all under plugin name ``bn_stats``):
   read); quantities are listed in :data:`LAYER_SERIES`.
 * ``bn/<layer>/channels``    TENSOR data class, a float32 tensor of shape
   ``[len(SNAPSHOT_ROWS), channels]`` every ``snapshot_every`` steps.
+* ``metric/train/<name>/<part>/<segment>`` TENSOR data class (version 2):
+  the per-step train loss and metrics, one log per metric packed as a
+  layer's series (parts ``steps`` and ``envelope``, one column).
 * ``metric/<split>/<name>``  SCALAR data class, ``split`` is ``train`` (per
-  step), ``val`` (per epoch, at the step where the epoch ended), or
+  step; version 1), ``val`` (per epoch, at the step where the epoch ended), or
   ``probe_train`` / ``probe_inference``: the fixed probe batch run in
   training and in inference mode (:mod:`tb_bnstats.measure.gap`), or
   ``probe_recalibrated``: the probe batch in inference mode with the
@@ -105,8 +108,15 @@ RECORD_HEADER = ("record",)
 # per quantity the mean, min and max over the interval's logged steps and the steps of the min and the max.
 ENVELOPE_HEAD = ("first_step", "last_step", "count", "nonfinite")
 ENVELOPE_STATS = ("mean", "min", "max", "argmin", "argmax")
+# Steps in a layer log record are float32 offsets below the record's step: exact below 2**24, so a record
+# spans fewer steps than that (the writer splits what would span more).
+MAX_RECORD_SPAN = 2**24
 KIND_LAYER_CHANNELS = "layer_channels"
 KIND_METRIC = "metric"
+KIND_METRIC_LOG = "metric_log"
+# The splits logged at every step (the train loss and metrics): packed like a layer's series
+# (KIND_METRIC_LOG), one log per metric; the others are scalar tags (KIND_METRIC).
+PER_STEP_SPLITS = ("train",)
 KIND_DIAGNOSIS = "diagnosis"
 DIAGNOSIS_TAG = "diagnosis/findings"
 KIND_TRAIN_BEGIN = "train_begin"
@@ -324,6 +334,11 @@ def layer_log_tag(layer_name: str, part: str, segment: int) -> str:
     return f"{LAYER_PREFIX}{layer_name}/{part}/{int(segment)}"
 
 
+def metric_log_tag(split: str, name: str, part: str, segment: int) -> str:
+    """``metric/<split>/<name>/<part>/<segment>``: one segment of a per-step metric's log."""
+    return f"{METRIC_PREFIX}{split}/{name}/{part}/{int(segment)}"
+
+
 def metric_tag(split: str, name: str) -> str:
     """``metric/<split>/<name>``: the tag of one metric."""
     return f"{METRIC_PREFIX}{split}/{name}"
@@ -378,6 +393,12 @@ def metric_metadata(split: str, name: str) -> summary_pb2.SummaryMetadata:
     )
 
 
+def metric_log_metadata(split: str, name: str, part: str) -> summary_pb2.SummaryMetadata:
+    """TENSOR metadata of a segment of a per-step metric's log (one column, ``name``)."""
+    return _metadata({"version": FORMAT_VERSION, "kind": KIND_METRIC_LOG, "split": split, "name": name,
+                      "part": part, "quantities": [name]}, summary_pb2.DATA_CLASS_TENSOR)
+
+
 def train_begin_metadata() -> summary_pb2.SummaryMetadata:
     """TENSOR (JSON) metadata of :data:`TRAIN_BEGIN_TAG`."""
     return _metadata({"version": FORMAT_VERSION, "kind": KIND_TRAIN_BEGIN, "encoding": "json"},
@@ -390,8 +411,8 @@ def diagnosis_metadata() -> summary_pb2.SummaryMetadata:
                      summary_pb2.DATA_CLASS_TENSOR)
 
 
-KINDS = (KIND_LAYER_LOG, KIND_LAYER_SERIES, KIND_LAYER_CHANNELS, KIND_LAYER_REPLICAS, KIND_METRIC, KIND_DIAGNOSIS,
-         KIND_TRAIN_BEGIN)
+KINDS = (KIND_LAYER_LOG, KIND_LAYER_SERIES, KIND_LAYER_CHANNELS, KIND_LAYER_REPLICAS, KIND_METRIC, KIND_METRIC_LOG,
+         KIND_DIAGNOSIS, KIND_TRAIN_BEGIN)
 
 
 def parse_content(content: bytes) -> dict[str, Any] | None:

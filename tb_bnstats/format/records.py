@@ -46,8 +46,9 @@ class Envelope:
         stats = self.stats.get(quantity)
         if stats is None or not len(self):
             return np.zeros(0, np.int64), np.zeros(0)
-        steps = np.concatenate([stats["argmin"], stats["argmax"]]).astype(np.int64)
-        values = np.concatenate([stats["min"], stats["max"]])
+        apart = stats["argmax"] != stats["argmin"]  # one point where min and max are one step's value
+        steps = np.concatenate([stats["argmin"], stats["argmax"][apart]]).astype(np.int64)
+        values = np.concatenate([stats["min"], stats["max"][apart]])
         order = np.argsort(steps, kind="stable")
         return steps[order], values[order]
 
@@ -59,6 +60,8 @@ def drawn(full: Series | None, envelope: Envelope, quantity: str) -> Series:
     extreme is in)."""
     steps, values = envelope.extremes(quantity)
     if full is not None:
+        fresh = ~np.isin(steps, full[0])  # an extreme at a full-resolution step is that step's point
+        steps, values = steps[fresh], values[fresh]
         steps = np.concatenate([np.asarray(full[0], np.int64), steps])
         values = np.concatenate([np.asarray(full[1], np.float64), values])
         order = np.argsort(steps, kind="stable")

@@ -120,6 +120,17 @@ def sampling_info(steps: npt.ArrayLike, cap_hint: int | None = None) -> dict[str
     return info
 
 
+def sparse_sampling(steps: npt.ArrayLike, cap_hint: int | None = None) -> dict[str, Any]:
+    """:func:`sampling_info` of a series logged at irregular steps (the
+    probe's and the population's, spaced by their time budget; the
+    snapshots of a log of version 2, spaced by level), where gaps say
+    nothing: sampled when it holds exactly as many points as a known
+    TensorBoard cap (``cap_hint`` 0: never)."""
+    n = int(np.unique(np.asarray(steps, np.int64)).size)
+    caps = set(KNOWN_SAMPLING_CAPS) | ({int(cap_hint)} if cap_hint else set())
+    return {"points": n, "expected_points": n, "sampled": cap_hint != 0 and n in caps}
+
+
 def log_sampling(records: int, expected_records: int) -> dict[str, Any]:
     """:func:`sampling_info` of a layer log (format version 2): sampled
     when fewer records were read than its segments numbered."""

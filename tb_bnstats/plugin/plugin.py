@@ -77,6 +77,8 @@ DEFAULT_SERIES = metadata.LAYER_SERIES
 # population statistics' (the last two only at the steps they were measured).
 # and, on several replicas, the replica series.
 SERVED_SERIES = metadata.LAYER_SERIES + metadata.PROBE_SERIES + metadata.POPULATION_SERIES + metadata.REPLICA_SERIES
+# Logged at some steps only (the probe's and the population's, spaced by their time budget).
+SPARSE_SERIES = frozenset(metadata.PROBE_SERIES + metadata.POPULATION_SERIES)
 # The series cache's key of a layer's log: a prefix no tag has (tags start with bn/ or metric/).
 LOG_KEY = "log:"
 
@@ -188,16 +190,21 @@ class BNStatsPlugin(base_plugin.TBPlugin):
                 out[tag] = (steps, values)
         return out
 
-    def _logs(self, ctx: Any, eid: str, index: TagIndex, layers: Iterable[str]) -> dict[str, logs.LayerLogData]:
-        """The layer logs (format version 2) of ``layers`` that have one,
-        through the cache (kept while none of the layer's tags has grown)."""
+    def _logs(self, ctx: Any, eid: str, index: TagIndex, layers: Iterable[str],
+              log_tags: Mapping[str, list[logs.LogTag]] | None = None) -> dict[str, logs.LayerLogData]:
+        """The logs (format version 2) of ``layers`` that have one in
+        ``log_tags`` (default: the layers' logs; ``index.metric_logs`` for
+        the per-step metrics'), through the cache (kept while none of their
+        tags has grown)."""
+        prefix = LOG_KEY + ("layer:" if log_tags is None else "metric:")
+        log_tags = index.log_tags if log_tags is None else log_tags
         out: dict[str, logs.LayerLogData] = {}
         missing: dict[str, list[logs.LogTag]] = {}
         version = lambda tags: tuple(index.max_step.get(t.tag) for t in tags)  # noqa: E731
         for layer in layers:
-            tags = index.log_tags.get(layer)
+            tags = log_tags.get(layer)
             if tags:
-                hit = self._series_cache.get((eid, index.source, LOG_KEY + layer, READ_ALL), version(tags))
+                hit = self._series_cache.get((eid, index.source, prefix + layer, READ_ALL), version(tags))
                 if hit is None:
                     missing[layer] = tags
                 else:
@@ -205,7 +212,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         if missing:
             for layer, log in logs.read_logs(self._provider, ctx, index.source, missing, READ_ALL, eid).items():
                 size = sum(len(s) for s, _ in log.series.values()) + len(log.envelope) * max(len(log.envelope.stats), 1)
-                self._series_cache.put((eid, index.source, LOG_KEY + layer, READ_ALL), version(missing[layer]), log,
+                self._series_cache.put((eid, index.source, prefix + layer, READ_ALL), version(missing[layer]), log,
                                        size)
                 out[layer] = log
         return out
@@ -233,11 +240,17 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         for tag, series in self._read(ctx, eid, run, index, list(tags), READ_ALL).items():
             layer, q = tags[tag]
             out[layer][q] = series
-            samplings.append(self._sampling(series[0]))
+            samplings.append(self._sampling(series[0], sparse=q in SPARSE_SERIES))
         return out, samplings
 
-    def _sampling(self, steps: npt.ArrayLike) -> dict[str, Any]:
-        return data.sampling_info(steps, self._cap_hint)
+    def _sampling(self, steps: npt.ArrayLike, sparse: bool = False) -> dict[str, Any]:
+        """Whether TensorBoard kept a sample of a series (``sparse``: logged at
+        irregular steps, :func:`data.sparse_sampling`)."""
+        return (data.sparse_sampling if sparse else data.sampling_info)(steps, self._cap_hint)
+
+    def _snapshot_sampling(self, index: TagIndex, layer: str, steps: npt.ArrayLike) -> dict[str, Any]:
+        """Of a layer's snapshots: spaced by level in a log of version 2."""
+        return self._sampling(steps, sparse=layer in index.log_tags)
 
     def _file_problems(self) -> list[dict[str, Any]]:
         """What the local event files hold that TensorBoard cannot read (a
@@ -294,7 +307,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
                 "severity": self._severity(ctx, eid, run, index),
                 "layers": layers,
                 "max_step": max(index.max_step.values(), default=None),
-                "metrics": sorted(index.metric_tags),
+                "metrics": sorted({*index.metric_tags, *index.metric_logs}),
                 "newer_format_versions": sorted(index.newer_versions),
             })
         newer = sorted({v for index in indexes.values() for v in index.newer_versions})
@@ -487,7 +500,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
             "run": run, "layer": layer, "requested_step": requested, "step": int(steps[i]),
             "steps": steps.tolist(), "channels": int(snap.shape[1]), "rows": rows,
             "info": self._layer_json(index.layer_infos[layer], index),
-            "sampling": data.merge_sampling([self._sampling(steps)]),
+            "sampling": data.merge_sampling([self._snapshot_sampling(index, layer, steps)]),
         }
         csv_rows = lambda: [[c] + [float(snap[k, c]) for k in range(snap.shape[0])]  # noqa: E731
                             for c in range(snap.shape[1])]
@@ -527,7 +540,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         payload = {"run": run, "layer": layer, "requested_step": requested, "step": step, "steps": steps.tolist(),
                    "replicas": int(snap.shape[1]), "channels": int(snap.shape[2]), "rows": rows, "global": glob,
                    "info": self._layer_json(index.layer_infos[layer], index),
-                   "sampling": data.merge_sampling([self._sampling(steps)])}
+                   "sampling": data.merge_sampling([self._snapshot_sampling(index, layer, steps)])}
         csv_rows = lambda: [[r, c] + [float(snap[k, r, c]) for k in range(snap.shape[0])]  # noqa: E731
                             for r in range(snap.shape[1]) for c in range(snap.shape[2])]
         return payload, lambda: (f"{safe_name(run)}_{safe_name(layer)}_replicas_step{step}.csv",
@@ -550,7 +563,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
             rows += [[row, int(s), float(lo[i]), float(p10[i]), float(p90[i]), float(hi[i])]
                      for i, s in enumerate(steps)]
         payload = {"run": run, "layer": layer, "steps": steps.tolist(), "rows": out,
-                   "sampling": data.merge_sampling([self._sampling(steps)])}
+                   "sampling": data.merge_sampling([self._snapshot_sampling(index, layer, steps)])}
         return payload, lambda: (f"{safe_name(run)}_{safe_name(layer)}_bands.csv",
                          ["row", "step", "min", "p10", "p90", "max"], rows)
 
@@ -573,11 +586,14 @@ class BNStatsPlugin(base_plugin.TBPlugin):
     def loss_impl(self, ctx: Any, eid: str, run: str, index: TagIndex, points: int) -> Answer:
         """The run's metrics, the scalars in its directory and Keras' own
         scalars beside it, on one step axis."""
-        raw = self._read(ctx, eid, run, index, list(index.metric_tags.values()), READ_ALL)
+        raw = {key: self._read(ctx, eid, run, index, [tag], READ_ALL).get(tag, (np.zeros(0, np.int64), np.zeros(0)))
+               for key, tag in index.metric_tags.items()}
+        metric_logs = self._logs(ctx, eid, index, index.metric_logs, index.metric_logs)
+        raw.update(reader.metric_points(metric_logs))
         series: list[dict[str, Any]] = []
         val_steps: np.ndarray | None = None
-        for key in sorted(index.metric_tags):
-            steps, values = raw.get(index.metric_tags[key], (np.zeros(0, np.int64), np.zeros(0)))
+        for key in sorted(raw):
+            steps, values = raw[key]
             if key.startswith("val/") and val_steps is None and len(steps):
                 val_steps = np.sort(steps)
             series.append({"key": key, "source": "bn_stats", "split": key.split("/", 1)[0],
@@ -591,7 +607,10 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         samplings: list[dict[str, Any] | None] = []
         full: dict[str, records.Series] = {}
         for s in series:
-            samplings.append(self._sampling(s["steps"]) if s["aligned"] == "step" else None)
+            log = metric_logs.get(s["key"]) if s["source"] == "bn_stats" else None
+            samplings.append(data.log_sampling(log.records, log.expected_records) if log is not None
+                             else self._sampling(s["steps"], sparse=s["split"].startswith("probe"))
+                             if s["aligned"] == "step" else None)
             st, v = data.minmax_downsample(s["steps"], s["values"], points)
             full[s["key"]] = (st, v)
             out.append({**s, "steps": st.tolist(), "values": data.finite_list(v)})
@@ -672,12 +691,16 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         """The run's diagnosis, once per new data (:class:`cache.FindingsCache`):
         ``{"pairs": [(finding, source)], "stored": bool, "computed": n, "sampling": ...}``
         (:func:`tb_bnstats.diagnosis.findings_of`)."""
+        # The scalar tags logged at every logged step (a log of version 1); the others are sparse.
+        regular = {tag for by_q in index.layer_tags.values() for q, tag in by_q.items() if q not in SPARSE_SERIES}
+
         def diagnose() -> dict[str, Any]:
             run_data, raw = self._run_data(ctx, eid, run, index)
             computed = diagnosis.diagnose_run(run, run_data)
             return {"pairs": diagnosis.findings_of(run, run_data, computed),
                     "stored": run_data.stored_findings is not None, "computed": len(computed),
-                    "sampling": data.merge_sampling([self._sampling(s) for s, _ in raw.values()])}
+                    "sampling": data.merge_sampling([self._sampling(s, sparse=tag not in regular)
+                                                     for tag, (s, _) in raw.items()])}
 
         return self._findings_cache.get((eid, index.source, run), self._signature(index), diagnose)
 

@@ -51,6 +51,8 @@ class TagIndex:
     replica_tags: dict[str, str] = dataclasses.field(default_factory=dict)  # layer -> per-replica tensor tag
     # layer -> the segment tags of its log (format version 2)
     log_tags: dict[str, list[logs.LogTag]] = dataclasses.field(default_factory=dict)
+    # "train/loss" -> the segment tags of a per-step metric's log (format version 2)
+    metric_logs: dict[str, list[logs.LogTag]] = dataclasses.field(default_factory=dict)
     # The run as the data provider names it (what its reads take): "." for the log directory itself,
     # which the index is keyed under its own name (tb_bnstats.format.names).
     source: str = ""
@@ -97,6 +99,11 @@ def index_runs(data_provider: Any, ctx: Any, experiment_id: str = "",
                     continue
                 if content["kind"] == metadata.KIND_METRIC:
                     index.metric_tags[f"{content['split']}/{content['name']}"] = tag
+                    continue
+                if content["kind"] == metadata.KIND_METRIC_LOG:
+                    log = logs.log_tag(content, tag)
+                    if log is not None:
+                        index.metric_logs.setdefault(f"{content['split']}/{content['name']}", []).append(log)
                     continue
                 try:
                     info = metadata.LayerInfo.from_dict(content["layer"])
@@ -187,6 +194,17 @@ def with_logs(series: dict[str, dict[str, records.Series]],
     return {name: log.envelope for name, log in layer_logs.items()}
 
 
+def metric_points(metric_logs: Mapping[str, logs.LayerLogData]) -> dict[str, records.Series]:
+    """``{"train/loss": (steps, values)}`` of per-step metrics' logs: their
+    full-resolution points and each interval's min and max
+    (:func:`records.drawn`)."""
+    out = {}
+    for key, log in metric_logs.items():
+        name = key.split("/", 1)[1]
+        out[key] = records.drawn(log.series.get(name), log.envelope, name)
+    return out
+
+
 def layer_series_tags(index: TagIndex) -> list[str]:
     """Every layer series tag of the index."""
     return [tag for tags in index.layer_tags.values() for tag in tags.values()]
@@ -207,9 +225,11 @@ def read_run(data_provider: Any, ctx: Any, index: TagIndex, downsample: int, exp
              for name, tag in index.channel_tags.items()} if snapshots else None
     replicas = {name: read_snapshots(data_provider, ctx, source, tag, downsample, experiment_id)
                 for name, tag in index.replica_tags.items()} if snapshots else None
+    metrics = {key: raw[tag] for key, tag in index.metric_tags.items() if tag in raw}
+    metrics.update(metric_points(logs.read_logs(data_provider, ctx, source, index.metric_logs, downsample,
+                                                experiment_id)))
     return records.run_data(
-        index.layer_infos, series, envelopes=envelopes,
-        metrics={key: raw[tag] for key, tag in index.metric_tags.items() if tag in raw},
+        index.layer_infos, series, envelopes=envelopes, metrics=metrics,
         snapshots_by_layer=snaps, replicas_by_layer=replicas,
         stored_findings=read_stored_findings(data_provider, ctx, index, experiment_id),
         train_begins=read_train_begins(data_provider, ctx, index, experiment_id),

@@ -70,6 +70,8 @@ SEGMENT_RECORDS = 64
 WATCHED = ("mean_gap/max", "abs_log_var_ratio/max", "sym_kl/max")
 
 STATS = metadata.ENVELOPE_STATS
+# Below every step (steps are any int64, negative ones too).
+NO_STEP = np.iinfo(np.int64).min
 
 
 def levels(steps: npt.ArrayLike) -> np.ndarray:
@@ -188,8 +190,8 @@ class LayerLog:
         self._convergence = self.quantities.index("convergence") if "convergence" in self.quantities else None
         self._recent_steps = np.zeros(0, np.int64)
         self._recent = np.zeros((0, width))
-        self._detail_until = -1  # steps up to this one are kept (an event's window after it)
-        self._last_detail = -1  # the last step kept one by one
+        self._detail_until = NO_STEP  # steps up to this one are kept (an event's window after it)
+        self._last_detail = NO_STEP  # the last step kept one by one
         self._warming = True
         self._kept: set[int] = set()  # steps asked for (keep()) that have not come yet
         self.events = 0

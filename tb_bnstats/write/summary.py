@@ -24,6 +24,7 @@ batch norm::
 """
 
 import collections
+import dataclasses
 import functools
 import json
 import logging
@@ -137,10 +138,43 @@ def replica_rows(replicas: Any, i: int | np.integer) -> np.ndarray:
     return np.stack([mean, replicas.batch_var[i], moving_mean, moving_var])
 
 
+def _spans(first: np.ndarray, last: np.ndarray) -> list[slice]:
+    """Consecutive slices of rows (``first`` / ``last`` step of each,
+    increasing) that each span fewer than :data:`metadata.MAX_RECORD_SPAN`
+    steps: one record each, its steps exact as float32 offsets."""
+    out, start = [], 0
+    for i in range(1, len(first) + 1):
+        if i == len(first) or last[i] - first[start] >= metadata.MAX_RECORD_SPAN:
+            out.append(slice(start, i))
+            start = i
+    return out
+
+
 def _step_rows(q: quantities.LayerQuantities, i: int | np.integer) -> quantities.LayerQuantities:
     """The quantities of step ``i`` of a block's :class:`LayerQuantities`."""
     pick = lambda v: v[i] if np.ndim(v) else v  # noqa: E731
     return quantities.LayerQuantities(**{f: pick(getattr(q, f)) for f in q.__dataclass_fields__})
+
+
+@dataclasses.dataclass(frozen=True)
+class _LogOwner:
+    """What a :class:`resolution.LayerLog` logs: a layer's series, or one
+    per-step metric (``key``), its records' tag per part and segment, and
+    their metadata per part and columns."""
+
+    key: str
+    tag: Callable[[str, int], str]
+    make_metadata: Callable[[str, tuple[str, ...]], summary_pb2.SummaryMetadata]
+
+    @classmethod
+    def of_layer(cls, info: metadata.LayerInfo) -> "_LogOwner":
+        return cls(info.name, functools.partial(metadata.layer_log_tag, info.name),
+                   functools.partial(metadata.layer_log_metadata, info))
+
+    @classmethod
+    def of_metric(cls, split: str, name: str) -> "_LogOwner":
+        return cls(metadata.metric_tag(split, name), functools.partial(metadata.metric_log_tag, split, name),
+                   lambda part, _: metadata.metric_log_metadata(split, name, part))
 
 
 class Writer:
@@ -175,7 +209,7 @@ class Writer:
         self._layers: dict[str, metadata.LayerInfo] = {}
         self._flush_secs = float(flush_secs)
         # Each layer's log of its per-step series, and its open segment per part: (first step, records).
-        self._logs: dict[str, resolution.LayerLog] = {}
+        self._logs: dict[str, tuple[_LogOwner, resolution.LayerLog]] = {}
         self._segments: dict[tuple[str, str], tuple[int, int]] = {}
         self._keep_later: dict[str, set[int]] = {}  # steps to keep of layers whose log has not begun
         # Every layer log is written at least every flush_secs (and when it fills, PENDING_ROWS).
@@ -238,7 +272,8 @@ class Writer:
         from moments; this is for values computed elsewhere."""
         rows = np.asarray(rows, np.float64).reshape(len(steps), len(metadata.LAYER_SERIES))
         with self._lock:
-            self._log_rows(info, steps, metadata.LAYER_SERIES, rows)
+            self._forget_layer_metadata(info)
+            self._log_rows(_LogOwner.of_layer(info), steps, metadata.LAYER_SERIES, rows)
             if self.history is not None:
                 entry = self.history.setdefault(info.name, [info, metadata.LAYER_SERIES,
                                                             collections.deque(maxlen=self._keep)])
@@ -313,7 +348,8 @@ class Writer:
         names = metadata.LAYER_SERIES + tuple(replicas)
         table = np.stack([layer[q] for q in metadata.LAYER_SERIES] + [replicas[q] for q in replicas], axis=1)
         with self._lock:
-            self._log_rows(info, steps, names, table)
+            self._forget_layer_metadata(info)
+            self._log_rows(_LogOwner.of_layer(info), steps, names, table)
             if self.history is not None:
                 entry = self.history.setdefault(info.name, [info, metadata.LAYER_SERIES,
                                                             collections.deque(maxlen=self._keep)])
@@ -324,55 +360,54 @@ class Writer:
                 points.extend((int(step), dict(zip(replicas, row.tolist())))
                               for step, row in zip(steps, table[:, len(metadata.LAYER_SERIES):]))
 
-    def _log_rows(self, info: metadata.LayerInfo, steps: Steps, quantities_: tuple[str, ...],
-                  rows: np.ndarray) -> None:
-        """Hands a layer's rows [S, Q] of ``quantities_`` at ``steps`` to its
-        :class:`resolution.LayerLog` and writes what is due (with the lock held)."""
-        self._forget_layer_metadata(info)
-        log = self._logs.get(info.name)
+    def _log_rows(self, owner: _LogOwner, steps: Steps, quantities_: tuple[str, ...], rows: np.ndarray) -> None:
+        """Hands rows [S, Q] of ``quantities_`` at ``steps`` to the
+        :class:`resolution.LayerLog` of ``owner`` and writes what is due
+        (with the lock held)."""
+        _, log = self._logs.get(owner.key, (owner, None))
         if log is not None and log.quantities != quantities_:  # other columns (replicas came or went)
-            self._write_log(info, log, final=True)
+            self._write_log(owner, log, final=True)
             log = None
         if log is None:
-            log = self._logs[info.name] = resolution.LayerLog(quantities_)
-            for step in sorted(self._keep_later.pop(info.name, ())):
+            log = resolution.LayerLog(quantities_)
+            for step in sorted(self._keep_later.pop(owner.key, ())):
                 log.keep(step)
+        self._logs[owner.key] = (owner, log)
         log.add(steps, rows)
         if time.monotonic() - self._logs_written_at >= self._flush_secs:
             self._write_pending_logs()
         elif log.full():
-            self._write_log(info, log)
+            self._write_log(owner, log)
 
-    def _write_log(self, info: metadata.LayerInfo, log: resolution.LayerLog, final: bool = False) -> None:
+    def _write_log(self, owner: _LogOwner, log: resolution.LayerLog, final: bool = False) -> None:
         """Writes what ``log`` has waiting as a record of each part (with the
         lock held); ``final`` closes it (:meth:`resolution.LayerLog.take`)."""
         pending = log.take(final)
-        if len(pending.steps):
-            at = int(pending.steps[-1])
-            self._log_record(info, log, metadata.PART_STEPS, at,
-                             np.column_stack([at - pending.steps, pending.rows]))
-        if len(pending.intervals):
-            table = pending.intervals.copy()
+        for part in _spans(pending.steps, pending.steps):
+            at = int(pending.steps[part][-1])
+            self._log_record(owner, log, metadata.PART_STEPS, at,
+                             np.column_stack([at - pending.steps[part], pending.rows[part]]))
+        offsets = [0, 1] + [len(metadata.ENVELOPE_HEAD) + q * len(metadata.ENVELOPE_STATS) + i
+                            for q in range(len(log.quantities))
+                            for i, stat in enumerate(metadata.ENVELOPE_STATS) if stat in ("argmin", "argmax")]
+        for part in _spans(pending.intervals[:, 0], pending.intervals[:, 1]):
+            table = pending.intervals[part].copy()
             at = int(table[:, 1].max())
-            offsets = [0, 1] + [len(metadata.ENVELOPE_HEAD) + q * len(metadata.ENVELOPE_STATS) + i
-                                for q in range(len(log.quantities))
-                                for i, stat in enumerate(metadata.ENVELOPE_STATS) if stat in ("argmin", "argmax")]
             table[:, offsets] = at - table[:, offsets]
-            self._log_record(info, log, metadata.PART_ENVELOPE, at, table)
+            self._log_record(owner, log, metadata.PART_ENVELOPE, at, table)
 
-    def _log_record(self, info: metadata.LayerInfo, log: resolution.LayerLog, part: str, step: int,
+    def _log_record(self, owner: _LogOwner, log: resolution.LayerLog, part: str, step: int,
                     table: np.ndarray) -> None:
-        """One record of a layer log's ``part`` at ``step``: a header row (its
+        """One record of a log's ``part`` at ``step``: a header row (its
         number in its segment) over ``table``, in the open segment's tag or
         a new one's (:data:`resolution.SEGMENT_RECORDS` records each)."""
-        first, records_ = self._segments.get((info.name, part), (step, resolution.SEGMENT_RECORDS))
+        first, records_ = self._segments.get((owner.key, part), (step, resolution.SEGMENT_RECORDS))
         if records_ >= resolution.SEGMENT_RECORDS:
             first, records_ = step, 0
-        self._segments[(info.name, part)] = (first, records_ + 1)
+        self._segments[(owner.key, part)] = (first, records_ + 1)
         header = np.zeros((1, table.shape[1]))
         header[0, 0] = records_
-        self._emit(step, [self._value(metadata.layer_log_tag(info.name, part, first),
-                                      lambda: metadata.layer_log_metadata(info, part, log.quantities),
+        self._emit(step, [self._value(owner.tag(part, first), lambda: owner.make_metadata(part, log.quantities),
                                       tensor=_tensor_proto(np.concatenate([header, table])))])
 
     def layer(self, info: metadata.LayerInfo, step: int, batch_mean: npt.ArrayLike, batch_var: npt.ArrayLike,
@@ -458,7 +493,7 @@ class Writer:
         with self._lock:
             # The layer's own values at that step, to compare with, are kept one by one.
             if info.name in self._logs:
-                self._logs[info.name].keep(int(step))
+                self._logs[info.name][1].keep(int(step))
             else:
                 self._keep_later.setdefault(info.name, set()).add(int(step))
             self._emit(step, [self._value(metadata.layer_tag(info.name, q),
@@ -490,8 +525,12 @@ class Writer:
         name_of = dict(zip(tags, names))
         table = np.stack([np.asarray(values[name], np.float64).reshape(-1) for name in names], axis=1)
         with self._lock:
-            self._emit_scalars(tags, lambda tag: metadata.metric_metadata(split, name_of[tag]), steps, table,
-                               wall_times)
+            if split in metadata.PER_STEP_SPLITS:  # one log per metric, as a layer's series
+                for name, column in zip(names, table.T):
+                    self._log_rows(_LogOwner.of_metric(split, name), steps, (name,), column[:, None])
+            else:
+                self._emit_scalars(tags, lambda tag: metadata.metric_metadata(split, name_of[tag]), steps, table,
+                                   wall_times)
             if self.metric_history is not None:
                 step_list = np.asarray(steps, np.int64).tolist()
                 for name, column in zip(names, table.T):
@@ -546,8 +585,8 @@ class Writer:
 
     def _write_pending_logs(self, final: bool = False) -> None:
         """Writes what every layer log holds back (with the lock held)."""
-        for name, log in self._logs.items():
-            self._write_log(self._layers[name], log, final)
+        for owner, log in self._logs.values():
+            self._write_log(owner, log, final)
         self._logs_written_at = time.monotonic()
 
     def flush(self) -> None:
