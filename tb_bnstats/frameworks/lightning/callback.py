@@ -10,12 +10,11 @@ messages go). It imports Lightning (``lightning.pytorch``, else the older
 """
 
 import logging
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
+from tb_bnstats.frameworks.torch.deferred import DeferredMonitor
 from tb_bnstats.frameworks.torch.monitor import BNStatsMonitor
-from tb_bnstats.options import Options
 
 try:  # Lightning 2's namespace; the older package has the same classes under pytorch_lightning
     from lightning.pytorch import LightningModule
@@ -45,7 +44,7 @@ class _LightningMonitor(BNStatsMonitor):
     say_to = staticmethod(_log.info)
 
 
-class BNStatsCallback(Callback):
+class BNStatsCallback(DeferredMonitor, Callback):
     """Logs every BatchNorm module's batch moments against its running
     statistics at every optimizer step of ``Trainer.fit``, for TensorBoard's
     BN Convergence tab, and diagnoses the run when ``fit`` ends.
@@ -106,24 +105,7 @@ class BNStatsCallback(Callback):
         ValueError: an argument out of its range.
     """
 
-    def __init__(self, log_dir: str | os.PathLike[str] | None = None, *,
-                 loss_fn: Callable[[Any, Any], Any] | None = None, **options: Any) -> None:
-        if loss_fn is not None and not callable(loss_fn):
-            raise ValueError(f"loss_fn must be callable as loss_fn(output, y), got {loss_fn!r}")
-        # Checked now, used at the first training batch (the directory is the trainer's then).
-        Options.of("BNStatsCallback", log_dir if log_dir is not None else "checked", options)
-        self.log_dir = None if log_dir is None else os.fspath(log_dir)
-        self.loss_fn = loss_fn
-        self.options = options
-        self.monitor: BNStatsMonitor | None = None
-        self._logged = 0  # the last step logged (or the step fit began at)
-
-    @property
-    def findings(self) -> Any:
-        """The diagnosis of the last ``fit`` (a list of
-        :class:`tb_bnstats.diagnosis.finding.Finding`), None before it ended
-        (and on the ranks that do not write)."""
-        return None if self.monitor is None else self.monitor.findings
+    _logged = 0  # the last step logged (or the step fit began at)
 
     # -- the run's directory, step and probe ------------------------------------------
 
@@ -191,13 +173,11 @@ class BNStatsCallback(Callback):
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         """The epoch's steps drained, the probe and population measured."""
-        if self.monitor is not None:
-            self.monitor.epoch_end()
+        self._epoch_end()
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         """The run is written and diagnosed, the hooks removed."""
-        if self.monitor is not None:
-            self.monitor.close()
+        self._close()
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         """``fit`` raised: what was kept is written, with no diagnosis."""

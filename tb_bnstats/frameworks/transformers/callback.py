@@ -12,11 +12,10 @@ TensorFlow, Keras or JAX.
 import datetime
 import os
 import socket
-from collections.abc import Callable
 from typing import Any
 
+from tb_bnstats.frameworks.torch.deferred import DeferredMonitor
 from tb_bnstats.frameworks.torch.monitor import BNStatsMonitor
-from tb_bnstats.options import Options
 
 try:
     from transformers import TrainerCallback
@@ -68,7 +67,7 @@ def tensorboard_dir(args: Any, state: Any, now: datetime.datetime | None = None)
     return next((path for path in candidates if os.path.isdir(path)), candidates[0])
 
 
-class BNStatsCallback(TrainerCallback):
+class BNStatsCallback(DeferredMonitor, TrainerCallback):
     """Logs every BatchNorm module's batch moments against its running
     statistics at every optimizer step of ``Trainer.train()``, for
     TensorBoard's BN Convergence tab, and diagnoses the run when it ends.
@@ -117,24 +116,6 @@ class BNStatsCallback(TrainerCallback):
         ValueError: an argument out of its range.
     """
 
-    def __init__(self, log_dir: str | os.PathLike[str] | None = None, *,
-                 loss_fn: Callable[[Any, Any], Any] | None = None, **options: Any) -> None:
-        if loss_fn is not None and not callable(loss_fn):
-            raise ValueError(f"loss_fn must be callable as loss_fn(output, y), got {loss_fn!r}")
-        # Checked now, used when train() begins (the directory is the trainer's then).
-        Options.of("BNStatsCallback", log_dir if log_dir is not None else "checked", options)
-        self.log_dir = None if log_dir is None else os.fspath(log_dir)
-        self.loss_fn = loss_fn
-        self.options = options
-        self.monitor: BNStatsMonitor | None = None
-
-    @property
-    def findings(self) -> Any:
-        """The diagnosis of the last ``train()`` (a list of
-        :class:`tb_bnstats.diagnosis.finding.Finding`), None before it ended
-        (and in the processes that do not write)."""
-        return None if self.monitor is None else self.monitor.findings
-
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         """``train()`` begins: the monitor is made on ``model``, from the
         step it resumed at."""
@@ -155,10 +136,8 @@ class BNStatsCallback(TrainerCallback):
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """The epoch's steps drained, the probe and population measured."""
-        if self.monitor is not None:
-            self.monitor.epoch_end()
+        self._epoch_end()
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """The run is written and diagnosed, the hooks removed."""
-        if self.monitor is not None:
-            self.monitor.close()
+        self._close()
