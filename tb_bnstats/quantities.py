@@ -384,6 +384,21 @@ def lag1_autocorrelation(series: npt.ArrayLike) -> float:
     return float(np.dot(d[1:], d[:-1]) / denom)
 
 
+def squared_norms(train: npt.ArrayLike, inference: npt.ArrayLike) -> tuple[float, float]:
+    """``(||train - inference||^2, ||train||^2)`` in float64: the sums
+    :func:`output_drift` takes (they pool over batches by adding).
+
+    Args:
+        train: an output (or a layer's output) in training mode.
+        inference: the same output in inference mode, of the same shape.
+
+    Returns:
+        ``(sum((train - inference)**2), sum(train**2))``.
+    """
+    a, b = np.asarray(train, np.float64), np.asarray(inference, np.float64)
+    return float(np.sum((a - b) ** 2)), float(np.sum(a ** 2))
+
+
 def output_drift(diff_squared: float, train_squared: float) -> float:
     """``||y_train - y_inf|| / ||y_train||`` (Frobenius norms over the whole
     batch, or over several batches pooled): how much an output changes

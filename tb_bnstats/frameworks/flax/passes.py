@@ -327,11 +327,6 @@ def write_population(layer: Any, pop: Any) -> Callable[[], None]:
     return undo
 
 
-def _squared_norms(train: Any, inference: Any) -> tuple[float, float]:
-    a, b = np.asarray(train, np.float64), np.asarray(inference, np.float64)
-    return float(np.sum((a - b) ** 2)), float(np.sum(a ** 2))
-
-
 class GapProbe:
     """Runs batches through a Flax model in training mode (BatchNorms on batch
     statistics, Dropout on) and in inference mode (running statistics,
@@ -368,9 +363,9 @@ class GapProbe:
                 continue
             mean, var, _ = moments[name]
             moving_mean, moving_var, _ = moving_statistics(layer)
-            drift = quantities.output_drift(*_squared_norms(bn_out_t[name], bn_out_i[name]))
+            drift = quantities.output_drift(*quantities.squared_norms(bn_out_t[name], bn_out_i[name]))
             layers[name] = ProbeLayer(mean, var, moving_mean, moving_var, drift)
-        return ProbeResult(metrics[True], metrics[False], layers, y_t, y_i, _squared_norms(y_t, y_i))
+        return ProbeResult(metrics[True], metrics[False], layers, y_t, y_i, quantities.squared_norms(y_t, y_i))
 
     def _metrics(self, out: Any, y: Any, y_np: np.ndarray) -> dict[str, float]:
         if y is None:

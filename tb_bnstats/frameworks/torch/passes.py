@@ -245,13 +245,6 @@ def write_population(module, pop):
     return undo
 
 
-def _squared_norms(train, inference):
-    """``(||train - inference||^2, ||train||^2)`` in float64, the sums
-    :func:`tb_bnstats.quantities.output_drift` takes (they pool over batches)."""
-    a, b = np.asarray(train, np.float64), np.asarray(inference, np.float64)
-    return float(np.sum((a - b) ** 2)), float(np.sum(a ** 2))
-
-
 class GapProbe:
     """Runs batches through ``model`` in training mode (``model.train()``:
     BN with batch moments, Dropout on) and in inference mode
@@ -288,9 +281,10 @@ class GapProbe:
             mean, var, n = moments[name]
             mm, mv, _ = moving_statistics(module)
             var = quantities.comparable_batch_var(to_numpy(var), n, moving_var_unbiased=True)
-            drift = quantities.output_drift(*_squared_norms(to_numpy(bn_out_t[name]), to_numpy(bn_out_i[name])))
+            norms = quantities.squared_norms(to_numpy(bn_out_t[name]), to_numpy(bn_out_i[name]))
+            drift = quantities.output_drift(*norms)
             layers[name] = ProbeLayer(np.asarray(to_numpy(mean), np.float64), var, mm, mv, drift)
-        return ProbeResult(metrics[True], metrics[False], layers, y_t, y_i, _squared_norms(y_t, y_i))
+        return ProbeResult(metrics[True], metrics[False], layers, y_t, y_i, quantities.squared_norms(y_t, y_i))
 
     def _metrics(self, out, y, y_np):
         if y is None:
