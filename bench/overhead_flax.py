@@ -21,6 +21,7 @@ reads per 100 steps. Not a pass/fail test.
 import argparse
 import pathlib
 import statistics
+import sys
 import tempfile
 import time
 
@@ -30,6 +31,10 @@ import optax
 
 from flax import nnx
 from tb_bnstats.flax import BNStatsMonitor
+
+# The tests' jitted NNX train step (softmax cross-entropy, optimizer update), the loop's under both copies.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests" / "flax"))
+from flax_models import nnx_step as train_step  # noqa: E402
 
 
 class Net(nnx.Module):
@@ -49,16 +54,6 @@ class Net(nnx.Module):
             if i % 2 == 1:
                 x = x[:, ::2, ::2]
         return self.head(x.mean((1, 2)))
-
-
-@nnx.jit
-def train_step(model, optimizer, x, y):
-    def loss_fn(model):
-        return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
-
-    loss, grads = nnx.value_and_grad(loss_fn)(model)
-    optimizer.update(model, grads)
-    return loss
 
 
 def main(argv=None):
