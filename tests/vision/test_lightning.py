@@ -8,6 +8,7 @@ from a checkpoint continues the step axis; the diagnosis."""
 import logging
 
 import lightning.pytorch as L
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -207,3 +208,75 @@ def test_the_older_pytorch_lightning_trainer_takes_it(tmp_path):
                      enable_model_summary=False, callbacks=[BNStatsCallback(verbose=0)])
     fit.fit(Old(), loader())
     assert list(tb_bnstats.load(fit.logger.log_dir)["version_0"].layers["net.1"].steps) == list(range(1, 9))
+
+
+class GAN(L.LightningModule):
+    """Two optimizers under manual optimization, a BN module in each
+    network: the discriminator steps on real and generated rows, then the
+    generator through the discriminator (three training forwards of its BN
+    per batch). ``every`` > 1: both step every ``every``-th batch, their
+    gradients accumulated in between."""
+
+    def __init__(self, every=1):
+        super().__init__()
+        torch.manual_seed(0)
+        self.automatic_optimization = False
+        self.gen = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 6))
+        self.disc = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1))
+        self.every = every
+
+    def training_step(self, batch, batch_idx):
+        real = batch[0].flatten(1)[:, :6]
+        opt_g, opt_d = self.optimizers()
+        ones, zeros = torch.ones(len(real), 1), torch.zeros(len(real), 1)
+        bce = nn.functional.binary_cross_entropy_with_logits
+        fake = self.gen(torch.randn(len(real), 4))
+        d_loss = bce(self.disc(real), ones) + bce(self.disc(fake.detach()), zeros)
+        self.manual_backward(d_loss / self.every)
+        g_loss = bce(self.disc(fake), ones)
+        self.manual_backward(g_loss / self.every)
+        if (batch_idx + 1) % self.every == 0:
+            opt_d.step()
+            opt_g.step()
+            opt_d.zero_grad()
+            opt_g.zero_grad()
+        self.log("g_loss", g_loss)
+        return g_loss
+
+    def configure_optimizers(self):
+        return (torch.optim.SGD(self.gen.parameters(), lr=0.05), torch.optim.SGD(self.disc.parameters(), lr=0.05))
+
+
+class Losses(L.Callback):
+    """The loss of the batch that moved global_step to each count."""
+
+    def __init__(self):
+        self.at = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.at.setdefault(trainer.global_step, float(outputs["loss"]))
+
+
+@pytest.mark.parametrize("every", [1, 2], ids=["every_batch", "accumulating_2"])
+def test_two_optimizers_under_manual_optimization(tmp_path, every):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = GAN(every)
+    record, losses = Record(model), Losses()
+    fit = trainer(tmp_path, [BNStatsCallback(snapshot_every_n_steps=1, probe_data=False), record, losses],
+                  max_epochs=2)
+    fit.fit(model, loader(n=32, batch=8, size=4))  # 4 batches an epoch
+    # Lightning counts each optimizer's step: two a stepping batch.
+    assert fit.global_step == 2 * 8 // every
+    assert record.record.steps == list(range(2, 2 * 8 // every + 1, 2))  # logged once a stepping batch
+    run = tb_bnstats.load(fit.logger.log_dir)["version_0"]
+    check_run(run, record.record)  # each module's last training forward of the batch, its buffers after it
+    tracked = record.record.running[-1]
+    assert tracked["gen.1"][2] == 8 and tracked["disc.1"][2] == 3 * 8  # every forward an update
+    steps, values = run.metrics["train/loss"]
+    assert list(steps) == record.record.steps
+    np.testing.assert_allclose(values, [losses.at[s] for s in steps], rtol=1e-6)
+    # Lightning's own scalars are at its count of batches (1..8), not of optimizer steps.
+    own = EventAccumulator(fit.logger.log_dir)
+    own.Reload()
+    assert [e.step for e in own.Scalars("g_loss")] == list(range(8))

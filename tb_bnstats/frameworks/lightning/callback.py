@@ -20,6 +20,7 @@ try:  # Lightning 2's namespace; the older package has the same classes under py
     from lightning.pytorch import LightningModule
     from lightning.pytorch.callbacks import Callback
     from lightning.pytorch.loggers import TensorBoardLogger
+    from lightning.pytorch.utilities import rank_zero_only
 
     LIGHTNING = "lightning.pytorch"
 except ImportError:  # pragma: no cover - exercised where only pytorch_lightning is installed
@@ -27,21 +28,29 @@ except ImportError:  # pragma: no cover - exercised where only pytorch_lightning
         from pytorch_lightning import LightningModule
         from pytorch_lightning.callbacks import Callback
         from pytorch_lightning.loggers import TensorBoardLogger
+        from pytorch_lightning.utilities import rank_zero_only
 
         LIGHTNING = "pytorch_lightning"
     except ImportError as exc:
         raise ImportError("tb_bnstats.lightning needs PyTorch Lightning: pip install 'tb_bnstats[lightning]' "
                           "(lightning>=2.4), or pytorch_lightning") from exc
 
-# Lightning's own logger: its messages print at the trainer's verbosity, on the global rank zero.
+# Lightning's own logger: its messages print at the trainer's verbosity.
 _log = logging.getLogger(LIGHTNING)
+
+
+def _say(message: str) -> None:
+    """``message`` in Lightning's logging, on the global rank zero only (as
+    Lightning's own messages: under DDP every rank runs the callback)."""
+    if rank_zero_only.rank == 0:
+        _log.info(message)
 
 
 class _LightningMonitor(BNStatsMonitor):
     """The PyTorch monitor with its messages (what was found, the diagnosis)
-    in Lightning's logging."""
+    in Lightning's logging, from the global rank zero."""
 
-    say_to = staticmethod(_log.info)
+    say_to = staticmethod(_say)
 
 
 class BNStatsCallback(DeferredMonitor, Callback):
@@ -69,8 +78,9 @@ class BNStatsCallback(DeferredMonitor, Callback):
     the moments logged are those of the last micro-batch (each micro-batch
     counts as an update of the running statistics, as BatchNorm does). With
     several optimizers (manual optimization), ``global_step`` counts each
-    optimizer's steps: a batch that steps two optimizers moves it by two, and
-    is logged once, at the count after it, with its last forward's moments.
+    ``optimizer.step()``: a batch that steps two optimizers moves it by two,
+    and is logged once, at the count after it, each BN module with the
+    moments of its last training forward in the batch.
     Resuming ``fit`` from a checkpoint restores ``global_step``: the run
     goes on from there (into the same directory when the logger's
     ``version`` is given, as a resumed run's usually is).
@@ -87,7 +97,8 @@ class BNStatsCallback(DeferredMonitor, Callback):
     instead, ``probe_data=False`` none.
 
     Several processes (DDP): every rank makes its monitor at the first
-    batch and rank 0 alone writes (:class:`tb_bnstats.torch.BNStatsMonitor`).
+    batch and rank 0 alone writes (:class:`tb_bnstats.torch.BNStatsMonitor`):
+    the global batch's moments, rank 0's buffers. Messages come from rank 0.
     The diagnosis is printed when ``fit`` ends through Lightning's logger
     (``verbose=0``: not printed; :attr:`findings` holds it either way).
 
@@ -137,7 +148,7 @@ class BNStatsCallback(DeferredMonitor, Callback):
         else:
             reason = f"its batch is a {type(batch).__name__}, not (x, y) or x"
         if self.options.get("verbose", 1):
-            _log.info("tb_bnstats: no train/inference probe (%s); pass probe_data=(x, y) for one", reason)
+            _say(f"tb_bnstats: no train/inference probe ({reason}); pass probe_data=(x, y) for one")
         return None
 
     # -- Lightning's hooks -------------------------------------------------------------
