@@ -91,6 +91,22 @@ def write_synthetic(logdir, run, seed, steps=SYNTH_STEPS, layers=(("conv1_bn", 4
     return out
 
 
+def write_many_records(logdir, run="long", steps=1000, every=8):
+    """One layer ``bn`` over ``steps`` steps, its log flushed every ``every``
+    steps: a record each time, more records per segment tag than
+    ``tensorboard --load_fast=false`` keeps of a tensor tag (10), so that
+    it serves a sample (the tab's "sampled" banner and its hint)."""
+    rng = np.random.default_rng(0)
+    with summary.Writer(os.path.join(logdir, run), flush_secs=60) as writer:
+        for step in range(1, steps + 1):
+            mean = rng.normal(size=4)
+            writer.layer_moments("bn", step, batch_mean=mean, batch_var=np.exp(rng.normal(size=4)),
+                                 moving_mean=mean * 0.5, moving_var=np.ones(4), updates=step, momentum=0.9,
+                                 epsilon=1e-3)
+            if step % every == 0:
+                writer.flush()
+
+
 def write_keras_run(logdir, run="keras", epochs=2, steps_per_epoch=4):
     """The real callback on a tiny Keras model (a few steps), with Keras'
     TensorBoard callback writing ``<run>/train`` and ``<run>/validation``."""

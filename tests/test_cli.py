@@ -98,24 +98,22 @@ def test_tab_names_the_run_the_same_under_a_real_tensorboard(runs):
     cli_forms.check_tab_names_the_run(runs[0], BAD)
 
 
-def test_the_tabs_sampling_hint_works_as_printed(runs):
-    """With --load_fast=false TensorBoard keeps 10 points per tag and the tab
-    says so with a flag to add (here of the per-step loss: the layers' own
-    records are fewer than 10 per tag); restarted with that flag, exactly as
-    printed, every logged point is served and the tab no longer reports
-    sampling."""
+def test_the_tabs_sampling_hint_works_as_printed(tmp_path):
+    """With --load_fast=false TensorBoard keeps 10 records per tensor tag and
+    the tab says so of a log with more, with a flag to add; restarted with
+    that flag, exactly as printed, every logged point is served and the tab
+    no longer reports sampling."""
+    from conftest import write_many_records
     from test_e2e_tab import get_json, tensorboard
 
-    base, _ = runs
-    logdir = str(pathlib.Path(base, "logs"))
-    loss = f"/data/plugin/bn_stats/loss?run={BAD}&points=1000"
-    with tensorboard(logdir, "--load_fast=false", min_runs=2) as url:
-        sampling = get_json(url + loss)["sampling"]
+    write_many_records(str(tmp_path), steps=1000)
+    series = "/data/plugin/bn_stats/series?run=long&layer=bn&quantities=mean_gap/max"
+    with tensorboard(str(tmp_path), "--load_fast=false", min_runs=1) as url:
+        sampling = get_json(url + series)["sampling"]
     assert sampling["sampled"], sampling
     hint = sampling["hint"]
     assert f"Restart TensorBoard with {hint}" in sampling["message"]
-    with tensorboard(logdir, "--load_fast=false", *hint.split(), min_runs=2) as url:
-        body = get_json(url + loss)
+    with tensorboard(str(tmp_path), "--load_fast=false", *hint.split(), min_runs=1) as url:
+        body = get_json(url + series)
     assert not body["sampling"]["sampled"]
-    train_loss = next(s for s in body["series"] if s["key"] == "train/loss")
-    assert len(train_loss["steps"]) == 84  # 3 epochs of 28 steps
+    assert body["series"]["mean_gap/max"]["stored_points"] == 1000  # every step, one by one

@@ -17,6 +17,8 @@ import urllib.request
 
 import pytest
 
+from conftest import write_many_records
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "docs" / "screenshots"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -350,13 +352,13 @@ def test_tensorboards_theme_menu_reaches_the_tab(server, browser):
     assert errors == []
 
 
-def test_sampled_data_banner(keras_logdir, browser):
-    """With --load_fast=false TensorBoard keeps 10 points per tag: the tab says so."""
-    logdir, _ = keras_logdir
-    with tensorboard(logdir, "--load_fast=false") as base:
+def test_sampled_data_banner(tmp_path, browser):
+    """With --load_fast=false TensorBoard keeps 10 records per tensor tag: of a log with more, the tab
+    says it was given a sample, and how to get all of it."""
+    write_many_records(str(tmp_path))
+    with tensorboard(str(tmp_path), "--load_fast=false", min_runs=1) as base:
         page, frame, errors, _ = open_tab(browser, base)
-        frame.click("button.bn-chip[data-run=synth]")
-        frame.wait_for_selector("tr[data-layer=conv2_bn]")
+        frame.wait_for_selector("tr[data-layer=bn]")
         banner = frame.locator("[data-role=sampling]")
         banner.wait_for(state="visible")
         assert "--samples_per_plugin=bn_stats=0" in banner.text_content()

@@ -16,8 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tb_bnstats
-from conftest import SNAPSHOT_EVERY, SPIKE_STEP, make_client
-from tb_bnstats.format import metadata
+from conftest import SNAPSHOT_EVERY, SPIKE_STEP, make_client, write_many_records
 from tb_bnstats.plugin import data
 
 P = "/data/plugin/bn_stats"
@@ -439,14 +438,7 @@ def test_sampled_series_are_reported(tmp_path):
     """A layer log whose segment holds more records than the loader keeps (10 per tensor tag for a
     third-party plugin under --load_fast=false) is reported as sampled, with the flag that lifts it;
     read in full it is not."""
-    writer = tb_bnstats.Writer(tmp_path / "long")
-    rng = np.random.default_rng(0)
-    info = metadata.LayerInfo("bn", channels=4, momentum=0.9, epsilon=1e-3)
-    for first in range(1, 1001, 8):  # 1000 full-resolution steps, a record each 64+ rows: one segment
-        steps = np.arange(first, first + 8)
-        mean, var = rng.normal(size=(8, 4)), np.exp(rng.normal(size=(8, 4)))
-        writer.layer_block(info, steps, mean, var, mean * 0.5, var, steps)
-    writer.close()
+    write_many_records(str(tmp_path))
     c, _ = make_client(str(tmp_path), keep_all=False)  # --load_fast=false's default: 10 records per tag
     body = getj(c, "/series?run=long&layer=bn&quantities=mean_gap/max")
     assert body["series"]["mean_gap/max"]["stored_points"] < 1000
