@@ -267,18 +267,25 @@ class Writer:
     def layer_series_rows(self, info: metadata.LayerInfo, steps: Steps, rows: npt.ArrayLike,
                           wall_times: npt.ArrayLike | None = None) -> None:
         """Logs precomputed values of :data:`metadata.LAYER_SERIES` of one
-        layer: ``rows`` [S, len(LAYER_SERIES)] at ``steps`` [S]
-        (``wall_times`` [S], default now). :meth:`layer_block` computes them
-        from moments; this is for values computed elsewhere."""
+        layer: ``rows`` [S, len(LAYER_SERIES)] at ``steps`` [S].
+        :meth:`layer_block` computes them from moments; this is for values
+        computed elsewhere. ``wall_times`` is ignored (kept so that code
+        written for earlier versions runs): the layer's records carry the
+        time they are written."""
         rows = np.asarray(rows, np.float64).reshape(len(steps), len(metadata.LAYER_SERIES))
         with self._lock:
             self._forget_layer_metadata(info)
             self._log_rows(_LogOwner.of_layer(info), steps, metadata.LAYER_SERIES, rows)
-            if self.history is not None:
-                entry = self.history.setdefault(info.name, [info, metadata.LAYER_SERIES,
-                                                            collections.deque(maxlen=self._keep)])
-                entry[0] = info
-                entry[2].extend(zip(np.asarray(steps, np.int64).tolist(), rows))
+            self._remember(info, steps, rows)
+
+    def _remember(self, info: metadata.LayerInfo, steps: Steps, rows: np.ndarray) -> None:
+        """Keeps the last ``keep_history`` rows of :data:`metadata.LAYER_SERIES`
+        for :meth:`run_data` (with the lock held)."""
+        if self.history is not None:
+            entry = self.history.setdefault(info.name, [info, metadata.LAYER_SERIES,
+                                                        collections.deque(maxlen=self._keep)])
+            entry[0] = info
+            entry[2].extend(zip(np.asarray(steps, np.int64).tolist(), rows))
 
     def layer_block(self, info: metadata.LayerInfo, steps: Steps, batch_mean: npt.ArrayLike, batch_var: npt.ArrayLike,
                     moving_mean: npt.ArrayLike, moving_var: npt.ArrayLike, updates: npt.ArrayLike,
@@ -350,11 +357,7 @@ class Writer:
         with self._lock:
             self._forget_layer_metadata(info)
             self._log_rows(_LogOwner.of_layer(info), steps, names, table)
-            if self.history is not None:
-                entry = self.history.setdefault(info.name, [info, metadata.LAYER_SERIES,
-                                                            collections.deque(maxlen=self._keep)])
-                entry[0] = info
-                entry[2].extend(zip(steps.tolist(), table[:, :len(metadata.LAYER_SERIES)]))
+            self._remember(info, steps, table[:, :len(metadata.LAYER_SERIES)])
             if self.replica_history is not None:
                 points = self.replica_history.setdefault(info.name, collections.deque(maxlen=self._keep))
                 points.extend((int(step), dict(zip(replicas, row.tolist())))
