@@ -17,8 +17,6 @@ import urllib.request
 
 import pytest
 
-from conftest import write_many_records
-
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "docs" / "screenshots"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -355,6 +353,8 @@ def test_tensorboards_theme_menu_reaches_the_tab(server, browser):
 def test_sampled_data_banner(tmp_path, browser):
     """With --load_fast=false TensorBoard keeps 10 records per tensor tag: of a log with more, the tab
     says it was given a sample, and how to get all of it."""
+    from conftest import write_many_records  # tests/conftest.py (imported here: other suites import this module)
+
     write_many_records(str(tmp_path))
     with tensorboard(str(tmp_path), "--load_fast=false", min_runs=1) as base:
         page, frame, errors, _ = open_tab(browser, base)
