@@ -329,6 +329,15 @@ def layer_tag(layer_name: str, quantity: str) -> str:
     return f"{LAYER_PREFIX}{layer_name}/{quantity}"
 
 
+def envelope_step_columns(quantities: int) -> list[int]:
+    """The columns of an envelope row (of ``quantities`` quantities) that
+    hold steps, stored as offsets below the record's step: its first and
+    last step and each quantity's ``argmin`` and ``argmax``."""
+    head, width = len(ENVELOPE_HEAD), len(ENVELOPE_STATS)
+    return [ENVELOPE_HEAD.index("first_step"), ENVELOPE_HEAD.index("last_step")] + [
+        head + q * width + ENVELOPE_STATS.index(stat) for q in range(quantities) for stat in ("argmin", "argmax")]
+
+
 def layer_log_tag(layer_name: str, part: str, segment: int) -> str:
     """``bn/<layer>/<part>/<segment>``: the tag of one segment of a layer log."""
     return f"{LAYER_PREFIX}{layer_name}/{part}/{int(segment)}"

@@ -231,7 +231,7 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         for layer, quantities in wanted.items():
             log = layer_logs.get(layer)
             for q in quantities:
-                if log is not None and (q in log.series or q in log.envelope.stats):
+                if log is not None and log.holds(q):
                     out[layer][q] = records.drawn(log.series.get(q), log.envelope, q)
                 elif q in index.layer_tags.get(layer, {}):
                     tags[index.layer_tags[layer][q]] = (layer, q)
@@ -341,17 +341,13 @@ class BNStatsPlugin(base_plugin.TBPlugin):
         tags: dict[str, tuple[str, str]] = {}  # tag -> (layer, quantity)
         layer_logs = self._logs(ctx, eid, index, index.layer_infos)
         newest: list[tuple[str, str, tuple[int, float] | None]] = []
-        for layer, by_q in index.layer_tags.items():
+        for layer in index.layer_infos:
+            log, by_q = layer_logs.get(layer), index.layer_tags.get(layer, {})
             for q in OVERVIEW_QUANTITIES:
-                log = layer_logs.get(layer)
-                if log is not None and (q in log.series or q in log.envelope.stats):
+                if log is not None and log.holds(q):
                     newest.append((layer, q, records.latest(log.series.get(q), log.envelope, q)))
                 elif q in by_q:
                     tags[by_q[q]] = (layer, q)
-        for layer, log in layer_logs.items():
-            if layer not in index.layer_tags:
-                newest += [(layer, q, records.latest(log.series.get(q), log.envelope, q)) for q in OVERVIEW_QUANTITIES
-                           if q in log.series or q in log.envelope.stats]
         # downsample=1 keeps each tag's latest point (the provider contract).
         for tag, (steps, values) in self._read(ctx, eid, run, index, list(tags), 1).items():
             if len(steps):

@@ -42,6 +42,10 @@ class LayerLogData:
     records: int = 0
     expected_records: int = 0
 
+    def holds(self, quantity: str) -> bool:
+        """Whether the log has ``quantity`` (one by one, in envelopes, or both)."""
+        return quantity in self.series or quantity in self.envelope.stats
+
 
 def log_tag(content: Mapping[str, Any], tag: str) -> LogTag | None:
     """The :class:`LogTag` of a ``layer_log`` tag's metadata, None when malformed."""
@@ -101,9 +105,7 @@ def decode(log_tags: Iterable[LogTag], data: Mapping[str, Sequence[Any]]) -> Lay
 def _absolute(rows: np.ndarray, step: int, quantities: int) -> np.ndarray:
     """Envelope rows with their step offsets made steps again."""
     out = rows.copy()
-    head, stats = len(metadata.ENVELOPE_HEAD), len(metadata.ENVELOPE_STATS)
-    steps = [0, 1] + [head + q * stats + metadata.ENVELOPE_STATS.index(s) for q in range(quantities)
-                      for s in ("argmin", "argmax")]
+    steps = metadata.envelope_step_columns(quantities)
     out[:, steps] = step - np.rint(out[:, steps])
     return out
 

@@ -128,9 +128,6 @@ class Pending:
     rows: np.ndarray
     intervals: np.ndarray
 
-    def __len__(self) -> int:
-        return len(self.steps) + len(self.intervals)
-
 
 class _OpenInterval:
     """The interval being filled: sums, extremes and their steps per quantity."""

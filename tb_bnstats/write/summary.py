@@ -390,9 +390,7 @@ class Writer:
             at = int(pending.steps[part][-1])
             self._log_record(owner, log, metadata.PART_STEPS, at,
                              np.column_stack([at - pending.steps[part], pending.rows[part]]))
-        offsets = [0, 1] + [len(metadata.ENVELOPE_HEAD) + q * len(metadata.ENVELOPE_STATS) + i
-                            for q in range(len(log.quantities))
-                            for i, stat in enumerate(metadata.ENVELOPE_STATS) if stat in ("argmin", "argmax")]
+        offsets = metadata.envelope_step_columns(len(log.quantities))
         for part in _spans(pending.intervals[:, 0], pending.intervals[:, 1]):
             table = pending.intervals[part].copy()
             at = int(table[:, 1].max())
